@@ -1,0 +1,146 @@
+"""The ``power-loop`` command.
+
+``power-loop demo``
+    A multi-turn session with a tool call on a SQLite file, printing the transcript, usage and
+    the file's path. Uses the provider configured by ``POWER_LOOP_*`` (or ``.env``); without
+    one, the built-in offline model (it says so).
+``power-loop version``
+    Print the version.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import asyncio
+import operator
+import sys
+from collections.abc import Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from ._version import __version__
+
+__all__ = ["main"]
+
+DEMO_TURNS = (
+    "Hi! My favorite color is teal.",
+    "Please compute 17 * 23 + 4 with the calculator.",
+    "What is my favorite color?",
+)
+
+_OPS: dict[type, Any] = {
+    ast.Add: operator.add,
+    ast.Sub: operator.sub,
+    ast.Mult: operator.mul,
+    ast.Div: operator.truediv,
+    ast.Pow: operator.pow,
+    ast.USub: operator.neg,
+    ast.UAdd: operator.pos,
+    ast.Mod: operator.mod,
+    ast.FloorDiv: operator.floordiv,
+}
+
+
+def _evaluate(node: ast.AST) -> float:
+    if isinstance(node, ast.Expression):
+        return _evaluate(node.body)
+    if isinstance(node, ast.Constant) and isinstance(node.value, (int, float)) and not isinstance(node.value, bool):
+        return node.value
+    if isinstance(node, ast.BinOp) and type(node.op) in _OPS:
+        return float(_OPS[type(node.op)](_evaluate(node.left), _evaluate(node.right)))
+    if isinstance(node, ast.UnaryOp) and type(node.op) in _OPS:
+        return float(_OPS[type(node.op)](_evaluate(node.operand)))
+    raise ValueError("only numbers and + - * / % // ** are allowed")
+
+
+def calculate(expression: str) -> str:
+    """Evaluate an arithmetic expression.
+
+    Args:
+        expression: Numbers with + - * / % // ** and parentheses, e.g. "17 * 23 + 4".
+    """
+    value = _evaluate(ast.parse(expression, mode="eval"))
+    return str(int(value)) if float(value).is_integer() else str(value)
+
+
+def current_time() -> str:
+    """The current UTC time in ISO 8601."""
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _describe(message: dict[str, Any]) -> str:
+    role = message["role"]
+    if role == "assistant" and message.get("tool_calls"):
+        calls = ", ".join(f"{c['function']['name']}({c['function']['arguments']})" for c in message["tool_calls"])
+        text = f"{message.get('content') or ''} [calls {calls}]".strip()
+        return f"  assistant: {text}"
+    if role == "tool":
+        return f"  tool ({message.get('name', '?')}): {message.get('content')}"
+    content = message.get("content")
+    text = content if isinstance(content, str) else repr(content)
+    return f"  {role}: {text}"
+
+
+async def run_demo(db_path: str, *, out: Any = None) -> int:
+    """Run the demo session; return the process exit code."""
+    from . import AgentLoopConfig, StatefulAgentLoop, ToolRegistry, create_llm_service_from_env
+    from .providers.offline import OfflineLLM
+
+    out = out or sys.stdout
+    llm = create_llm_service_from_env(offline_fallback=True)
+    if isinstance(llm, OfflineLLM):
+        print("No POWER_LOOP_* provider configured: using the built-in offline model (deterministic,", file=out)
+        print("rule-based, no network). Set POWER_LOOP_BASE_URL / _API_KEY / _MODEL to use a real one.\n", file=out)
+    else:
+        print(f"Using {llm.provider} model {llm.model!r}.\n", file=out)
+    registry = ToolRegistry()
+    registry.register(calculate)
+    registry.register(current_time)
+    config = AgentLoopConfig(system_prompt="You are a concise assistant. Use the calculator for arithmetic.",
+                             max_rounds=4)
+    async with StatefulAgentLoop(llm=llm, db_path=db_path, config=config, tool_registry=registry) as loop:
+        sid = await loop.new_session_async(metadata={"source": "power-loop demo"})
+        print(f"session {sid}", file=out)
+        for turn in DEMO_TURNS:
+            print(f"\n> {turn}", file=out)
+            result = await loop.send(turn, session_id=sid)
+            print(f"< {result.final_text}  [{result.status}, {result.rounds} round(s), "
+                  f"{result.tool_calls} tool call(s)]", file=out)
+        print("\nTranscript as stored:", file=out)
+        for message in await loop.get_messages_async(sid):
+            print(_describe(message), file=out)
+        stats = await loop.get_session_stats_async(sid)
+        if stats is not None:
+            print(f"\nUsage: {stats.sends} sends, {stats.llm_calls} model calls, {stats.tool_calls} tool calls, "
+                  f"{stats.prompt_tokens} prompt + {stats.completion_tokens} completion = "
+                  f"{stats.total_tokens} tokens", file=out)
+    print(f"Sessions are stored in {Path(db_path).resolve()}", file=out)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``power-loop`` command."""
+    parser = argparse.ArgumentParser(prog="power-loop", description="power_loop agent kernel")
+    sub = parser.add_subparsers(dest="command", required=True)
+    demo = sub.add_parser("demo", help="run a multi-turn demo session (offline without configuration)")
+    demo.add_argument("--db", default="./power_loop_demo.db", help="SQLite file (default: ./power_loop_demo.db)")
+    sub.add_parser("version", help="print the version")
+    worker = sub.add_parser("worker", help="run a TimerRunner for APP (module:attribute)")
+    worker.add_argument("app", help="module:attribute naming a StatefulAgentLoop or a factory returning one")
+    worker.add_argument("--scan-interval", type=float, default=2.0, help="seconds between scans")
+    worker.add_argument("--stale-firing", type=float, default=120.0, help="claim lease in seconds")
+    args = parser.parse_args(argv)
+    if args.command == "version":
+        print(__version__)
+        return 0
+    if args.command == "demo":
+        return asyncio.run(run_demo(args.db))
+    from .timers.worker import run_worker
+
+    return run_worker(args.app, scan_interval_s=args.scan_interval, stale_firing_s=args.stale_firing)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

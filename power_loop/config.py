@@ -1,0 +1,123 @@
+"""``AgentLoopConfig``: how a loop runs (0.11 fields plus power_loop's own).
+
+Configs are frozen dataclasses validated on creation; ``dataclasses.replace`` derives
+variants.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigurationError
+from .providers.retry import LLMRetryPolicy
+
+__all__ = ["DEFAULT_SYSTEM_PROMPT", "AgentLoopConfig"]
+
+DEFAULT_SYSTEM_PROMPT = (
+    "You are a helpful, precise assistant. Answer concisely. Use the available tools when they "
+    "help, read their results carefully, and say plainly when you cannot do something."
+)
+
+
+class _DefaultCompactor:
+    """Marker for "use DefaultCompactor()" (resolved when the loop starts)."""
+
+    def __repr__(self) -> str:
+        return "DefaultCompactor()"
+
+
+DEFAULT_COMPACTOR: Any = _DefaultCompactor()
+
+
+@dataclass(frozen=True)
+class AgentLoopConfig:
+    """How a loop runs.
+
+    Attributes:
+        system_prompt: Default system prompt (a session's own and a per-call one take
+            precedence; None falls back to a built-in default).
+        max_rounds: Rounds per run before ``hit_round_limit``.
+        temperature: Sampling temperature of every model call.
+        max_tokens: Completion cap per model call.
+        max_tokens_per_run: Token budget (prompt + completion) of one run; reaching it ends
+            the run ``budget_exceeded`` at the next round boundary. None = unlimited.
+        compactor: Context compaction strategy; None disables compaction.
+        retry_policy: Retry policy of model calls; None uses the provider's ``max_retries``.
+        memory: A memory provider recalled at the start of each run.
+        memory_budget_tokens: Token budget of recalled memory.
+        notes_policy: Accepted for 0.11 compatibility.
+        skills_dir: Accepted for 0.11 compatibility.
+        runtime_projectors: Accepted for 0.11 compatibility.
+        inject_tool_descriptions: Append a catalog of the offered tools to the system prompt.
+        tool_catalog_header: Heading of that catalog.
+        tool_concurrency: Tool calls of one model turn run concurrently, at most this many
+            at a time.
+        tool_timeout_s: Default time limit of a tool call (None = none); ``@tool(timeout_s=)``
+            overrides it per tool.
+        max_tool_result_chars: Tool results longer than this are truncated with a marker.
+        max_input_chars: Largest accepted user input (characters of text).
+        stream: Stream model responses (deltas reach ``stream_delta`` subscribers).
+        model: Model override for every call (None: the provider's model).
+        context_window: The model's context window in tokens (None: ask the provider).
+        session_wait_s: How long a send waits for a session another run holds.
+        lease_ttl_s: Lifetime of a session lease between renewals; a crashed process's
+            sessions are free again this long after its last renewal.
+        history_cache_size: Sessions whose history stays in memory between sends.
+    """
+
+    system_prompt: str | None = None
+    max_rounds: int = 24
+    temperature: float = 0.0
+    max_tokens: int = 8000
+    max_tokens_per_run: int | None = None
+    compactor: Any = field(default=DEFAULT_COMPACTOR)
+    retry_policy: LLMRetryPolicy | None = None
+    memory: Any = None
+    memory_budget_tokens: int = 1500
+    notes_policy: Any = None
+    skills_dir: str | Path | None = None
+    runtime_projectors: Sequence[Any] = ()
+    inject_tool_descriptions: bool = True
+    tool_catalog_header: str = "# Available Tools"
+    tool_concurrency: int = 8
+    tool_timeout_s: float | None = None
+    max_tool_result_chars: int = 50_000
+    max_input_chars: int = 1_000_000
+    stream: bool = True
+    model: str | None = None
+    context_window: int | None = None
+    session_wait_s: float = 30.0
+    lease_ttl_s: float = 5.0
+    history_cache_size: int = 256
+
+    def __post_init__(self) -> None:
+        _positive("max_rounds", self.max_rounds)
+        _positive("max_tokens", self.max_tokens)
+        _positive("tool_concurrency", self.tool_concurrency)
+        _positive("max_tool_result_chars", self.max_tool_result_chars)
+        _positive("max_input_chars", self.max_input_chars)
+        _positive("lease_ttl_s", self.lease_ttl_s)
+        if self.max_tokens_per_run is not None:
+            _positive("max_tokens_per_run", self.max_tokens_per_run)
+        if self.tool_timeout_s is not None:
+            _positive("tool_timeout_s", self.tool_timeout_s)
+        if self.context_window is not None:
+            _positive("context_window", self.context_window)
+        if self.session_wait_s < 0:
+            raise ConfigurationError(f"session_wait_s must be >= 0, got {self.session_wait_s}")
+        if self.history_cache_size < 0:
+            raise ConfigurationError(f"history_cache_size must be >= 0, got {self.history_cache_size}")
+        if not 0.0 <= self.temperature <= 2.0:
+            raise ConfigurationError(f"temperature must be within [0, 2], got {self.temperature}")
+        if self.retry_policy is not None and not isinstance(self.retry_policy, LLMRetryPolicy):
+            raise ConfigurationError("retry_policy must be an LLMRetryPolicy")
+        if not isinstance(self.runtime_projectors, tuple):
+            object.__setattr__(self, "runtime_projectors", tuple(self.runtime_projectors))
+
+
+def _positive(name: str, value: float) -> None:
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
+        raise ConfigurationError(f"AgentLoopConfig.{name} must be > 0, got {value!r}")

@@ -1,0 +1,141 @@
+"""One model call of a run, through the single retry layer, with its events.
+
+Events of a call, in order: ``stream_started``, ``stream_delta``/``stream_think_delta``...,
+``stream_completed``, ``status_changed`` (kind ``round_usage``), ``usage_updated`` (once per
+call). Retries publish ``llm_retry_attempted``. The stream deltas concatenate to the final
+text.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+from ..cancellation import StopSignal
+from ..config import AgentLoopConfig
+from ..events import (
+    AgentEventType,
+    LlmRetryAttemptedPayload,
+    RoundUsageStatusPayload,
+    StreamCompletedPayload,
+    StreamDeltaPayload,
+    StreamStartedPayload,
+    UsageUpdatedPayload,
+)
+from ..messages import Usage
+from ..providers.base import LLMRequest, LLMResponse, LLMService, StreamCallbacks
+from ..providers.retry import LLMRetryPolicy, RetryNotice, complete_with_retry
+from .emit import Emitter
+
+__all__ = ["ModelCallResult", "call_model"]
+
+
+@dataclass(frozen=True)
+class ModelCallResult:
+    """A response and how long it took."""
+
+    response: LLMResponse
+    duration_ms: int
+
+
+async def call_model(
+    *,
+    llm: LLMService,
+    request: LLMRequest,
+    config: AgentLoopConfig,
+    emitter: Emitter,
+    stop: StopSignal,
+    round_index: int,
+    run_usage_before: Usage,
+    purpose: str = "round",
+) -> ModelCallResult:
+    """Make one logical model call (retries included) and publish its events.
+
+    Raises:
+        LLMError: The call failed for good (after retries).
+        CancellationRequested: The stop signal fired during the call or a backoff sleep.
+    """
+    policy = config.retry_policy or LLMRetryPolicy.from_max_retries(getattr(llm, "max_retries", 0))
+    callbacks = _stream_callbacks(emitter, round_index)
+
+    async def on_retry(notice: RetryNotice) -> None:
+        await emitter.emit(
+            AgentEventType.LLM_RETRY_ATTEMPTED,
+            LlmRetryAttemptedPayload(
+                attempt=notice.attempt,
+                max_attempts=notice.max_attempts,
+                error_type=type(notice.error).__name__,
+                error_message=str(notice.error),
+                next_sleep_seconds=round(notice.delay_s, 3),
+            ),
+            round_index=round_index,
+        )
+
+    started = time.monotonic()
+    response = await complete_with_retry(llm, request, policy=policy, callbacks=callbacks, stop=stop, on_retry=on_retry)
+    await emitter.bus.drain()
+    duration_ms = int((time.monotonic() - started) * 1000)
+    usage = response.usage
+    if emitter.wants(AgentEventType.STATUS_CHANGED):
+        await emitter.emit(
+            AgentEventType.STATUS_CHANGED,
+            RoundUsageStatusPayload(
+                time_iso=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                round_index=round_index,
+                round_number=round_index + 1,
+                max_rounds=config.max_rounds,
+                prompt_tokens=usage.prompt_tokens,
+                completion_tokens=usage.completion_tokens,
+                cache_read_tokens=usage.cache_read_tokens,
+                reasoning_tokens=usage.reasoning_tokens,
+            ),
+            round_index=round_index,
+        )
+    if emitter.wants(AgentEventType.USAGE_UPDATED):
+        await emitter.emit(
+            AgentEventType.USAGE_UPDATED,
+            UsageUpdatedPayload(usage=usage.to_dict(), run_usage=(run_usage_before + usage).to_dict(), purpose=purpose),
+            round_index=round_index,
+        )
+    return ModelCallResult(response=response, duration_ms=duration_ms)
+
+
+def _stream_callbacks(emitter: Emitter, round_index: int) -> StreamCallbacks | None:
+    bus = emitter.bus
+    wants_start = bus.wants(AgentEventType.STREAM_STARTED)
+    wants_text = bus.wants(AgentEventType.STREAM_DELTA)
+    wants_think = bus.wants(AgentEventType.STREAM_THINK_DELTA)
+    wants_end = bus.wants(AgentEventType.STREAM_COMPLETED)
+    if not (wants_start or wants_text or wants_think or wants_end):
+        return None
+
+    def start() -> None:
+        emitter.emit_nowait(
+            AgentEventType.STREAM_STARTED, StreamStartedPayload(), round_index=round_index, stream_id="main"
+        )
+
+    def text(delta: str) -> None:
+        emitter.emit_nowait(
+            AgentEventType.STREAM_DELTA, StreamDeltaPayload(text=delta), round_index=round_index, stream_id="main"
+        )
+
+    def think(delta: str) -> None:
+        emitter.emit_nowait(
+            AgentEventType.STREAM_THINK_DELTA,
+            StreamDeltaPayload(text=delta, is_think=True),
+            round_index=round_index,
+            stream_id="main",
+        )
+
+    def end() -> None:
+        emitter.emit_nowait(
+            AgentEventType.STREAM_COMPLETED, StreamCompletedPayload(), round_index=round_index, stream_id="main"
+        )
+
+    return StreamCallbacks(
+        on_stream_start=start if wants_start else None,
+        on_text_delta=text if wants_text else None,
+        on_reasoning_delta=think if wants_think else None,
+        on_stream_end=end if wants_end else None,
+    )

@@ -1,0 +1,106 @@
+"""What a run needs from its loop, passed explicitly (no globals)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import time
+import weakref
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+
+from ..config import AgentLoopConfig
+from ..errors import SessionBusyError
+from ..events import AgentEventBus
+from ..hooks import AgentHooks
+from ..providers.base import LLMService
+from ..store.sqlite import SQLiteSessionStore
+from ..tools.registry import ToolRegistry
+from .history import HistoryCache
+
+__all__ = ["Runtime", "SessionLocks"]
+
+
+class SessionLocks:
+    """One ``asyncio.Lock`` per session and event loop: same-session runs in one process
+    queue here before they ever touch the store's lease."""
+
+    def __init__(self) -> None:
+        self._by_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, asyncio.Lock]] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    def _lock(self, session_id: str) -> asyncio.Lock:
+        locks = self._by_loop.setdefault(asyncio.get_running_loop(), {})
+        lock = locks.get(session_id)
+        if lock is None:
+            lock = locks[session_id] = asyncio.Lock()
+        return lock
+
+    def locked(self, session_id: str) -> bool:
+        """True while a run of this process holds the session."""
+        locks = self._by_loop.get(asyncio.get_running_loop(), {})
+        lock = locks.get(session_id)
+        return lock is not None and lock.locked()
+
+    @asynccontextmanager
+    async def hold(self, session_id: str, *, timeout: float) -> AsyncIterator[float]:
+        """Hold the session's lock; yields the seconds left of ``timeout``.
+
+        Raises:
+            SessionBusyError: Another run of this process kept the session longer than ``timeout``.
+        """
+        lock = self._lock(session_id)
+        started = time.monotonic()
+        if lock.locked():
+            try:
+                await asyncio.wait_for(lock.acquire(), timeout)
+            except asyncio.TimeoutError:
+                raise SessionBusyError(
+                    f"session {session_id!r} is busy with another run in this process and stayed busy for "
+                    f"{timeout:.1f}s (AgentLoopConfig.session_wait_s); try again later, or use "
+                    "follow_up() to queue the message for the running run",
+                    session_id=session_id,
+                ) from None
+        else:
+            await lock.acquire()
+        try:
+            yield max(0.0, timeout - (time.monotonic() - started))
+        finally:
+            lock.release()
+            locks = self._by_loop.get(asyncio.get_running_loop(), {})
+            if not lock.locked() and not getattr(lock, "_waiters", None):
+                locks.pop(session_id, None)
+
+
+@dataclass
+class Runtime:
+    """A loop's dependencies, shared by its runs.
+
+    Attributes:
+        store: The session store.
+        llm: The model provider.
+        config: The loop config.
+        hooks: The loop's hooks.
+        bus: The loop's event bus.
+        registry: The loop's tools (None: no tools).
+        histories: Cached session histories.
+        locks: Per-session locks of this process.
+        owner: This loop's identity in session leases.
+        event_seqs: Last event seq published per session by this loop.
+        context_windows: Resolved context window (for compaction).
+    """
+
+    store: SQLiteSessionStore
+    llm: LLMService
+    config: AgentLoopConfig
+    hooks: AgentHooks
+    bus: AgentEventBus
+    registry: ToolRegistry | None
+    histories: HistoryCache
+    locks: SessionLocks = field(default_factory=SessionLocks)
+    owner: str = field(default_factory=lambda: f"pid{os.getpid()}-{secrets.token_hex(4)}")
+    event_seqs: dict[str, int] = field(default_factory=dict)
+    compactor: object | None = None

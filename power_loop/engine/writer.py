@@ -1,0 +1,81 @@
+"""A run's access to the store: fenced writes, the in-memory history, lease renewal.
+
+Every write of a run carries the run's lease (owner + fencing number); the store refuses it
+with ``LeaseLostError`` if another run has taken the session since. A background task renews
+the lease while the run lives, so a long model call or tool never lets it lapse, and a
+crashed process's sessions free up one ``lease_ttl_s`` after its last renewal.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Sequence
+
+from ..errors import LeaseLostError
+from ..store.rows import Append, LeaseClaim, WriteOp, WriteOutcome
+from ..store.sqlite import SQLiteSessionStore
+from .emit import Emitter
+from .history import Transcript
+
+log = logging.getLogger("power_loop.engine")
+
+
+class RunWriter:
+    """Writes of one run, applied to the store and then to the cached transcript."""
+
+    def __init__(
+        self,
+        store: SQLiteSessionStore,
+        session_id: str,
+        lease: LeaseClaim,
+        transcript: Transcript,
+        emitter: Emitter,
+    ) -> None:
+        self.store = store
+        self.session_id = session_id
+        self.lease = lease
+        self.transcript = transcript
+        self.emitter = emitter
+        self.writes = 0
+        self._renewer: asyncio.Task[None] | None = None
+        self.lost: LeaseLostError | None = None
+
+    async def write(self, ops: Sequence[WriteOp]) -> WriteOutcome:
+        """Apply ``ops`` in one transaction; extend the transcript with what was appended."""
+        if self.lost is not None:
+            raise self.lost
+        outcome = await self.store.write(self.session_id, ops, lease=self.lease, event_seq=self.emitter.seq)
+        self.writes += 1
+        appended = [m for op in ops if isinstance(op, Append) for m in op.messages]
+        self.transcript.messages.extend(appended)
+        self.transcript.seqs.extend(outcome.seqs)
+        self.transcript.extend(outcome.drained)
+        self.transcript.version = outcome.version
+        return outcome
+
+    def start_renewal(self) -> None:
+        """Renew the lease every third of its lifetime until :meth:`stop_renewal`."""
+        if self._renewer is None:
+            self._renewer = asyncio.get_running_loop().create_task(self._renew_forever())
+
+    async def _renew_forever(self) -> None:
+        interval = max(self.lease.ttl_ms / 3000.0, 0.05)
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.store.renew_lease(self.session_id, self.lease)
+            except LeaseLostError as exc:
+                self.lost = exc
+                return
+            except Exception:  # a transient store error: the next write will tell
+                log.warning("renewing the lease of session %s failed", self.session_id, exc_info=True)
+
+    async def stop_renewal(self) -> None:
+        """Stop the renewal task."""
+        task, self._renewer = self._renewer, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task

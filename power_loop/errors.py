@@ -1,0 +1,308 @@
+"""The power_loop error tree.
+
+Every exception power_loop raises on purpose is a :class:`PowerLoopError`. Provider SDK
+exceptions are translated exactly once, in the provider module that caught them, and the
+original is kept as ``__cause__``.
+
+::
+
+    PowerLoopError
+    ├── ConfigurationError (also ValueError)      bad configuration or environment
+    ├── SessionError                              something about one session
+    │   ├── SessionNotFoundError (also KeyError)
+    │   ├── SessionPendingError                   unanswered tool calls block a send
+    │   ├── SessionBusyError                      another run holds the session too long
+    │   └── LeaseLostError                        this run was fenced out by another process
+    ├── StoreError                                the session store itself
+    │   ├── SchemaVersionError                    file written by a newer power_loop
+    │   └── CorruptRecordError                    a stored row cannot be decoded
+    ├── LLMError                                  a model call failed
+    │   ├── LLMTimeout                            the call (or the whole retry budget) timed out
+    │   ├── LLMConnectionError                    network-level failure
+    │   ├── LLMStatusError                        the provider answered with a 4xx/5xx
+    │   │   ├── LLMRateLimitError                 429
+    │   │   └── LLMServerError                    5xx
+    │   ├── LLMResponseError                      the provider's answer could not be used
+    │   └── LLMRetryExhausted                     every attempt failed
+    ├── CancellationRequested                     a stop_event asked the run to stop
+    ├── CompactionFailed
+    ├── ToolError
+    │   ├── ToolNotFound
+    │   └── ToolValidationError
+    ├── HookError                                 a hook raised or returned a directive its point does not honour
+    ├── SpecValidationError / AgentSpecError
+    └── StructuredOutputError
+
+Every message says what happened and what to do about it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+__all__ = [
+    "AgentSpecError",
+    "CancellationRequested",
+    "CompactionFailed",
+    "ConfigurationError",
+    "CorruptRecordError",
+    "HookError",
+    "LLMConnectionError",
+    "LLMError",
+    "LLMRateLimitError",
+    "LLMResponseError",
+    "LLMRetryExhausted",
+    "LLMServerError",
+    "LLMStatusError",
+    "LLMTimeout",
+    "LeaseLostError",
+    "PowerLoopError",
+    "SchemaVersionError",
+    "SessionBusyError",
+    "SessionError",
+    "SessionNotFoundError",
+    "SessionPendingError",
+    "SpecValidationError",
+    "StoreError",
+    "StructuredOutputError",
+    "ToolError",
+    "ToolNotFound",
+    "ToolValidationError",
+]
+
+
+class PowerLoopError(Exception):
+    """Base class of every error power_loop raises on purpose."""
+
+
+class ConfigurationError(PowerLoopError, ValueError):
+    """Invalid configuration: a missing environment variable, a bad value, a bad combination."""
+
+
+# --------------------------------------------------------------------------- sessions
+
+
+class SessionError(PowerLoopError):
+    """An operation on one session failed.
+
+    Attributes:
+        session_id: The session concerned.
+    """
+
+    def __init__(self, message: str, *, session_id: str) -> None:
+        super().__init__(message)
+        self.session_id = session_id
+
+
+class SessionNotFoundError(SessionError, KeyError):
+    """The session id is unknown (never created, or closed)."""
+
+    def __init__(self, session_id: str) -> None:
+        super().__init__(
+            f"Session {session_id!r} not found. Create it with loop.new_session() "
+            "(or new_session_async()) and use the id it returns.",
+            session_id=session_id,
+        )
+
+    def __str__(self) -> str:  # KeyError would otherwise repr() the message
+        return str(self.args[0])
+
+
+class SessionPendingError(SessionError):
+    """The session's last assistant message has tool calls without results.
+
+    Attributes:
+        session_id: The session concerned.
+        assistant_seq: Store seq of the assistant message whose calls are unanswered.
+        pending_tool_calls: The unanswered calls, as ``{"id", "name", "arguments"}`` dicts.
+    """
+
+    def __init__(
+        self,
+        session_id: str,
+        *,
+        assistant_seq: int,
+        pending_tool_calls: Sequence[dict[str, Any]],
+    ) -> None:
+        names = ", ".join(f"{c.get('name')} ({c.get('id')})" for c in pending_tool_calls)
+        super().__init__(
+            f"Session {session_id!r} has {len(pending_tool_calls)} unanswered tool call(s) "
+            f"from message seq {assistant_seq}: {names}. Choose one: "
+            f"`await loop.resume({session_id!r})` runs them and continues; "
+            f"`loop.abort_pending({session_id!r})` answers them with an aborted result; "
+            "or pass `heal_pending=True` to send() to abort them and send at once.",
+            session_id=session_id,
+        )
+        self.assistant_seq = assistant_seq
+        self.pending_tool_calls = list(pending_tool_calls)
+
+
+class SessionBusyError(SessionError):
+    """Another run (in this or another process) held the session longer than the wait allows."""
+
+
+class LeaseLostError(SessionError):
+    """This run lost its session lease to another process; its writes were refused."""
+
+
+# --------------------------------------------------------------------------- store
+
+
+class StoreError(PowerLoopError):
+    """The session store failed or holds data this version cannot use."""
+
+
+class SchemaVersionError(StoreError):
+    """The database file was written by a newer power_loop than this one."""
+
+
+class CorruptRecordError(StoreError):
+    """A stored row could not be decoded.
+
+    Attributes:
+        session_id: Session of the row.
+        seq: Message seq of the row, when the row is a message.
+    """
+
+    def __init__(self, message: str, *, session_id: str, seq: int | None = None) -> None:
+        super().__init__(message)
+        self.session_id = session_id
+        self.seq = seq
+
+
+# --------------------------------------------------------------------------- LLM
+
+
+class LLMError(PowerLoopError):
+    """A model call failed.
+
+    Attributes:
+        provider: ``"openai"``, ``"anthropic"`` or another provider name.
+        status_code: HTTP status when the provider answered, else None.
+        retryable: Whether trying again may succeed (429, 5xx, timeouts, connection errors).
+        request_id: The provider's request id when it sent one.
+        retry_after: Seconds the provider asked us to wait (``Retry-After``), if any.
+    """
+
+    retryable: bool = False
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        provider: str | None = None,
+        status_code: int | None = None,
+        retryable: bool | None = None,
+        request_id: str | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.provider = provider
+        self.status_code = status_code
+        if retryable is not None:
+            self.retryable = retryable
+        self.request_id = request_id
+        self.retry_after = retry_after
+
+
+class LLMTimeout(LLMError):
+    """The call, or the retry policy's ``total_timeout``, ran out of time."""
+
+    retryable = True
+
+
+class LLMConnectionError(LLMError):
+    """The provider could not be reached or dropped the connection."""
+
+    retryable = True
+
+
+class LLMStatusError(LLMError):
+    """The provider answered with an error status. Only 429 and 5xx are retryable."""
+
+
+class LLMRateLimitError(LLMStatusError):
+    """HTTP 429: slow down (``retry_after`` says how long when the provider said)."""
+
+    retryable = True
+
+
+class LLMServerError(LLMStatusError):
+    """HTTP 5xx or an error event inside a stream: the provider failed."""
+
+    retryable = True
+
+
+class LLMResponseError(LLMError):
+    """The provider's response could not be understood."""
+
+
+class LLMRetryExhausted(LLMError):
+    """Every attempt allowed by the retry policy failed.
+
+    Attributes:
+        attempts: How many requests were made.
+        last_error: The error of the last attempt.
+    """
+
+    def __init__(self, message: str, *, attempts: int, last_error: LLMError) -> None:
+        super().__init__(
+            message,
+            provider=last_error.provider,
+            status_code=last_error.status_code,
+            retryable=False,
+            request_id=last_error.request_id,
+        )
+        self.attempts = attempts
+        self.last_error = last_error
+
+
+# --------------------------------------------------------------------------- run control
+
+
+class CancellationRequested(PowerLoopError):
+    """A stop_event or cancellation token asked the run to stop.
+
+    Attributes:
+        reason: The reason given to ``CancellationToken.cancel`` (or ``"cancelled"``).
+    """
+
+    def __init__(self, reason: str = "cancelled") -> None:
+        super().__init__(f"Run cancelled: {reason}")
+        self.reason = reason
+
+
+class CompactionFailed(PowerLoopError):
+    """The context could not be compacted (the summary call failed or returned nothing)."""
+
+
+class ToolError(PowerLoopError):
+    """Base class of tool registry errors raised to the host (not to the model)."""
+
+
+class ToolNotFound(ToolError, KeyError):
+    """No tool of that name is registered."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else "tool not found"
+
+
+class ToolValidationError(ToolError, ValueError):
+    """Tool arguments do not match the tool's schema."""
+
+
+class HookError(PowerLoopError):
+    """A hook handler raised, or returned a directive its hook point does not honour."""
+
+
+class SpecValidationError(PowerLoopError, ValueError):
+    """A declarative spec (agent spec, structured output schema) is invalid."""
+
+
+class AgentSpecError(PowerLoopError):
+    """An agent spec could not be loaded or run."""
+
+
+class StructuredOutputError(PowerLoopError, ValueError):
+    """The model's output does not parse or does not match the requested schema."""

@@ -1,0 +1,376 @@
+"""``StatefulAgentLoop``: the one object application code holds.
+
+Every session lives in the store; ``await loop.send(text, session_id=sid)`` runs the model's
+tool-calling rounds and returns a :class:`~power_loop.results.StatefulResult`. Different
+sessions run concurrently; runs of one session serialize (an asyncio lock in this process, a
+fenced lease across processes). Per-call ``tools`` and ``system_prompt`` apply to that call
+only and are never stored.
+
+The 0.11 sync conveniences (``new_session``, ``get_messages``, ``abort_pending``, ...) keep their
+signatures and use a short-lived connection of their own; each has an ``*_async`` twin for
+code on the event loop's hot path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from collections.abc import Coroutine, Mapping, Sequence
+from typing import Any, TypeVar
+
+from .cancellation import StopEventLike
+from .config import AgentLoopConfig
+from .engine.history import HistoryCache
+from .engine.prepare import normalize_input, resolve_system_prompt
+from .engine.run import RunRequest, execute_run
+from .engine.runtime import Runtime
+from .errors import SessionNotFoundError
+from .events import AgentEventBus
+from .hooks import AgentHooks
+from .messages import message_to_dict
+from .providers.base import LLMService
+from .results import FollowUpQueued, StatefulResult
+from .store.rows import PendingState, SessionStatsRow, StoredMessage
+from .store.sqlite import DEFAULT_DB_PATH, SQLiteSessionStore
+from .tools.registry import ToolRegistry
+
+__all__ = ["StatefulAgentLoop"]
+
+T = TypeVar("T")
+
+
+def _new_session_id() -> str:
+    return "sess_" + secrets.token_hex(12)
+
+
+def _run_sync(coro: Coroutine[Any, Any, T], name: str) -> T:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coro)
+    coro.close()
+    raise RuntimeError(
+        f"{name}_sync() cannot be called from a running event loop (it would block it); "
+        f"use `await loop.{name}(...)` instead"
+    )
+
+
+def _pending_dict(state: PendingState | None) -> dict[str, Any] | None:
+    if state is None:
+        return None
+    return {
+        "assistant_seq": state.assistant_seq,
+        "tool_call_ids": [c.tool_call_id for c in state.calls],
+        "tool_calls": [c.to_dict() for c in state.calls],
+        "statuses": {c.tool_call_id: c.status for c in state.calls},
+        "pending_interactions": [dict(i) for i in state.interactions],
+    }
+
+
+def _message_dicts(stored: Sequence[StoredMessage]) -> list[dict[str, Any]]:
+    return [message_to_dict(s.message) for s in stored]
+
+
+class StatefulAgentLoop:
+    """A durable, multi-session agent loop.
+
+    Args:
+        llm: The model provider (see ``create_llm_service_from_env``).
+        store: A session store; when None one is opened (and owned) at ``db_path``.
+        db_path: SQLite file of the owned store.
+        config: Loop configuration.
+        tool_registry: Tools the model may call (narrowed per call with ``tools=``).
+        hooks: Hook handlers (each loop gets its own when None).
+        event_bus: Event bus (each loop gets its own when None).
+
+    Use as ``async with StatefulAgentLoop(...) as loop:`` to open and close the store, or call
+    ``await loop.aclose()`` (``loop.close()`` from sync code) when done.
+    """
+
+    def __init__(
+        self,
+        *,
+        llm: LLMService,
+        store: SQLiteSessionStore | None = None,
+        db_path: str = DEFAULT_DB_PATH,
+        config: AgentLoopConfig | None = None,
+        tool_registry: ToolRegistry | None = None,
+        hooks: AgentHooks | None = None,
+        event_bus: AgentEventBus | None = None,
+    ) -> None:
+        if llm is None:
+            raise TypeError("StatefulAgentLoop needs llm=...; see create_llm_service_from_env()")
+        self.llm = llm
+        self._owns_store = store is None
+        self.store = store if store is not None else SQLiteSessionStore(db_path)
+        self.config = config or AgentLoopConfig()
+        self.tool_registry = tool_registry
+        self._hooks = hooks if hooks is not None else AgentHooks()
+        self._bus = event_bus if event_bus is not None else AgentEventBus()
+        self._rt = Runtime(
+            store=self.store,
+            llm=llm,
+            config=self.config,
+            hooks=self._hooks,
+            bus=self._bus,
+            registry=tool_registry,
+            histories=HistoryCache(self.config.history_cache_size),
+        )
+        from .compaction import resolve_compactor
+
+        self._rt.compactor = resolve_compactor(self.config.compactor)
+
+    def __repr__(self) -> str:
+        return f"StatefulAgentLoop(llm={self.llm!r}, store={self.store!r})"
+
+    @property
+    def hooks(self) -> AgentHooks:
+        """This loop's hooks."""
+        return self._hooks
+
+    @property
+    def event_bus(self) -> AgentEventBus:
+        """This loop's event bus."""
+        return self._bus
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def open(self) -> StatefulAgentLoop:
+        """Open the store (done automatically on first use)."""
+        await self.store.open()
+        return self
+
+    async def aclose(self) -> None:
+        """Close an owned store."""
+        self._rt.histories.clear()
+        if self._owns_store:
+            await self.store.close()
+
+    def close(self) -> None:
+        """Close an owned store (sync; inside a running event loop the close is scheduled)."""
+        self._rt.histories.clear()
+        if not self._owns_store:
+            return
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            asyncio.run(self.store.close())
+            return
+        self.store.close_nowait()
+
+    async def __aenter__(self) -> StatefulAgentLoop:
+        return await self.open()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    # ------------------------------------------------------------------ sessions
+
+    def new_session(
+        self,
+        *,
+        metadata: Mapping[str, Any] | None = None,
+        system_prompt: str | None = None,
+        session_id: str | None = None,
+    ) -> str:
+        """Create a session and return its id (``"sess_" + 24 hex``, or ``session_id``)."""
+        sid = _check_session_id(session_id) if session_id is not None else _new_session_id()
+        self.store.create_session_sync(sid, metadata=metadata, system_prompt=system_prompt)
+        return sid
+
+    async def new_session_async(
+        self,
+        *,
+        metadata: Mapping[str, Any] | None = None,
+        system_prompt: str | None = None,
+        session_id: str | None = None,
+    ) -> str:
+        """Async twin of :meth:`new_session`."""
+        sid = _check_session_id(session_id) if session_id is not None else _new_session_id()
+        await self.store.create_session(sid, metadata=metadata, system_prompt=system_prompt)
+        return sid
+
+    def close_session(self, session_id: str, *, cascade: bool = True) -> int:
+        """Delete a session (and its linked sub-agent sessions); return how many were deleted."""
+        self._rt.histories.drop(session_id)
+        return self.store.delete_session_sync(session_id, cascade=cascade)
+
+    async def close_session_async(self, session_id: str, *, cascade: bool = True) -> int:
+        """Async twin of :meth:`close_session`."""
+        self._rt.histories.drop(session_id)
+        return await self.store.delete_session(session_id, cascade=cascade)
+
+    def resolve_system_prompt(self, *, session_id: str | None = None) -> str:
+        """The system prompt a send would use (session > config > built-in default)."""
+        session_prompt = None
+        if session_id is not None:
+            row = self.store.get_session(session_id)
+            if row is None:
+                raise SessionNotFoundError(session_id)
+            session_prompt = row.system_prompt
+        return resolve_system_prompt(call_prompt=None, session_prompt=session_prompt, config=self.config)
+
+    # ------------------------------------------------------------------ runs
+
+    async def send(
+        self,
+        user_input: str | dict[str, Any],
+        session_id: str,
+        *,
+        stop_event: StopEventLike | None = None,
+        tools: Sequence[str] | ToolRegistry | None = None,
+        system_prompt: str | None = None,
+        heal_pending: bool = False,
+    ) -> StatefulResult:
+        """Send a user message and run the session until the model answers.
+
+        Args:
+            user_input: Text, or a user message dict (``{"content": [...parts]}`` for images).
+            session_id: The session (from :meth:`new_session`).
+            stop_event: Cooperative cancellation: a ``CancellationToken``, ``asyncio.Event``,
+                ``threading.Event`` or a callable.
+            tools: Tool names narrowing the registry for this call, or a ``ToolRegistry``.
+            system_prompt: System prompt for this call only.
+            heal_pending: Answer unanswered tool calls with an aborted result first.
+
+        Raises:
+            SessionNotFoundError: Unknown session (before any model call).
+            SessionPendingError: Unanswered tool calls and not ``heal_pending``.
+            SessionBusyError: Another run held the session longer than ``session_wait_s``.
+            TypeError, ValueError: Malformed input or ``tools``.
+        """
+        message = normalize_input(user_input, max_chars=self.config.max_input_chars)
+        return await execute_run(
+            self._rt,
+            RunRequest(
+                session_id=session_id,
+                kind="send",
+                message=message,
+                stop_event=stop_event,
+                tools=tools,
+                system_prompt=system_prompt,
+                heal_pending=heal_pending,
+            ),
+        )
+
+    def send_sync(self, user_input: str | dict[str, Any], session_id: str, **kwargs: Any) -> StatefulResult:
+        """Blocking :meth:`send` for scripts (raises inside a running event loop)."""
+        return _run_sync(self.send(user_input, session_id, **kwargs), "send")
+
+    async def follow_up(
+        self,
+        user_input: str | dict[str, Any],
+        session_id: str,
+        *,
+        stop_event: StopEventLike | None = None,
+        tools: Sequence[str] | ToolRegistry | None = None,
+        system_prompt: str | None = None,
+    ) -> StatefulResult | FollowUpQueued:
+        """Steer a running session, or send to an idle one.
+
+        While a run holds the session (in any process), the message is stored in the session's
+        inbox and the run picks it up at its next round boundary or before it would complete
+        (several are merged into one ``<follow_up>`` message); returns ``FollowUpQueued``.
+        Otherwise this is :meth:`send`.
+        """
+        message = normalize_input(user_input, max_chars=self.config.max_input_chars)
+        content = message.content if isinstance(message.content, str) else message_to_dict(message)["content"]
+        depth = await self.store.enqueue(session_id, content, kind="follow_up", only_if_busy=True)
+        if depth is not None:
+            return FollowUpQueued(session_id=session_id, queue_depth=depth)
+        return await self.send(user_input, session_id, stop_event=stop_event, tools=tools, system_prompt=system_prompt)
+
+    def follow_up_sync(
+        self, user_input: str | dict[str, Any], session_id: str, **kwargs: Any
+    ) -> StatefulResult | FollowUpQueued:
+        """Blocking :meth:`follow_up`."""
+        return _run_sync(self.follow_up(user_input, session_id, **kwargs), "follow_up")
+
+    async def resume(self, session_id: str, *, stop_event: StopEventLike | None = None) -> StatefulResult:
+        """Run the session's unanswered tool calls (reusing results of calls that finished),
+        then continue the run. With nothing pending, runs one more round."""
+        return await execute_run(self._rt, RunRequest(session_id=session_id, kind="resume", stop_event=stop_event))
+
+    async def submit_input(
+        self, session_id: str, interaction_id: str, value: Any, *, stop_event: StopEventLike | None = None
+    ) -> StatefulResult:
+        """Answer a ``request_user_input`` question; the value becomes that tool call's result.
+
+        Raises:
+            ValueError: No open question has that id in the session.
+        """
+        import json
+
+        text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+        still_open = await self.store.answer_interaction(session_id, interaction_id, text)
+        if still_open:
+            pending = await self.store.get_pending(session_id)
+            return StatefulResult(
+                session_id=session_id,
+                status="waiting_for_input",
+                pending_tool_calls=[c.to_dict() for c in pending.calls] if pending else [],
+                pending_interactions=list(still_open),
+                usage={},
+            )
+        return await execute_run(
+            self._rt, RunRequest(session_id=session_id, kind="submit_input", stop_event=stop_event)
+        )
+
+    def abort_pending(self, session_id: str, *, reason: str = "aborted") -> int:
+        """Answer every unresolved tool call with ``<aborted: reason>`` (calls that finished
+        keep their real result); return how many calls were answered."""
+        self._rt.histories.drop(session_id)
+        return self.store.abort_pending_sync(session_id, reason)
+
+    async def abort_pending_async(self, session_id: str, *, reason: str = "aborted") -> int:
+        """Async twin of :meth:`abort_pending`."""
+        return await self.store.abort_pending(session_id, reason)
+
+    # ------------------------------------------------------------------ reading
+
+    def get_messages(self, session_id: str, *, include_compacted: bool = False) -> list[dict[str, Any]]:
+        """The session's history as OpenAI-shaped dicts (folded rows with ``include_compacted``)."""
+        self._require(session_id)
+        return _message_dicts(self.store.load_messages_sync(session_id, include_compacted=include_compacted))
+
+    async def get_messages_async(self, session_id: str, *, include_compacted: bool = False) -> list[dict[str, Any]]:
+        """Async twin of :meth:`get_messages`."""
+        if await self.store.get_session_async(session_id) is None:
+            raise SessionNotFoundError(session_id)
+        return _message_dicts(await self.store.load_messages(session_id, include_compacted=include_compacted))
+
+    def get_pending(self, session_id: str) -> dict[str, Any] | None:
+        """Unanswered tool calls (``assistant_seq``, ``tool_call_ids``, ``tool_calls``,
+        ``statuses``, ``pending_interactions``), or None."""
+        self._require(session_id)
+        return _pending_dict(self.store.get_pending_sync(session_id))
+
+    async def get_pending_async(self, session_id: str) -> dict[str, Any] | None:
+        """Async twin of :meth:`get_pending`."""
+        return _pending_dict(await self.store.get_pending(session_id))
+
+    def get_session_stats(self, session_id: str) -> SessionStatsRow | None:
+        """Aggregates of a session, or None before its first finished send."""
+        return self.store.get_stats_sync(session_id)
+
+    async def get_session_stats_async(self, session_id: str) -> SessionStatsRow | None:
+        """Async twin of :meth:`get_session_stats`."""
+        return await self.store.get_stats(session_id)
+
+    def list_session_stats(self) -> list[SessionStatsRow]:
+        """Stats of every session, most recently active first."""
+        return self.store.list_stats_sync()
+
+    async def list_session_stats_async(self) -> list[SessionStatsRow]:
+        """Async twin of :meth:`list_session_stats`."""
+        return await self.store.list_stats()
+
+    def _require(self, session_id: str) -> None:
+        if self.store.get_session(session_id) is None:
+            raise SessionNotFoundError(session_id)
+
+
+def _check_session_id(session_id: str) -> str:
+    if not isinstance(session_id, str) or not session_id.strip() or len(session_id) > 200:
+        raise ValueError("session_id must be a non-empty string of at most 200 characters")
+    return session_id

@@ -1,0 +1,168 @@
+"""Helpers shared by the provider modules: JSON bytes, memoised wire fragments, lazy SDK
+imports and the SDK-error to :mod:`power_loop.errors` translation rules."""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import importlib
+import json
+import sys
+import time
+from collections.abc import Callable, Mapping
+from types import ModuleType
+from typing import Any, TypeVar
+
+from ..errors import (
+    LLMConnectionError,
+    LLMError,
+    LLMRateLimitError,
+    LLMServerError,
+    LLMStatusError,
+    LLMTimeout,
+)
+
+T = TypeVar("T")
+
+_RETRYABLE_STATUS = frozenset({408, 409, 429})
+
+
+def dumps(value: Any) -> bytes:
+    """Compact UTF-8 JSON, as the SDKs themselves send it."""
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def memo(obj: object, key: str, build: Callable[[], T]) -> T:
+    """Return ``build()`` cached on ``obj`` (a frozen dataclass instance) under ``key``.
+
+    Messages and tool definitions are immutable, so their wire form never changes; caching it
+    makes building a request cost a join of byte strings instead of re-encoding the history.
+    """
+    cache = obj.__dict__
+    found = cache.get(key)
+    if found is None:
+        found = build()
+        cache[key] = found
+    return found
+
+
+async def import_sdk(name: str) -> ModuleType:
+    """Import a provider SDK, in a worker thread the first time (it takes ~0.5 s)."""
+    module = sys.modules.get(name)
+    if module is not None:
+        return module
+    return await asyncio.to_thread(importlib.import_module, name)
+
+
+def http_response_class() -> type[Any]:
+    """The HTTP response class of the SDKs' transport (``httpx2``, or ``httpx`` for older SDKs).
+
+    Passing it as ``cast_to`` makes an SDK return the raw response, whose JSON we decode
+    ourselves (headers included, no per-field model building).
+    """
+    try:
+        import httpx2
+
+        return httpx2.Response
+    except ImportError:  # pragma: no cover - SDK versions built on httpx
+        import httpx
+
+        return httpx.Response
+
+
+def parse_retry_after(headers: Mapping[str, str] | None) -> float | None:
+    """Seconds from ``retry-after-ms`` / ``retry-after`` (delta seconds or HTTP date)."""
+    if not headers:
+        return None
+    raw_ms = headers.get("retry-after-ms")
+    if raw_ms:
+        try:
+            return max(0.0, float(raw_ms) / 1000.0)
+        except ValueError:
+            pass
+    raw = headers.get("retry-after")
+    if not raw:
+        return None
+    try:
+        return max(0.0, float(raw))
+    except ValueError:
+        parsed = email.utils.parsedate_to_datetime(raw) if raw else None
+        if parsed is None:
+            return None
+        return max(0.0, parsed.timestamp() - time.time())
+
+
+def status_error(
+    message: str,
+    *,
+    provider: str,
+    status: int,
+    request_id: str | None,
+    headers: Mapping[str, str] | None,
+) -> LLMError:
+    """The error for an HTTP error status (429 and 5xx retryable, 408/409 too, other 4xx not)."""
+    retry_after = parse_retry_after(headers)
+    text = f"{provider} returned HTTP {status}: {message}"
+    if status == 429:
+        return LLMRateLimitError(
+            text, provider=provider, status_code=status, request_id=request_id, retry_after=retry_after
+        )
+    if status >= 500:
+        return LLMServerError(
+            text, provider=provider, status_code=status, request_id=request_id, retry_after=retry_after
+        )
+    hint = ""
+    if status in (401, 403):
+        hint = " (check the API key and its permissions)"
+    elif status == 404:
+        hint = " (check the base URL and the model name)"
+    elif status == 400:
+        hint = " (the request was rejected as invalid; it is not retried)"
+    return LLMStatusError(
+        text + hint,
+        provider=provider,
+        status_code=status,
+        retryable=status in _RETRYABLE_STATUS,
+        request_id=request_id,
+        retry_after=retry_after,
+    )
+
+
+def map_sdk_error(exc: BaseException, *, provider: str, sdk: ModuleType) -> LLMError | None:
+    """Translate an SDK or transport exception; None when ``exc`` is not one of theirs.
+
+    ``sdk`` is the imported ``openai`` or ``anthropic`` module; both expose the same
+    exception names.
+    """
+    if isinstance(exc, sdk.APITimeoutError):
+        return LLMTimeout(f"{provider} request timed out: {exc}", provider=provider)
+    if isinstance(exc, sdk.APIConnectionError):
+        return LLMConnectionError(f"could not reach {provider}: {exc}", provider=provider)
+    if isinstance(exc, sdk.APIStatusError):
+        response = getattr(exc, "response", None)
+        headers = getattr(response, "headers", None)
+        return status_error(
+            _api_message(exc),
+            provider=provider,
+            status=int(exc.status_code),
+            request_id=getattr(exc, "request_id", None),
+            headers=headers,
+        )
+    if isinstance(exc, sdk.APIError):
+        # An error event inside an otherwise successful stream: the provider failed mid-answer.
+        return LLMServerError(f"{provider} reported an error while streaming: {exc}", provider=provider)
+    name = type(exc).__module__.split(".")[0]
+    if name in ("httpx", "httpx2", "httpcore", "httpcore2"):
+        if "Timeout" in type(exc).__name__:
+            return LLMTimeout(f"{provider} request timed out: {exc!r}", provider=provider)
+        return LLMConnectionError(f"connection to {provider} failed: {exc!r}", provider=provider)
+    return None
+
+
+def _api_message(exc: BaseException) -> str:
+    body = getattr(exc, "body", None)
+    if isinstance(body, Mapping):
+        error = body.get("error", body)
+        if isinstance(error, Mapping) and isinstance(error.get("message"), str):
+            return str(error["message"])
+    return str(getattr(exc, "message", exc))

@@ -1,0 +1,416 @@
+"""Anthropic Messages through ``anthropic.AsyncAnthropic``.
+
+* The system prompt travels as the ``system`` parameter; tool calls are ``tool_use`` blocks
+  and tool results ``tool_result`` blocks inside a user turn; consecutive turns of the same
+  role are merged (the API expects alternation).
+* Only fields of the Messages API are sent (model, max_tokens, messages, system, tools,
+  tool_choice, temperature, stream), as pre-encoded bytes through ``AsyncAnthropic.post``,
+  with the SDK's retries off. Per-message block fragments are cached on the messages.
+* Streaming events: ``message_start`` (input usage), ``content_block_start`` /
+  ``content_block_delta`` (text, tool input JSON, thinking, signature), ``message_delta``
+  (stop reason, output usage). Thinking blocks are kept with their signature and echoed back
+  on later turns, as the API requires for tool use with extended thinking.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from types import ModuleType
+from typing import Any
+
+from ..errors import ConfigurationError, LLMResponseError
+from ..messages import (
+    AssistantMessage,
+    ImagePart,
+    Message,
+    RawPart,
+    SystemMessage,
+    TextPart,
+    ToolCall,
+    ToolResultMessage,
+    Usage,
+)
+from ..tools.definition import ToolDefinition
+from ._common import dumps, http_response_class, import_sdk, map_sdk_error, memo
+from .base import LLMRequest, LLMResponse, StreamCallbacks
+
+__all__ = ["AnthropicMessagesService", "build_messages_body"]
+
+_FINISH = {"end_turn": "stop", "stop_sequence": "stop", "tool_use": "tool_calls", "max_tokens": "length"}
+_MEMO_KEY = "_power_loop_anthropic_wire"
+_DEFAULT_MAX_TOKENS = 4096
+_ANTHROPIC_PART_TYPES = frozenset({"text", "image", "document", "tool_use", "tool_result", "thinking"})
+
+
+def _image_block(part: ImagePart) -> dict[str, Any]:
+    if part.url.startswith("data:") and ";base64," in part.url:
+        media_type, data = part.url[5:].split(";base64,", 1)
+        return {"type": "image", "source": {"type": "base64", "media_type": media_type, "data": data}}
+    return {"type": "image", "source": {"type": "url", "url": part.url}}
+
+
+def _content_blocks(content: Any) -> list[dict[str, Any]]:
+    if isinstance(content, str):
+        return [{"type": "text", "text": content}] if content else []
+    blocks: list[dict[str, Any]] = []
+    for part in content:
+        if isinstance(part, TextPart):
+            if part.text:
+                blocks.append({"type": "text", "text": part.text})
+        elif isinstance(part, ImagePart):
+            blocks.append(_image_block(part))
+        elif isinstance(part, RawPart) and part.type in _ANTHROPIC_PART_TYPES:
+            blocks.append(dict(part.data))
+        elif isinstance(part, RawPart):
+            # A part only another provider understands: keep its text, if any, so nothing the
+            # user said silently disappears.
+            text = part.data.get("text")
+            if isinstance(text, str) and text:
+                blocks.append({"type": "text", "text": text})
+    return blocks
+
+
+def _tool_input(call: ToolCall) -> dict[str, Any]:
+    try:
+        return call.parsed_arguments()
+    except ValueError:
+        # The API needs an object; keep what the model said so the history stays honest.
+        return {"_unparsed_arguments": call.arguments}
+
+
+def _turn(message: Message) -> tuple[str, bytes]:
+    """(role, comma-joined JSON content blocks) of one message."""
+    if isinstance(message, AssistantMessage):
+        blocks: list[dict[str, Any]] = []
+        if message.reasoning and message.reasoning_signature:
+            blocks.append({"type": "thinking", "thinking": message.reasoning, "signature": message.reasoning_signature})
+        blocks += _content_blocks(message.content)
+        blocks += [
+            {"type": "tool_use", "id": c.id, "name": c.name, "input": _tool_input(c)} for c in message.tool_calls
+        ]
+        return "assistant", b",".join(dumps(b) for b in blocks)
+    if isinstance(message, ToolResultMessage):
+        result: dict[str, Any] = {
+            "type": "tool_result",
+            "tool_use_id": message.tool_call_id,
+            "content": _content_blocks(message.content) or [{"type": "text", "text": "(no output)"}],
+        }
+        if message.is_error:
+            result["is_error"] = True
+        return "user", dumps(result)
+    blocks = _content_blocks(message.content) or [{"type": "text", "text": "(empty)"}]
+    return "user", b",".join(dumps(b) for b in blocks)
+
+
+def build_messages_body(request: LLMRequest, *, model: str, max_tokens: int, temperature: float | None) -> bytes:
+    """Encode a Messages API request body from ``request``."""
+    system_parts = [request.system_prompt] if request.system_prompt else []
+    turns: list[tuple[str, list[bytes]]] = []
+    for message in request.messages:
+        if isinstance(message, SystemMessage):
+            system_parts.append(message.content)
+            continue
+        role, blocks = memo(message, _MEMO_KEY, lambda m=message: _turn(m))  # type: ignore[misc]
+        if not blocks:
+            continue
+        if turns and turns[-1][0] == role:
+            turns[-1][1].append(blocks)
+        else:
+            turns.append((role, [blocks]))
+    head: dict[str, Any] = {"model": model, "max_tokens": max_tokens}
+    if request.stream:
+        head["stream"] = True
+    if system_parts:
+        head["system"] = "\n\n".join(system_parts)
+    if temperature is not None:
+        head["temperature"] = temperature
+    if request.tools and request.tool_choice:
+        head["tool_choice"] = {"auto": {"type": "auto"}, "required": {"type": "any"}, "none": {"type": "none"}}[
+            request.tool_choice
+        ]
+    if request.extra_body:
+        head.update(request.extra_body)
+    encoded_turns = b",".join(
+        b'{"role":' + dumps(role) + b',"content":[' + b",".join(blocks) + b"]}" for role, blocks in turns
+    )
+    parts = [dumps(head)[:-1], b',"messages":[', encoded_turns, b"]"]
+    if request.tools:
+        tools = b",".join(memo(t, _MEMO_KEY, lambda t=t: _tool_wire(t)) for t in request.tools)  # type: ignore[misc]
+        parts += [b',"tools":[', tools, b"]"]
+    parts.append(b"}")
+    return b"".join(parts)
+
+
+def _tool_wire(tool: ToolDefinition) -> bytes:
+    return dumps({"name": tool.name, "description": tool.description, "input_schema": tool.parameters})
+
+
+@dataclass
+class _Block:
+    kind: str
+    id: str = ""
+    name: str = ""
+    parts: list[str] = field(default_factory=list)
+    signature: str = ""
+
+
+class _EventAccumulator:
+    """Folds Messages stream events into one response."""
+
+    def __init__(self, callbacks: StreamCallbacks | None) -> None:
+        self.callbacks = callbacks
+        self.blocks: dict[int, _Block] = {}
+        self.input_tokens = 0
+        self.cache_read = 0
+        self.cache_write = 0
+        self.output_tokens = 0
+        self.stop_reason: str | None = None
+        self.model: str | None = None
+
+    def add(self, event: Mapping[str, Any]) -> None:
+        kind = event.get("type")
+        if kind == "message_start":
+            message = event.get("message") or {}
+            self.model = message.get("model")
+            self._usage(message.get("usage"))
+        elif kind == "content_block_start":
+            block = event.get("content_block") or {}
+            index = int(event.get("index", len(self.blocks)))
+            self.blocks[index] = _Block(
+                kind=str(block.get("type", "text")), id=block.get("id") or "", name=block.get("name") or ""
+            )
+            if block.get("type") == "text" and block.get("text"):
+                self._text(index, block["text"])
+        elif kind == "content_block_delta":
+            self._delta(int(event.get("index", 0)), event.get("delta") or {})
+        elif kind == "message_delta":
+            delta = event.get("delta") or {}
+            self.stop_reason = delta.get("stop_reason") or self.stop_reason
+            self._usage(event.get("usage"))
+
+    def _usage(self, usage: Mapping[str, Any] | None) -> None:
+        if not usage:
+            return
+        for attr, name in (
+            ("input_tokens", "input_tokens"),
+            ("cache_read", "cache_read_input_tokens"),
+            ("cache_write", "cache_creation_input_tokens"),
+            ("output_tokens", "output_tokens"),
+        ):
+            value = usage.get(name)
+            if value is not None:
+                setattr(self, attr, int(value))
+
+    def _text(self, index: int, text: str) -> None:
+        self.blocks[index].parts.append(text)
+        if self.callbacks and self.callbacks.on_text_delta:
+            self.callbacks.on_text_delta(text)
+
+    def _delta(self, index: int, delta: Mapping[str, Any]) -> None:
+        block = self.blocks.setdefault(index, _Block(kind="text"))
+        kind = delta.get("type")
+        if kind == "text_delta":
+            self._text(index, delta.get("text", ""))
+        elif kind == "input_json_delta":
+            block.parts.append(delta.get("partial_json", ""))
+        elif kind == "thinking_delta":
+            thinking = delta.get("thinking", "")
+            block.parts.append(thinking)
+            if self.callbacks and self.callbacks.on_reasoning_delta:
+                self.callbacks.on_reasoning_delta(thinking)
+        elif kind == "signature_delta":
+            block.signature += delta.get("signature", "")
+
+    def response(self, request_id: str | None) -> LLMResponse:
+        text: list[str] = []
+        thinking: list[str] = []
+        signature = ""
+        calls: list[ToolCall] = []
+        for _, block in sorted(self.blocks.items()):
+            if block.kind == "text":
+                text.append("".join(block.parts))
+            elif block.kind == "thinking":
+                thinking.append("".join(block.parts))
+                signature = block.signature or signature
+            elif block.kind == "tool_use":
+                calls.append(ToolCall(id=block.id, name=block.name, arguments="".join(block.parts) or "{}"))
+        prompt = self.input_tokens + self.cache_read + self.cache_write
+        usage = Usage.of_call(
+            prompt_tokens=prompt, completion_tokens=self.output_tokens, cache_read_tokens=self.cache_read
+        )
+        message = AssistantMessage(
+            content="".join(text),
+            tool_calls=tuple(calls),
+            reasoning="".join(thinking) or None,
+            reasoning_signature=signature or None,
+        )
+        reason = _FINISH.get(self.stop_reason or "", self.stop_reason)
+        return LLMResponse(message=message, usage=usage, finish_reason=reason, model=self.model, request_id=request_id)
+
+
+class AnthropicMessagesService:
+    """An :class:`~power_loop.providers.base.LLMService` for the Anthropic Messages API.
+
+    Args:
+        model: Model name sent with every request.
+        api_key: API key (``x-api-key``).
+        base_url: Server base URL (default: Anthropic's).
+        timeout_s: Per-request timeout.
+        max_retries: Retries the engine may make when no ``LLMRetryPolicy`` is set.
+        max_tokens: Upper bound on any request's completion tokens; also the value sent when
+            a request sets none (the API requires one; default 4096).
+        temperature: Temperature used when a request does not set one.
+        stream: Stream responses.
+        context_window: The model's context window in tokens, if known.
+        default_headers: Extra headers sent with every request.
+        client: A ready ``anthropic.AsyncAnthropic`` to use instead of building one.
+    """
+
+    provider = "anthropic"
+
+    def __init__(
+        self,
+        *,
+        model: str,
+        api_key: str | None = None,
+        base_url: str | None = None,
+        timeout_s: float = 60.0,
+        max_retries: int = 3,
+        max_tokens: int | None = None,
+        temperature: float | None = None,
+        stream: bool = True,
+        context_window: int | None = None,
+        default_headers: Mapping[str, str] | None = None,
+        client: Any = None,
+    ) -> None:
+        if not model:
+            raise ConfigurationError("AnthropicMessagesService needs a model name")
+        self.model = model
+        self.api_key = api_key
+        self.base_url = base_url
+        self.timeout_s = timeout_s
+        self.max_retries = max_retries
+        self.max_tokens = max_tokens
+        self.temperature = temperature
+        self.stream = stream
+        self.context_window = context_window
+        self.default_headers = dict(default_headers or {})
+        self._client = client
+        self._sdk: ModuleType | None = None
+        self._client_lock = asyncio.Lock()
+
+    def __repr__(self) -> str:
+        return f"AnthropicMessagesService(model={self.model!r}, base_url={self.base_url!r})"
+
+    async def _ensure_client(self) -> tuple[Any, ModuleType]:
+        if self._sdk is not None and self._client is not None:
+            return self._client, self._sdk
+        async with self._client_lock:
+            sdk = await import_sdk("anthropic")
+            if self._client is None:
+                self._client = sdk.AsyncAnthropic(
+                    api_key=self.api_key or "not-needed",
+                    base_url=self.base_url,
+                    max_retries=0,
+                    timeout=self.timeout_s,
+                    default_headers=self.default_headers or None,
+                )
+            self._sdk = sdk
+            return self._client, sdk
+
+    async def aclose(self) -> None:
+        """Close the underlying HTTP client."""
+        if self._client is not None:
+            await self._client.close()
+
+    async def complete(self, request: LLMRequest, *, callbacks: StreamCallbacks | None = None) -> LLMResponse:
+        """Make one Messages request. See :class:`~power_loop.providers.base.LLMService`."""
+        client, sdk = await self._ensure_client()
+        if request.stream and not self.stream:
+            request = replace(request, stream=False)
+        max_tokens = request.max_tokens or self.max_tokens or _DEFAULT_MAX_TOKENS
+        if self.max_tokens is not None:
+            max_tokens = min(max_tokens, self.max_tokens)
+        temperature = request.temperature if request.temperature is not None else self.temperature
+        body = build_messages_body(
+            request, model=request.model or self.model, max_tokens=max_tokens, temperature=temperature
+        )
+        options: dict[str, Any] = {"headers": {"Content-Type": "application/json"}}
+        if request.timeout_s is not None:
+            options["timeout"] = request.timeout_s
+        try:
+            if request.stream:
+                return await self._stream(client, sdk, body, options, callbacks)
+            return await self._plain(client, body, options, callbacks)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            mapped = map_sdk_error(exc, provider=self.provider, sdk=sdk)
+            if mapped is None:
+                raise
+            raise mapped from exc
+
+    async def _stream(
+        self, client: Any, sdk: ModuleType, body: bytes, options: dict[str, Any], callbacks: StreamCallbacks | None
+    ) -> LLMResponse:
+        # Events are decoded as plain dicts (AsyncStream[object]): the SDK still handles SSE
+        # framing and error events, without building a pydantic model per event.
+        stream = await client.post(
+            "/v1/messages",
+            cast_to=object,
+            content=body,
+            options=options,
+            stream=True,
+            stream_cls=sdk.AsyncStream[object],
+        )
+        acc = _EventAccumulator(callbacks)
+        try:
+            if callbacks and callbacks.on_stream_start:
+                callbacks.on_stream_start()
+            async for event in stream:
+                if isinstance(event, Mapping):
+                    acc.add(event)
+        finally:
+            await stream.close()
+        if callbacks and callbacks.on_stream_end:
+            callbacks.on_stream_end()
+        return acc.response(stream.response.headers.get("request-id"))
+
+    async def _plain(
+        self, client: Any, body: bytes, options: dict[str, Any], callbacks: StreamCallbacks | None
+    ) -> LLMResponse:
+        raw = await client.post("/v1/messages", cast_to=http_response_class(), content=body, options=options)
+        try:
+            msg = raw.json()
+        except ValueError as exc:
+            raise LLMResponseError(f"the server's answer is not JSON: {exc}", provider=self.provider) from exc
+        if not isinstance(msg, Mapping):
+            raise LLMResponseError("the server's answer is not a message object", provider=self.provider)
+        acc = _EventAccumulator(None)
+        acc.model = msg.get("model")
+        acc.stop_reason = msg.get("stop_reason")
+        acc._usage(msg.get("usage"))
+        for index, block in enumerate(msg.get("content") or ()):
+            kind = block.get("type", "")
+            acc.blocks[index] = _Block(kind=kind, id=block.get("id") or "", name=block.get("name") or "")
+            if kind == "text":
+                acc.blocks[index].parts.append(block.get("text", ""))
+            elif kind == "tool_use":
+                acc.blocks[index].parts.append(json.dumps(block.get("input", {})))
+            elif kind == "thinking":
+                acc.blocks[index].parts.append(block.get("thinking", ""))
+                acc.blocks[index].signature = block.get("signature") or ""
+        response = acc.response(raw.headers.get("request-id"))
+        if callbacks:
+            if callbacks.on_stream_start:
+                callbacks.on_stream_start()
+            if response.message.reasoning and callbacks.on_reasoning_delta:
+                callbacks.on_reasoning_delta(response.message.reasoning)
+            if response.message.text and callbacks.on_text_delta:
+                callbacks.on_text_delta(response.message.text)
+            if callbacks.on_stream_end:
+                callbacks.on_stream_end()
+        return response

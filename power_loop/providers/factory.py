@@ -1,0 +1,238 @@
+"""Build a provider from a config object or from the environment.
+
+Environment variables (``P`` is the prefix, ``POWER_LOOP`` by default; each falls back to the
+same name under ``OPENAI_COMPAT``):
+
+=====================  ==========================================  =========
+variable               meaning                                     default
+=====================  ==========================================  =========
+``P_BASE_URL``         server base URL                             required
+``P_API_KEY``          API key                                     required
+``P_MODEL``            model name                                  required
+``P_PROVIDER``         ``openai`` or ``anthropic``                 openai
+``P_TIMEOUT_S``        per-request timeout (seconds)               60
+``P_MAX_TOKENS``       cap on completion tokens per call           none
+``P_TEMPERATURE``      default temperature                         none
+``P_MAX_RETRIES``      retries for transient errors                3
+``P_CONTEXT_WINDOW``   the model's context window (tokens)         none
+=====================  ==========================================  =========
+
+Values in the process environment win over a ``.env`` file, which is read (never written
+into ``os.environ``) through python-dotenv.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from ..errors import ConfigurationError
+from .base import LLMService
+
+__all__ = [
+    "LLMProviderConfig",
+    "create_llm_service_from_config",
+    "create_llm_service_from_env",
+    "provider_config_from_env",
+]
+
+ProviderName = Literal["openai", "anthropic"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class LLMProviderConfig:
+    """Everything needed to build a provider.
+
+    Attributes:
+        model: Model name.
+        base_url: Server base URL (None = the SDK's default endpoint).
+        api_key: API key.
+        provider: ``"openai"`` (any Chat Completions server) or ``"anthropic"``.
+        timeout_s: Per-request timeout in seconds.
+        max_tokens: Cap on completion tokens per call (None = the request decides).
+        temperature: Temperature used when a request sets none.
+        max_retries: Retries for transient errors when the loop has no ``retry_policy``.
+        context_window: The model's context window in tokens, if known.
+        stream: Stream responses.
+        default_headers: Extra headers for every request.
+    """
+
+    model: str
+    base_url: str | None = None
+    api_key: str | None = None
+    provider: ProviderName = "openai"
+    timeout_s: float = 60.0
+    max_tokens: int | None = None
+    temperature: float | None = None
+    max_retries: int = 3
+    context_window: int | None = None
+    stream: bool = True
+    default_headers: Mapping[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.model:
+            raise ConfigurationError("LLMProviderConfig.model must be a non-empty model name")
+        if self.provider not in ("openai", "anthropic"):
+            raise ConfigurationError(
+                f"unknown provider {self.provider!r}; use 'openai' (any Chat Completions server) or 'anthropic'"
+            )
+        if self.timeout_s <= 0:
+            raise ConfigurationError(f"timeout_s must be > 0, got {self.timeout_s}")
+        if self.max_retries < 0:
+            raise ConfigurationError(f"max_retries must be >= 0, got {self.max_retries}")
+        if self.max_tokens is not None and self.max_tokens <= 0:
+            raise ConfigurationError(f"max_tokens must be > 0, got {self.max_tokens}")
+        if self.context_window is not None and self.context_window <= 0:
+            raise ConfigurationError(f"context_window must be > 0, got {self.context_window}")
+
+
+def create_llm_service_from_config(config: LLMProviderConfig) -> LLMService:
+    """Build the provider ``config`` describes. The SDK itself is imported on first use."""
+    common = dict(
+        model=config.model,
+        api_key=config.api_key,
+        base_url=config.base_url,
+        timeout_s=config.timeout_s,
+        max_retries=config.max_retries,
+        max_tokens=config.max_tokens,
+        temperature=config.temperature,
+        stream=config.stream,
+        context_window=config.context_window,
+        default_headers=config.default_headers,
+    )
+    if config.provider == "anthropic":
+        from .anthropic import AnthropicMessagesService
+
+        return AnthropicMessagesService(**common)  # type: ignore[arg-type]
+    from .openai import OpenAIChatService
+
+    return OpenAIChatService(**common)  # type: ignore[arg-type]
+
+
+class _Env:
+    def __init__(self, prefix: str, fallback_prefix: str | None, dotenv: Mapping[str, str | None]) -> None:
+        self.prefix = prefix
+        self.fallback = fallback_prefix
+        self.dotenv = dotenv
+
+    def names(self, key: str) -> list[str]:
+        names = [f"{self.prefix}_{key}"]
+        if self.fallback:
+            names.append(f"{self.fallback}_{key}")
+        return names
+
+    def get(self, key: str) -> str | None:
+        for name in self.names(key):
+            value = os.environ.get(name)
+            if value is None:
+                value = self.dotenv.get(name)
+            if value is not None and value.strip() != "":
+                return value.strip()
+        return None
+
+    def require(self, key: str) -> str:
+        value = self.get(key)
+        if value is None:
+            tried = " or ".join(self.names(key))
+            raise ConfigurationError(
+                f"{self.names(key)[0]} is not set (looked for {tried} in the environment and .env); "
+                "set it, or pass an LLMProviderConfig to create_llm_service_from_config()"
+            )
+        return value
+
+    def number(self, key: str, kind: type[float] | type[int]) -> float | int | None:
+        raw = self.get(key)
+        if raw is None:
+            return None
+        try:
+            return kind(raw)
+        except ValueError:
+            raise ConfigurationError(f"{self.names(key)[0]}={raw!r} is not a valid {kind.__name__}") from None
+
+
+def _read_dotenv(env_file: str | os.PathLike[str] | None) -> Mapping[str, str | None]:
+    if env_file is None:
+        return {}
+    path = Path(env_file)
+    if not path.is_file():
+        return {}
+    from dotenv import dotenv_values
+
+    return dotenv_values(path)
+
+
+def provider_config_from_env(
+    *,
+    prefix: str = "POWER_LOOP",
+    fallback_prefix: str | None = "OPENAI_COMPAT",
+    env_file: str | os.PathLike[str] | None = ".env",
+) -> LLMProviderConfig:
+    """Read an :class:`LLMProviderConfig` from the environment (see the module docs).
+
+    Raises:
+        ConfigurationError: (a ``ValueError``) a required variable is missing or a value is
+            malformed; the message names the variable.
+    """
+    env = _Env(prefix, fallback_prefix, _read_dotenv(env_file))
+    provider = (env.get("PROVIDER") or "openai").lower()
+    if provider not in ("openai", "anthropic"):
+        raise ConfigurationError(f"{prefix}_PROVIDER={provider!r}: use 'openai' or 'anthropic'")
+    timeout = env.number("TIMEOUT_S", float)
+    max_tokens = env.number("MAX_TOKENS", int)
+    temperature = env.number("TEMPERATURE", float)
+    retries = env.number("MAX_RETRIES", int)
+    window = env.number("CONTEXT_WINDOW", int)
+    return LLMProviderConfig(
+        provider=provider,  # type: ignore[arg-type]
+        base_url=env.require("BASE_URL"),
+        api_key=env.require("API_KEY"),
+        model=env.require("MODEL"),
+        timeout_s=float(timeout) if timeout is not None else 60.0,
+        max_tokens=int(max_tokens) if max_tokens is not None else None,
+        temperature=float(temperature) if temperature is not None else None,
+        max_retries=int(retries) if retries is not None else 3,
+        context_window=int(window) if window is not None else None,
+    )
+
+
+def env_configured(
+    *,
+    prefix: str = "POWER_LOOP",
+    fallback_prefix: str | None = "OPENAI_COMPAT",
+    env_file: str | os.PathLike[str] | None = ".env",
+) -> bool:
+    """True when a model is configured in the environment or ``.env``."""
+    env = _Env(prefix, fallback_prefix, _read_dotenv(env_file))
+    return env.get("MODEL") is not None
+
+
+def create_llm_service_from_env(
+    *,
+    prefix: str = "POWER_LOOP",
+    fallback_prefix: str | None = "OPENAI_COMPAT",
+    env_file: str | os.PathLike[str] | None = ".env",
+    offline_fallback: bool = False,
+) -> LLMService:
+    """Build a provider from ``{prefix}_*`` variables (falling back to ``{fallback_prefix}_*``).
+
+    Args:
+        prefix: Variable prefix.
+        fallback_prefix: Second prefix tried for each variable (None to disable).
+        env_file: A ``.env`` file read through python-dotenv (None to skip).
+        offline_fallback: When no model is configured at all, return the built-in
+            :class:`~power_loop.providers.offline.OfflineLLM` instead of raising.
+
+    Raises:
+        ConfigurationError: (a ``ValueError``) a required variable is missing (named in the
+            message) or malformed.
+    """
+    if offline_fallback and not env_configured(prefix=prefix, fallback_prefix=fallback_prefix, env_file=env_file):
+        from .offline import OfflineLLM
+
+        return OfflineLLM()
+    return create_llm_service_from_config(
+        provider_config_from_env(prefix=prefix, fallback_prefix=fallback_prefix, env_file=env_file)
+    )

@@ -1,0 +1,98 @@
+"""Results of runs: ``StatefulResult``, its statuses, and ``FollowUpQueued``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+__all__ = ["RUN_STATUSES", "AgentLoopResult", "FollowUpQueued", "RunStatus", "StatefulResult"]
+
+RunStatus = Literal[
+    "completed",
+    "pending_tools",
+    "waiting_for_input",
+    "cancelled",
+    "hit_round_limit",
+    "budget_exceeded",
+    "degraded",
+]
+RUN_STATUSES: tuple[str, ...] = (
+    "completed",
+    "pending_tools",
+    "waiting_for_input",
+    "cancelled",
+    "hit_round_limit",
+    "budget_exceeded",
+    "degraded",
+)
+
+
+@dataclass
+class StatefulResult:
+    """What one ``send`` (or ``resume`` / ``submit_input``) produced.
+
+    Attributes:
+        session_id: The session.
+        status: How the run ended. ``completed``: the model answered. ``pending_tools``: a
+            hook or cancellation left tool calls unanswered (``resume``/``abort_pending``).
+            ``waiting_for_input``: a tool asked the user (``submit_input``). ``cancelled``:
+            a stop_event fired. ``hit_round_limit``: ``max_rounds`` reached (a summary was
+            requested). ``budget_exceeded``: ``max_tokens_per_run`` reached. ``degraded``: the
+            model could not be reached; the session is usable once it can.
+        final_text: The last answer, or a marker: ``[budget_exceeded]``,
+            ``[hit_round_limit]\\n<summary>``, ``[cancelled by user]``, ``[degraded: ...]``.
+        rounds: Rounds run (model calls made for rounds, the round-limit summary excluded).
+        pending_tool_calls: Unanswered calls as OpenAI ``tool_calls[]`` dicts.
+        pending_interactions: Open ``request_user_input`` questions.
+        usage: Token usage summed over the run (``calls, prompt_tokens, completion_tokens,
+            cache_read_tokens, reasoning_tokens, total_tokens``).
+        tool_calls: Tool calls executed.
+        run_id: Id of the run (its row in the store).
+    """
+
+    session_id: str
+    status: str
+    final_text: str = ""
+    rounds: int = 0
+    pending_tool_calls: list[dict[str, Any]] = field(default_factory=list)
+    pending_interactions: list[dict[str, Any]] = field(default_factory=list)
+    usage: dict[str, int] = field(default_factory=dict)
+    tool_calls: int = 0
+    run_id: str = ""
+
+    @property
+    def ok(self) -> bool:
+        """True when the run completed normally."""
+        return self.status == "completed"
+
+
+@dataclass(frozen=True)
+class FollowUpQueued:
+    """``follow_up`` found the session busy and stored the message in its inbox.
+
+    Attributes:
+        session_id: The session.
+        queue_depth: Items waiting in the inbox, this one included.
+    """
+
+    session_id: str
+    queue_depth: int
+
+
+@dataclass
+class AgentLoopResult:
+    """Result of a run without a session (kept for 0.11 compatibility).
+
+    Attributes:
+        status: As in :class:`StatefulResult`.
+        final_text: The last answer.
+        rounds: Rounds run.
+        messages: The conversation (dict view).
+        usage: Summed usage.
+    """
+
+    status: str
+    final_text: str = ""
+    rounds: int = 0
+    messages: list[dict[str, Any]] = field(default_factory=list)
+    usage: dict[str, int] = field(default_factory=dict)

@@ -1,0 +1,678 @@
+"""The SQL of the SQLite store, as plain functions over a ``sqlite3.Connection``.
+
+Every function here runs inside a transaction opened by its caller (``transaction``), on
+whichever thread owns the connection: the aiosqlite worker thread for the async API, the
+calling thread for the sync conveniences. Nothing here touches the event loop.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, TypeVar
+
+from ..errors import CorruptRecordError, LeaseLostError, SessionNotFoundError
+from ..messages import (
+    AssistantMessage,
+    ImagePart,
+    Message,
+    RawPart,
+    TextPart,
+    ToolResultMessage,
+    UserMessage,
+    content_text,
+    message_from_dict,
+    message_to_dict,
+)
+from .rows import (
+    RESOLVED_STATUSES,
+    Append,
+    BeginOutcome,
+    BeginRun,
+    DrainInbox,
+    FinishRun,
+    LeaseClaim,
+    OpenInteraction,
+    PendingCall,
+    PendingState,
+    RecordLLMCall,
+    SessionRow,
+    SessionStatsRow,
+    StoredMessage,
+    UpdateToolCall,
+    WriteOp,
+    WriteOutcome,
+)
+
+T = TypeVar("T")
+
+
+def now_ms() -> int:
+    """Wall-clock time in epoch milliseconds."""
+    return int(time.time() * 1000)
+
+
+def transaction(conn: sqlite3.Connection, fn: Callable[[sqlite3.Connection], T]) -> T:
+    """Run ``fn`` in a ``BEGIN IMMEDIATE`` transaction: commit on success, roll back on error."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        result = fn(conn)
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+    return result
+
+
+def encode_message(message: Message) -> str:
+    """The stored JSON of a message (its dict view)."""
+    return json.dumps(message_to_dict(message), ensure_ascii=False, separators=(",", ":"))
+
+
+def decode_message(session_id: str, seq: int, body: str) -> Message:
+    """Decode a stored message.
+
+    Raises:
+        CorruptRecordError: The row is not valid JSON or not a valid message.
+    """
+    try:
+        return message_from_dict(json.loads(body))
+    except (ValueError, TypeError, AttributeError) as exc:
+        raise CorruptRecordError(
+            f"message seq {seq} of session {session_id!r} cannot be decoded ({exc}); the row was "
+            "changed outside power_loop. Fix or delete that row, or close the session.",
+            session_id=session_id,
+            seq=seq,
+        ) from exc
+
+
+# --------------------------------------------------------------------------- sessions
+
+
+def _session_row(row: Sequence[Any]) -> SessionRow:
+    try:
+        metadata = json.loads(row[1]) if row[1] else {}
+    except ValueError:
+        metadata = {"_corrupt_metadata": row[1]}
+    return SessionRow(
+        session_id=row[0],
+        metadata=metadata,
+        system_prompt=row[2],
+        parent_session_id=row[3],
+        kind=row[4],
+        lifecycle=row[5],
+        depth=row[6],
+        created_at=row[7],
+        updated_at=row[8],
+    )
+
+
+_SESSION_COLUMNS = (
+    "session_id, metadata, system_prompt, parent_session_id, kind, lifecycle, depth, created_at, updated_at"
+)
+
+
+def get_session(conn: sqlite3.Connection, session_id: str) -> SessionRow | None:
+    """The session row, or None."""
+    row = conn.execute(f"SELECT {_SESSION_COLUMNS} FROM sessions WHERE session_id = ?", (session_id,)).fetchone()
+    return _session_row(row) if row else None
+
+
+def create_session(
+    conn: sqlite3.Connection,
+    session_id: str,
+    *,
+    metadata: Mapping[str, Any],
+    system_prompt: str | None,
+    parent_session_id: str | None,
+    kind: str,
+    lifecycle: str | None,
+    depth: int,
+) -> None:
+    """Insert a session row.
+
+    Raises:
+        ValueError: The id exists already.
+        SessionNotFoundError: The parent does not exist.
+    """
+    if parent_session_id is not None and get_session(conn, parent_session_id) is None:
+        raise SessionNotFoundError(parent_session_id)
+    now = now_ms()
+    try:
+        conn.execute(
+            "INSERT INTO sessions (session_id, created_at, updated_at, metadata, system_prompt, "
+            "parent_session_id, kind, lifecycle, depth) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                session_id,
+                now,
+                now,
+                json.dumps(dict(metadata)),
+                system_prompt,
+                parent_session_id,
+                kind,
+                lifecycle,
+                depth,
+            ),
+        )
+    except sqlite3.IntegrityError as exc:
+        raise ValueError(f"session id {session_id!r} already exists") from exc
+
+
+def delete_session(conn: sqlite3.Connection, session_id: str, *, cascade: bool) -> int:
+    """Delete a session (and, with ``cascade``, its sub-agent sessions); return the count."""
+    if get_session(conn, session_id) is None:
+        return 0
+    ids = [session_id]
+    if cascade:
+        frontier = [session_id]
+        while frontier:
+            rows = conn.execute(
+                f"SELECT session_id FROM sessions WHERE parent_session_id IN ({','.join('?' * len(frontier))})",
+                frontier,
+            ).fetchall()
+            frontier = [r[0] for r in rows]
+            ids += frontier
+    else:
+        conn.execute("UPDATE sessions SET parent_session_id = NULL WHERE parent_session_id = ?", (session_id,))
+    conn.execute("DELETE FROM sessions WHERE session_id = ?", (session_id,))  # children cascade
+    return len(ids)
+
+
+def _version(conn: sqlite3.Connection, session_id: str) -> tuple[int, int]:
+    row = conn.execute("SELECT version, event_seq FROM sessions WHERE session_id = ?", (session_id,)).fetchone()
+    if row is None:
+        raise SessionNotFoundError(session_id)
+    return int(row[0]), int(row[1])
+
+
+def _touch(conn: sqlite3.Connection, session_id: str, *, bump: bool, event_seq: int | None, now: int) -> int:
+    conn.execute(
+        "UPDATE sessions SET version = version + ?, updated_at = ?, event_seq = MAX(event_seq, ?) WHERE session_id = ?",
+        (1 if bump else 0, now, event_seq or 0, session_id),
+    )
+    return _version(conn, session_id)[0]
+
+
+# --------------------------------------------------------------------------- history
+
+
+def load_history(conn: sqlite3.Connection, session_id: str, *, include_compacted: bool = False) -> list[StoredMessage]:
+    """The session's messages in seq order (without folded rows unless asked)."""
+    where = "" if include_compacted else " AND compacted = 0"
+    rows = conn.execute(
+        f"SELECT seq, body, compacted FROM messages WHERE session_id = ?{where} ORDER BY seq", (session_id,)
+    ).fetchall()
+    return [StoredMessage(seq, decode_message(session_id, seq, body), bool(compacted)) for seq, body, compacted in rows]
+
+
+def pending_state(conn: sqlite3.Connection, session_id: str) -> PendingState | None:
+    """Unanswered calls of the session, or None."""
+    rows = conn.execute(
+        "SELECT tool_call_id, name, arguments, status, result, is_error, position, assistant_seq "
+        "FROM tool_calls WHERE session_id = ? AND result_seq IS NULL ORDER BY assistant_seq, position",
+        (session_id,),
+    ).fetchall()
+    if not rows:
+        return None
+    calls = tuple(
+        PendingCall(
+            tool_call_id=r[0], name=r[1], arguments=r[2], status=r[3], result=r[4], is_error=bool(r[5]), position=r[6]
+        )
+        for r in rows
+    )
+    return PendingState(
+        assistant_seq=int(rows[0][7]), calls=calls, interactions=tuple(open_interactions(conn, session_id))
+    )
+
+
+def open_interactions(conn: sqlite3.Connection, session_id: str) -> list[dict[str, Any]]:
+    """Open ``request_user_input`` questions of a session, oldest first."""
+    rows = conn.execute(
+        "SELECT body FROM interactions WHERE session_id = ? AND status = 'open' ORDER BY created_at, rowid",
+        (session_id,),
+    ).fetchall()
+    return [json.loads(r[0]) for r in rows]
+
+
+def answer_interaction(
+    conn: sqlite3.Connection, session_id: str, interaction_id: str, value: str
+) -> list[dict[str, Any]]:
+    """Store ``value`` as the result of the interaction's tool call; return the interactions
+    still open.
+
+    Raises:
+        ValueError: No open interaction has that id in this session.
+    """
+    _version(conn, session_id)
+    row = conn.execute(
+        "SELECT tool_call_id FROM interactions WHERE interaction_id = ? AND session_id = ? AND status = 'open'",
+        (interaction_id, session_id),
+    ).fetchone()
+    if row is None:
+        raise ValueError(f"pending interaction not found: {interaction_id}")
+    now = now_ms()
+    conn.execute(
+        "UPDATE tool_calls SET status = 'done', result = ?, is_error = 0, updated_at = ? "
+        "WHERE session_id = ? AND tool_call_id = ? AND result_seq IS NULL",
+        (value, now, session_id, row[0]),
+    )
+    conn.execute(
+        "UPDATE interactions SET status = 'answered', answered_at = ? WHERE interaction_id = ?", (now, interaction_id)
+    )
+    return open_interactions(conn, session_id)
+
+
+def _next_seq(conn: sqlite3.Connection, session_id: str) -> int:
+    row = conn.execute("SELECT MAX(seq) FROM messages WHERE session_id = ?", (session_id,)).fetchone()
+    return int(row[0] or 0) + 1
+
+
+def append_messages(conn: sqlite3.Connection, session_id: str, op: Append, now: int) -> list[StoredMessage]:
+    """Apply an :class:`Append`; return the stored messages with their seqs."""
+    seq = _next_seq(conn, session_id)
+    stored: list[StoredMessage] = []
+    for message in op.messages:
+        conn.execute(
+            "INSERT INTO messages (session_id, seq, role, body, run_id, created_at) VALUES (?, ?, ?, ?, ?, ?)",
+            (session_id, seq, message.role, encode_message(message), op.run_id, now),
+        )
+        if isinstance(message, AssistantMessage) and message.tool_calls:
+            conn.executemany(
+                "INSERT INTO tool_calls (session_id, tool_call_id, assistant_seq, position, name, arguments, "
+                "status, run_id, updated_at) VALUES (?, ?, ?, ?, ?, ?, 'pending', ?, ?)",
+                [
+                    (session_id, c.id, seq, i, c.name, c.arguments, op.run_id, now)
+                    for i, c in enumerate(message.tool_calls)
+                ],
+            )
+        elif isinstance(message, ToolResultMessage):
+            status = op.statuses.get(message.tool_call_id) or ("failed" if message.is_error else "done")
+            conn.execute(
+                "UPDATE tool_calls SET result_seq = ?, status = ?, result = NULL, is_error = ?, updated_at = ? "
+                "WHERE session_id = ? AND tool_call_id = ? AND result_seq IS NULL",
+                (seq, status, int(message.is_error), now, session_id, message.tool_call_id),
+            )
+        stored.append(StoredMessage(seq, message))
+        seq += 1
+    return stored
+
+
+def update_tool_call(conn: sqlite3.Connection, session_id: str, op: UpdateToolCall, now: int) -> None:
+    """Apply an :class:`UpdateToolCall` to the call's open row."""
+    conn.execute(
+        "UPDATE tool_calls SET status = ?, result = COALESCE(?, result), is_error = ?, updated_at = ? "
+        "WHERE session_id = ? AND tool_call_id = ? AND result_seq IS NULL",
+        (op.status, op.result, int(op.is_error), now, session_id, op.tool_call_id),
+    )
+
+
+def record_llm_call(conn: sqlite3.Connection, session_id: str, op: RecordLLMCall, now: int) -> None:
+    """Apply a :class:`RecordLLMCall`."""
+    u = op.usage
+    conn.execute(
+        "INSERT INTO llm_calls (session_id, run_id, round_index, purpose, model, prompt_tokens, completion_tokens, "
+        "cache_read_tokens, reasoning_tokens, total_tokens, duration_ms, created_at) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            session_id,
+            op.run_id,
+            op.round_index,
+            op.purpose,
+            op.model,
+            u.prompt_tokens,
+            u.completion_tokens,
+            u.cache_read_tokens,
+            u.reasoning_tokens,
+            u.total_tokens,
+            op.duration_ms,
+            now,
+        ),
+    )
+
+
+# --------------------------------------------------------------------------- inbox
+
+
+def _inbox_content(body: str) -> tuple[str, Any]:
+    data = json.loads(body)
+    return str(data.get("kind", "follow_up")), data.get("content", "")
+
+
+def merge_follow_ups(contents: Iterable[Any]) -> UserMessage | None:
+    """Merge follow-up contents into one ``<follow_up>`` user message (0.11 format)."""
+    texts: list[str] = []
+    images: list[ImagePart | RawPart] = []
+    for content in contents:
+        if isinstance(content, str):
+            text = content.strip()
+        else:
+            parts = message_from_dict({"role": "user", "content": content}).content
+            text = content_text(parts).strip()
+            images += [p for p in parts if not isinstance(p, (str, TextPart))]
+        if text:
+            texts.append(text)
+    if not texts and not images:
+        return None
+    body = "\n\n".join(texts).strip()
+    text = f"<follow_up>\n{body}\n</follow_up>"
+    if images:
+        return UserMessage(content=(TextPart(text=text), *images), name="follow_up")
+    return UserMessage(content=text, name="follow_up")
+
+
+def drain_inbox(conn: sqlite3.Connection, session_id: str, op: DrainInbox, now: int) -> list[StoredMessage]:
+    """Move waiting inbox items into the history (consecutive follow-ups merged)."""
+    rows = conn.execute(
+        "SELECT id, body FROM inbox WHERE session_id = ? AND consumed_at IS NULL ORDER BY id", (session_id,)
+    ).fetchall()
+    if not rows:
+        return []
+    messages: list[Message] = []
+    group: list[Any] = []
+    for _, body in rows:
+        kind, content = _inbox_content(body)
+        if kind == "follow_up":
+            group.append(content)
+            continue
+        if group:
+            merged = merge_follow_ups(group)
+            if merged is not None:
+                messages.append(merged)
+            group = []
+        messages.append(UserMessage(content=content if isinstance(content, str) else str(content), name=kind))
+    if group:
+        merged = merge_follow_ups(group)
+        if merged is not None:
+            messages.append(merged)
+    stored = append_messages(conn, session_id, Append(messages=messages, run_id=op.run_id), now)
+    last_seq = stored[-1].seq if stored else None
+    conn.execute(
+        f"UPDATE inbox SET consumed_at = ?, consumed_seq = ? WHERE id IN ({','.join('?' * len(rows))})",
+        (now, last_seq, *[r[0] for r in rows]),
+    )
+    return stored
+
+
+def lease_is_live(conn: sqlite3.Connection, session_id: str, now: int) -> tuple[str | None, int]:
+    """(owner, expires_at) of a live lease, or (None, 0)."""
+    row = conn.execute("SELECT owner, expires_at FROM session_leases WHERE session_id = ?", (session_id,)).fetchone()
+    if row and row[0] is not None and int(row[1]) > now:
+        return str(row[0]), int(row[1])
+    return None, 0
+
+
+def enqueue(
+    conn: sqlite3.Connection, session_id: str, *, kind: str, content: Any, ref: str | None, only_if_busy: bool
+) -> int | None:
+    """Put an item in the session's inbox; return the queue depth.
+
+    With ``only_if_busy``, nothing is written and None is returned when no live run holds the
+    session (the caller then starts a run itself). The check and the insert are one
+    transaction with the run's own end-of-run inbox check, so an item is either seen by the
+    running run or never queued.
+    """
+    _version(conn, session_id)  # raises SessionNotFoundError
+    now = now_ms()
+    if only_if_busy and lease_is_live(conn, session_id, now)[0] is None:
+        return None
+    conn.execute(
+        "INSERT INTO inbox (session_id, source, body, ref, created_at) VALUES (?, ?, ?, ?, ?)",
+        (session_id, kind, json.dumps({"kind": kind, "content": content}, ensure_ascii=False), ref, now),
+    )
+    row = conn.execute(
+        "SELECT COUNT(*) FROM inbox WHERE session_id = ? AND consumed_at IS NULL", (session_id,)
+    ).fetchone()
+    return int(row[0])
+
+
+def inbox_depth(conn: sqlite3.Connection, session_id: str) -> int:
+    """Items waiting in the session's inbox."""
+    row = conn.execute(
+        "SELECT COUNT(*) FROM inbox WHERE session_id = ? AND consumed_at IS NULL", (session_id,)
+    ).fetchone()
+    return int(row[0])
+
+
+# --------------------------------------------------------------------------- leases
+
+
+def _check_lease(conn: sqlite3.Connection, session_id: str, lease: LeaseClaim, now: int) -> None:
+    row = conn.execute("SELECT owner, fence FROM session_leases WHERE session_id = ?", (session_id,)).fetchone()
+    if row is None or row[0] != lease.owner or int(row[1]) != lease.fence:
+        holder = f"fence {row[1]}" if row else "no lease"
+        raise LeaseLostError(
+            f"this run's lease on session {session_id!r} (fence {lease.fence}) was taken over by another "
+            f"run ({holder}) after it expired; the write was refused so histories do not interleave. "
+            "Send again to continue on the current history.",
+            session_id=session_id,
+        )
+    conn.execute("UPDATE session_leases SET expires_at = ? WHERE session_id = ?", (now + lease.ttl_ms, session_id))
+
+
+def _acquire_lease(conn: sqlite3.Connection, session_id: str, lease: LeaseClaim, now: int) -> int:
+    row = conn.execute("SELECT fence FROM session_leases WHERE session_id = ?", (session_id,)).fetchone()
+    fence = (int(row[0]) if row else 0) + 1
+    conn.execute(
+        "INSERT INTO session_leases (session_id, owner, fence, expires_at) VALUES (?, ?, ?, ?) "
+        "ON CONFLICT(session_id) DO UPDATE SET owner = excluded.owner, fence = excluded.fence, "
+        "expires_at = excluded.expires_at",
+        (session_id, lease.owner, fence, now + lease.ttl_ms),
+    )
+    return fence
+
+
+def release_lease(conn: sqlite3.Connection, session_id: str, owner: str) -> None:
+    """Release a lease held by ``owner`` (a no-op when someone else holds it)."""
+    conn.execute(
+        "UPDATE session_leases SET owner = NULL, expires_at = 0 WHERE session_id = ? AND owner = ?",
+        (session_id, owner),
+    )
+
+
+def renew_lease(conn: sqlite3.Connection, session_id: str, lease: LeaseClaim) -> None:
+    """Extend a held lease.
+
+    Raises:
+        LeaseLostError: Another run took the lease.
+    """
+    _check_lease(conn, session_id, lease, now_ms())
+
+
+# --------------------------------------------------------------------------- runs
+
+
+def _finish_run(conn: sqlite3.Connection, session_id: str, op: FinishRun, lease: LeaseClaim | None, now: int) -> None:
+    totals = op.totals
+    conn.execute(
+        "UPDATE runs SET status = ?, rounds = ?, ended_at = ?, error = ? WHERE run_id = ?",
+        (op.status, totals.rounds, now, op.error, op.run_id),
+    )
+    row = conn.execute("SELECT started_at FROM runs WHERE run_id = ?", (op.run_id,)).fetchone()
+    started = int(row[0]) if row else now
+    u = totals.usage
+    conn.execute(
+        "INSERT INTO session_stats (session_id, sends, rounds, llm_calls, tool_calls, prompt_tokens, "
+        "completion_tokens, total_tokens, cache_read_tokens, reasoning_tokens, first_send_at, last_send_at, "
+        "updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+        "ON CONFLICT(session_id) DO UPDATE SET sends = sends + excluded.sends, rounds = rounds + excluded.rounds, "
+        "llm_calls = llm_calls + excluded.llm_calls, tool_calls = tool_calls + excluded.tool_calls, "
+        "prompt_tokens = prompt_tokens + excluded.prompt_tokens, "
+        "completion_tokens = completion_tokens + excluded.completion_tokens, "
+        "total_tokens = total_tokens + excluded.total_tokens, "
+        "cache_read_tokens = cache_read_tokens + excluded.cache_read_tokens, "
+        "reasoning_tokens = reasoning_tokens + excluded.reasoning_tokens, "
+        "first_send_at = COALESCE(first_send_at, excluded.first_send_at), "
+        "last_send_at = excluded.last_send_at, updated_at = excluded.updated_at",
+        (
+            session_id,
+            int(totals.count_send),
+            totals.rounds,
+            totals.llm_calls,
+            totals.tool_calls,
+            u.prompt_tokens,
+            u.completion_tokens,
+            u.total_tokens,
+            u.cache_read_tokens,
+            u.reasoning_tokens,
+            started,
+            started,
+            now,
+        ),
+    )
+    if op.release_lease and lease is not None:
+        release_lease(conn, session_id, lease.owner)
+
+
+def write(
+    conn: sqlite3.Connection,
+    session_id: str,
+    ops: Sequence[WriteOp],
+    *,
+    lease: LeaseClaim | None,
+    event_seq: int | None,
+) -> WriteOutcome:
+    """Apply ``ops`` for a run (call inside :func:`transaction`)."""
+    now = now_ms()
+    _version(conn, session_id)
+    if lease is not None:
+        _check_lease(conn, session_id, lease, now)
+    seqs: list[int] = []
+    drained: list[StoredMessage] = []
+    finished = False
+    for op in ops:
+        if isinstance(op, Append):
+            seqs += [s.seq for s in append_messages(conn, session_id, op, now)]
+        elif isinstance(op, UpdateToolCall):
+            update_tool_call(conn, session_id, op, now)
+        elif isinstance(op, RecordLLMCall):
+            record_llm_call(conn, session_id, op, now)
+        elif isinstance(op, DrainInbox):
+            drained += drain_inbox(conn, session_id, op, now)
+        elif isinstance(op, OpenInteraction):
+            conn.execute(
+                "INSERT INTO interactions (interaction_id, session_id, tool_call_id, body, created_at) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (op.body["interaction_id"], session_id, op.body["tool_call_id"], json.dumps(dict(op.body)), now),
+            )
+        elif isinstance(op, FinishRun):
+            more = drain_inbox(conn, session_id, DrainInbox(op.run_id), now) if op.drain_inbox else []
+            if more:
+                drained += more
+            else:
+                _finish_run(conn, session_id, op, lease, now)
+                finished = True
+        else:  # pragma: no cover - guarded by the WriteOp union
+            raise TypeError(f"unknown write operation {op!r}")
+    version = _touch(conn, session_id, bump=bool(seqs or drained), event_seq=event_seq, now=now)
+    return WriteOutcome(version=version, seqs=tuple(seqs), drained=tuple(drained), finished=finished)
+
+
+def begin_run(conn: sqlite3.Connection, b: BeginRun) -> BeginOutcome:
+    """Start a run (call inside :func:`transaction`); see :class:`BeginRun`."""
+    now = now_ms()
+    session = get_session(conn, b.session_id)
+    if session is None:
+        return BeginOutcome(status="not_found")
+    owner, expires = lease_is_live(conn, b.session_id, now)
+    if owner is not None and owner != b.lease.owner:
+        return BeginOutcome(status="busy", session=session, lease_owner=owner, lease_expires_at=expires)
+    version_before, event_seq = _version(conn, b.session_id)
+    pending = pending_state(conn, b.session_id)
+    if pending is not None and not (b.heal_pending or b.allow_pending):
+        return BeginOutcome(status="pending", session=session, pending=pending, version=version_before)
+    fence = _acquire_lease(conn, b.session_id, b.lease, now)
+    appended: list[StoredMessage] = []
+    if pending is not None and b.heal_pending:
+        results = [
+            ToolResultMessage(tool_call_id=c.tool_call_id, name=c.name, content=c.result, is_error=c.is_error)
+            if c.status in RESOLVED_STATUSES and c.result is not None
+            else ToolResultMessage(tool_call_id=c.tool_call_id, name=c.name, content=b.heal_text, is_error=True)
+            for c in pending.calls
+        ]
+        statuses = {
+            c.tool_call_id: c.status if c.status in RESOLVED_STATUSES and c.result is not None else "aborted"
+            for c in pending.calls
+        }
+        appended += append_messages(conn, b.session_id, Append(results, statuses, b.run_id), now)
+        close_interactions(conn, b.session_id, now)
+        pending = None
+    if pending is None:
+        appended += drain_inbox(conn, b.session_id, DrainInbox(b.run_id), now)
+        if b.messages:
+            appended += append_messages(conn, b.session_id, Append(b.messages, run_id=b.run_id), now)
+    conn.execute(
+        "INSERT INTO runs (run_id, session_id, kind, status, started_at) VALUES (?, ?, ?, 'running', ?)",
+        (b.run_id, b.session_id, b.kind, now),
+    )
+    version = _touch(conn, b.session_id, bump=bool(appended), event_seq=None, now=now)
+    history = None
+    if b.cached_version is None or b.cached_version != version_before:
+        history = tuple(load_history(conn, b.session_id))
+    return BeginOutcome(
+        status="ok",
+        session=session,
+        fence=fence,
+        version=version,
+        history=history,
+        appended=tuple(appended),
+        pending=pending,
+        event_seq=event_seq,
+    )
+
+
+# --------------------------------------------------------------------------- stats
+
+
+_STATS_COLUMNS = (
+    "session_id, sends, rounds, llm_calls, tool_calls, prompt_tokens, completion_tokens, total_tokens, "
+    "first_send_at, last_send_at, updated_at, cache_read_tokens, reasoning_tokens"
+)
+
+
+def get_stats(conn: sqlite3.Connection, session_id: str) -> SessionStatsRow | None:
+    """Stats of one session, or None before its first finished run."""
+    row = conn.execute(f"SELECT {_STATS_COLUMNS} FROM session_stats WHERE session_id = ?", (session_id,)).fetchone()
+    return SessionStatsRow(*row) if row else None
+
+
+def list_stats(conn: sqlite3.Connection) -> list[SessionStatsRow]:
+    """Stats of every session, most recently active first."""
+    rows = conn.execute(f"SELECT {_STATS_COLUMNS} FROM session_stats ORDER BY updated_at DESC, session_id").fetchall()
+    return [SessionStatsRow(*r) for r in rows]
+
+
+def abort_pending(conn: sqlite3.Connection, session_id: str, reason: str) -> int:
+    """Answer every unresolved call (stored results where a call finished); return how many."""
+    _version(conn, session_id)
+    pending = pending_state(conn, session_id)
+    if pending is None:
+        return 0
+    text = f"<aborted: {reason}>"
+    results = []
+    statuses = {}
+    for c in pending.calls:
+        finished = c.status in RESOLVED_STATUSES and c.result is not None
+        results.append(
+            ToolResultMessage(
+                tool_call_id=c.tool_call_id,
+                name=c.name,
+                content=c.result if finished and c.result is not None else text,
+                is_error=c.is_error if finished else True,
+            )
+        )
+        statuses[c.tool_call_id] = c.status if finished else "aborted"
+    now = now_ms()
+    append_messages(conn, session_id, Append(results, statuses), now)
+    close_interactions(conn, session_id, now)
+    _touch(conn, session_id, bump=True, event_seq=None, now=now)
+    return len(results)
+
+
+def close_interactions(conn: sqlite3.Connection, session_id: str, now: int) -> None:
+    """Mark open questions superseded (their tool calls were answered another way)."""
+    conn.execute(
+        "UPDATE interactions SET status = 'superseded', answered_at = ? WHERE session_id = ? AND status = 'open'",
+        (now, session_id),
+    )

@@ -1,0 +1,215 @@
+"""SQLite schema and numbered migrations.
+
+The schema version lives in ``PRAGMA user_version``. Migration ``n`` moves a database from
+version ``n - 1`` to ``n`` inside one transaction. Opening a file whose version is newer than
+the newest migration known here fails with :class:`~power_loop.errors.SchemaVersionError`
+instead of guessing.
+
+Tables (all times are epoch milliseconds):
+
+``sessions``
+    One row per session: metadata, per-session system prompt, parent/kind/depth/lifecycle for
+    sub-agents, ``version`` (bumped by every write, so a cached history knows when it is stale)
+    and ``event_seq`` (high-water mark of event sequence numbers).
+``messages``
+    Append-only history keyed by ``(session_id, seq)``; ``body`` is the message's dict view as
+    JSON. ``compacted`` marks rows folded into a compaction summary.
+``tool_calls``
+    The lifecycle of every tool call: ``pending → running → done | failed``, or ``aborted``,
+    ``cancelled``, ``skipped``; ``result`` holds a finished call's output until it is appended
+    to ``messages`` (``result_seq``).
+``runs``
+    One row per ``send``/``resume``: status, rounds, start and end.
+``llm_calls``
+    Usage of every model call.
+``session_stats``
+    Aggregates per session, updated when a run ends.
+``session_leases``
+    Cross-process ownership of a session while a run lives: owner, fencing number, expiry.
+``inbox``
+    Durable follow-ups (and timer wake-ups) waiting for the next round boundary.
+``interactions``
+    Open ``request_user_input`` questions, answered by ``submit_input``.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable
+
+from ..errors import SchemaVersionError
+
+__all__ = ["LATEST_VERSION", "MIGRATIONS", "migrate"]
+
+
+def _run_script(conn: sqlite3.Connection, script: str) -> None:
+    # Not executescript(): it commits first, which would split the migration's transaction.
+    for statement in script.split(";"):
+        if statement.strip():
+            conn.execute(statement)
+
+
+def _v1(conn: sqlite3.Connection) -> None:
+    _run_script(
+        conn,
+        """
+        CREATE TABLE sessions (
+            session_id        TEXT PRIMARY KEY,
+            created_at        INTEGER NOT NULL,
+            updated_at        INTEGER NOT NULL,
+            metadata          TEXT NOT NULL DEFAULT '{}',
+            system_prompt     TEXT,
+            parent_session_id TEXT REFERENCES sessions(session_id) ON DELETE CASCADE,
+            kind              TEXT NOT NULL DEFAULT 'main',
+            lifecycle         TEXT,
+            depth             INTEGER NOT NULL DEFAULT 0,
+            version           INTEGER NOT NULL DEFAULT 0,
+            event_seq         INTEGER NOT NULL DEFAULT 0
+        );
+        CREATE INDEX sessions_parent ON sessions(parent_session_id) WHERE parent_session_id IS NOT NULL;
+
+        CREATE TABLE messages (
+            session_id  TEXT NOT NULL REFERENCES sessions(session_id) ON DELETE CASCADE,
+            seq         INTEGER NOT NULL,
+            role        TEXT NOT NULL,
+            body        TEXT NOT NULL,
+            run_id      TEXT,
+            created_at  INTEGER NOT NULL,
+            compacted   INTEGER NOT NULL DEFAULT 0,
+            PRIMARY KEY (session_id, seq)
+        ) WITHOUT ROWID;
+
+        CREATE TABLE tool_calls (
+            session_id    TEXT NOT NULL REFERENCES sessions(session_id) ON DELETE CASCADE,
+            tool_call_id  TEXT NOT NULL,
+            assistant_seq INTEGER NOT NULL,
+            position      INTEGER NOT NULL,
+            name          TEXT NOT NULL,
+            arguments     TEXT NOT NULL,
+            status        TEXT NOT NULL DEFAULT 'pending',
+            result        TEXT,
+            is_error      INTEGER NOT NULL DEFAULT 0,
+            result_seq    INTEGER,
+            run_id        TEXT,
+            updated_at    INTEGER NOT NULL,
+            PRIMARY KEY (session_id, assistant_seq, tool_call_id)
+        ) WITHOUT ROWID;
+        CREATE INDEX tool_calls_open ON tool_calls(session_id, tool_call_id) WHERE result_seq IS NULL;
+
+        CREATE TABLE runs (
+            run_id      TEXT PRIMARY KEY,
+            session_id  TEXT NOT NULL REFERENCES sessions(session_id) ON DELETE CASCADE,
+            kind        TEXT NOT NULL DEFAULT 'send',
+            status      TEXT NOT NULL DEFAULT 'running',
+            rounds      INTEGER NOT NULL DEFAULT 0,
+            started_at  INTEGER NOT NULL,
+            ended_at    INTEGER,
+            error       TEXT
+        );
+        CREATE INDEX runs_session ON runs(session_id, started_at);
+
+        CREATE TABLE llm_calls (
+            id                INTEGER PRIMARY KEY,
+            session_id        TEXT NOT NULL REFERENCES sessions(session_id) ON DELETE CASCADE,
+            run_id            TEXT,
+            round_index       INTEGER NOT NULL,
+            purpose           TEXT NOT NULL DEFAULT 'round',
+            model             TEXT,
+            prompt_tokens     INTEGER NOT NULL DEFAULT 0,
+            completion_tokens INTEGER NOT NULL DEFAULT 0,
+            cache_read_tokens INTEGER NOT NULL DEFAULT 0,
+            reasoning_tokens  INTEGER NOT NULL DEFAULT 0,
+            total_tokens      INTEGER NOT NULL DEFAULT 0,
+            duration_ms       INTEGER NOT NULL DEFAULT 0,
+            created_at        INTEGER NOT NULL
+        );
+        CREATE INDEX llm_calls_session ON llm_calls(session_id, id);
+
+        CREATE TABLE session_stats (
+            session_id        TEXT PRIMARY KEY REFERENCES sessions(session_id) ON DELETE CASCADE,
+            sends             INTEGER NOT NULL DEFAULT 0,
+            rounds            INTEGER NOT NULL DEFAULT 0,
+            llm_calls         INTEGER NOT NULL DEFAULT 0,
+            tool_calls        INTEGER NOT NULL DEFAULT 0,
+            prompt_tokens     INTEGER NOT NULL DEFAULT 0,
+            completion_tokens INTEGER NOT NULL DEFAULT 0,
+            total_tokens      INTEGER NOT NULL DEFAULT 0,
+            cache_read_tokens INTEGER NOT NULL DEFAULT 0,
+            reasoning_tokens  INTEGER NOT NULL DEFAULT 0,
+            first_send_at     INTEGER,
+            last_send_at      INTEGER,
+            updated_at        INTEGER NOT NULL
+        );
+        CREATE INDEX session_stats_recent ON session_stats(updated_at);
+
+        CREATE TABLE session_leases (
+            session_id  TEXT PRIMARY KEY REFERENCES sessions(session_id) ON DELETE CASCADE,
+            owner       TEXT,
+            fence       INTEGER NOT NULL DEFAULT 0,
+            expires_at  INTEGER NOT NULL DEFAULT 0
+        );
+
+        CREATE TABLE inbox (
+            id           INTEGER PRIMARY KEY AUTOINCREMENT,
+            session_id   TEXT NOT NULL REFERENCES sessions(session_id) ON DELETE CASCADE,
+            source       TEXT NOT NULL DEFAULT 'follow_up',
+            body         TEXT NOT NULL,
+            ref          TEXT,
+            created_at   INTEGER NOT NULL,
+            consumed_at  INTEGER,
+            consumed_seq INTEGER
+        );
+        CREATE INDEX inbox_waiting ON inbox(session_id, id) WHERE consumed_at IS NULL;
+
+        CREATE TABLE interactions (
+            interaction_id TEXT PRIMARY KEY,
+            session_id     TEXT NOT NULL REFERENCES sessions(session_id) ON DELETE CASCADE,
+            tool_call_id   TEXT NOT NULL,
+            body           TEXT NOT NULL,
+            status         TEXT NOT NULL DEFAULT 'open',
+            created_at     INTEGER NOT NULL,
+            answered_at    INTEGER
+        );
+        CREATE INDEX interactions_open ON interactions(session_id) WHERE status = 'open';
+        """,
+    )
+
+
+MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_v1,)
+LATEST_VERSION = len(MIGRATIONS)
+
+
+def schema_version(conn: sqlite3.Connection) -> int:
+    """The file's ``user_version``."""
+    return int(conn.execute("PRAGMA user_version").fetchone()[0])
+
+
+def migrate(conn: sqlite3.Connection, *, path: str) -> int:
+    """Bring ``conn``'s database to :data:`LATEST_VERSION`; return the version found.
+
+    The connection must be in autocommit mode (``isolation_level=None``); each migration runs
+    in its own ``BEGIN IMMEDIATE`` transaction, so concurrent openers serialize and a migration
+    either fully applies or not at all.
+
+    Raises:
+        SchemaVersionError: The file was written by a newer power_loop.
+    """
+    found = schema_version(conn)
+    if found > LATEST_VERSION:
+        raise SchemaVersionError(
+            f"{path} has schema version {found}, but this power_loop only knows up to "
+            f"{LATEST_VERSION}; upgrade power_loop (pip install -U power-loop) or use another file"
+        )
+    for version in range(found + 1, LATEST_VERSION + 1):
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            if schema_version(conn) >= version:  # another process migrated meanwhile
+                conn.execute("ROLLBACK")
+                continue
+            MIGRATIONS[version - 1](conn)
+            conn.execute(f"PRAGMA user_version = {version}")
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+    return found

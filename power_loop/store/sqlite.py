@@ -1,0 +1,386 @@
+"""The SQLite session store, asynchronous through ``aiosqlite``.
+
+Guarantees:
+
+* One writer connection per store, in WAL mode with ``synchronous=NORMAL``, foreign keys on,
+  and a ``busy_timeout`` for other processes sharing the file.
+* Every store call is one transaction executed entirely on aiosqlite's worker thread in a
+  single hop: statements are never interleaved with another coroutine's transaction, the
+  event loop never waits on SQLite, and no transaction stays open across an ``await``.
+* The sync conveniences (``*_sync`` methods, used by the 0.11 sync API such as
+  ``loop.new_session``) open a short-lived connection in the calling thread. They are meant
+  for setup and tooling, not for a request's hot path; every one has an async twin.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sqlite3
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import closing
+from pathlib import Path
+from typing import Any, TypeVar
+
+import aiosqlite
+
+from ..errors import StoreError
+from . import _sql
+from .rows import (
+    BeginOutcome,
+    BeginRun,
+    LeaseClaim,
+    PendingState,
+    SessionRow,
+    SessionStatsRow,
+    StoredMessage,
+    WriteOp,
+    WriteOutcome,
+)
+from .schema import migrate
+
+__all__ = ["SQLiteSessionStore"]
+
+T = TypeVar("T")
+
+DEFAULT_DB_PATH = "./power_loop_sessions.db"
+
+
+def _configure(conn: sqlite3.Connection, busy_timeout_ms: int) -> None:
+    conn.execute(f"PRAGMA busy_timeout = {busy_timeout_ms}")
+    conn.execute("PRAGMA foreign_keys = ON")
+    if conn.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+        conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute("PRAGMA synchronous = NORMAL")
+
+
+class SQLiteSessionStore:
+    """Sessions, messages, tool calls, usage, stats, leases and inbox in one SQLite file.
+
+    Args:
+        path: Database file (created with its directory when missing). ``":memory:"`` is not
+            supported: the store and its sync conveniences use separate connections.
+        busy_timeout_s: How long a connection waits for another process's write lock.
+
+    Use ``async with SQLiteSessionStore(path) as store`` or ``await store.open()`` /
+    ``await store.close()``. Async methods open the store on first use.
+    """
+
+    def __init__(self, path: str | os.PathLike[str] = DEFAULT_DB_PATH, *, busy_timeout_s: float = 10.0) -> None:
+        self.path = str(path)
+        if self.path == ":memory:" or self.path.startswith("file::memory:"):
+            raise StoreError("SQLiteSessionStore needs a file path; use a temporary file for throwaway stores")
+        self.busy_timeout_ms = int(busy_timeout_s * 1000)
+        self._db: aiosqlite.Connection | None = None
+        self._open_lock: asyncio.Lock | None = None
+        self._migrated = False
+        self._migrate_lock = threading.Lock()
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return f"SQLiteSessionStore({self.path!r})"
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def _connect_sync(self) -> sqlite3.Connection:
+        Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(self.path, isolation_level=None, timeout=self.busy_timeout_ms / 1000)
+        try:
+            _configure(conn, self.busy_timeout_ms)
+            self._ensure_schema(conn)
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _ensure_schema(self, conn: sqlite3.Connection) -> None:
+        with self._migrate_lock:
+            if not self._migrated:
+                migrate(conn, path=self.path)
+                self._migrated = True
+
+    async def open(self) -> SQLiteSessionStore:
+        """Open the writer connection and migrate the schema (idempotent)."""
+        if self._db is not None:
+            return self
+        if self._closed:
+            raise StoreError(f"{self!r} is closed; create a new store to reopen the file")
+        if self._open_lock is None:
+            self._open_lock = asyncio.Lock()
+        async with self._open_lock:
+            if self._db is not None:
+                return self
+            db = await aiosqlite.connect(self.path, isolation_level=None, timeout=self.busy_timeout_ms / 1000)
+            try:
+                await _in_worker(db, self._setup_writer)
+            except BaseException:
+                await db.close()
+                raise
+            self._db = db
+        return self
+
+    def _setup_writer(self, conn: sqlite3.Connection) -> None:
+        Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        _configure(conn, self.busy_timeout_ms)
+        self._ensure_schema(conn)
+
+    async def close(self) -> None:
+        """Close the writer connection (pending store calls finish first)."""
+        self._closed = True
+        db, self._db = self._db, None
+        if db is not None:
+            await db.close()
+
+    def close_nowait(self) -> None:
+        """Close from synchronous code: queued store calls finish, then the connection closes."""
+        self._closed = True
+        db, self._db = self._db, None
+        if db is not None:
+            db.stop()
+
+    async def __aenter__(self) -> SQLiteSessionStore:
+        return await self.open()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    @property
+    def is_open(self) -> bool:
+        """True while the writer connection is open."""
+        return self._db is not None
+
+    # ------------------------------------------------------------------ execution
+
+    async def _call(self, fn: Callable[[sqlite3.Connection], T], *, tx: bool = True) -> T:
+        """Run ``fn`` on the writer connection's thread, in one transaction, in one hop.
+
+        aiosqlite executes every operation of a connection on one worker thread, in order.
+        Handing it a whole transaction (rather than one awaited statement at a time) keeps
+        transactions from interleaving between coroutines and means a write lock is never
+        held while the event loop is busy elsewhere.
+        """
+        db = self._db
+        if db is None:
+            await self.open()
+            db = self._db
+            assert db is not None
+        if tx:
+            return await _in_worker(db, lambda conn: _sql.transaction(conn, fn))
+        return await _in_worker(db, fn)
+
+    def _call_sync(self, fn: Callable[[sqlite3.Connection], T], *, tx: bool = True) -> T:
+        with closing(self._connect_sync()) as conn:
+            return _sql.transaction(conn, fn) if tx else fn(conn)
+
+    # ------------------------------------------------------------------ sessions
+
+    async def create_session(
+        self,
+        session_id: str,
+        *,
+        metadata: Mapping[str, Any] | None = None,
+        system_prompt: str | None = None,
+        parent_session_id: str | None = None,
+        kind: str = "main",
+        lifecycle: str | None = None,
+        depth: int = 0,
+    ) -> None:
+        """Create a session row.
+
+        Raises:
+            ValueError: The id exists already or the metadata is not JSON-serialisable.
+            SessionNotFoundError: ``parent_session_id`` does not exist.
+        """
+        meta = _check_metadata(metadata)
+        await self._call(
+            lambda c: _sql.create_session(
+                c,
+                session_id,
+                metadata=meta,
+                system_prompt=system_prompt,
+                parent_session_id=parent_session_id,
+                kind=kind,
+                lifecycle=lifecycle,
+                depth=depth,
+            )
+        )
+
+    def create_session_sync(
+        self,
+        session_id: str,
+        *,
+        metadata: Mapping[str, Any] | None = None,
+        system_prompt: str | None = None,
+        parent_session_id: str | None = None,
+        kind: str = "main",
+        lifecycle: str | None = None,
+        depth: int = 0,
+    ) -> None:
+        """Blocking twin of :meth:`create_session`."""
+        meta = _check_metadata(metadata)
+        self._call_sync(
+            lambda c: _sql.create_session(
+                c,
+                session_id,
+                metadata=meta,
+                system_prompt=system_prompt,
+                parent_session_id=parent_session_id,
+                kind=kind,
+                lifecycle=lifecycle,
+                depth=depth,
+            )
+        )
+
+    def get_session(self, session_id: str) -> SessionRow | None:
+        """The session row, or None (blocking; 0.11 API). See :meth:`get_session_async`."""
+        return self._call_sync(lambda c: _sql.get_session(c, session_id), tx=False)
+
+    async def get_session_async(self, session_id: str) -> SessionRow | None:
+        """The session row, or None."""
+        return await self._call(lambda c: _sql.get_session(c, session_id), tx=False)
+
+    async def delete_session(self, session_id: str, *, cascade: bool = True) -> int:
+        """Delete a session (with its sub-agent sessions when ``cascade``); return the count."""
+        return await self._call(lambda c: _sql.delete_session(c, session_id, cascade=cascade))
+
+    def delete_session_sync(self, session_id: str, *, cascade: bool = True) -> int:
+        """Blocking twin of :meth:`delete_session`."""
+        return self._call_sync(lambda c: _sql.delete_session(c, session_id, cascade=cascade))
+
+    # ------------------------------------------------------------------ history
+
+    async def load_messages(self, session_id: str, *, include_compacted: bool = False) -> list[StoredMessage]:
+        """The session's messages with seqs (folded rows only with ``include_compacted``)."""
+        return await self._call(
+            lambda c: _sql.load_history(c, session_id, include_compacted=include_compacted), tx=False
+        )
+
+    def load_messages_sync(self, session_id: str, *, include_compacted: bool = False) -> list[StoredMessage]:
+        """Blocking twin of :meth:`load_messages`."""
+        return self._call_sync(
+            lambda c: _sql.load_history(c, session_id, include_compacted=include_compacted), tx=False
+        )
+
+    async def get_pending(self, session_id: str) -> PendingState | None:
+        """Unanswered tool calls, or None."""
+        return await self._call(lambda c: _sql.pending_state(c, session_id), tx=False)
+
+    def get_pending_sync(self, session_id: str) -> PendingState | None:
+        """Blocking twin of :meth:`get_pending`."""
+        return self._call_sync(lambda c: _sql.pending_state(c, session_id), tx=False)
+
+    async def abort_pending(self, session_id: str, reason: str) -> int:
+        """Answer every unresolved call with ``<aborted: reason>`` (finished calls keep their
+        stored result); return how many calls were answered."""
+        return await self._call(lambda c: _sql.abort_pending(c, session_id, reason))
+
+    def abort_pending_sync(self, session_id: str, reason: str) -> int:
+        """Blocking twin of :meth:`abort_pending`."""
+        return self._call_sync(lambda c: _sql.abort_pending(c, session_id, reason))
+
+    async def answer_interaction(self, session_id: str, interaction_id: str, value: str) -> list[dict[str, Any]]:
+        """Record the answer to a ``request_user_input`` question; return those still open.
+
+        Raises:
+            ValueError: No open interaction has that id in the session.
+        """
+        return await self._call(lambda c: _sql.answer_interaction(c, session_id, interaction_id, value))
+
+    # ------------------------------------------------------------------ runs
+
+    async def begin_run(self, begin: BeginRun) -> BeginOutcome:
+        """Start a run (lease, pending check, inbox, input) in one transaction."""
+        return await self._call(lambda c: _sql.begin_run(c, begin))
+
+    async def write(
+        self,
+        session_id: str,
+        ops: Sequence[WriteOp],
+        *,
+        lease: LeaseClaim | None = None,
+        event_seq: int | None = None,
+    ) -> WriteOutcome:
+        """Apply a run step's operations in one transaction (checking the run's lease)."""
+        return await self._call(lambda c: _sql.write(c, session_id, ops, lease=lease, event_seq=event_seq))
+
+    async def renew_lease(self, session_id: str, lease: LeaseClaim) -> None:
+        """Extend a run's lease; raises ``LeaseLostError`` when another run took it."""
+        await self._call(lambda c: _sql.renew_lease(c, session_id, lease))
+
+    async def release_lease(self, session_id: str, owner: str) -> None:
+        """Release a lease held by ``owner``."""
+        await self._call(lambda c: _sql.release_lease(c, session_id, owner))
+
+    async def enqueue(
+        self,
+        session_id: str,
+        content: Any,
+        *,
+        kind: str = "follow_up",
+        ref: str | None = None,
+        only_if_busy: bool = False,
+    ) -> int | None:
+        """Queue an inbox item; with ``only_if_busy``, only while a run holds the session.
+
+        Returns:
+            The queue depth, or None when ``only_if_busy`` and the session is idle.
+        """
+        return await self._call(
+            lambda c: _sql.enqueue(c, session_id, kind=kind, content=content, ref=ref, only_if_busy=only_if_busy)
+        )
+
+    async def inbox_depth(self, session_id: str) -> int:
+        """Items waiting in a session's inbox."""
+        return await self._call(lambda c: _sql.inbox_depth(c, session_id), tx=False)
+
+    # ------------------------------------------------------------------ stats
+
+    async def get_stats(self, session_id: str) -> SessionStatsRow | None:
+        """Stats of a session, or None before its first finished run."""
+        return await self._call(lambda c: _sql.get_stats(c, session_id), tx=False)
+
+    def get_stats_sync(self, session_id: str) -> SessionStatsRow | None:
+        """Blocking twin of :meth:`get_stats`."""
+        return self._call_sync(lambda c: _sql.get_stats(c, session_id), tx=False)
+
+    async def list_stats(self) -> list[SessionStatsRow]:
+        """Stats of every session, most recently active first."""
+        return await self._call(_sql.list_stats, tx=False)
+
+    def list_stats_sync(self) -> list[SessionStatsRow]:
+        """Blocking twin of :meth:`list_stats`."""
+        return self._call_sync(_sql.list_stats, tx=False)
+
+    async def execute_fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """Run a read-only query (for diagnostics and tests)."""
+        return await self._call(lambda c: [tuple(r) for r in c.execute(sql, params).fetchall()], tx=False)
+
+
+async def _in_worker(db: aiosqlite.Connection, fn: Callable[[sqlite3.Connection], T]) -> T:
+    """Run ``fn(connection)`` on aiosqlite's worker thread and await its result.
+
+    aiosqlite's public methods each run one statement per hop; ``Connection._execute`` is the
+    primitive they are all built on (stable across aiosqlite releases, pinned in
+    pyproject.toml). Using it directly is what lets a whole transaction run in one hop.
+    """
+    conn = db._conn
+    result: T = await db._execute(fn, conn)  # type: ignore[no-untyped-call]
+    return result
+
+
+def _check_metadata(metadata: Mapping[str, Any] | None) -> dict[str, Any]:
+    if metadata is None:
+        return {}
+    if not isinstance(metadata, Mapping):
+        raise TypeError(f"metadata must be a dict, not {type(metadata).__name__}")
+    try:
+        json.dumps(dict(metadata))
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"metadata must be JSON-serialisable: {exc}") from exc
+    return dict(metadata)
+
+
+# The 0.11 stable name for the store class.
+SessionStore = SQLiteSessionStore

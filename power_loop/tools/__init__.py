@@ -1,0 +1,1 @@
+"""Tools: definitions, the registry, schema derivation and validation."""
