@@ -155,7 +155,7 @@ def build_request(
 ) -> LLMRequest:
     """The provider request of one model call."""
     return LLMRequest(
-        messages=messages,
+        messages=tuple(messages),  # a snapshot: the run keeps appending to its history
         system_prompt=system_prompt or None,
         tools=tuple(tools),
         max_tokens=config.max_tokens if max_tokens is None else max_tokens,

@@ -1,0 +1,70 @@
+"""Shared fixtures: real SQLite files in tmp_path, the scripted server on 127.0.0.1."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Callable, Iterator
+
+import pytest
+
+from power_loop.providers.anthropic import AnthropicMessagesService
+from power_loop.providers.openai import OpenAIChatService
+from power_loop.testing import ScriptedServer
+
+pytest_plugins = ["power_loop.testing.pytest_plugin"]
+
+PROTOCOLS = ("openai", "anthropic")
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: os.PathLike[str]) -> Iterator[None]:
+    """No test sees the developer's provider configuration or a stray .env file."""
+    for name in list(os.environ):
+        if name.startswith(("POWER_LOOP_", "OPENAI_COMPAT_")):
+            monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)
+    yield
+
+
+@pytest.fixture
+def db_path(tmp_path: os.PathLike[str]) -> str:
+    """A fresh SQLite file path."""
+    return os.path.join(tmp_path, "sessions.db")
+
+
+ServiceFactory = Callable[..., OpenAIChatService | AnthropicMessagesService]
+
+
+def make_service(
+    protocol: str, server: ScriptedServer, **options: object
+) -> OpenAIChatService | AnthropicMessagesService:
+    """A real-SDK provider pointed at ``server``."""
+    options.setdefault("timeout_s", 10.0)
+    if protocol == "anthropic":
+        return AnthropicMessagesService(
+            model="test-model", base_url=server.anthropic_base_url, api_key="test-key", **options
+        )  # type: ignore[arg-type]
+    return OpenAIChatService(model="test-model", base_url=server.openai_base_url, api_key="test-key", **options)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+async def llm_factory() -> AsyncIterator[ServiceFactory]:
+    """``llm_factory(protocol, server, **options)`` builds real-SDK providers, closed after the test."""
+    made: list[OpenAIChatService | AnthropicMessagesService] = []
+
+    def factory(
+        protocol: str, server: ScriptedServer, **options: object
+    ) -> OpenAIChatService | AnthropicMessagesService:
+        service = make_service(protocol, server, **options)
+        made.append(service)
+        return service
+
+    yield factory
+    for service in made:
+        await service.aclose()
+
+
+@pytest.fixture(params=PROTOCOLS)
+def protocol(request: pytest.FixtureRequest) -> str:
+    """Each wire protocol in turn."""
+    return str(request.param)

@@ -1,0 +1,91 @@
+"""Helpers shared by the loop tests."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from power_loop import AgentEvent, AgentEventBus, StatefulAgentLoop, ToolRegistry, tool
+from power_loop.engine.prepare import is_valid_history
+from power_loop.messages import message_from_dict
+
+
+def history_is_valid(messages: Sequence[dict[str, Any]]) -> bool:
+    """Every tool call has exactly one result, right after its assistant message."""
+    return is_valid_history([message_from_dict(m) for m in messages])
+
+
+class EventLog:
+    """Collects every event of a bus."""
+
+    def __init__(self, bus: AgentEventBus) -> None:
+        self.events: list[AgentEvent] = []
+        bus.subscribe(None, self.events.append)
+
+    @property
+    def types(self) -> list[str]:
+        return [e.type.value for e in self.events]
+
+    def of(self, kind: str) -> list[AgentEvent]:
+        return [e for e in self.events if e.type.value == kind]
+
+
+class Ticker:
+    """A 1 ms ticker measuring how late the event loop wakes it (event-loop stalls)."""
+
+    def __init__(self, interval: float = 0.001) -> None:
+        self.interval = interval
+        self.lateness: list[float] = []
+        self._task: asyncio.Task[None] | None = None
+
+    async def _run(self) -> None:
+        while True:
+            started = time.perf_counter()
+            await asyncio.sleep(self.interval)
+            self.lateness.append(time.perf_counter() - started - self.interval)
+
+    def __enter__(self) -> Ticker:
+        self._task = asyncio.get_running_loop().create_task(self._run())
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        assert self._task is not None
+        self._task.cancel()
+
+    @property
+    def worst(self) -> float:
+        return max(self.lateness, default=0.0)
+
+
+@tool
+def add(a: int, b: int) -> int:
+    """Add two integers.
+
+    Args:
+        a: First addend.
+        b: Second addend.
+    """
+    return a + b
+
+
+@tool
+def shout(text: str) -> str:
+    """Upper-case a text.
+
+    Args:
+        text: What to shout.
+    """
+    return text.upper()
+
+
+def registry(*tools: Any) -> ToolRegistry:
+    reg = ToolRegistry()
+    for t in tools or (add, shout):
+        reg.register(t)
+    return reg
+
+
+async def messages_of(loop: StatefulAgentLoop, sid: str) -> list[dict[str, Any]]:
+    return await loop.get_messages_async(sid)

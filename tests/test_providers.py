@@ -1,0 +1,324 @@
+"""Both providers through the real openai / anthropic SDKs against the scripted server."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from power_loop import (
+    LLMConnectionError,
+    LLMRateLimitError,
+    LLMRequest,
+    LLMRetryExhausted,
+    LLMRetryPolicy,
+    LLMServerError,
+    LLMStatusError,
+    LLMTimeout,
+    StreamCallbacks,
+    ToolDefinition,
+)
+from power_loop.messages import (
+    AssistantMessage,
+    ImagePart,
+    TextPart,
+    ToolCall,
+    ToolResultMessage,
+    Usage,
+    UserMessage,
+)
+from power_loop.providers.retry import complete_with_retry
+from power_loop.testing import ScriptedServer, error_reply, hang_reply, text_reply, tool_reply
+from power_loop.testing.script import ScriptedReply
+
+from .conftest import ServiceFactory
+
+WEATHER = ToolDefinition(
+    "get_weather",
+    "Weather for a city",
+    {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+)
+
+
+def hi(**kwargs: object) -> LLMRequest:
+    return LLMRequest(messages=[UserMessage(content="hi")], **kwargs)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("stream", [True, False])
+async def test_text_answer(
+    scripted_server: ScriptedServer, protocol: str, stream: bool, llm_factory: ServiceFactory
+) -> None:
+    scripted_server.push(text_reply("Hello there, friend."))
+    llm = llm_factory(protocol, scripted_server)
+    response = await llm.complete(hi(stream=stream, system_prompt="Be brief."))
+    assert response.message.text == "Hello there, friend."
+    assert response.message.tool_calls == ()
+    assert response.finish_reason == "stop"
+    assert response.request_id == "req_scripted_1"
+    received = scripted_server.requests[0]
+    assert received.stream is stream
+    assert received.system_prompt == "Be brief."
+    assert received.last_user_text == "hi"
+
+
+async def test_stream_deltas_concatenate_to_the_text(
+    scripted_server: ScriptedServer, protocol: str, llm_factory: ServiceFactory
+) -> None:
+    text = "The quick brown fox jumps over the lazy dog. " * 5
+    scripted_server.push(ScriptedReply(text=text, reasoning="Let me think about foxes.", chunk_chars=7))
+    llm = llm_factory(protocol, scripted_server)
+    deltas: list[str] = []
+    thinking: list[str] = []
+    marks: list[str] = []
+    callbacks = StreamCallbacks(
+        on_stream_start=lambda: marks.append("start"),
+        on_text_delta=deltas.append,
+        on_reasoning_delta=thinking.append,
+        on_stream_end=lambda: marks.append("end"),
+    )
+    response = await llm.complete(hi(), callbacks=callbacks)
+    assert len(deltas) > 5
+    assert "".join(deltas) == text == response.message.text
+    assert "".join(thinking) == "Let me think about foxes." == response.message.reasoning
+    assert marks == ["start", "end"]
+
+
+async def test_openai_stream_asks_for_usage(scripted_server: ScriptedServer, llm_factory: ServiceFactory) -> None:
+    scripted_server.push(text_reply("ok"))
+    await llm_factory("openai", scripted_server).complete(hi())
+    body = scripted_server.requests[0].body
+    assert body["stream"] is True
+    assert body["stream_options"] == {"include_usage": True}
+
+
+@pytest.mark.parametrize("stream", [True, False])
+async def test_parallel_tool_calls(
+    scripted_server: ScriptedServer, protocol: str, stream: bool, llm_factory: ServiceFactory
+) -> None:
+    scripted_server.push(
+        tool_reply(("get_weather", {"city": "Paris"}, "call_a"), ("get_weather", {"city": "Oslo"}, "call_b"))
+    )
+    llm = llm_factory(protocol, scripted_server)
+    response = await llm.complete(hi(tools=[WEATHER], stream=stream))
+    calls = response.message.tool_calls
+    assert [c.id for c in calls] == ["call_a", "call_b"]
+    assert [c.name for c in calls] == ["get_weather", "get_weather"]
+    assert [c.parsed_arguments() for c in calls] == [{"city": "Paris"}, {"city": "Oslo"}]
+    assert response.finish_reason == "tool_calls"
+    assert scripted_server.requests[0].tools == ["get_weather"]
+
+
+@pytest.mark.parametrize("stream", [True, False])
+async def test_usage_with_cache_and_reasoning(
+    scripted_server: ScriptedServer, protocol: str, stream: bool, llm_factory: ServiceFactory
+) -> None:
+    usage = Usage.of_call(prompt_tokens=120, completion_tokens=30, cache_read_tokens=100, reasoning_tokens=12)
+    scripted_server.push(ScriptedReply(text="ok", usage=usage))
+    response = await llm_factory(protocol, scripted_server).complete(hi(stream=stream))
+    got = response.usage
+    assert (got.calls, got.prompt_tokens, got.completion_tokens, got.cache_read_tokens) == (1, 120, 30, 100)
+    assert got.total_tokens == 150
+    if protocol == "openai":  # the Messages API has no separate reasoning count
+        assert got.reasoning_tokens == 12
+
+
+async def test_a_500_then_success_is_retried_once(
+    scripted_server: ScriptedServer, protocol: str, llm_factory: ServiceFactory
+) -> None:
+    scripted_server.push(error_reply(500, "boom"), text_reply("recovered"))
+    llm = llm_factory(protocol, scripted_server)
+    policy = LLMRetryPolicy(max_attempts=3, backoff_initial=0.01, backoff_max=0.02)
+    response = await complete_with_retry(llm, hi(), policy=policy)
+    assert response.message.text == "recovered"
+    assert scripted_server.request_count == 2
+    # The SDK's own retry machinery is off: every request was a first attempt.
+    assert {r.headers.get("x-stainless-retry-count") for r in scripted_server.requests} == {"0"}
+
+
+async def test_a_400_is_sent_exactly_once(
+    scripted_server: ScriptedServer, protocol: str, llm_factory: ServiceFactory
+) -> None:
+    scripted_server.push(error_reply(400, "messages: bad shape"), text_reply("never"))
+    llm = llm_factory(protocol, scripted_server)
+    with pytest.raises(LLMStatusError) as info:
+        await complete_with_retry(llm, hi(), policy=LLMRetryPolicy(max_attempts=5, backoff_initial=0.01))
+    assert scripted_server.request_count == 1
+    error = info.value
+    assert error.status_code == 400
+    assert error.retryable is False
+    assert error.request_id == "req_scripted_1"
+    assert "bad shape" in str(error)
+    assert isinstance(error.__cause__, Exception)  # the SDK error is kept as the cause
+
+
+async def test_retries_never_stack(scripted_server: ScriptedServer, protocol: str, llm_factory: ServiceFactory) -> None:
+    scripted_server.push(*[error_reply(503, "down")] * 10)
+    llm = llm_factory(protocol, scripted_server, max_retries=7)
+    policy = LLMRetryPolicy(max_attempts=3, backoff_initial=0.01, backoff_max=0.01)
+    with pytest.raises(LLMRetryExhausted) as info:
+        await complete_with_retry(llm, hi(), policy=policy)
+    assert scripted_server.request_count == 3
+    assert info.value.attempts == 3
+    assert isinstance(info.value.last_error, LLMServerError)
+
+
+async def test_default_policy_uses_the_providers_max_retries(
+    scripted_server: ScriptedServer, protocol: str, llm_factory: ServiceFactory
+) -> None:
+    scripted_server.push(*[error_reply(502, "bad gateway")] * 5)
+    llm = llm_factory(protocol, scripted_server, max_retries=2)
+    with pytest.raises(LLMRetryExhausted):
+        await complete_with_retry(llm, hi())  # no policy: max_retries retries after the first try
+    assert scripted_server.request_count == 3
+
+
+async def test_hung_call_is_cut_by_total_timeout(
+    scripted_server: ScriptedServer, protocol: str, llm_factory: ServiceFactory
+) -> None:
+    scripted_server.push(hang_reply(60))
+    llm = llm_factory(protocol, scripted_server, timeout_s=120)
+    started = time.monotonic()
+    with pytest.raises(LLMTimeout) as info:
+        await complete_with_retry(llm, hi(), policy=LLMRetryPolicy(max_attempts=3, total_timeout=0.5))
+    elapsed = time.monotonic() - started
+    assert 0.4 < elapsed < 3.0
+    assert "total_timeout" in str(info.value)
+    assert scripted_server.request_count == 1
+
+
+async def test_retry_after_is_honoured(
+    scripted_server: ScriptedServer, protocol: str, llm_factory: ServiceFactory
+) -> None:
+    scripted_server.push(error_reply(429, "slow down", retry_after=0.4), text_reply("ok"))
+    llm = llm_factory(protocol, scripted_server)
+    started = time.monotonic()
+    response = await complete_with_retry(
+        llm, hi(), policy=LLMRetryPolicy(max_attempts=2, backoff_initial=0.01, backoff_max=0.01)
+    )
+    assert response.message.text == "ok"
+    assert time.monotonic() - started >= 0.4
+
+
+async def test_rate_limit_error_carries_retry_after(
+    scripted_server: ScriptedServer, protocol: str, llm_factory: ServiceFactory
+) -> None:
+    scripted_server.push(error_reply(429, "slow down", retry_after=7))
+    with pytest.raises(LLMRateLimitError) as info:
+        await llm_factory(protocol, scripted_server).complete(hi())
+    assert info.value.retryable is True
+    assert info.value.retry_after == 7.0
+    assert info.value.status_code == 429
+
+
+async def test_connection_refused_is_a_retryable_connection_error(protocol: str, llm_factory: ServiceFactory) -> None:
+    server = ScriptedServer().start()
+    server.stop()  # the port is now closed
+    with pytest.raises(LLMConnectionError) as info:
+        await llm_factory(protocol, server).complete(hi())
+    assert info.value.retryable is True
+
+
+async def test_dropped_stream_is_retried(
+    scripted_server: ScriptedServer, protocol: str, llm_factory: ServiceFactory
+) -> None:
+    scripted_server.push(
+        ScriptedReply(text="partial answer that never ends", chunk_chars=4, drop_after_chunks=3), text_reply("complete")
+    )
+    llm = llm_factory(protocol, scripted_server)
+    response = await complete_with_retry(llm, hi(), policy=LLMRetryPolicy(max_attempts=2, backoff_initial=0.01))
+    assert response.message.text == "complete"
+    assert scripted_server.request_count == 2
+
+
+async def test_request_body_carries_tools_limits_and_history(
+    scripted_server: ScriptedServer, protocol: str, llm_factory: ServiceFactory
+) -> None:
+    scripted_server.push(text_reply("done"))
+    history = [
+        UserMessage(content="weather in Paris and Oslo?"),
+        AssistantMessage(
+            content="",
+            tool_calls=(
+                ToolCall(id="c1", name="get_weather", arguments='{"city": "Paris"}'),
+                ToolCall(id="c2", name="get_weather", arguments='{"city": "Oslo"}'),
+            ),
+        ),
+        ToolResultMessage(tool_call_id="c1", name="get_weather", content="sunny"),
+        ToolResultMessage(tool_call_id="c2", name="get_weather", content="rain", is_error=False),
+    ]
+    llm = llm_factory(protocol, scripted_server)
+    await llm.complete(
+        LLMRequest(messages=history, system_prompt="sys", tools=[WEATHER], max_tokens=321, temperature=0.25)
+    )
+    received = scripted_server.requests[0]
+    body = received.body
+    assert body["max_tokens"] == 321
+    assert body["temperature"] == 0.25
+    assert received.system_prompt == "sys"
+    assert [type(m).__name__ for m in received.messages] == [
+        "UserMessage",
+        "AssistantMessage",
+        "ToolResultMessage",
+        "ToolResultMessage",
+    ]
+    assert [m.text for m in received.messages[2:]] == ["sunny", "rain"]
+    if protocol == "anthropic":
+        assert body["system"] == "sys"
+        assert [t["role"] for t in body["messages"]] == ["user", "assistant", "user"]  # results merged in one turn
+        assert body["tools"][0]["input_schema"]["required"] == ["city"]
+    else:
+        assert body["messages"][0] == {"role": "system", "content": "sys"}
+        assert body["tools"][0]["function"]["parameters"]["required"] == ["city"]
+
+
+async def test_multimodal_user_content(
+    scripted_server: ScriptedServer, protocol: str, llm_factory: ServiceFactory
+) -> None:
+    scripted_server.push(text_reply("a cat"))
+    content = (TextPart(text="what is this?"), ImagePart(url="data:image/png;base64,iVBORw0KGgo="))
+    await llm_factory(protocol, scripted_server).complete(LLMRequest(messages=[UserMessage(content=content)]))
+    sent = scripted_server.requests[0].body["messages"][-1]["content"]
+    if protocol == "anthropic":
+        assert sent[1] == {
+            "type": "image",
+            "source": {"type": "base64", "media_type": "image/png", "data": "iVBORw0KGgo="},
+        }
+    else:
+        assert sent[1] == {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}}
+
+
+async def test_anthropic_thinking_signature_is_echoed(
+    scripted_server: ScriptedServer, llm_factory: ServiceFactory
+) -> None:
+    scripted_server.push(
+        ScriptedReply(
+            reasoning="hmm", tool_calls=(ToolCall(id="t1", name="get_weather", arguments='{"city": "Rome"}'),)
+        ),
+        text_reply("done"),
+    )
+    llm = llm_factory("anthropic", scripted_server)
+    first = await llm.complete(hi(tools=[WEATHER]))
+    assert first.message.reasoning_signature == "scripted-signature"
+    history = [
+        UserMessage(content="hi"),
+        first.message,
+        ToolResultMessage(tool_call_id="t1", name="get_weather", content="warm"),
+    ]
+    await llm.complete(LLMRequest(messages=history, tools=[WEATHER]))
+    blocks = scripted_server.requests[1].body["messages"][1]["content"]
+    assert blocks[0] == {"type": "thinking", "thinking": "hmm", "signature": "scripted-signature"}
+    assert blocks[1]["type"] == "tool_use"
+
+
+async def test_cancelling_a_call_closes_the_request(
+    scripted_server: ScriptedServer, protocol: str, llm_factory: ServiceFactory
+) -> None:
+    scripted_server.push(hang_reply(60), text_reply("next"))
+    llm = llm_factory(protocol, scripted_server)
+    task = asyncio.ensure_future(llm.complete(hi()))
+    await asyncio.sleep(0.3)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert (await llm.complete(hi())).message.text == "next"

@@ -1,0 +1,171 @@
+"""The SQLite store: pragmas, migrations, cascades, transactions, fencing."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import pytest
+
+from power_loop import LeaseLostError, SchemaVersionError, SQLiteSessionStore, StoreError
+from power_loop.messages import AssistantMessage, ToolCall, ToolResultMessage, UserMessage
+from power_loop.store.rows import Append, BeginRun, FinishRun, LeaseClaim, UpdateToolCall
+from power_loop.store.schema import LATEST_VERSION
+
+
+async def test_pragmas_and_schema_version(db_path: str) -> None:
+    async with SQLiteSessionStore(db_path) as store:
+        mode = await store.execute_fetchall("PRAGMA journal_mode")
+        fk = await store.execute_fetchall("PRAGMA foreign_keys")
+        sync = await store.execute_fetchall("PRAGMA synchronous")
+        version = await store.execute_fetchall("PRAGMA user_version")
+        busy = await store.execute_fetchall("PRAGMA busy_timeout")
+    assert mode == [("wal",)]
+    assert fk == [(1,)]
+    assert sync == [(1,)]  # NORMAL
+    assert version == [(LATEST_VERSION,)]
+    assert busy[0][0] >= 1000
+
+
+async def test_a_newer_schema_is_refused(db_path: str) -> None:
+    async with SQLiteSessionStore(db_path):
+        pass
+    with sqlite3.connect(db_path) as raw:
+        raw.execute(f"PRAGMA user_version = {LATEST_VERSION + 1}")
+    with pytest.raises(SchemaVersionError, match="upgrade power_loop"):
+        await SQLiteSessionStore(db_path).open()
+    with pytest.raises(SchemaVersionError):
+        SQLiteSessionStore(db_path).get_session("x")
+
+
+def test_memory_paths_are_refused() -> None:
+    with pytest.raises(StoreError, match="file path"):
+        SQLiteSessionStore(":memory:")
+
+
+async def test_sync_and_async_paths_share_one_file(db_path: str) -> None:
+    store = SQLiteSessionStore(db_path)
+    store.create_session_sync("s1", metadata={"a": 1})
+    async with store:
+        assert (await store.get_session_async("s1")).metadata == {"a": 1}  # type: ignore[union-attr]
+        await store.create_session("s2", system_prompt="p")
+    assert store.get_session("s2").system_prompt == "p"  # type: ignore[union-attr]
+
+
+async def _begin(store: SQLiteSessionStore, sid: str, owner: str = "me", **kwargs: object) -> int:
+    outcome = await store.begin_run(BeginRun(session_id=sid, run_id=f"run-{owner}", lease=LeaseClaim(owner, 5_000),
+                                             **kwargs))  # type: ignore[arg-type]
+    assert outcome.status == "ok", outcome
+    return outcome.fence
+
+
+async def test_seqs_are_contiguous_and_history_reloads(db_path: str) -> None:
+    async with SQLiteSessionStore(db_path) as store:
+        await store.create_session("s")
+        fence = await _begin(store, "s", messages=[UserMessage(content="hi")])
+        lease = LeaseClaim("me", 5_000, fence)
+        out = await store.write("s", [Append([AssistantMessage(content="a"), UserMessage(content="b")])], lease=lease)
+        assert out.seqs == (2, 3)
+        stored = await store.load_messages("s")
+    assert [(m.seq, m.message.role) for m in stored] == [(1, "user"), (2, "assistant"), (3, "user")]
+
+
+async def test_cascade_delete_removes_everything(db_path: str) -> None:
+    async with SQLiteSessionStore(db_path) as store:
+        await store.create_session("parent")
+        await store.create_session("child", parent_session_id="parent", kind="subagent")
+        await store.create_session("grandchild", parent_session_id="child", kind="subagent")
+        fence = await _begin(store, "parent", messages=[UserMessage(content="x")])
+        await store.write("parent", [FinishRun("run-me", "completed")], lease=LeaseClaim("me", 5_000, fence))
+        assert await store.delete_session("parent") == 3
+        for table in ("sessions", "messages", "runs", "session_stats", "session_leases", "tool_calls"):
+            assert await store.execute_fetchall(f"SELECT COUNT(*) FROM {table}") == [(0,)], table
+
+
+async def test_delete_without_cascade_detaches_children(db_path: str) -> None:
+    async with SQLiteSessionStore(db_path) as store:
+        await store.create_session("parent")
+        await store.create_session("child", parent_session_id="parent")
+        assert await store.delete_session("parent", cascade=False) == 1
+        child = await store.get_session_async("child")
+    assert child is not None and child.parent_session_id is None
+
+
+async def test_a_failing_write_rolls_back_entirely(db_path: str) -> None:
+    async with SQLiteSessionStore(db_path) as store:
+        await store.create_session("s")
+        fence = await _begin(store, "s", messages=[UserMessage(content="hi")])
+        lease = LeaseClaim("me", 5_000, fence)
+        broken = AssistantMessage(content="x", tool_calls=(ToolCall(id="dup", name="t"), ToolCall(id="dup", name="t")))
+        with pytest.raises(sqlite3.IntegrityError):
+            await store.write("s", [Append([AssistantMessage(content="kept?")]), Append([broken])], lease=lease)
+        assert [m.message.text for m in await store.load_messages("s")] == ["hi"]
+
+
+async def test_a_fenced_out_writer_is_refused(db_path: str) -> None:
+    async with SQLiteSessionStore(db_path) as store:
+        await store.create_session("s")
+        old = await _begin(store, "s", owner="old", messages=[UserMessage(content="first")])
+        await store.execute_fetchall("SELECT 1")
+        # The old owner's lease expires; a new owner takes the session.
+        await store._call(lambda c: c.execute("UPDATE session_leases SET expires_at = 0"))
+        new = await _begin(store, "s", owner="new", messages=[UserMessage(content="second")])
+        assert new == old + 1
+        with pytest.raises(LeaseLostError, match="refused"):
+            await store.write("s", [Append([AssistantMessage(content="stale")])], lease=LeaseClaim("old", 5_000, old))
+        await store.write("s", [Append([AssistantMessage(content="fresh")])], lease=LeaseClaim("new", 5_000, new))
+        texts = [m.message.text for m in await store.load_messages("s")]
+    assert texts == ["first", "second", "fresh"]
+
+
+async def test_begin_reports_busy_pending_and_not_found(db_path: str) -> None:
+    async with SQLiteSessionStore(db_path) as store:
+        assert (await store.begin_run(BeginRun(session_id="nope", run_id="r", lease=LeaseClaim("a", 5000)))).status \
+            == "not_found"
+        await store.create_session("s")
+        fence = await _begin(store, "s", owner="a", messages=[UserMessage(content="hi")])
+        busy = await store.begin_run(BeginRun(session_id="s", run_id="r2", lease=LeaseClaim("b", 5000)))
+        assert (busy.status, busy.lease_owner) == ("busy", "a")
+        call = ToolCall(id="c1", name="t", arguments="{}")
+        lease = LeaseClaim("a", 5000, fence)
+        await store.write("s", [Append([AssistantMessage(tool_calls=(call,))]), UpdateToolCall("c1", "running"),
+                                FinishRun("run-a", "cancelled", drain_inbox=False)], lease=lease)
+        pending = await store.begin_run(BeginRun(session_id="s", run_id="r3", lease=LeaseClaim("b", 5000)))
+        assert pending.status == "pending" and pending.pending is not None
+        assert pending.pending.assistant_seq == 2
+        assert [(c.tool_call_id, c.status) for c in pending.pending.calls] == [("c1", "running")]
+        healed = await store.begin_run(BeginRun(session_id="s", run_id="r4", lease=LeaseClaim("b", 5000),
+                                                heal_pending=True, messages=[UserMessage(content="next")]))
+        assert healed.status == "ok"
+        assert [m.message.role for m in healed.appended] == ["tool", "user"]
+        result = healed.appended[0].message
+        assert isinstance(result, ToolResultMessage) and "aborted" in result.text
+
+
+async def test_history_is_returned_only_when_the_cache_is_stale(db_path: str) -> None:
+    async with SQLiteSessionStore(db_path) as store:
+        await store.create_session("s")
+        first = await store.begin_run(BeginRun(session_id="s", run_id="r1", lease=LeaseClaim("a", 5000),
+                                               messages=[UserMessage(content="one")]))
+        assert first.history is not None and len(first.history) == 1
+        await store.write("s", [FinishRun("r1", "completed")], lease=LeaseClaim("a", 5000, first.fence))
+        fresh = await store.begin_run(BeginRun(session_id="s", run_id="r2", lease=LeaseClaim("a", 5000),
+                                               messages=[UserMessage(content="two")], cached_version=first.version))
+        assert fresh.history is None and [m.message.text for m in fresh.appended] == ["two"]
+        await store.write("s", [FinishRun("r2", "completed")], lease=LeaseClaim("a", 5000, fresh.fence))
+        stale = await store.begin_run(BeginRun(session_id="s", run_id="r3", lease=LeaseClaim("a", 5000),
+                                               cached_version=first.version))
+        assert stale.history is not None and [m.message.text for m in stale.history] == ["one", "two"]
+
+
+async def test_inbox_is_merged_in_order_and_consumed_once(db_path: str) -> None:
+    async with SQLiteSessionStore(db_path) as store:
+        await store.create_session("s")
+        assert await store.enqueue("s", "ignored", only_if_busy=True) is None  # idle: not queued
+        await store.enqueue("s", "first")
+        assert await store.enqueue("s", "second") == 2
+        outcome = await store.begin_run(BeginRun(session_id="s", run_id="r", lease=LeaseClaim("a", 5000),
+                                                 messages=[UserMessage(content="now")]))
+        texts = [m.message.text for m in outcome.appended]
+        assert texts == ["<follow_up>\nfirst\n\nsecond\n</follow_up>", "now"]
+        assert await store.inbox_depth("s") == 0
+        assert await store.enqueue("s", "while busy", only_if_busy=True) == 1
