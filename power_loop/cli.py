@@ -14,10 +14,10 @@ import argparse
 import ast
 import asyncio
 import operator
+import os
 import sys
 from collections.abc import Sequence
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any
 
 from ._version import __version__
@@ -85,6 +85,7 @@ def _describe(message: dict[str, Any]) -> str:
 
 async def run_demo(db_path: str, *, out: Any = None) -> int:
     """Run the demo session; return the process exit code."""
+    shown_path = os.path.abspath(db_path)  # noqa: ASYNC240 - a string operation, done once
     from . import AgentLoopConfig, StatefulAgentLoop, ToolRegistry, create_llm_service_from_env
     from .providers.offline import OfflineLLM
 
@@ -98,25 +99,31 @@ async def run_demo(db_path: str, *, out: Any = None) -> int:
     registry = ToolRegistry()
     registry.register(calculate)
     registry.register(current_time)
-    config = AgentLoopConfig(system_prompt="You are a concise assistant. Use the calculator for arithmetic.",
-                             max_rounds=4)
+    config = AgentLoopConfig(
+        system_prompt="You are a concise assistant. Use the calculator for arithmetic.", max_rounds=4
+    )
     async with StatefulAgentLoop(llm=llm, db_path=db_path, config=config, tool_registry=registry) as loop:
         sid = await loop.new_session_async(metadata={"source": "power-loop demo"})
         print(f"session {sid}", file=out)
         for turn in DEMO_TURNS:
             print(f"\n> {turn}", file=out)
             result = await loop.send(turn, session_id=sid)
-            print(f"< {result.final_text}  [{result.status}, {result.rounds} round(s), "
-                  f"{result.tool_calls} tool call(s)]", file=out)
+            print(
+                f"< {result.final_text}  [{result.status}, {result.rounds} round(s), {result.tool_calls} tool call(s)]",
+                file=out,
+            )
         print("\nTranscript as stored:", file=out)
         for message in await loop.get_messages_async(sid):
             print(_describe(message), file=out)
         stats = await loop.get_session_stats_async(sid)
         if stats is not None:
-            print(f"\nUsage: {stats.sends} sends, {stats.llm_calls} model calls, {stats.tool_calls} tool calls, "
-                  f"{stats.prompt_tokens} prompt + {stats.completion_tokens} completion = "
-                  f"{stats.total_tokens} tokens", file=out)
-    print(f"Sessions are stored in {Path(db_path).resolve()}", file=out)
+            print(
+                f"\nUsage: {stats.sends} sends, {stats.llm_calls} model calls, {stats.tool_calls} tool calls, "
+                f"{stats.prompt_tokens} prompt + {stats.completion_tokens} completion = "
+                f"{stats.total_tokens} tokens",
+                file=out,
+            )
+    print(f"Sessions are stored in {shown_path}", file=out)
     return 0
 
 
@@ -127,19 +134,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     demo = sub.add_parser("demo", help="run a multi-turn demo session (offline without configuration)")
     demo.add_argument("--db", default="./power_loop_demo.db", help="SQLite file (default: ./power_loop_demo.db)")
     sub.add_parser("version", help="print the version")
-    worker = sub.add_parser("worker", help="run a TimerRunner for APP (module:attribute)")
-    worker.add_argument("app", help="module:attribute naming a StatefulAgentLoop or a factory returning one")
-    worker.add_argument("--scan-interval", type=float, default=2.0, help="seconds between scans")
-    worker.add_argument("--stale-firing", type=float, default=120.0, help="claim lease in seconds")
     args = parser.parse_args(argv)
     if args.command == "version":
         print(__version__)
         return 0
-    if args.command == "demo":
-        return asyncio.run(run_demo(args.db))
-    from .timers.worker import run_worker
-
-    return run_worker(args.app, scan_interval_s=args.scan_interval, stale_firing_s=args.stale_firing)
+    return asyncio.run(run_demo(args.db))
 
 
 if __name__ == "__main__":

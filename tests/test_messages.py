@@ -265,7 +265,9 @@ def test_tool_result_with_empty_content_keeps_content_key() -> None:
     assert data["content"] == ""
 
 
-@pytest.mark.parametrize("data", [{"role": "tool", "content": "5"}, {"role": "tool", "tool_call_id": "", "content": "5"}])
+@pytest.mark.parametrize(
+    "data", [{"role": "tool", "content": "5"}, {"role": "tool", "tool_call_id": "", "content": "5"}]
+)
 def test_tool_message_without_tool_call_id_raises(data: dict[str, Any]) -> None:
     with pytest.raises(ValueError, match="tool_call_id"):
         message_from_dict(data)
@@ -338,9 +340,7 @@ def test_tool_call_to_dict() -> None:
 
 
 def test_usage_addition() -> None:
-    a = Usage(
-        calls=1, prompt_tokens=10, completion_tokens=5, cache_read_tokens=2, reasoning_tokens=1, total_tokens=15
-    )
+    a = Usage(calls=1, prompt_tokens=10, completion_tokens=5, cache_read_tokens=2, reasoning_tokens=1, total_tokens=15)
     b = Usage(
         calls=2, prompt_tokens=100, completion_tokens=50, cache_read_tokens=20, reasoning_tokens=10, total_tokens=150
     )

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from ..messages import AssistantMessage
-from ..store.rows import RESOLVED_STATUSES, FinishRun, OpenInteraction, PendingCall, UpdateToolCall, WriteOp
+from ..store.rows import RESOLVED_STATUSES, OpenInteraction, PendingCall, UpdateToolCall, WriteOp
 from .tool_batch import ToolOutcome, run_tool_batch
 
 if TYPE_CHECKING:
@@ -59,7 +59,7 @@ async def pause_for_input(loop: RunLoop, outcomes: Sequence[ToolOutcome]) -> Non
             ops.append(
                 UpdateToolCall(outcome.call.id, outcome.status, result=outcome.content, is_error=outcome.is_error)
             )
-    ops.append(FinishRun(run.run_id, "waiting_for_input", run.totals(), drain_inbox=False))
+    ops.append(run.finish_op("waiting_for_input"))
     await run.writer.write(ops)
     pending = [
         PendingCall(tool_call_id=o.call.id, name=o.call.name, arguments=o.call.arguments, status=o.status, position=i)

@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -165,6 +166,7 @@ class Run:
             call_prompt=req.system_prompt, session_prompt=session.system_prompt, config=rt.config
         )
         self.memory_text: str | None = None
+        self.started_at = int(time.time() * 1000)
         self.round_index = 0
         self.rounds = 0
         self.llm_calls = 0
@@ -185,6 +187,12 @@ class Run:
         if self.prefix is None:
             return self.transcript.messages
         return self.prefix + self.transcript.messages[self.prefix_from :]
+
+    def finish_op(self, status: str, *, drain_inbox: bool = False, error: str | None = None) -> FinishRun:
+        """The operation ending this run."""
+        return FinishRun(
+            self.run_id, status, self.totals(), error=error, drain_inbox=drain_inbox, started_at=self.started_at
+        )
 
     def totals(self) -> RunTotals:
         """What the run adds to the session stats."""
@@ -431,7 +439,7 @@ class RunLoop:
         """Commit the end of the run (with ``ops``), run SESSION_END, publish session_ended."""
         run = self.run
         if write:
-            await run.writer.write([*ops, FinishRun(run.run_id, status, run.totals(), drain_inbox=False)])
+            await run.writer.write([*ops, run.finish_op(status)])
         await self._session_end(status, final_text, reason or status)
         raise _Ended(run.result(status, final_text, pending=pending, interactions=interactions))
 
@@ -460,11 +468,7 @@ class RunLoop:
         tool calls pending (their side effects are unknown), re-raise."""
         run = self.run
         try:
-            await asyncio.shield(
-                run.writer.write(
-                    [FinishRun(run.run_id, "cancelled", run.totals(), error="task cancelled", drain_inbox=False)]
-                )
-            )
+            await asyncio.shield(run.writer.write([run.finish_op("cancelled", error="task cancelled")]))
         except Exception:
             log.warning("could not record the end of cancelled run %s", run.run_id, exc_info=True)
             self.rt.histories.drop(run.session_id)
@@ -476,9 +480,7 @@ class RunLoop:
         run = self.run
         self.rt.histories.drop(run.session_id)
         try:
-            await run.writer.write(
-                [FinishRun(run.run_id, "failed", run.totals(), error=f"{type(exc).__name__}: {exc}", drain_inbox=False)]
-            )
+            await run.writer.write([run.finish_op("failed", error=f"{type(exc).__name__}: {exc}")])
         except Exception:
             await self._release_quietly()
         await self._quietly(
@@ -700,7 +702,7 @@ class RunLoop:
         if response.usage.calls:
             ops.append(self._usage_op(response, duration_ms))
         if not assistant.tool_calls:
-            finish = FinishRun(run.run_id, "completed", run.totals(), drain_inbox=not stop_after)
+            finish = run.finish_op("completed", drain_inbox=not stop_after)
             outcome = await run.writer.write([*ops, finish])
             await self._tools_present(0)
             await self._round_end(has_tools=False, text=assistant.text)

@@ -7,7 +7,6 @@ import asyncio
 import email.utils
 import importlib
 import json
-import sys
 import time
 from collections.abc import Callable, Mapping
 from types import ModuleType
@@ -46,12 +45,20 @@ def memo(obj: object, key: str, build: Callable[[], T]) -> T:
     return found
 
 
+_IMPORTED: dict[str, ModuleType] = {}
+
+
 async def import_sdk(name: str) -> ModuleType:
-    """Import a provider SDK, in a worker thread the first time (it takes ~0.5 s)."""
-    module = sys.modules.get(name)
-    if module is not None:
-        return module
-    return await asyncio.to_thread(importlib.import_module, name)
+    """Import a provider SDK, in a worker thread the first time (it takes ~0.5 s).
+
+    ``sys.modules`` is not consulted directly: while another thread is still importing, it
+    holds a partially initialised module. ``importlib.import_module`` waits for that import.
+    """
+    module = _IMPORTED.get(name)
+    if module is None:
+        module = await asyncio.to_thread(importlib.import_module, name)
+        _IMPORTED[name] = module
+    return module
 
 
 def http_response_class() -> type[Any]:
@@ -68,6 +75,79 @@ def http_response_class() -> type[Any]:
         import httpx
 
         return httpx.Response
+
+
+def build_http_client(sdk: ModuleType, transport: str, timeout_s: float) -> Any:
+    """The HTTP client an SDK should use: ``None`` for the SDK's default, or one on the
+    native transport (see :mod:`power_loop.providers._transport`).
+
+    The native transport is skipped when the environment configures a proxy, which only the
+    SDK's default transport honours.
+    """
+    if transport == "httpx":
+        return None
+    if transport != "native":
+        raise ValueError(f"http_transport must be 'native' or 'httpx', not {transport!r}")
+    from ._transport import NativeTransport, proxy_configured
+
+    if proxy_configured():
+        return None
+    factory = getattr(sdk, "DefaultAsyncHttpxClient", None) or http_response_class().__module__
+    if isinstance(factory, str):  # pragma: no cover - very old SDKs without the default client
+        factory = importlib.import_module(factory).AsyncClient
+    return factory(transport=NativeTransport(), timeout=timeout_s)
+
+
+class ClientHolder:
+    """A lazily built SDK client, rebuilt when used from a different event loop.
+
+    HTTP connections belong to the loop that opened them; ``send_sync`` runs each call in a
+    fresh loop, so a client must not outlive its loop.
+    """
+
+    def __init__(self, client: Any = None) -> None:
+        self.client = client
+        self.given = client is not None
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.sdk: ModuleType | None = None
+        self._building: asyncio.Future[None] | None = None
+
+    def current(self) -> Any:
+        """The client if it is usable on the running loop, else None."""
+        if self.client is None or self.sdk is None:
+            return None
+        if not self.given and self.loop is not asyncio.get_running_loop():
+            return None
+        return self.client
+
+    async def ensure(self, sdk_name: str, build: Callable[[ModuleType], Any]) -> tuple[Any, ModuleType]:
+        """The client and SDK module, building the client (off the loop's import) if needed."""
+        while True:
+            client = self.current()
+            if client is not None:
+                assert self.sdk is not None
+                return client, self.sdk
+            building = self._building
+            if building is None or building.get_loop() is not asyncio.get_running_loop():
+                break
+            await asyncio.shield(building)  # another call is building the client
+        self._building = asyncio.get_running_loop().create_future()
+        try:
+            sdk = await import_sdk(sdk_name)
+            if not self.given:
+                self.client = build(sdk)
+                self.loop = asyncio.get_running_loop()
+            self.sdk = sdk
+        finally:
+            done, self._building = self._building, None
+            done.set_result(None)
+        return self.client, sdk
+
+    async def aclose(self) -> None:
+        """Close the client (if power_loop built it) on its own loop."""
+        client, self.client = self.client, None
+        if client is not None and not self.given and self.loop is asyncio.get_running_loop():
+            await client.close()
 
 
 def parse_retry_after(headers: Mapping[str, str] | None) -> float | None:

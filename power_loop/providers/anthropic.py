@@ -34,7 +34,7 @@ from ..messages import (
     Usage,
 )
 from ..tools.definition import ToolDefinition
-from ._common import dumps, http_response_class, import_sdk, map_sdk_error, memo
+from ._common import ClientHolder, build_http_client, dumps, http_response_class, map_sdk_error, memo
 from .base import LLMRequest, LLMResponse, StreamCallbacks
 
 __all__ = ["AnthropicMessagesService", "build_messages_body"]
@@ -267,6 +267,8 @@ class AnthropicMessagesService:
         context_window: The model's context window in tokens, if known.
         default_headers: Extra headers sent with every request.
         client: A ready ``anthropic.AsyncAnthropic`` to use instead of building one.
+        http_transport: ``"native"`` (default: power_loop's probe-free keep-alive pool) or
+            ``"httpx"`` (the SDK's default transport; used anyway when a proxy is configured).
     """
 
     provider = "anthropic"
@@ -285,6 +287,7 @@ class AnthropicMessagesService:
         context_window: int | None = None,
         default_headers: Mapping[str, str] | None = None,
         client: Any = None,
+        http_transport: str = "native",
     ) -> None:
         if not model:
             raise ConfigurationError("AnthropicMessagesService needs a model name")
@@ -298,37 +301,29 @@ class AnthropicMessagesService:
         self.stream = stream
         self.context_window = context_window
         self.default_headers = dict(default_headers or {})
-        self._client = client
-        self._sdk: ModuleType | None = None
-        self._client_lock = asyncio.Lock()
+        self.http_transport = http_transport
+        self._holder = ClientHolder(client)
 
     def __repr__(self) -> str:
         return f"AnthropicMessagesService(model={self.model!r}, base_url={self.base_url!r})"
 
-    async def _ensure_client(self) -> tuple[Any, ModuleType]:
-        if self._sdk is not None and self._client is not None:
-            return self._client, self._sdk
-        async with self._client_lock:
-            sdk = await import_sdk("anthropic")
-            if self._client is None:
-                self._client = sdk.AsyncAnthropic(
-                    api_key=self.api_key or "not-needed",
-                    base_url=self.base_url,
-                    max_retries=0,
-                    timeout=self.timeout_s,
-                    default_headers=self.default_headers or None,
-                )
-            self._sdk = sdk
-            return self._client, sdk
+    def _build(self, sdk: ModuleType) -> Any:
+        return sdk.AsyncAnthropic(
+            api_key=self.api_key or "not-needed",
+            base_url=self.base_url,
+            max_retries=0,
+            timeout=self.timeout_s,
+            default_headers=self.default_headers or None,
+            http_client=build_http_client(sdk, self.http_transport, self.timeout_s),
+        )
 
     async def aclose(self) -> None:
         """Close the underlying HTTP client."""
-        if self._client is not None:
-            await self._client.close()
+        await self._holder.aclose()
 
     async def complete(self, request: LLMRequest, *, callbacks: StreamCallbacks | None = None) -> LLMResponse:
         """Make one Messages request. See :class:`~power_loop.providers.base.LLMService`."""
-        client, sdk = await self._ensure_client()
+        client, sdk = await self._holder.ensure("anthropic", self._build)
         if request.stream and not self.stream:
             request = replace(request, stream=False)
         max_tokens = request.max_tokens or self.max_tokens or _DEFAULT_MAX_TOKENS

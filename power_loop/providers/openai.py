@@ -28,7 +28,7 @@ from ..messages import (
     message_to_dict,
 )
 from ..tools.definition import ToolDefinition
-from ._common import dumps, http_response_class, import_sdk, map_sdk_error, memo
+from ._common import ClientHolder, build_http_client, dumps, http_response_class, map_sdk_error, memo
 from .base import LLMRequest, LLMResponse, StreamCallbacks
 
 __all__ = ["OpenAIChatService", "build_chat_body", "message_fragment"]
@@ -200,6 +200,8 @@ class OpenAIChatService:
         default_headers: Extra headers sent with every request.
         client: A ready ``openai.AsyncOpenAI`` to use instead of building one (its own retry
             setting is then the caller's responsibility).
+        http_transport: ``"native"`` (default: power_loop's probe-free keep-alive pool) or
+            ``"httpx"`` (the SDK's default transport; used anyway when a proxy is configured).
     """
 
     provider = "openai"
@@ -219,6 +221,7 @@ class OpenAIChatService:
         max_tokens_param: str = "max_tokens",
         default_headers: Mapping[str, str] | None = None,
         client: Any = None,
+        http_transport: str = "native",
     ) -> None:
         if not model:
             raise ConfigurationError("OpenAIChatService needs a model name")
@@ -233,37 +236,29 @@ class OpenAIChatService:
         self.context_window = context_window
         self.max_tokens_param = max_tokens_param
         self.default_headers = dict(default_headers or {})
-        self._client = client
-        self._sdk: ModuleType | None = None
-        self._client_lock = asyncio.Lock()
+        self.http_transport = http_transport
+        self._holder = ClientHolder(client)
 
     def __repr__(self) -> str:
         return f"OpenAIChatService(model={self.model!r}, base_url={self.base_url!r})"
 
-    async def _ensure_client(self) -> tuple[Any, ModuleType]:
-        if self._sdk is not None and self._client is not None:
-            return self._client, self._sdk
-        async with self._client_lock:
-            sdk = await import_sdk("openai")
-            if self._client is None:
-                self._client = sdk.AsyncOpenAI(
-                    api_key=self.api_key or "not-needed",
-                    base_url=self.base_url,
-                    max_retries=0,
-                    timeout=self.timeout_s,
-                    default_headers=self.default_headers or None,
-                )
-            self._sdk = sdk
-            return self._client, sdk
+    def _build(self, sdk: ModuleType) -> Any:
+        return sdk.AsyncOpenAI(
+            api_key=self.api_key or "not-needed",
+            base_url=self.base_url,
+            max_retries=0,
+            timeout=self.timeout_s,
+            default_headers=self.default_headers or None,
+            http_client=build_http_client(sdk, self.http_transport, self.timeout_s),
+        )
 
     async def aclose(self) -> None:
         """Close the underlying HTTP client."""
-        if self._client is not None:
-            await self._client.close()
+        await self._holder.aclose()
 
     async def complete(self, request: LLMRequest, *, callbacks: StreamCallbacks | None = None) -> LLMResponse:
         """Make one Chat Completions request. See :class:`~power_loop.providers.base.LLMService`."""
-        client, sdk = await self._ensure_client()
+        client, sdk = await self._holder.ensure("openai", self._build)
         stream = request.stream and self.stream
         if stream != request.stream:
             request = replace(request, stream=stream)

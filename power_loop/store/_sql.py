@@ -180,6 +180,37 @@ def delete_session(conn: sqlite3.Connection, session_id: str, *, cascade: bool) 
     return len(ids)
 
 
+class _State:
+    """A session's row joined with its lease, read once per transaction."""
+
+    __slots__ = ("event_seq", "expires_at", "fence", "owner", "row", "version")
+
+    def __init__(self, row: Sequence[Any]) -> None:
+        self.row = row
+        self.version = int(row[9])
+        self.event_seq = int(row[10])
+        self.owner: str | None = row[11]
+        self.fence = int(row[12] or 0)
+        self.expires_at = int(row[13] or 0)
+
+    def session(self) -> SessionRow:
+        return _session_row(self.row)
+
+    def live_owner(self, now: int) -> str | None:
+        return self.owner if self.owner is not None and self.expires_at > now else None
+
+
+def _state(conn: sqlite3.Connection, session_id: str) -> _State:
+    row = conn.execute(
+        f"SELECT s.{_SESSION_COLUMNS.replace(', ', ', s.')}, s.version, s.event_seq, l.owner, l.fence, l.expires_at "
+        "FROM sessions s LEFT JOIN session_leases l ON l.session_id = s.session_id WHERE s.session_id = ?",
+        (session_id,),
+    ).fetchone()
+    if row is None:
+        raise SessionNotFoundError(session_id)
+    return _State(row)
+
+
 def _version(conn: sqlite3.Connection, session_id: str) -> tuple[int, int]:
     row = conn.execute("SELECT version, event_seq FROM sessions WHERE session_id = ?", (session_id,)).fetchone()
     if row is None:
@@ -187,12 +218,11 @@ def _version(conn: sqlite3.Connection, session_id: str) -> tuple[int, int]:
     return int(row[0]), int(row[1])
 
 
-def _touch(conn: sqlite3.Connection, session_id: str, *, bump: bool, event_seq: int | None, now: int) -> int:
+def _touch(conn: sqlite3.Connection, session_id: str, *, bump: bool, event_seq: int | None, now: int) -> None:
     conn.execute(
         "UPDATE sessions SET version = version + ?, updated_at = ?, event_seq = MAX(event_seq, ?) WHERE session_id = ?",
         (1 if bump else 0, now, event_seq or 0, session_id),
     )
-    return _version(conn, session_id)[0]
 
 
 # --------------------------------------------------------------------------- history
@@ -438,22 +468,26 @@ def inbox_depth(conn: sqlite3.Connection, session_id: str) -> int:
 # --------------------------------------------------------------------------- leases
 
 
-def _check_lease(conn: sqlite3.Connection, session_id: str, lease: LeaseClaim, now: int) -> None:
+def _check_lease(conn: sqlite3.Connection, session_id: str, lease: LeaseClaim, now: int, *, renew: bool = True) -> None:
     row = conn.execute("SELECT owner, fence FROM session_leases WHERE session_id = ?", (session_id,)).fetchone()
-    if row is None or row[0] != lease.owner or int(row[1]) != lease.fence:
-        holder = f"fence {row[1]}" if row else "no lease"
+    _verify_lease(session_id, lease, row[0] if row else None, int(row[1]) if row else None)
+    if renew:
+        conn.execute("UPDATE session_leases SET expires_at = ? WHERE session_id = ?", (now + lease.ttl_ms, session_id))
+
+
+def _verify_lease(session_id: str, lease: LeaseClaim, owner: str | None, fence: int | None) -> None:
+    if owner != lease.owner or fence != lease.fence:
+        holder = f"fence {fence}" if fence is not None else "no lease"
         raise LeaseLostError(
             f"this run's lease on session {session_id!r} (fence {lease.fence}) was taken over by another "
             f"run ({holder}) after it expired; the write was refused so histories do not interleave. "
             "Send again to continue on the current history.",
             session_id=session_id,
         )
-    conn.execute("UPDATE session_leases SET expires_at = ? WHERE session_id = ?", (now + lease.ttl_ms, session_id))
 
 
-def _acquire_lease(conn: sqlite3.Connection, session_id: str, lease: LeaseClaim, now: int) -> int:
-    row = conn.execute("SELECT fence FROM session_leases WHERE session_id = ?", (session_id,)).fetchone()
-    fence = (int(row[0]) if row else 0) + 1
+def _acquire_lease(conn: sqlite3.Connection, session_id: str, lease: LeaseClaim, now: int, previous_fence: int) -> int:
+    fence = previous_fence + 1
     conn.execute(
         "INSERT INTO session_leases (session_id, owner, fence, expires_at) VALUES (?, ?, ?, ?) "
         "ON CONFLICT(session_id) DO UPDATE SET owner = excluded.owner, fence = excluded.fence, "
@@ -489,8 +523,10 @@ def _finish_run(conn: sqlite3.Connection, session_id: str, op: FinishRun, lease:
         "UPDATE runs SET status = ?, rounds = ?, ended_at = ?, error = ? WHERE run_id = ?",
         (op.status, totals.rounds, now, op.error, op.run_id),
     )
-    row = conn.execute("SELECT started_at FROM runs WHERE run_id = ?", (op.run_id,)).fetchone()
-    started = int(row[0]) if row else now
+    started = op.started_at
+    if started is None:
+        row = conn.execute("SELECT started_at FROM runs WHERE run_id = ?", (op.run_id,)).fetchone()
+        started = int(row[0]) if row else now
     u = totals.usage
     conn.execute(
         "INSERT INTO session_stats (session_id, sends, rounds, llm_calls, tool_calls, prompt_tokens, "
@@ -535,9 +571,13 @@ def write(
 ) -> WriteOutcome:
     """Apply ``ops`` for a run (call inside :func:`transaction`)."""
     now = now_ms()
-    _version(conn, session_id)
+    state = _state(conn, session_id)
     if lease is not None:
-        _check_lease(conn, session_id, lease, now)
+        _verify_lease(session_id, lease, state.owner, state.fence)
+        if not any(isinstance(op, FinishRun) and op.release_lease for op in ops):
+            conn.execute(
+                "UPDATE session_leases SET expires_at = ? WHERE session_id = ?", (now + lease.ttl_ms, session_id)
+            )
     seqs: list[int] = []
     drained: list[StoredMessage] = []
     finished = False
@@ -565,24 +605,27 @@ def write(
                 finished = True
         else:  # pragma: no cover - guarded by the WriteOp union
             raise TypeError(f"unknown write operation {op!r}")
-    version = _touch(conn, session_id, bump=bool(seqs or drained), event_seq=event_seq, now=now)
-    return WriteOutcome(version=version, seqs=tuple(seqs), drained=tuple(drained), finished=finished)
+    bump = bool(seqs or drained)
+    _touch(conn, session_id, bump=bump, event_seq=event_seq, now=now)
+    return WriteOutcome(version=state.version + bump, seqs=tuple(seqs), drained=tuple(drained), finished=finished)
 
 
 def begin_run(conn: sqlite3.Connection, b: BeginRun) -> BeginOutcome:
     """Start a run (call inside :func:`transaction`); see :class:`BeginRun`."""
     now = now_ms()
-    session = get_session(conn, b.session_id)
-    if session is None:
+    try:
+        state = _state(conn, b.session_id)
+    except SessionNotFoundError:
         return BeginOutcome(status="not_found")
-    owner, expires = lease_is_live(conn, b.session_id, now)
+    session = state.session()
+    owner = state.live_owner(now)
     if owner is not None and owner != b.lease.owner:
-        return BeginOutcome(status="busy", session=session, lease_owner=owner, lease_expires_at=expires)
-    version_before, event_seq = _version(conn, b.session_id)
+        return BeginOutcome(status="busy", session=session, lease_owner=owner, lease_expires_at=state.expires_at)
+    version_before, event_seq = state.version, state.event_seq
     pending = pending_state(conn, b.session_id)
     if pending is not None and not (b.heal_pending or b.allow_pending):
         return BeginOutcome(status="pending", session=session, pending=pending, version=version_before)
-    fence = _acquire_lease(conn, b.session_id, b.lease, now)
+    fence = _acquire_lease(conn, b.session_id, b.lease, now, state.fence)
     appended: list[StoredMessage] = []
     if pending is not None and b.heal_pending:
         results = [
@@ -606,7 +649,8 @@ def begin_run(conn: sqlite3.Connection, b: BeginRun) -> BeginOutcome:
         "INSERT INTO runs (run_id, session_id, kind, status, started_at) VALUES (?, ?, ?, 'running', ?)",
         (b.run_id, b.session_id, b.kind, now),
     )
-    version = _touch(conn, b.session_id, bump=bool(appended), event_seq=None, now=now)
+    _touch(conn, b.session_id, bump=bool(appended), event_seq=None, now=now)
+    version = version_before + bool(appended)
     history = None
     if b.cached_version is None or b.cached_version != version_before:
         history = tuple(load_history(conn, b.session_id))

@@ -213,6 +213,7 @@ class FinishRun:
         error: Error text for a failed run.
         drain_inbox: Check the inbox first (False for runs ending by error or cancellation).
         release_lease: Release the run's session lease.
+        started_at: When the run started (epoch ms; looked up when None).
     """
 
     run_id: str
@@ -221,6 +222,7 @@ class FinishRun:
     error: str | None = None
     drain_inbox: bool = True
     release_lease: bool = True
+    started_at: int | None = None
 
 
 @dataclass(frozen=True)
