@@ -347,6 +347,8 @@ class StatefulAgentLoop:
 
     async def get_pending_async(self, session_id: str) -> dict[str, Any] | None:
         """Async twin of :meth:`get_pending`."""
+        if await self.store.get_session_async(session_id) is None:
+            raise SessionNotFoundError(session_id)
         return _pending_dict(await self.store.get_pending(session_id))
 
     def get_session_stats(self, session_id: str) -> SessionStatsRow | None:

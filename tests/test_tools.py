@@ -1063,9 +1063,7 @@ class TestInvoke:
         registry.register(_weather_def(), lambda **kw: calls.append(kw))
         with pytest.raises(ToolValidationError) as excinfo:
             registry.invoke("get_weather", {"city": 5})
-        assert str(excinfo.value) == (
-            "tool 'get_weather': invalid arguments for tool 'get_weather': city: expected string, got integer"
-        )
+        assert str(excinfo.value) == "invalid arguments for tool 'get_weather': city: expected string, got integer"
         assert isinstance(excinfo.value, ValueError)
         with pytest.raises(ToolValidationError, match=r"^tool 'get_weather': missing required parameter\(s\): city$"):
             registry.invoke("get_weather", {})
@@ -1414,26 +1412,15 @@ class TestToolContext:
         assert current_tool_context() is None
 
 
-# --------------------------------------------------------------------------- known bugs
+# --------------------------------------------------------------------------- regressions
 
 
-class TestKnownBugs:
-    """Behaviour the package documents or implies but does not deliver (strict xfail)."""
-
-    @pytest.mark.xfail(
-        reason="definition.py:20/45 uses re.match with '$', which also matches before a trailing newline",
-        strict=True,
-    )
+class TestRegressions:
+    """Bugs found and fixed: each test failed before its fix."""
     def test_name_with_trailing_newline_rejected(self) -> None:
         """'abc\\n' is not 1-64 chars of [A-Za-z0-9_-] and must be refused."""
         with pytest.raises(ValueError, match="invalid tool name"):
             ToolDefinition("abc\n", "d")
-
-    @pytest.mark.xfail(
-        reason="schema.py:29/87 compares get_origin() (collections.abc classes) with typing aliases",
-        raises=TypeError,
-        strict=True,
-    )
     @pytest.mark.parametrize(
         "annotation",
         [Sequence[int], typing.Sequence[int], typing.MutableSequence[int], typing.AbstractSet[int]],
@@ -1442,36 +1429,17 @@ class TestKnownBugs:
         """The module docstring lists Sequence[X] (and the code lists MutableSequence/AbstractSet)."""
         assert type_to_schema(annotation)["type"] == "array"
         assert type_to_schema(annotation)["items"] == {"type": "integer"}
-
-    @pytest.mark.xfail(
-        reason="schema.py:59 hashes the annotation ('tp in _PRIMITIVES') before the Annotated branch, "
-        "so Annotated[..., {mapping}] raises TypeError: unhashable type: 'dict'",
-        raises=TypeError,
-        strict=True,
-    )
     def test_annotated_mapping_metadata(self) -> None:
         """The Annotated branch merges Mapping metadata into the schema (schema.py:68-69)."""
         assert type_to_schema(Annotated[int, {"minimum": 0}]) == {"type": "integer", "minimum": 0}
 
     @pytest.mark.skipif(sys.version_info < (3, 11), reason="typing.NotRequired is 3.11+")
-    @pytest.mark.xfail(
-        reason="schema.py:130-132 keeps Required/NotRequired wrappers (include_extras=True) and has no case for them",
-        raises=TypeError,
-        strict=True,
-    )
     def test_typeddict_not_required_field(self) -> None:
         """A TypedDict with a NotRequired field is a supported TypedDict."""
         partial = TypedDict("partial", {"a": int, "b": typing.NotRequired[str]})  # type: ignore[misc]  # noqa: UP013
         schema = type_to_schema(partial)
         assert schema["properties"] == {"a": {"type": "integer"}, "b": {"type": "string"}}
         assert schema["required"] == ["a"]
-
-    @pytest.mark.xfail(
-        reason="registry.py:73-83 matches the raw annotation against ToolContext or the string 'ToolContext', "
-        "while schema.py skips the parameter using resolved hints: other spellings are hidden but not injected",
-        raises=TypeError,
-        strict=True,
-    )
     def test_qualified_tool_context_annotation_injected(self) -> None:
         """``ctx: tool_context.ToolContext`` (a string under PEP 563) is left out of the schema AND injected."""
 
@@ -1482,12 +1450,6 @@ class TestKnownBugs:
 
         assert "ctx" not in who.definition.parameters["properties"]
         assert ToolRegistry([who]).invoke("who", {"name": "n"}) == "n"
-
-    @pytest.mark.xfail(
-        reason="validation.py:89/92/169 compare with Python ==/in, so True equals 1 for enum, const and uniqueItems",
-        raises=AssertionError,
-        strict=True,
-    )
     @pytest.mark.parametrize(
         ("value", "schema", "expected_valid"),
         [
@@ -1501,12 +1463,6 @@ class TestKnownBugs:
     ) -> None:
         """JSON Schema equality distinguishes true from 1: enum/const reject it, uniqueItems accepts [1, true]."""
         assert (validate_against_schema(value, schema) == []) is expected_valid
-
-    @pytest.mark.xfail(
-        reason="registry.py:222 runs dict(args) before validation, so non-mapping args raise raw "
-        "ValueError/TypeError (or are silently accepted as pairs) instead of ToolValidationError",
-        strict=True,
-    )
     @pytest.mark.parametrize("args", [["a"], "ab", 5, [("city", "x")]])
     def test_invoke_non_mapping_args(self, args: Any) -> None:
         """invoke documents ToolValidationError for invalid arguments; a non-object is invalid."""
@@ -1514,12 +1470,6 @@ class TestKnownBugs:
         registry.register(_weather_def(), lambda city: city)
         with pytest.raises(ToolValidationError):
             registry.invoke("get_weather", args)
-
-    @pytest.mark.xfail(
-        reason="registry.py:90 always appends a ~30+ char marker, so limits below ~50 are exceeded",
-        raises=AssertionError,
-        strict=True,
-    )
     def test_truncate_respects_small_limit(self) -> None:
         """truncate_result promises to cut text to ``limit`` characters."""
         assert len(truncate_result("x" * 100, 20)) <= 20

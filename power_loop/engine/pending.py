@@ -38,6 +38,7 @@ async def resume_calls(loop: RunLoop, calls: Sequence[PendingCall]) -> None:
     if to_run:
         for outcome in await run_tool_batch(run, to_run):
             outcomes[outcome.call.id] = outcome
+        run.tool_calls += len(to_run)
     merged = [outcomes[c.tool_call_id] for c in ordered]
     placeholder = AssistantMessage(content="")
     await loop._commit_tool_results(placeholder, merged, None)

@@ -253,6 +253,7 @@ def _as_response(output: Any) -> LLMResponse:
 async def execute_run(rt: Runtime, req: RunRequest) -> StatefulResult:
     """Run ``req`` to its end (the facade's ``send`` / ``resume`` / ``submit_input``)."""
     tools = select_tools(rt.registry, req.tools)
+    StopSignal(req.stop_event)  # a bad stop_event fails here, before anything is stored
     async with rt.locks.hold(req.session_id, timeout=rt.config.session_wait_s) as time_left:
         run_id = "run_" + secrets.token_hex(8)
         lease = LeaseClaim(owner=f"{rt.owner}/{run_id}", ttl_ms=int(rt.config.lease_ttl_s * 1000))
@@ -772,13 +773,13 @@ class RunLoop:
                 outcomes = [ToolOutcome(c, str(ctx2.output), False, "skipped") for c in calls]
         if outcomes is None:
             outcomes = await run_tool_batch(run, calls)
+        run.tool_calls += len(calls)
         await self._commit_tool_results(assistant, outcomes, ending)
 
     async def _commit_tool_results(
         self, assistant: AssistantMessage, outcomes: list[ToolOutcome], ending: str | None
     ) -> None:
         run = self.run
-        run.tool_calls += len(outcomes)
         if self.hooks.has(HookPoint.TOOLS_BATCH_AFTER):
             ctx = ToolsBatchAfterCtx(
                 messages=_dicts(run.transcript.messages), round_index=run.round_index, session_id=run.session_id

@@ -23,6 +23,7 @@ into ``os.environ``) through python-dotenv.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -79,8 +80,10 @@ class LLMProviderConfig:
             raise ConfigurationError(
                 f"unknown provider {self.provider!r}; use 'openai' (any Chat Completions server) or 'anthropic'"
             )
-        if self.timeout_s <= 0:
-            raise ConfigurationError(f"timeout_s must be > 0, got {self.timeout_s}")
+        if not math.isfinite(self.timeout_s) or self.timeout_s <= 0:
+            raise ConfigurationError(f"timeout_s must be a finite number > 0, got {self.timeout_s}")
+        if self.temperature is not None and not math.isfinite(self.temperature):
+            raise ConfigurationError(f"temperature must be finite, got {self.temperature}")
         if self.max_retries < 0:
             raise ConfigurationError(f"max_retries must be >= 0, got {self.max_retries}")
         if self.max_tokens is not None and self.max_tokens <= 0:
@@ -124,14 +127,19 @@ class _Env:
             names.append(f"{self.fallback}_{key}")
         return names
 
-    def get(self, key: str) -> str | None:
+    def lookup(self, key: str) -> tuple[str, str] | None:
+        """(variable name, value) of the first of the key's names that is set."""
         for name in self.names(key):
             value = os.environ.get(name)
             if value is None:
                 value = self.dotenv.get(name)
             if value is not None and value.strip() != "":
-                return value.strip()
+                return name, value.strip()
         return None
+
+    def get(self, key: str) -> str | None:
+        found = self.lookup(key)
+        return found[1] if found else None
 
     def require(self, key: str) -> str:
         value = self.get(key)
@@ -144,13 +152,17 @@ class _Env:
         return value
 
     def number(self, key: str, kind: type[float] | type[int]) -> float | int | None:
-        raw = self.get(key)
-        if raw is None:
+        found = self.lookup(key)
+        if found is None:
             return None
+        name, raw = found
         try:
-            return kind(raw)
+            value = kind(raw)
         except ValueError:
-            raise ConfigurationError(f"{self.names(key)[0]}={raw!r} is not a valid {kind.__name__}") from None
+            raise ConfigurationError(f"{name}={raw!r} is not a valid {kind.__name__}") from None
+        if not math.isfinite(value):
+            raise ConfigurationError(f"{name}={raw!r} must be a finite number")
+        return value
 
 
 def _read_dotenv(env_file: str | os.PathLike[str] | None) -> Mapping[str, str | None]:

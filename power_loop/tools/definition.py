@@ -17,7 +17,7 @@ from .schema import function_schema
 
 __all__ = ["FunctionTool", "ToolDefinition", "tool"]
 
-_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
 def _empty_schema() -> dict[str, Any]:
@@ -42,7 +42,7 @@ class ToolDefinition:
     required_params: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        if not isinstance(self.name, str) or not _NAME.match(self.name):
+        if not isinstance(self.name, str) or not _NAME.fullmatch(self.name):
             raise ValueError(f"invalid tool name {self.name!r}: use 1-64 letters, digits, '_' or '-'")
         if not isinstance(self.input_schema, Mapping):
             raise ValueError(f"tool {self.name!r}: input_schema must be a JSON schema object")

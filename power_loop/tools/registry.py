@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import json
+import typing
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -71,23 +72,32 @@ class RegisteredTool:
 
 
 def _context_params(handler: Callable[..., Any]) -> tuple[str, ...]:
+    """Parameters annotated ``ToolContext`` (resolved the same way the schema resolves them)."""
     try:
         params = inspect.signature(handler).parameters
     except (TypeError, ValueError):
         return ()
-    names = []
-    for name, param in params.items():
-        annotation = param.annotation
-        if annotation is ToolContext or annotation == "ToolContext":
-            names.append(name)
-    return tuple(names)
+    try:
+        hints = typing.get_type_hints(handler)
+    except Exception:  # unresolvable annotations: fall back to what the signature says
+        hints = {}
+    return tuple(
+        name
+        for name, param in params.items()
+        if hints.get(name, param.annotation) is ToolContext or param.annotation == "ToolContext"
+    )
 
 
 def truncate_result(text: str, limit: int = MAX_RESULT_CHARS) -> str:
-    """Cut ``text`` to ``limit`` characters, ending with a marker giving the original length."""
+    """Cut ``text`` to at most ``limit`` characters, ending with a marker giving the original
+    length (for limits too small to hold the marker, a plain cut)."""
     if len(text) <= limit:
         return text
-    return text[: max(0, limit - 50)] + f"\n... (truncated, {len(text)} total chars)"
+    marker = f"\n... (truncated, {len(text)} total chars)"
+    keep = limit - len(marker)
+    if keep <= 0:
+        return text[:limit]
+    return text[:keep] + marker
 
 
 def format_tool_result(value: Any, limit: int = MAX_RESULT_CHARS) -> str:
@@ -219,11 +229,12 @@ class ToolRegistry:
         tool = self._tools.get(name)
         if tool is None:
             raise ToolNotFound(f"tool not found: {name}")
-        values = dict(args or {})
+        values = {} if args is None else args
         problem = validation_message(tool.definition, values)
         if problem is not None:
-            raise ToolValidationError(f"tool {name!r}: {problem.removeprefix('Error: ')}")
-        return tool, values
+            text = problem.removeprefix("Error: ")
+            raise ToolValidationError(text if repr(name) in text else f"tool {name!r}: {text}")
+        return tool, dict(values)
 
     def invoke(self, name: str, args: Mapping[str, Any] | None = None) -> Any:
         """Validate and call a sync tool in this thread; return the handler's value.

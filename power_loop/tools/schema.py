@@ -14,6 +14,7 @@ the tool description.
 
 from __future__ import annotations
 
+import collections.abc
 import dataclasses
 import enum
 import inspect
@@ -26,7 +27,22 @@ from typing import Any, Union
 __all__ = ["coerce_arguments", "function_schema", "parse_docstring", "type_to_schema"]
 
 _PRIMITIVES: dict[Any, str] = {str: "string", int: "integer", float: "number", bool: "boolean"}
-_SEQUENCES = {list, set, frozenset, tuple, typing.Sequence, typing.MutableSequence, typing.AbstractSet}
+_SEQUENCES = {
+    list,
+    set,
+    frozenset,
+    tuple,
+    collections.abc.Sequence,
+    collections.abc.MutableSequence,
+    collections.abc.Set,
+    collections.abc.MutableSet,
+    collections.abc.Collection,
+    collections.abc.Iterable,
+}
+_SETS = {set, frozenset, collections.abc.Set, collections.abc.MutableSet}
+_MAPPINGS = {dict, collections.abc.Mapping, collections.abc.MutableMapping}
+# TypedDict field qualifiers that say nothing about the value's type.
+_QUALIFIERS = {"Required", "NotRequired", "ReadOnly"}
 
 
 class SchemaError(TypeError):
@@ -52,13 +68,15 @@ def type_to_schema(tp: Any) -> dict[str, Any]:
     Raises:
         SchemaError: The annotation has no JSON schema form.
     """
+    origin = _origin(tp)
+    if origin is not None and getattr(origin, "_name", getattr(origin, "__name__", "")) in _QUALIFIERS:
+        return type_to_schema(typing.get_args(tp)[0])
     if tp is Any or tp is inspect.Parameter.empty or tp is object:
         return {}
     if tp is None or tp is type(None):
         return {"type": "null"}
-    if tp in _PRIMITIVES:
+    if isinstance(tp, type) and tp in _PRIMITIVES:
         return {"type": _PRIMITIVES[tp]}
-    origin = _origin(tp)
     if origin is typing.Annotated:
         base, *extras = typing.get_args(tp)
         schema = type_to_schema(base)
@@ -84,9 +102,9 @@ def type_to_schema(tp: Any) -> dict[str, Any]:
         if len(kinds) == 1 and None not in kinds:
             enum_schema["type"] = kinds.pop()
         return enum_schema
-    if tp in (list, set, frozenset, tuple) or origin in _SEQUENCES or tp in _SEQUENCES:
+    if tp in _SEQUENCES or origin in _SEQUENCES:
         return _sequence_schema(tp, origin)
-    if tp in (dict, Mapping) or origin in (dict, Mapping, typing.Mapping, typing.MutableMapping):
+    if tp in _MAPPINGS or origin in _MAPPINGS:
         args = typing.get_args(tp)
         mapping: dict[str, Any] = {"type": "object"}
         if len(args) == 2 and args[1] is not Any:
@@ -121,14 +139,14 @@ def _sequence_schema(tp: Any, origin: Any) -> dict[str, Any]:
         return schema
     if args:
         schema["items"] = type_to_schema(args[0])
-    if origin in (set, frozenset, typing.AbstractSet) or tp in (set, frozenset):
+    if origin in _SETS or tp in _SETS:
         schema["uniqueItems"] = True
     return schema
 
 
 def _typeddict_schema(tp: Any) -> dict[str, Any]:
     hints = typing.get_type_hints(tp, include_extras=True)
-    required = sorted(getattr(tp, "__required_keys__", set(hints)))
+    required = [name for name in hints if name in getattr(tp, "__required_keys__", set(hints))]
     props = {name: type_to_schema(hint) for name, hint in hints.items()}
     return {"type": "object", "properties": props, "required": required, "additionalProperties": False}
 
@@ -244,7 +262,9 @@ def coerce_arguments(fn: Callable[..., Any], args: Mapping[str, Any]) -> dict[st
 
 def _coerce(value: Any, tp: Any) -> Any:
     origin = _origin(tp)
-    if origin is typing.Annotated:
+    if origin is typing.Annotated or (
+        origin is not None and getattr(origin, "_name", getattr(origin, "__name__", "")) in _QUALIFIERS
+    ):
         return _coerce(value, typing.get_args(tp)[0])
     if _is_union(tp):
         for arg in typing.get_args(tp):
@@ -272,14 +292,14 @@ def _coerce(value: Any, tp: Any) -> Any:
             return tuple(_coerce(v, a) for v, a in zip(value, args, strict=False))
         item_tp = args[0] if args else Any
         items = [_coerce(v, item_tp) for v in value]
-        if origin in (set, typing.AbstractSet) or tp is set:
+        if origin in (set, collections.abc.Set, collections.abc.MutableSet) or tp is set:
             return set(items)
         if origin is frozenset or tp is frozenset:
             return frozenset(items)
         if origin is tuple or tp is tuple:
             return tuple(items)
         return items
-    if isinstance(value, Mapping) and origin in (dict, Mapping, typing.Mapping):
+    if isinstance(value, Mapping) and origin in _MAPPINGS:
         args = typing.get_args(tp)
         val_tp = args[1] if len(args) == 2 else Any
         return {k: _coerce(v, val_tp) for k, v in value.items()}

@@ -41,6 +41,17 @@ def json_type_name(value: Any) -> str:
     return type(value).__name__
 
 
+def json_equal(a: Any, b: Any) -> bool:
+    """Equality as JSON sees it: ``true`` is not ``1`` and ``1.0`` is ``1``."""
+    if isinstance(a, bool) or isinstance(b, bool):
+        return isinstance(a, bool) and isinstance(b, bool) and a == b
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(json_equal(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, Mapping) and isinstance(b, Mapping):
+        return a.keys() == b.keys() and all(json_equal(a[k], b[k]) for k in a)
+    return bool(a == b)
+
+
 def _is_type(value: Any, expected: str) -> bool:
     actual = json_type_name(value)
     if expected == actual:
@@ -86,10 +97,10 @@ def _validate(value: Any, schema: Any, path: str, errors: list[str], root: Mappi
     schema = _resolve(schema, root)
     if not _check_type(value, schema, path, errors):
         return
-    if "enum" in schema and value not in schema["enum"]:
+    if "enum" in schema and not any(json_equal(value, option) for option in schema["enum"]):
         allowed = ", ".join(repr(v) for v in schema["enum"])
         errors.append(f"{_where(path)}: {value!r} is not one of {allowed}")
-    if "const" in schema and value != schema["const"]:
+    if "const" in schema and not json_equal(value, schema["const"]):
         errors.append(f"{_where(path)}: must be {schema['const']!r}")
     _check_combinators(value, schema, path, errors, root)
     if isinstance(value, Mapping):
@@ -166,7 +177,7 @@ def _check_array(value: Any, schema: Mapping[str, Any], path: str, errors: list[
     if schema.get("uniqueItems"):
         seen: list[Any] = []
         for item in value:
-            if item in seen:
+            if any(json_equal(item, other) for other in seen):
                 errors.append(f"{_where(path)}: items must be unique ({item!r} repeats)")
                 break
             seen.append(item)
