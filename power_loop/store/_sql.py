@@ -531,7 +531,8 @@ def _finish_run(conn: sqlite3.Connection, session_id: str, op: FinishRun, lease:
     conn.execute(
         "INSERT INTO session_stats (session_id, sends, rounds, llm_calls, tool_calls, prompt_tokens, "
         "completion_tokens, total_tokens, cache_read_tokens, reasoning_tokens, first_send_at, last_send_at, "
-        "updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+        "updated_at, activity) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, "
+        "(SELECT COALESCE(MAX(activity), 0) + 1 FROM session_stats)) "
         "ON CONFLICT(session_id) DO UPDATE SET sends = sends + excluded.sends, rounds = rounds + excluded.rounds, "
         "llm_calls = llm_calls + excluded.llm_calls, tool_calls = tool_calls + excluded.tool_calls, "
         "prompt_tokens = prompt_tokens + excluded.prompt_tokens, "
@@ -540,7 +541,7 @@ def _finish_run(conn: sqlite3.Connection, session_id: str, op: FinishRun, lease:
         "cache_read_tokens = cache_read_tokens + excluded.cache_read_tokens, "
         "reasoning_tokens = reasoning_tokens + excluded.reasoning_tokens, "
         "first_send_at = COALESCE(first_send_at, excluded.first_send_at), "
-        "last_send_at = excluded.last_send_at, updated_at = excluded.updated_at",
+        "last_send_at = excluded.last_send_at, updated_at = excluded.updated_at, activity = excluded.activity",
         (
             session_id,
             int(totals.count_send),
@@ -683,7 +684,8 @@ def get_stats(conn: sqlite3.Connection, session_id: str) -> SessionStatsRow | No
 
 def list_stats(conn: sqlite3.Connection) -> list[SessionStatsRow]:
     """Stats of every session, most recently active first."""
-    rows = conn.execute(f"SELECT {_STATS_COLUMNS} FROM session_stats ORDER BY updated_at DESC, session_id").fetchall()
+    # `activity` is a store-wide counter: ties of the millisecond clock cannot reorder sessions.
+    rows = conn.execute(f"SELECT {_STATS_COLUMNS} FROM session_stats ORDER BY activity DESC").fetchall()
     return [SessionStatsRow(*r) for r in rows]
 
 

@@ -138,9 +138,10 @@ def _v1(conn: sqlite3.Connection) -> None:
             reasoning_tokens  INTEGER NOT NULL DEFAULT 0,
             first_send_at     INTEGER,
             last_send_at      INTEGER,
-            updated_at        INTEGER NOT NULL
+            updated_at        INTEGER NOT NULL,
+            activity          INTEGER NOT NULL DEFAULT 0
         );
-        CREATE INDEX session_stats_recent ON session_stats(updated_at);
+        CREATE INDEX session_stats_recent ON session_stats(activity);
 
         CREATE TABLE session_leases (
             session_id  TEXT PRIMARY KEY REFERENCES sessions(session_id) ON DELETE CASCADE,
