@@ -24,9 +24,14 @@ async def test_demo_runs_offline_and_stores_the_session(tmp_path: Path) -> None:
 
 
 def test_demo_command_in_a_fresh_process(tmp_path: Path) -> None:
-    done = subprocess.run([sys.executable, "-m", "power_loop.cli", "demo", "--db", str(tmp_path / "d.db")],
-                          cwd=tmp_path, capture_output=True, text=True, timeout=120,
-                          env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)})
+    done = subprocess.run(
+        [sys.executable, "-m", "power_loop.cli", "demo", "--db", str(tmp_path / "d.db")],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)},
+    )
     assert done.returncode == 0, done.stderr
     assert "Transcript as stored" in done.stdout
 

@@ -173,6 +173,8 @@ def test_malformed_number_names_the_variable(monkeypatch: pytest.MonkeyPatch, ke
         create_llm_service_from_env()
     assert isinstance(info.value, ConfigurationError)
     assert value in str(info.value)
+
+
 def test_malformed_fallback_number_names_the_variable_that_was_set(monkeypatch: pytest.MonkeyPatch) -> None:
     set_required(monkeypatch)
     monkeypatch.setenv("OPENAI_COMPAT_MAX_TOKENS", "lots")
@@ -189,6 +191,8 @@ def test_out_of_range_numbers_are_rejected(monkeypatch: pytest.MonkeyPatch, key:
     monkeypatch.setenv(f"POWER_LOOP_{key}", value)
     with pytest.raises(ConfigurationError):
         create_llm_service_from_env()
+
+
 @pytest.mark.parametrize("build", ["env", "config"])
 def test_nan_timeout_is_rejected(monkeypatch: pytest.MonkeyPatch, build: str) -> None:
     if build == "config":

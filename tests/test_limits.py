@@ -18,8 +18,9 @@ def always_tools(request: object) -> ScriptedReply:
 
 
 async def test_round_limit_asks_for_a_saved_summary(db_path: str) -> None:
-    llm = ScriptedLLM([*[tool_reply(("add", {"a": i, "b": 1})) for i in range(3)],
-                       text_reply("I added numbers; nothing remains.")])
+    llm = ScriptedLLM(
+        [*[tool_reply(("add", {"a": i, "b": 1})) for i in range(3)], text_reply("I added numbers; nothing remains.")]
+    )
     config = AgentLoopConfig(max_rounds=3)
     async with StatefulAgentLoop(llm=llm, db_path=db_path, config=config, tool_registry=registry()) as loop:
         log = EventLog(loop.event_bus)

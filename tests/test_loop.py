@@ -98,7 +98,12 @@ async def test_session_ids_and_metadata(db_path: str) -> None:
         row = loop.store.get_session(sid)
         assert row is not None
         assert (row.session_id, row.metadata, row.system_prompt, row.parent_session_id, row.kind) == (
-            sid, {"tenant": "acme"}, "be nice", None, "main")
+            sid,
+            {"tenant": "acme"},
+            "be nice",
+            None,
+            "main",
+        )
         custom = await loop.new_session_async(session_id="tenant-42/chat-1")
         assert custom == "tenant-42/chat-1"
         with pytest.raises(ValueError, match="already exists"):
@@ -136,8 +141,10 @@ async def test_malformed_input_is_refused_and_nothing_is_stored(
 
 async def test_multimodal_dict_input_round_trips(db_path: str) -> None:
     llm = ScriptedLLM([text_reply("a cat")])
-    content = [{"type": "text", "text": "what is this?"},
-               {"type": "image_url", "image_url": {"url": "https://example.com/cat.png"}}]
+    content = [
+        {"type": "text", "text": "what is this?"},
+        {"type": "image_url", "image_url": {"url": "https://example.com/cat.png"}},
+    ]
     async with loop_with(llm, db_path) as loop:
         sid = await loop.new_session_async()
         await loop.send({"role": "user", "content": content}, session_id=sid)
@@ -163,8 +170,7 @@ async def test_system_prompt_precedence_and_nothing_stored(db_path: str) -> None
 
 async def test_tool_catalog_is_appended_to_the_system_prompt(db_path: str) -> None:
     llm = ScriptedLLM([text_reply("ok")])
-    async with loop_with(llm, db_path, tool_registry=registry(),
-                         config=AgentLoopConfig(system_prompt="base")) as loop:
+    async with loop_with(llm, db_path, tool_registry=registry(), config=AgentLoopConfig(system_prompt="base")) as loop:
         sid = await loop.new_session_async()
         await loop.send("hi", session_id=sid)
     assert llm.requests[0].system_prompt == (
@@ -204,11 +210,17 @@ async def test_concurrent_tenants_get_their_own_tools_and_prompts(db_path: str) 
     config = AgentLoopConfig(inject_tool_descriptions=False)
     async with loop_with(llm, db_path, tool_registry=registry(), config=config) as loop:
         sids = [await loop.new_session_async() for _ in range(6)]
-        await asyncio.gather(*(
-            loop.send(f"tenant {i}", session_id=sid, tools=["add"] if i % 2 else ["shout"],
-                      system_prompt=f"prompt of tenant {i}")
-            for i, sid in enumerate(sids)
-        ))
+        await asyncio.gather(
+            *(
+                loop.send(
+                    f"tenant {i}",
+                    session_id=sid,
+                    tools=["add"] if i % 2 else ["shout"],
+                    system_prompt=f"prompt of tenant {i}",
+                )
+                for i, sid in enumerate(sids)
+            )
+        )
     for i in range(6):
         assert seen[f"tenant {i}"] == (["add"] if i % 2 else ["shout"], f"prompt of tenant {i}")
 
@@ -244,19 +256,29 @@ async def test_same_session_sends_serialize_without_interleaving(db_path: str) -
 async def test_usage_is_summed_and_stats_recorded(db_path: str) -> None:
     from power_loop.messages import Usage
 
-    llm = ScriptedLLM([
-        tool_reply(("add", {"a": 1, "b": 2}), usage=Usage.of_call(prompt_tokens=10, completion_tokens=5,
-                                                                  cache_read_tokens=4, reasoning_tokens=1)),
-        ScriptedReply(text="3", usage=Usage.of_call(prompt_tokens=20, completion_tokens=2)),
-        ScriptedReply(text="again", usage=Usage.of_call(prompt_tokens=7, completion_tokens=1)),
-    ])
+    llm = ScriptedLLM(
+        [
+            tool_reply(
+                ("add", {"a": 1, "b": 2}),
+                usage=Usage.of_call(prompt_tokens=10, completion_tokens=5, cache_read_tokens=4, reasoning_tokens=1),
+            ),
+            ScriptedReply(text="3", usage=Usage.of_call(prompt_tokens=20, completion_tokens=2)),
+            ScriptedReply(text="again", usage=Usage.of_call(prompt_tokens=7, completion_tokens=1)),
+        ]
+    )
     async with loop_with(llm, db_path, tool_registry=registry()) as loop:
         sid = await loop.new_session_async()
         other = await loop.new_session_async()
         assert loop.get_session_stats(sid) is None
         result = await loop.send("1+2?", session_id=sid)
-        assert result.usage == {"calls": 2, "prompt_tokens": 30, "completion_tokens": 7, "cache_read_tokens": 4,
-                                "reasoning_tokens": 1, "total_tokens": 37}
+        assert result.usage == {
+            "calls": 2,
+            "prompt_tokens": 30,
+            "completion_tokens": 7,
+            "cache_read_tokens": 4,
+            "reasoning_tokens": 1,
+            "total_tokens": 37,
+        }
         assert (result.rounds, result.tool_calls) == (2, 1)
         await loop.send("more", session_id=other)
         stats = loop.get_session_stats(sid)
@@ -267,7 +289,8 @@ async def test_usage_is_summed_and_stats_recorded(db_path: str) -> None:
         assert [s.session_id for s in loop.list_session_stats()] == [other, sid]
         rows = await loop.store.execute_fetchall(
             "SELECT round_index, prompt_tokens, cache_read_tokens FROM llm_calls WHERE session_id = ? ORDER BY id",
-            (sid,))
+            (sid,),
+        )
         assert rows == [(0, 10, 4), (1, 20, 0)]
 
 
@@ -287,8 +310,7 @@ def test_send_sync_outside_and_inside_an_event_loop(db_path: str) -> None:
 
 
 async def test_no_sqlite_on_the_event_loop_thread_during_send(db_path: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    llm = ScriptedLLM(rule=lambda r: tool_reply(("add", {"a": 1, "b": 1})) if not r.tool_results
-                      else text_reply("2"))
+    llm = ScriptedLLM(rule=lambda r: tool_reply(("add", {"a": 1, "b": 1})) if not r.tool_results else text_reply("2"))
     async with loop_with(llm, db_path, tool_registry=registry()) as loop:
         sids = [await loop.new_session_async() for _ in range(10)]
         loop_thread = threading.get_ident()

@@ -52,8 +52,9 @@ async def test_sync_and_async_paths_share_one_file(db_path: str) -> None:
 
 
 async def _begin(store: SQLiteSessionStore, sid: str, owner: str = "me", **kwargs: object) -> int:
-    outcome = await store.begin_run(BeginRun(session_id=sid, run_id=f"run-{owner}", lease=LeaseClaim(owner, 5_000),
-                                             **kwargs))  # type: ignore[arg-type]
+    outcome = await store.begin_run(
+        BeginRun(session_id=sid, run_id=f"run-{owner}", lease=LeaseClaim(owner, 5_000), **kwargs)
+    )  # type: ignore[arg-type]
     assert outcome.status == "ok", outcome
     return outcome.fence
 
@@ -119,22 +120,37 @@ async def test_a_fenced_out_writer_is_refused(db_path: str) -> None:
 
 async def test_begin_reports_busy_pending_and_not_found(db_path: str) -> None:
     async with SQLiteSessionStore(db_path) as store:
-        assert (await store.begin_run(BeginRun(session_id="nope", run_id="r", lease=LeaseClaim("a", 5000)))).status \
-            == "not_found"
+        assert (
+            await store.begin_run(BeginRun(session_id="nope", run_id="r", lease=LeaseClaim("a", 5000)))
+        ).status == "not_found"
         await store.create_session("s")
         fence = await _begin(store, "s", owner="a", messages=[UserMessage(content="hi")])
         busy = await store.begin_run(BeginRun(session_id="s", run_id="r2", lease=LeaseClaim("b", 5000)))
         assert (busy.status, busy.lease_owner) == ("busy", "a")
         call = ToolCall(id="c1", name="t", arguments="{}")
         lease = LeaseClaim("a", 5000, fence)
-        await store.write("s", [Append([AssistantMessage(tool_calls=(call,))]), UpdateToolCall("c1", "running"),
-                                FinishRun("run-a", "cancelled", drain_inbox=False)], lease=lease)
+        await store.write(
+            "s",
+            [
+                Append([AssistantMessage(tool_calls=(call,))]),
+                UpdateToolCall("c1", "running"),
+                FinishRun("run-a", "cancelled", drain_inbox=False),
+            ],
+            lease=lease,
+        )
         pending = await store.begin_run(BeginRun(session_id="s", run_id="r3", lease=LeaseClaim("b", 5000)))
         assert pending.status == "pending" and pending.pending is not None
         assert pending.pending.assistant_seq == 2
         assert [(c.tool_call_id, c.status) for c in pending.pending.calls] == [("c1", "running")]
-        healed = await store.begin_run(BeginRun(session_id="s", run_id="r4", lease=LeaseClaim("b", 5000),
-                                                heal_pending=True, messages=[UserMessage(content="next")]))
+        healed = await store.begin_run(
+            BeginRun(
+                session_id="s",
+                run_id="r4",
+                lease=LeaseClaim("b", 5000),
+                heal_pending=True,
+                messages=[UserMessage(content="next")],
+            )
+        )
         assert healed.status == "ok"
         assert [m.message.role for m in healed.appended] == ["tool", "user"]
         result = healed.appended[0].message
@@ -144,17 +160,27 @@ async def test_begin_reports_busy_pending_and_not_found(db_path: str) -> None:
 async def test_history_is_returned_only_when_the_cache_is_stale(db_path: str) -> None:
     async with SQLiteSessionStore(db_path) as store:
         await store.create_session("s")
-        first = await store.begin_run(BeginRun(session_id="s", run_id="r1", lease=LeaseClaim("a", 5000),
-                                               messages=[UserMessage(content="one")]))
-        assert first.history is not None and len(first.history) == 1
+        first = await store.begin_run(
+            BeginRun(session_id="s", run_id="r1", lease=LeaseClaim("a", 5000), messages=[UserMessage(content="one")])
+        )
+        assert first.history is not None and len(first.history.messages) == 1
         await store.write("s", [FinishRun("r1", "completed")], lease=LeaseClaim("a", 5000, first.fence))
-        fresh = await store.begin_run(BeginRun(session_id="s", run_id="r2", lease=LeaseClaim("a", 5000),
-                                               messages=[UserMessage(content="two")], cached_version=first.version))
+        fresh = await store.begin_run(
+            BeginRun(
+                session_id="s",
+                run_id="r2",
+                lease=LeaseClaim("a", 5000),
+                messages=[UserMessage(content="two")],
+                cached_version=first.version,
+            )
+        )
         assert fresh.history is None and [m.message.text for m in fresh.appended] == ["two"]
         await store.write("s", [FinishRun("r2", "completed")], lease=LeaseClaim("a", 5000, fresh.fence))
-        stale = await store.begin_run(BeginRun(session_id="s", run_id="r3", lease=LeaseClaim("a", 5000),
-                                               cached_version=first.version))
-        assert stale.history is not None and [m.message.text for m in stale.history] == ["one", "two"]
+        stale = await store.begin_run(
+            BeginRun(session_id="s", run_id="r3", lease=LeaseClaim("a", 5000), cached_version=first.version)
+        )
+        assert stale.history is not None and [m.text for m in stale.history.messages] == ["one", "two"]
+        assert stale.history.seqs == [1, 2]
 
 
 async def test_inbox_is_merged_in_order_and_consumed_once(db_path: str) -> None:
@@ -163,8 +189,9 @@ async def test_inbox_is_merged_in_order_and_consumed_once(db_path: str) -> None:
         assert await store.enqueue("s", "ignored", only_if_busy=True) is None  # idle: not queued
         await store.enqueue("s", "first")
         assert await store.enqueue("s", "second") == 2
-        outcome = await store.begin_run(BeginRun(session_id="s", run_id="r", lease=LeaseClaim("a", 5000),
-                                                 messages=[UserMessage(content="now")]))
+        outcome = await store.begin_run(
+            BeginRun(session_id="s", run_id="r", lease=LeaseClaim("a", 5000), messages=[UserMessage(content="now")])
+        )
         texts = [m.message.text for m in outcome.appended]
         assert texts == ["<follow_up>\nfirst\n\nsecond\n</follow_up>", "now"]
         assert await store.inbox_depth("s") == 0

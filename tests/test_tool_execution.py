@@ -15,10 +15,11 @@ from power_loop.testing import ScriptedLLM, text_reply, tool_reply
 from .helpers import EventLog, history_is_valid, registry
 
 
-async def run_once(db_path: str, reg: ToolRegistry, first_reply: Any, **config: Any) -> tuple[list[dict[str, Any]], ScriptedLLM]:
+async def run_once(
+    db_path: str, reg: ToolRegistry, first_reply: Any, **config: Any
+) -> tuple[list[dict[str, Any]], ScriptedLLM]:
     llm = ScriptedLLM([first_reply, text_reply("done")])
-    async with StatefulAgentLoop(llm=llm, db_path=db_path, tool_registry=reg,
-                                 config=AgentLoopConfig(**config)) as loop:
+    async with StatefulAgentLoop(llm=llm, db_path=db_path, tool_registry=reg, config=AgentLoopConfig(**config)) as loop:
         sid = await loop.new_session_async()
         result = await loop.send("go", session_id=sid)
         assert result.status == "completed"
@@ -134,8 +135,9 @@ async def test_parallel_calls_run_concurrently_and_answer_in_order(
         await asyncio.sleep(0.3)
         return f"async rested {label}"
 
-    reply = tool_reply(("nap", {"label": "first"}, "c1"), ("anap", {"label": "second"}, "c2"),
-                       ("nap", {"label": "third"}, "c3"))
+    reply = tool_reply(
+        ("nap", {"label": "first"}, "c1"), ("anap", {"label": "second"}, "c2"), ("nap", {"label": "third"}, "c3")
+    )
     started = time.monotonic()
     messages, _ = await run_once(db_path, registry(nap, anap), reply, tool_concurrency=concurrency)
     elapsed = time.monotonic() - started
@@ -198,7 +200,9 @@ async def test_tool_lifecycle_is_recorded(db_path: str) -> None:
         await loop.send("go", session_id=sid)
         rows = await loop.store.execute_fetchall(
             "SELECT tool_call_id, status, result_seq IS NOT NULL FROM tool_calls WHERE session_id = ? "
-            "ORDER BY position", (sid,))
+            "ORDER BY position",
+            (sid,),
+        )
     assert rows == [("a", "done", 1), ("b", "failed", 1)]
 
 

@@ -1417,10 +1417,12 @@ class TestToolContext:
 
 class TestRegressions:
     """Bugs found and fixed: each test failed before its fix."""
+
     def test_name_with_trailing_newline_rejected(self) -> None:
         """'abc\\n' is not 1-64 chars of [A-Za-z0-9_-] and must be refused."""
         with pytest.raises(ValueError, match="invalid tool name"):
             ToolDefinition("abc\n", "d")
+
     @pytest.mark.parametrize(
         "annotation",
         [Sequence[int], typing.Sequence[int], typing.MutableSequence[int], typing.AbstractSet[int]],
@@ -1429,6 +1431,7 @@ class TestRegressions:
         """The module docstring lists Sequence[X] (and the code lists MutableSequence/AbstractSet)."""
         assert type_to_schema(annotation)["type"] == "array"
         assert type_to_schema(annotation)["items"] == {"type": "integer"}
+
     def test_annotated_mapping_metadata(self) -> None:
         """The Annotated branch merges Mapping metadata into the schema (schema.py:68-69)."""
         assert type_to_schema(Annotated[int, {"minimum": 0}]) == {"type": "integer", "minimum": 0}
@@ -1440,6 +1443,7 @@ class TestRegressions:
         schema = type_to_schema(partial)
         assert schema["properties"] == {"a": {"type": "integer"}, "b": {"type": "string"}}
         assert schema["required"] == ["a"]
+
     def test_qualified_tool_context_annotation_injected(self) -> None:
         """``ctx: tool_context.ToolContext`` (a string under PEP 563) is left out of the schema AND injected."""
 
@@ -1450,6 +1454,7 @@ class TestRegressions:
 
         assert "ctx" not in who.definition.parameters["properties"]
         assert ToolRegistry([who]).invoke("who", {"name": "n"}) == "n"
+
     @pytest.mark.parametrize(
         ("value", "schema", "expected_valid"),
         [
@@ -1463,6 +1468,7 @@ class TestRegressions:
     ) -> None:
         """JSON Schema equality distinguishes true from 1: enum/const reject it, uniqueItems accepts [1, true]."""
         assert (validate_against_schema(value, schema) == []) is expected_valid
+
     @pytest.mark.parametrize("args", [["a"], "ab", 5, [("city", "x")]])
     def test_invoke_non_mapping_args(self, args: Any) -> None:
         """invoke documents ToolValidationError for invalid arguments; a non-object is invalid."""
@@ -1470,6 +1476,7 @@ class TestRegressions:
         registry.register(_weather_def(), lambda city: city)
         with pytest.raises(ToolValidationError):
             registry.invoke("get_weather", args)
+
     def test_truncate_respects_small_limit(self) -> None:
         """truncate_result promises to cut text to ``limit`` characters."""
         assert len(truncate_result("x" * 100, 20)) <= 20

@@ -263,7 +263,8 @@ async def execute_run(rt: Runtime, req: RunRequest) -> StatefulResult:
         assert begin.session is not None
         transcript = cached if (cached is not None and begin.history is None) else Transcript(version=begin.version)
         if begin.history is not None:
-            transcript.extend(begin.history)
+            transcript.messages.extend(begin.history.messages)
+            transcript.seqs.extend(begin.history.seqs)
         elif cached is not None:
             transcript.extend(begin.appended)
         transcript.version = begin.version
@@ -389,6 +390,7 @@ class RunLoop:
         self.hooks = run.rt.hooks
         self.emit = run.emitter.emit
         self.begin = begin
+        self.ended_published = False
 
     async def main(self) -> StatefulResult:
         run = self.run
@@ -459,6 +461,7 @@ class RunLoop:
         from .memory import remember_run
 
         await remember_run(run, final_text)
+        self.ended_published = True
         await self.emit(
             AgentEventType.SESSION_ENDED,
             SessionEndedPayload(reason=reason, status=status, final_text=final_text, run_id=run.run_id),
@@ -468,22 +471,29 @@ class RunLoop:
         """The task awaiting send() was cancelled: record the run's end, leave unfinished
         tool calls pending (their side effects are unknown), re-raise."""
         run = self.run
-        try:
-            await asyncio.shield(run.writer.write([run.finish_op("cancelled", error="task cancelled")]))
-        except Exception:
-            log.warning("could not record the end of cancelled run %s", run.run_id, exc_info=True)
-            self.rt.histories.drop(run.session_id)
-        await self._quietly(
-            AgentEventType.SESSION_ENDED, SessionEndedPayload(reason="cancelled", status="cancelled", run_id=run.run_id)
-        )
+        if not run.writer.finished:
+            try:
+                await asyncio.shield(run.writer.write([run.finish_op("cancelled", error="task cancelled")]))
+            except Exception as exc:
+                log.warning("could not record the end of cancelled run %s: %s", run.run_id, exc)
+                self.rt.histories.drop(run.session_id)
+                await self._release_quietly()
+        if not self.ended_published:
+            self.ended_published = True
+            await self._quietly(
+                AgentEventType.SESSION_ENDED,
+                SessionEndedPayload(reason="cancelled", status="cancelled", run_id=run.run_id),
+            )
 
     async def _on_error(self, exc: BaseException) -> None:
+        """A run failed: record its end (unless already committed), report, close the session."""
         run = self.run
         self.rt.histories.drop(run.session_id)
-        try:
-            await run.writer.write([run.finish_op("failed", error=f"{type(exc).__name__}: {exc}")])
-        except Exception:
-            await self._release_quietly()
+        if not run.writer.finished:
+            try:
+                await run.writer.write([run.finish_op("failed", error=f"{type(exc).__name__}: {exc}")])
+            except Exception:
+                await self._release_quietly()
         await self._quietly(
             AgentEventType.AGENT_ERROR,
             AgentErrorPayload(
@@ -492,9 +502,10 @@ class RunLoop:
                 details={"run_id": run.run_id, "round_index": run.round_index},
             ),
         )
-        await self._quietly(
-            AgentEventType.SESSION_ENDED, SessionEndedPayload(reason="error", status="failed", run_id=run.run_id)
-        )
+        if not self.ended_published:
+            await self._quietly(
+                AgentEventType.SESSION_ENDED, SessionEndedPayload(reason="error", status="failed", run_id=run.run_id)
+            )
 
     async def _release_quietly(self) -> None:
         run = self.run

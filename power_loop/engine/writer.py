@@ -21,6 +21,8 @@ from .history import Transcript
 
 log = logging.getLogger("power_loop.engine")
 
+EVENT_SEQ_HEADROOM = 64
+
 
 class RunWriter:
     """Writes of one run, applied to the store and then to the cached transcript."""
@@ -41,18 +43,27 @@ class RunWriter:
         self.writes = 0
         self._renewer: asyncio.Task[None] | None = None
         self.lost: LeaseLostError | None = None
+        self.finished = False
 
     async def write(self, ops: Sequence[WriteOp]) -> WriteOutcome:
         """Apply ``ops`` in one transaction; extend the transcript with what was appended."""
         if self.lost is not None:
             raise self.lost
-        outcome = await self.store.write(self.session_id, ops, lease=self.lease, event_seq=self.emitter.seq)
+        # Events still follow the run's last write (round_completed, session_ended, ...): the
+        # stored high-water mark reserves room for them, so a loop opened later starts above
+        # every seq this run can publish.
+        outcome = await self.store.write(
+            self.session_id, ops, lease=self.lease, event_seq=self.emitter.seq + EVENT_SEQ_HEADROOM
+        )
         self.writes += 1
         appended = [m for op in ops if isinstance(op, Append) for m in op.messages]
         self.transcript.messages.extend(appended)
         self.transcript.seqs.extend(outcome.seqs)
         self.transcript.extend(outcome.drained)
         self.transcript.version = outcome.version
+        if outcome.finished:
+            # The run's end is committed (lease released): later failures must not write again.
+            self.finished = True
         return outcome
 
     def start_renewal(self) -> None:

@@ -24,7 +24,9 @@ from ..messages import (
     AssistantMessage,
     Message,
     ToolCall,
+    ToolResultMessage,
     Usage,
+    message_json,
     message_to_dict,
 )
 from ..tools.definition import ToolDefinition
@@ -38,6 +40,8 @@ _MEMO_KEY = "_power_loop_openai_wire"
 
 
 def _message_wire(message: Message) -> bytes:
+    if _wire_is_canonical(message):
+        return message_json(message).encode()
     data = message_to_dict(message)
     data.pop("reasoning", None)
     data.pop("reasoning_signature", None)
@@ -45,6 +49,15 @@ def _message_wire(message: Message) -> bytes:
     if isinstance(message, AssistantMessage) and "content" not in data:
         data["content"] = None  # some compatible servers require the key
     return dumps(data)
+
+
+def _wire_is_canonical(message: Message) -> bool:
+    """True when the Chat Completions form of ``message`` is exactly its stored dict view."""
+    if isinstance(message, AssistantMessage):
+        return not (message.reasoning or message.reasoning_signature or (message.tool_calls and not message.content))
+    if isinstance(message, ToolResultMessage):
+        return not message.is_error
+    return True
 
 
 def _tool_wire(tool: ToolDefinition) -> bytes:

@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 
 from ..errors import CorruptRecordError, LeaseLostError, SessionNotFoundError
 from ..messages import (
+    MESSAGE_JSON_KEY,
     AssistantMessage,
     ImagePart,
     Message,
@@ -24,7 +25,8 @@ from ..messages import (
     UserMessage,
     content_text,
     message_from_dict,
-    message_to_dict,
+    message_from_json,
+    message_json,
 )
 from .rows import (
     RESOLVED_STATUSES,
@@ -34,6 +36,7 @@ from .rows import (
     DrainInbox,
     FinishRun,
     LeaseClaim,
+    LoadedHistory,
     OpenInteraction,
     PendingCall,
     PendingState,
@@ -67,8 +70,8 @@ def transaction(conn: sqlite3.Connection, fn: Callable[[sqlite3.Connection], T])
 
 
 def encode_message(message: Message) -> str:
-    """The stored JSON of a message (its dict view)."""
-    return json.dumps(message_to_dict(message), ensure_ascii=False, separators=(",", ":"))
+    """The stored JSON of a message (its dict view, encoded once per message object)."""
+    return message_json(message)
 
 
 def decode_message(session_id: str, seq: int, body: str) -> Message:
@@ -78,7 +81,7 @@ def decode_message(session_id: str, seq: int, body: str) -> Message:
         CorruptRecordError: The row is not valid JSON or not a valid message.
     """
     try:
-        return message_from_dict(json.loads(body))
+        return message_from_json(body)
     except (ValueError, TypeError, AttributeError) as exc:
         raise CorruptRecordError(
             f"message seq {seq} of session {session_id!r} cannot be decoded ({exc}); the row was "
@@ -235,6 +238,28 @@ def load_history(conn: sqlite3.Connection, session_id: str, *, include_compacted
         f"SELECT seq, body, compacted FROM messages WHERE session_id = ?{where} ORDER BY seq", (session_id,)
     ).fetchall()
     return [StoredMessage(seq, decode_message(session_id, seq, body), bool(compacted)) for seq, body, compacted in rows]
+
+
+def load_transcript(conn: sqlite3.Connection, session_id: str) -> LoadedHistory:
+    """The loadable history as parallel lists, decoded in one JSON parse.
+
+    Loading a long history is the kernel's biggest per-message cost; parsing every body in a
+    single ``json.loads`` of a JSON array roughly halves it. A row that does not decode is
+    found by decoding row by row, to name it in the error.
+    """
+    rows = conn.execute(
+        "SELECT seq, body FROM messages WHERE session_id = ? AND compacted = 0 ORDER BY seq", (session_id,)
+    ).fetchall()
+    seqs = [r[0] for r in rows]
+    bodies = [r[1] for r in rows]
+    try:
+        datas = json.loads("[" + ",".join(bodies) + "]")
+        messages = [message_from_dict(d) for d in datas]
+    except (ValueError, TypeError, AttributeError):
+        messages = [decode_message(session_id, seq, body) for seq, body in rows]
+    for message, body in zip(messages, bodies, strict=True):
+        message.__dict__[MESSAGE_JSON_KEY] = body
+    return LoadedHistory(seqs=seqs, messages=messages)
 
 
 def pending_state(conn: sqlite3.Connection, session_id: str) -> PendingState | None:
@@ -477,7 +502,7 @@ def _check_lease(conn: sqlite3.Connection, session_id: str, lease: LeaseClaim, n
 
 def _verify_lease(session_id: str, lease: LeaseClaim, owner: str | None, fence: int | None) -> None:
     if owner != lease.owner or fence != lease.fence:
-        holder = f"fence {fence}" if fence is not None else "no lease"
+        holder = f"fence {fence}" if owner is not None else "nobody holds it now"
         raise LeaseLostError(
             f"this run's lease on session {session_id!r} (fence {lease.fence}) was taken over by another "
             f"run ({holder}) after it expired; the write was refused so histories do not interleave. "
@@ -654,7 +679,7 @@ def begin_run(conn: sqlite3.Connection, b: BeginRun) -> BeginOutcome:
     version = version_before + bool(appended)
     history = None
     if b.cached_version is None or b.cached_version != version_before:
-        history = tuple(load_history(conn, b.session_id))
+        history = load_transcript(conn, b.session_id)
     return BeginOutcome(
         status="ok",
         session=session,

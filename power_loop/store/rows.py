@@ -20,6 +20,7 @@ __all__ = [
     "DrainInbox",
     "FinishRun",
     "LeaseClaim",
+    "LoadedHistory",
     "OpenInteraction",
     "PendingCall",
     "PendingState",
@@ -91,6 +92,19 @@ class StoredMessage:
     seq: int
     message: Message
     compacted: bool = False
+
+
+@dataclass(frozen=True)
+class LoadedHistory:
+    """A session's loadable history as two parallel lists (cheaper than one object a row).
+
+    Attributes:
+        seqs: Store seqs, ascending.
+        messages: The messages, in the same order.
+    """
+
+    seqs: list[int]
+    messages: list[Message]
 
 
 @dataclass(frozen=True)
@@ -306,7 +320,7 @@ class BeginOutcome:
     session: SessionRow | None = None
     fence: int = 0
     version: int = 0
-    history: tuple[StoredMessage, ...] | None = None
+    history: LoadedHistory | None = None
     appended: tuple[StoredMessage, ...] = ()
     pending: PendingState | None = None
     lease_owner: str | None = None

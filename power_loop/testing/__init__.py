@@ -20,7 +20,7 @@ from .script import (
     tool_reply,
 )
 from .scripted_llm import ScriptedLLM
-from .server import ScriptedServer, echo_rule
+from .server import ScriptedServer, echo_rule, tool_round_trip_rule
 
 __all__ = [
     "Rule",
@@ -34,4 +34,5 @@ __all__ = [
     "hang_reply",
     "text_reply",
     "tool_reply",
+    "tool_round_trip_rule",
 ]

@@ -17,7 +17,7 @@ from typing import Any
 
 from ..messages import ToolCall
 from .script import ScriptedReply
-from .server import ScriptedServer
+from .server import RULES, ScriptedServer
 
 
 def _reply(data: dict[str, Any]) -> ScriptedReply:
@@ -30,9 +30,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m power_loop.testing", description=__doc__)
     parser.add_argument("--port", type=int, default=0, help="port to bind on 127.0.0.1 (0 = any free port)")
     parser.add_argument("--script", type=Path, help="JSON file with a list of replies")
+    parser.add_argument(
+        "--rule",
+        choices=sorted(RULES),
+        default="echo",
+        help="how to answer when there is no script: echo, or tools (one tool call, then an answer)",
+    )
     args = parser.parse_args(argv)
     script = [_reply(dict(r)) for r in json.loads(args.script.read_text())] if args.script else []
-    server = ScriptedServer(script, port=args.port).start()
+    server = ScriptedServer(script, rule=RULES[args.rule] if not script else None, port=args.port).start()
     print(server.url, flush=True)
     done = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: done.set())

@@ -41,6 +41,26 @@ def echo_rule(request: ScriptedRequest) -> ScriptedReply:
     return text_reply(f"echo: {request.last_user_text}")
 
 
+def tool_round_trip_rule(request: ScriptedRequest) -> ScriptedReply:
+    """Call the first offered tool once per user message, then answer with its result.
+
+    After tool results: ``"done: <results>"``. Otherwise, when tools are offered: a call of
+    the first tool with ``{}`` arguments. Otherwise: echo.
+    """
+    results = request.tool_results
+    if results:
+        return text_reply("done: " + "; ".join(r.text for r in results))
+    if request.tools:
+        from ..messages import ToolCall
+
+        call = ToolCall(id=f"call_{len(request.messages)}", name=request.tools[0], arguments="{}")
+        return ScriptedReply(tool_calls=(call,))
+    return echo_rule(request)
+
+
+RULES: dict[str, Rule] = {"echo": echo_rule, "tools": tool_round_trip_rule}
+
+
 class _HTTPError(Exception):
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)

@@ -1,0 +1,224 @@
+"""Run the power_loop kernel benchmarks and check the targets.
+
+    python bench/run.py                  # every scenario, 5 repetitions
+    python bench/run.py --quick          # a fast smoke run (1 repetition, smaller loads)
+    python bench/run.py --only overhead,history
+    python bench/run.py --compare-0.11   # also measure power-loop 0.11 (installed from PyPI
+                                         # into bench/.cache/venv-0.11 on first use)
+
+Starts the scripted server (``python -m power_loop.testing``) in its own process, runs each
+scenario in a fresh interpreter, and prints one JSON line per scenario (median, min and max of
+every metric over the repetitions, plus the machine and versions), then one PASS/FAIL line
+per target. ``--out FILE`` also writes the JSON lines to a file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+SCENARIOS = ["overhead", "tool_round_trip", "concurrency", "concurrency_gc_frozen", "history", "cold_start"]
+LEGACY_VENV = HERE / ".cache" / "venv-0.11"
+TIMEOUT_S = 600
+
+
+def versions() -> dict[str, str]:
+    import sqlite3
+
+    found = {"python": platform.python_version(), "sqlite": sqlite3.sqlite_version}
+    for name in ("power-loop", "openai", "anthropic", "aiosqlite", "httpx2"):
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return found
+
+
+def machine() -> dict[str, Any]:
+    return {
+        "platform": platform.platform(),
+        "processor": platform.machine(),
+        "cpus": os.cpu_count(),
+        "python_implementation": platform.python_implementation(),
+    }
+
+
+@contextmanager
+def scripted_server() -> Iterator[str]:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "power_loop.testing", "--port", "0", "--rule", "tools"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        url = proc.stdout.readline().strip()
+        if not url.startswith("http://"):
+            raise RuntimeError(f"the scripted server did not start (printed {url!r})")
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def run_scenario(python: str, name: str, url: str, reps: int, quick: bool) -> dict[str, Any]:
+    args = [python, str(HERE / "scenarios.py"), name, "--url", url, "--reps", str(reps)]
+    if quick:
+        args.append("--quick")
+    env = dict(os.environ)
+    if python != sys.executable:  # the 0.11 interpreter must not see this checkout's package
+        env.pop("PYTHONPATH", None)
+        args.insert(1, "-I")
+    done = subprocess.run(args, capture_output=True, text=True, timeout=TIMEOUT_S, cwd=str(HERE), env=env)
+    if done.returncode != 0:
+        raise RuntimeError(f"scenario {name} failed:\n{done.stderr[-4000:]}")
+    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return result
+
+
+def summarize(raw: Any) -> Any:
+    """Lists of numbers become {median, min, max}; everything else is kept."""
+    if isinstance(raw, list) and raw and all(isinstance(x, (int, float)) for x in raw):
+        return {"median": round(statistics.median(raw), 4), "min": round(min(raw), 4), "max": round(max(raw), 4)}
+    if isinstance(raw, dict):
+        return {k: summarize(v) for k, v in raw.items()}
+    return raw
+
+
+def legacy_python(create: bool) -> str | None:
+    python = LEGACY_VENV / "bin" / "python"
+    if python.exists():
+        return str(python)
+    if not create:
+        return None
+    LEGACY_VENV.parent.mkdir(parents=True, exist_ok=True)
+    subprocess.run([sys.executable, "-m", "venv", str(LEGACY_VENV)], check=True)
+    subprocess.run(
+        [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "power-loop==0.11.0"],
+        check=True,
+        timeout=TIMEOUT_S,
+    )
+    return str(python)
+
+
+def median(summary: dict[str, Any], *path: str) -> float:
+    node: Any = summary
+    for key in path:
+        node = node[key]
+    return float(node["median"])
+
+
+def check_targets(results: dict[str, dict[str, Any]]) -> list[tuple[bool, str]]:
+    checks: list[tuple[bool, str]] = []
+
+    def check(ok: bool, text: str) -> None:
+        checks.append((ok, text))
+
+    if "overhead" in results:
+        ratio = median(results["overhead"], "ratio_vs_http")
+        check(ratio <= 3.0, f"overhead: send / raw HTTP call = {ratio:.2f} (target <= 3)")
+        per_round = median(results["overhead"], "transactions_per_round")
+        check(per_round <= 1.0, f"store: {per_round:.2f} transaction(s) per text round (target 1)")
+    if "concurrency" in results:
+        ours = median(results["concurrency"], "sends_per_s")
+        legacy = results.get("concurrency_0.11")
+        if legacy is not None:
+            base = median(legacy, "sends_per_s")
+            check(
+                ours >= 5 * base,
+                f"concurrency: {ours:.0f} sends/s = {ours / base:.1f}x power-loop 0.11 ({base:.0f}/s) (target >= 5x)",
+            )
+        else:
+            check(ours >= 500, f"concurrency: {ours:.0f} sends/s (target >= 500 without 0.11 to compare)")
+        for key in ("concurrency", "concurrency_gc_frozen"):
+            if key in results:
+                worst = float(results[key]["lateness_max_ms"]["max"])
+                typical = median(results[key], "lateness_max_ms")
+                check(
+                    typical <= 5.0,
+                    f"{key}: event-loop max lateness {typical:.2f} ms median of runs, "
+                    f"{worst:.2f} ms worst run (target <= 5 ms)",
+                )
+    if "history" in results:
+        sizes = results["history"]["sizes"]
+        largest = max(sizes, key=int)
+        for kind in ("warm", "cold"):
+            cost = median(sizes[largest], f"kernel_us_per_message_{kind}")
+            check(
+                cost <= 5.0,
+                f"history: kernel cost {cost:.2f} us per stored message at {largest} messages, {kind} (target <= 5)",
+            )
+    if "cold_start" in results:
+        imp = median(results["cold_start"], "import_ms")
+        check(imp <= 200, f"cold start: import power_loop {imp:.0f} ms (target <= 200)")
+    return checks
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--reps", type=int, default=5, help="repetitions per scenario (default 5)")
+    parser.add_argument("--quick", action="store_true", help="1 repetition and smaller loads (a smoke test)")
+    parser.add_argument("--only", help="comma-separated scenarios to run")
+    parser.add_argument(
+        "--compare-0.11",
+        dest="legacy",
+        action="store_true",
+        help="also measure power-loop 0.11 (installs it into bench/.cache/venv-0.11)",
+    )
+    parser.add_argument("--out", type=Path, help="also write the JSON lines here")
+    args = parser.parse_args()
+    reps = 1 if args.quick else args.reps
+    chosen = args.only.split(",") if args.only else SCENARIOS
+    unknown = set(chosen) - set(SCENARIOS)
+    if unknown:
+        parser.error(f"unknown scenario(s): {', '.join(sorted(unknown))}")
+    env_line = {
+        "scenario": "environment",
+        "machine": machine(),
+        "versions": versions(),
+        "reps": reps,
+        "quick": args.quick,
+    }
+    lines = [env_line]
+    print(json.dumps(env_line), flush=True)
+    results: dict[str, dict[str, Any]] = {}
+    started = time.perf_counter()
+    with scripted_server() as url:
+        legacy = legacy_python(args.legacy) if args.legacy else None
+        for name in chosen:
+            summary = {"scenario": name, **summarize(run_scenario(sys.executable, name, url, reps, args.quick))}
+            results[name] = summary
+            lines.append(summary)
+            print(json.dumps(summary), flush=True)
+            if legacy and name in ("concurrency", "cold_start"):
+                key = f"{name}_0.11"
+                summary = {"scenario": key, **summarize(run_scenario(legacy, name, url, reps, args.quick))}
+                results[key] = summary
+                lines.append(summary)
+                print(json.dumps(summary), flush=True)
+    print(f"# {len(chosen)} scenario(s) in {time.perf_counter() - started:.0f} s", flush=True)
+    checks = check_targets(results)
+    for ok, text in checks:
+        print(f"{'PASS' if ok else 'FAIL'} {text}")
+    if args.out:
+        args.out.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,431 @@
+"""Benchmark scenarios, each run in its own process by ``bench/run.py``.
+
+Usage: ``python bench/scenarios.py SCENARIO --url URL [--reps N] [--quick]``. Prints one JSON
+object: the raw per-repetition measurements of the scenario. ``concurrency`` and
+``cold_start`` use only the power-loop 0.11 API, so the same code measures 0.11 when run with
+its interpreter (``--legacy``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+SYSTEM_PROMPT = "You are a concise assistant."
+
+
+def configure_env(url: str) -> None:
+    """Point create_llm_service_from_env() at the scripted server."""
+    os.environ["POWER_LOOP_BASE_URL"] = f"{url}/v1"
+    os.environ["POWER_LOOP_API_KEY"] = "bench-key"
+    os.environ["POWER_LOOP_MODEL"] = "bench-model"
+    os.environ["POWER_LOOP_MAX_RETRIES"] = "0"
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+class Ticker:
+    """Measures event-loop lateness with a 1 ms sleep loop."""
+
+    def __init__(self) -> None:
+        self.lateness: list[float] = []
+        self._task: asyncio.Task[None] | None = None
+
+    async def _run(self) -> None:
+        while True:
+            started = time.perf_counter()
+            await asyncio.sleep(0.001)
+            self.lateness.append((time.perf_counter() - started - 0.001) * 1000)
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    def stop(self) -> None:
+        assert self._task is not None
+        self._task.cancel()
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+# --------------------------------------------------------------------------- floors
+
+
+async def http_floor(url: str, bodies: list[bytes], transport: str) -> float:
+    """ms per streaming POST of ``bodies`` with httpx2 (default transport, or ours)."""
+    import httpx2
+
+    kwargs: dict[str, Any] = {}
+    if transport == "native":
+        from power_loop.providers._transport import NativeTransport
+
+        kwargs["transport"] = NativeTransport()
+    async with httpx2.AsyncClient(timeout=60, **kwargs) as client:
+
+        async def post(body: bytes) -> None:
+            async with client.stream(
+                "POST",
+                f"{url}/v1/chat/completions",
+                content=body,
+                headers={"content-type": "application/json", "authorization": "Bearer k"},
+            ) as r:
+                async for _ in r.aiter_lines():
+                    pass
+
+        await post(bodies[0])
+        started = time.perf_counter()
+        for body in bodies:
+            await post(body)
+        return (time.perf_counter() - started) / len(bodies) * 1000
+
+
+async def sdk_floor(url: str, bodies: list[bytes]) -> float:
+    """ms per ``AsyncOpenAI.chat.completions.create(stream=True)`` with the same payloads."""
+    import openai
+
+    client = openai.AsyncOpenAI(base_url=f"{url}/v1", api_key="k", max_retries=0)
+    payloads = [json.loads(b) for b in bodies]
+
+    async def call(p: dict[str, Any]) -> None:
+        stream = await client.chat.completions.create(
+            model=p["model"],
+            messages=p["messages"],
+            stream=True,
+            stream_options={"include_usage": True},
+            max_tokens=p.get("max_tokens"),
+            temperature=p.get("temperature"),
+        )
+        async for _ in stream:
+            pass
+
+    await call(payloads[0])
+    started = time.perf_counter()
+    for p in payloads:
+        await call(p)
+    elapsed = (time.perf_counter() - started) / len(payloads) * 1000
+    await client.close()
+    return elapsed
+
+
+def request_bodies(messages: list[Any], system_prompt: str, sends: int) -> list[bytes]:
+    """The exact Chat Completions bodies power_loop sent for each send of a text-only session."""
+    from power_loop.providers.base import LLMRequest
+    from power_loop.providers.openai import build_chat_body
+
+    bodies = []
+    for i in range(sends):
+        request = LLMRequest(
+            messages=messages[: 2 * i + 1], system_prompt=system_prompt, max_tokens=8000, temperature=0.0
+        )
+        bodies.append(build_chat_body(request, model="bench-model", max_tokens=8000, temperature=0.0))
+    return bodies
+
+
+# --------------------------------------------------------------------------- scenarios
+
+
+async def overhead(url: str, reps: int, quick: bool) -> dict[str, Any]:
+    """Sequential sends on one session vs raw HTTP and raw SDK calls with the same bodies."""
+    from power_loop import AgentLoopConfig, StatefulAgentLoop, create_llm_service_from_env
+    from power_loop.messages import message_from_dict
+
+    sends = 40 if quick else 200
+    out: dict[str, list[float]] = {
+        k: []
+        for k in (
+            "ms_per_send",
+            "http_ms",
+            "native_http_ms",
+            "sdk_ms",
+            "ratio_vs_http",
+            "ratio_vs_native_http",
+            "ratio_vs_sdk",
+            "transactions_per_send",
+            "transactions_per_round",
+        )
+    }
+    llm = create_llm_service_from_env()
+    with tempfile.TemporaryDirectory() as tmp:
+        loop = StatefulAgentLoop(
+            llm=llm, db_path=os.path.join(tmp, "bench.db"), config=AgentLoopConfig(system_prompt=SYSTEM_PROMPT)
+        )
+        warm = await loop.new_session_async()
+        for i in range(20):
+            await loop.send(f"warm-up {i}", session_id=warm)
+        for _rep in range(reps):
+            sid = await loop.new_session_async()
+            statements: list[str] = []
+            await loop.store._db.set_trace_callback(statements.append)  # type: ignore[union-attr]
+            started = time.perf_counter()
+            for i in range(sends):
+                await loop.send(f"Message number {i} of this benchmark session.", session_id=sid)
+            ours = (time.perf_counter() - started) / sends * 1000
+            await loop.store._db.set_trace_callback(None)  # type: ignore[union-attr]
+            begins = sum(1 for s in statements if s.lstrip().upper().startswith("BEGIN"))
+            messages = [message_from_dict(m) for m in await loop.get_messages_async(sid)]
+            bodies = request_bodies(messages, SYSTEM_PROMPT, sends)
+            http = await http_floor(url, bodies, "httpx")
+            native = await http_floor(url, bodies, "native")
+            sdk = await sdk_floor(url, bodies)
+            out["ms_per_send"].append(ours)
+            out["http_ms"].append(http)
+            out["native_http_ms"].append(native)
+            out["sdk_ms"].append(sdk)
+            out["ratio_vs_http"].append(ours / http)
+            out["ratio_vs_native_http"].append(ours / native)
+            out["ratio_vs_sdk"].append(ours / sdk)
+            out["transactions_per_send"].append(begins / sends)
+            out["transactions_per_round"].append((begins - sends) / sends)  # minus the run-start transaction
+        await loop.aclose()
+    await llm.aclose()  # type: ignore[attr-defined]
+    return {"sends": sends, **out}
+
+
+async def tool_round_trip(url: str, reps: int, quick: bool) -> dict[str, Any]:
+    """Sends that make one tool call and then answer (two model calls each)."""
+    from power_loop import StatefulAgentLoop, ToolRegistry, create_llm_service_from_env, tool
+
+    @tool
+    def lookup(query: str = "x") -> str:
+        """Look something up.
+
+        Args:
+            query: What to look up.
+        """
+        return "42"
+
+    registry = ToolRegistry()
+    registry.register(lookup)
+    sends = 20 if quick else 100
+    out: dict[str, list[float]] = {"ms_per_send": [], "ms_per_model_call": [], "transactions_per_send": []}
+    llm = create_llm_service_from_env()
+    with tempfile.TemporaryDirectory() as tmp:
+        loop = StatefulAgentLoop(llm=llm, db_path=os.path.join(tmp, "bench.db"), tool_registry=registry)
+        warm = await loop.new_session_async()
+        for i in range(10):
+            await loop.send(f"warm {i}", session_id=warm)
+        for _rep in range(reps):
+            sid = await loop.new_session_async()
+            statements: list[str] = []
+            await loop.store._db.set_trace_callback(statements.append)  # type: ignore[union-attr]
+            started = time.perf_counter()
+            for i in range(sends):
+                result = await loop.send(f"look up item {i}", session_id=sid)
+                assert result.tool_calls == 1 and result.final_text == "done: 42", result
+            elapsed = (time.perf_counter() - started) / sends * 1000
+            await loop.store._db.set_trace_callback(None)  # type: ignore[union-attr]
+            out["ms_per_send"].append(elapsed)
+            out["ms_per_model_call"].append(elapsed / 2)
+            out["transactions_per_send"].append(
+                sum(1 for s in statements if s.lstrip().upper().startswith("BEGIN")) / sends
+            )
+        await loop.aclose()
+    await llm.aclose()  # type: ignore[attr-defined]
+    return {"sends": sends, **out}
+
+
+async def concurrency(url: str, reps: int, quick: bool, *, freeze: bool = False) -> dict[str, Any]:
+    """50 sessions x 20 sends with asyncio.gather, beside a 1 ms ticker (0.11 API only)."""
+    from power_loop import AgentLoopConfig, StatefulAgentLoop, create_llm_service_from_env
+
+    sessions, per_session = (20, 5) if quick else (50, 20)
+    out: dict[str, list[float]] = {
+        k: [] for k in ("sends_per_s", "p50_ms", "p99_ms", "lateness_max_ms", "lateness_p99_ms")
+    }
+    llm = create_llm_service_from_env()
+    with tempfile.TemporaryDirectory() as tmp:
+        loop = StatefulAgentLoop(
+            llm=llm, db_path=os.path.join(tmp, "bench.db"), config=AgentLoopConfig(system_prompt=SYSTEM_PROMPT)
+        )
+        for _rep in range(reps):
+            sids = [loop.new_session() for _ in range(sessions)]
+            await asyncio.gather(*(loop.send("warm-up", session_id=s) for s in sids))
+            if freeze:
+                gc.collect()
+                gc.freeze()
+            latencies: list[float] = []
+
+            async def worker(sid: str) -> None:
+                for i in range(per_session):
+                    started = time.perf_counter()
+                    await loop.send(f"message {i}", session_id=sid)
+                    latencies.append((time.perf_counter() - started) * 1000)
+
+            ticker = Ticker()
+            ticker.start()
+            started = time.perf_counter()
+            await asyncio.gather(*(worker(s) for s in sids))
+            elapsed = time.perf_counter() - started
+            ticker.stop()
+            out["sends_per_s"].append(sessions * per_session / elapsed)
+            out["p50_ms"].append(pct(latencies, 0.5))
+            out["p99_ms"].append(pct(latencies, 0.99))
+            out["lateness_max_ms"].append(max(ticker.lateness))
+            out["lateness_p99_ms"].append(pct(ticker.lateness, 0.99))
+            if freeze:
+                gc.unfreeze()
+        close = getattr(loop, "aclose", None)
+        if close is not None:
+            await close()
+        else:
+            loop.close()
+    return {
+        "sessions": sessions,
+        "sends_per_session": per_session,
+        "gc_freeze": freeze,
+        "peak_rss_mb": peak_rss_mb(),
+        **out,
+    }
+
+
+async def concurrency_frozen(url: str, reps: int, quick: bool) -> dict[str, Any]:
+    """``concurrency`` after ``gc.collect(); gc.freeze()`` (the recommended service setting)."""
+    return await concurrency(url, reps, quick, freeze=True)
+
+
+async def _seed_session(loop: Any, n: int) -> str:
+    from power_loop.messages import AssistantMessage, UserMessage
+    from power_loop.store.rows import Append
+
+    sid = await loop.new_session_async()
+    batch = []
+    for i in range(n // 2):
+        batch.append(UserMessage(content=f"User message {i}: a question of typical length about the project."))
+        batch.append(AssistantMessage(content=f"Assistant answer {i}: a reply of typical length with some detail."))
+    for start in range(0, len(batch), 5000):
+        await loop.store.write(sid, [Append(batch[start : start + 5000])])
+    return sid
+
+
+async def history(url: str, reps: int, quick: bool) -> dict[str, Any]:
+    """One more send on sessions holding N messages: cold (fresh loop) and warm (cached)."""
+    from power_loop import AgentLoopConfig, StatefulAgentLoop, create_llm_service_from_env
+    from power_loop.messages import UserMessage
+
+    sizes = (100, 1_000) if quick else (100, 1_000, 10_000)
+    out: dict[str, Any] = {}
+    storage: dict[str, float] = {}
+    config = AgentLoopConfig(system_prompt=SYSTEM_PROMPT, compactor=None)
+    with tempfile.TemporaryDirectory() as tmp:
+        for n in sizes:
+            cold, warm, raw = [], [], []
+            for rep in range(reps):
+                path = os.path.join(tmp, f"h{n}_{rep}.db")
+                llm = create_llm_service_from_env()
+                async with StatefulAgentLoop(llm=llm, db_path=path, config=config) as seeder:
+                    sid = await _seed_session(seeder, n)
+                async with StatefulAgentLoop(llm=llm, db_path=path, config=config) as loop:
+                    await loop.store.open()
+                    from power_loop.providers.base import LLMRequest
+
+                    await llm.complete(LLMRequest(messages=[UserMessage(content="connect")]))
+                    started = time.perf_counter()
+                    await loop.send("One more question.", session_id=sid)
+                    cold.append((time.perf_counter() - started) * 1000)
+                    transcript = loop._rt.histories.get(sid)
+                    assert transcript is not None
+                    body_messages = transcript.messages[:-1]
+                    started = time.perf_counter()
+                    await loop.send("And another one.", session_id=sid)
+                    warm.append((time.perf_counter() - started) * 1000)
+                from power_loop.providers.openai import build_chat_body
+
+                body = build_chat_body(
+                    LLMRequest(messages=body_messages, system_prompt=SYSTEM_PROMPT, max_tokens=8000, temperature=0.0),
+                    model="bench-model",
+                    max_tokens=8000,
+                    temperature=0.0,
+                )
+                # The floor: the same body posted through the same transport, no kernel.
+                raw.append(await http_floor(url, [body] * 3, "native"))
+                await llm.aclose()  # type: ignore[attr-defined]
+                if rep == 0 and n == sizes[-1]:
+                    storage["bytes_per_1000_messages"] = checkpointed_size(path) / (n / 1000)
+            out[str(n)] = {"cold_ms": cold, "warm_ms": warm, "http_ms": raw}
+    # Cost per stored message: the slope of (send - raw HTTP) between the smallest and each
+    # larger session, so the fixed cost of a send is not spread over its messages.
+    small = sizes[0]
+    for n in sizes[1:]:
+        for kind in ("cold", "warm"):
+            base = [s - r for s, r in zip(out[str(small)][f"{kind}_ms"], out[str(small)]["http_ms"], strict=True)]
+            here = [s - r for s, r in zip(out[str(n)][f"{kind}_ms"], out[str(n)]["http_ms"], strict=True)]
+            out[str(n)][f"kernel_us_per_message_{kind}"] = [
+                (h - b) * 1000 / (n - small) for h, b in zip(here, base, strict=True)
+            ]
+    return {"sizes": out, **storage, "peak_rss_mb": peak_rss_mb()}
+
+
+def checkpointed_size(path: str) -> int:
+    """File size after moving the WAL into the main file."""
+    import sqlite3
+
+    with sqlite3.connect(path) as conn:
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    return os.path.getsize(path)
+
+
+async def cold_start(url: str, reps: int, quick: bool) -> dict[str, Any]:
+    """A fresh interpreter: import power_loop and construct a loop (0.11 API only)."""
+    code = (
+        "import time, tempfile, os; t0 = time.perf_counter(); import power_loop; t1 = time.perf_counter(); "
+        "from power_loop import StatefulAgentLoop, create_llm_service_from_env; "
+        "d = tempfile.mkdtemp(); loop = StatefulAgentLoop(llm=create_llm_service_from_env(), "
+        "db_path=os.path.join(d, 'c.db')); t2 = time.perf_counter(); "
+        "print((t1 - t0) * 1000, (t2 - t0) * 1000)"
+    )
+    out: dict[str, list[float]] = {"import_ms": [], "import_and_construct_ms": [], "process_ms": []}
+    for _ in range(reps + 1):
+        started = time.perf_counter()
+        done = subprocess.run(
+            [sys.executable, "-I", "-c", code], capture_output=True, text=True, timeout=120, env=dict(os.environ)
+        )
+        process_ms = (time.perf_counter() - started) * 1000
+        if done.returncode != 0:
+            raise RuntimeError(done.stderr)
+        import_ms, construct_ms = (float(x) for x in done.stdout.split())
+        out["import_ms"].append(import_ms)
+        out["import_and_construct_ms"].append(construct_ms)
+        out["process_ms"].append(process_ms)
+    return {k: v[1:] for k, v in out.items()}  # the first run warms the OS file cache
+
+
+SCENARIOS: dict[str, Callable[[str, int, bool], Awaitable[dict[str, Any]]]] = {
+    "overhead": overhead,
+    "tool_round_trip": tool_round_trip,
+    "concurrency": concurrency,
+    "concurrency_gc_frozen": concurrency_frozen,
+    "history": history,
+    "cold_start": cold_start,
+}
+LEGACY_SAFE = {"concurrency", "cold_start"}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("scenario", choices=sorted(SCENARIOS))
+    parser.add_argument("--url", required=True)
+    parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args()
+    configure_env(args.url)
+    result = asyncio.run(SCENARIOS[args.scenario](args.url, args.reps, args.quick))
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Optional integrations: event sinks (stdlib logging, JSONL files)."""
