@@ -259,7 +259,7 @@ async def concurrency(url: str, reps: int, quick: bool, *, freeze: bool = False)
                 gc.freeze()
             latencies: list[float] = []
 
-            async def worker(sid: str) -> None:
+            async def worker(sid: str, latencies: list[float] = latencies) -> None:
                 for i in range(per_session):
                     started = time.perf_counter()
                     await loop.send(f"message {i}", session_id=sid)

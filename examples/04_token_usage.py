@@ -13,8 +13,10 @@ async def main() -> None:
     async with StatefulAgentLoop(llm=llm, db_path=db) as loop:
 
         def on_usage(event: AgentEvent) -> None:
-            print(f"  model call used {event.payload['usage']['total_tokens']} tokens "
-                  f"(run so far: {event.payload['run_usage']['total_tokens']})")
+            print(
+                f"  model call used {event.payload['usage']['total_tokens']} tokens "
+                f"(run so far: {event.payload['run_usage']['total_tokens']})"
+            )
 
         loop.event_bus.subscribe(AgentEventType.USAGE_UPDATED, on_usage)
         sid = await loop.new_session_async()
