@@ -600,6 +600,7 @@ class RunLoop:
     async def _model(self, request: LLMRequest, *, purpose: str = "round") -> tuple[LLMResponse, int]:
         """Call the model; end the run on cancellation (cancelled) or failure (degraded)."""
         run = self.run
+        await self.rt.gate.turn()  # building and sending a request is the heaviest step of a round
         try:
             outcome = await call_model(
                 llm=self.rt.llm,
@@ -619,6 +620,7 @@ class RunLoop:
             raise AssertionError("unreachable") from None
         run.usage = run.usage + outcome.response.usage
         run.llm_calls += 1
+        await self.rt.gate.turn()  # then folding the response in and committing it
         return outcome.response, outcome.duration_ms
 
     async def _round(self) -> None:

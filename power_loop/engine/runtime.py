@@ -18,6 +18,7 @@ from ..hooks import AgentHooks
 from ..providers.base import LLMService
 from ..store.sqlite import SQLiteSessionStore
 from ..tools.registry import ToolRegistry
+from .fairness import TickGate
 from .history import HistoryCache
 
 __all__ = ["Runtime", "SessionLocks"]
@@ -90,7 +91,8 @@ class Runtime:
         locks: Per-session locks of this process.
         owner: This loop's identity in session leases.
         event_seqs: Last event seq published per session by this loop.
-        context_windows: Resolved context window (for compaction).
+        compactor: The resolved compactor (None: compaction off).
+        gate: Fair turns for CPU-heavy steps (see :mod:`power_loop.engine.fairness`).
     """
 
     store: SQLiteSessionStore
@@ -104,3 +106,4 @@ class Runtime:
     owner: str = field(default_factory=lambda: f"pid{os.getpid()}-{secrets.token_hex(4)}")
     event_seqs: dict[str, int] = field(default_factory=dict)
     compactor: object | None = None
+    gate: TickGate = field(default_factory=TickGate)

@@ -208,6 +208,22 @@ def status_error(
     )
 
 
+def stream_error(provider: str, error: Any, request_id: str | None) -> LLMError:
+    """The error for an error event inside a stream (the HTTP status was already 200).
+
+    Overload and rate-limit events are retryable, like their HTTP counterparts; an invalid
+    request is not.
+    """
+    message = error.get("message") if isinstance(error, Mapping) else str(error)
+    kind = str(error.get("type") or "") if isinstance(error, Mapping) else ""
+    text = f"{provider} reported an error while streaming: {message or kind or error!r}"
+    if kind in ("invalid_request_error", "authentication_error", "permission_error", "not_found_error"):
+        return LLMStatusError(text, provider=provider, retryable=False, request_id=request_id)
+    if kind == "rate_limit_error":
+        return LLMRateLimitError(text, provider=provider, request_id=request_id)
+    return LLMServerError(text, provider=provider, request_id=request_id)
+
+
 def map_sdk_error(exc: BaseException, *, provider: str, sdk: ModuleType) -> LLMError | None:
     """Translate an SDK or transport exception; None when ``exc`` is not one of theirs.
 

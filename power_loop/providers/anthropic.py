@@ -34,7 +34,16 @@ from ..messages import (
     Usage,
 )
 from ..tools.definition import ToolDefinition
-from ._common import ClientHolder, build_http_client, dumps, http_response_class, map_sdk_error, memo
+from ._common import (
+    ClientHolder,
+    build_http_client,
+    dumps,
+    http_response_class,
+    map_sdk_error,
+    memo,
+    stream_error,
+)
+from ._sse import iter_sse
 from .base import LLMRequest, LLMResponse, StreamCallbacks
 
 __all__ = ["AnthropicMessagesService", "build_messages_body"]
@@ -351,28 +360,26 @@ class AnthropicMessagesService:
     async def _stream(
         self, client: Any, sdk: ModuleType, body: bytes, options: dict[str, Any], callbacks: StreamCallbacks | None
     ) -> LLMResponse:
-        # Events are decoded as plain dicts (AsyncStream[object]): the SDK still handles SSE
-        # framing and error events, without building a pydantic model per event.
-        stream = await client.post(
-            "/v1/messages",
-            cast_to=object,
-            content=body,
-            options=options,
-            stream=True,
-            stream_cls=sdk.AsyncStream[object],
+        # The SDK sends the request and raises for error statuses; the event stream of a
+        # successful response is decoded here (see _sse.py), one dict per event.
+        response = await client.post(
+            "/v1/messages", cast_to=http_response_class(), content=body, options=options, stream=True
         )
         acc = _EventAccumulator(callbacks)
         try:
             if callbacks and callbacks.on_stream_start:
                 callbacks.on_stream_start()
-            async for event in stream:
-                if isinstance(event, Mapping):
-                    acc.add(event)
+            async for name, event in iter_sse(response):
+                if not isinstance(event, Mapping):
+                    continue
+                if name == "error" or event.get("type") == "error":
+                    raise stream_error(self.provider, event.get("error", event), response.headers.get("request-id"))
+                acc.add(event)
         finally:
-            await stream.close()
+            await response.aclose()
         if callbacks and callbacks.on_stream_end:
             callbacks.on_stream_end()
-        return acc.response(stream.response.headers.get("request-id"))
+        return acc.response(response.headers.get("request-id"))
 
     async def _plain(
         self, client: Any, body: bytes, options: dict[str, Any], callbacks: StreamCallbacks | None

@@ -30,7 +30,16 @@ from ..messages import (
     message_to_dict,
 )
 from ..tools.definition import ToolDefinition
-from ._common import ClientHolder, build_http_client, dumps, http_response_class, map_sdk_error, memo
+from ._common import (
+    ClientHolder,
+    build_http_client,
+    dumps,
+    http_response_class,
+    map_sdk_error,
+    memo,
+    stream_error,
+)
+from ._sse import iter_sse
 from .base import LLMRequest, LLMResponse, StreamCallbacks
 
 __all__ = ["OpenAIChatService", "build_chat_body", "message_fragment"]
@@ -304,29 +313,26 @@ class OpenAIChatService:
     async def _stream(
         self, client: Any, sdk: ModuleType, body: bytes, options: dict[str, Any], callbacks: StreamCallbacks | None
     ) -> LLMResponse:
-        # Chunks are decoded as plain dicts (AsyncStream[object]): the SDK still handles SSE
-        # framing and error events, but skips building a pydantic model per chunk (~0.5 ms
-        # a call on a short answer).
-        stream = await client.post(
-            "/chat/completions",
-            cast_to=object,
-            content=body,
-            options=options,
-            stream=True,
-            stream_cls=sdk.AsyncStream[object],
+        # The SDK sends the request and raises for error statuses; the event stream of a
+        # successful response is decoded here (see _sse.py), one dict per chunk.
+        response = await client.post(
+            "/chat/completions", cast_to=http_response_class(), content=body, options=options, stream=True
         )
         acc = _StreamAccumulator(callbacks)
         try:
             if callbacks and callbacks.on_stream_start:
                 callbacks.on_stream_start()
-            async for chunk in stream:
-                if isinstance(chunk, Mapping):
-                    acc.add(chunk)
+            async for _, chunk in iter_sse(response):
+                if not isinstance(chunk, Mapping):
+                    continue
+                if chunk.get("error"):
+                    raise stream_error(self.provider, chunk["error"], response.headers.get("x-request-id"))
+                acc.add(chunk)
         finally:
-            await stream.close()
+            await response.aclose()
         if callbacks and callbacks.on_stream_end:
             callbacks.on_stream_end()
-        return acc.response(stream.response.headers.get("x-request-id"))
+        return acc.response(response.headers.get("x-request-id"))
 
     async def _plain(
         self, client: Any, sdk: ModuleType, body: bytes, options: dict[str, Any], callbacks: StreamCallbacks | None
