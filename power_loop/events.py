@@ -608,7 +608,7 @@ class AgentEventBus:
             kind = AgentEventType(event_type) if isinstance(event_type, (str, AgentEventType)) else None
             any_type = False
         before = len(self._subs)
-        self._subs = [s for s in self._subs if not (s.handler is target and (any_type or s.event_type == kind))]
+        self._subs = [s for s in self._subs if not (s.handler == target and (any_type or s.event_type == kind))]
         self._by_type.clear()
         return len(self._subs) != before
 
@@ -653,7 +653,12 @@ class AgentEventBus:
                 else:
                     self._errors.append(exc)
 
-        task = asyncio.get_running_loop().create_task(run())
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # published from sync code with no loop: run the subscriber now
+            asyncio.run(run())
+            return
+        task = loop.create_task(run())
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 

@@ -16,11 +16,11 @@ point                           may change                                  dire
 SESSION_START ``session.start``   messages (what the model sees this run)     —
 SESSION_END ``session.end``       read-only                                   —
 ROUND_START ``round.start``       messages (this round)                       BREAK, SKIP
-LLM_BEFORE ``llm.before``         messages, system_prompt, tools,             SHORT_CIRCUIT, BREAK
-                                  max_tokens, temperature
+LLM_BEFORE ``llm.before``         messages, system_prompt, tools (a subset    SHORT_CIRCUIT, BREAK
+                                  of the offered ones), max_tokens, temperature
 LLM_AFTER ``llm.after``           output                                      BREAK (tool calls dropped)
-ROUND_DECIDE ``round.decide``     —                                           SKIP, BREAK
-TOOLS_BATCH_BEFORE                —                                           SKIP
+ROUND_DECIDE ``round.decide``     output (the answer SKIP gives every call)    SKIP, BREAK
+TOOLS_BATCH_BEFORE                output (the answer SKIP gives every call)    SKIP
 TOOL_BEFORE ``tool.before``       tool_name, tool_args                        SKIP
 TOOL_AFTER ``tool.after``         output, failed                              BREAK
 TOOL_ERROR ``tool.error``         output                                      SKIP, SHORT_CIRCUIT
@@ -349,7 +349,7 @@ class AgentHooks:
         """Remove ``handler`` from ``point``; returns whether it was registered."""
         point = HookPoint(point)
         regs = self._handlers.get(point, [])
-        kept = [r for r in regs if r.handler is not handler]
+        kept = [r for r in regs if r.handler != handler]  # == so bound methods match
         self._handlers[point] = kept
         return len(kept) != len(regs)
 
@@ -380,7 +380,10 @@ class AgentHooks:
             except Exception as exc:
                 name = getattr(reg.handler, "__qualname__", repr(reg.handler))
                 raise HookError(f"{point.value} hook {name} raised {type(exc).__name__}: {exc}") from exc
-            directive = HookDirective(outcome) if outcome is not None else ctx.directive
+            try:
+                directive = HookDirective(outcome) if outcome is not None else HookDirective(ctx.directive)
+            except ValueError:
+                raise HookError(f"{point.value} hook returned {outcome!r}; return a HookDirective or None") from None
             if directive is HookDirective.CONTINUE:
                 continue
             if directive not in HONOURED_DIRECTIVES[point]:

@@ -80,6 +80,7 @@ from ..messages import (
 from ..providers.base import LLMRequest, LLMResponse
 from ..results import StatefulResult
 from ..store.rows import (
+    AnswerPending,
     Append,
     BeginOutcome,
     BeginRun,
@@ -162,6 +163,9 @@ class Run:
         self.tools = tools
         self.stop = StopSignal(req.stop_event)
         self.offered: tuple[ToolDefinition, ...] = tuple(tools.definitions()) if tools is not None else ()
+        # Tools the model was shown in the current round (LLM_BEFORE may narrow them): only
+        # these may be executed.
+        self.round_offered: frozenset[str] = frozenset(t.name for t in self.offered)
         self.base_prompt = resolve_system_prompt(
             call_prompt=req.system_prompt, session_prompt=session.system_prompt, config=rt.config
         )
@@ -391,6 +395,7 @@ class RunLoop:
         self.emit = run.emitter.emit
         self.begin = begin
         self.ended_published = False
+        self.end_hook_started = False
 
     async def main(self) -> StatefulResult:
         run = self.run
@@ -416,6 +421,8 @@ class RunLoop:
 
     async def _session_start(self) -> None:
         run = self.run
+        # The event comes first: whatever happens next, session_ended will close it.
+        await self.emit(AgentEventType.SESSION_STARTED, SessionStartedPayload(run_id=run.run_id))
         if self.hooks.has(HookPoint.SESSION_START):
             original = _dicts(run.transcript.messages)
             ctx = SessionStartCtx(messages=list(original), stop_event=run.req.stop_event, session_id=run.session_id)
@@ -423,7 +430,6 @@ class RunLoop:
             if ctx.messages != original:
                 run.prefix = [message_from_dict(m) for m in ctx.messages]
                 run.prefix_from = len(run.transcript)
-        await self.emit(AgentEventType.SESSION_STARTED, SessionStartedPayload(run_id=run.run_id))
         from .memory import recall_memory
 
         await recall_memory(run)
@@ -448,6 +454,7 @@ class RunLoop:
 
     async def _session_end(self, status: str, final_text: str, reason: str) -> None:
         run = self.run
+        self.end_hook_started = True
         if self.hooks.has(HookPoint.SESSION_END):
             ctx = SessionEndCtx(
                 reason=reason,
@@ -478,6 +485,7 @@ class RunLoop:
                 log.warning("could not record the end of cancelled run %s: %s", run.run_id, exc)
                 self.rt.histories.drop(run.session_id)
                 await self._release_quietly()
+        await self._quietly_session_end("cancelled", "cancelled")
         if not self.ended_published:
             self.ended_published = True
             await self._quietly(
@@ -490,10 +498,16 @@ class RunLoop:
         run = self.run
         self.rt.histories.drop(run.session_id)
         if not run.writer.finished:
+            # Calls of this run that never got an answer are answered now (finished calls keep
+            # their stored result), so the failure leaves a history the next send can use.
+            answer = AnswerPending(
+                f"[skipped: the run failed before this call completed ({type(exc).__name__})]", run.run_id
+            )
             try:
-                await run.writer.write([run.finish_op("failed", error=f"{type(exc).__name__}: {exc}")])
+                await run.writer.write([answer, run.finish_op("failed", error=f"{type(exc).__name__}: {exc}")])
             except Exception:
                 await self._release_quietly()
+        await self._quietly_session_end("error", "failed")
         await self._quietly(
             AgentEventType.AGENT_ERROR,
             AgentErrorPayload(
@@ -506,6 +520,20 @@ class RunLoop:
             await self._quietly(
                 AgentEventType.SESSION_ENDED, SessionEndedPayload(reason="error", status="failed", run_id=run.run_id)
             )
+
+    async def _quietly_session_end(self, reason: str, status: str) -> None:
+        """Run SESSION_END on a failure path; a failing handler is logged, not raised."""
+        if not self.hooks.has(HookPoint.SESSION_END) or self.end_hook_started:
+            return
+        self.end_hook_started = True
+        run = self.run
+        ctx = SessionEndCtx(
+            reason=reason, status=status, final_text=None, round_index=run.round_index, session_id=run.session_id
+        )
+        try:
+            await self.hooks.run(HookPoint.SESSION_END, ctx)
+        except Exception:
+            log.error("session.end hook failed while ending run %s", run.run_id, exc_info=True)
 
     async def _release_quietly(self) -> None:
         run = self.run
@@ -524,7 +552,9 @@ class RunLoop:
     async def _end_cancelled(self, ops: Sequence[WriteOp] = ()) -> None:
         run = self.run
         await self.emit(
-            AgentEventType.LOOP_CANCELLED, LoopCancelledPayload(reason=run.stop.reason, round_index=run.round_index)
+            AgentEventType.LOOP_CANCELLED,
+            LoopCancelledPayload(reason=run.stop.reason, round_index=run.round_index),
+            round_index=run.round_index,
         )
         await self._finish("cancelled", "[cancelled by user]", ops=ops)
 
@@ -686,8 +716,9 @@ class RunLoop:
             if ctx.messages != original:
                 view = [message_from_dict(m) for m in ctx.messages]
             system_prompt = ctx.system_prompt or ""
-            tools = [t for t in ctx.tools if isinstance(t, ToolDefinition)]
+            tools = [t for t in ctx.tools if isinstance(t, ToolDefinition) and t.name in run.round_offered]
             max_tokens, temperature = ctx.max_tokens, ctx.temperature
+        run.round_offered = frozenset(t.name for t in tools)
         request = build_request(
             messages=view,
             system_prompt=system_prompt,
@@ -701,6 +732,7 @@ class RunLoop:
     async def _after_model(self, response: LLMResponse | None, duration_ms: int) -> None:
         run = self.run
         assert response is not None
+        model_response = response  # usage is the model's, whatever a hook makes of the output
         stop_after = False
         if self.hooks.has(HookPoint.LLM_AFTER):
             ctx = LlmAfterCtx(
@@ -713,8 +745,8 @@ class RunLoop:
             assistant = replace(assistant, tool_calls=())
         assistant = await _on_append(self.rt, run.session_id, run.round_index, assistant)
         ops: list[WriteOp] = [Append([assistant], run_id=run.run_id)]
-        if response.usage.calls:
-            ops.append(self._usage_op(response, duration_ms))
+        if model_response.usage.calls:
+            ops.append(self._usage_op(model_response, duration_ms))
         if not assistant.tool_calls:
             finish = run.finish_op("completed", drain_inbox=not stop_after)
             outcome = await run.writer.write([*ops, finish])

@@ -129,7 +129,7 @@ async def execute_call(run: Run, call: ToolCall) -> ToolOutcome:
         name, args = before.tool_name, before.tool_args
     await _started(run, call, name, args)
     started = time.monotonic()
-    tool = run.tools.get(name) if run.tools is not None else None
+    tool = run.tools.get(name) if run.tools is not None and name in run.round_offered else None
     if tool is None:
         available = ", ".join(run.tools.names()) if run.tools is not None and len(run.tools) else "none"
         return await _finish(

@@ -30,6 +30,7 @@ from ..messages import (
 )
 from .rows import (
     RESOLVED_STATUSES,
+    AnswerPending,
     Append,
     BeginOutcome,
     BeginRun,
@@ -616,6 +617,8 @@ def write(
             record_llm_call(conn, session_id, op, now)
         elif isinstance(op, DrainInbox):
             drained += drain_inbox(conn, session_id, op, now)
+        elif isinstance(op, AnswerPending):
+            drained += answer_pending(conn, session_id, op.text, run_id=op.run_id, now=now)
         elif isinstance(op, OpenInteraction):
             conn.execute(
                 "INSERT INTO interactions (interaction_id, session_id, tool_call_id, body, created_at) "
@@ -654,18 +657,7 @@ def begin_run(conn: sqlite3.Connection, b: BeginRun) -> BeginOutcome:
     fence = _acquire_lease(conn, b.session_id, b.lease, now, state.fence)
     appended: list[StoredMessage] = []
     if pending is not None and b.heal_pending:
-        results = [
-            ToolResultMessage(tool_call_id=c.tool_call_id, name=c.name, content=c.result, is_error=c.is_error)
-            if c.status in RESOLVED_STATUSES and c.result is not None
-            else ToolResultMessage(tool_call_id=c.tool_call_id, name=c.name, content=b.heal_text, is_error=True)
-            for c in pending.calls
-        ]
-        statuses = {
-            c.tool_call_id: c.status if c.status in RESOLVED_STATUSES and c.result is not None else "aborted"
-            for c in pending.calls
-        }
-        appended += append_messages(conn, b.session_id, Append(results, statuses, b.run_id), now)
-        close_interactions(conn, b.session_id, now)
+        appended += answer_pending(conn, b.session_id, b.heal_text, run_id=b.run_id, now=now, pending=pending)
         pending = None
     if pending is None:
         appended += drain_inbox(conn, b.session_id, DrainInbox(b.run_id), now)
@@ -714,13 +706,20 @@ def list_stats(conn: sqlite3.Connection) -> list[SessionStatsRow]:
     return [SessionStatsRow(*r) for r in rows]
 
 
-def abort_pending(conn: sqlite3.Connection, session_id: str, reason: str) -> int:
-    """Answer every unresolved call (stored results where a call finished); return how many."""
-    _version(conn, session_id)
-    pending = pending_state(conn, session_id)
+def answer_pending(
+    conn: sqlite3.Connection,
+    session_id: str,
+    text: str,
+    *,
+    run_id: str | None,
+    now: int,
+    pending: PendingState | None = None,
+) -> list[StoredMessage]:
+    """Answer every unresolved call: a call that finished gets its stored result, the others
+    ``text`` (status ``aborted``). Open questions on them are closed."""
+    pending = pending if pending is not None else pending_state(conn, session_id)
     if pending is None:
-        return 0
-    text = f"<aborted: {reason}>"
+        return []
     results = []
     statuses = {}
     for c in pending.calls:
@@ -734,11 +733,19 @@ def abort_pending(conn: sqlite3.Connection, session_id: str, reason: str) -> int
             )
         )
         statuses[c.tool_call_id] = c.status if finished else "aborted"
-    now = now_ms()
-    append_messages(conn, session_id, Append(results, statuses), now)
+    stored = append_messages(conn, session_id, Append(results, statuses, run_id), now)
     close_interactions(conn, session_id, now)
-    _touch(conn, session_id, bump=True, event_seq=None, now=now)
-    return len(results)
+    return stored
+
+
+def abort_pending(conn: sqlite3.Connection, session_id: str, reason: str) -> int:
+    """Answer every unresolved call (stored results where a call finished); return how many."""
+    _version(conn, session_id)
+    now = now_ms()
+    answered = answer_pending(conn, session_id, f"<aborted: {reason}>", run_id=None, now=now)
+    if answered:
+        _touch(conn, session_id, bump=True, event_seq=None, now=now)
+    return len(answered)
 
 
 def close_interactions(conn: sqlite3.Connection, session_id: str, now: int) -> None:

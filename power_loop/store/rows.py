@@ -14,6 +14,7 @@ from typing import Any, Literal, Union
 from ..messages import Message, Usage
 
 __all__ = [
+    "AnswerPending",
     "Append",
     "BeginOutcome",
     "BeginRun",
@@ -240,13 +241,22 @@ class FinishRun:
 
 
 @dataclass(frozen=True)
+class AnswerPending:
+    """Answer every unresolved tool call (stored results where a call finished, ``text``
+    otherwise): a failing run leaves no call unanswered."""
+
+    text: str
+    run_id: str | None = None
+
+
+@dataclass(frozen=True)
 class OpenInteraction:
     """Record a ``request_user_input`` question (``body`` is its pending_interactions entry)."""
 
     body: Mapping[str, Any]
 
 
-WriteOp = Union[Append, UpdateToolCall, RecordLLMCall, DrainInbox, FinishRun, OpenInteraction]
+WriteOp = Union[Append, UpdateToolCall, RecordLLMCall, DrainInbox, FinishRun, OpenInteraction, AnswerPending]
 
 
 @dataclass(frozen=True)
@@ -256,7 +266,7 @@ class WriteOutcome:
     Attributes:
         version: The session's history version after the write.
         seqs: Seqs of messages appended by ``Append`` operations, in order.
-        drained: Messages moved in from the inbox.
+        drained: Messages the store composed itself (inbox items, answers to pending calls).
         finished: Whether a ``FinishRun`` ended the run (False: the inbox had items).
     """
 
