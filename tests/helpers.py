@@ -80,9 +80,10 @@ def shout(text: str) -> str:
     return text.upper()
 
 
-def registry(*tools: Any) -> ToolRegistry:
+def registry(*extra: Any) -> ToolRegistry:
+    """``add`` and ``shout``, plus ``extra`` tools."""
     reg = ToolRegistry()
-    for t in tools or (add, shout):
+    for t in (add, shout, *extra):
         reg.register(t)
     return reg
 

@@ -59,10 +59,23 @@ async def test_hook_order_in_a_tool_round(db_path: str) -> None:
     await finish(loop, sid)
     assert seen == [
         "MESSAGE_APPEND",  # the user message
-        "SESSION_START", "ROUND_START", "LLM_BEFORE", "LLM_AFTER", "MESSAGE_APPEND",
-        "ROUND_DECIDE", "TOOLS_BATCH_BEFORE", "TOOL_BEFORE", "TOOL_AFTER", "TOOLS_BATCH_AFTER",
-        "MESSAGE_APPEND", "ROUND_END",
-        "ROUND_START", "LLM_BEFORE", "LLM_AFTER", "MESSAGE_APPEND", "ROUND_END",
+        "SESSION_START",
+        "ROUND_START",
+        "LLM_BEFORE",
+        "LLM_AFTER",
+        "MESSAGE_APPEND",
+        "ROUND_DECIDE",
+        "TOOLS_BATCH_BEFORE",
+        "TOOL_BEFORE",
+        "TOOL_AFTER",
+        "TOOLS_BATCH_AFTER",
+        "MESSAGE_APPEND",
+        "ROUND_END",
+        "ROUND_START",
+        "LLM_BEFORE",
+        "LLM_AFTER",
+        "MESSAGE_APPEND",
+        "ROUND_END",
         "SESSION_END",
     ]
 
@@ -174,8 +187,14 @@ async def test_llm_before_changes_the_request(db_path: str) -> None:
     assert [m["content"] for m in messages] == ["x", "ok"]
 
 
-@pytest.mark.parametrize("output", ["canned answer", AssistantMessage(content="canned answer"),
-                                    LLMResponse(message=AssistantMessage(content="canned answer"))])
+@pytest.mark.parametrize(
+    "output",
+    [
+        "canned answer",
+        AssistantMessage(content="canned answer"),
+        LLMResponse(message=AssistantMessage(content="canned answer")),
+    ],
+)
 async def test_llm_before_short_circuit(db_path: str, output: Any) -> None:
     loop, llm, sid = await make(db_path, [])
 
@@ -269,8 +288,10 @@ async def test_tool_before_rewrites_arguments_and_skips(db_path: str) -> None:
 
 
 async def test_tool_after_rewrites_and_break_stops_the_batch(db_path: str) -> None:
-    script = [tool_reply(("add", {"a": 1, "b": 1}, "c1"), ("add", {"a": 2, "b": 2}, "c2"),
-                         ("add", {"a": 3, "b": 3}, "c3")), text_reply("ok")]
+    script = [
+        tool_reply(("add", {"a": 1, "b": 1}, "c1"), ("add", {"a": 2, "b": 2}, "c2"), ("add", {"a": 3, "b": 3}, "c3")),
+        text_reply("ok"),
+    ]
     loop, llm, sid = await make(db_path, script, tool_concurrency=1)
 
     def after(ctx: Any) -> HookDirective | None:
@@ -281,7 +302,9 @@ async def test_tool_after_rewrites_and_break_stops_the_batch(db_path: str) -> No
     await loop.send("go", session_id=sid)
     messages = await finish(loop, sid)
     assert [m["content"] for m in messages[2:5]] == [
-        "result=2", "result=4", "[skipped: tool.after hook stopped the batch]"
+        "result=2",
+        "result=4",
+        "[skipped: tool.after hook stopped the batch]",
     ]
 
 
@@ -302,8 +325,9 @@ async def test_tool_error_skip_and_short_circuit_retry(db_path: str) -> None:
         raise ValueError("permanent")
 
     llm = ScriptedLLM([tool_reply(("flaky", {}, "c1"), ("broken", {}, "c2")), text_reply("ok")])
-    loop = StatefulAgentLoop(llm=llm, db_path=db_path, tool_registry=registry(flaky, broken),
-                             config=AgentLoopConfig(tool_concurrency=1))
+    loop = StatefulAgentLoop(
+        llm=llm, db_path=db_path, tool_registry=registry(flaky, broken), config=AgentLoopConfig(tool_concurrency=1)
+    )
 
     def on_error(ctx: Any) -> HookDirective:
         if ctx.tool_name == "flaky":
@@ -318,8 +342,10 @@ async def test_tool_error_skip_and_short_circuit_retry(db_path: str) -> None:
     await loop.send("go", session_id=sid)
     messages = await finish(loop, sid)
     assert len(attempts) == 2
-    assert [m["content"] for m in messages[2:4]] == ["recovered",
-                                                     "the broken tool is known to fail; continue without it"]
+    assert [m["content"] for m in messages[2:4]] == [
+        "recovered",
+        "the broken tool is known to fail; continue without it",
+    ]
     assert "is_error" not in messages[3]
     assert log.types.count("tool_call_failed") == 0
 
@@ -384,8 +410,10 @@ async def test_memory_recalled_edits_or_skips(db_path: str) -> None:
     llm = ScriptedLLM([text_reply("a"), text_reply("b")])
     loop = StatefulAgentLoop(llm=llm, db_path=db_path, config=AgentLoopConfig(memory=memory, system_prompt="base"))
     log = EventLog(loop.event_bus)
-    loop.hooks.register(HookPoint.MEMORY_RECALLED,
-                        lambda ctx: setattr(ctx, "recalled", [r for r in ctx.recalled if "password" not in r]))
+    loop.hooks.register(
+        HookPoint.MEMORY_RECALLED,
+        lambda ctx: setattr(ctx, "recalled", [r for r in ctx.recalled if "password" not in r]),
+    )
     sid = await loop.new_session_async()
     await loop.send("how does the deploy work?", session_id=sid)
     assert "release branch" in (llm.requests[0].system_prompt or "")
@@ -421,8 +449,9 @@ async def test_hooks_can_be_shared_on_purpose(db_path: str, tmp_path: Any) -> No
     seen: list[str] = []
     shared.register(HookPoint.SESSION_START, lambda ctx: seen.append(ctx.session_id))
     first = StatefulAgentLoop(llm=ScriptedLLM(rule=lambda r: text_reply("1")), db_path=db_path, hooks=shared)
-    second = StatefulAgentLoop(llm=ScriptedLLM(rule=lambda r: text_reply("2")), db_path=str(tmp_path / "b.db"),
-                               hooks=shared)
+    second = StatefulAgentLoop(
+        llm=ScriptedLLM(rule=lambda r: text_reply("2")), db_path=str(tmp_path / "b.db"), hooks=shared
+    )
     a = await first.new_session_async()
     b = await second.new_session_async()
     await first.send("x", session_id=a)

@@ -663,6 +663,13 @@ def begin_run(conn: sqlite3.Connection, b: BeginRun) -> BeginOutcome:
         appended += drain_inbox(conn, b.session_id, DrainInbox(b.run_id), now)
         if b.messages:
             appended += append_messages(conn, b.session_id, Append(b.messages, run_id=b.run_id), now)
+    if state.owner is not None and state.owner != b.lease.owner:
+        # The previous holder's lease expired without a release: its process died or hung.
+        # Its run cannot write any more (fencing); record it as interrupted for the audit trail.
+        conn.execute(
+            "UPDATE runs SET status = 'interrupted', ended_at = ? WHERE session_id = ? AND ended_at IS NULL",
+            (now, b.session_id),
+        )
     conn.execute(
         "INSERT INTO runs (run_id, session_id, kind, status, started_at) VALUES (?, ?, ?, 'running', ?)",
         (b.run_id, b.session_id, b.kind, now),
