@@ -29,7 +29,15 @@ from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
-SCENARIOS = ["overhead", "tool_round_trip", "concurrency", "concurrency_gc_frozen", "history", "cold_start"]
+SCENARIOS = [
+    "overhead",
+    "tool_round_trip",
+    "concurrency",
+    "concurrency_gc_frozen",
+    "history",
+    "history_compacted",
+    "cold_start",
+]
 LEGACY_VENV = HERE / ".cache" / "venv-0.11"
 TIMEOUT_S = 600
 
@@ -162,6 +170,20 @@ def check_targets(results: dict[str, dict[str, Any]]) -> list[tuple[bool, str]]:
             check(
                 cost <= 5.0,
                 f"history: kernel cost {cost:.2f} us per stored message at {largest} messages, {kind} (target <= 5)",
+            )
+    if "history_compacted" in results:
+        sizes = results["history_compacted"]["sizes"]
+        if "10000" in sizes:
+            for kind in ("cold", "warm"):
+                ratio = median(sizes["10000"], f"{kind}_vs_100")
+                check(
+                    ratio <= 1.2,
+                    f"history with compaction: send at 10,000 messages = {ratio:.2f}x at 100, {kind} (target <= 1.2)",
+                )
+        if "100000" in sizes:
+            ratio = median(sizes["100000"], "cold_vs_100")
+            checks.append(
+                (True, f"history with compaction: send at 100,000 messages = {ratio:.2f}x at 100, cold (reported)")
             )
     if "cold_start" in results:
         imp = median(results["cold_start"], "import_ms")

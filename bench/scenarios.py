@@ -297,6 +297,18 @@ async def concurrency_frozen(url: str, reps: int, quick: bool) -> dict[str, Any]
     return await concurrency(url, reps, quick, freeze=True)
 
 
+async def _warm_up(tmp: str) -> None:
+    """One untimed session first, so the first measured size does not pay one-time costs."""
+    from power_loop import StatefulAgentLoop, create_llm_service_from_env
+
+    llm = create_llm_service_from_env()
+    async with StatefulAgentLoop(llm=llm, db_path=os.path.join(tmp, "warm.db")) as loop:
+        sid = await _seed_session(loop, 50)
+        for _ in range(3):
+            await loop.send("warm-up", session_id=sid)
+    await llm.aclose()  # type: ignore[attr-defined]
+
+
 async def _seed_session(loop: Any, n: int) -> str:
     from power_loop.messages import AssistantMessage, UserMessage
     from power_loop.store.rows import Append
@@ -321,6 +333,7 @@ async def history(url: str, reps: int, quick: bool) -> dict[str, Any]:
     storage: dict[str, float] = {}
     config = AgentLoopConfig(system_prompt=SYSTEM_PROMPT, compactor=None)
     with tempfile.TemporaryDirectory() as tmp:
+        await _warm_up(tmp)
         for n in sizes:
             cold, warm, raw = [], [], []
             for rep in range(reps):
@@ -378,6 +391,46 @@ def checkpointed_size(path: str) -> int:
     return os.path.getsize(path)
 
 
+async def history_compacted(url: str, reps: int, quick: bool) -> dict[str, Any]:
+    """One more send on compacted sessions of N stored messages (summary + 20-message tail)."""
+    from power_loop import StatefulAgentLoop, create_llm_service_from_env
+    from power_loop.providers.base import LLMRequest
+    from power_loop.store.rows import Compact
+
+    sizes = (100, 1_000) if quick else (100, 1_000, 10_000, 100_000)
+    out: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        await _warm_up(tmp)
+        for n in sizes:
+            cold, warm = [], []
+            for rep in range(reps):
+                path = os.path.join(tmp, f"c{n}_{rep}.db")
+                llm = create_llm_service_from_env()
+                async with StatefulAgentLoop(llm=llm, db_path=path) as seeder:
+                    sid = await _seed_session(seeder, n)
+                    await seeder.store.write(sid, [Compact(through_seq=n - 20, summary="Earlier: " + "x" * 800)])
+                async with StatefulAgentLoop(llm=llm, db_path=path) as loop:  # default compactor on
+                    await loop.store.open()
+                    from power_loop.messages import UserMessage
+
+                    await llm.complete(LLMRequest(messages=[UserMessage(content="connect")]))
+                    started = time.perf_counter()
+                    await loop.send("One more question.", session_id=sid)
+                    cold.append((time.perf_counter() - started) * 1000)
+                    started = time.perf_counter()
+                    await loop.send("And another one.", session_id=sid)
+                    warm.append((time.perf_counter() - started) * 1000)
+                await llm.aclose()  # type: ignore[attr-defined]
+            out[str(n)] = {"cold_ms": cold, "warm_ms": warm}
+    small = str(sizes[0])
+    for n in sizes[1:]:
+        for kind in ("cold", "warm"):
+            out[str(n)][f"{kind}_vs_{small}"] = [
+                a / b for a, b in zip(out[str(n)][f"{kind}_ms"], out[small][f"{kind}_ms"], strict=True)
+            ]
+    return {"sizes": out, "peak_rss_mb": peak_rss_mb()}
+
+
 async def cold_start(url: str, reps: int, quick: bool) -> dict[str, Any]:
     """A fresh interpreter: import power_loop and construct a loop (0.11 API only)."""
     code = (
@@ -409,6 +462,7 @@ SCENARIOS: dict[str, Callable[[str, int, bool], Awaitable[dict[str, Any]]]] = {
     "concurrency": concurrency,
     "concurrency_gc_frozen": concurrency_frozen,
     "history": history,
+    "history_compacted": history_compacted,
     "cold_start": cold_start,
 }
 LEGACY_SAFE = {"concurrency", "cold_start"}

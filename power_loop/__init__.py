@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from ._version import __version__
 from .cancellation import CancellationToken, StopSignal
-from .compaction import DefaultCompactor
+from .compaction import Compactor, DefaultCompactor
 from .config import DEFAULT_SYSTEM_PROMPT, AgentLoopConfig
 from .errors import (
     AgentSpecError,
@@ -185,6 +185,7 @@ __all__ = [
     "CompactionFailed",
     "ConfigurationError",
     "CorruptRecordError",
+    "Compactor",
     "DefaultCompactor",
     "FollowUpQueued",
     "FunctionTool",

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import time
 from collections.abc import Coroutine, Mapping, Sequence
 from typing import Any, TypeVar
 
@@ -326,10 +327,39 @@ class StatefulAgentLoop:
         """Async twin of :meth:`abort_pending`."""
         return await self.store.abort_pending(session_id, reason)
 
+    async def prune_compacted_async(
+        self, session_id: str | None = None, *, older_than_s: float | None = None, keep_last: int | None = None
+    ) -> int:
+        """Delete folded (compacted) message rows kept for audit; return how many were deleted.
+
+        Args:
+            session_id: One session, or None for every session.
+            older_than_s: Delete folded rows older than this many seconds.
+            keep_last: Keep only this many of the most recent folded rows per session.
+
+        The context the model sees (summary + later messages) is never affected.
+        """
+        if older_than_s is None and keep_last is None:
+            raise ValueError("give older_than_s and/or keep_last")
+        if keep_last is not None and keep_last < 0:
+            raise ValueError("keep_last must be >= 0")
+        cutoff = None if older_than_s is None else int((time.time() - older_than_s) * 1000)
+        return await self.store.prune_compacted(session_id, older_than_ms=cutoff, keep_last=keep_last)
+
+    def prune_compacted(
+        self, session_id: str | None = None, *, older_than_s: float | None = None, keep_last: int | None = None
+    ) -> int:
+        """Blocking :meth:`prune_compacted_async` (raises inside a running event loop)."""
+        return _run_sync(
+            self.prune_compacted_async(session_id, older_than_s=older_than_s, keep_last=keep_last), "prune_compacted"
+        )
+
     # ------------------------------------------------------------------ reading
 
     def get_messages(self, session_id: str, *, include_compacted: bool = False) -> list[dict[str, Any]]:
-        """The session's history as OpenAI-shaped dicts (folded rows with ``include_compacted``)."""
+        """The session's context as OpenAI-shaped dicts: the compaction summary (a system
+        message) and the messages after it; with ``include_compacted``, every stored message
+        including folded ones (the audit view)."""
         self._require(session_id)
         return _message_dicts(self.store.load_messages_sync(session_id, include_compacted=include_compacted))
 

@@ -18,13 +18,33 @@ from ..store.rows import StoredMessage
 class Transcript:
     """A session's loadable history: messages with their seqs, and the store version."""
 
-    __slots__ = ("messages", "seqs", "version")
+    __slots__ = ("_counted", "_tokens", "messages", "seqs", "version")
 
     def __init__(self, stored: Iterable[StoredMessage] = (), *, version: int = -1) -> None:
         self.messages: list[Message] = []
         self.seqs: list[int] = []
         self.version = version
+        self._counted = 0
+        self._tokens = 0
         self.extend(stored)
+
+    def token_estimate(self) -> int:
+        """Estimated tokens of all messages, counting only those added since the last call."""
+        from ..compaction import estimate_tokens
+
+        messages = self.messages
+        if self._counted > len(messages):
+            self._counted, self._tokens = 0, 0
+        for message in messages[self._counted :]:
+            self._tokens += estimate_tokens(message)
+        self._counted = len(messages)
+        return self._tokens
+
+    def replace(self, messages: list[Message], seqs: list[int]) -> None:
+        """Swap in a new history (after compaction)."""
+        self.messages[:] = messages
+        self.seqs[:] = seqs
+        self._counted, self._tokens = 0, 0
 
     def extend(self, stored: Iterable[StoredMessage]) -> None:
         """Append stored messages (in seq order)."""

@@ -685,7 +685,7 @@ class RunLoop:
         )
         from .compaction import maybe_compact
 
-        view = await maybe_compact(run, view)
+        view = await maybe_compact(self, view)
         response, duration = await self._call_for_round(view)
         run.rounds += 1
         await self._after_model(response, duration)
@@ -727,7 +727,12 @@ class RunLoop:
             max_tokens=max_tokens,
             temperature=temperature,
         )
-        return await self._model(request)
+        response, duration = await self._model(request)
+        if self.rt.compactor is not None and view is run.transcript.messages:
+            from .compaction import calibrate, request_estimate
+
+            calibrate(run, request_estimate(run, view), response.usage.prompt_tokens)
+        return response, duration
 
     async def _after_model(self, response: LLMResponse | None, duration_ms: int) -> None:
         run = self.run

@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
+from ..compaction import Compactor
 from ..config import AgentLoopConfig
 from ..errors import SessionBusyError
 from ..events import AgentEventBus
@@ -93,6 +94,7 @@ class Runtime:
         event_seqs: Last event seq published per session by this loop.
         compactor: The resolved compactor (None: compaction off).
         gate: Fair turns for CPU-heavy steps (see :mod:`power_loop.engine.fairness`).
+        token_ratio: Provider-reported prompt tokens per estimated token (calibration).
     """
 
     store: SQLiteSessionStore
@@ -105,5 +107,6 @@ class Runtime:
     locks: SessionLocks = field(default_factory=SessionLocks)
     owner: str = field(default_factory=lambda: f"pid{os.getpid()}-{secrets.token_hex(4)}")
     event_seqs: dict[str, int] = field(default_factory=dict)
-    compactor: object | None = None
+    compactor: Compactor | None = None
     gate: TickGate = field(default_factory=TickGate)
+    token_ratio: float = 1.0

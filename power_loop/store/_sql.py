@@ -34,6 +34,7 @@ from .rows import (
     Append,
     BeginOutcome,
     BeginRun,
+    Compact,
     DrainInbox,
     FinishRun,
     LeaseClaim,
@@ -232,13 +233,32 @@ def _touch(conn: sqlite3.Connection, session_id: str, *, bump: bool, event_seq: 
 # --------------------------------------------------------------------------- history
 
 
+def load_base(conn: sqlite3.Connection, session_id: str) -> tuple[str | None, int]:
+    """(summary, through_seq) of the session's latest compaction, or (None, 0)."""
+    row = conn.execute(
+        "SELECT summary, through_seq FROM compactions WHERE session_id = ? ORDER BY id DESC LIMIT 1", (session_id,)
+    ).fetchone()
+    return (str(row[0]), int(row[1])) if row else (None, 0)
+
+
 def load_history(conn: sqlite3.Connection, session_id: str, *, include_compacted: bool = False) -> list[StoredMessage]:
-    """The session's messages in seq order (without folded rows unless asked)."""
-    where = "" if include_compacted else " AND compacted = 0"
+    """The session's context (summary + later messages), or with ``include_compacted`` every
+    stored message including folded ones (the audit view, without summaries)."""
+    if include_compacted:
+        rows = conn.execute(
+            "SELECT seq, body, compacted FROM messages WHERE session_id = ? ORDER BY seq", (session_id,)
+        ).fetchall()
+        return [StoredMessage(seq, decode_message(session_id, seq, body), bool(c)) for seq, body, c in rows]
+    summary, through = load_base(conn, session_id)
     rows = conn.execute(
-        f"SELECT seq, body, compacted FROM messages WHERE session_id = ?{where} ORDER BY seq", (session_id,)
+        "SELECT seq, body FROM messages WHERE session_id = ? AND seq > ? ORDER BY seq", (session_id, through)
     ).fetchall()
-    return [StoredMessage(seq, decode_message(session_id, seq, body), bool(compacted)) for seq, body, compacted in rows]
+    stored = [StoredMessage(seq, decode_message(session_id, seq, body)) for seq, body in rows]
+    if summary is not None:
+        from ..compaction import summary_message
+
+        stored.insert(0, StoredMessage(through, summary_message(summary)))
+    return stored
 
 
 def load_transcript(conn: sqlite3.Connection, session_id: str) -> LoadedHistory:
@@ -248,8 +268,9 @@ def load_transcript(conn: sqlite3.Connection, session_id: str) -> LoadedHistory:
     single ``json.loads`` of a JSON array roughly halves it. A row that does not decode is
     found by decoding row by row, to name it in the error.
     """
+    summary, through = load_base(conn, session_id)
     rows = conn.execute(
-        "SELECT seq, body FROM messages WHERE session_id = ? AND compacted = 0 ORDER BY seq", (session_id,)
+        "SELECT seq, body FROM messages WHERE session_id = ? AND seq > ? ORDER BY seq", (session_id, through)
     ).fetchall()
     seqs = [r[0] for r in rows]
     bodies = [r[1] for r in rows]
@@ -260,6 +281,11 @@ def load_transcript(conn: sqlite3.Connection, session_id: str) -> LoadedHistory:
         messages = [decode_message(session_id, seq, body) for seq, body in rows]
     for message, body in zip(messages, bodies, strict=True):
         message.__dict__[MESSAGE_JSON_KEY] = body
+    if summary is not None:
+        from ..compaction import summary_message
+
+        seqs.insert(0, through)
+        messages.insert(0, summary_message(summary))
     return LoadedHistory(seqs=seqs, messages=messages)
 
 
@@ -608,6 +634,7 @@ def write(
     seqs: list[int] = []
     drained: list[StoredMessage] = []
     finished = False
+    compacted = False
     for op in ops:
         if isinstance(op, Append):
             seqs += [s.seq for s in append_messages(conn, session_id, op, now)]
@@ -617,6 +644,9 @@ def write(
             record_llm_call(conn, session_id, op, now)
         elif isinstance(op, DrainInbox):
             drained += drain_inbox(conn, session_id, op, now)
+        elif isinstance(op, Compact):
+            apply_compaction(conn, session_id, op, now)
+            compacted = True
         elif isinstance(op, AnswerPending):
             drained += answer_pending(conn, session_id, op.text, run_id=op.run_id, now=now)
         elif isinstance(op, OpenInteraction):
@@ -634,7 +664,7 @@ def write(
                 finished = True
         else:  # pragma: no cover - guarded by the WriteOp union
             raise TypeError(f"unknown write operation {op!r}")
-    bump = bool(seqs or drained)
+    bump = bool(seqs or drained or compacted)
     _touch(conn, session_id, bump=bump, event_seq=event_seq, now=now)
     return WriteOutcome(version=state.version + bump, seqs=tuple(seqs), drained=tuple(drained), finished=finished)
 
@@ -711,6 +741,66 @@ def list_stats(conn: sqlite3.Connection) -> list[SessionStatsRow]:
     # `activity` is a store-wide counter: ties of the millisecond clock cannot reorder sessions.
     rows = conn.execute(f"SELECT {_STATS_COLUMNS} FROM session_stats ORDER BY activity DESC").fetchall()
     return [SessionStatsRow(*r) for r in rows]
+
+
+def apply_compaction(conn: sqlite3.Connection, session_id: str, op: Compact, now: int) -> None:
+    """Record a new load base and mark the rows it folds (one transaction with the caller)."""
+    conn.execute(
+        "UPDATE messages SET compacted = 1 WHERE session_id = ? AND seq <= ? AND compacted = 0",
+        (session_id, op.through_seq),
+    )
+    conn.execute(
+        "INSERT INTO compactions (session_id, through_seq, summary, before_tokens, after_tokens, run_id, created_at) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?)",
+        (session_id, op.through_seq, op.summary, op.before_tokens, op.after_tokens, op.run_id, now),
+    )
+
+
+def prune_compacted(
+    conn: sqlite3.Connection, session_id: str | None, *, older_than_ms: int | None, keep_last: int | None
+) -> int:
+    """Delete folded message rows (all sessions when ``session_id`` is None) created before
+    ``older_than_ms`` and/or beyond the ``keep_last`` most recent folded rows of each session;
+    older summaries than each session's latest go too. Returns the number of messages deleted."""
+    sessions = (
+        [session_id]
+        if session_id is not None
+        else [r[0] for r in conn.execute("SELECT DISTINCT session_id FROM messages WHERE compacted = 1")]
+    )
+    deleted = 0
+    for sid in sessions:
+        limits = []
+        params: list[Any] = [sid]
+        if older_than_ms is not None:
+            limits.append("created_at < ?")
+            params.append(older_than_ms)
+        if keep_last is not None:
+            cutoff = conn.execute(
+                "SELECT seq FROM messages WHERE session_id = ? AND compacted = 1 ORDER BY seq DESC LIMIT 1 OFFSET ?",
+                (sid, keep_last),
+            ).fetchone()
+            if cutoff is None and older_than_ms is None:
+                continue
+            if cutoff is not None:
+                limits.append("seq <= ?")
+                params.append(int(cutoff[0]))
+        if not limits:
+            continue
+        where = " OR ".join(limits) if older_than_ms is not None and keep_last is not None else limits[0]
+        cursor = conn.execute(f"DELETE FROM messages WHERE session_id = ? AND compacted = 1 AND ({where})", params)
+        deleted += cursor.rowcount
+        conn.execute(
+            "DELETE FROM tool_calls WHERE session_id = ? AND result_seq IS NOT NULL AND NOT EXISTS "
+            "(SELECT 1 FROM messages m WHERE m.session_id = tool_calls.session_id "
+            "AND m.seq = tool_calls.assistant_seq)",
+            (sid,),
+        )
+        conn.execute(
+            "DELETE FROM compactions WHERE session_id = ? "
+            "AND id < (SELECT MAX(id) FROM compactions WHERE session_id = ?)",
+            (sid, sid),
+        )
+    return deleted
 
 
 def answer_pending(

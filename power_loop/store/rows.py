@@ -18,6 +18,7 @@ __all__ = [
     "Append",
     "BeginOutcome",
     "BeginRun",
+    "Compact",
     "DrainInbox",
     "FinishRun",
     "LeaseClaim",
@@ -241,6 +242,25 @@ class FinishRun:
 
 
 @dataclass(frozen=True)
+class Compact:
+    """Fold every message up to ``through_seq`` into ``summary``: the new load base.
+
+    Attributes:
+        through_seq: Last folded seq.
+        summary: The summary text (it replaces the previous summary, which it includes).
+        before_tokens: Estimated context tokens before.
+        after_tokens: Estimated context tokens after.
+        run_id: The run that compacted.
+    """
+
+    through_seq: int
+    summary: str
+    before_tokens: int = 0
+    after_tokens: int = 0
+    run_id: str | None = None
+
+
+@dataclass(frozen=True)
 class AnswerPending:
     """Answer every unresolved tool call (stored results where a call finished, ``text``
     otherwise): a failing run leaves no call unanswered."""
@@ -256,7 +276,7 @@ class OpenInteraction:
     body: Mapping[str, Any]
 
 
-WriteOp = Union[Append, UpdateToolCall, RecordLLMCall, DrainInbox, FinishRun, OpenInteraction, AnswerPending]
+WriteOp = Union[Append, UpdateToolCall, RecordLLMCall, DrainInbox, FinishRun, OpenInteraction, AnswerPending, Compact]
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,9 @@ Tables (all times are epoch milliseconds):
     Durable follow-ups (and timer wake-ups) waiting for the next round boundary.
 ``interactions``
     Open ``request_user_input`` questions, answered by ``submit_input``.
+``compactions`` (version 2)
+    Summaries of folded history. The latest one is the session's load base: loading reads it
+    and the messages after its ``through_seq``, never the whole history.
 """
 
 from __future__ import annotations
@@ -176,7 +179,27 @@ def _v1(conn: sqlite3.Connection) -> None:
     )
 
 
-MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_v1,)
+def _v2(conn: sqlite3.Connection) -> None:
+    _run_script(
+        conn,
+        """
+        CREATE TABLE compactions (
+            id            INTEGER PRIMARY KEY,
+            session_id    TEXT NOT NULL REFERENCES sessions(session_id) ON DELETE CASCADE,
+            through_seq   INTEGER NOT NULL,
+            summary       TEXT NOT NULL,
+            before_tokens INTEGER NOT NULL DEFAULT 0,
+            after_tokens  INTEGER NOT NULL DEFAULT 0,
+            run_id        TEXT,
+            created_at    INTEGER NOT NULL
+        );
+        CREATE INDEX compactions_latest ON compactions(session_id, id);
+        CREATE INDEX messages_folded ON messages(session_id, compacted, created_at) WHERE compacted = 1;
+        """,
+    )
+
+
+MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_v1, _v2)
 LATEST_VERSION = len(MIGRATIONS)
 
 

@@ -263,6 +263,14 @@ class SQLiteSessionStore:
             lambda c: _sql.load_history(c, session_id, include_compacted=include_compacted), tx=False
         )
 
+    async def prune_compacted(
+        self, session_id: str | None = None, *, older_than_ms: int | None = None, keep_last: int | None = None
+    ) -> int:
+        """Delete folded (compacted) message rows; see :meth:`StatefulAgentLoop.prune_compacted`."""
+        return await self._call(
+            lambda c: _sql.prune_compacted(c, session_id, older_than_ms=older_than_ms, keep_last=keep_last)
+        )
+
     async def get_pending(self, session_id: str) -> PendingState | None:
         """Unanswered tool calls, or None."""
         return await self._call(lambda c: _sql.pending_state(c, session_id), tx=False)
