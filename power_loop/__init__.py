@@ -127,9 +127,10 @@ from .providers.factory import (
 from .providers.offline import OfflineLLM
 from .providers.retry import LLMRetryPolicy, complete_with_retry
 from .results import AgentLoopResult, FollowUpQueued, StatefulResult
-from .store.rows import SessionRow, SessionStatsRow
+from .store.rows import SessionRow, SessionStatsRow, TimerRow
 from .store.sqlite import DEFAULT_DB_PATH, SessionStore, SQLiteSessionStore
 from .subagents import MAX_SPAWN_DEPTH, SubagentLifecycle
+from .timers import TimerRunner, TimerToolLimits, register_timer_tools, timer_tools, wake_up_message
 from .tools.context import ToolContext, current_tool_context
 from .tools.definition import FunctionTool, ToolDefinition, tool
 from .tools.registry import AsyncToolInSyncContext, RegisteredTool, ToolRegistry
@@ -266,6 +267,9 @@ __all__ = [
     "TextPart",
     "TimerFireCtx",
     "TimerFiredPayload",
+    "TimerRow",
+    "TimerRunner",
+    "TimerToolLimits",
     "TodoUpdatedPayload",
     "ToolAfterCtx",
     "ToolBeforeCtx",
@@ -294,6 +298,9 @@ __all__ = [
     "current_tool_context",
     "message_from_dict",
     "message_to_dict",
+    "register_timer_tools",
     "request_user_input",
+    "timer_tools",
     "tool",
+    "wake_up_message",
 ]

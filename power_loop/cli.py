@@ -4,6 +4,9 @@
     A multi-turn session with a tool call on a SQLite file, printing the transcript, usage and
     the file's path. Uses the provider configured by ``POWER_LOOP_*`` (or ``.env``); without
     one, the built-in offline model (it says so).
+``power-loop worker APP``
+    Deliver timers until SIGTERM / SIGINT. ``APP`` is ``module:attribute`` naming a
+    ``StatefulAgentLoop`` or a factory returning one (see ``power_loop.timers.worker``).
 ``power-loop version``
     Print the version.
 """
@@ -133,12 +136,45 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="run a multi-turn demo session (offline without configuration)")
     demo.add_argument("--db", default="./power_loop_demo.db", help="SQLite file (default: ./power_loop_demo.db)")
+    worker = sub.add_parser("worker", help="deliver timers until SIGTERM (APP is module:attribute)")
+    worker.add_argument("app", metavar="APP", help="module:attribute naming a StatefulAgentLoop or a factory")
+    worker.add_argument("--scan-interval", type=float, default=2.0, help="seconds between scans (default 2)")
+    worker.add_argument(
+        "--stale-firing", type=float, default=120.0, help="claim lease in seconds: a dead worker's timers are "
+        "retaken this long after its last renewal (default 120)"
+    )
+    worker.add_argument("--concurrency", type=int, default=16, help="timers delivered at once (default 16)")
+    worker.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
     sub.add_parser("version", help="print the version")
     args = parser.parse_args(argv)
     if args.command == "version":
         print(__version__)
         return 0
+    if args.command == "worker":
+        return _worker(args)
     return asyncio.run(run_demo(args.db))
+
+
+def _worker(args: argparse.Namespace) -> int:
+    import logging
+
+    from .errors import ConfigurationError
+    from .timers.worker import run_worker
+
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        asyncio.run(
+            run_worker(
+                args.app,
+                scan_interval_s=args.scan_interval,
+                stale_firing_s=args.stale_firing,
+                concurrency=args.concurrency,
+            )
+        )
+    except (ConfigurationError, ValueError) as exc:
+        print(f"power-loop worker: {exc}", file=sys.stderr)
+        return 2
+    return 0
 
 
 if __name__ == "__main__":

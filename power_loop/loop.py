@@ -14,6 +14,7 @@ code on the event loop's hot path.
 from __future__ import annotations
 
 import asyncio
+import math
 import secrets
 import time
 from collections.abc import Coroutine, Mapping, Sequence
@@ -26,12 +27,12 @@ from .engine.prepare import normalize_input, resolve_system_prompt
 from .engine.run import RunRequest, execute_run
 from .engine.runtime import Runtime
 from .errors import SessionNotFoundError
-from .events import AgentEventBus
+from .events import AgentEvent, AgentEventBus, AgentEventType, BaseEventPayload
 from .hooks import AgentHooks
 from .messages import message_to_dict
 from .providers.base import LLMService
 from .results import FollowUpQueued, StatefulResult
-from .store.rows import PendingState, SessionStatsRow, StoredMessage
+from .store.rows import PendingState, SessionStatsRow, StoredMessage, TimerRow
 from .store.sqlite import DEFAULT_DB_PATH, SQLiteSessionStore
 from .tools.registry import ToolRegistry
 
@@ -120,6 +121,7 @@ class StatefulAgentLoop:
         from .compaction import resolve_compactor
 
         self._rt.compactor = resolve_compactor(self.config.compactor)
+        self._rt.facade = self
 
     def __repr__(self) -> str:
         return f"StatefulAgentLoop(llm={self.llm!r}, store={self.store!r})"
@@ -397,9 +399,144 @@ class StatefulAgentLoop:
         """Async twin of :meth:`list_session_stats`."""
         return await self.store.list_stats()
 
+    # ------------------------------------------------------------------ timers
+
+    def schedule_timer(
+        self,
+        session_id: str,
+        *,
+        delay_s: float | None = None,
+        due_at_ms: int | None = None,
+        note: str,
+        every_s: float | None = None,
+        count: int | None = None,
+        until_ms: int | None = None,
+    ) -> TimerRow:
+        """Arm a durable timer that wakes the session (a ``TimerRunner`` delivers it).
+
+        When it fires, the session receives ``<timer id=N>…your note…</timer>`` as a message:
+        an idle session is run at once, a busy one reads it at its next round boundary.
+
+        Args:
+            session_id: The session to wake.
+            delay_s: Seconds from now (exactly one of ``delay_s`` / ``due_at_ms``).
+            due_at_ms: Absolute due time, epoch milliseconds.
+            note: Why the session should wake up (shown to the model); required.
+            every_s: Make it recurring: re-arm this many seconds after each firing.
+            count: With ``every_s``: total number of firings.
+            until_ms: With ``every_s``: no firing after this epoch-ms time.
+
+        Raises:
+            ValueError: Both or neither of ``delay_s`` / ``due_at_ms``, an empty note, or a bad
+                recurrence.
+            SessionNotFoundError: Unknown session.
+        """
+        args = _timer_args(delay_s, due_at_ms, note, every_s, count, until_ms)
+        row = self.store.schedule_timer_sync(session_id, **args)
+        self._kick_timers()
+        return row
+
+    async def schedule_timer_async(
+        self,
+        session_id: str,
+        *,
+        delay_s: float | None = None,
+        due_at_ms: int | None = None,
+        note: str,
+        every_s: float | None = None,
+        count: int | None = None,
+        until_ms: int | None = None,
+    ) -> TimerRow:
+        """Async twin of :meth:`schedule_timer`."""
+        args = _timer_args(delay_s, due_at_ms, note, every_s, count, until_ms)
+        row = await self.store.schedule_timer(session_id, **args)
+        self._kick_timers()
+        return row
+
+    def cancel_timer(self, session_id: str, timer_id: int) -> bool:
+        """Cancel an armed timer (a recurring one: the whole series); False when it is unknown,
+        already fired or already cancelled. Raises ``SessionNotFoundError`` for an unknown
+        session."""
+        return self.store.cancel_timer_sync(session_id, int(timer_id))
+
+    async def cancel_timer_async(self, session_id: str, timer_id: int) -> bool:
+        """Async twin of :meth:`cancel_timer`."""
+        return await self.store.cancel_timer(session_id, int(timer_id))
+
+    def list_timers(self, session_id: str) -> list[TimerRow]:
+        """The session's armed (and in-flight) timers, soonest first. Raises
+        ``SessionNotFoundError`` for an unknown session."""
+        return self.store.list_timers_sync(session_id)
+
+    async def list_timers_async(self, session_id: str) -> list[TimerRow]:
+        """Async twin of :meth:`list_timers`."""
+        return await self.store.list_timers(session_id)
+
+    def _kick_timers(self) -> None:
+        kick = self._rt.timer_kick
+        if kick is not None:
+            try:
+                kick()
+            except RuntimeError:  # the runner's event loop is closed
+                self._rt.timer_kick = None
+
+    async def _wake(self, session_id: str) -> StatefulResult:
+        """Run the session so it reads its inbox (a delivered timer). Raises
+        ``SessionBusyError`` at once when another process's run holds it (that run drains the
+        inbox) and ``SessionPendingError`` when it has unanswered calls."""
+        return await execute_run(self._rt, RunRequest(session_id=session_id, kind="wake", wait_foreign=False))
+
+    async def _emit_session_event(
+        self, session_id: str, event_type: AgentEventType, data: BaseEventPayload, *, source: str
+    ) -> None:
+        """Publish an event of a session from outside a run (timer deliveries)."""
+        if not self._bus.wants(event_type):
+            return
+        seq = self._rt.event_seqs.get(session_id, 0) + 1
+        self._rt.event_seqs[session_id] = seq
+        await self._bus.publish_async(
+            AgentEvent(event_type, data=data, session_id=session_id, source=source, seq=seq)
+        )
+
     def _require(self, session_id: str) -> None:
         if self.store.get_session(session_id) is None:
             raise SessionNotFoundError(session_id)
+
+
+def _timer_args(
+    delay_s: float | None,
+    due_at_ms: int | None,
+    note: str,
+    every_s: float | None,
+    count: int | None,
+    until_ms: int | None,
+) -> dict[str, Any]:
+    if (delay_s is None) == (due_at_ms is None):
+        raise ValueError("provide exactly one of delay_s / due_at_ms")
+    if not isinstance(note, str) or not note.strip():
+        raise ValueError("note is required — the agent needs to know why it woke up")
+    if delay_s is not None:
+        if isinstance(delay_s, bool) or not isinstance(delay_s, (int, float)) or not math.isfinite(delay_s) \
+                or delay_s < 0:
+            raise ValueError(f"delay_s must be a finite number of seconds >= 0, not {delay_s!r}")
+        due_at = int(time.time() * 1000 + delay_s * 1000)
+    else:
+        if isinstance(due_at_ms, bool) or not isinstance(due_at_ms, int) or due_at_ms < 0:
+            raise ValueError(f"due_at_ms must be epoch milliseconds (an int >= 0), not {due_at_ms!r}")
+        due_at = due_at_ms
+    every_ms = None
+    if every_s is not None:
+        if isinstance(every_s, bool) or not isinstance(every_s, (int, float)) or not math.isfinite(every_s) \
+                or every_s <= 0:
+            raise ValueError(f"every_s must be a positive number of seconds, not {every_s!r}")
+        every_ms = max(1, int(every_s * 1000))
+    elif count is not None or until_ms is not None:
+        raise ValueError("count and until_ms apply to recurring timers: pass every_s as well")
+    if count is not None and (isinstance(count, bool) or not isinstance(count, int) or count < 1):
+        raise ValueError(f"count must be an int >= 1, not {count!r}")
+    if until_ms is not None and (isinstance(until_ms, bool) or not isinstance(until_ms, int) or until_ms < due_at):
+        raise ValueError("until_ms must be epoch milliseconds no earlier than the first due time")
+    return {"due_at": due_at, "note": note, "every_ms": every_ms, "count": count, "until_at": until_ms}
 
 
 def _check_session_id(session_id: str) -> str:

@@ -125,6 +125,8 @@ class RunRequest:
         system_prompt: Per-call system prompt.
         heal_pending: Abort unanswered calls before sending.
         answers: ``submit_input`` answers: tool_call_id → result text.
+        wait_foreign: Wait while another process's run holds the session (``wake`` does not:
+            that run drains the inbox itself).
     """
 
     session_id: str
@@ -135,6 +137,7 @@ class RunRequest:
     system_prompt: str | None = None
     heal_pending: bool = False
     answers: dict[str, str] = field(default_factory=dict)
+    wait_foreign: bool = True
 
 
 class Run:
@@ -333,7 +336,7 @@ async def _begin(
                     for c in outcome.pending.calls
                 ],
             )
-        if loop.time() + delay > deadline:
+        if not req.wait_foreign or loop.time() + delay > deadline:
             raise SessionBusyError(
                 f"session {req.session_id!r} is held by another process's run ({outcome.lease_owner}) and "
                 f"stayed busy for {rt.config.session_wait_s:.1f}s (AgentLoopConfig.session_wait_s); retry "
@@ -401,6 +404,10 @@ class RunLoop:
         run = self.run
         run.writer.start_renewal()
         try:
+            if run.req.kind == "wake" and not self.begin.appended:
+                # Another run already took the wake-up from the inbox: nothing to do.
+                await run.writer.write([run.finish_op("completed")])
+                raise _Ended(run.result("completed", ""))
             await self._session_start()
             if self.begin.pending is not None:
                 await self._resume_pending(self.begin.pending.calls)

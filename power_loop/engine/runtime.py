@@ -7,9 +7,10 @@ import os
 import secrets
 import time
 import weakref
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 from ..compaction import Compactor
 from ..config import AgentLoopConfig
@@ -95,6 +96,8 @@ class Runtime:
         compactor: The resolved compactor (None: compaction off).
         gate: Fair turns for CPU-heavy steps (see :mod:`power_loop.engine.fairness`).
         token_ratio: Provider-reported prompt tokens per estimated token (calibration).
+        facade: The ``StatefulAgentLoop`` owning this runtime (handed to tools in their context).
+        timer_kick: Wakes this process's ``TimerRunner`` when a timer is scheduled (thread-safe).
     """
 
     store: SQLiteSessionStore
@@ -110,3 +113,5 @@ class Runtime:
     compactor: Compactor | None = None
     gate: TickGate = field(default_factory=TickGate)
     token_ratio: float = 1.0
+    facade: Any = None
+    timer_kick: Callable[[], None] | None = None

@@ -225,6 +225,7 @@ async def _call_with_context(run: Run, call: ToolCall, tool: RegisteredTool, arg
         tool_name=tool.name,
         run_id=run.run_id,
         round_index=run.round_index,
+        loop=run.rt.facade,
     )
     token = _set_context(context)
     try:

@@ -31,6 +31,7 @@ __all__ = [
     "SessionRow",
     "SessionStatsRow",
     "StoredMessage",
+    "TimerRow",
     "ToolStatus",
     "UpdateToolCall",
     "WriteOp",
@@ -85,6 +86,39 @@ class SessionStatsRow:
     updated_at: int = 0
     cache_read_tokens: int = 0
     reasoning_tokens: int = 0
+
+
+@dataclass(frozen=True)
+class TimerRow:
+    """A durable timer. Times are epoch ms.
+
+    Attributes:
+        session_id: The session it wakes.
+        timer_id: Its id within the session (from 1).
+        due_at: When it is (next) due.
+        note: What the agent wrote to its future self.
+        status: ``armed``, ``claimed`` (being delivered), ``fired`` or ``cancelled``.
+        every_s: Period of a recurring timer (fixed delay after each firing), else None.
+        remaining: Firings left of a counted series (None: unlimited or one-shot).
+        until_at: Last time a recurring timer may fire.
+        fire_count: How many times it fired.
+        last_outcome: Outcome of its last firing (``delivered``, ``queued``, ``skipped``, ...).
+        created_at: When it was scheduled.
+        fired_at: When it last fired.
+    """
+
+    session_id: str
+    timer_id: int
+    due_at: int
+    note: str
+    status: str
+    every_s: float | None = None
+    remaining: int | None = None
+    until_at: int | None = None
+    fire_count: int = 0
+    last_outcome: str | None = None
+    created_at: int = 0
+    fired_at: int | None = None
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,9 @@ Tables (all times are epoch milliseconds):
     Durable follow-ups (and timer wake-ups) waiting for the next round boundary.
 ``interactions``
     Open ``request_user_input`` questions, answered by ``submit_input``.
+``timers`` (version 3)
+    Durable wake-ups: ``armed`` → ``claimed`` (owner + lease) → ``fired`` or ``cancelled``;
+    recurring timers go back to ``armed`` with their next due time.
 ``compactions`` (version 2)
     Summaries of folded history. The latest one is the session's load base: loading reads it
     and the messages after its ``through_seq``, never the whole history.
@@ -199,7 +202,35 @@ def _v2(conn: sqlite3.Connection) -> None:
     )
 
 
-MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_v1, _v2)
+def _v3(conn: sqlite3.Connection) -> None:
+    _run_script(
+        conn,
+        """
+        CREATE TABLE timers (
+            session_id       TEXT NOT NULL REFERENCES sessions(session_id) ON DELETE CASCADE,
+            timer_id         INTEGER NOT NULL,
+            due_at           INTEGER NOT NULL,
+            note             TEXT NOT NULL,
+            status           TEXT NOT NULL DEFAULT 'armed',
+            owner            TEXT,
+            lease_expires_at INTEGER NOT NULL DEFAULT 0,
+            every_ms         INTEGER,
+            remaining        INTEGER,
+            until_at         INTEGER,
+            fire_count       INTEGER NOT NULL DEFAULT 0,
+            last_outcome     TEXT,
+            created_at       INTEGER NOT NULL,
+            updated_at       INTEGER NOT NULL,
+            fired_at         INTEGER,
+            PRIMARY KEY (session_id, timer_id)
+        );
+        CREATE INDEX timers_due ON timers(status, due_at);
+        CREATE INDEX timers_claims ON timers(owner) WHERE status = 'claimed';
+        """,
+    )
+
+
+MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_v1, _v2, _v3)
 LATEST_VERSION = len(MIGRATIONS)
 
 

@@ -28,6 +28,7 @@ import aiosqlite
 
 from ..errors import StoreError
 from . import _sql
+from . import _timers_sql as _timers
 from .rows import (
     BeginOutcome,
     BeginRun,
@@ -36,6 +37,7 @@ from .rows import (
     SessionRow,
     SessionStatsRow,
     StoredMessage,
+    TimerRow,
     WriteOp,
     WriteOutcome,
 )
@@ -342,6 +344,68 @@ class SQLiteSessionStore:
     async def inbox_depth(self, session_id: str) -> int:
         """Items waiting in a session's inbox."""
         return await self._call(lambda c: _sql.inbox_depth(c, session_id), tx=False)
+
+    # ------------------------------------------------------------------ timers
+
+    async def schedule_timer(
+        self, session_id: str, *, due_at: int, note: str, every_ms: int | None = None, count: int | None = None,
+        until_at: int | None = None, max_live: int | None = None,
+    ) -> TimerRow:
+        """Arm a timer (see ``StatefulAgentLoop.schedule_timer``)."""
+        return await self._call(lambda c: _timers.schedule_timer(
+            c, session_id, due_at=due_at, note=note, every_ms=every_ms, count=count, until_at=until_at,
+            max_live=max_live))
+
+    def schedule_timer_sync(
+        self, session_id: str, *, due_at: int, note: str, every_ms: int | None = None, count: int | None = None,
+        until_at: int | None = None,
+    ) -> TimerRow:
+        """Blocking twin of :meth:`schedule_timer`."""
+        return self._call_sync(lambda c: _timers.schedule_timer(
+            c, session_id, due_at=due_at, note=note, every_ms=every_ms, count=count, until_at=until_at))
+
+    async def cancel_timer(self, session_id: str, timer_id: int) -> bool:
+        """Cancel an armed or in-flight timer."""
+        return await self._call(lambda c: _timers.cancel_timer(c, session_id, timer_id))
+
+    def cancel_timer_sync(self, session_id: str, timer_id: int) -> bool:
+        """Blocking twin of :meth:`cancel_timer`."""
+        return self._call_sync(lambda c: _timers.cancel_timer(c, session_id, timer_id))
+
+    async def list_timers(self, session_id: str) -> list[TimerRow]:
+        """Armed and in-flight timers of a session, soonest first."""
+        return await self._call(lambda c: _timers.list_timers(c, session_id), tx=False)
+
+    def list_timers_sync(self, session_id: str) -> list[TimerRow]:
+        """Blocking twin of :meth:`list_timers`."""
+        return self._call_sync(lambda c: _timers.list_timers(c, session_id), tx=False)
+
+    async def claim_due_timers(self, owner: str, *, lease_ms: int, limit: int) -> list[_timers.ClaimedTimer]:
+        """Claim due timers (and stale claims) for ``owner``."""
+        return await self._call(lambda c: _timers.claim_due(c, owner, lease_ms=lease_ms, limit=limit))
+
+    async def renew_timer_claims(self, owner: str, *, lease_ms: int) -> int:
+        """Extend ``owner``'s claims."""
+        return await self._call(lambda c: _timers.renew_claims(c, owner, lease_ms=lease_ms))
+
+    async def release_timer_claims(self, owner: str) -> int:
+        """Give back ``owner``'s claims."""
+        return await self._call(lambda c: _timers.release_claims(c, owner))
+
+    async def deliver_timer(
+        self, timer: _timers.ClaimedTimer, owner: str, *, action: str, message: str, postpone_ms: int = 0
+    ) -> str | None:
+        """Apply a claimed timer's outcome in one transaction (None: the claim was lost)."""
+        return await self._call(lambda c: _timers.deliver(c, timer, owner, action=action, message=message,
+                                                          postpone_ms=postpone_ms))
+
+    async def next_timer_due_at(self) -> int | None:
+        """Earliest due time of an armed timer."""
+        return await self._call(_timers.next_due_at, tx=False)
+
+    async def orphan_inboxes(self, *, limit: int = 100) -> list[str]:
+        """Sessions whose inbox waits with no run to drain it."""
+        return await self._call(lambda c: _timers.orphan_inboxes(c, limit=limit), tx=False)
 
     # ------------------------------------------------------------------ stats
 

@@ -9,7 +9,8 @@ in worker threads alike.
 from __future__ import annotations
 
 from contextvars import ContextVar
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 __all__ = ["ToolContext", "current_tool_context"]
 
@@ -24,6 +25,8 @@ class ToolContext:
         tool_name: The tool's name.
         run_id: The run (one ``send``) that made the call.
         round_index: The round of the run, from 0.
+        loop: The ``StatefulAgentLoop`` running the call (None when a registry is invoked
+            directly), e.g. for a tool that schedules a timer or queues a follow-up.
     """
 
     session_id: str
@@ -31,6 +34,7 @@ class ToolContext:
     tool_name: str
     run_id: str = ""
     round_index: int = 0
+    loop: Any = field(default=None, repr=False, compare=False)
 
     @property
     def idempotency_key(self) -> str:

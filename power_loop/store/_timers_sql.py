@@ -1,0 +1,265 @@
+"""The SQL of durable timers (plain functions over a ``sqlite3.Connection``, run inside a
+transaction by the caller, like :mod:`power_loop.store._sql`).
+
+Exactly-once delivery rests on one rule: a timer's wake-up message enters the session's
+inbox in the same transaction that marks the timer fired (or re-arms the next occurrence),
+and that transaction only proceeds while the deliverer still holds the timer's claim.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from dataclasses import dataclass
+from typing import Any
+
+from ._sql import _version, lease_is_live, now_ms, pending_state
+from .rows import TimerRow
+
+__all__ = [
+    "ClaimedTimer",
+    "cancel_timer",
+    "claim_due",
+    "deliver",
+    "list_timers",
+    "next_due_at",
+    "orphan_inboxes",
+    "release_claims",
+    "renew_claims",
+    "schedule_timer",
+]
+
+_COLUMNS = (
+    "session_id, timer_id, due_at, note, status, every_ms, remaining, until_at, fire_count, last_outcome, "
+    "created_at, fired_at"
+)
+
+
+def _row(r: Any) -> TimerRow:
+    return TimerRow(
+        session_id=r[0],
+        timer_id=int(r[1]),
+        due_at=int(r[2]),
+        note=r[3],
+        status=r[4],
+        every_s=None if r[5] is None else r[5] / 1000,
+        remaining=r[6],
+        until_at=r[7],
+        fire_count=int(r[8]),
+        last_outcome=r[9],
+        created_at=int(r[10]),
+        fired_at=r[11],
+    )
+
+
+def schedule_timer(
+    conn: sqlite3.Connection,
+    session_id: str,
+    *,
+    due_at: int,
+    note: str,
+    every_ms: int | None,
+    count: int | None,
+    until_at: int | None,
+    max_live: int | None = None,
+) -> TimerRow:
+    """Arm a timer (ids count from 1 per session).
+
+    Raises:
+        SessionNotFoundError: Unknown session.
+        OverflowError: ``max_live`` armed timers exist already (the message says how many).
+    """
+    _version(conn, session_id)
+    if max_live is not None:
+        live = conn.execute(
+            "SELECT COUNT(*) FROM timers WHERE session_id = ? AND status IN ('armed', 'claimed')", (session_id,)
+        ).fetchone()[0]
+        if live >= max_live:
+            raise OverflowError(str(live))
+    next_id = conn.execute("SELECT COALESCE(MAX(timer_id), 0) + 1 FROM timers WHERE session_id = ?", (session_id,))
+    timer_id = int(next_id.fetchone()[0])
+    now = now_ms()
+    conn.execute(
+        "INSERT INTO timers (session_id, timer_id, due_at, note, every_ms, remaining, until_at, created_at, "
+        "updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (session_id, timer_id, due_at, note, every_ms, count, until_at, now, now),
+    )
+    return get_timer(conn, session_id, timer_id)
+
+
+def get_timer(conn: sqlite3.Connection, session_id: str, timer_id: int) -> TimerRow:
+    """One timer."""
+    row = conn.execute(
+        f"SELECT {_COLUMNS} FROM timers WHERE session_id = ? AND timer_id = ?", (session_id, timer_id)
+    ).fetchone()
+    if row is None:
+        raise KeyError(timer_id)
+    return _row(row)
+
+
+def cancel_timer(conn: sqlite3.Connection, session_id: str, timer_id: int) -> bool:
+    """Cancel an armed or in-flight timer; False when it is unknown, fired or cancelled.
+
+    Raises:
+        SessionNotFoundError: Unknown session.
+    """
+    _version(conn, session_id)
+    cursor = conn.execute(
+        "UPDATE timers SET status = 'cancelled', owner = NULL, updated_at = ?, last_outcome = 'cancelled' "
+        "WHERE session_id = ? AND timer_id = ? AND status IN ('armed', 'claimed')",
+        (now_ms(), session_id, timer_id),
+    )
+    return cursor.rowcount == 1
+
+
+def list_timers(conn: sqlite3.Connection, session_id: str) -> list[TimerRow]:
+    """Armed and in-flight timers of a session, soonest first.
+
+    Raises:
+        SessionNotFoundError: Unknown session.
+    """
+    _version(conn, session_id)
+    rows = conn.execute(
+        f"SELECT {_COLUMNS} FROM timers WHERE session_id = ? AND status IN ('armed', 'claimed') "
+        "ORDER BY due_at, timer_id",
+        (session_id,),
+    ).fetchall()
+    return [_row(r) for r in rows]
+
+
+@dataclass(frozen=True)
+class ClaimedTimer:
+    """A due timer claimed by a runner."""
+
+    session_id: str
+    timer_id: int
+    due_at: int
+    note: str
+    every_ms: int | None
+    remaining: int | None
+    until_at: int | None
+
+
+def claim_due(conn: sqlite3.Connection, owner: str, *, lease_ms: int, limit: int) -> list[ClaimedTimer]:
+    """Claim up to ``limit`` due timers: armed ones, and claims whose lease expired (their
+    runner died). The caller's transaction holds the write lock, so no two runners claim the
+    same timer."""
+    now = now_ms()
+    columns = "session_id, timer_id, due_at, note, every_ms, remaining, until_at"
+    rows = conn.execute(
+        f"SELECT {columns} FROM timers WHERE status = 'claimed' AND lease_expires_at < ? "
+        f"UNION ALL SELECT * FROM (SELECT {columns} FROM timers WHERE status = 'armed' AND due_at <= ? "
+        "ORDER BY due_at LIMIT ?)",
+        (now, now, limit),
+    ).fetchall()[:limit]
+    claimed = [ClaimedTimer(*r) for r in rows]
+    conn.executemany(
+        "UPDATE timers SET status = 'claimed', owner = ?, lease_expires_at = ?, updated_at = ? "
+        "WHERE session_id = ? AND timer_id = ?",
+        [(owner, now + lease_ms, now, t.session_id, t.timer_id) for t in claimed],
+    )
+    return claimed
+
+
+def renew_claims(conn: sqlite3.Connection, owner: str, *, lease_ms: int) -> int:
+    """Extend every claim held by ``owner``."""
+    now = now_ms()
+    cursor = conn.execute(
+        "UPDATE timers SET lease_expires_at = ? WHERE owner = ? AND status = 'claimed'", (now + lease_ms, owner)
+    )
+    return cursor.rowcount
+
+
+def release_claims(conn: sqlite3.Connection, owner: str) -> int:
+    """Give back every claim held by ``owner`` (a runner stopping cleanly)."""
+    cursor = conn.execute(
+        "UPDATE timers SET status = 'armed', owner = NULL, lease_expires_at = 0 WHERE owner = ? AND status = 'claimed'",
+        (owner,),
+    )
+    return cursor.rowcount
+
+
+def next_due_at(conn: sqlite3.Connection) -> int | None:
+    """The earliest due time of an armed timer, or None."""
+    row = conn.execute("SELECT MIN(due_at) FROM timers WHERE status = 'armed'").fetchone()
+    return None if row[0] is None else int(row[0])
+
+
+def deliver(
+    conn: sqlite3.Connection,
+    timer: ClaimedTimer,
+    owner: str,
+    *,
+    action: str,
+    message: str,
+    postpone_ms: int,
+) -> str | None:
+    """Apply a claimed timer's outcome in one transaction; return the outcome, or None when
+    the claim was lost (cancelled meanwhile, or taken over after the lease expired).
+
+    ``action`` is ``deliver`` (into the session's inbox), ``skip``, ``cancel`` or ``postpone``.
+    Outcomes: ``delivered`` (the session is idle: the caller should wake it), ``queued`` (a
+    run holds the session, or it has unanswered tool calls: the inbox waits for the next run),
+    ``skipped``, ``cancelled``, ``postponed``.
+    """
+    row = conn.execute(
+        "SELECT status, owner FROM timers WHERE session_id = ? AND timer_id = ?", (timer.session_id, timer.timer_id)
+    ).fetchone()
+    if row is None or row[0] != "claimed" or row[1] != owner:
+        return None
+    now = now_ms()
+    if action == "postpone":
+        conn.execute(
+            "UPDATE timers SET status = 'armed', owner = NULL, due_at = ?, updated_at = ?, last_outcome = 'postponed' "
+            "WHERE session_id = ? AND timer_id = ?",
+            (now + postpone_ms, now, timer.session_id, timer.timer_id),
+        )
+        return "postponed"
+    if action == "cancel":
+        conn.execute(
+            "UPDATE timers SET status = 'cancelled', owner = NULL, updated_at = ?, last_outcome = 'cancelled' "
+            "WHERE session_id = ? AND timer_id = ?",
+            (now, timer.session_id, timer.timer_id),
+        )
+        return "cancelled"
+    outcome = "skipped"
+    if action == "deliver":
+        conn.execute(
+            "INSERT INTO inbox (session_id, source, body, ref, created_at) VALUES (?, 'timer', ?, ?, ?)",
+            (timer.session_id, json.dumps({"kind": "timer", "content": message}, ensure_ascii=False),
+             f"timer:{timer.timer_id}", now),
+        )
+        busy = lease_is_live(conn, timer.session_id, now)[0] is not None
+        outcome = "queued" if busy or pending_state(conn, timer.session_id) is not None else "delivered"
+    _advance(conn, timer, now, outcome)
+    return outcome
+
+
+def _advance(conn: sqlite3.Connection, timer: ClaimedTimer, now: int, outcome: str) -> None:
+    """Mark a fired timer done, or re-arm the next occurrence of a recurring one."""
+    remaining = None if timer.remaining is None else timer.remaining - 1
+    next_due = now + timer.every_ms if timer.every_ms else None
+    again = (
+        next_due is not None
+        and (remaining is None or remaining > 0)
+        and (timer.until_at is None or next_due <= timer.until_at)
+    )
+    conn.execute(
+        "UPDATE timers SET status = ?, owner = NULL, lease_expires_at = 0, due_at = COALESCE(?, due_at), "
+        "remaining = ?, fire_count = fire_count + 1, fired_at = ?, updated_at = ?, last_outcome = ? "
+        "WHERE session_id = ? AND timer_id = ?",
+        ("armed" if again else "fired", next_due if again else None, remaining, now, now, outcome,
+         timer.session_id, timer.timer_id),
+    )
+
+
+def orphan_inboxes(conn: sqlite3.Connection, *, limit: int) -> list[str]:
+    """Sessions with waiting inbox items, no live run and no unanswered calls: a process died
+    between delivering a wake-up and running the session."""
+    now = now_ms()
+    rows = conn.execute(
+        "SELECT DISTINCT i.session_id FROM inbox i LEFT JOIN session_leases l ON l.session_id = i.session_id "
+        "WHERE i.consumed_at IS NULL AND (l.owner IS NULL OR l.expires_at <= ?) LIMIT ?",
+        (now, limit),
+    ).fetchall()
+    return [r[0] for r in rows if pending_state(conn, r[0]) is None]

@@ -1,0 +1,159 @@
+"""Agent tools for timers: the model schedules, lists and cancels its own wake-ups.
+
+``schedule_wakeup(delay_seconds, note)``, ``list_wakeups()``, ``cancel_wakeup(timer_id)`` and
+``current_time()`` act on the session whose run calls them (from the tool context), so one
+registry serves every session and tenant. Limits are per session and every refusal is a
+message the model can act on.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+from ..tools.context import current_tool_context
+from ..tools.definition import FunctionTool, ToolDefinition
+from ..tools.registry import ToolRegistry
+
+__all__ = ["TimerToolLimits", "register_timer_tools", "timer_tools"]
+
+
+@dataclass(frozen=True)
+class TimerToolLimits:
+    """Per-session limits of the agent's wake-up tools.
+
+    Attributes:
+        min_delay_s: Shortest delay the agent may ask for.
+        max_delay_s: Longest delay (30 days by default).
+        max_live: Wake-ups a session may have scheduled at once.
+    """
+
+    min_delay_s: float = 5.0
+    max_delay_s: float = 30 * 86400.0
+    max_live: int = 10
+
+    def __post_init__(self) -> None:
+        if not (0 <= self.min_delay_s <= self.max_delay_s) or self.max_live < 1:
+            raise ValueError("TimerToolLimits needs 0 <= min_delay_s <= max_delay_s and max_live >= 1")
+
+
+def _seconds(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else f"{value:g}"
+
+
+def _session() -> tuple[Any, str] | str:
+    ctx = current_tool_context()
+    if ctx is None or ctx.loop is None:
+        return "Error: wake-up tools only work inside an agent session run by StatefulAgentLoop."
+    return ctx.loop, ctx.session_id
+
+
+def timer_tools(limits: TimerToolLimits | None = None) -> list[FunctionTool]:
+    """The four wake-up tools, bound to ``limits``."""
+    lim = limits or TimerToolLimits()
+
+    async def schedule_wakeup(delay_seconds: float, note: str) -> str:
+        where = _session()
+        if isinstance(where, str):
+            return where
+        loop, session_id = where
+        if isinstance(delay_seconds, bool) or not isinstance(delay_seconds, (int, float)) \
+                or not math.isfinite(delay_seconds):
+            return "Error: delay_seconds must be a number of seconds."
+        if delay_seconds < lim.min_delay_s:
+            return f"Error: delay_seconds must be at least {_seconds(lim.min_delay_s)} seconds."
+        if delay_seconds > lim.max_delay_s:
+            return (
+                f"Error: delay_seconds must be at most {_seconds(lim.max_delay_s)} seconds "
+                f"({lim.max_delay_s / 86400:g} days)."
+            )
+        if not isinstance(note, str) or not note.strip():
+            return "Error: note is required: write what you should do when you wake up."
+        try:
+            row = await loop.store.schedule_timer(
+                session_id, due_at=int(time.time() * 1000 + delay_seconds * 1000), note=note.strip(),
+                max_live=lim.max_live,
+            )
+        except OverflowError as exc:
+            return (
+                f"Budget exceeded: {exc} wake-ups already scheduled. Cancel or merge some first "
+                "(list_wakeups / cancel_wakeup)."
+            )
+        loop._kick_timers()
+        return f"Wake-up #{row.timer_id} scheduled in {_seconds(delay_seconds)}s. You'll receive your note."
+
+    async def list_wakeups() -> str:
+        where = _session()
+        if isinstance(where, str):
+            return where
+        loop, session_id = where
+        rows = await loop.store.list_timers(session_id)
+        if not rows:
+            return "No wake-ups scheduled."
+        now = time.time() * 1000
+        return "\n".join(
+            f"#{r.timer_id} in {max(0, round((r.due_at - now) / 1000))}s ({r.status}): {r.note}" for r in rows
+        )
+
+    async def cancel_wakeup(timer_id: int) -> str:
+        where = _session()
+        if isinstance(where, str):
+            return where
+        loop, session_id = where
+        if await loop.store.cancel_timer(session_id, int(timer_id)):
+            return f"Wake-up #{timer_id} cancelled."
+        return f"Wake-up #{timer_id} not found or already fired."
+
+    def current_time() -> str:
+        now = datetime.now(timezone.utc)
+        return f"{now.strftime('%Y-%m-%dT%H:%M:%SZ')} ({now.strftime('%A')}, UTC; unix {int(now.timestamp())})"
+
+    return [
+        FunctionTool(
+            ToolDefinition(
+                "schedule_wakeup",
+                "Schedule a wake-up: after delay_seconds you receive a message with your note, even if "
+                "nobody writes to you. Use it to check back on something later. "
+                f"Delay between {_seconds(lim.min_delay_s)} s and {lim.max_delay_s / 86400:g} days; "
+                f"at most {lim.max_live} wake-ups at once.",
+                {
+                    "type": "object",
+                    "properties": {
+                        "delay_seconds": {"type": "number", "description": "Seconds from now."},
+                        "note": {"type": "string", "description": "What to do when you wake up."},
+                    },
+                    "required": ["delay_seconds", "note"],
+                },
+            ),
+            schedule_wakeup,
+        ),
+        FunctionTool(
+            ToolDefinition("list_wakeups", "List your scheduled wake-ups, soonest first."),
+            list_wakeups,
+        ),
+        FunctionTool(
+            ToolDefinition(
+                "cancel_wakeup",
+                "Cancel a scheduled wake-up by its id (see list_wakeups).",
+                {
+                    "type": "object",
+                    "properties": {"timer_id": {"type": "integer", "description": "The wake-up's id."}},
+                    "required": ["timer_id"],
+                },
+            ),
+            cancel_wakeup,
+        ),
+        FunctionTool(ToolDefinition("current_time", "The current date and time (UTC)."), current_time),
+    ]
+
+
+def register_timer_tools(
+    registry: ToolRegistry, *, limits: TimerToolLimits | None = None, overwrite: bool = False
+) -> ToolRegistry:
+    """Register :func:`timer_tools` in ``registry`` and return it."""
+    for fn_tool in timer_tools(limits):
+        registry.register(fn_tool, overwrite=overwrite)
+    return registry
