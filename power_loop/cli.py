@@ -140,8 +140,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     worker.add_argument("app", metavar="APP", help="module:attribute naming a StatefulAgentLoop or a factory")
     worker.add_argument("--scan-interval", type=float, default=2.0, help="seconds between scans (default 2)")
     worker.add_argument(
-        "--stale-firing", type=float, default=120.0, help="claim lease in seconds: a dead worker's timers are "
-        "retaken this long after its last renewal (default 120)"
+        "--stale-firing",
+        type=float,
+        default=120.0,
+        help="claim lease in seconds: a dead worker's timers are "
+        "retaken this long after its last renewal (default 120)",
     )
     worker.add_argument("--concurrency", type=int, default=16, help="timers delivered at once (default 16)")
     worker.add_argument("--log-level", default="INFO", help="logging level (default INFO)")

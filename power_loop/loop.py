@@ -494,9 +494,7 @@ class StatefulAgentLoop:
             return
         seq = self._rt.event_seqs.get(session_id, 0) + 1
         self._rt.event_seqs[session_id] = seq
-        await self._bus.publish_async(
-            AgentEvent(event_type, data=data, session_id=session_id, source=source, seq=seq)
-        )
+        await self._bus.publish_async(AgentEvent(event_type, data=data, session_id=session_id, source=source, seq=seq))
 
     def _require(self, session_id: str) -> None:
         if self.store.get_session(session_id) is None:
@@ -516,8 +514,12 @@ def _timer_args(
     if not isinstance(note, str) or not note.strip():
         raise ValueError("note is required — the agent needs to know why it woke up")
     if delay_s is not None:
-        if isinstance(delay_s, bool) or not isinstance(delay_s, (int, float)) or not math.isfinite(delay_s) \
-                or delay_s < 0:
+        if (
+            isinstance(delay_s, bool)
+            or not isinstance(delay_s, (int, float))
+            or not math.isfinite(delay_s)
+            or delay_s < 0
+        ):
             raise ValueError(f"delay_s must be a finite number of seconds >= 0, not {delay_s!r}")
         due_at = int(time.time() * 1000 + delay_s * 1000)
     else:
@@ -526,8 +528,12 @@ def _timer_args(
         due_at = due_at_ms
     every_ms = None
     if every_s is not None:
-        if isinstance(every_s, bool) or not isinstance(every_s, (int, float)) or not math.isfinite(every_s) \
-                or every_s <= 0:
+        if (
+            isinstance(every_s, bool)
+            or not isinstance(every_s, (int, float))
+            or not math.isfinite(every_s)
+            or every_s <= 0
+        ):
             raise ValueError(f"every_s must be a positive number of seconds, not {every_s!r}")
         every_ms = max(1, int(every_s * 1000))
     elif count is not None or until_ms is not None:

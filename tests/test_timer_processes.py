@@ -119,10 +119,12 @@ async def test_two_worker_processes_deliver_a_thousand_timers_exactly_once(tmp_p
         try:
             deadline = time.monotonic() + 120
             while True:
-                (left,) = (await loop.store.execute_fetchall(
-                    "SELECT (SELECT COUNT(*) FROM timers WHERE status != 'fired') "
-                    "+ (SELECT COUNT(*) FROM inbox WHERE consumed_at IS NULL)"
-                ))[0]
+                (left,) = (
+                    await loop.store.execute_fetchall(
+                        "SELECT (SELECT COUNT(*) FROM timers WHERE status != 'fired') "
+                        "+ (SELECT COUNT(*) FROM inbox WHERE consumed_at IS NULL)"
+                    )
+                )[0]
                 if left == 0:
                     break
                 assert time.monotonic() < deadline, f"{left} timers or inbox items still waiting"

@@ -12,7 +12,6 @@ from typing import Any
 import pytest
 
 from power_loop import (
-    AgentEventType,
     AgentLoopConfig,
     HookDirective,
     HookPoint,
@@ -43,7 +42,8 @@ def timer_texts(messages: list[dict[str, Any]]) -> list[str]:
 
 async def timer_rows(loop: StatefulAgentLoop) -> list[tuple[Any, ...]]:
     return await loop.store.execute_fetchall(
-        "SELECT session_id, timer_id, status, last_outcome, fire_count, due_at FROM timers ORDER BY session_id, timer_id"
+        "SELECT session_id, timer_id, status, last_outcome, fire_count, due_at FROM timers "
+        "ORDER BY session_id, timer_id"
     )
 
 
@@ -134,7 +134,9 @@ async def test_a_due_timer_wakes_an_idle_session(
         assert await runner.scan_once() == 0  # nothing is delivered twice
         rows = await timer_rows(loop)
     text = wake_up_message(1, "check the oven")
-    assert text == "<timer id=1>\nYour scheduled wake-up has fired. Your note to yourself was:\ncheck the oven\n</timer>"
+    assert (
+        text == "<timer id=1>\nYour scheduled wake-up has fired. Your note to yourself was:\ncheck the oven\n</timer>"
+    )
     assert timer_texts(messages) == [text]
     assert messages[-1]["role"] == "assistant" and "check the oven" in messages[-1]["content"]
     assert text in scripted_server.requests[-1].last_user_text
@@ -348,7 +350,8 @@ async def test_break_ends_a_series_and_until_bounds_it(db_path: str) -> None:
         await loop.schedule_timer_async(sid, due_at_ms=start - 1, note="bounded", every_s=10, until_ms=start + 5_000)
         await loop.schedule_timer_async(sid, due_at_ms=start - 1, note="endless", every_s=10)
         loop.hooks.register(
-            HookPoint.TIMER_FIRE, lambda ctx: HookDirective.BREAK if ctx.note == "endless" and ctx.timer_id == 2 else None
+            HookPoint.TIMER_FIRE,
+            lambda ctx: HookDirective.BREAK if ctx.note == "endless" and ctx.timer_id == 2 else None,
         )
         runner = TimerRunner(loop)
         assert await runner.scan_once() == 2
@@ -390,7 +393,9 @@ async def test_a_slow_run_never_delays_another_sessions_timer(db_path: str) -> N
             return tool_reply(("slow", {}))
         return text_reply("ok")
 
-    async with StatefulAgentLoop(llm=ScriptedLLM(rule=rule), db_path=db_path, tool_registry=ToolRegistry([slow])) as loop:
+    async with StatefulAgentLoop(
+        llm=ScriptedLLM(rule=rule), db_path=db_path, tool_registry=ToolRegistry([slow])
+    ) as loop:
         a, b = await loop.new_session_async(), await loop.new_session_async()
         await loop.schedule_timer_async(a, delay_s=0, note="slow job")
         async with TimerRunner(loop, scan_interval_s=0.05, concurrency=1):

@@ -226,8 +226,12 @@ def deliver(
     if action == "deliver":
         conn.execute(
             "INSERT INTO inbox (session_id, source, body, ref, created_at) VALUES (?, 'timer', ?, ?, ?)",
-            (timer.session_id, json.dumps({"kind": "timer", "content": message}, ensure_ascii=False),
-             f"timer:{timer.timer_id}", now),
+            (
+                timer.session_id,
+                json.dumps({"kind": "timer", "content": message}, ensure_ascii=False),
+                f"timer:{timer.timer_id}",
+                now,
+            ),
         )
         busy = lease_is_live(conn, timer.session_id, now)[0] is not None
         outcome = "queued" if busy or pending_state(conn, timer.session_id) is not None else "delivered"
@@ -248,8 +252,16 @@ def _advance(conn: sqlite3.Connection, timer: ClaimedTimer, now: int, outcome: s
         "UPDATE timers SET status = ?, owner = NULL, lease_expires_at = 0, due_at = COALESCE(?, due_at), "
         "remaining = ?, fire_count = fire_count + 1, fired_at = ?, updated_at = ?, last_outcome = ? "
         "WHERE session_id = ? AND timer_id = ?",
-        ("armed" if again else "fired", next_due if again else None, remaining, now, now, outcome,
-         timer.session_id, timer.timer_id),
+        (
+            "armed" if again else "fired",
+            next_due if again else None,
+            remaining,
+            now,
+            now,
+            outcome,
+            timer.session_id,
+            timer.timer_id,
+        ),
     )
 
 

@@ -348,21 +348,46 @@ class SQLiteSessionStore:
     # ------------------------------------------------------------------ timers
 
     async def schedule_timer(
-        self, session_id: str, *, due_at: int, note: str, every_ms: int | None = None, count: int | None = None,
-        until_at: int | None = None, max_live: int | None = None,
+        self,
+        session_id: str,
+        *,
+        due_at: int,
+        note: str,
+        every_ms: int | None = None,
+        count: int | None = None,
+        until_at: int | None = None,
+        max_live: int | None = None,
     ) -> TimerRow:
         """Arm a timer (see ``StatefulAgentLoop.schedule_timer``)."""
-        return await self._call(lambda c: _timers.schedule_timer(
-            c, session_id, due_at=due_at, note=note, every_ms=every_ms, count=count, until_at=until_at,
-            max_live=max_live))
+        return await self._call(
+            lambda c: _timers.schedule_timer(
+                c,
+                session_id,
+                due_at=due_at,
+                note=note,
+                every_ms=every_ms,
+                count=count,
+                until_at=until_at,
+                max_live=max_live,
+            )
+        )
 
     def schedule_timer_sync(
-        self, session_id: str, *, due_at: int, note: str, every_ms: int | None = None, count: int | None = None,
+        self,
+        session_id: str,
+        *,
+        due_at: int,
+        note: str,
+        every_ms: int | None = None,
+        count: int | None = None,
         until_at: int | None = None,
     ) -> TimerRow:
         """Blocking twin of :meth:`schedule_timer`."""
-        return self._call_sync(lambda c: _timers.schedule_timer(
-            c, session_id, due_at=due_at, note=note, every_ms=every_ms, count=count, until_at=until_at))
+        return self._call_sync(
+            lambda c: _timers.schedule_timer(
+                c, session_id, due_at=due_at, note=note, every_ms=every_ms, count=count, until_at=until_at
+            )
+        )
 
     async def cancel_timer(self, session_id: str, timer_id: int) -> bool:
         """Cancel an armed or in-flight timer."""
@@ -396,8 +421,9 @@ class SQLiteSessionStore:
         self, timer: _timers.ClaimedTimer, owner: str, *, action: str, message: str, postpone_ms: int = 0
     ) -> str | None:
         """Apply a claimed timer's outcome in one transaction (None: the claim was lost)."""
-        return await self._call(lambda c: _timers.deliver(c, timer, owner, action=action, message=message,
-                                                          postpone_ms=postpone_ms))
+        return await self._call(
+            lambda c: _timers.deliver(c, timer, owner, action=action, message=message, postpone_ms=postpone_ms)
+        )
 
     async def next_timer_due_at(self) -> int | None:
         """Earliest due time of an armed timer."""

@@ -21,11 +21,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import os
 import secrets
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from ..errors import PowerLoopError, SessionBusyError, SessionPendingError
@@ -81,7 +81,7 @@ class TimerRunner:
         self._wakes: set[asyncio.Task[None]] = set()
         self._semaphore: asyncio.Semaphore | None = None
         self._kick: asyncio.Event | None = None
-        self._kick_fn: object = None
+        self._kick_fn: Callable[[], None] | None = None
         self.delivered = 0
 
     @property
@@ -96,7 +96,12 @@ class TimerRunner:
         await self.loop.store.open()
         self._semaphore = asyncio.Semaphore(self.concurrency)
         self._kick = asyncio.Event()
-        self._kick_fn = functools.partial(asyncio.get_running_loop().call_soon_threadsafe, self._kick.set)
+        aio, kick = asyncio.get_running_loop(), self._kick
+
+        def kick_fn() -> None:
+            aio.call_soon_threadsafe(kick.set)
+
+        self._kick_fn = kick_fn
         self.loop._rt.timer_kick = self._kick_fn
         self._task = asyncio.get_running_loop().create_task(self._scan_forever(), name="power-loop-timer-runner")
         self._renewer = asyncio.get_running_loop().create_task(self._renew_forever(), name="power-loop-timer-leases")
@@ -184,8 +189,13 @@ class TimerRunner:
         action, postpone_ms = "deliver", 0
         try:
             if loop.hooks.has(HookPoint.TIMER_FIRE):
-                ctx = TimerFireCtx(session_id=timer.session_id, timer_id=timer.timer_id, note=timer.note,
-                                   due_at=timer.due_at, message=message)
+                ctx = TimerFireCtx(
+                    session_id=timer.session_id,
+                    timer_id=timer.timer_id,
+                    note=timer.note,
+                    due_at=timer.due_at,
+                    message=message,
+                )
                 directive = await loop.hooks.run(HookPoint.TIMER_FIRE, ctx)
                 message = ctx.message
                 if directive is HookDirective.SKIP:
@@ -194,8 +204,9 @@ class TimerRunner:
                     action = "cancel"
                 elif ctx.postpone_s > 0:
                     action, postpone_ms = "postpone", int(ctx.postpone_s * 1000)
-            outcome = await loop.store.deliver_timer(timer, self.owner, action=action, message=message,
-                                                     postpone_ms=postpone_ms)
+            outcome = await loop.store.deliver_timer(
+                timer, self.owner, action=action, message=message, postpone_ms=postpone_ms
+            )
         except Exception as exc:
             # The claim stays; another scan (or runner) retries once its lease expires.
             log.warning("delivering timer %s of session %s failed: %s", timer.timer_id, timer.session_id, exc)

@@ -60,8 +60,11 @@ def timer_tools(limits: TimerToolLimits | None = None) -> list[FunctionTool]:
         if isinstance(where, str):
             return where
         loop, session_id = where
-        if isinstance(delay_seconds, bool) or not isinstance(delay_seconds, (int, float)) \
-                or not math.isfinite(delay_seconds):
+        if (
+            isinstance(delay_seconds, bool)
+            or not isinstance(delay_seconds, (int, float))
+            or not math.isfinite(delay_seconds)
+        ):
             return "Error: delay_seconds must be a number of seconds."
         if delay_seconds < lim.min_delay_s:
             return f"Error: delay_seconds must be at least {_seconds(lim.min_delay_s)} seconds."
@@ -74,7 +77,9 @@ def timer_tools(limits: TimerToolLimits | None = None) -> list[FunctionTool]:
             return "Error: note is required: write what you should do when you wake up."
         try:
             row = await loop.store.schedule_timer(
-                session_id, due_at=int(time.time() * 1000 + delay_seconds * 1000), note=note.strip(),
+                session_id,
+                due_at=int(time.time() * 1000 + delay_seconds * 1000),
+                note=note.strip(),
                 max_live=lim.max_live,
             )
         except OverflowError as exc:

@@ -83,7 +83,7 @@ async def run_worker(
     loop = await load_app(spec) if isinstance(spec, str) else spec
     stop = stop or asyncio.Event()
     aio = asyncio.get_running_loop()
-    installed: list[int] = []
+    installed: list[signal.Signals] = []
     for signum in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
             aio.add_signal_handler(signum, stop.set)
