@@ -37,6 +37,7 @@ SCENARIOS = [
     "history",
     "history_compacted",
     "cold_start",
+    "timers",
 ]
 LEGACY_VENV = HERE / ".cache" / "venv-0.11"
 TIMEOUT_S = 600
@@ -185,6 +186,13 @@ def check_targets(results: dict[str, dict[str, Any]]) -> list[tuple[bool, str]]:
             checks.append(
                 (True, f"history with compaction: send at 100,000 messages = {ratio:.2f}x at 100, cold (reported)")
             )
+    if "timers" in results:
+        timers = results["timers"]
+        check(bool(timers["exactly_once"]), f"timers: each of {timers['timers']} timers delivered exactly once")
+        rate = median(timers, "deliveries_per_s")
+        check(rate >= 1000, f"timers: {rate:.0f} deliveries/s on one process (target >= 1,000)")
+        p99 = median(timers, "lateness_p99_ms")
+        checks.append((True, f"timers: lateness p99 {p99:.0f} ms for a burst of {timers['timers']} (reported)"))
     if "cold_start" in results:
         imp = median(results["cold_start"], "import_ms")
         check(imp <= 200, f"cold start: import power_loop {imp:.0f} ms (target <= 200)")

@@ -456,6 +456,84 @@ async def cold_start(url: str, reps: int, quick: bool) -> dict[str, Any]:
     return {k: v[1:] for k, v in out.items()}  # the first run warms the OS file cache
 
 
+async def timers(url: str, reps: int, quick: bool) -> dict[str, Any]:
+    """N timers due at one instant across M sessions, delivered by one TimerRunner; each woken
+    session runs a model call (scripted server). Measures time to deliver all, per-timer
+    lateness (fired_at - due_at, from the store), and counts each delivery."""
+    from power_loop import StatefulAgentLoop, TimerRunner, create_llm_service_from_env
+
+    sessions, per_session = (100, 10) if quick else (1_000, 10)
+    total = sessions * per_session
+    out: dict[str, list[float]] = {
+        k: []
+        for k in (
+            "deliver_all_s",
+            "deliveries_per_s",
+            "answered_all_s",
+            "lateness_p50_ms",
+            "lateness_p99_ms",
+            "lateness_max_ms",
+            "loop_lateness_max_ms",
+        )
+    }
+    exactly_once: list[bool] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for rep in range(reps):
+            llm = create_llm_service_from_env()
+            async with StatefulAgentLoop(llm=llm, db_path=os.path.join(tmp, f"t{rep}.db")) as loop:
+                sids = [await loop.new_session_async() for _ in range(sessions)]
+                due = int(time.time() * 1000) + 2_000
+                for sid in sids:
+                    for k in range(per_session):
+                        await loop.schedule_timer_async(sid, due_at_ms=due, note=f"check #{k}")
+                ticker = Ticker()
+                runner = TimerRunner(loop)
+                await runner.start()
+                ticker.start()
+                await asyncio.sleep(max(0.0, due / 1000 - time.time()))
+                t0 = due / 1000
+                delivered_at = answered_at = None
+                while answered_at is None:
+                    await asyncio.sleep(0.01)
+                    ((left, waiting),) = await loop.store.execute_fetchall(
+                        "SELECT (SELECT COUNT(*) FROM timers WHERE status != 'fired'), "
+                        "(SELECT COUNT(*) FROM inbox WHERE consumed_at IS NULL)"
+                    )
+                    if delivered_at is None and left == 0:
+                        delivered_at = time.time()
+                    if delivered_at is not None and waiting == 0:
+                        await runner.drain()
+                        answered_at = time.time()
+                ticker.stop()
+                await runner.stop()
+                lateness = [
+                    float(r[0])
+                    for r in await loop.store.execute_fetchall("SELECT fired_at - due_at FROM timers ORDER BY 1")
+                ]
+                ((refs, distinct_refs),) = await loop.store.execute_fetchall(
+                    "SELECT COUNT(*), COUNT(DISTINCT session_id || ref) FROM inbox WHERE source = 'timer'"
+                )
+                ((in_history,),) = await loop.store.execute_fetchall(
+                    "SELECT COUNT(*) FROM messages WHERE role = 'user' AND body LIKE '%<timer id=%'"
+                )
+                exactly_once.append(refs == distinct_refs == in_history == total)
+                out["deliver_all_s"].append(delivered_at - t0)
+                out["deliveries_per_s"].append(total / (delivered_at - t0))
+                out["answered_all_s"].append(answered_at - t0)
+                out["lateness_p50_ms"].append(pct(lateness, 0.5))
+                out["lateness_p99_ms"].append(pct(lateness, 0.99))
+                out["lateness_max_ms"].append(max(lateness))
+                out["loop_lateness_max_ms"].append(max(ticker.lateness))
+            await llm.aclose()  # type: ignore[attr-defined]
+    return {
+        "timers": total,
+        "sessions": sessions,
+        "exactly_once": all(exactly_once),
+        "peak_rss_mb": peak_rss_mb(),
+        **out,
+    }
+
+
 SCENARIOS: dict[str, Callable[[str, int, bool], Awaitable[dict[str, Any]]]] = {
     "overhead": overhead,
     "tool_round_trip": tool_round_trip,
@@ -464,6 +542,7 @@ SCENARIOS: dict[str, Callable[[str, int, bool], Awaitable[dict[str, Any]]]] = {
     "history": history,
     "history_compacted": history_compacted,
     "cold_start": cold_start,
+    "timers": timers,
 }
 LEGACY_SAFE = {"concurrency", "cold_start"}
 

@@ -146,7 +146,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="claim lease in seconds: a dead worker's timers are "
         "retaken this long after its last renewal (default 120)",
     )
-    worker.add_argument("--concurrency", type=int, default=16, help="timers delivered at once (default 16)")
+    worker.add_argument("--concurrency", type=int, default=64, help="timers delivered at once (default 64)")
     worker.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
     sub.add_parser("version", help="print the version")
     args = parser.parse_args(argv)

@@ -18,9 +18,11 @@ from .rows import TimerRow
 
 __all__ = [
     "ClaimedTimer",
+    "Delivery",
     "cancel_timer",
     "claim_due",
     "deliver",
+    "deliver_many",
     "list_timers",
     "next_due_at",
     "orphan_inboxes",
@@ -237,6 +239,33 @@ def deliver(
         outcome = "queued" if busy or pending_state(conn, timer.session_id) is not None else "delivered"
     _advance(conn, timer, now, outcome)
     return outcome
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """What to do with one claimed timer (see :func:`deliver`)."""
+
+    timer: ClaimedTimer
+    action: str
+    message: str
+    postpone_ms: int = 0
+
+
+def deliver_many(conn: sqlite3.Connection, owner: str, deliveries: list[Delivery]) -> list[str | None]:
+    """:func:`deliver` for several timers in one transaction (group commit). Each timer is
+    applied under its own savepoint: one that fails reports ``error`` and keeps its claim (it
+    is retried once the lease expires) without undoing the others."""
+    outcomes: list[str | None] = []
+    for d in deliveries:
+        conn.execute("SAVEPOINT timer_delivery")
+        try:
+            outcome = deliver(conn, d.timer, owner, action=d.action, message=d.message, postpone_ms=d.postpone_ms)
+        except sqlite3.Error:
+            conn.execute("ROLLBACK TO timer_delivery")
+            outcome = "error"
+        conn.execute("RELEASE timer_delivery")
+        outcomes.append(outcome)
+    return outcomes
 
 
 def _advance(conn: sqlite3.Connection, timer: ClaimedTimer, now: int, outcome: str) -> None:

@@ -417,13 +417,10 @@ class SQLiteSessionStore:
         """Give back ``owner``'s claims."""
         return await self._call(lambda c: _timers.release_claims(c, owner))
 
-    async def deliver_timer(
-        self, timer: _timers.ClaimedTimer, owner: str, *, action: str, message: str, postpone_ms: int = 0
-    ) -> str | None:
-        """Apply a claimed timer's outcome in one transaction (None: the claim was lost)."""
-        return await self._call(
-            lambda c: _timers.deliver(c, timer, owner, action=action, message=message, postpone_ms=postpone_ms)
-        )
+    async def deliver_timers(self, owner: str, deliveries: list[_timers.Delivery]) -> list[str | None]:
+        """Apply claimed timers' outcomes in one transaction; per timer the outcome, None when
+        its claim was lost, or ``error`` (it keeps its claim)."""
+        return await self._call(lambda c: _timers.deliver_many(c, owner, deliveries))
 
     async def next_timer_due_at(self) -> int | None:
         """Earliest due time of an armed timer."""

@@ -28,10 +28,10 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from ..errors import PowerLoopError, SessionBusyError, SessionPendingError
+from ..errors import PowerLoopError, SessionBusyError, SessionPendingError, StoreError
 from ..events import AgentEventType, TimerFiredPayload
 from ..hooks import HookDirective, HookPoint, TimerFireCtx
-from ..store._timers_sql import ClaimedTimer
+from ..store._timers_sql import ClaimedTimer, Delivery
 
 if TYPE_CHECKING:
     from ..loop import StatefulAgentLoop
@@ -65,7 +65,7 @@ class TimerRunner:
         *,
         scan_interval_s: float = 2.0,
         stale_firing_s: float = 120.0,
-        concurrency: int = 16,
+        concurrency: int = 64,
         batch: int = 200,
     ) -> None:
         if scan_interval_s <= 0 or stale_firing_s <= 0 or concurrency < 1 or batch < 1:
@@ -79,6 +79,9 @@ class TimerRunner:
         self._task: asyncio.Task[None] | None = None
         self._renewer: asyncio.Task[None] | None = None
         self._wakes: set[asyncio.Task[None]] = set()
+        self._waking: set[str] = set()
+        self._queue: list[tuple[Delivery, asyncio.Future[str | None]]] = []
+        self._flusher: asyncio.Task[None] | None = None
         self._semaphore: asyncio.Semaphore | None = None
         self._kick: asyncio.Event | None = None
         self._kick_fn: Callable[[], None] | None = None
@@ -114,6 +117,9 @@ class TimerRunner:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
         self._task = self._renewer = None
+        if self._flusher is not None:
+            with contextlib.suppress(Exception):
+                await self._flusher
         if self._wakes:
             await asyncio.gather(*self._wakes, return_exceptions=True)
         if self.loop._rt.timer_kick is self._kick_fn:
@@ -204,9 +210,9 @@ class TimerRunner:
                     action = "cancel"
                 elif ctx.postpone_s > 0:
                     action, postpone_ms = "postpone", int(ctx.postpone_s * 1000)
-            outcome = await loop.store.deliver_timer(
-                timer, self.owner, action=action, message=message, postpone_ms=postpone_ms
-            )
+            outcome = await self._commit(Delivery(timer, action, message, postpone_ms))
+            if outcome == "error":
+                raise StoreError("the delivery's transaction failed")
         except Exception as exc:
             # The claim stays; another scan (or runner) retries once its lease expires.
             log.warning("delivering timer %s of session %s failed: %s", timer.timer_id, timer.session_id, exc)
@@ -228,11 +234,41 @@ class TimerRunner:
             source="timer",
         )
 
+    async def _commit(self, delivery: Delivery) -> str | None:
+        """Group commit: deliveries that become ready while a transaction is in flight are
+        applied together in the next one (each timer still commits atomically with its
+        wake-up message; a batch only saves transactions)."""
+        future: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
+        self._queue.append((delivery, future))
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.get_running_loop().create_task(self._flush())
+        return await future
+
+    async def _flush(self) -> None:
+        while self._queue:
+            batch, self._queue = self._queue, []
+            try:
+                outcomes = await self.loop.store.deliver_timers(self.owner, [d for d, _ in batch])
+            except BaseException as exc:
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(exc if isinstance(exc, Exception) else StoreError("cancelled"))
+                if not isinstance(exc, Exception):
+                    raise
+                continue
+            for (_, future), outcome in zip(batch, outcomes, strict=True):
+                if not future.done():
+                    future.set_result(outcome)
+
     def _wake(self, session_id: str) -> None:
         """Run the session so it reads its inbox, as a task of its own (a slow run never holds
-        up the next delivery)."""
+        up the next delivery). Wake-ups of one session delivered together start one run."""
+        if session_id in self._waking:
+            return
+        self._waking.add(session_id)
 
         async def wake() -> None:
+            self._waking.discard(session_id)
             try:
                 await self.loop._wake(session_id)
             except (SessionBusyError, SessionPendingError):

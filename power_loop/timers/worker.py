@@ -73,7 +73,7 @@ async def run_worker(
     *,
     scan_interval_s: float = 2.0,
     stale_firing_s: float = 120.0,
-    concurrency: int = 16,
+    concurrency: int = 64,
     stop: asyncio.Event | None = None,
 ) -> int:
     """Deliver timers until ``stop`` is set or the process gets SIGTERM / SIGINT.
