@@ -42,6 +42,7 @@ def read_config(name: str) -> str:
     Args:
         name: The setting.
     """
+    print(f"    read_config: reading {name}")
     return f"{name}=42"
 
 
@@ -88,7 +89,7 @@ async def interrupted(loop: StatefulAgentLoop) -> str:
     sid = await loop.new_session_async()
     entered.clear()
     task = asyncio.ensure_future(loop.send("configure and write", session_id=sid))
-    await entered.wait()
+    await asyncio.wait_for(entered.wait(), 5)
     task.cancel()  # like Ctrl-C, a request timeout, or a crash at this instant
     try:
         await task
@@ -97,13 +98,18 @@ async def interrupted(loop: StatefulAgentLoop) -> str:
     return sid
 
 
+async def show_tail(loop: StatefulAgentLoop, sid: str) -> None:
+    """Print the history after the interrupted assistant message."""
+    for message in (await loop.get_messages_async(sid))[2:]:
+        print(f"    {message['role']:9} {message.get('tool_call_id', ''):3} {message.get('content')}")
+
+
 async def main() -> None:
     db = str(Path(tempfile.mkdtemp()) / "pending.db")
     registry = ToolRegistry([read_config, slow_write])
     config = AgentLoopConfig(tool_concurrency=1)  # c1 finishes before c2 starts
-    async with StatefulAgentLoop(
-        llm=ScriptedLLM(rule=rule), db_path=db, tool_registry=registry, config=config
-    ) as loop:
+    llm = ScriptedLLM(rule=rule)
+    async with StatefulAgentLoop(llm=llm, db_path=db, tool_registry=registry, config=config) as loop:
         print("1. Interrupted while slow_write runs")
         sid = await interrupted(loop)
         pending = await loop.get_pending_async(sid)
@@ -124,14 +130,12 @@ async def main() -> None:
         sid = await interrupted(loop)
         answered = await loop.abort_pending_async(sid, reason="operator cancelled")
         print(f"  answered {answered} call(s)")
-        for message in (await loop.get_messages_async(sid))[2:]:
-            print("  ", message["role"], message.get("tool_call_id"), message.get("content"))
+        await show_tail(loop, sid)
 
         print("\n4. send(heal_pending=True) on a third")
         sid = await interrupted(loop)
-        result = await loop.send("never mind, go on", session_id=sid, heal_pending=True)
-        for message in (await loop.get_messages_async(sid))[2:]:
-            print("  ", message["role"], message.get("tool_call_id") or "", message.get("content"))
+        await loop.send("never mind, go on", session_id=sid, heal_pending=True)
+        await show_tail(loop, sid)
 
     print("\n5. A tool asks the user: waiting_for_input, then submit_input")
     llm = create_llm_service_from_env(offline_fallback=True)  # the built-in offline model
@@ -140,6 +144,9 @@ async def main() -> None:
         result = await loop.send("Pay the invoice: confirm_payment(amount=500)", session_id=sid)
         question = result.pending_interactions[0]
         print(f"  {result.status}: {question['prompt']} options={[o['value'] for o in question['options']]}")
+        pending = await loop.get_pending_async(sid)  # the call stays unanswered until submit_input
+        assert pending is not None
+        print("  statuses:", pending["statuses"])
         result = await loop.submit_input(sid, question["interaction_id"], "yes")
         print(f"  {result.status}: {result.final_text}")
 

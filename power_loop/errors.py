@@ -115,7 +115,8 @@ class SessionPendingError(SessionError):
     Attributes:
         session_id: The session concerned.
         assistant_seq: Store seq of the assistant message whose calls are unanswered.
-        pending_tool_calls: The unanswered calls, as ``{"id", "name", "arguments"}`` dicts.
+        pending_tool_calls: The unanswered calls, as ``{"id", "name", "arguments", "status"}``
+            dicts (``status`` is the call's lifecycle state, e.g. ``running``).
     """
 
     def __init__(

@@ -196,11 +196,13 @@ class StatefulAgentLoop:
     def close_session(self, session_id: str, *, cascade: bool = True) -> int:
         """Delete a session (and its linked sub-agent sessions); return how many were deleted."""
         self._rt.histories.drop(session_id)
+        self._rt.event_seqs.pop(session_id, None)
         return self.store.delete_session_sync(session_id, cascade=cascade)
 
     async def close_session_async(self, session_id: str, *, cascade: bool = True) -> int:
         """Async twin of :meth:`close_session`."""
         self._rt.histories.drop(session_id)
+        self._rt.event_seqs.pop(session_id, None)
         return await self.store.delete_session(session_id, cascade=cascade)
 
     def resolve_system_prompt(self, *, session_id: str | None = None) -> str:
@@ -273,8 +275,10 @@ class StatefulAgentLoop:
 
         While a run holds the session (in any process), the message is stored in the session's
         inbox and the run picks it up at its next round boundary or before it would complete
-        (several are merged into one ``<follow_up>`` message); returns ``FollowUpQueued``.
-        Otherwise this is :meth:`send`.
+        (several are merged into one ``<follow_up>`` message); returns ``FollowUpQueued``. A
+        run that ends otherwise (cancelled, a limit, a hook ``BREAK``, an error, waiting for
+        input) leaves it in the inbox for the session's next run. Otherwise this is
+        :meth:`send`.
         """
         message = normalize_input(user_input, max_chars=self.config.max_input_chars)
         content = message.content if isinstance(message.content, str) else message_to_dict(message)["content"]
@@ -301,6 +305,7 @@ class StatefulAgentLoop:
 
         Raises:
             ValueError: No open question has that id in the session.
+            SessionBusyError: A run holds the session.
         """
         import json
 
@@ -321,12 +326,18 @@ class StatefulAgentLoop:
 
     def abort_pending(self, session_id: str, *, reason: str = "aborted") -> int:
         """Answer every unresolved tool call with ``<aborted: reason>`` (calls that finished
-        keep their real result); return how many calls were answered."""
+        keep their real result); return how many calls were answered.
+
+        Raises:
+            SessionBusyError: A run (in any process) holds the session; its calls may still be
+                running. Stop it first (``stop_event``) or wait for it to end.
+        """
         self._rt.histories.drop(session_id)
         return self.store.abort_pending_sync(session_id, reason)
 
     async def abort_pending_async(self, session_id: str, *, reason: str = "aborted") -> int:
         """Async twin of :meth:`abort_pending`."""
+        self._rt.histories.drop(session_id)
         return await self.store.abort_pending(session_id, reason)
 
     async def prune_compacted_async(
@@ -337,7 +348,8 @@ class StatefulAgentLoop:
         Args:
             session_id: One session, or None for every session.
             older_than_s: Delete folded rows older than this many seconds.
-            keep_last: Keep only this many of the most recent folded rows per session.
+            keep_last: Always keep this many of the most recent folded rows per session (with
+                ``older_than_s``, a row goes only when it is both old enough and not among them).
 
         The context the model sees (summary + later messages) is never affected.
         """
@@ -487,13 +499,15 @@ class StatefulAgentLoop:
         return await execute_run(self._rt, RunRequest(session_id=session_id, kind="wake", wait_foreign=False))
 
     async def _emit_session_event(
-        self, session_id: str, event_type: AgentEventType, data: BaseEventPayload, *, source: str
+        self, session_id: str, event_type: AgentEventType, data: BaseEventPayload, *, source: str, min_seq: int = 0
     ) -> None:
-        """Publish an event of a session from outside a run (timer deliveries)."""
+        """Publish an event of a session from outside a run (timer deliveries). Its seq
+        continues this loop's counter for the session, and is at least ``min_seq`` (a number
+        reserved in the store)."""
+        seq = max(self._rt.event_seqs.get(session_id, 0) + 1, min_seq)
+        self._rt.event_seqs[session_id] = seq
         if not self._bus.wants(event_type):
             return
-        seq = self._rt.event_seqs.get(session_id, 0) + 1
-        self._rt.event_seqs[session_id] = seq
         await self._bus.publish_async(AgentEvent(event_type, data=data, session_id=session_id, source=source, seq=seq))
 
     def _require(self, session_id: str) -> None:

@@ -33,11 +33,11 @@ class StatefulResult:
 
     Attributes:
         session_id: The session.
-        status: How the run ended. ``completed``: the model answered. ``pending_tools``: a
-            hook or cancellation left tool calls unanswered (``resume``/``abort_pending``).
-            ``waiting_for_input``: a tool asked the user (``submit_input``). ``cancelled``:
-            a stop_event fired. ``hit_round_limit``: ``max_rounds`` reached (a summary was
-            requested). ``budget_exceeded``: ``max_tokens_per_run`` reached. ``degraded``: the
+        status: How the run ended. ``completed``: the model answered. ``pending_tools``: kept
+            for 0.11 compatibility; this version never ends a run with it (exits answer their
+            open calls, a cancelled task raises). ``waiting_for_input``: a tool asked the user
+            (``submit_input``). ``cancelled``: a stop_event fired. ``hit_round_limit``:
+            ``max_rounds`` reached (a summary was requested). ``budget_exceeded``: ``max_tokens_per_run`` reached. ``degraded``: the
             model could not be reached; the session is usable once it can.
         final_text: The last answer, or a marker: ``[budget_exceeded]``,
             ``[hit_round_limit]\\n<summary>``, ``[cancelled by user]``, ``[degraded: ...]``.
@@ -46,7 +46,7 @@ class StatefulResult:
         pending_interactions: Open ``request_user_input`` questions.
         usage: Token usage summed over the run (``calls, prompt_tokens, completion_tokens,
             cache_read_tokens, reasoning_tokens, total_tokens``).
-        tool_calls: Tool calls executed.
+        tool_calls: Tool calls executed by this run (each counted once).
         run_id: Id of the run (its row in the store).
     """
 

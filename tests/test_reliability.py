@@ -371,3 +371,24 @@ async def test_follow_ups_from_a_rule_model_in_order(db_path: str) -> None:
         await run
         texts = [m.get("content") for m in await loop.get_messages_async(sid) if m["role"] == "user"]
     assert texts == ["start", "<follow_up>\nf0\n\nf1\n\nf2\n</follow_up>"]
+
+
+async def test_abort_pending_refuses_while_a_run_holds_the_session(db_path: str) -> None:
+    from power_loop import SessionBusyError
+
+    gate = Gate()
+    llm = ScriptedLLM([tool_reply(("slow_write", {"key": "k"}, "c1")), text_reply("done")])
+    async with StatefulAgentLoop(llm=llm, db_path=db_path, tool_registry=registry(gate.tool())) as loop:
+        sid = await loop.new_session_async()
+        run = asyncio.ensure_future(loop.send("go", session_id=sid))
+        await asyncio.wait_for(gate.entered.wait(), 5)
+        with pytest.raises(SessionBusyError, match="run in progress"):
+            await loop.abort_pending_async(sid)
+        with pytest.raises(SessionBusyError):
+            await asyncio.to_thread(loop.abort_pending, sid)
+        gate.release.set()
+        result = await asyncio.wait_for(run, 5)
+        messages = await loop.get_messages_async(sid)
+    assert result.final_text == "done"
+    assert [m["content"] for m in messages if m["role"] == "tool"] == ["wrote k"]  # exactly one result
+    assert history_is_valid(messages)

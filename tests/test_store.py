@@ -196,3 +196,42 @@ async def test_inbox_is_merged_in_order_and_consumed_once(db_path: str) -> None:
         assert texts == ["<follow_up>\nfirst\n\nsecond\n</follow_up>", "now"]
         assert await store.inbox_depth("s") == 0
         assert await store.enqueue("s", "while busy", only_if_busy=True) == 1
+
+
+async def test_prune_compacted_keeps_the_newest_rows_even_when_old(db_path: str) -> None:
+    import time as _time
+
+    from power_loop.store.rows import Compact
+
+    async with SQLiteSessionStore(db_path) as store:
+        await store.create_session("s")
+        await store.write("s", [Append([UserMessage(content=f"m{i}") for i in range(10)])])
+        await store.write("s", [Compact(through_seq=4, summary="first four")])
+        await store.write("s", [Compact(through_seq=8, summary="first eight")])
+        future = int(_time.time() * 1000) + 60_000  # every folded row is "old enough"
+        # Both limits: a row goes only when it is old enough AND beyond the newest 3.
+        assert await store.prune_compacted("s", older_than_ms=future, keep_last=3) == 5
+        seqs = [m.seq for m in await store.load_messages("s", include_compacted=True)]
+        assert seqs == [6, 7, 8, 9, 10]
+        # Nothing beyond keep_last: nothing deleted, but the older summary still goes.
+        assert await store.prune_compacted("s", keep_last=3) == 0
+        (count,) = (await store.execute_fetchall("SELECT COUNT(*) FROM compactions WHERE session_id = 's'"))[0]
+        assert count == 1
+        assert [m.message.text for m in await store.load_messages("s")][0].endswith("first eight")
+
+
+async def test_corrupt_inbox_rows_raise_a_clear_error(db_path: str) -> None:
+    from power_loop import CorruptRecordError
+
+    async with SQLiteSessionStore(db_path) as store:
+        await store.create_session("s")
+        await store.enqueue("s", "fine")
+    with sqlite3.connect(db_path) as conn:
+        conn.execute("UPDATE inbox SET body = '{broken'")
+    conn.close()
+    async with SQLiteSessionStore(db_path) as store:
+        with pytest.raises(CorruptRecordError, match="inbox item of session 's'") as info:
+            await store.begin_run(BeginRun(session_id="s", run_id="r", lease=LeaseClaim("a", 5000)))
+        assert info.value.session_id == "s"
+        # The failed begin rolled back: no lease was taken, the item is still there.
+        assert await store.inbox_depth("s") == 1

@@ -146,6 +146,8 @@ async def test_a_due_timer_wakes_an_idle_session(
         ("delivered", "check the oven", 1, sid)
     ]
     assert "session_started" in log.types[log.types.index("timer_fired") :]
+    seqs = [e.seq for e in log.events if e.session_id == sid]
+    assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
 
 
 async def test_a_running_runner_delivers_a_new_timer_without_waiting_for_its_next_scan(db_path: str) -> None:
@@ -190,6 +192,8 @@ async def test_a_busy_session_reads_the_timer_at_its_next_round(db_path: str) ->
         messages = await loop.get_messages_async(sid)
     assert result.status == "completed" and result.final_text == "done"
     assert [e.data.outcome for e in log.of("timer_fired")] == ["queued"]
+    seqs = [e.seq for e in log.events if e.session_id == sid]
+    assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)  # one counter for the run and the timer
     assert [m["role"] for m in messages] == ["user", "assistant", "tool", "user", "assistant"]
     assert timer_texts(messages) == [wake_up_message(1, "mid-run")]
     assert wake_up_message(1, "mid-run") in [getattr(m, "text", None) for m in llm.requests[-1].messages]
@@ -289,7 +293,7 @@ async def test_timer_fire_hook_can_rewrite_the_message(db_path: str) -> None:
     assert messages[0] == {"role": "user", "content": "[reminder #1] PAY RENT", "name": "timer"}
 
 
-async def test_a_failing_hook_reports_error_and_the_timer_is_retried_after_its_lease(db_path: str) -> None:
+async def test_a_failing_hook_reports_error_and_the_timer_is_retried_later(db_path: str) -> None:
     calls: list[int] = []
 
     def hook(ctx: TimerFireCtx) -> None:
@@ -302,13 +306,21 @@ async def test_a_failing_hook_reports_error_and_the_timer_is_retried_after_its_l
         log = EventLog(loop.event_bus)
         sid = await loop.new_session_async()
         await loop.schedule_timer_async(sid, delay_s=0, note="n")
-        runner = TimerRunner(loop, stale_firing_s=0.3)
-        await runner.scan_once()
-        assert (await timer_rows(loop))[0][2] == "claimed"
-        assert await runner.scan_once() == 0  # the claim holds until its lease runs out
-        await asyncio.sleep(0.4)
-        assert await runner.scan_once() == 1
-        await runner.drain()
+        # In the background, with its lease renewer running: the failed timer is handed back
+        # due stale_firing_s later, not kept claimed (and renewed) forever.
+        async with TimerRunner(loop, stale_firing_s=0.6, scan_interval_s=0.05) as runner:
+
+            async def after_error() -> bool:
+                return (await timer_rows(loop))[0][2:4] == ("armed", "error")
+
+            await eventually(after_error)
+            assert len(calls) == 1
+
+            async def delivered() -> bool:
+                return (await timer_rows(loop))[0][2] == "fired"
+
+            await eventually(delivered)
+            await runner.drain()
         messages = await loop.get_messages_async(sid)
     assert [e.data.outcome for e in log.of("timer_fired")] == ["error", "delivered"]
     assert timer_texts(messages) == [wake_up_message(1, "n")]
@@ -504,3 +516,14 @@ async def test_a_wakeup_scheduled_by_the_agent_comes_back_to_it(db_path: str) ->
         messages = await loop.get_messages_async(sid)
     assert messages[-1] == {"role": "assistant", "content": "woke: look again"}
     assert history_is_valid(messages)
+
+
+async def test_the_runner_leaves_waiting_follow_ups_to_the_next_run(db_path: str) -> None:
+    async with StatefulAgentLoop(llm=ScriptedLLM(), db_path=db_path) as loop:
+        sid = await loop.new_session_async()
+        await loop.store.enqueue(sid, "left behind by a run that was stopped")
+        runner = TimerRunner(loop)
+        assert await runner.scan_once() == 0
+        await runner.drain()
+        assert await loop.get_messages_async(sid) == []  # no run was started for a follow-up
+        assert await loop.store.inbox_depth(sid) == 1

@@ -9,11 +9,14 @@ the same at 100 or 100,000 stored messages. Folded rows stay in the store for au
 Guarantees:
 
 * A tool call is never separated from its results: the folded part always ends before a
-  user or assistant message, never inside a call/result group.
+  user or assistant message, never inside a call/result group (the engine enforces this
+  whatever a custom ``fold_count`` returns, and always keeps the latest message).
 * A new summary folds the previous one: there is never more than one summary in context.
-* The summary call goes through the normal model path (retries, cancellation, events); its
-  tokens count in the run's usage and in ``max_tokens_per_run``.
-* A failing summary leaves the history uncompacted and the run goes on.
+* The summary call goes through the retry layer and cancellation; it publishes no stream
+  events and no ``round_usage`` status, only ``usage_updated`` with purpose ``compaction``.
+  Its tokens count in the run's usage and in ``max_tokens_per_run``.
+* A failing summary leaves the history uncompacted and the run goes on without compacting
+  again. A summary that would not make the context smaller is not applied.
 """
 
 from __future__ import annotations
@@ -94,7 +97,11 @@ class Compactor(Protocol):
 
     def fold_count(self, messages: Sequence[Message]) -> int:
         """How many leading messages to fold (0: nothing worth folding). ``messages`` may
-        start with the current summary; it is always folded into the new one."""
+        start with the current summary; it is always folded into the new one.
+
+        The engine clamps the value to ``len(messages) - 1`` and moves it back past tool
+        results, so the kept part never starts with a tool result; when that leaves nothing
+        but the summary to fold, no compaction is attempted."""
         ...
 
     async def summarize(
@@ -140,7 +147,7 @@ class DefaultCompactor:
         trigger_ratio: Compact when the estimated request reaches this fraction of the
             context window.
         keep_last_n: Messages always kept verbatim at the end (more if needed to keep a tool
-            call with its results).
+            call with its results, and up to ``keep_last_n`` more to start at a user message).
         summary_max_tokens: Completion cap of the summary call.
         summary_llm: Model for summaries (default: the loop's own).
         absolute_threshold: Compact when the estimate reaches this many tokens, whatever the
@@ -183,15 +190,28 @@ class DefaultCompactor:
         return estimated_tokens >= self.trigger_ratio * context_window
 
     def fold_count(self, messages: Sequence[Message]) -> int:
-        """Fold all but the last ``keep_last_n`` messages, moving the cut back so that the kept
-        part starts with a user or assistant message (never a tool result)."""
+        """Fold all but the last ``keep_last_n`` messages, with the cut moved back:
+
+        * past any tool result, so that the kept part starts with a user or assistant message
+          and a tool call is never separated from its results;
+        * then to the nearest user message (a turn boundary) when there is one within
+          ``keep_last_n`` more messages that still leaves something to fold, so that the
+          kept part starts with the user's turn (with the summary moved to Anthropic's
+          ``system``, the messages then start with ``user``). In a long tool loop there is
+          none, and the kept part starts with the assistant's tool call.
+
+        0 when nothing but the current summary would be folded.
+        """
+        start = 1 if messages and is_summary(messages[0]) else 0
         cut = len(messages) - self.keep_last_n
-        while cut > 0 and isinstance(messages[cut], ToolResultMessage):
+        while cut > start and isinstance(messages[cut], ToolResultMessage):
             cut -= 1
-        if cut <= 0:
+        if cut <= start:
             return 0
-        only_summary = cut == 1 and is_summary(messages[0])
-        return 0 if only_summary else cut
+        for index in range(cut, max(start + 1, cut - self.keep_last_n) - 1, -1):
+            if isinstance(messages[index], UserMessage):
+                return index
+        return cut
 
     async def summarize(
         self, *, messages: Sequence[Message], previous_summary: str | None, complete: SummaryCall

@@ -2,15 +2,25 @@
 
 Runs before LLM_BEFORE. Estimates the request's tokens (incrementally, calibrated against the
 provider's reported prompt tokens), and when the compactor says so folds the older history
-into a summary: COMPACT_BEFORE (SKIP skips), the summary call through the normal model path,
-one transaction recording the new load base with the summary call's usage, COMPACT_AFTER and a
-``status_changed`` event of kind ``auto_compact``. A failing summary leaves the history as it
-was and the run goes on.
+into a summary. The compactor's ``fold_count`` is validated first (clamped so that the latest
+message is kept, moved back so that the kept part never starts with a tool result); when it
+leaves nothing new to fold, nothing happens. Otherwise: COMPACT_BEFORE (SKIP skips), the
+summary call (retries, cancellation, ``usage_updated`` with purpose ``compaction``; no stream
+events and no ``round_usage`` status), one transaction recording the new load base with the
+summary call's usage, COMPACT_AFTER and a ``status_changed`` event of kind ``auto_compact``.
+
+A failing summary leaves the history as it was; the run goes on and does not try to compact
+again. A summary that would not make the context smaller is not applied either; the run tries
+again only once more messages can be folded than in that attempt.
 """
 
 from __future__ import annotations
 
 import logging
+import time
+import weakref
+from collections.abc import Sequence
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from ..compaction import (
@@ -22,14 +32,14 @@ from ..compaction import (
     summary_message,
 )
 from ..errors import CancellationRequested, CompactionFailed, LLMError
-from ..events import AgentEventType, AutoCompactStatusPayload
+from ..events import AgentEventType, AutoCompactStatusPayload, LlmRetryAttemptedPayload, UsageUpdatedPayload
 from ..hooks import CompactAfterCtx, CompactBeforeCtx, HookDirective, HookPoint
-from ..messages import Message, SystemMessage, message_to_dict
+from ..messages import Message, SystemMessage, ToolResultMessage, message_to_dict
 from ..providers._common import dumps, memo
-from ..providers.base import LLMRequest, LLMResponse
+from ..providers.base import LLMRequest, LLMResponse, LLMService
+from ..providers.retry import LLMRetryPolicy, RetryNotice, complete_with_retry
 from ..store.rows import Compact, RecordLLMCall, WriteOp
 from ..tools.definition import ToolDefinition
-from .model_call import call_model
 
 if TYPE_CHECKING:
     from .run import Run, RunLoop
@@ -37,6 +47,11 @@ if TYPE_CHECKING:
 log = logging.getLogger("power_loop.engine")
 
 _CALIBRATION_WEIGHT = 0.3
+
+_NEVER = 1 << 62
+# Per run, after a compaction that did not happen: the smallest fold worth a new attempt
+# (``_NEVER`` after a failure: no new attempt, and no new cost, at every round of the run).
+_NEXT_FOLD: weakref.WeakKeyDictionary[Run, int] = weakref.WeakKeyDictionary()
 
 
 def context_window(run: Run) -> int:
@@ -68,6 +83,16 @@ def calibrate(run: Run, raw_estimate: int, reported_prompt_tokens: int) -> None:
     run.rt.token_ratio += _CALIBRATION_WEIGHT * (observed - run.rt.token_ratio)
 
 
+def safe_fold(messages: Sequence[Message], fold: int) -> int:
+    """``fold`` made safe for ``messages``: within ``[0, len(messages) - 1]`` (the latest
+    message is always kept), and moved back until the kept part does not start with a tool
+    result (a tool call is never separated from its results)."""
+    fold = min(max(int(fold), 0), len(messages) - 1)
+    while fold > 0 and isinstance(messages[fold], ToolResultMessage):
+        fold -= 1
+    return fold
+
+
 async def maybe_compact(loop: RunLoop, view: list[Message]) -> list[Message]:
     """Compact the session's context when the compactor says so; return the view the round's
     model call should use."""
@@ -75,11 +100,20 @@ async def maybe_compact(loop: RunLoop, view: list[Message]) -> list[Message]:
     compactor = run.rt.compactor
     if compactor is None or run.prefix is not None or view is not run.transcript.messages:
         return view  # off, or hooks are showing the model a projection of their own
+    if _NEXT_FOLD.get(run) == _NEVER:
+        return view  # a compaction of this run failed: no new attempt (and cost) every round
     raw = request_estimate(run, view)
     overhead = raw - run.transcript.token_estimate()  # system prompt and tool schemas
     before = int(raw * run.rt.token_ratio)
     if not compactor.should_compact(estimated_tokens=before, context_window=context_window(run)):
         return view
+    messages = run.transcript.messages
+    fold = safe_fold(messages, compactor.fold_count(messages))
+    first = messages[0] if messages else None
+    previous = first.content[len(SUMMARY_PREFIX) :] if isinstance(first, SystemMessage) and is_summary(first) else None
+    if fold <= (1 if previous is not None else 0) or fold < _NEXT_FOLD.get(run, 0):
+        return view  # nothing (new) to fold: no hook, no summary call, no event
+    to_fold = messages[1:fold] if previous is not None else messages[:fold]
     if run.rt.hooks.has(HookPoint.COMPACT_BEFORE):
         ctx = CompactBeforeCtx(
             messages=[message_to_dict(m) for m in view],
@@ -90,60 +124,52 @@ async def maybe_compact(loop: RunLoop, view: list[Message]) -> list[Message]:
         if await run.rt.hooks.run(HookPoint.COMPACT_BEFORE, ctx) is HookDirective.SKIP:
             await _status(run, "skipped", before, before)
             return view
-    messages = run.transcript.messages
-    fold = compactor.fold_count(messages)
-    if fold <= 0:
-        return view
-    first = messages[0]
-    previous = first.content[len(SUMMARY_PREFIX) :] if isinstance(first, SystemMessage) and is_summary(first) else None
-    to_fold = messages[1:fold] if previous is not None else messages[:fold]
     usage_ops: list[WriteOp] = []
 
     async def complete(request: LLMRequest) -> LLMResponse:
         llm = getattr(compactor, "summary_llm", None) or run.rt.llm
-        result = await call_model(
-            llm=llm,
-            request=request,
-            config=run.rt.config,
-            emitter=run.emitter,
-            stop=run.stop,
-            round_index=run.round_index,
-            run_usage_before=run.usage,
-            purpose="compaction",
-        )
-        run.usage = run.usage + result.response.usage
-        run.llm_calls += 1
+        response, duration_ms = await _summary_call(run, llm, request)
         usage_ops.append(
             RecordLLMCall(
                 run.run_id,
                 run.round_index,
-                result.response.usage,
-                model=result.response.model,
+                response.usage,
+                model=response.model,
                 purpose="compaction",
-                duration_ms=result.duration_ms,
+                duration_ms=duration_ms,
             )
         )
-        return result.response
+        return response
 
     try:
         summary = await compactor.summarize(messages=to_fold, previous_summary=previous, complete=complete)
         if not summary:
             raise CompactionFailed("the summary model returned an empty summary")
+        head = summary_message(summary)
+        tail_messages = messages[fold:]
+        after_raw = estimate_tokens(head) + sum(estimate_tokens(m) for m in tail_messages) + overhead
     except CancellationRequested:
         await loop._end_cancelled(usage_ops)
         raise AssertionError("unreachable") from None
     except (LLMError, CompactionFailed) as exc:
-        log.warning("compaction of session %s failed; continuing uncompacted: %s", run.session_id, exc)
-        if usage_ops:
-            await run.writer.write(usage_ops)
-        await _status(run, "failed", before, before)
-        return view
+        log.warning(
+            "compaction of session %s failed; continuing uncompacted for the rest of the run: %s", run.session_id, exc
+        )
+        _NEXT_FOLD[run] = _NEVER
+        return await _not_applied(run, usage_ops, before)
+    if after_raw >= raw:
+        log.info(
+            "compaction of session %s skipped: the summary would not make the context smaller (~%d >= ~%d tokens)",
+            run.session_id,
+            after_raw,
+            raw,
+        )
+        _NEXT_FOLD[run] = fold + 1  # try again once there is more to fold
+        return await _not_applied(run, usage_ops, before)
+    _NEXT_FOLD.pop(run, None)
     through_seq = run.transcript.seqs[fold - 1]
     count_before = len(messages)
-    head = summary_message(summary)
-    tail_messages = messages[fold:]
     tail_seqs = run.transcript.seqs[fold:]
-    after_raw = estimate_tokens(head) + sum(estimate_tokens(m) for m in tail_messages) + overhead
     after = int(after_raw * run.rt.token_ratio)
     await run.writer.write([Compact(through_seq, summary, before, after, run.run_id), *usage_ops])
     run.transcript.replace([head, *tail_messages], [through_seq, *tail_seqs])
@@ -161,6 +187,59 @@ async def maybe_compact(loop: RunLoop, view: list[Message]) -> list[Message]:
         await run.rt.hooks.run(HookPoint.COMPACT_AFTER, ctx_after)
     await _status(run, "done", before, after)
     return run.transcript.messages
+
+
+async def _not_applied(run: Run, usage_ops: list[WriteOp], before: int) -> list[Message]:
+    """Record the summary calls' usage and publish ``auto_compact`` phase ``failed``."""
+    if usage_ops:
+        await run.writer.write(usage_ops)
+    await _status(run, "failed", before, before)
+    return run.transcript.messages
+
+
+async def _summary_call(run: Run, llm: LLMService, request: LLMRequest) -> tuple[LLMResponse, int]:
+    """One summary model call through the retry layer, counted in the run's usage.
+
+    Unlike a round's call it installs no stream callbacks (the summary is not the answer:
+    nothing reaches ``stream_*`` subscribers) and publishes no ``round_usage`` status, only
+    ``llm_retry_attempted`` for retries and ``usage_updated`` with purpose ``compaction``. The
+    request streams only when both it and ``AgentLoopConfig.stream`` say so.
+    """
+    config = run.rt.config
+    emitter = run.emitter
+    policy = config.retry_policy or LLMRetryPolicy.from_max_retries(getattr(llm, "max_retries", 0))
+    request = replace(request, stream=request.stream and config.stream)
+
+    async def on_retry(notice: RetryNotice) -> None:
+        await emitter.emit(
+            AgentEventType.LLM_RETRY_ATTEMPTED,
+            LlmRetryAttemptedPayload(
+                attempt=notice.attempt,
+                max_attempts=notice.max_attempts,
+                error_type=type(notice.error).__name__,
+                error_message=str(notice.error),
+                next_sleep_seconds=round(notice.delay_s, 3),
+            ),
+            round_index=run.round_index,
+        )
+
+    started = time.monotonic()
+    response = await complete_with_retry(llm, request, policy=policy, callbacks=None, stop=run.stop, on_retry=on_retry)
+    duration_ms = int((time.monotonic() - started) * 1000)
+    usage_before = run.usage
+    run.usage = run.usage + response.usage
+    run.llm_calls += 1
+    if emitter.wants(AgentEventType.USAGE_UPDATED):
+        await emitter.emit(
+            AgentEventType.USAGE_UPDATED,
+            UsageUpdatedPayload(
+                usage=response.usage.to_dict(),
+                run_usage=(usage_before + response.usage).to_dict(),
+                purpose="compaction",
+            ),
+            round_index=run.round_index,
+        )
+    return response, duration_ms
 
 
 async def _status(run: Run, phase: str, before: int, after: int) -> None:

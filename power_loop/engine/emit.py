@@ -9,14 +9,34 @@ class Emitter:
     """Builds and publishes the events of one session's run.
 
     ``seq`` is per session and monotonic: it starts from the session's stored high-water mark
-    (persisted with every write of the run) and only grows.
+    (persisted with every write of the run) and only grows. With ``counters`` (the loop's
+    per-session counters) the number is shared with every other publisher of the session in
+    this loop (timer deliveries), so their events never reuse a number.
     """
 
-    def __init__(self, bus: AgentEventBus, session_id: str, *, seq: int = 0, source: str = "loop") -> None:
+    def __init__(
+        self,
+        bus: AgentEventBus,
+        session_id: str,
+        *,
+        seq: int = 0,
+        source: str = "loop",
+        counters: dict[str, int] | None = None,
+    ) -> None:
         self.bus = bus
         self.session_id = session_id
-        self.seq = seq
+        self._counters = counters if counters is not None else {}
+        self._counters[session_id] = max(seq, self._counters.get(session_id, 0))
         self.source = source
+
+    @property
+    def seq(self) -> int:
+        """The last number given to an event of this session."""
+        return self._counters[self.session_id]
+
+    @seq.setter
+    def seq(self, value: int) -> None:
+        self._counters[self.session_id] = value
 
     def wants(self, event_type: AgentEventType) -> bool:
         """True when a subscriber would receive ``event_type``."""

@@ -277,7 +277,7 @@ async def execute_run(rt: Runtime, req: RunRequest) -> StatefulResult:
         transcript.version = begin.version
         rt.histories.put(req.session_id, transcript)
         seq = max(begin.event_seq, rt.event_seqs.get(req.session_id, 0))
-        emitter = Emitter(rt.bus, req.session_id, seq=seq)
+        emitter = Emitter(rt.bus, req.session_id, seq=seq, counters=rt.event_seqs)
         writer = RunWriter(rt.store, req.session_id, replace(lease, fence=begin.fence), transcript, emitter)
         run = Run(
             rt,
@@ -289,10 +289,7 @@ async def execute_run(rt: Runtime, req: RunRequest) -> StatefulResult:
             emitter=emitter,
             tools=tools,
         )
-        try:
-            return await RunLoop(run, begin).main()
-        finally:
-            rt.event_seqs[req.session_id] = emitter.seq
+        return await RunLoop(run, begin).main()
 
 
 async def _begin(
@@ -637,7 +634,7 @@ class RunLoop:
     async def _model(self, request: LLMRequest, *, purpose: str = "round") -> tuple[LLMResponse, int]:
         """Call the model; end the run on cancellation (cancelled) or failure (degraded)."""
         run = self.run
-        await self.rt.gate.turn()  # building and sending a request is the heaviest step of a round
+        await self.rt.gate.turn()  # encoding and sending the request is the heaviest step of a round
         try:
             outcome = await call_model(
                 llm=self.rt.llm,

@@ -1,9 +1,10 @@
 """A lean HTTP/1.1 transport for the provider SDKs' HTTP client.
 
 The official SDKs send requests through an ``httpx2`` (or ``httpx``) client; everything
-above the transport (request building, auth headers, status errors, SSE decoding) stays
-theirs. The default transport's connection pool probes every idle socket with a ``select``
-and ``getpeername`` each time a request is assigned or released: with fifty sessions in
+above the transport (request building, auth headers, status errors) stays theirs, and the
+providers decode the event stream themselves (:mod:`power_loop.providers._sse`). The
+default transport's connection pool probes every idle socket with a ``select`` and
+``getpeername`` each time a request is assigned or released: with fifty sessions in
 flight that is thousands of syscalls per second on the event-loop thread, and the main cause
 of multi-millisecond loop stalls under load.
 
@@ -254,7 +255,7 @@ class _ResponseBody(httpx.AsyncByteStream):
 
     Reads whatever the socket has (up to 64 KiB) and yields it in one piece, decoding chunked
     framing from its own buffer: a burst of small server-sent events costs one read and one
-    yield through the SDK's decoders instead of one per event. The read timeout is an idle
+    yield to the event-stream decoder instead of one per event. The read timeout is an idle
     timeout: one timer per response, re-armed lazily, instead of one per read.
     """
 

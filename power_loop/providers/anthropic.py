@@ -2,7 +2,9 @@
 
 * The system prompt travels as the ``system`` parameter; tool calls are ``tool_use`` blocks
   and tool results ``tool_result`` blocks inside a user turn; consecutive turns of the same
-  role are merged (the API expects alternation).
+  role are merged (the API expects alternation). System messages (such as a compaction
+  summary) join the ``system`` parameter; when the remaining history starts with the
+  assistant, a user turn ``(continued)`` is put first (the API wants a user message first).
 * Only fields of the Messages API are sent (model, max_tokens, messages, system, tools,
   tool_choice, temperature, stream), as pre-encoded bytes through ``AsyncAnthropic.post``,
   with the SDK's retries off. Per-message block fragments are cached on the messages.
@@ -52,6 +54,8 @@ _FINISH = {"end_turn": "stop", "stop_sequence": "stop", "tool_use": "tool_calls"
 _MEMO_KEY = "_power_loop_anthropic_wire"
 _DEFAULT_MAX_TOKENS = 4096
 _ANTHROPIC_PART_TYPES = frozenset({"text", "image", "document", "tool_use", "tool_result", "thinking"})
+_CONTINUED = dumps({"type": "text", "text": "(continued)"})
+"""The user turn put first when a history would start with the assistant."""
 
 
 def _image_block(part: ImagePart) -> dict[str, Any]:
@@ -129,6 +133,10 @@ def build_messages_body(request: LLMRequest, *, model: str, max_tokens: int, tem
             turns[-1][1].append(blocks)
         else:
             turns.append((role, [blocks]))
+    if turns and turns[0][0] == "assistant":
+        # The API wants the first message from the user. A history can start with the
+        # assistant once its head (a compaction summary) has moved to ``system``.
+        turns.insert(0, ("user", [_CONTINUED]))
     head: dict[str, Any] = {"model": model, "max_tokens": max_tokens}
     if request.stream:
         head["stream"] = True

@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, TypeVar
 
-from ..errors import CorruptRecordError, LeaseLostError, SessionNotFoundError
+from ..errors import CorruptRecordError, LeaseLostError, SessionBusyError, SessionNotFoundError
 from ..messages import (
     MESSAGE_JSON_KEY,
     AssistantMessage,
@@ -315,7 +315,14 @@ def open_interactions(conn: sqlite3.Connection, session_id: str) -> list[dict[st
         "SELECT body FROM interactions WHERE session_id = ? AND status = 'open' ORDER BY created_at, rowid",
         (session_id,),
     ).fetchall()
-    return [json.loads(r[0]) for r in rows]
+    try:
+        return [json.loads(r[0]) for r in rows]
+    except ValueError as exc:
+        raise CorruptRecordError(
+            f"an open question of session {session_id!r} is not valid JSON ({exc}); delete or repair the row in "
+            "the interactions table",
+            session_id=session_id,
+        ) from exc
 
 
 def answer_interaction(
@@ -328,6 +335,13 @@ def answer_interaction(
         ValueError: No open interaction has that id in this session.
     """
     _version(conn, session_id)
+    owner = lease_is_live(conn, session_id, now_ms())[0]
+    if owner is not None:
+        raise SessionBusyError(
+            f"session {session_id!r} has a run in progress ({owner}); answer its question once that run has "
+            "ended (it ends with status waiting_for_input)",
+            session_id=session_id,
+        )
     row = conn.execute(
         "SELECT tool_call_id FROM interactions WHERE interaction_id = ? AND session_id = ? AND status = 'open'",
         (interaction_id, session_id),
@@ -417,9 +431,16 @@ def record_llm_call(conn: sqlite3.Connection, session_id: str, op: RecordLLMCall
 # --------------------------------------------------------------------------- inbox
 
 
-def _inbox_content(body: str) -> tuple[str, Any]:
-    data = json.loads(body)
-    return str(data.get("kind", "follow_up")), data.get("content", "")
+def _inbox_content(body: str, session_id: str) -> tuple[str, Any]:
+    try:
+        data = json.loads(body)
+        return str(data.get("kind", "follow_up")), data.get("content", "")
+    except (ValueError, AttributeError) as exc:
+        raise CorruptRecordError(
+            f"inbox item of session {session_id!r} is not valid JSON ({exc}); delete or repair the row in the "
+            "inbox table",
+            session_id=session_id,
+        ) from exc
 
 
 def merge_follow_ups(contents: Iterable[Any]) -> UserMessage | None:
@@ -454,7 +475,7 @@ def drain_inbox(conn: sqlite3.Connection, session_id: str, op: DrainInbox, now: 
     messages: list[Message] = []
     group: list[Any] = []
     for _, body in rows:
-        kind, content = _inbox_content(body)
+        kind, content = _inbox_content(body, session_id)
         if kind == "follow_up":
             group.append(content)
             continue
@@ -492,8 +513,9 @@ def enqueue(
 
     With ``only_if_busy``, nothing is written and None is returned when no live run holds the
     session (the caller then starts a run itself). The check and the insert are one
-    transaction with the run's own end-of-run inbox check, so an item is either seen by the
-    running run or never queued.
+    transaction, serialized with the run's end-of-run inbox check: an item queued for a run
+    that completes normally is always seen by it; a run that ends any other way leaves the
+    item for the session's next run.
     """
     _version(conn, session_id)  # raises SessionNotFoundError
     now = now_ms()
@@ -759,9 +781,10 @@ def apply_compaction(conn: sqlite3.Connection, session_id: str, op: Compact, now
 def prune_compacted(
     conn: sqlite3.Connection, session_id: str | None, *, older_than_ms: int | None, keep_last: int | None
 ) -> int:
-    """Delete folded message rows (all sessions when ``session_id`` is None) created before
-    ``older_than_ms`` and/or beyond the ``keep_last`` most recent folded rows of each session;
-    older summaries than each session's latest go too. Returns the number of messages deleted."""
+    """Delete folded message rows (all sessions when ``session_id`` is None) that are older than
+    ``older_than_ms`` and (when given) not among the ``keep_last`` most recent folded rows of
+    their session; summaries older than each session's latest go too. Returns the number of
+    messages deleted."""
     sessions = (
         [session_id]
         if session_id is not None
@@ -769,26 +792,24 @@ def prune_compacted(
     )
     deleted = 0
     for sid in sessions:
-        limits = []
+        limits = ["compacted = 1"]
         params: list[Any] = [sid]
         if older_than_ms is not None:
             limits.append("created_at < ?")
             params.append(older_than_ms)
+        beyond_kept = True
         if keep_last is not None:
             cutoff = conn.execute(
                 "SELECT seq FROM messages WHERE session_id = ? AND compacted = 1 ORDER BY seq DESC LIMIT 1 OFFSET ?",
                 (sid, keep_last),
             ).fetchone()
-            if cutoff is None and older_than_ms is None:
-                continue
+            beyond_kept = cutoff is not None
             if cutoff is not None:
                 limits.append("seq <= ?")
                 params.append(int(cutoff[0]))
-        if not limits:
-            continue
-        where = " OR ".join(limits) if older_than_ms is not None and keep_last is not None else limits[0]
-        cursor = conn.execute(f"DELETE FROM messages WHERE session_id = ? AND compacted = 1 AND ({where})", params)
-        deleted += cursor.rowcount
+        if beyond_kept:
+            cursor = conn.execute(f"DELETE FROM messages WHERE session_id = ? AND {' AND '.join(limits)}", params)
+            deleted += cursor.rowcount
         conn.execute(
             "DELETE FROM tool_calls WHERE session_id = ? AND result_seq IS NOT NULL AND NOT EXISTS "
             "(SELECT 1 FROM messages m WHERE m.session_id = tool_calls.session_id "
@@ -836,9 +857,20 @@ def answer_pending(
 
 
 def abort_pending(conn: sqlite3.Connection, session_id: str, reason: str) -> int:
-    """Answer every unresolved call (stored results where a call finished); return how many."""
+    """Answer every unresolved call (stored results where a call finished); return how many.
+
+    Raises:
+        SessionBusyError: A run holds the session (its calls may still be running).
+    """
     _version(conn, session_id)
     now = now_ms()
+    owner = lease_is_live(conn, session_id, now)[0]
+    if owner is not None:
+        raise SessionBusyError(
+            f"session {session_id!r} has a run in progress ({owner}); abort_pending would answer calls that are "
+            "still running. Stop that run first (stop_event), or wait for it to end",
+            session_id=session_id,
+        )
     answered = answer_pending(conn, session_id, f"<aborted: {reason}>", run_id=None, now=now)
     if answered:
         _touch(conn, session_id, bump=True, event_seq=None, now=now)

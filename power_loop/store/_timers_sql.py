@@ -28,6 +28,7 @@ __all__ = [
     "orphan_inboxes",
     "release_claims",
     "renew_claims",
+    "retry_later",
     "schedule_timer",
 ]
 
@@ -163,6 +164,17 @@ def claim_due(conn: sqlite3.Connection, owner: str, *, lease_ms: int, limit: int
     return claimed
 
 
+def retry_later(conn: sqlite3.Connection, timer: ClaimedTimer, owner: str, *, delay_ms: int) -> bool:
+    """Give a claim back after a failed delivery, due again ``delay_ms`` from now."""
+    now = now_ms()
+    cursor = conn.execute(
+        "UPDATE timers SET status = 'armed', owner = NULL, lease_expires_at = 0, due_at = ?, updated_at = ?, "
+        "last_outcome = 'error' WHERE session_id = ? AND timer_id = ? AND owner = ? AND status = 'claimed'",
+        (now + delay_ms, now, timer.session_id, timer.timer_id, owner),
+    )
+    return cursor.rowcount == 1
+
+
 def renew_claims(conn: sqlite3.Connection, owner: str, *, lease_ms: int) -> int:
     """Extend every claim held by ``owner``."""
     now = now_ms()
@@ -251,20 +263,28 @@ class Delivery:
     postpone_ms: int = 0
 
 
-def deliver_many(conn: sqlite3.Connection, owner: str, deliveries: list[Delivery]) -> list[str | None]:
-    """:func:`deliver` for several timers in one transaction (group commit). Each timer is
-    applied under its own savepoint: one that fails reports ``error`` and keeps its claim (it
-    is retried once the lease expires) without undoing the others."""
-    outcomes: list[str | None] = []
+def deliver_many(conn: sqlite3.Connection, owner: str, deliveries: list[Delivery]) -> list[tuple[str | None, int]]:
+    """:func:`deliver` for several timers in one transaction (group commit); per timer the
+    outcome and the event seq reserved for its ``timer_fired`` event (0 when none).
+
+    Each timer is applied under its own savepoint: one that fails reports ``error`` (the
+    caller hands its claim back) without undoing the others."""
+    outcomes: list[tuple[str | None, int]] = []
     for d in deliveries:
         conn.execute("SAVEPOINT timer_delivery")
+        seq = 0
         try:
             outcome = deliver(conn, d.timer, owner, action=d.action, message=d.message, postpone_ms=d.postpone_ms)
+            if outcome is not None:
+                conn.execute(
+                    "UPDATE sessions SET event_seq = event_seq + 1 WHERE session_id = ?", (d.timer.session_id,)
+                )
+                seq = int(_version(conn, d.timer.session_id)[1])
         except sqlite3.Error:
             conn.execute("ROLLBACK TO timer_delivery")
             outcome = "error"
         conn.execute("RELEASE timer_delivery")
-        outcomes.append(outcome)
+        outcomes.append((outcome, seq))
     return outcomes
 
 
@@ -295,12 +315,14 @@ def _advance(conn: sqlite3.Connection, timer: ClaimedTimer, now: int, outcome: s
 
 
 def orphan_inboxes(conn: sqlite3.Connection, *, limit: int) -> list[str]:
-    """Sessions with waiting inbox items, no live run and no unanswered calls: a process died
-    between delivering a wake-up and running the session."""
+    """Sessions with a waiting wake-up, no live run and no unanswered calls: a process died
+    between delivering a wake-up and running the session, or the run that was to read it ended
+    early (cancelled, a limit, waiting for input). Sessions with only waiting follow-ups are
+    left to their next run."""
     now = now_ms()
     rows = conn.execute(
         "SELECT DISTINCT i.session_id FROM inbox i LEFT JOIN session_leases l ON l.session_id = i.session_id "
-        "WHERE i.consumed_at IS NULL AND (l.owner IS NULL OR l.expires_at <= ?) LIMIT ?",
+        "WHERE i.consumed_at IS NULL AND i.source = 'timer' AND (l.owner IS NULL OR l.expires_at <= ?) LIMIT ?",
         (now, limit),
     ).fetchall()
     return [r[0] for r in rows if pending_state(conn, r[0]) is None]

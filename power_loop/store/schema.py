@@ -16,10 +16,11 @@ Tables (all times are epoch milliseconds):
     JSON. ``compacted`` marks rows folded into a compaction summary.
 ``tool_calls``
     The lifecycle of every tool call: ``pending → running → done | failed``, or ``aborted``,
-    ``cancelled``, ``skipped``; ``result`` holds a finished call's output until it is appended
-    to ``messages`` (``result_seq``).
+    ``cancelled``, ``skipped``, ``waiting_input``; ``result`` holds a finished call's output
+    until it is appended to ``messages`` (``result_seq``).
 ``runs``
-    One row per ``send``/``resume``: status, rounds, start and end.
+    One row per run (``send``, ``resume``, ``submit_input``, ``wake``): status, rounds, start
+    and end.
 ``llm_calls``
     Usage of every model call.
 ``session_stats``

@@ -417,10 +417,14 @@ class SQLiteSessionStore:
         """Give back ``owner``'s claims."""
         return await self._call(lambda c: _timers.release_claims(c, owner))
 
-    async def deliver_timers(self, owner: str, deliveries: list[_timers.Delivery]) -> list[str | None]:
-        """Apply claimed timers' outcomes in one transaction; per timer the outcome, None when
-        its claim was lost, or ``error`` (it keeps its claim)."""
+    async def deliver_timers(self, owner: str, deliveries: list[_timers.Delivery]) -> list[tuple[str | None, int]]:
+        """Apply claimed timers' outcomes in one transaction; per timer the outcome (None when
+        its claim was lost, ``error`` when its write failed) and the event seq reserved for it."""
         return await self._call(lambda c: _timers.deliver_many(c, owner, deliveries))
+
+    async def retry_timer_later(self, timer: _timers.ClaimedTimer, owner: str, *, delay_ms: int) -> bool:
+        """Give back a claim whose delivery failed; the timer is due again ``delay_ms`` later."""
+        return await self._call(lambda c: _timers.retry_later(c, timer, owner, delay_ms=delay_ms))
 
     async def next_timer_due_at(self) -> int | None:
         """Earliest due time of an armed timer."""

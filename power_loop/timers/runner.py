@@ -80,7 +80,7 @@ class TimerRunner:
         self._renewer: asyncio.Task[None] | None = None
         self._wakes: set[asyncio.Task[None]] = set()
         self._waking: set[str] = set()
-        self._queue: list[tuple[Delivery, asyncio.Future[str | None]]] = []
+        self._queue: list[tuple[Delivery, asyncio.Future[tuple[str | None, int]]]] = []
         self._flusher: asyncio.Task[None] | None = None
         self._semaphore: asyncio.Semaphore | None = None
         self._kick: asyncio.Event | None = None
@@ -210,35 +210,39 @@ class TimerRunner:
                     action = "cancel"
                 elif ctx.postpone_s > 0:
                     action, postpone_ms = "postpone", int(ctx.postpone_s * 1000)
-            outcome = await self._commit(Delivery(timer, action, message, postpone_ms))
+            outcome, seq = await self._commit(Delivery(timer, action, message, postpone_ms))
             if outcome == "error":
                 raise StoreError("the delivery's transaction failed")
         except Exception as exc:
-            # The claim stays; another scan (or runner) retries once its lease expires.
+            # Retried stale_firing_s from now (if even that write fails, the claim's lease
+            # runs out and another scan or runner takes it over).
             log.warning("delivering timer %s of session %s failed: %s", timer.timer_id, timer.session_id, exc)
-            await self._publish(timer, "error")
+            with contextlib.suppress(Exception):
+                await loop.store.retry_timer_later(timer, self.owner, delay_ms=int(self.stale_firing_s * 1000))
+            await self._publish(timer, "error", 0)
             return "error"
         if outcome is None:
             return None  # cancelled meanwhile, or another runner took the claim over
         self.delivered += 1
-        await self._publish(timer, outcome)
+        await self._publish(timer, outcome, seq)
         if outcome == "delivered":
             self._wake(timer.session_id)
         return outcome
 
-    async def _publish(self, timer: ClaimedTimer, outcome: str) -> None:
+    async def _publish(self, timer: ClaimedTimer, outcome: str, seq: int) -> None:
         await self.loop._emit_session_event(
             timer.session_id,
             AgentEventType.TIMER_FIRED,
             TimerFiredPayload(timer_id=timer.timer_id, note=timer.note, due_at=timer.due_at, outcome=outcome),
             source="timer",
+            min_seq=seq,
         )
 
-    async def _commit(self, delivery: Delivery) -> str | None:
+    async def _commit(self, delivery: Delivery) -> tuple[str | None, int]:
         """Group commit: deliveries that become ready while a transaction is in flight are
         applied together in the next one (each timer still commits atomically with its
         wake-up message; a batch only saves transactions)."""
-        future: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[tuple[str | None, int]] = asyncio.get_running_loop().create_future()
         self._queue.append((delivery, future))
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.get_running_loop().create_task(self._flush())
