@@ -37,8 +37,9 @@ class StatefulResult:
             for 0.11 compatibility; this version never ends a run with it (exits answer their
             open calls, a cancelled task raises). ``waiting_for_input``: a tool asked the user
             (``submit_input``). ``cancelled``: a stop_event fired. ``hit_round_limit``:
-            ``max_rounds`` reached (a summary was requested). ``budget_exceeded``: ``max_tokens_per_run`` reached. ``degraded``: the
-            model could not be reached; the session is usable once it can.
+            ``max_rounds`` reached (a summary was requested). ``budget_exceeded``:
+            ``max_tokens_per_run`` reached. ``degraded``: the model could not be reached; the
+            session is usable once it can.
         final_text: The last answer, or a marker: ``[budget_exceeded]``,
             ``[hit_round_limit]\\n<summary>``, ``[cancelled by user]``, ``[degraded: ...]``.
         rounds: Rounds run (model calls made for rounds, the round-limit summary excluded).
