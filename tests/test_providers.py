@@ -322,3 +322,42 @@ async def test_cancelling_a_call_closes_the_request(
     with pytest.raises(asyncio.CancelledError):
         await task
     assert (await llm.complete(hi())).message.text == "next"
+
+
+@pytest.mark.parametrize("stream", [True, False])
+async def test_prepared_requests_match_the_sdks_own(
+    scripted_server: ScriptedServer, protocol: str, stream: bool, llm_factory: ServiceFactory
+) -> None:
+    """The first request goes through the SDK's post; later ones re-send the request the SDK
+    prepared. Both must look the same on the wire, and errors must map the same way."""
+    scripted_server.push(
+        text_reply("one"), text_reply("two"), error_reply(400, "bad shape"), text_reply("three", delay_s=2)
+    )
+    llm = llm_factory(protocol, scripted_server)
+    assert (await llm.complete(hi(stream=stream))).message.text == "one"
+    assert (await llm.complete(hi(stream=stream))).message.text == "two"
+    assert llm._holder._prepared is not None and llm._holder._prepared._templates  # type: ignore[attr-defined]
+    first, second = scripted_server.requests[0], scripted_server.requests[1]
+    assert first.headers == second.headers
+    assert first.body == second.body and first.path == second.path
+    assert "test-key" in (second.headers.get("authorization", "") + second.headers.get("x-api-key", ""))
+    if protocol == "anthropic":
+        assert second.headers["anthropic-version"]
+    assert any(name.startswith("x-stainless-") for name in second.headers)  # the SDK's platform headers
+    with pytest.raises(LLMStatusError) as info:
+        await llm.complete(hi(stream=stream))
+    assert info.value.status_code == 400 and info.value.request_id == "req_scripted_3"
+    assert "bad shape" in str(info.value) and isinstance(info.value.__cause__, Exception)
+    with pytest.raises(LLMTimeout):  # a per-request timeout gets its own prepared request
+        await llm.complete(hi(stream=stream, timeout_s=0.3))
+
+
+async def test_prepared_requests_can_be_turned_off(
+    scripted_server: ScriptedServer, protocol: str, llm_factory: ServiceFactory
+) -> None:
+    scripted_server.push(text_reply("one"), text_reply("two"))
+    llm = llm_factory(protocol, scripted_server, prepared_requests=False)
+    for _ in range(2):
+        await llm.complete(hi())
+    assert llm._holder._prepared is None  # type: ignore[attr-defined]
+    assert scripted_server.requests[0].headers == scripted_server.requests[1].headers
