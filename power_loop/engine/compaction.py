@@ -32,14 +32,15 @@ from ..compaction import (
     summary_message,
 )
 from ..errors import CancellationRequested, CompactionFailed, LLMError
-from ..events import AgentEventType, AutoCompactStatusPayload, LlmRetryAttemptedPayload, UsageUpdatedPayload
+from ..events import AgentEventType, AutoCompactStatusPayload, UsageUpdatedPayload
 from ..hooks import CompactAfterCtx, CompactBeforeCtx, HookDirective, HookPoint
 from ..messages import Message, SystemMessage, ToolResultMessage, message_to_dict
 from ..providers._common import dumps, memo
 from ..providers.base import LLMRequest, LLMResponse, LLMService
-from ..providers.retry import LLMRetryPolicy, RetryNotice, complete_with_retry
+from ..providers.retry import complete_with_retry
 from ..store.rows import Compact, RecordLLMCall, WriteOp
 from ..tools.definition import ToolDefinition
+from .model_call import retry_notifier, retry_policy_for
 
 if TYPE_CHECKING:
     from .run import Run, RunLoop
@@ -207,22 +208,9 @@ async def _summary_call(run: Run, llm: LLMService, request: LLMRequest) -> tuple
     """
     config = run.rt.config
     emitter = run.emitter
-    policy = config.retry_policy or LLMRetryPolicy.from_max_retries(getattr(llm, "max_retries", 0))
+    policy = retry_policy_for(llm, config)
     request = replace(request, stream=request.stream and config.stream)
-
-    async def on_retry(notice: RetryNotice) -> None:
-        await emitter.emit(
-            AgentEventType.LLM_RETRY_ATTEMPTED,
-            LlmRetryAttemptedPayload(
-                attempt=notice.attempt,
-                max_attempts=notice.max_attempts,
-                error_type=type(notice.error).__name__,
-                error_message=str(notice.error),
-                next_sleep_seconds=round(notice.delay_s, 3),
-            ),
-            round_index=run.round_index,
-        )
-
+    on_retry = retry_notifier(emitter, run.round_index)
     started = time.monotonic()
     response = await complete_with_retry(llm, request, policy=policy, callbacks=None, stop=run.stop, on_retry=on_retry)
     duration_ms = int((time.monotonic() - started) * 1000)

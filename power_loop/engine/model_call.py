@@ -9,6 +9,7 @@ text.
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
@@ -39,6 +40,30 @@ class ModelCallResult:
     duration_ms: int
 
 
+def retry_policy_for(llm: LLMService, config: AgentLoopConfig) -> LLMRetryPolicy:
+    """The loop's retry policy, or one from the provider's ``max_retries``."""
+    return config.retry_policy or LLMRetryPolicy.from_max_retries(getattr(llm, "max_retries", 0))
+
+
+def retry_notifier(emitter: Emitter, round_index: int) -> Callable[[RetryNotice], Awaitable[None]]:
+    """The retry hook publishing ``llm_retry_attempted`` for a call of round ``round_index``."""
+
+    async def on_retry(notice: RetryNotice) -> None:
+        await emitter.emit(
+            AgentEventType.LLM_RETRY_ATTEMPTED,
+            LlmRetryAttemptedPayload(
+                attempt=notice.attempt,
+                max_attempts=notice.max_attempts,
+                error_type=type(notice.error).__name__,
+                error_message=str(notice.error),
+                next_sleep_seconds=round(notice.delay_s, 3),
+            ),
+            round_index=round_index,
+        )
+
+    return on_retry
+
+
 async def call_model(
     *,
     llm: LLMService,
@@ -56,22 +81,9 @@ async def call_model(
         LLMError: The call failed for good (after retries).
         CancellationRequested: The stop signal fired during the call or a backoff sleep.
     """
-    policy = config.retry_policy or LLMRetryPolicy.from_max_retries(getattr(llm, "max_retries", 0))
+    policy = retry_policy_for(llm, config)
     callbacks = _stream_callbacks(emitter, round_index)
-
-    async def on_retry(notice: RetryNotice) -> None:
-        await emitter.emit(
-            AgentEventType.LLM_RETRY_ATTEMPTED,
-            LlmRetryAttemptedPayload(
-                attempt=notice.attempt,
-                max_attempts=notice.max_attempts,
-                error_type=type(notice.error).__name__,
-                error_message=str(notice.error),
-                next_sleep_seconds=round(notice.delay_s, 3),
-            ),
-            round_index=round_index,
-        )
-
+    on_retry = retry_notifier(emitter, round_index)
     started = time.monotonic()
     response = await complete_with_retry(llm, request, policy=policy, callbacks=callbacks, stop=stop, on_retry=on_retry)
     await emitter.bus.drain()

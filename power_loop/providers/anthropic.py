@@ -16,14 +16,13 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from types import ModuleType
 from typing import Any
 
-from ..errors import ConfigurationError, LLMResponseError
+from ..errors import LLMResponseError
 from ..messages import (
     AssistantMessage,
     ImagePart,
@@ -37,13 +36,11 @@ from ..messages import (
 )
 from ..tools.definition import ToolDefinition
 from ._common import (
-    ClientHolder,
-    build_http_client,
     dumps,
-    map_sdk_error,
     memo,
     stream_error,
 )
+from ._sdk_service import SDKService
 from ._sse import iter_sse
 from .base import LLMRequest, LLMResponse, StreamCallbacks
 
@@ -267,7 +264,7 @@ class _EventAccumulator:
         return LLMResponse(message=message, usage=usage, finish_reason=reason, model=self.model, request_id=request_id)
 
 
-class AnthropicMessagesService:
+class AnthropicMessagesService(SDKService):
     """An :class:`~power_loop.providers.base.LLMService` for the Anthropic Messages API.
 
     Args:
@@ -293,59 +290,12 @@ class AnthropicMessagesService:
     """
 
     provider = "anthropic"
-
-    def __init__(
-        self,
-        *,
-        model: str,
-        api_key: str | None = None,
-        base_url: str | None = None,
-        timeout_s: float = 60.0,
-        max_retries: int = 3,
-        max_tokens: int | None = None,
-        temperature: float | None = None,
-        stream: bool = True,
-        context_window: int | None = None,
-        default_headers: Mapping[str, str] | None = None,
-        client: Any = None,
-        http_transport: str = "native",
-        prepared_requests: bool = True,
-    ) -> None:
-        if not model:
-            raise ConfigurationError("AnthropicMessagesService needs a model name")
-        self.model = model
-        self.api_key = api_key
-        self.base_url = base_url
-        self.timeout_s = timeout_s
-        self.max_retries = max_retries
-        self.max_tokens = max_tokens
-        self.temperature = temperature
-        self.stream = stream
-        self.context_window = context_window
-        self.default_headers = dict(default_headers or {})
-        self.http_transport = http_transport
-        self._holder = ClientHolder(client, prepared_requests=prepared_requests)
-
-    def __repr__(self) -> str:
-        return f"AnthropicMessagesService(model={self.model!r}, base_url={self.base_url!r})"
-
-    def _build(self, sdk: ModuleType) -> Any:
-        return sdk.AsyncAnthropic(
-            api_key=self.api_key or "not-needed",
-            base_url=self.base_url,
-            max_retries=0,
-            timeout=self.timeout_s,
-            default_headers=self.default_headers or None,
-            http_client=build_http_client(sdk, self.http_transport, self.timeout_s),
-        )
-
-    async def aclose(self) -> None:
-        """Close the underlying HTTP client."""
-        await self._holder.aclose()
+    _sdk_name = "anthropic"
+    _client_class = "AsyncAnthropic"
 
     async def complete(self, request: LLMRequest, *, callbacks: StreamCallbacks | None = None) -> LLMResponse:
         """Make one Messages request. See :class:`~power_loop.providers.base.LLMService`."""
-        client, sdk = await self._holder.ensure("anthropic", self._build)
+        client, sdk = await self._client()
         if request.stream and not self.stream:
             request = replace(request, stream=False)
         max_tokens = request.max_tokens or self.max_tokens or _DEFAULT_MAX_TOKENS
@@ -358,17 +308,9 @@ class AnthropicMessagesService:
         options: dict[str, Any] = {"headers": {"Content-Type": "application/json"}}
         if request.timeout_s is not None:
             options["timeout"] = request.timeout_s
-        try:
-            if request.stream:
-                return await self._stream(client, sdk, body, options, callbacks)
-            return await self._plain(client, sdk, body, options, callbacks)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            mapped = map_sdk_error(exc, provider=self.provider, sdk=sdk)
-            if mapped is None:
-                raise
-            raise mapped from exc
+        if request.stream:
+            return await self._mapped(sdk, lambda: self._stream(client, sdk, body, options, callbacks))
+        return await self._mapped(sdk, lambda: self._plain(client, sdk, body, options, callbacks))
 
     async def _stream(
         self, client: Any, sdk: ModuleType, body: bytes, options: dict[str, Any], callbacks: StreamCallbacks | None

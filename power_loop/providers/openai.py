@@ -13,13 +13,12 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from types import ModuleType
 from typing import Any
 
-from ..errors import ConfigurationError, LLMResponseError
+from ..errors import LLMResponseError
 from ..messages import (
     AssistantMessage,
     Message,
@@ -31,13 +30,11 @@ from ..messages import (
 )
 from ..tools.definition import ToolDefinition
 from ._common import (
-    ClientHolder,
-    build_http_client,
     dumps,
-    map_sdk_error,
     memo,
     stream_error,
 )
+from ._sdk_service import SDKService
 from ._sse import iter_sse
 from .base import LLMRequest, LLMResponse, StreamCallbacks
 
@@ -203,7 +200,7 @@ def _usage(raw: Mapping[str, Any] | None) -> Usage:
     )
 
 
-class OpenAIChatService:
+class OpenAIChatService(SDKService):
     """An :class:`~power_loop.providers.base.LLMService` for OpenAI-compatible Chat Completions.
 
     Args:
@@ -231,6 +228,8 @@ class OpenAIChatService:
     """
 
     provider = "openai"
+    _sdk_name = "openai"
+    _client_class = "AsyncOpenAI"
 
     def __init__(
         self,
@@ -250,42 +249,26 @@ class OpenAIChatService:
         http_transport: str = "native",
         prepared_requests: bool = True,
     ) -> None:
-        if not model:
-            raise ConfigurationError("OpenAIChatService needs a model name")
-        self.model = model
-        self.api_key = api_key
-        self.base_url = base_url
-        self.timeout_s = timeout_s
-        self.max_retries = max_retries
-        self.max_tokens = max_tokens
-        self.temperature = temperature
-        self.stream = stream
-        self.context_window = context_window
-        self.max_tokens_param = max_tokens_param
-        self.default_headers = dict(default_headers or {})
-        self.http_transport = http_transport
-        self._holder = ClientHolder(client, prepared_requests=prepared_requests)
-
-    def __repr__(self) -> str:
-        return f"OpenAIChatService(model={self.model!r}, base_url={self.base_url!r})"
-
-    def _build(self, sdk: ModuleType) -> Any:
-        return sdk.AsyncOpenAI(
-            api_key=self.api_key or "not-needed",
-            base_url=self.base_url,
-            max_retries=0,
-            timeout=self.timeout_s,
-            default_headers=self.default_headers or None,
-            http_client=build_http_client(sdk, self.http_transport, self.timeout_s),
+        super().__init__(
+            model=model,
+            api_key=api_key,
+            base_url=base_url,
+            timeout_s=timeout_s,
+            max_retries=max_retries,
+            max_tokens=max_tokens,
+            temperature=temperature,
+            stream=stream,
+            context_window=context_window,
+            default_headers=default_headers,
+            client=client,
+            http_transport=http_transport,
+            prepared_requests=prepared_requests,
         )
-
-    async def aclose(self) -> None:
-        """Close the underlying HTTP client."""
-        await self._holder.aclose()
+        self.max_tokens_param = max_tokens_param
 
     async def complete(self, request: LLMRequest, *, callbacks: StreamCallbacks | None = None) -> LLMResponse:
         """Make one Chat Completions request. See :class:`~power_loop.providers.base.LLMService`."""
-        client, sdk = await self._holder.ensure("openai", self._build)
+        client, sdk = await self._client()
         stream = request.stream and self.stream
         if stream != request.stream:
             request = replace(request, stream=stream)
@@ -303,17 +286,9 @@ class OpenAIChatService:
         options: dict[str, Any] = {"security": {"bearer_auth": True}}
         if request.timeout_s is not None:
             options["timeout"] = request.timeout_s
-        try:
-            if stream:
-                return await self._stream(client, sdk, body, options, callbacks)
-            return await self._plain(client, sdk, body, options, callbacks)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            mapped = map_sdk_error(exc, provider=self.provider, sdk=sdk)
-            if mapped is None:
-                raise
-            raise mapped from exc
+        if stream:
+            return await self._mapped(sdk, lambda: self._stream(client, sdk, body, options, callbacks))
+        return await self._mapped(sdk, lambda: self._plain(client, sdk, body, options, callbacks))
 
     async def _stream(
         self, client: Any, sdk: ModuleType, body: bytes, options: dict[str, Any], callbacks: StreamCallbacks | None
