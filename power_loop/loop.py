@@ -17,7 +17,7 @@ import asyncio
 import math
 import secrets
 import time
-from collections.abc import Coroutine, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from typing import Any, TypeVar
 
 from .cancellation import StopEventLike
@@ -26,7 +26,7 @@ from .engine.history import HistoryCache
 from .engine.prepare import normalize_input, resolve_system_prompt
 from .engine.run import RunRequest, execute_run
 from .engine.runtime import Runtime
-from .errors import SessionNotFoundError
+from .errors import SessionBusyError, SessionNotFoundError
 from .events import AgentEvent, AgentEventBus, AgentEventType, BaseEventPayload
 from .hooks import AgentHooks
 from .messages import message_to_dict
@@ -305,12 +305,12 @@ class StatefulAgentLoop:
 
         Raises:
             ValueError: No open question has that id in the session.
-            SessionBusyError: A run holds the session.
+            SessionBusyError: A run held the session longer than ``session_wait_s``.
         """
         import json
 
         text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
-        still_open = await self.store.answer_interaction(session_id, interaction_id, text)
+        still_open = await self._when_free(lambda: self.store.answer_interaction(session_id, interaction_id, text))
         if still_open:
             pending = await self.store.get_pending(session_id)
             return StatefulResult(
@@ -330,15 +330,35 @@ class StatefulAgentLoop:
 
         Raises:
             SessionBusyError: A run (in any process) holds the session; its calls may still be
-                running. Stop it first (``stop_event``) or wait for it to end.
+                running. Stop it first (``stop_event``) or wait for it to end. (A crashed
+                process's hold ends ``lease_ttl_s`` after its last renewal;
+                :meth:`abort_pending_async` waits for that.)
         """
         self._rt.histories.drop(session_id)
         return self.store.abort_pending_sync(session_id, reason)
 
     async def abort_pending_async(self, session_id: str, *, reason: str = "aborted") -> int:
-        """Async twin of :meth:`abort_pending`."""
+        """Async twin of :meth:`abort_pending`. While a run holds the session it waits, up to
+        ``AgentLoopConfig.session_wait_s``, for the session to be free (a crashed process's
+        hold ends when its lease expires) before raising ``SessionBusyError``."""
         self._rt.histories.drop(session_id)
-        return await self.store.abort_pending(session_id, reason)
+        return await self._when_free(lambda: self.store.abort_pending(session_id, reason))
+
+    async def _when_free(self, call: Callable[[], Awaitable[T]]) -> T:
+        """Run a store call that refuses a held session, retrying while it is held (bounded by
+        ``session_wait_s``)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.config.session_wait_s
+        delay = 0.02
+        while True:
+            try:
+                return await call()
+            except SessionBusyError:
+                left = deadline - loop.time()
+                if left <= 0:
+                    raise
+            await asyncio.sleep(min(delay, left))
+            delay = min(delay * 2, 0.5)
 
     async def prune_compacted_async(
         self, session_id: str | None = None, *, older_than_s: float | None = None, keep_last: int | None = None

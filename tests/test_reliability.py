@@ -378,14 +378,17 @@ async def test_abort_pending_refuses_while_a_run_holds_the_session(db_path: str)
 
     gate = Gate()
     llm = ScriptedLLM([tool_reply(("slow_write", {"key": "k"}, "c1")), text_reply("done")])
-    async with StatefulAgentLoop(llm=llm, db_path=db_path, tool_registry=registry(gate.tool())) as loop:
+    config = AgentLoopConfig(session_wait_s=0.3)
+    async with StatefulAgentLoop(llm=llm, db_path=db_path, tool_registry=registry(gate.tool()), config=config) as loop:
         sid = await loop.new_session_async()
         run = asyncio.ensure_future(loop.send("go", session_id=sid))
         await asyncio.wait_for(gate.entered.wait(), 5)
-        with pytest.raises(SessionBusyError, match="run in progress"):
-            await loop.abort_pending_async(sid)
-        with pytest.raises(SessionBusyError):
-            await asyncio.to_thread(loop.abort_pending, sid)
+        started = time.monotonic()
+        with pytest.raises(SessionBusyError, match="is held by a run"):
+            await loop.abort_pending_async(sid)  # waits session_wait_s for the hold to end
+        assert time.monotonic() - started >= 0.25
+        with pytest.raises(SessionBusyError, match="may still be running"):
+            await asyncio.to_thread(loop.abort_pending, sid)  # the sync form does not wait
         gate.release.set()
         result = await asyncio.wait_for(run, 5)
         messages = await loop.get_messages_async(sid)

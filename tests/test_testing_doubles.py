@@ -267,7 +267,7 @@ async def test_scripted_llm_usage() -> None:
 
 async def test_scripted_llm_delay() -> None:
     llm = ScriptedLLM([ScriptedReply(text="late", delay_s=30)])
-    with pytest.raises(TimeoutError):
+    with pytest.raises(asyncio.TimeoutError):
         await asyncio.wait_for(llm.complete(ask("x")), timeout=0.05)
 
 

@@ -864,11 +864,12 @@ def abort_pending(conn: sqlite3.Connection, session_id: str, reason: str) -> int
     """
     _version(conn, session_id)
     now = now_ms()
-    owner = lease_is_live(conn, session_id, now)[0]
+    owner, expires_at = lease_is_live(conn, session_id, now)
     if owner is not None:
         raise SessionBusyError(
-            f"session {session_id!r} has a run in progress ({owner}); abort_pending would answer calls that are "
-            "still running. Stop that run first (stop_event), or wait for it to end",
+            f"session {session_id!r} is held by a run ({owner}) for another {(expires_at - now) / 1000:.1f}s at "
+            "least; abort_pending would answer calls that may still be running. Stop that run first "
+            "(stop_event); if its process died, the hold ends when its lease expires",
             session_id=session_id,
         )
     answered = answer_pending(conn, session_id, f"<aborted: {reason}>", run_id=None, now=now)
