@@ -73,9 +73,8 @@ def http_response_class() -> type[Any]:
 
         return httpx2.Response
     except ImportError:  # pragma: no cover - SDK versions built on httpx
-        import httpx
-
-        return httpx.Response
+        response: type[Any] = importlib.import_module("httpx").Response
+        return response
 
 
 def build_http_client(sdk: ModuleType, transport: str, timeout_s: float) -> Any:

@@ -21,6 +21,7 @@ proxy is configured in the environment, or when asked to (``http_transport="http
 from __future__ import annotations
 
 import asyncio
+import importlib
 import os
 import ssl
 import sys
@@ -32,7 +33,7 @@ from typing import Any
 try:  # the SDKs of this generation are built on httpx2; older ones on httpx
     import httpx2 as httpx
 except ImportError:  # pragma: no cover - exercised only with older SDKs
-    import httpx  # type: ignore[no-redef]
+    httpx = importlib.import_module("httpx")
 
 __all__ = ["NativeTransport", "proxy_configured"]
 
