@@ -147,6 +147,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "retaken this long after its last renewal (default 120)",
     )
     worker.add_argument("--concurrency", type=int, default=64, help="timers delivered at once (default 64)")
+    worker.add_argument(
+        "--grace", type=float, default=30.0, help="seconds the runs still going get at shutdown (default 30)"
+    )
     worker.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
     sub.add_parser("version", help="print the version")
     args = parser.parse_args(argv)
@@ -161,10 +164,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _worker(args: argparse.Namespace) -> int:
     import logging
 
-    from .errors import ConfigurationError
     from .timers.worker import run_worker
 
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    level = logging.getLevelName(str(args.log_level).upper())
+    if not isinstance(level, int):
+        print(
+            f"power-loop worker: unknown --log-level {args.log_level!r} (use DEBUG, INFO, WARNING or ERROR)",
+            file=sys.stderr,
+        )
+        return 2
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         asyncio.run(
             run_worker(
@@ -172,10 +181,13 @@ def _worker(args: argparse.Namespace) -> int:
                 scan_interval_s=args.scan_interval,
                 stale_firing_s=args.stale_firing,
                 concurrency=args.concurrency,
+                grace_s=args.grace,
             )
         )
-    except (ConfigurationError, ValueError) as exc:
-        print(f"power-loop worker: {exc}", file=sys.stderr)
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # an APP that cannot be loaded, a factory that raised, bad options
+        print(f"power-loop worker: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 2
     return 0
 

@@ -14,6 +14,7 @@ code on the event loop's hot path.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import secrets
 import time
@@ -45,11 +46,20 @@ def _new_session_id() -> str:
     return "sess_" + secrets.token_hex(12)
 
 
-def _run_sync(coro: Coroutine[Any, Any, T], name: str) -> T:
+def _run_sync(coro: Coroutine[Any, Any, T], name: str, *, after: Callable[[], Awaitable[None]] | None = None) -> T:
+    """Run ``coro`` in a fresh event loop; ``after`` releases what was bound to that loop."""
     try:
         asyncio.get_running_loop()
     except RuntimeError:
-        return asyncio.run(coro)
+
+        async def main() -> T:
+            try:
+                return await coro
+            finally:
+                if after is not None:
+                    await after()
+
+        return asyncio.run(main())
     coro.close()
     raise RuntimeError(
         f"{name}_sync() cannot be called from a running event loop (it would block it); "
@@ -260,7 +270,7 @@ class StatefulAgentLoop:
 
     def send_sync(self, user_input: str | dict[str, Any], session_id: str, **kwargs: Any) -> StatefulResult:
         """Blocking :meth:`send` for scripts (raises inside a running event loop)."""
-        return _run_sync(self.send(user_input, session_id, **kwargs), "send")
+        return _run_sync(self.send(user_input, session_id, **kwargs), "send", after=self._close_loop_clients)
 
     async def follow_up(
         self,
@@ -291,7 +301,15 @@ class StatefulAgentLoop:
         self, user_input: str | dict[str, Any], session_id: str, **kwargs: Any
     ) -> StatefulResult | FollowUpQueued:
         """Blocking :meth:`follow_up`."""
-        return _run_sync(self.follow_up(user_input, session_id, **kwargs), "follow_up")
+        return _run_sync(self.follow_up(user_input, session_id, **kwargs), "follow_up", after=self._close_loop_clients)
+
+    async def _close_loop_clients(self) -> None:
+        """Close the provider's HTTP client of the current (temporary) event loop, so its
+        connections do not outlive the loop (each ``*_sync`` call runs in a fresh one)."""
+        close = getattr(self.llm, "aclose", None)
+        if close is not None:
+            with contextlib.suppress(Exception):
+                await close()
 
     async def resume(self, session_id: str, *, stop_event: StopEventLike | None = None) -> StatefulResult:
         """Run the session's unanswered tool calls (reusing results of calls that finished),
@@ -543,38 +561,42 @@ def _timer_args(
     count: int | None,
     until_ms: int | None,
 ) -> dict[str, Any]:
+    from .store._timers_sql import MAX_DELAY_S, MAX_DUE_AT_MS
+
+    def seconds(value: Any) -> bool:
+        return (
+            not isinstance(value, bool)
+            and isinstance(value, (int, float))
+            and math.isfinite(value)
+            and 0 <= value <= MAX_DELAY_S
+        )
+
+    def epoch_ms(value: Any) -> bool:
+        return not isinstance(value, bool) and isinstance(value, int) and 0 <= value <= MAX_DUE_AT_MS
+
     if (delay_s is None) == (due_at_ms is None):
         raise ValueError("provide exactly one of delay_s / due_at_ms")
     if not isinstance(note, str) or not note.strip():
         raise ValueError("note is required — the agent needs to know why it woke up")
     if delay_s is not None:
-        if (
-            isinstance(delay_s, bool)
-            or not isinstance(delay_s, (int, float))
-            or not math.isfinite(delay_s)
-            or delay_s < 0
-        ):
-            raise ValueError(f"delay_s must be a finite number of seconds >= 0, not {delay_s!r}")
+        if not seconds(delay_s):
+            raise ValueError(f"delay_s must be a number of seconds from 0 to 100 years, not {delay_s!r}")
         due_at = int(time.time() * 1000 + delay_s * 1000)
     else:
-        if isinstance(due_at_ms, bool) or not isinstance(due_at_ms, int) or due_at_ms < 0:
-            raise ValueError(f"due_at_ms must be epoch milliseconds (an int >= 0), not {due_at_ms!r}")
+        if not epoch_ms(due_at_ms):
+            raise ValueError(f"due_at_ms must be epoch milliseconds (an int up to year 9999), not {due_at_ms!r}")
+        assert due_at_ms is not None
         due_at = due_at_ms
     every_ms = None
     if every_s is not None:
-        if (
-            isinstance(every_s, bool)
-            or not isinstance(every_s, (int, float))
-            or not math.isfinite(every_s)
-            or every_s <= 0
-        ):
-            raise ValueError(f"every_s must be a positive number of seconds, not {every_s!r}")
+        if not seconds(every_s) or every_s <= 0:
+            raise ValueError(f"every_s must be a positive number of seconds up to 100 years, not {every_s!r}")
         every_ms = max(1, int(every_s * 1000))
     elif count is not None or until_ms is not None:
         raise ValueError("count and until_ms apply to recurring timers: pass every_s as well")
     if count is not None and (isinstance(count, bool) or not isinstance(count, int) or count < 1):
         raise ValueError(f"count must be an int >= 1, not {count!r}")
-    if until_ms is not None and (isinstance(until_ms, bool) or not isinstance(until_ms, int) or until_ms < due_at):
+    if until_ms is not None and (not epoch_ms(until_ms) or until_ms < due_at):
         raise ValueError("until_ms must be epoch milliseconds no earlier than the first due time")
     return {"due_at": due_at, "note": note, "every_ms": every_ms, "count": count, "until_at": until_ms}
 

@@ -361,3 +361,80 @@ async def test_prepared_requests_can_be_turned_off(
         await llm.complete(hi())
     assert llm._holder._prepared is None  # type: ignore[attr-defined]
     assert scripted_server.requests[0].headers == scripted_server.requests[1].headers
+
+
+def test_retry_after_is_read_defensively() -> None:
+    from power_loop.providers._common import parse_retry_after
+
+    assert parse_retry_after({"retry-after": "2"}) == 2.0
+    assert parse_retry_after({"retry-after-ms": "1500"}) == 1.5
+    assert parse_retry_after({"retry-after": "Wed, 21 Oct 2015 07:28:00 GMT"}) == 0.0  # in the past
+    for unusable in ("soon", "inf", "nan", "86400", "Fri, 01 Jan 2100 00:00:00 GMT"):
+        assert parse_retry_after({"retry-after": unusable}) is None, unusable  # the policy's backoff applies
+
+
+async def test_an_event_stream_with_broken_json_is_a_response_error() -> None:
+    from power_loop import LLMResponseError
+    from power_loop.providers._sse import iter_sse
+
+    class Body:
+        async def aiter_bytes(self):  # type: ignore[no-untyped-def]
+            yield b'data: {"ok": 1}\n\ndata: {not json\n\n'
+
+    events = []
+    with pytest.raises(LLMResponseError, match="not JSON"):
+        async for _, data in iter_sse(Body()):
+            events.append(data)
+    assert events == [{"ok": 1}]
+
+
+async def test_closing_a_service_keeps_a_client_you_passed_in(
+    scripted_server: ScriptedServer, protocol: str
+) -> None:
+    import anthropic
+    import openai
+
+    from power_loop.providers.anthropic import AnthropicMessagesService
+    from power_loop.providers.openai import OpenAIChatService
+
+    scripted_server.push(text_reply("one"), text_reply("two"))
+    if protocol == "openai":
+        client = openai.AsyncOpenAI(base_url=scripted_server.openai_base_url, api_key="k", max_retries=0)
+        llm = OpenAIChatService(model="m", client=client)
+    else:
+        client = anthropic.AsyncAnthropic(base_url=scripted_server.anthropic_base_url, api_key="k", max_retries=0)
+        llm = AnthropicMessagesService(model="m", client=client)  # type: ignore[assignment]
+    assert (await llm.complete(hi())).message.text == "one"
+    await llm.aclose()  # the client is the caller's: not closed, not dropped
+    assert (await llm.complete(hi())).message.text == "two"
+    await client.close()
+
+
+def test_send_sync_does_not_leave_the_loops_http_client_open(
+    scripted_server: ScriptedServer, db_path: str
+) -> None:
+    from power_loop import StatefulAgentLoop
+    from power_loop.providers.openai import OpenAIChatService
+
+    llm = OpenAIChatService(model="m", base_url=scripted_server.openai_base_url, api_key="k")
+    loop = StatefulAgentLoop(llm=llm, db_path=db_path)
+    sid = loop.new_session()
+    for _ in range(3):
+        loop.send_sync("hi", sid)
+        assert llm._holder.client is None  # closed with its event loop  # type: ignore[attr-defined]
+    assert scripted_server.request_count == 3
+    loop.close()
+
+
+async def test_a_transport_failure_on_a_prepared_request_is_the_sdks_error(
+    protocol: str, llm_factory: ServiceFactory
+) -> None:
+    server = ScriptedServer([text_reply("one")]).start()
+    llm = llm_factory(protocol, server, timeout_s=2.0)
+    assert (await llm.complete(hi())).message.text == "one"
+    await asyncio.to_thread(server.stop)  # the next (prepared) request finds nobody listening
+    with pytest.raises(LLMConnectionError) as info:
+        await llm.complete(hi())
+    sdk = __import__(protocol)
+    assert isinstance(info.value.__cause__, sdk.APIConnectionError)
+    assert info.value.retryable

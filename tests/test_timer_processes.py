@@ -150,13 +150,20 @@ async def test_two_worker_processes_deliver_a_thousand_timers_exactly_once(tmp_p
 
 
 def test_worker_cli_rejects_a_bad_app(tmp_path: Path) -> None:
-    for app, message in (("no_colon", "must look like 'module:attribute'"), ("missing_mod:x", "could not import")):
+    (tmp_path / "broken_app.py").write_text("def make():\n    raise RuntimeError('no database configured')\n")
+    cases = (
+        (["no_colon"], "must look like 'module:attribute'"),
+        (["missing_mod:x"], "could not import"),
+        (["broken_app:make"], "raised RuntimeError: no database configured"),
+        (["broken_app:make", "--log-level", "chatty"], "unknown --log-level"),
+    )
+    for args, message in cases:
         proc = subprocess.run(
-            [sys.executable, "-m", "power_loop", "worker", app],
+            [sys.executable, "-m", "power_loop", "worker", *args],
             capture_output=True,
             text=True,
             cwd=tmp_path,
-            env={**os.environ, "PYTHONPATH": str(TESTS.parent)},
+            env={**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(TESTS.parent)])},
             timeout=60,
         )
         assert proc.returncode == 2 and message in proc.stderr, proc.stderr

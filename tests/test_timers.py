@@ -527,3 +527,166 @@ async def test_the_runner_leaves_waiting_follow_ups_to_the_next_run(db_path: str
         await runner.drain()
         assert await loop.get_messages_async(sid) == []  # no run was started for a follow-up
         assert await loop.store.inbox_depth(sid) == 1
+
+
+# --------------------------------------------------------------------------- edge cases
+
+
+async def test_pending_sessions_never_starve_the_recovery_of_others(db_path: str) -> None:
+    """Sessions holding a queued wake-up behind unanswered calls are not orphans; they must
+    not fill the recovery batch and hide a real one."""
+    entered = asyncio.Event()
+
+    @tool
+    async def hang() -> str:
+        """Never returns."""
+        entered.set()
+        await asyncio.sleep(3600)
+        return "never"
+
+    llm = ScriptedLLM([tool_reply(("hang", {}, "c1")), tool_reply(("hang", {}, "c1"))], rule=lambda r: text_reply("ok"))
+    async with StatefulAgentLoop(llm=llm, db_path=db_path, tool_registry=ToolRegistry([hang])) as loop:
+        for name in ("a-pending", "b-pending"):
+            await loop.new_session_async(session_id=name)
+            entered.clear()
+            send = asyncio.ensure_future(loop.send("go", session_id=name))
+            await asyncio.wait_for(entered.wait(), 5)
+            send.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await send
+            await loop.store.enqueue(name, wake_up_message(1, "x"), kind="timer")
+        await loop.new_session_async(session_id="z-orphan")
+        await loop.store.enqueue("z-orphan", wake_up_message(1, "left behind"), kind="timer")
+        runner = TimerRunner(loop, batch=1)
+        await runner.scan_once()
+        await runner.drain()
+        messages = await loop.get_messages_async("z-orphan")
+    assert timer_texts(messages) == [wake_up_message(1, "left behind")]
+
+
+async def test_a_bad_hook_result_fails_only_its_own_timer(db_path: str) -> None:
+    def hook(ctx: TimerFireCtx) -> None:
+        if ctx.note == "bad":
+            ctx.message = {"not": "a string"}  # type: ignore[assignment]
+
+    async with StatefulAgentLoop(llm=ScriptedLLM(), db_path=db_path) as loop:
+        loop.hooks.register(HookPoint.TIMER_FIRE, hook)
+        log = EventLog(loop.event_bus)
+        sids = [await loop.new_session_async() for _ in range(3)]
+        for sid, note in zip(sids, ("good", "bad", "good"), strict=True):
+            await loop.schedule_timer_async(sid, delay_s=0, note=note)
+        runner = TimerRunner(loop)
+        await runner.scan_once()
+        await runner.drain()
+        outcomes = {e.session_id: e.data.outcome for e in log.of("timer_fired")}
+        rows = await timer_rows(loop)
+    assert outcomes == {sids[0]: "delivered", sids[1]: "error", sids[2]: "delivered"}
+    assert sorted(r[2:4] for r in rows) == [("armed", "error"), ("fired", "delivered"), ("fired", "delivered")]
+
+
+async def test_a_slow_hook_holds_up_only_its_own_timer(db_path: str) -> None:
+    release = asyncio.Event()
+
+    async def hook(ctx: TimerFireCtx) -> None:
+        if ctx.note == "slow":
+            await release.wait()
+
+    async with StatefulAgentLoop(llm=ScriptedLLM(), db_path=db_path) as loop:
+        loop.hooks.register(HookPoint.TIMER_FIRE, hook)
+        slow, quick = await loop.new_session_async(), await loop.new_session_async()
+        await loop.schedule_timer_async(slow, delay_s=0, note="slow")
+        async with TimerRunner(loop, scan_interval_s=5) as runner:
+            await asyncio.sleep(0.1)  # the slow hook is running
+            await loop.schedule_timer_async(quick, delay_s=0.1, note="quick")
+
+            async def quick_delivered() -> bool:
+                return bool(timer_texts(await loop.get_messages_async(quick)))
+
+            await eventually(quick_delivered, timeout=3)
+            assert timer_texts(await loop.get_messages_async(slow)) == []
+            release.set()
+            await runner.drain()
+        assert timer_texts(await loop.get_messages_async(slow)) == [wake_up_message(1, "slow")]
+
+
+async def test_a_stale_claim_is_refused_even_for_the_same_runner(db_path: str) -> None:
+    from power_loop.store import _timers_sql as timers_sql
+
+    async with StatefulAgentLoop(llm=ScriptedLLM(), db_path=db_path) as loop:
+        sid = await loop.new_session_async()
+        await loop.schedule_timer_async(sid, delay_s=0, note="n")
+        (first,) = await loop.store.claim_due_timers("me", lease_ms=1, limit=5)
+        await asyncio.sleep(0.01)  # the lease expires: the timer is claimable again
+        (second,) = await loop.store.claim_due_timers("me", lease_ms=60_000, limit=5)
+        assert second.claim_seq == first.claim_seq + 1
+        stale = timers_sql.Delivery(first, "deliver", "old claim")
+        fresh = timers_sql.Delivery(second, "deliver", "new claim")
+        assert await loop.store.deliver_timers("me", [stale]) == [(None, 0)]
+        assert (await loop.store.deliver_timers("me", [fresh]))[0][0] == "delivered"
+        assert await loop.store.inbox_depth(sid) == 1
+
+
+async def test_no_occurrence_fires_after_until(db_path: str) -> None:
+    async with StatefulAgentLoop(llm=ScriptedLLM(), db_path=db_path) as loop:
+        log = EventLog(loop.event_bus)
+        sid = await loop.new_session_async()
+        now = now_ms()
+        await loop.schedule_timer_async(sid, due_at_ms=now - 1_000, note="n", every_s=10, until_ms=now - 500)
+        runner = TimerRunner(loop)
+        await runner.scan_once()
+        await runner.drain()
+        rows = await timer_rows(loop)
+        messages = await loop.get_messages_async(sid)
+    assert [e.data.outcome for e in log.of("timer_fired")] == ["skipped"]
+    assert rows[0][2] == "fired" and messages == []
+
+
+async def test_out_of_range_values_are_refused_clearly(db_path: str) -> None:
+    async with StatefulAgentLoop(llm=OfflineLLM(), db_path=db_path) as loop:
+        sid = await loop.new_session_async()
+        for kwargs in ({"delay_s": 1e17}, {"due_at_ms": 2**63}, {"delay_s": float("nan")}):
+            with pytest.raises(ValueError):
+                await loop.schedule_timer_async(sid, note="n", **kwargs)  # type: ignore[arg-type]
+        with pytest.raises(ValueError, match="every_s"):
+            await loop.schedule_timer_async(sid, delay_s=1, note="n", every_s=1e17)
+        assert await loop.cancel_timer_async(sid, 2**70) is False
+    with pytest.raises(ValueError):
+        TimerToolLimits(max_delay_s=float("inf"))
+
+
+async def test_no_error_event_for_a_timer_cancelled_while_its_hook_failed(db_path: str) -> None:
+    async with StatefulAgentLoop(llm=ScriptedLLM(), db_path=db_path) as loop:
+
+        async def hook(ctx: TimerFireCtx) -> None:
+            await loop.cancel_timer_async(ctx.session_id, ctx.timer_id)
+            raise RuntimeError("and then failed")
+
+        loop.hooks.register(HookPoint.TIMER_FIRE, hook)
+        log = EventLog(loop.event_bus)
+        sid = await loop.new_session_async()
+        await loop.schedule_timer_async(sid, delay_s=0, note="n")
+        runner = TimerRunner(loop)
+        await runner.scan_once()
+        rows = await timer_rows(loop)
+    assert log.of("timer_fired") == []
+    assert rows[0][2] == "cancelled"
+
+
+async def test_the_wakeup_tool_schedules_once_per_call(db_path: str) -> None:
+    """A call run again (resume after a crash) finds the wake-up it scheduled already."""
+    from power_loop import ToolContext
+    from power_loop.tools.context import _reset_context, _set_context
+
+    registry = register_timer_tools(ToolRegistry())
+    async with StatefulAgentLoop(llm=ScriptedLLM(), db_path=db_path, tool_registry=registry) as loop:
+        sid = await loop.new_session_async()
+        ctx = ToolContext(session_id=sid, tool_call_id="call-7", tool_name="schedule_wakeup", loop=loop)
+        token = _set_context(ctx)
+        try:
+            first = await registry.invoke_async("schedule_wakeup", {"delay_seconds": 60, "note": "n"})
+            again = await registry.invoke_async("schedule_wakeup", {"delay_seconds": 60, "note": "n"})
+        finally:
+            _reset_context(token)
+        timers = await loop.list_timers_async(sid)
+    assert first == again == "Wake-up #1 scheduled in 60s. You'll receive your note."
+    assert [t.timer_id for t in timers] == [1]

@@ -7,6 +7,7 @@ import asyncio
 import email.utils
 import importlib
 import json
+import math
 import time
 import uuid
 from collections.abc import Callable, Mapping
@@ -110,11 +111,12 @@ class PreparedRequests:
     Error statuses are raised as the SDK's own exceptions (``_make_status_error_from_response``),
     so error handling is unchanged.
 
-    Only used for clients power_loop builds itself, with a static API key, and only while the
-    client has nothing that acts per request: no custom auth, workload identity, middleware, or
-    an OpenTelemetry tracer provider that would record the SDK's spans. Otherwise, and for the
-    first request of a client (which lets the SDK resolve its platform headers), requests go
-    through ``client.post``.
+    Only used for clients power_loop builds itself, and only while nothing about the client
+    acts per request: no API-key provider (a callable key), custom auth, workload identity or
+    middleware. The first request of a client (which lets the SDK resolve its platform
+    headers) goes through ``client.post``. Cookies are taken from the client's jar for every
+    request; transport failures are raised as the SDK's ``APITimeoutError`` /
+    ``APIConnectionError``, and any non-2xx status as the SDK's status error, as ``post`` does.
     """
 
     _REQUIRED = (
@@ -127,6 +129,7 @@ class PreparedRequests:
 
     def __init__(self, client: Any, sdk: ModuleType) -> None:
         self.client = client
+        self._sdk = sdk
         self._models = importlib.import_module(f"{sdk.__name__}._models")
         self._templates: dict[tuple[str, Any], tuple[Any, Any, Any, Any]] = {}
         self._idempotency_header: str | None = getattr(client, "_idempotency_header", None)
@@ -139,12 +142,12 @@ class PreparedRequests:
             and getattr(client, "custom_auth", None) is None
             and getattr(client, "_workload_identity_auth", None) is None
             and not getattr(client, "_middleware", ())
+            and getattr(client, "_api_key_provider", None) is None
         )
 
     def ready(self) -> bool:
-        """True once the SDK has resolved its platform headers (its first request does), and
-        while no OpenTelemetry tracer provider is configured for the SDK's spans."""
-        return getattr(self.client, "_platform", None) is not None and not _tracing(self.client)
+        """True once the SDK has resolved its platform headers (its first request does)."""
+        return getattr(self.client, "_platform", None) is not None
 
     async def _template(self, path: str, options: Mapping[str, Any]) -> tuple[Any, Any, Any, Any]:
         key = (path, options.get("timeout"))
@@ -155,11 +158,13 @@ class PreparedRequests:
             opts = await client._prepare_options(opts)
             request = client._build_request(opts, retries_taken=0)
             await client._prepare_request(request)
-            drop = {b"content-length"}
+            drop = {b"content-length", b"cookie"}
             if self._idempotency_header:
                 drop.add(self._idempotency_header.lower().encode())
             headers = type(request.headers)([(k, v) for k, v in request.headers.raw if k.lower() not in drop])
             found = (type(request), request.url, headers, dict(request.extensions))
+            if len(self._templates) >= 32:  # callers varying timeout_s per request: stay bounded
+                self._templates.clear()
             self._templates[key] = found
         return found
 
@@ -170,30 +175,27 @@ class PreparedRequests:
         if self._idempotency_header:
             request.headers[self._idempotency_header] = f"stainless-python-retry-{uuid.uuid4()}"
         client = self.client
+        http = client._client
+        cookies = getattr(http, "cookies", None)
+        if cookies:
+            cookies.set_cookie_header(request)
         send = getattr(client, "_send_request", None)  # the SDK's send step (auth retry), when it has one
-        if send is not None:
-            response = await send(request, stream=stream)
-        else:
-            response = await client._client.send(request, stream=stream)
-        if response.status_code >= 400:
+        try:
+            response = await (send(request, stream=stream) if send is not None else http.send(request, stream=stream))
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            # As the SDK's post does: timeouts and any other transport failure become its errors.
+            if "Timeout" in type(exc).__name__:
+                raise self._sdk.APITimeoutError(request=request) from exc
+            raise self._sdk.APIConnectionError(request=request) from exc
+        if not 200 <= response.status_code < 300:
             try:
                 await response.aread()
             finally:
                 await response.aclose()
             raise client._make_status_error_from_response(response)
         return response
-
-
-def _tracing(client: Any) -> bool:
-    """True when the SDK client would record OpenTelemetry spans (a real tracer provider is
-    set); the SDK's ``post`` must then make the request so the spans exist."""
-    if getattr(client, "_tracer", None) is None:
-        return False
-    try:
-        from opentelemetry import trace
-    except ImportError:  # pragma: no cover - the SDK found it when it made the tracer
-        return False
-    return type(trace.get_tracer_provider()).__name__ not in ("ProxyTracerProvider", "NoOpTracerProvider")
 
 
 class ClientHolder:
@@ -258,9 +260,13 @@ class ClientHolder:
         return self.client, sdk
 
     async def aclose(self) -> None:
-        """Close the client (if power_loop built it) on its own loop."""
+        """Close the client power_loop built (on its own loop); a client you passed in is
+        yours to close and stays usable."""
+        if self.given:
+            return
         client, self.client = self.client, None
-        if client is not None and not self.given and self.loop is asyncio.get_running_loop():
+        self._prepared = self._checked = None
+        if client is not None and self.loop is asyncio.get_running_loop():
             await client.close()
 
 
@@ -271,19 +277,33 @@ def parse_retry_after(headers: Mapping[str, str] | None) -> float | None:
     raw_ms = headers.get("retry-after-ms")
     if raw_ms:
         try:
-            return max(0.0, float(raw_ms) / 1000.0)
+            return _bounded_wait(float(raw_ms) / 1000.0)
         except ValueError:
             pass
     raw = headers.get("retry-after")
     if not raw:
         return None
     try:
-        return max(0.0, float(raw))
+        return _bounded_wait(float(raw))
     except ValueError:
-        parsed = email.utils.parsedate_to_datetime(raw) if raw else None
-        if parsed is None:
-            return None
-        return max(0.0, parsed.timestamp() - time.time())
+        pass
+    try:
+        parsed = email.utils.parsedate_to_datetime(raw)
+    except (TypeError, ValueError, IndexError):
+        return None  # unreadable: fall back to the policy's own backoff
+    if parsed is None:
+        return None
+    return _bounded_wait(parsed.timestamp() - time.time())
+
+
+MAX_RETRY_AFTER_S = 120.0
+"""The longest ``Retry-After`` honoured; a longer or non-finite one falls back to backoff."""
+
+
+def _bounded_wait(seconds: float) -> float | None:
+    if not math.isfinite(seconds) or seconds > MAX_RETRY_AFTER_S:
+        return None
+    return max(0.0, seconds)
 
 
 def status_error(

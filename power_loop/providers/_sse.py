@@ -13,6 +13,8 @@ import json
 from collections.abc import AsyncIterator
 from typing import Any
 
+from ..errors import LLMResponseError
+
 __all__ = ["iter_sse"]
 
 
@@ -58,8 +60,16 @@ async def iter_sse(response: Any) -> AsyncIterator[tuple[str | None, Any]]:
             if data == "[DONE]":
                 done = True
                 break
-            yield name, json.loads(data)
+            yield name, _decode(data)
     if not done and buffer.strip():
         name, data = _parse_event(buffer)
         if data is not None and data != "[DONE]":
-            yield name, json.loads(data)
+            yield name, _decode(data)
+
+
+def _decode(data: str) -> Any:
+    try:
+        return json.loads(data)
+    except ValueError as exc:
+        snippet = data[:200]
+        raise LLMResponseError(f"the server sent an event that is not JSON ({exc}): {snippet!r}") from exc

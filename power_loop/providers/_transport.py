@@ -158,7 +158,7 @@ class NativeTransport(httpx.AsyncBaseTransport):
         timeouts = request.extensions.get("timeout") or {}
         payload = await _encode_request(request)
         for attempt in (0, 1):
-            conn = self._take_idle(key)
+            conn = self._take_idle(key) if attempt == 0 else None  # the retry uses a fresh connection
             reused = conn is not None
             if conn is None:
                 conn = await self._open(key, timeouts.get("connect"))

@@ -17,7 +17,11 @@ from ._sql import _version, lease_is_live, now_ms, pending_state
 from .rows import TimerRow
 
 __all__ = [
+    "MAX_DELAY_S",
+    "MAX_DUE_AT_MS",
+    "MAX_TIMER_ID",
     "ClaimedTimer",
+    "TimerBudgetExceeded",
     "Delivery",
     "cancel_timer",
     "claim_due",
@@ -55,6 +59,21 @@ def _row(r: Any) -> TimerRow:
     )
 
 
+MAX_TIMER_ID = 2**63 - 1
+MAX_DELAY_S = 100 * 365 * 86400.0
+"""The longest delay or period a timer accepts (100 years)."""
+MAX_DUE_AT_MS = 253_402_300_799_999
+"""The latest due time a timer accepts (the end of year 9999, epoch ms)."""
+
+
+class TimerBudgetExceeded(Exception):
+    """``max_live`` timers are armed already (``live`` says how many)."""
+
+    def __init__(self, live: int) -> None:
+        super().__init__(f"{live} timers armed")
+        self.live = live
+
+
 def schedule_timer(
     conn: sqlite3.Connection,
     session_id: str,
@@ -65,27 +84,37 @@ def schedule_timer(
     count: int | None,
     until_at: int | None,
     max_live: int | None = None,
+    origin: str | None = None,
 ) -> TimerRow:
     """Arm a timer (ids count from 1 per session).
 
+    With ``origin`` (e.g. a tool call's idempotency key) scheduling is idempotent: a timer
+    armed earlier with the same origin is returned instead of arming another.
+
     Raises:
         SessionNotFoundError: Unknown session.
-        OverflowError: ``max_live`` armed timers exist already (the message says how many).
+        TimerBudgetExceeded: ``max_live`` armed timers exist already.
     """
     _version(conn, session_id)
+    if origin is not None:
+        row = conn.execute(
+            "SELECT timer_id FROM timers WHERE session_id = ? AND origin = ?", (session_id, origin)
+        ).fetchone()
+        if row is not None:
+            return get_timer(conn, session_id, int(row[0]))
     if max_live is not None:
         live = conn.execute(
             "SELECT COUNT(*) FROM timers WHERE session_id = ? AND status IN ('armed', 'claimed')", (session_id,)
         ).fetchone()[0]
         if live >= max_live:
-            raise OverflowError(str(live))
+            raise TimerBudgetExceeded(int(live))
     next_id = conn.execute("SELECT COALESCE(MAX(timer_id), 0) + 1 FROM timers WHERE session_id = ?", (session_id,))
     timer_id = int(next_id.fetchone()[0])
     now = now_ms()
     conn.execute(
         "INSERT INTO timers (session_id, timer_id, due_at, note, every_ms, remaining, until_at, created_at, "
-        "updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        (session_id, timer_id, due_at, note, every_ms, count, until_at, now, now),
+        "updated_at, origin) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (session_id, timer_id, due_at, note, every_ms, count, until_at, now, now, origin),
     )
     return get_timer(conn, session_id, timer_id)
 
@@ -107,6 +136,8 @@ def cancel_timer(conn: sqlite3.Connection, session_id: str, timer_id: int) -> bo
         SessionNotFoundError: Unknown session.
     """
     _version(conn, session_id)
+    if not 0 < timer_id <= MAX_TIMER_ID:
+        return False
     cursor = conn.execute(
         "UPDATE timers SET status = 'cancelled', owner = NULL, updated_at = ?, last_outcome = 'cancelled' "
         "WHERE session_id = ? AND timer_id = ? AND status IN ('armed', 'claimed')",
@@ -132,7 +163,7 @@ def list_timers(conn: sqlite3.Connection, session_id: str) -> list[TimerRow]:
 
 @dataclass(frozen=True)
 class ClaimedTimer:
-    """A due timer claimed by a runner."""
+    """A due timer claimed by a runner; ``claim_seq`` identifies this claim."""
 
     session_id: str
     timer_id: int
@@ -141,38 +172,66 @@ class ClaimedTimer:
     every_ms: int | None
     remaining: int | None
     until_at: int | None
+    claim_seq: int = 0
 
 
-def claim_due(conn: sqlite3.Connection, owner: str, *, lease_ms: int, limit: int) -> list[ClaimedTimer]:
-    """Claim up to ``limit`` due timers: armed ones, and claims whose lease expired (their
-    runner died). The caller's transaction holds the write lock, so no two runners claim the
-    same timer."""
+def claim_due(
+    conn: sqlite3.Connection, owner: str, *, lease_ms: int, limit: int, due_by: int | None = None
+) -> list[ClaimedTimer]:
+    """Claim up to ``limit`` timers due by ``due_by`` (default: now): armed ones, and claims
+    whose lease expired (their runner died or stalled). Each claim increments the timer's
+    ``claim_seq``, so a deliverer holding an older claim is refused later. The caller's
+    transaction holds the write lock, so no two runners claim the same timer."""
     now = now_ms()
-    columns = "session_id, timer_id, due_at, note, every_ms, remaining, until_at"
+    cutoff = now if due_by is None else min(now, due_by)
+    columns = "session_id, timer_id, due_at, note, every_ms, remaining, until_at, claim_seq"
     rows = conn.execute(
         f"SELECT {columns} FROM timers WHERE status = 'claimed' AND lease_expires_at < ? "
         f"UNION ALL SELECT * FROM (SELECT {columns} FROM timers WHERE status = 'armed' AND due_at <= ? "
         "ORDER BY due_at LIMIT ?)",
-        (now, now, limit),
+        (now, cutoff, limit),
     ).fetchall()[:limit]
-    claimed = [ClaimedTimer(*r) for r in rows]
+    claimed = [
+        ClaimedTimer(
+            session_id=r[0],
+            timer_id=int(r[1]),
+            due_at=int(r[2]),
+            note=r[3],
+            every_ms=r[4],
+            remaining=r[5],
+            until_at=r[6],
+            claim_seq=int(r[7]) + 1,
+        )
+        for r in rows
+    ]
     conn.executemany(
-        "UPDATE timers SET status = 'claimed', owner = ?, lease_expires_at = ?, updated_at = ? "
+        "UPDATE timers SET status = 'claimed', owner = ?, lease_expires_at = ?, updated_at = ?, claim_seq = ? "
         "WHERE session_id = ? AND timer_id = ?",
-        [(owner, now + lease_ms, now, t.session_id, t.timer_id) for t in claimed],
+        [(owner, now + lease_ms, now, t.claim_seq, t.session_id, t.timer_id) for t in claimed],
     )
     return claimed
 
 
+def _holds(conn: sqlite3.Connection, timer: ClaimedTimer, owner: str) -> bool:
+    row = conn.execute(
+        "SELECT status, owner, claim_seq FROM timers WHERE session_id = ? AND timer_id = ?",
+        (timer.session_id, timer.timer_id),
+    ).fetchone()
+    return row is not None and row[0] == "claimed" and row[1] == owner and int(row[2]) == timer.claim_seq
+
+
 def retry_later(conn: sqlite3.Connection, timer: ClaimedTimer, owner: str, *, delay_ms: int) -> bool:
-    """Give a claim back after a failed delivery, due again ``delay_ms`` from now."""
+    """Give a claim back after a failed delivery, due again ``delay_ms`` from now; False when
+    the claim was lost meanwhile (cancelled, or taken over)."""
+    if not _holds(conn, timer, owner):
+        return False
     now = now_ms()
-    cursor = conn.execute(
+    conn.execute(
         "UPDATE timers SET status = 'armed', owner = NULL, lease_expires_at = 0, due_at = ?, updated_at = ?, "
-        "last_outcome = 'error' WHERE session_id = ? AND timer_id = ? AND owner = ? AND status = 'claimed'",
-        (now + delay_ms, now, timer.session_id, timer.timer_id, owner),
+        "last_outcome = 'error' WHERE session_id = ? AND timer_id = ?",
+        (now + delay_ms, now, timer.session_id, timer.timer_id),
     )
-    return cursor.rowcount == 1
+    return True
 
 
 def renew_claims(conn: sqlite3.Connection, owner: str, *, lease_ms: int) -> int:
@@ -193,10 +252,15 @@ def release_claims(conn: sqlite3.Connection, owner: str) -> int:
     return cursor.rowcount
 
 
-def next_due_at(conn: sqlite3.Connection) -> int | None:
-    """The earliest due time of an armed timer, or None."""
-    row = conn.execute("SELECT MIN(due_at) FROM timers WHERE status = 'armed'").fetchone()
-    return None if row[0] is None else int(row[0])
+def next_due_at(conn: sqlite3.Connection, owner: str | None = None) -> int | None:
+    """When a runner next has something to do: the earliest due time of an armed timer, or
+    the expiry of a claim held by another runner (it is taken over then), or None."""
+    due = conn.execute("SELECT MIN(due_at) FROM timers WHERE status = 'armed'").fetchone()[0]
+    expiry = conn.execute(
+        "SELECT MIN(lease_expires_at) FROM timers WHERE status = 'claimed' AND owner IS NOT ?", (owner,)
+    ).fetchone()[0]
+    found = [int(v) for v in (due, expiry) if v is not None]
+    return min(found) if found else None
 
 
 def deliver(
@@ -214,12 +278,10 @@ def deliver(
     ``action`` is ``deliver`` (into the session's inbox), ``skip``, ``cancel`` or ``postpone``.
     Outcomes: ``delivered`` (the session is idle: the caller should wake it), ``queued`` (a
     run holds the session, or it has unanswered tool calls: the inbox waits for the next run),
-    ``skipped``, ``cancelled``, ``postponed``.
+    ``skipped`` (also for an occurrence that comes due after the series' ``until_at``),
+    ``cancelled``, ``postponed``.
     """
-    row = conn.execute(
-        "SELECT status, owner FROM timers WHERE session_id = ? AND timer_id = ?", (timer.session_id, timer.timer_id)
-    ).fetchone()
-    if row is None or row[0] != "claimed" or row[1] != owner:
+    if not _holds(conn, timer, owner):
         return None
     now = now_ms()
     if action == "postpone":
@@ -237,7 +299,8 @@ def deliver(
         )
         return "cancelled"
     outcome = "skipped"
-    if action == "deliver":
+    expired = timer.until_at is not None and now > timer.until_at
+    if action == "deliver" and not expired:
         conn.execute(
             "INSERT INTO inbox (session_id, source, body, ref, created_at) VALUES (?, 'timer', ?, ?, ?)",
             (
@@ -249,7 +312,7 @@ def deliver(
         )
         busy = lease_is_live(conn, timer.session_id, now)[0] is not None
         outcome = "queued" if busy or pending_state(conn, timer.session_id) is not None else "delivered"
-    _advance(conn, timer, now, outcome)
+    _advance(conn, timer, now, outcome, end=expired)
     return outcome
 
 
@@ -267,8 +330,8 @@ def deliver_many(conn: sqlite3.Connection, owner: str, deliveries: list[Delivery
     """:func:`deliver` for several timers in one transaction (group commit); per timer the
     outcome and the event seq reserved for its ``timer_fired`` event (0 when none).
 
-    Each timer is applied under its own savepoint: one that fails reports ``error`` (the
-    caller hands its claim back) without undoing the others."""
+    Each timer is applied under its own savepoint: one that fails, for whatever reason,
+    reports ``error`` (the caller hands its claim back) without undoing the others."""
     outcomes: list[tuple[str | None, int]] = []
     for d in deliveries:
         conn.execute("SAVEPOINT timer_delivery")
@@ -280,7 +343,7 @@ def deliver_many(conn: sqlite3.Connection, owner: str, deliveries: list[Delivery
                     "UPDATE sessions SET event_seq = event_seq + 1 WHERE session_id = ?", (d.timer.session_id,)
                 )
                 seq = int(_version(conn, d.timer.session_id)[1])
-        except sqlite3.Error:
+        except Exception:
             conn.execute("ROLLBACK TO timer_delivery")
             outcome = "error"
         conn.execute("RELEASE timer_delivery")
@@ -288,10 +351,10 @@ def deliver_many(conn: sqlite3.Connection, owner: str, deliveries: list[Delivery
     return outcomes
 
 
-def _advance(conn: sqlite3.Connection, timer: ClaimedTimer, now: int, outcome: str) -> None:
+def _advance(conn: sqlite3.Connection, timer: ClaimedTimer, now: int, outcome: str, *, end: bool = False) -> None:
     """Mark a fired timer done, or re-arm the next occurrence of a recurring one."""
     remaining = None if timer.remaining is None else timer.remaining - 1
-    next_due = now + timer.every_ms if timer.every_ms else None
+    next_due = now + timer.every_ms if timer.every_ms and not end else None
     again = (
         next_due is not None
         and (remaining is None or remaining > 0)
@@ -322,7 +385,9 @@ def orphan_inboxes(conn: sqlite3.Connection, *, limit: int) -> list[str]:
     now = now_ms()
     rows = conn.execute(
         "SELECT DISTINCT i.session_id FROM inbox i LEFT JOIN session_leases l ON l.session_id = i.session_id "
-        "WHERE i.consumed_at IS NULL AND i.source = 'timer' AND (l.owner IS NULL OR l.expires_at <= ?) LIMIT ?",
+        "WHERE i.consumed_at IS NULL AND i.source = 'timer' AND (l.owner IS NULL OR l.expires_at <= ?) "
+        "AND NOT EXISTS (SELECT 1 FROM tool_calls t WHERE t.session_id = i.session_id AND t.result_seq IS NULL) "
+        "LIMIT ?",
         (now, limit),
     ).fetchall()
-    return [r[0] for r in rows if pending_state(conn, r[0]) is None]
+    return [r[0] for r in rows]

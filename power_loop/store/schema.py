@@ -32,7 +32,9 @@ Tables (all times are epoch milliseconds):
 ``interactions``
     Open ``request_user_input`` questions, answered by ``submit_input``.
 ``timers`` (version 3)
-    Durable wake-ups: ``armed`` → ``claimed`` (owner + lease) → ``fired`` or ``cancelled``;
+    Durable wake-ups: ``armed`` → ``claimed`` (owner + lease + ``claim_seq``, a number that
+    grows with every claim so a stale claimant is refused) → ``fired`` or ``cancelled``;
+    ``origin`` makes scheduling idempotent (a tool call's idempotency key);
     recurring timers go back to ``armed`` with their next due time.
 ``compactions`` (version 2)
     Summaries of folded history. The latest one is the session's load base: loading reads it
@@ -223,10 +225,13 @@ def _v3(conn: sqlite3.Connection) -> None:
             created_at       INTEGER NOT NULL,
             updated_at       INTEGER NOT NULL,
             fired_at         INTEGER,
+            claim_seq        INTEGER NOT NULL DEFAULT 0,
+            origin           TEXT,
             PRIMARY KEY (session_id, timer_id)
         );
         CREATE INDEX timers_due ON timers(status, due_at);
         CREATE INDEX timers_claims ON timers(owner) WHERE status = 'claimed';
+        CREATE UNIQUE INDEX timers_origin ON timers(session_id, origin) WHERE origin IS NOT NULL;
         """,
     )
 

@@ -357,8 +357,10 @@ class SQLiteSessionStore:
         count: int | None = None,
         until_at: int | None = None,
         max_live: int | None = None,
+        origin: str | None = None,
     ) -> TimerRow:
-        """Arm a timer (see ``StatefulAgentLoop.schedule_timer``)."""
+        """Arm a timer (see ``StatefulAgentLoop.schedule_timer``); with ``origin``, return the
+        timer armed earlier with the same origin instead of arming another."""
         return await self._call(
             lambda c: _timers.schedule_timer(
                 c,
@@ -369,6 +371,7 @@ class SQLiteSessionStore:
                 count=count,
                 until_at=until_at,
                 max_live=max_live,
+                origin=origin,
             )
         )
 
@@ -405,9 +408,11 @@ class SQLiteSessionStore:
         """Blocking twin of :meth:`list_timers`."""
         return self._call_sync(lambda c: _timers.list_timers(c, session_id), tx=False)
 
-    async def claim_due_timers(self, owner: str, *, lease_ms: int, limit: int) -> list[_timers.ClaimedTimer]:
-        """Claim due timers (and stale claims) for ``owner``."""
-        return await self._call(lambda c: _timers.claim_due(c, owner, lease_ms=lease_ms, limit=limit))
+    async def claim_due_timers(
+        self, owner: str, *, lease_ms: int, limit: int, due_by: int | None = None
+    ) -> list[_timers.ClaimedTimer]:
+        """Claim timers due by ``due_by`` (default now), and stale claims, for ``owner``."""
+        return await self._call(lambda c: _timers.claim_due(c, owner, lease_ms=lease_ms, limit=limit, due_by=due_by))
 
     async def renew_timer_claims(self, owner: str, *, lease_ms: int) -> int:
         """Extend ``owner``'s claims."""
@@ -426,9 +431,10 @@ class SQLiteSessionStore:
         """Give back a claim whose delivery failed; the timer is due again ``delay_ms`` later."""
         return await self._call(lambda c: _timers.retry_later(c, timer, owner, delay_ms=delay_ms))
 
-    async def next_timer_due_at(self) -> int | None:
-        """Earliest due time of an armed timer."""
-        return await self._call(_timers.next_due_at, tx=False)
+    async def next_timer_due_at(self, owner: str | None = None) -> int | None:
+        """When a runner next has work: the earliest armed due time, or the expiry of a claim
+        held by another owner."""
+        return await self._call(lambda c: _timers.next_due_at(c, owner), tx=False)
 
     async def orphan_inboxes(self, *, limit: int = 100) -> list[str]:
         """Sessions whose inbox waits with no run to drain it."""

@@ -1,9 +1,9 @@
 """``TimerRunner``: delivers due timers, exactly once, from one process or many.
 
-Delivery guarantee. A runner claims due timers (owner + lease, renewed while it works), runs
-the ``TIMER_FIRE`` hook, then in ONE transaction writes the wake-up message into the
-session's inbox and marks the timer fired (or re-arms a recurring timer's next occurrence) —
-but only while it still holds the claim. So:
+Delivery guarantee. A runner claims due timers (owner + lease, renewed while it works, + a
+claim number), runs the ``TIMER_FIRE`` hook, then in ONE transaction writes the wake-up
+message into the session's inbox and marks the timer fired (or re-arms a recurring timer's
+next occurrence) — but only while it still holds that very claim. So:
 
 * a crash before that commit leaves the timer claimed; once the lease (``stale_firing_s``)
   expires another runner claims it again: never lost;
@@ -12,9 +12,12 @@ but only while it still holds the claim. So:
   run the runner starts for an idle session, by the session's current run at its next round
   boundary, or by the next run of a session with unanswered tool calls.
 
-Deliveries of different sessions run concurrently (``concurrency`` at a time); a slow agent
-run in one session never holds up another session's timers, because a session's run is
-started as its own task after the delivery commits.
+Each claimed timer is delivered by a task of its own, at most ``concurrency`` at a time, and
+the runner claims more as soon as a slot frees: a slow hook delays only its own timer. The
+session's run is started as a separate task after the delivery commits, so a slow run never
+holds up another delivery. Deliveries that are ready together share one transaction (group
+commit); what follows a commit (the ``timer_fired`` event, starting the run) is done by the
+committer itself, so it happens even when the delivering task is cancelled by :meth:`stop`.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from ..errors import PowerLoopError, SessionBusyError, SessionPendingError, StoreError
+from ..errors import PowerLoopError, SessionBusyError, SessionPendingError
 from ..events import AgentEventType, TimerFiredPayload
 from ..hooks import HookDirective, HookPoint, TimerFireCtx
 from ..store._timers_sql import ClaimedTimer, Delivery
@@ -39,6 +42,8 @@ if TYPE_CHECKING:
 __all__ = ["TimerRunner", "wake_up_message"]
 
 log = logging.getLogger("power_loop.timers")
+
+_Outcome = tuple[str | None, int]
 
 
 def wake_up_message(timer_id: int, note: str) -> str:
@@ -54,9 +59,9 @@ class TimerRunner:
         scan_interval_s: Longest pause between scans (a timer scheduled through this loop wakes
             the runner at once; one scheduled by another process is seen within this delay).
         stale_firing_s: Lease of a claim: a dead runner's claims are taken over this long after
-            its last renewal.
-        concurrency: Timers delivered at the same time.
-        batch: Timers claimed per scan.
+            its last renewal. A failed delivery is retried this long after it failed.
+        concurrency: Timers being delivered at the same time.
+        batch: Most timers claimed per transaction.
     """
 
     def __init__(
@@ -76,62 +81,88 @@ class TimerRunner:
         self.concurrency = concurrency
         self.batch = batch
         self.owner = f"runner-{os.getpid()}-{secrets.token_hex(4)}"
+        self.delivered = 0
+        """Timers this runner processed (delivered, queued, skipped, cancelled or postponed)."""
         self._task: asyncio.Task[None] | None = None
         self._renewer: asyncio.Task[None] | None = None
+        self._fires: set[asyncio.Task[str | None]] = set()
+        self._after: set[asyncio.Task[None]] = set()
         self._wakes: set[asyncio.Task[None]] = set()
         self._waking: set[str] = set()
-        self._queue: list[tuple[Delivery, asyncio.Future[tuple[str | None, int]]]] = []
+        self._queue: list[tuple[Delivery, asyncio.Future[_Outcome]]] = []
         self._flusher: asyncio.Task[None] | None = None
-        self._semaphore: asyncio.Semaphore | None = None
         self._kick: asyncio.Event | None = None
         self._kick_fn: Callable[[], None] | None = None
-        self.delivered = 0
 
     @property
     def running(self) -> bool:
         """True between :meth:`start` and :meth:`stop`."""
         return self._task is not None and not self._task.done()
 
+    # ------------------------------------------------------------------ lifecycle
+
     async def start(self) -> None:
-        """Start scanning in the background (idempotent)."""
+        """Start delivering in the background (idempotent)."""
         if self.running:
             return
         await self.loop.store.open()
-        self._semaphore = asyncio.Semaphore(self.concurrency)
-        self._kick = asyncio.Event()
-        aio, kick = asyncio.get_running_loop(), self._kick
+        aio = asyncio.get_running_loop()
+        kick = self._kick = asyncio.Event()
 
         def kick_fn() -> None:
             aio.call_soon_threadsafe(kick.set)
 
         self._kick_fn = kick_fn
-        self.loop._rt.timer_kick = self._kick_fn
-        self._task = asyncio.get_running_loop().create_task(self._scan_forever(), name="power-loop-timer-runner")
-        self._renewer = asyncio.get_running_loop().create_task(self._renew_forever(), name="power-loop-timer-leases")
+        self.loop._rt.timer_kick = kick_fn
+        self._task = aio.create_task(self._run_forever(), name="power-loop-timer-runner")
+        self._renewer = aio.create_task(self._renew_forever(), name="power-loop-timer-leases")
 
-    async def stop(self) -> None:
-        """Stop scanning, wait for deliveries and the runs they started, release claims."""
+    async def stop(self, *, grace_s: float = 30.0) -> None:
+        """Stop delivering and shut down cleanly.
+
+        Deliveries whose hooks are still running are cancelled and their claims handed back;
+        a delivery already committing completes (its event is published and its session run
+        started). Runs started by deliveries get ``grace_s`` seconds to finish, then they are
+        cancelled (a cancelled run leaves its session as a crash would: consistent, with any
+        interrupted tool calls pending). Finally the remaining claims are released for the
+        next runner.
+        """
         for task in (self._task, self._renewer):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
         self._task = self._renewer = None
+        for fire in list(self._fires):
+            fire.cancel()
+        if self._fires:
+            await asyncio.gather(*self._fires, return_exceptions=True)
         if self._flusher is not None:
-            with contextlib.suppress(Exception):
+            with contextlib.suppress(Exception, asyncio.CancelledError):
                 await self._flusher
+        if self._after:
+            await asyncio.gather(*self._after, return_exceptions=True)
         if self._wakes:
-            await asyncio.gather(*self._wakes, return_exceptions=True)
+            _, late = await asyncio.wait(set(self._wakes), timeout=max(0.0, grace_s))
+            if late:
+                log.warning("cancelling %d run(s) still going %ss after stop()", len(late), grace_s)
+                self.cancel_runs()
+                await asyncio.gather(*late, return_exceptions=True)
         if self.loop._rt.timer_kick is self._kick_fn:
             self.loop._rt.timer_kick = None
         with contextlib.suppress(Exception):
             await self.loop.store.release_timer_claims(self.owner)
 
+    def cancel_runs(self) -> None:
+        """Cancel the session runs started by deliveries (e.g. on a second SIGTERM)."""
+        for task in list(self._wakes):
+            task.cancel()
+
     async def drain(self) -> None:
-        """Wait until the runs started by deliveries so far have finished (handy in tests and
-        before shutting a process down)."""
-        while self._wakes:
-            await asyncio.gather(*list(self._wakes), return_exceptions=True)
+        """Wait until the deliveries and the runs they started so far have finished (handy in
+        tests and before shutting a process down)."""
+        while self._fires or self._after or self._wakes:
+            await asyncio.gather(*self._fires, *self._after, *self._wakes, return_exceptions=True)
 
     async def __aenter__(self) -> TimerRunner:
         await self.start()
@@ -140,19 +171,69 @@ class TimerRunner:
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
 
-    async def _scan_forever(self) -> None:
+    # ------------------------------------------------------------------ scanning
+
+    async def scan_once(self) -> int:
+        """Claim and deliver every timer due now (not the occurrences they re-arm), waiting for
+        the deliveries; start runs for sessions whose wake-up was left waiting by a crash.
+        Returns the number of timers processed."""
+        due_by = int(time.time() * 1000)
+        processed = 0
+        while True:
+            started = await self._dispatch(due_by=due_by)
+            outcomes = await asyncio.gather(*started, return_exceptions=True)
+            processed += sum(1 for o in outcomes if isinstance(o, str))
+            if len(started) < self._room(ignore_running=True):
+                break
+        await self._recover_orphans()
+        return processed
+
+    def _room(self, *, ignore_running: bool = False) -> int:
+        running = 0 if ignore_running else len(self._fires)
+        return max(0, min(self.batch, self.concurrency - running))
+
+    async def _dispatch(self, *, due_by: int | None = None) -> list[asyncio.Task[str | None]]:
+        """Claim as many due timers as there are free delivery slots and start delivering them."""
+        room = self._room()
+        if room == 0:
+            return []
+        lease_ms = int(self.stale_firing_s * 1000)
+        claimed = await self.loop.store.claim_due_timers(self.owner, lease_ms=lease_ms, limit=room, due_by=due_by)
+        aio = asyncio.get_running_loop()
+        started = []
+        for timer in claimed:
+            task = aio.create_task(self._fire(timer))
+            self._fires.add(task)
+            task.add_done_callback(self._fire_done)
+            started.append(task)
+        return started
+
+    def _fire_done(self, task: asyncio.Task[str | None]) -> None:
+        self._fires.discard(task)
+        if self._kick is not None:
+            self._kick.set()  # a slot is free: the loop may claim more
+
+    async def _recover_orphans(self) -> None:
+        for session_id in await self.loop.store.orphan_inboxes(limit=self.batch):
+            self._wake(session_id)
+
+    async def _run_forever(self) -> None:
         assert self._kick is not None
         while True:
-            try:
-                await self.scan_once()
-            except Exception:
-                log.exception("timer scan failed; retrying in %ss", self.scan_interval_s)
+            self._kick.clear()
             delay = self.scan_interval_s
-            with contextlib.suppress(Exception):
-                due = await self.loop.store.next_timer_due_at()
+            try:
+                started = await self._dispatch()
+                await self._recover_orphans()
+                if started and len(started) == self.batch:
+                    continue  # more may be due right now
+                due = await self.loop.store.next_timer_due_at(self.owner)
                 if due is not None:
                     delay = min(delay, max(0.0, due / 1000 - time.time()))
-            self._kick.clear()
+                if self._room() == 0:
+                    delay = self.scan_interval_s  # all slots busy: a finishing delivery kicks
+            except Exception:
+                log.exception("timer scan failed; retrying in %ss", self.scan_interval_s)
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._kick.wait(), timeout=delay)
 
@@ -165,31 +246,10 @@ class TimerRunner:
             except Exception:
                 log.warning("renewing timer claims failed", exc_info=True)
 
-    async def scan_once(self) -> int:
-        """Claim and deliver every due timer (in batches); wake sessions whose inbox was left
-        behind by a crash. Returns the number of timers processed."""
-        if self._semaphore is None:
-            self._semaphore = asyncio.Semaphore(self.concurrency)
-        processed = 0
-        lease_ms = int(self.stale_firing_s * 1000)
-        while True:
-            claimed = await self.loop.store.claim_due_timers(self.owner, lease_ms=lease_ms, limit=self.batch)
-            if not claimed:
-                break
-            outcomes = await asyncio.gather(*(self._bounded(t) for t in claimed))
-            processed += sum(1 for o in outcomes if o is not None)
-            if len(claimed) < self.batch:
-                break
-        for session_id in await self.loop.store.orphan_inboxes(limit=self.batch):
-            self._wake(session_id)
-        return processed
-
-    async def _bounded(self, timer: ClaimedTimer) -> str | None:
-        assert self._semaphore is not None
-        async with self._semaphore:
-            return await self._fire(timer)
+    # ------------------------------------------------------------------ delivering
 
     async def _fire(self, timer: ClaimedTimer) -> str | None:
+        """Run the hook and commit the outcome; the outcome, None when the claim was lost."""
         loop = self.loop
         message = wake_up_message(timer.timer_id, timer.note)
         action, postpone_ms = "deliver", 0
@@ -203,66 +263,86 @@ class TimerRunner:
                     message=message,
                 )
                 directive = await loop.hooks.run(HookPoint.TIMER_FIRE, ctx)
+                if not isinstance(ctx.message, str):
+                    raise TypeError(f"TIMER_FIRE set ctx.message to a {type(ctx.message).__name__}, not a str")
                 message = ctx.message
                 if directive is HookDirective.SKIP:
                     action = "skip"
                 elif directive is HookDirective.BREAK:
                     action = "cancel"
                 elif ctx.postpone_s > 0:
-                    action, postpone_ms = "postpone", int(ctx.postpone_s * 1000)
-            outcome, seq = await self._commit(Delivery(timer, action, message, postpone_ms))
-            if outcome == "error":
-                raise StoreError("the delivery's transaction failed")
+                    action, postpone_ms = "postpone", int(min(ctx.postpone_s, 100 * 365 * 86400) * 1000)
         except Exception as exc:
-            # Retried stale_firing_s from now (if even that write fails, the claim's lease
-            # runs out and another scan or runner takes it over).
-            log.warning("delivering timer %s of session %s failed: %s", timer.timer_id, timer.session_id, exc)
-            with contextlib.suppress(Exception):
-                await loop.store.retry_timer_later(timer, self.owner, delay_ms=int(self.stale_firing_s * 1000))
-            await self._publish(timer, "error", 0)
+            await self._failed(timer, exc)
             return "error"
-        if outcome is None:
-            return None  # cancelled meanwhile, or another runner took the claim over
-        self.delivered += 1
-        await self._publish(timer, outcome, seq)
-        if outcome == "delivered":
-            self._wake(timer.session_id)
+        outcome, _ = await self._commit(Delivery(timer, action, message, postpone_ms))
         return outcome
 
-    async def _publish(self, timer: ClaimedTimer, outcome: str, seq: int) -> None:
-        await self.loop._emit_session_event(
-            timer.session_id,
-            AgentEventType.TIMER_FIRED,
-            TimerFiredPayload(timer_id=timer.timer_id, note=timer.note, due_at=timer.due_at, outcome=outcome),
-            source="timer",
-            min_seq=seq,
-        )
+    async def _failed(self, timer: ClaimedTimer, exc: BaseException | str) -> None:
+        """A delivery failed: hand the claim back, due ``stale_firing_s`` later, and say so."""
+        log.warning("delivering timer %s of session %s failed: %s", timer.timer_id, timer.session_id, exc)
+        try:
+            retried = await self.loop.store.retry_timer_later(
+                timer, self.owner, delay_ms=int(self.stale_firing_s * 1000)
+            )
+        except Exception:
+            retried = True  # the claim stays; its lease runs out and it is taken over
+        if retried:  # not when the timer was cancelled or taken over meanwhile
+            await self._publish(timer, "error", 0)
 
-    async def _commit(self, delivery: Delivery) -> tuple[str | None, int]:
+    async def _commit(self, delivery: Delivery) -> _Outcome:
         """Group commit: deliveries that become ready while a transaction is in flight are
         applied together in the next one (each timer still commits atomically with its
         wake-up message; a batch only saves transactions)."""
-        future: asyncio.Future[tuple[str | None, int]] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[_Outcome] = asyncio.get_running_loop().create_future()
         self._queue.append((delivery, future))
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.get_running_loop().create_task(self._flush())
         return await future
 
     async def _flush(self) -> None:
+        aio = asyncio.get_running_loop()
         while self._queue:
             batch, self._queue = self._queue, []
             try:
                 outcomes = await self.loop.store.deliver_timers(self.owner, [d for d, _ in batch])
-            except BaseException as exc:
-                for _, future in batch:
-                    if not future.done():
-                        future.set_exception(exc if isinstance(exc, Exception) else StoreError("cancelled"))
-                if not isinstance(exc, Exception):
-                    raise
-                continue
-            for (_, future), outcome in zip(batch, outcomes, strict=True):
+            except Exception as exc:
+                # Nothing of this batch committed; each claim stays and is handed back.
+                outcomes = [("error", 0)] * len(batch)
+                failure: BaseException | str = exc
+            else:
+                failure = "its transaction failed"
+            for (delivery, future), (outcome, seq) in zip(batch, outcomes, strict=True):
                 if not future.done():
-                    future.set_result(outcome)
+                    future.set_result((outcome, seq))
+                after = aio.create_task(self._after_commit(delivery.timer, outcome, seq, failure))
+                self._after.add(after)
+                after.add_done_callback(self._after.discard)
+
+    async def _after_commit(self, timer: ClaimedTimer, outcome: str | None, seq: int, failure: object) -> None:
+        """Publish the outcome and start the session's run (also when the deliverer was
+        cancelled while its delivery committed)."""
+        if outcome is None:
+            return  # cancelled meanwhile, or another runner took the claim over
+        if outcome == "error":
+            await self._failed(timer, str(failure))
+            return
+        self.delivered += 1
+        await self._publish(timer, outcome, seq)
+        if outcome == "delivered":
+            self._wake(timer.session_id)
+
+    async def _publish(self, timer: ClaimedTimer, outcome: str, seq: int) -> None:
+        try:
+            await self.loop._emit_session_event(
+                timer.session_id,
+                AgentEventType.TIMER_FIRED,
+                TimerFiredPayload(timer_id=timer.timer_id, note=timer.note, due_at=timer.due_at, outcome=outcome),
+                source="timer",
+                min_seq=seq,
+            )
+        except Exception:
+            log.exception("a timer_fired subscriber failed (timer %s of %s)", timer.timer_id, timer.session_id)
 
     def _wake(self, session_id: str) -> None:
         """Run the session so it reads its inbox, as a task of its own (a slow run never holds

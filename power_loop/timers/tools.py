@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
+from ..store._timers_sql import MAX_DELAY_S, TimerBudgetExceeded
 from ..tools.context import current_tool_context
 from ..tools.definition import FunctionTool, ToolDefinition
 from ..tools.registry import ToolRegistry
@@ -36,19 +37,23 @@ class TimerToolLimits:
     max_live: int = 10
 
     def __post_init__(self) -> None:
-        if not (0 <= self.min_delay_s <= self.max_delay_s) or self.max_live < 1:
-            raise ValueError("TimerToolLimits needs 0 <= min_delay_s <= max_delay_s and max_live >= 1")
+        if (
+            not (0 <= self.min_delay_s <= self.max_delay_s <= MAX_DELAY_S)
+            or isinstance(self.max_live, bool)
+            or self.max_live < 1
+        ):
+            raise ValueError("TimerToolLimits needs 0 <= min_delay_s <= max_delay_s <= 100 years and max_live >= 1")
 
 
 def _seconds(value: float) -> str:
     return str(int(value)) if float(value).is_integer() else f"{value:g}"
 
 
-def _session() -> tuple[Any, str] | str:
+def _session() -> tuple[Any, str, str] | str:
     ctx = current_tool_context()
     if ctx is None or ctx.loop is None:
         return "Error: wake-up tools only work inside an agent session run by StatefulAgentLoop."
-    return ctx.loop, ctx.session_id
+    return ctx.loop, ctx.session_id, ctx.idempotency_key
 
 
 def timer_tools(limits: TimerToolLimits | None = None) -> list[FunctionTool]:
@@ -59,7 +64,7 @@ def timer_tools(limits: TimerToolLimits | None = None) -> list[FunctionTool]:
         where = _session()
         if isinstance(where, str):
             return where
-        loop, session_id = where
+        loop, session_id, key = where
         if (
             isinstance(delay_seconds, bool)
             or not isinstance(delay_seconds, (int, float))
@@ -76,15 +81,18 @@ def timer_tools(limits: TimerToolLimits | None = None) -> list[FunctionTool]:
         if not isinstance(note, str) or not note.strip():
             return "Error: note is required: write what you should do when you wake up."
         try:
+            # Keyed by the call's idempotency key: a call run again by resume() after a crash
+            # gets the wake-up it already scheduled, not a second one.
             row = await loop.store.schedule_timer(
                 session_id,
                 due_at=int(time.time() * 1000 + delay_seconds * 1000),
                 note=note.strip(),
                 max_live=lim.max_live,
+                origin=f"tool:{key}",
             )
-        except OverflowError as exc:
+        except TimerBudgetExceeded as exc:
             return (
-                f"Budget exceeded: {exc} wake-ups already scheduled. Cancel or merge some first "
+                f"Budget exceeded: {exc.live} wake-ups already scheduled. Cancel or merge some first "
                 "(list_wakeups / cancel_wakeup)."
             )
         loop._kick_timers()
@@ -94,7 +102,7 @@ def timer_tools(limits: TimerToolLimits | None = None) -> list[FunctionTool]:
         where = _session()
         if isinstance(where, str):
             return where
-        loop, session_id = where
+        loop, session_id, _ = where
         rows = await loop.store.list_timers(session_id)
         if not rows:
             return "No wake-ups scheduled."
@@ -107,7 +115,7 @@ def timer_tools(limits: TimerToolLimits | None = None) -> list[FunctionTool]:
         where = _session()
         if isinstance(where, str):
             return where
-        loop, session_id = where
+        loop, session_id, _ = where
         if await loop.store.cancel_timer(session_id, int(timer_id)):
             return f"Wake-up #{timer_id} cancelled."
         return f"Wake-up #{timer_id} not found or already fired."
