@@ -13,7 +13,13 @@ original is kept as ``__cause__``.
     │   ├── SessionPendingError                   unanswered tool calls block a send
     │   ├── SessionBusyError                      another run holds the session too long
     │   └── LeaseLostError                        this run was fenced out by another process
-    ├── StoreError                                the session store itself
+    ├── StoreError                                the session store itself (``path``: the file)
+    │   ├── StoreFileGoneError                    the file was deleted, moved or replaced while open
+    │   ├── StoreReadOnlyError                    the file or its directory cannot be written
+    │   ├── StoreFullError                        the disk (or a size limit) is full
+    │   ├── StoreCorruptError                     the file is not an SQLite database, or is damaged
+    │   ├── StoreIOError                          the file could not be opened, read or written
+    │   ├── StoreLockedError                      another connection held the write lock too long
     │   ├── SchemaVersionError                    file written by a newer power_loop
     │   └── CorruptRecordError                    a stored row cannot be decoded
     ├── LLMError                                  a model call failed
@@ -64,7 +70,13 @@ __all__ = [
     "SessionNotFoundError",
     "SessionPendingError",
     "SpecValidationError",
+    "StoreCorruptError",
     "StoreError",
+    "StoreFileGoneError",
+    "StoreFullError",
+    "StoreIOError",
+    "StoreLockedError",
+    "StoreReadOnlyError",
     "StructuredOutputError",
     "ToolError",
     "ToolNotFound",
@@ -151,7 +163,48 @@ class LeaseLostError(SessionError):
 
 
 class StoreError(PowerLoopError):
-    """The session store failed or holds data this version cannot use."""
+    """The session store failed or holds data this version cannot use.
+
+    SQLite faults are translated once, in the store, into the subclasses below; the original
+    ``sqlite3`` exception is kept as ``__cause__``. A failed transaction is rolled back:
+    nothing of it is stored.
+
+    Attributes:
+        path: The database file concerned, when known.
+    """
+
+    def __init__(self, message: str, *, path: str | None = None) -> None:
+        super().__init__(message)
+        self.path = path
+
+
+class StoreFileGoneError(StoreError):
+    """The database path no longer names the file the store opened.
+
+    The file (or its directory) was deleted, moved or replaced while the store had it open.
+    Writes made since went to the old, unreachable file; the operation that noticed it is
+    reported as failed, never as done.
+    """
+
+
+class StoreReadOnlyError(StoreError):
+    """The database file, its ``-wal``/``-shm`` files or its directory cannot be written."""
+
+
+class StoreFullError(StoreError):
+    """The disk, or a size limit on the file, is full; the transaction was rolled back."""
+
+
+class StoreCorruptError(StoreError):
+    """The file is not an SQLite database, or its pages are damaged."""
+
+
+class StoreIOError(StoreError):
+    """The operating system failed to open, read or write the database file."""
+
+
+class StoreLockedError(StoreError):
+    """Another connection held the file's write lock longer than ``busy_timeout_s``."""
 
 
 class SchemaVersionError(StoreError):
@@ -236,7 +289,15 @@ class LLMServerError(LLMStatusError):
 
 
 class LLMResponseError(LLMError):
-    """The provider's response could not be understood."""
+    """The provider's response could not be understood (malformed events, a body that is
+    neither an event stream nor an answer, bytes that are not UTF-8, ...).
+
+    Attributes:
+        usage: The token usage the provider reported before the fault (a ``Usage``; the call
+            was billed), or None when none was seen.
+    """
+
+    usage: Any = None
 
 
 class LLMRetryExhausted(LLMError):

@@ -97,8 +97,9 @@ async def test_a_failing_write_rolls_back_entirely(db_path: str) -> None:
         fence = await _begin(store, "s", messages=[UserMessage(content="hi")])
         lease = LeaseClaim("me", 5_000, fence)
         broken = AssistantMessage(content="x", tool_calls=(ToolCall(id="dup", name="t"), ToolCall(id="dup", name="t")))
-        with pytest.raises(sqlite3.IntegrityError):
+        with pytest.raises(StoreError, match="rolled back") as raised:
             await store.write("s", [Append([AssistantMessage(content="kept?")]), Append([broken])], lease=lease)
+        assert isinstance(raised.value.__cause__, sqlite3.IntegrityError)
         assert [m.message.text for m in await store.load_messages("s")] == ["hi"]
 
 

@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, TypeVar
 
-from ..errors import CorruptRecordError, LeaseLostError, SessionBusyError, SessionNotFoundError
+from ..errors import CorruptRecordError, SessionBusyError, SessionNotFoundError
 from ..messages import (
     MESSAGE_JSON_KEY,
     AssistantMessage,
@@ -28,6 +28,8 @@ from ..messages import (
     message_from_json,
     message_json,
 )
+from ._holder import holder_is_dead
+from ._leases import acquire_lease, lease_is_live, release_lease, verify_lease
 from .rows import (
     RESOLVED_STATUSES,
     AnswerPending,
@@ -50,6 +52,7 @@ from .rows import (
     WriteOp,
     WriteOutcome,
 )
+from .schema import rollback
 
 T = TypeVar("T")
 
@@ -60,14 +63,15 @@ def now_ms() -> int:
 
 
 def transaction(conn: sqlite3.Connection, fn: Callable[[sqlite3.Connection], T]) -> T:
-    """Run ``fn`` in a ``BEGIN IMMEDIATE`` transaction: commit on success, roll back on error."""
+    """Run ``fn`` in a ``BEGIN IMMEDIATE`` transaction: commit on success, roll back on error
+    (a failed ``COMMIT`` included)."""
     conn.execute("BEGIN IMMEDIATE")
     try:
         result = fn(conn)
+        conn.execute("COMMIT")
     except BaseException:
-        conn.execute("ROLLBACK")
+        rollback(conn)
         raise
-    conn.execute("COMMIT")
     return result
 
 
@@ -202,12 +206,16 @@ class _State:
         return _session_row(self.row)
 
     def live_owner(self, now: int) -> str | None:
-        return self.owner if self.owner is not None and self.expires_at > now else None
+        """The owner of an unexpired lease whose holder is not provably dead, else None."""
+        if self.owner is None or self.expires_at <= now:
+            return None
+        return None if holder_is_dead(*self.row[14:17]) else self.owner
 
 
 def _state(conn: sqlite3.Connection, session_id: str) -> _State:
     row = conn.execute(
-        f"SELECT s.{_SESSION_COLUMNS.replace(', ', ', s.')}, s.version, s.event_seq, l.owner, l.fence, l.expires_at "
+        f"SELECT s.{_SESSION_COLUMNS.replace(', ', ', s.')}, s.version, s.event_seq, l.owner, l.fence, l.expires_at, "
+        "l.holder_host, l.holder_pid, l.holder_start "
         "FROM sessions s LEFT JOIN session_leases l ON l.session_id = s.session_id WHERE s.session_id = ?",
         (session_id,),
     ).fetchone()
@@ -498,14 +506,6 @@ def drain_inbox(conn: sqlite3.Connection, session_id: str, op: DrainInbox, now: 
     return stored
 
 
-def lease_is_live(conn: sqlite3.Connection, session_id: str, now: int) -> tuple[str | None, int]:
-    """(owner, expires_at) of a live lease, or (None, 0)."""
-    row = conn.execute("SELECT owner, expires_at FROM session_leases WHERE session_id = ?", (session_id,)).fetchone()
-    if row and row[0] is not None and int(row[1]) > now:
-        return str(row[0]), int(row[1])
-    return None, 0
-
-
 def enqueue(
     conn: sqlite3.Connection, session_id: str, *, kind: str, content: Any, ref: str | None, only_if_busy: bool
 ) -> int | None:
@@ -537,55 +537,6 @@ def inbox_depth(conn: sqlite3.Connection, session_id: str) -> int:
         "SELECT COUNT(*) FROM inbox WHERE session_id = ? AND consumed_at IS NULL", (session_id,)
     ).fetchone()
     return int(row[0])
-
-
-# --------------------------------------------------------------------------- leases
-
-
-def _check_lease(conn: sqlite3.Connection, session_id: str, lease: LeaseClaim, now: int, *, renew: bool = True) -> None:
-    row = conn.execute("SELECT owner, fence FROM session_leases WHERE session_id = ?", (session_id,)).fetchone()
-    _verify_lease(session_id, lease, row[0] if row else None, int(row[1]) if row else None)
-    if renew:
-        conn.execute("UPDATE session_leases SET expires_at = ? WHERE session_id = ?", (now + lease.ttl_ms, session_id))
-
-
-def _verify_lease(session_id: str, lease: LeaseClaim, owner: str | None, fence: int | None) -> None:
-    if owner != lease.owner or fence != lease.fence:
-        holder = f"fence {fence}" if owner is not None else "nobody holds it now"
-        raise LeaseLostError(
-            f"this run's lease on session {session_id!r} (fence {lease.fence}) was taken over by another "
-            f"run ({holder}) after it expired; the write was refused so histories do not interleave. "
-            "Send again to continue on the current history.",
-            session_id=session_id,
-        )
-
-
-def _acquire_lease(conn: sqlite3.Connection, session_id: str, lease: LeaseClaim, now: int, previous_fence: int) -> int:
-    fence = previous_fence + 1
-    conn.execute(
-        "INSERT INTO session_leases (session_id, owner, fence, expires_at) VALUES (?, ?, ?, ?) "
-        "ON CONFLICT(session_id) DO UPDATE SET owner = excluded.owner, fence = excluded.fence, "
-        "expires_at = excluded.expires_at",
-        (session_id, lease.owner, fence, now + lease.ttl_ms),
-    )
-    return fence
-
-
-def release_lease(conn: sqlite3.Connection, session_id: str, owner: str) -> None:
-    """Release a lease held by ``owner`` (a no-op when someone else holds it)."""
-    conn.execute(
-        "UPDATE session_leases SET owner = NULL, expires_at = 0 WHERE session_id = ? AND owner = ?",
-        (session_id, owner),
-    )
-
-
-def renew_lease(conn: sqlite3.Connection, session_id: str, lease: LeaseClaim) -> None:
-    """Extend a held lease.
-
-    Raises:
-        LeaseLostError: Another run took the lease.
-    """
-    _check_lease(conn, session_id, lease, now_ms())
 
 
 # --------------------------------------------------------------------------- runs
@@ -648,7 +599,7 @@ def write(
     now = now_ms()
     state = _state(conn, session_id)
     if lease is not None:
-        _verify_lease(session_id, lease, state.owner, state.fence)
+        verify_lease(session_id, lease, state.owner, state.fence)
         if not any(isinstance(op, FinishRun) and op.release_lease for op in ops):
             conn.execute(
                 "UPDATE session_leases SET expires_at = ? WHERE session_id = ?", (now + lease.ttl_ms, session_id)
@@ -706,7 +657,7 @@ def begin_run(conn: sqlite3.Connection, b: BeginRun) -> BeginOutcome:
     pending = pending_state(conn, b.session_id)
     if pending is not None and not (b.heal_pending or b.allow_pending):
         return BeginOutcome(status="pending", session=session, pending=pending, version=version_before)
-    fence = _acquire_lease(conn, b.session_id, b.lease, now, state.fence)
+    fence = acquire_lease(conn, b.session_id, b.lease, now, state.fence)
     appended: list[StoredMessage] = []
     if pending is not None and b.heal_pending:
         appended += answer_pending(conn, b.session_id, b.heal_text, run_id=b.run_id, now=now, pending=pending)
@@ -716,7 +667,8 @@ def begin_run(conn: sqlite3.Connection, b: BeginRun) -> BeginOutcome:
         if b.messages:
             appended += append_messages(conn, b.session_id, Append(b.messages, run_id=b.run_id), now)
     if state.owner is not None and state.owner != b.lease.owner:
-        # The previous holder's lease expired without a release: its process died or hung.
+        # The previous holder's lease expired (or its process was found dead) without a
+        # release: its process died or hung.
         # Its run cannot write any more (fencing); record it as interrupted for the audit trail.
         conn.execute(
             "UPDATE runs SET status = 'interrupted', ended_at = ? WHERE session_id = ? AND ended_at IS NULL",

@@ -13,7 +13,8 @@ import sqlite3
 from dataclasses import dataclass
 from typing import Any
 
-from ._sql import _version, lease_is_live, now_ms, pending_state
+from ._leases import lease_is_live
+from ._sql import _version, now_ms, pending_state
 from .rows import TimerRow
 
 __all__ = [

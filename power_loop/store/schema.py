@@ -26,7 +26,10 @@ Tables (all times are epoch milliseconds):
 ``session_stats``
     Aggregates per session, updated when a run ends.
 ``session_leases``
-    Cross-process ownership of a session while a run lives: owner, fencing number, expiry.
+    Cross-process ownership of a session while a run lives: owner, fencing number, expiry;
+    since version 4 also the holder process's identity (``holder_host``: host name, boot id
+    and pid namespace; ``holder_pid``; ``holder_start``: process start time in clock ticks
+    after boot), so a contender on the same machine can tell that the holder died.
 ``inbox``
     Durable follow-ups (and timer wake-ups) waiting for the next round boundary.
 ``interactions``
@@ -48,7 +51,7 @@ from collections.abc import Callable
 
 from ..errors import SchemaVersionError
 
-__all__ = ["LATEST_VERSION", "MIGRATIONS", "migrate"]
+__all__ = ["LATEST_VERSION", "MIGRATIONS", "migrate", "rollback"]
 
 
 def _run_script(conn: sqlite3.Connection, script: str) -> None:
@@ -236,7 +239,19 @@ def _v3(conn: sqlite3.Connection) -> None:
     )
 
 
-MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_v1, _v2, _v3)
+def _v4(conn: sqlite3.Connection) -> None:
+    # Leases taken by older versions keep NULLs here: they expire as before.
+    _run_script(
+        conn,
+        """
+        ALTER TABLE session_leases ADD COLUMN holder_host TEXT;
+        ALTER TABLE session_leases ADD COLUMN holder_pid INTEGER;
+        ALTER TABLE session_leases ADD COLUMN holder_start INTEGER
+        """,
+    )
+
+
+MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_v1, _v2, _v3, _v4)
 LATEST_VERSION = len(MIGRATIONS)
 
 
@@ -271,6 +286,20 @@ def migrate(conn: sqlite3.Connection, *, path: str) -> int:
             conn.execute(f"PRAGMA user_version = {version}")
             conn.execute("COMMIT")
         except BaseException:
-            conn.execute("ROLLBACK")
+            rollback(conn)
             raise
     return found
+
+
+def rollback(conn: sqlite3.Connection) -> None:
+    """Roll back the open transaction, if any, without masking the error being handled.
+
+    After some faults (a full disk, an I/O error) SQLite has already rolled back, and a
+    failed ``COMMIT`` leaves the transaction open; either way the caller's error is the one
+    worth reporting.
+    """
+    if conn.in_transaction:
+        try:
+            conn.execute("ROLLBACK")
+        except sqlite3.Error:
+            pass

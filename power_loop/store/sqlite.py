@@ -10,6 +10,13 @@ Guarantees:
 * The sync conveniences (``*_sync`` methods, used by the 0.11 sync API such as
   ``loop.new_session``) open a short-lived connection in the calling thread. They are meant
   for setup and tooling, not for a request's hot path; every one has an async twin.
+* Only the store's first opening may create the file (and its directory); it never leaves a
+  file without the schema behind. Every transaction then checks, after its ``COMMIT``, that
+  the path still names the file opened (one ``stat``); if the file was deleted, moved or
+  replaced, the call raises :class:`~power_loop.errors.StoreFileGoneError` instead of
+  reporting a write that is not durable at the path.
+* SQLite faults are translated once (``_faults.store_error``) into the ``StoreError`` family,
+  with the path and what to do, and the ``sqlite3`` exception as ``__cause__``.
 """
 
 from __future__ import annotations
@@ -20,15 +27,17 @@ import os
 import sqlite3
 import threading
 from collections.abc import Callable, Mapping, Sequence
-from contextlib import closing
+from contextlib import closing, suppress
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
 import aiosqlite
 
-from ..errors import StoreError
-from . import _sql
+from ..errors import PowerLoopError, StoreError
+from . import _leases, _sql
 from . import _timers_sql as _timers
+from ._faults import FileId, file_id, gone_error, path_changed, store_error
 from .rows import (
     BeginOutcome,
     BeginRun,
@@ -41,7 +50,7 @@ from .rows import (
     WriteOp,
     WriteOutcome,
 )
-from .schema import migrate
+from .schema import migrate, schema_version
 
 __all__ = ["SQLiteSessionStore"]
 
@@ -62,8 +71,10 @@ class SQLiteSessionStore:
     """Sessions, messages, tool calls, usage, stats, leases and inbox in one SQLite file.
 
     Args:
-        path: Database file (created with its directory when missing). ``":memory:"`` is not
-            supported: the store and its sync conveniences use separate connections.
+        path: Database file. The store's first opening creates it (and its directory) when
+            missing; a relative path is resolved against the working directory at
+            construction. ``":memory:"`` is not supported: the store and its sync
+            conveniences use separate connections.
         busy_timeout_s: How long a connection waits for another process's write lock.
 
     Use ``async with SQLiteSessionStore(path) as store`` or ``await store.open()`` /
@@ -75,10 +86,12 @@ class SQLiteSessionStore:
         if self.path == ":memory:" or self.path.startswith("file::memory:"):
             raise StoreError("SQLiteSessionStore needs a file path; use a temporary file for throwaway stores")
         self.busy_timeout_ms = int(busy_timeout_s * 1000)
+        # Pinned at construction, so a later chdir cannot point the store at another file.
+        self._abs_path = os.path.abspath(self.path)
         self._db: aiosqlite.Connection | None = None
         self._open_lock: asyncio.Lock | None = None
-        self._migrated = False
-        self._migrate_lock = threading.Lock()
+        self._file_id: FileId | None = None  # set by the first opening, then checked
+        self._first_open_lock = threading.Lock()
         self._closed = False
 
     def __repr__(self) -> str:
@@ -86,22 +99,95 @@ class SQLiteSessionStore:
 
     # ------------------------------------------------------------------ lifecycle
 
-    def _connect_sync(self) -> sqlite3.Connection:
-        Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(self.path, isolation_level=None, timeout=self.busy_timeout_ms / 1000)
+    def _connect(self) -> sqlite3.Connection:
+        """A configured connection to this store's file (on the thread that will own it).
+
+        The first opening creates the directory and the file when missing and migrates the
+        schema; later ones (sync conveniences, a reopened writer) never create anything:
+        they open the existing file read-write and check it is the one first opened.
+
+        Raises:
+            StoreError: The file is gone, unreadable or not a database (see ``_fault``).
+        """
+        try:
+            if self._file_id is None:
+                with self._first_open_lock:
+                    if self._file_id is None:
+                        return self._first_connect()
+            conn = self._sqlite_connect("rw")
+            try:
+                _configure(conn, self.busy_timeout_ms)
+                self._check_file()
+            except BaseException:
+                conn.close()
+                raise
+            return conn
+        except sqlite3.Error as exc:
+            raise self._fault(exc) from exc
+
+    def _sqlite_connect(self, mode: str) -> sqlite3.Connection:
+        uri = f"{Path(self._abs_path).as_uri()}?mode={mode}"
+        return sqlite3.connect(uri, uri=True, isolation_level=None, timeout=self.busy_timeout_ms / 1000)
+
+    def _first_connect(self) -> sqlite3.Connection:
+        try:
+            Path(self._abs_path).parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise store_error(exc, self._abs_path) from exc
+        existed = file_id(self._abs_path) is not None
+        conn = self._sqlite_connect("rwc")
         try:
             _configure(conn, self.busy_timeout_ms)
-            self._ensure_schema(conn)
+            migrate(conn, path=self.path)
+            opened = file_id(self._abs_path)
+            if opened is None:
+                raise gone_error(self._abs_path, "no longer exists")
         except BaseException:
+            # Never leave a file without the schema behind: remove one this opening created.
+            created = not existed and _schema_less(conn)
             conn.close()
+            if created:
+                for suffix in ("", "-wal", "-shm", "-journal"):
+                    with suppress(OSError):
+                        os.remove(self._abs_path + suffix)
             raise
+        self._file_id = opened
         return conn
 
-    def _ensure_schema(self, conn: sqlite3.Connection) -> None:
-        with self._migrate_lock:
-            if not self._migrated:
-                migrate(conn, path=self.path)
-                self._migrated = True
+    def _moved(self) -> str | None:
+        """How the path stopped naming the file first opened, or None (one ``stat``)."""
+        opened = self._file_id
+        return path_changed(self._abs_path, opened) if opened is not None else None
+
+    def _check_file(self) -> None:
+        """Raise StoreFileGoneError when the path no longer names the file first opened."""
+        how = self._moved()
+        if how is not None:
+            raise gone_error(self._abs_path, how)
+
+    def _fault(self, exc: sqlite3.Error) -> StoreError:
+        """The StoreError for an SQLite fault; a vanished file explains any fault best."""
+        how = self._moved()
+        return gone_error(self._abs_path, how) if how is not None else store_error(exc, self._abs_path)
+
+    def _run(self, fn: Callable[[sqlite3.Connection], T], tx: bool, conn: sqlite3.Connection) -> T:
+        """Run one store operation on ``conn``'s thread: the transaction, the fault mapping and
+        the check, after ``COMMIT``, that what was committed is in the file at the path."""
+        if tx:
+            self._check_file()  # do not even start writing into a file that is gone
+        try:
+            result = _sql.transaction(conn, fn) if tx else fn(conn)
+        except sqlite3.Error as exc:
+            raise self._fault(exc) from exc
+        except PowerLoopError as exc:
+            # A refused write (a lost lease, a busy session) on a file that has vanished: the
+            # vanished file is what the caller must deal with first.
+            how = self._moved()
+            if how is not None:
+                raise gone_error(self._abs_path, how) from exc
+            raise
+        self._check_file()
+        return result
 
     async def open(self) -> SQLiteSessionStore:
         """Open the writer connection and migrate the schema (idempotent)."""
@@ -114,19 +200,22 @@ class SQLiteSessionStore:
         async with self._open_lock:
             if self._db is not None:
                 return self
-            db = await aiosqlite.connect(self.path, isolation_level=None, timeout=self.busy_timeout_ms / 1000)
+            # The whole opening (directory, file, pragmas, migrations) runs on the
+            # connection's worker thread, off the event loop.
+            db = aiosqlite.Connection(self._connect, 64)
             try:
-                await _in_worker(db, self._setup_writer)
-            except BaseException:
-                await db.close()
+                await db
+            except Exception:
+                # aiosqlite stops its worker thread on a failed connect; let it finish while
+                # this event loop still runs, so it does not outlive the loop.
+                worker = getattr(db, "_thread", db)  # aiosqlite < 0.22: the connection is the thread
+                for _ in range(1000):
+                    if not (isinstance(worker, threading.Thread) and worker.is_alive()):
+                        break
+                    await asyncio.sleep(0.001)
                 raise
             self._db = db
         return self
-
-    def _setup_writer(self, conn: sqlite3.Connection) -> None:
-        Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        _configure(conn, self.busy_timeout_ms)
-        self._ensure_schema(conn)
 
     async def close(self) -> None:
         """Close the writer connection (pending store calls finish first)."""
@@ -168,13 +257,11 @@ class SQLiteSessionStore:
             await self.open()
             db = self._db
             assert db is not None
-        if tx:
-            return await _in_worker(db, lambda conn: _sql.transaction(conn, fn))
-        return await _in_worker(db, fn)
+        return await _in_worker(db, partial(self._run, fn, tx))
 
     def _call_sync(self, fn: Callable[[sqlite3.Connection], T], *, tx: bool = True) -> T:
-        with closing(self._connect_sync()) as conn:
-            return _sql.transaction(conn, fn) if tx else fn(conn)
+        with closing(self._connect()) as conn:
+            return self._run(fn, tx, conn)
 
     # ------------------------------------------------------------------ sessions
 
@@ -317,11 +404,11 @@ class SQLiteSessionStore:
 
     async def renew_lease(self, session_id: str, lease: LeaseClaim) -> None:
         """Extend a run's lease; raises ``LeaseLostError`` when another run took it."""
-        await self._call(lambda c: _sql.renew_lease(c, session_id, lease))
+        await self._call(lambda c: _leases.renew_lease(c, session_id, lease))
 
     async def release_lease(self, session_id: str, owner: str) -> None:
         """Release a lease held by ``owner``."""
-        await self._call(lambda c: _sql.release_lease(c, session_id, owner))
+        await self._call(lambda c: _leases.release_lease(c, session_id, owner))
 
     async def enqueue(
         self,
@@ -473,6 +560,14 @@ async def _in_worker(db: aiosqlite.Connection, fn: Callable[[sqlite3.Connection]
     conn = db._conn
     result: T = await db._execute(fn, conn)  # type: ignore[no-untyped-call]
     return result
+
+
+def _schema_less(conn: sqlite3.Connection) -> bool:
+    """Whether the file behind ``conn`` has no schema (it can be removed without loss)."""
+    try:
+        return schema_version(conn) == 0 and conn.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()[0] == 0
+    except sqlite3.Error:
+        return True  # a file this opening created and cannot even read holds nothing
 
 
 def _check_metadata(metadata: Mapping[str, Any] | None) -> dict[str, Any]:
