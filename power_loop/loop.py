@@ -156,12 +156,14 @@ class StatefulAgentLoop:
     async def aclose(self) -> None:
         """Close an owned store."""
         self._rt.histories.clear()
+        self._rt.close()  # the tool threads; never waits for a stuck sync handler
         if self._owns_store:
             await self.store.close()
 
     def close(self) -> None:
         """Close an owned store (sync; inside a running event loop the close is scheduled)."""
         self._rt.histories.clear()
+        self._rt.close()
         if not self._owns_store:
             return
         try:
@@ -253,6 +255,13 @@ class StatefulAgentLoop:
             SessionPendingError: Unanswered tool calls and not ``heal_pending``.
             SessionBusyError: Another run held the session longer than ``session_wait_s``.
             TypeError, ValueError: Malformed input or ``tools``.
+            HookError, LeaseLostError: The run failed before its end was committed. A hook or
+                event subscriber failing after that commit is reported in the result's
+                ``post_commit_errors`` instead, so an error here always means the run did not
+                complete as reported.
+
+        Cancelling the awaiting task records the run as cancelled and releases the session
+        before ``CancelledError`` propagates, wherever the cancellation lands.
         """
         message = normalize_input(user_input, max_chars=self.config.max_input_chars)
         return await execute_run(

@@ -49,6 +49,11 @@ class StatefulResult:
             cache_read_tokens, reasoning_tokens, total_tokens``).
         tool_calls: Tool calls executed by this run (each counted once).
         run_id: Id of the run (its row in the store).
+        post_commit_errors: Failures after the run's end was committed (a ``SESSION_END`` or
+            ``ROUND_END`` hook, an event subscriber), each as
+            ``"<step>: <ErrorType>: <message>"``. They are logged and published as
+            ``system_log`` events, never raised: the run happened as reported, so sending
+            again would repeat it. Empty when nothing failed.
     """
 
     session_id: str
@@ -60,6 +65,7 @@ class StatefulResult:
     usage: dict[str, int] = field(default_factory=dict)
     tool_calls: int = 0
     run_id: str = ""
+    post_commit_errors: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:

@@ -562,3 +562,29 @@ async def test_after_a_summary_without_gain_the_run_waits_for_more_to_fold(db_pa
         sid = await loop.new_session_async()
         assert (await loop.send(f"go {LONG}", session_id=sid)).final_text == "finished"
     assert len(growing.folded) > 1 and growing.folded == sorted(set(growing.folded))
+
+
+async def test_a_degraded_runs_note_is_not_summarized(db_path: str) -> None:
+    calls = 0
+
+    def refuse_first(request: ScriptedRequest) -> ScriptedReply:
+        nonlocal calls
+        calls += 1
+        return error_reply(400, "the server refused") if calls == 1 else summarizing(request)
+
+    class Recording(FixedFold):
+        seen: list[str] = []
+
+        async def summarize(self, *, messages: Any, previous_summary: str | None, complete: Any) -> str:
+            self.seen.extend(str(m.content) for m in messages)
+            return await super().summarize(messages=messages, previous_summary=previous_summary, complete=complete)
+
+    compactor = Recording(lambda messages: len(messages) - 1)
+    async with loop_with(db_path, ScriptedLLM(rule=refuse_first), compactor) as loop:
+        sid = await loop.new_session_async()
+        assert (await loop.send(f"first {LONG}", session_id=sid)).status == "degraded"
+        for i in range(3):
+            assert (await loop.send(f"turn {i} {LONG}", session_id=sid)).status == "completed"
+    assert compactor.folded, "the test must compact"
+    assert any(text.startswith("first ") for text in compactor.seen)
+    assert not any("[degraded" in text for text in compactor.seen)

@@ -40,6 +40,7 @@ from ..providers.base import LLMRequest, LLMResponse, LLMService
 from ..providers.retry import complete_with_retry
 from ..store.rows import Compact, RecordLLMCall, WriteOp
 from ..tools.definition import ToolDefinition
+from .history import without_hidden
 from .model_call import retry_notifier, retry_policy_for
 
 if TYPE_CHECKING:
@@ -143,7 +144,10 @@ async def maybe_compact(loop: RunLoop, view: list[Message]) -> list[Message]:
         return response
 
     try:
-        summary = await compactor.summarize(messages=to_fold, previous_summary=previous, complete=complete)
+        # Kernel markers (a degraded run's note) are not the model's words: keep them out of the summary.
+        summary = await compactor.summarize(
+            messages=without_hidden(to_fold), previous_summary=previous, complete=complete
+        )
         if not summary:
             raise CompactionFailed("the summary model returned an empty summary")
         head = summary_message(summary)

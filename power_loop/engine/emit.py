@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from ..events import AgentEvent, AgentEventBus, AgentEventType, BaseEventPayload
+import logging
+
+from ..events import AgentEvent, AgentEventBus, AgentEventType, BaseEventPayload, SystemLogPayload
+
+log = logging.getLogger("power_loop.engine")
 
 
 class Emitter:
@@ -80,3 +84,29 @@ class Emitter:
         tasks the bus drains later."""
         if self.bus.wants(event_type):
             self.bus.publish(self._event(event_type, data, round_index, stream_id))
+
+
+async def report_after_commit(emitter: Emitter, errors: list[str], run_id: str, where: str, exc: Exception) -> None:
+    """Report a failure that happened after a run's end was committed.
+
+    The run stands as committed, so nothing is raised: the failure is added to ``errors`` (the
+    result's ``post_commit_errors``), logged at ERROR with its traceback, and published as a
+    ``system_log`` event of level ``error`` (a subscriber failing on that one is only logged).
+    """
+    text = f"{where}: {type(exc).__name__}: {exc}"
+    errors.append(text)
+    log.error(
+        "run %s of session %s is committed, but then the %s failed; send returns its result with the error "
+        "in post_commit_errors",
+        run_id,
+        emitter.session_id,
+        where,
+        exc_info=exc,
+    )
+    try:
+        await emitter.emit(
+            AgentEventType.SYSTEM_LOG,
+            SystemLogPayload(message=f"run {run_id} is committed; then {text}", level="error"),
+        )
+    except Exception:
+        log.error("event subscriber failed on the system_log event reporting %s", text, exc_info=True)

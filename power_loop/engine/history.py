@@ -9,16 +9,43 @@ sync conveniences bumps it, and the next run reloads.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
-from ..messages import Message
+from ..messages import AssistantMessage, Message
 from ..store.rows import StoredMessage
+
+DEGRADED_NAME = "degraded"
+"""``name`` of the assistant message a degraded run stores as its answer (the marker)."""
+
+_LEGACY_DEGRADED_PREFIX = "[degraded: LLM "  # the marker as stored before it had a name
+
+
+def hidden_from_model(message: Message) -> bool:
+    """True for a kernel marker that stays in the history but is never sent to the model.
+
+    That is the ``[degraded: ...]`` note a degraded run stores in place of an answer: kernel
+    error text, not something the model said. Markers stored by earlier versions (without the
+    name) are recognised by their text.
+    """
+    if not isinstance(message, AssistantMessage) or message.tool_calls:
+        return False
+    if message.name == DEGRADED_NAME:
+        return True
+    content = message.content
+    return message.name is None and isinstance(content, str) and content.startswith(_LEGACY_DEGRADED_PREFIX)
+
+
+def without_hidden(messages: Sequence[Message]) -> Sequence[Message]:
+    """``messages`` without kernel markers (the same object when there are none)."""
+    if not any(hidden_from_model(m) for m in messages):
+        return messages
+    return [m for m in messages if not hidden_from_model(m)]
 
 
 class Transcript:
     """A session's loadable history: messages with their seqs, and the store version."""
 
-    __slots__ = ("_counted", "_tokens", "messages", "seqs", "version")
+    __slots__ = ("_counted", "_scanned", "_tokens", "_visible", "messages", "seqs", "version")
 
     def __init__(self, stored: Iterable[StoredMessage] = (), *, version: int = -1) -> None:
         self.messages: list[Message] = []
@@ -26,7 +53,29 @@ class Transcript:
         self.version = version
         self._counted = 0
         self._tokens = 0
+        self._scanned = 0
+        self._visible: list[Message] | None = None
         self.extend(stored)
+
+    def for_model(self) -> list[Message]:
+        """The messages a model request shows: all but kernel markers (:func:`hidden_from_model`).
+
+        Only messages added since the last call are examined. Without markers (the usual case)
+        this is ``messages`` itself; with them, a filtered list kept up to date incrementally,
+        so a round never re-filters, let alone re-encodes, the whole history.
+        """
+        messages = self.messages
+        if self._scanned > len(messages):
+            self._scanned, self._visible = 0, None
+        for index in range(self._scanned, len(messages)):
+            message = messages[index]
+            if hidden_from_model(message):
+                if self._visible is None:
+                    self._visible = messages[:index]
+            elif self._visible is not None:
+                self._visible.append(message)
+        self._scanned = len(messages)
+        return messages if self._visible is None else self._visible
 
     def token_estimate(self) -> int:
         """Estimated tokens of all messages, counting only those added since the last call."""
@@ -45,6 +94,7 @@ class Transcript:
         self.messages[:] = messages
         self.seqs[:] = seqs
         self._counted, self._tokens = 0, 0
+        self._scanned, self._visible = 0, None
 
     def extend(self, stored: Iterable[StoredMessage]) -> None:
         """Append stored messages (in seq order)."""

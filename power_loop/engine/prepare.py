@@ -10,10 +10,19 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from ..config import DEFAULT_SYSTEM_PROMPT, AgentLoopConfig
-from ..messages import AssistantMessage, Message, ToolCall, ToolResultMessage, UserMessage, coerce_content
+from ..messages import (
+    AssistantMessage,
+    Message,
+    ToolCall,
+    ToolResultMessage,
+    UserMessage,
+    coerce_content,
+    scrub_surrogates,
+)
 from ..providers.base import LLMRequest
 from ..tools.definition import ToolDefinition
 from ..tools.registry import ToolRegistry
+from .history import Transcript, without_hidden
 
 __all__ = [
     "build_request",
@@ -118,19 +127,21 @@ def unique_call_ids(message: AssistantMessage, prefix: str) -> AssistantMessage:
     """Give every tool call a non-empty id, unique within the message.
 
     Some OpenAI-compatible servers send empty or repeated ids; results could not be matched
-    to their calls otherwise.
+    to their calls otherwise. Lone surrogates (a half ``\\udXXX`` escape) in a call's id, name
+    or arguments become U+FFFD, so the call can be stored and sent back.
     """
     seen: set[str] = set()
     fixed: list[ToolCall] = []
     changed = False
     for i, call in enumerate(message.tool_calls):
-        call_id = call.id or f"call_{prefix}_{i}"
+        call_id = scrub_surrogates(call.id) or f"call_{prefix}_{i}"
         while call_id in seen:
             call_id = f"{call_id}_{i}"
         seen.add(call_id)
-        if call_id != call.id:
+        name, arguments = scrub_surrogates(call.name), scrub_surrogates(call.arguments)
+        if call_id != call.id or name is not call.name or arguments is not call.arguments:
             changed = True
-            call = ToolCall(id=call_id, name=call.name, arguments=call.arguments)
+            call = ToolCall(id=call_id, name=name, arguments=arguments)
         fixed.append(call)
     if not changed:
         return message
@@ -152,8 +163,18 @@ def build_request(
     max_tokens: int | None = None,
     temperature: float | None = None,
     tool_choice: str | None = None,
+    transcript: Transcript | None = None,
 ) -> LLMRequest:
-    """The provider request of one model call."""
+    """The provider request of one model call.
+
+    Kernel markers (a degraded run's ``[degraded: ...]`` note) stay in the history but are
+    left out here: the model must not read kernel error text as something it said. When
+    ``messages`` is ``transcript.messages``, the transcript's incrementally kept view is used.
+    """
+    if transcript is not None and messages is transcript.messages:
+        messages = transcript.for_model()
+    else:
+        messages = without_hidden(messages)
     return LLMRequest(
         messages=tuple(messages),  # a snapshot: the run keeps appending to its history
         system_prompt=system_prompt or None,

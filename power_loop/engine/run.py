@@ -25,7 +25,7 @@ import asyncio
 import logging
 import secrets
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -36,9 +36,6 @@ from ..errors import (
     LLMError,
     LLMRetryExhausted,
     LLMTimeout,
-    SessionBusyError,
-    SessionNotFoundError,
-    SessionPendingError,
 )
 from ..events import (
     AgentErrorPayload,
@@ -83,7 +80,6 @@ from ..store.rows import (
     AnswerPending,
     Append,
     BeginOutcome,
-    BeginRun,
     DrainInbox,
     FinishRun,
     LeaseClaim,
@@ -95,8 +91,9 @@ from ..store.rows import (
 )
 from ..tools.definition import ToolDefinition
 from ..tools.registry import ToolRegistry
-from .emit import Emitter
-from .history import Transcript
+from .begin import begin_run, transcript_after_begin
+from .emit import Emitter, report_after_commit
+from .history import DEGRADED_NAME, Transcript
 from .model_call import call_model
 from .prepare import build_request, resolve_system_prompt, select_tools, system_text, unique_call_ids
 from .runtime import Runtime
@@ -179,6 +176,7 @@ class Run:
         self.llm_calls = 0
         self.tool_calls = 0
         self.usage = Usage()
+        self.post_commit_errors: list[str] = []
         # What the model sees when hooks replaced the history for this run: prefix + the
         # transcript from `prefix_from` on.
         self.prefix: list[Message] | None = None
@@ -230,6 +228,7 @@ class Run:
             usage=self.usage.to_dict(),
             tool_calls=self.tool_calls,
             run_id=self.run_id,
+            post_commit_errors=list(self.post_commit_errors),
         )
 
 
@@ -266,16 +265,21 @@ async def execute_run(rt: Runtime, req: RunRequest) -> StatefulResult:
         lease = LeaseClaim(owner=f"{rt.owner}/{run_id}", ttl_ms=int(rt.config.lease_ttl_s * 1000))
         cached = rt.histories.get(req.session_id)
         message = await _on_append(rt, req.session_id, 0, req.message) if req.message is not None else None
-        begin = await _begin(rt, req, run_id, lease, cached, message, time_left)
+        begin = await begin_run(
+            rt,
+            session_id=req.session_id,
+            kind=req.kind,
+            run_id=run_id,
+            lease=lease,
+            cached=cached,
+            message=message,
+            heal_pending=req.heal_pending,
+            wait_foreign=req.wait_foreign,
+            time_left=time_left,
+        )
         assert begin.session is not None
-        transcript = cached if (cached is not None and begin.history is None) else Transcript(version=begin.version)
-        if begin.history is not None:
-            transcript.messages.extend(begin.history.messages)
-            transcript.seqs.extend(begin.history.seqs)
-        elif cached is not None:
-            transcript.extend(begin.appended)
-        transcript.version = begin.version
-        rt.histories.put(req.session_id, transcript)
+        # No await from here to RunLoop.main's try: a cancellation cannot land in between.
+        transcript = transcript_after_begin(rt, req.session_id, cached, begin)
         seq = max(begin.event_seq, rt.event_seqs.get(req.session_id, 0))
         emitter = Emitter(rt.bus, req.session_id, seq=seq, counters=rt.event_seqs)
         writer = RunWriter(rt.store, req.session_id, replace(lease, fence=begin.fence), transcript, emitter)
@@ -290,58 +294,6 @@ async def execute_run(rt: Runtime, req: RunRequest) -> StatefulResult:
             tools=tools,
         )
         return await RunLoop(run, begin).main()
-
-
-async def _begin(
-    rt: Runtime,
-    req: RunRequest,
-    run_id: str,
-    lease: LeaseClaim,
-    cached: Transcript | None,
-    message: UserMessage | None,
-    time_left: float,
-) -> BeginOutcome:
-    """Start the run in the store, waiting (bounded) while another process holds the session."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + time_left
-    delay = 0.02
-    while True:
-        outcome = await rt.store.begin_run(
-            BeginRun(
-                session_id=req.session_id,
-                run_id=run_id,
-                lease=lease,
-                kind=req.kind,
-                messages=(message,) if message is not None else (),
-                heal_pending=req.heal_pending,
-                allow_pending=req.kind in ("resume", "submit_input"),
-                cached_version=cached.version if cached is not None else None,
-            )
-        )
-        if outcome.status == "ok":
-            return outcome
-        if outcome.status == "not_found":
-            rt.histories.drop(req.session_id)
-            raise SessionNotFoundError(req.session_id)
-        if outcome.status == "pending":
-            assert outcome.pending is not None
-            raise SessionPendingError(
-                req.session_id,
-                assistant_seq=outcome.pending.assistant_seq,
-                pending_tool_calls=[
-                    {"id": c.tool_call_id, "name": c.name, "arguments": c.arguments, "status": c.status}
-                    for c in outcome.pending.calls
-                ],
-            )
-        if not req.wait_foreign or loop.time() + delay > deadline:
-            raise SessionBusyError(
-                f"session {req.session_id!r} is held by another process's run ({outcome.lease_owner}) and "
-                f"stayed busy for {rt.config.session_wait_s:.1f}s (AgentLoopConfig.session_wait_s); retry "
-                "later, or use follow_up() to queue the message for that run",
-                session_id=req.session_id,
-            )
-        await asyncio.sleep(delay)
-        delay = min(delay * 2, 0.5)
 
 
 async def _on_append(rt: Runtime, session_id: str, round_index: int, message: Message) -> Any:
@@ -457,6 +409,7 @@ class RunLoop:
         raise _Ended(run.result(status, final_text, pending=pending, interactions=interactions))
 
     async def _session_end(self, status: str, final_text: str, reason: str) -> None:
+        """SESSION_END, memory, session_ended. The run's end is committed by now."""
         run = self.run
         self.end_hook_started = True
         if self.hooks.has(HookPoint.SESSION_END):
@@ -468,15 +421,27 @@ class RunLoop:
                 round_index=run.round_index,
                 session_id=run.session_id,
             )
-            await self.hooks.run(HookPoint.SESSION_END, ctx)
+            await self._after_commit(self.hooks.run(HookPoint.SESSION_END, ctx), "session.end hook")
         from .memory import remember_run
 
-        await remember_run(run, final_text)
+        await self._after_commit(remember_run(run, final_text), "memory remember")
         self.ended_published = True
-        await self.emit(
-            AgentEventType.SESSION_ENDED,
-            SessionEndedPayload(reason=reason, status=status, final_text=final_text, run_id=run.run_id),
+        await self._after_commit(
+            self.emit(
+                AgentEventType.SESSION_ENDED,
+                SessionEndedPayload(reason=reason, status=status, final_text=final_text, run_id=run.run_id),
+            ),
+            "session_ended event",
         )
+
+    async def _after_commit(self, step: Awaitable[Any], where: str) -> None:
+        """Run a step that follows the committed end of the run. Its failure is reported (log,
+        ``system_log`` event, ``StatefulResult.post_commit_errors``), not raised: an error from
+        ``send`` would tell the caller nothing happened, and a retry would store the message twice."""
+        try:
+            await step
+        except Exception as exc:
+            await report_after_commit(self.run.emitter, self.run.post_commit_errors, self.run.run_id, where, exc)
 
     async def _on_task_cancelled(self) -> None:
         """The task awaiting send() was cancelled: record the run's end, leave unfinished
@@ -489,12 +454,14 @@ class RunLoop:
                 log.warning("could not record the end of cancelled run %s: %s", run.run_id, exc)
                 self.rt.histories.drop(run.session_id)
                 await self._release_quietly()
-        await self._quietly_session_end("cancelled", "cancelled")
+        # The end may have been committed just before the cancellation landed: report that status.
+        status = run.writer.end_status or "cancelled"
+        await self._quietly_session_end("cancelled", status)
         if not self.ended_published:
             self.ended_published = True
             await self._quietly(
                 AgentEventType.SESSION_ENDED,
-                SessionEndedPayload(reason="cancelled", status="cancelled", run_id=run.run_id),
+                SessionEndedPayload(reason="cancelled", status=status, run_id=run.run_id),
             )
 
     async def _on_error(self, exc: BaseException) -> None:
@@ -581,7 +548,9 @@ class RunLoop:
             ),
             round_index=run.round_index,
         )
-        marker = await _on_append(self.rt, run.session_id, run.round_index, AssistantMessage(content=text))
+        # Named, so it stays in the history for the application but out of every model request.
+        note = AssistantMessage(content=text, name=DEGRADED_NAME)
+        marker = await _on_append(self.rt, run.session_id, run.round_index, note)
         await self._finish("degraded", text, ops=[Append([marker], run_id=run.run_id)])
 
     async def _end_budget(self) -> None:
@@ -650,6 +619,10 @@ class RunLoop:
             await self._end_cancelled()
             raise AssertionError("unreachable") from None
         except LLMError as error:
+            inner = error.last_error if isinstance(error, LLMRetryExhausted) else error
+            billed = getattr(inner, "usage", None)  # a malformed answer the provider still counted
+            if billed is not None:
+                run.usage = run.usage + billed
             await self._end_degraded(error)
             raise AssertionError("unreachable") from None
         run.usage = run.usage + outcome.response.usage
@@ -725,6 +698,7 @@ class RunLoop:
         run.round_offered = frozenset(t.name for t in tools)
         request = build_request(
             messages=view,
+            transcript=run.transcript,
             system_prompt=system_prompt,
             tools=tools,
             config=config,
@@ -759,12 +733,14 @@ class RunLoop:
         if not assistant.tool_calls:
             finish = run.finish_op("completed", drain_inbox=not stop_after)
             outcome = await run.writer.write([*ops, finish])
-            await self._tools_present(0)
-            await self._round_end(has_tools=False, text=assistant.text)
-            if outcome.finished:
-                await self._session_end("completed", assistant.text, "hook_break" if stop_after else "completed")
-                raise _Ended(run.result("completed", assistant.text))
-            return  # follow-ups arrived: go on with another round
+            if not outcome.finished:  # follow-ups arrived: go on with another round
+                await self._tools_present(0)
+                await self._round_end(has_tools=False, text=assistant.text)
+                return
+            await self._after_commit(self._tools_present(0), "round_tools_present event")
+            await self._after_commit(self._round_end(has_tools=False, text=assistant.text), "round end")
+            await self._session_end("completed", assistant.text, "hook_break" if stop_after else "completed")
+            raise _Ended(run.result("completed", assistant.text))
         await run.writer.write(ops)
         await self._tools_present(len(assistant.tool_calls))
         await self._run_tools(assistant)

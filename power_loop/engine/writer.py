@@ -9,12 +9,12 @@ crashed process's sessions free up one ``lease_ttl_s`` after its last renewal.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Sequence
+from typing import TypeVar
 
 from ..errors import LeaseLostError
-from ..store.rows import Append, LeaseClaim, WriteOp, WriteOutcome
+from ..store.rows import Append, FinishRun, LeaseClaim, WriteOp, WriteOutcome
 from ..store.sqlite import SQLiteSessionStore
 from .emit import Emitter
 from .history import Transcript
@@ -22,6 +22,30 @@ from .history import Transcript
 log = logging.getLogger("power_loop.engine")
 
 EVENT_SEQ_HEADROOM = 64
+
+T = TypeVar("T")
+
+
+async def settle(task: asyncio.Future[T]) -> T | None:
+    """Wait until ``task`` has ended, however often the caller is cancelled meanwhile.
+
+    A store transaction runs in the store's worker thread: cancelling the task that awaits it
+    does not stop it, and it may commit afterwards. Cleanup after a cancellation first waits
+    for it with this, then acts on what it did. Returns its result, or None when it failed
+    (logged) or was cancelled itself.
+    """
+    while not task.done():
+        try:
+            await asyncio.shield(task)
+        except (asyncio.CancelledError, Exception):
+            continue  # the loop condition tells whether the transaction has ended
+    if task.cancelled():
+        return None
+    error = task.exception()
+    if error is not None:
+        log.warning("a store transaction awaited by a cancelled run failed: %r", error)
+        return None
+    return task.result()
 
 
 class RunWriter:
@@ -44,17 +68,34 @@ class RunWriter:
         self._renewer: asyncio.Task[None] | None = None
         self.lost: LeaseLostError | None = None
         self.finished = False
+        self.end_status: str | None = None  # the status the run's end was committed with
 
     async def write(self, ops: Sequence[WriteOp]) -> WriteOutcome:
-        """Apply ``ops`` in one transaction; extend the transcript with what was appended."""
+        """Apply ``ops`` in one transaction; extend the transcript with what was appended.
+
+        If the awaiting task is cancelled, the transaction still ends (it may commit after the
+        cancellation): this waits for it and records its outcome before re-raising, so the
+        run's end is known (``finished``) and the cached history matches the store.
+        """
         if self.lost is not None:
             raise self.lost
         # Events still follow the run's last write (round_completed, session_ended, ...): the
         # stored high-water mark reserves room for them, so a loop opened later starts above
         # every seq this run can publish.
-        outcome = await self.store.write(
-            self.session_id, ops, lease=self.lease, event_seq=self.emitter.seq + EVENT_SEQ_HEADROOM
+        task = asyncio.ensure_future(
+            self.store.write(self.session_id, ops, lease=self.lease, event_seq=self.emitter.seq + EVENT_SEQ_HEADROOM)
         )
+        try:
+            outcome = await asyncio.shield(task)
+        except asyncio.CancelledError:
+            late = await settle(task)
+            if late is not None:
+                self._applied(ops, late)
+            raise
+        return self._applied(ops, outcome)
+
+    def _applied(self, ops: Sequence[WriteOp], outcome: WriteOutcome) -> WriteOutcome:
+        """Bring the transcript and the run's state up to a committed write."""
         self.writes += 1
         appended = [m for op in ops if isinstance(op, Append) for m in op.messages]
         self.transcript.messages.extend(appended)
@@ -64,6 +105,7 @@ class RunWriter:
         if outcome.finished:
             # The run's end is committed (lease released): later failures must not write again.
             self.finished = True
+            self.end_status = next((op.status for op in ops if isinstance(op, FinishRun)), None)
         return outcome
 
     def start_renewal(self) -> None:
@@ -88,5 +130,6 @@ class RunWriter:
         task, self._renewer = self._renewer, None
         if task is not None:
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            # wait() does not raise the renewer's CancelledError, so a cancellation of the
+            # run's own task that arrives meanwhile still propagates instead of being swallowed.
+            await asyncio.wait((task,))
