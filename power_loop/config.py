@@ -56,7 +56,7 @@ class AgentLoopConfig:
         tool_concurrency: Tool calls of one model turn run concurrently, at most this many
             at a time.
         tool_timeout_s: Default time limit of a tool call (None = none); ``@tool(timeout_s=)``
-            overrides it per tool.
+            overrides it per tool. It counts from when the handler starts.
         max_tool_result_chars: Tool results longer than this are truncated with a marker.
         max_input_chars: Largest accepted user input (characters of text).
         stream: Stream model responses (deltas reach ``stream_delta`` subscribers).
@@ -66,6 +66,9 @@ class AgentLoopConfig:
         lease_ttl_s: Lifetime of a session lease between renewals; a crashed process's
             sessions are free again this long after its last renewal.
         history_cache_size: Sessions whose history stays in memory between sends.
+        tool_threads: Threads of the loop's own pool for sync tool handlers (all sessions of
+            the loop share it; async handlers run on the event loop and do not use it). A sync
+            handler that outlives its time limit keeps its thread until it returns.
     """
 
     system_prompt: str | None = None
@@ -92,11 +95,14 @@ class AgentLoopConfig:
     session_wait_s: float = 30.0
     lease_ttl_s: float = 5.0
     history_cache_size: int = 256
+    tool_threads: int = 16
 
     def __post_init__(self) -> None:
         _positive("max_rounds", self.max_rounds)
         _positive("max_tokens", self.max_tokens)
         _positive("tool_concurrency", self.tool_concurrency)
+        if not isinstance(self.tool_threads, int) or isinstance(self.tool_threads, bool) or self.tool_threads < 1:
+            raise ConfigurationError(f"AgentLoopConfig.tool_threads must be an integer >= 1, got {self.tool_threads!r}")
         _positive("max_tool_result_chars", self.max_tool_result_chars)
         _positive("max_input_chars", self.max_input_chars)
         _positive("lease_ttl_s", self.lease_ttl_s)

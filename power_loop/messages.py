@@ -418,16 +418,38 @@ _JSON_KEY = "_power_loop_json"
 MESSAGE_JSON_KEY = _JSON_KEY
 
 
+def scrub_surrogates(text: str) -> str:
+    """``text`` made encodable as UTF-8: each lone surrogate becomes U+FFFD.
+
+    Lone surrogates come from ``os.fsdecode`` of non-UTF-8 bytes (``os.listdir`` of such a
+    file name) and from ``\\udXXX`` escapes a model or server sent without their partner; no
+    store or wire accepts them. A surrogate pair kept as two code points is joined. ASCII
+    text costs one flag check, other text one encode attempt; only a failing text is rebuilt.
+    """
+    if text.isascii():
+        return text
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    return text
+
+
 def message_json(message: Message) -> str:
     """The compact JSON of the message's dict view, computed once per message object.
 
     The store writes exactly this text, and a message loaded from the store is seeded with the
-    text it was read from, so a message is encoded at most once in its lifetime.
+    text it was read from, so a message is encoded at most once in its lifetime. Lone
+    surrogates in any field (see :func:`scrub_surrogates`) are stored and sent as U+FFFD.
     """
     cache = message.__dict__
     found = cache.get(_JSON_KEY)
     if found is None:
         found = json.dumps(message_to_dict(message), ensure_ascii=False, separators=(",", ":"))
+        if not found.isascii():
+            # Raw non-ASCII characters appear only inside JSON strings, so replacing a
+            # surrogate there keeps the JSON valid.
+            found = scrub_surrogates(found)
         cache[_JSON_KEY] = found
     return found
 

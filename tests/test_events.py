@@ -19,6 +19,7 @@ from power_loop import (
     StatefulAgentLoop,
     StreamDeltaPayload,
     ToolCallCompletedPayload,
+    ToolRegistry,
 )
 from power_loop.contrib.jsonl import JsonlEventSink, read_events
 from power_loop.contrib.logging_sink import attach_logging_sink
@@ -271,3 +272,25 @@ async def test_logging_sink_writes_one_json_line_per_event(db_path: str, caplog:
     records = [json.loads(r.getMessage()) for r in caplog.records if r.name == "audit"]
     assert [r["type"] for r in records] == ["session_started", "session_ended"]
     assert records[1]["payload"]["final_text"].startswith("y" * 50 + "...(+1950 chars)")
+
+
+async def test_jsonl_sink_survives_a_lone_surrogate_in_a_payload(db_path: str, tmp_path: Path) -> None:
+    path = tmp_path / "events.jsonl"
+
+    def ls() -> str:
+        """List a directory."""
+        return "caf\udce9.txt"  # what os.listdir gives for a non-UTF-8 file name
+
+    tools = ToolRegistry()
+    tools.register(ls)
+    llm = ScriptedLLM([tool_reply(("ls", {})), text_reply("listed \udce9"), text_reply("again")])
+    async with StatefulAgentLoop(llm=llm, db_path=db_path, tool_registry=tools) as loop:
+        sink = JsonlEventSink(path).attach(loop.event_bus)
+        sid = await loop.new_session_async()
+        result = await loop.send("ls", session_id=sid)
+        await loop.send("again", session_id=sid)
+        await sink.aclose()
+    assert result.status == "completed"
+    replayed = list(read_events(path))
+    # The writer thread kept going after the events carrying the surrogate (the final text).
+    assert [e.type for e in replayed].count(AgentEventType.SESSION_ENDED) == 2

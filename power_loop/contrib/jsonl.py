@@ -66,7 +66,9 @@ class JsonlEventSink:
             self._queue.put(json.dumps(event.to_dict(), ensure_ascii=False, default=str))
 
     def _write_forever(self) -> None:
-        with self.path.open("a", encoding="utf-8") as out:
+        # errors="replace": a lone surrogate (a tool's non-UTF-8 file name, say) in a payload is
+        # written as "?" instead of killing the writer thread.
+        with self.path.open("a", encoding="utf-8", errors="replace") as out:
             while True:
                 item = self._queue.get()
                 batch = [item]

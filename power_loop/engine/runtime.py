@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
+import threading
 import time
 import weakref
 from collections.abc import AsyncIterator, Callable
@@ -20,6 +21,7 @@ from ..hooks import AgentHooks
 from ..providers.base import LLMService
 from ..store.sqlite import SQLiteSessionStore
 from ..tools.registry import ToolRegistry
+from ..tools.threads import ToolThreads
 from .fairness import TickGate
 from .history import HistoryCache
 
@@ -98,6 +100,9 @@ class Runtime:
         token_ratio: Provider-reported prompt tokens per estimated token (calibration).
         facade: The ``StatefulAgentLoop`` owning this runtime (handed to tools in their context).
         timer_kick: Wakes this process's ``TimerRunner`` when a timer is scheduled (thread-safe).
+
+    The loop's pool of threads for sync tool handlers (``config.tool_threads``) is created on
+    first use by :meth:`tool_threads` and shut down by :meth:`close`.
     """
 
     store: SQLiteSessionStore
@@ -115,3 +120,24 @@ class Runtime:
     token_ratio: float = 1.0
     facade: Any = None
     timer_kick: Callable[[], None] | None = None
+    _threads: ToolThreads | None = field(default=None, repr=False)
+    _threads_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def tool_threads(self) -> ToolThreads:
+        """The pool running this loop's sync tool handlers (created on first use, again after
+        :meth:`close`), apart from the event loop's default executor."""
+        threads = self._threads
+        if threads is None:
+            with self._threads_lock:  # send_sync may run in several threads at once
+                threads = self._threads
+                if threads is None:
+                    threads = self._threads = ToolThreads(self.config.tool_threads, name="power_loop-tool")
+        return threads
+
+    def close(self) -> None:
+        """Shut down the tool threads without waiting for handlers still running (a stuck sync
+        handler keeps its daemon thread until it returns; its result is discarded)."""
+        with self._threads_lock:
+            threads, self._threads = self._threads, None
+        if threads is not None:
+            threads.shutdown()

@@ -10,23 +10,36 @@
   re-runs only calls that never finished.
 * The stop signal is checked before each call; calls that never started are answered
   ``<cancelled: reason>``.
+* Sync handlers run on the loop's own tool threads (:mod:`power_loop.tools.threads`), never
+  on the event loop's default executor; a call's time limit counts from its start.
+* Whatever a handler raises is a tool error the model sees, ``SystemExit`` and a
+  ``CancelledError`` of its own included. Only the cancellation of the run's task cancels the
+  run. One exception: ``KeyboardInterrupt`` raised on the event loop's thread (an async
+  handler) is taken for Ctrl-C: the call is recorded as failed, then the interrupt goes on
+  and ends the run ``failed``.
+* Once a handler has run, its result is recorded even when a ``tool.error`` or
+  ``tool.after`` hook then raises and ends the run.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import functools
+import inspect
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from ..errors import PowerLoopError
 from ..events import AgentEventType, ToolCallCompletedPayload, ToolCallFailedPayload, ToolCallStartedPayload
 from ..hooks import HookDirective, HookPoint, ToolAfterCtx, ToolBeforeCtx, ToolErrorCtx
-from ..messages import ToolCall
+from ..messages import ToolCall, scrub_surrogates
 from ..store.rows import UpdateToolCall
 from ..tools.context import ToolContext, _reset_context, _set_context
-from ..tools.registry import RegisteredTool, call_handler, format_tool_result, validation_message
+from ..tools.registry import RegisteredTool, bind_handler, format_tool_result, validation_message
+from ..tools.threads import ToolNotStarted, ToolRaisedBaseException, ToolTimeout
 
 if TYPE_CHECKING:
     from .run import Run
@@ -53,6 +66,7 @@ class ToolOutcome:
     interaction: dict[str, Any] | None = None
     executed: bool = False
     stop_batch: bool = field(default=False, repr=False)
+    interrupt: BaseException | None = field(default=None, repr=False)
 
 
 class _HumanInput(Exception):
@@ -63,10 +77,13 @@ async def run_tool_batch(run: Run, calls: Sequence[ToolCall]) -> list[ToolOutcom
     """Execute ``calls``; return one outcome per call, in call order."""
     outcomes: list[ToolOutcome | None] = [None] * len(calls)
     stopped = asyncio.Event()
+    interrupts: list[BaseException] = []
     semaphore = asyncio.Semaphore(run.rt.config.tool_concurrency)
 
     async def one(index: int, call: ToolCall) -> None:
         async with semaphore:
+            if interrupts:  # Ctrl-C: start nothing more; the failed run answers these calls
+                return
             if stopped.is_set():
                 outcomes[index] = ToolOutcome(call, "[skipped: tool.after hook stopped the batch]", True, "skipped")
                 return
@@ -77,6 +94,8 @@ async def run_tool_batch(run: Run, calls: Sequence[ToolCall]) -> list[ToolOutcom
             outcomes[index] = outcome
             if outcome.stop_batch:
                 stopped.set()
+            if outcome.interrupt is not None:
+                interrupts.append(outcome.interrupt)
 
     if len(calls) == 1:
         await one(0, calls[0])
@@ -95,6 +114,10 @@ async def run_tool_batch(run: Run, calls: Sequence[ToolCall]) -> list[ToolOutcom
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             raise failed[0].exception()  # type: ignore[misc]
+    if interrupts:
+        # Raised here, in the run's own task, once every started call is recorded: a
+        # KeyboardInterrupt raised inside a task of the batch would leave the event loop.
+        raise interrupts[0]
     return [o for o in outcomes if o is not None]
 
 
@@ -105,7 +128,7 @@ async def execute_call(run: Run, call: ToolCall) -> ToolOutcome:
     args: Any
     parse_error: str | None = None
     try:
-        args = call.parsed_arguments()
+        args = _parsed_arguments(call)
     except ValueError as exc:
         args = {}
         parse_error = (
@@ -146,10 +169,10 @@ async def execute_call(run: Run, call: ToolCall) -> ToolOutcome:
     if problem is not None:
         return await _finish(run, call, name, args, problem, failed=True, status="failed", started=started)
     await run.writer.write([UpdateToolCall(call.id, "running")])
-    output, failed, interaction = await _invoke(run, call, tool, name, args)
+    output, failed, interaction, interrupt = await _invoke(run, call, tool, name, args)
     if interaction is not None:
         return ToolOutcome(call, "", False, "waiting_input", interaction=interaction, executed=True)
-    return await _finish(
+    outcome = await _finish(
         run,
         call,
         name,
@@ -160,49 +183,77 @@ async def execute_call(run: Run, call: ToolCall) -> ToolOutcome:
         started=started,
         executed=True,
     )
+    outcome.interrupt = interrupt
+    return outcome
 
 
-async def _invoke(
-    run: Run, call: ToolCall, tool: RegisteredTool, name: str, args: dict[str, Any]
-) -> tuple[str, bool, dict[str, Any] | None]:
-    """(output, failed, interaction) of the handler, TOOL_ERROR applied."""
+def _parsed_arguments(call: ToolCall) -> Any:
+    """The call's arguments decoded from the text the store keeps (lone surrogates as U+FFFD),
+    so a call run again by ``resume`` gets the same values."""
+    scrubbed = scrub_surrogates(call.arguments)
+    return (call if scrubbed is call.arguments else replace(call, arguments=scrubbed)).parsed_arguments()
+
+
+_Invoked = tuple[str, bool, "dict[str, Any] | None", "BaseException | None"]
+
+
+async def _invoke(run: Run, call: ToolCall, tool: RegisteredTool, name: str, args: dict[str, Any]) -> _Invoked:
+    """(output, failed, interaction, interrupt) of the handler, TOOL_ERROR applied.
+
+    ``interrupt`` is a KeyboardInterrupt an async handler raised: to be raised again once the
+    call's result is recorded.
+    """
     from ..human import HumanInputRequired
 
     limit = run.rt.config.max_tool_result_chars
     try:
         value = await _call_with_context(run, call, tool, args)
-        return format_tool_result(value, limit), False, None
+        return format_tool_result(value, limit), False, None, None
     except HumanInputRequired as request:
-        return "", False, request.to_pending(tool_call_id=call.id, tool_name=name)
+        return "", False, request.to_pending(tool_call_id=call.id, tool_name=name), None
     except PowerLoopError as exc:
         if _is_run_fatal(exc):
             raise
-        error: BaseException = exc
+        error: Exception = exc
     except Exception as exc:
         error = exc
-    message = _error_text(error, name, tool, run)
+    message = _error_text(error, name)
+    interrupt = _ctrl_c(error)
+    if interrupt is not None:
+        return message, True, None, interrupt
     if not run.rt.hooks.has(HookPoint.TOOL_ERROR):
-        return message, True, None
+        return message, True, None, None
     ctx = ToolErrorCtx(
         tool_call=call.to_dict(),
         tool_name=name,
         tool_args=dict(args),
-        error=error,
+        error=error.error if isinstance(error, ToolRaisedBaseException) else error,
         error_message=message,
         output=message,
         round_index=run.round_index,
         session_id=run.session_id,
     )
-    directive = await run.rt.hooks.run(HookPoint.TOOL_ERROR, ctx)
+    try:
+        directive = await run.rt.hooks.run(HookPoint.TOOL_ERROR, ctx)
+    except Exception:
+        # The handler ran (and failed): record that before the hook's error ends the run.
+        await _record(run, call, "failed", format_tool_result(message, limit), failed=True)
+        raise
     if directive is HookDirective.SKIP:
-        return str(ctx.output or message), False, None
+        return str(ctx.output or message), False, None, None
     if directive is HookDirective.SHORT_CIRCUIT:
         try:
             value = await _call_with_context(run, call, tool, args)
-            return format_tool_result(value, limit), False, None
+            return format_tool_result(value, limit), False, None, None
+        except PowerLoopError as retry_exc:
+            if _is_run_fatal(retry_exc):
+                raise
+            retry_error: Exception = retry_exc
         except Exception as retry_exc:
-            return f"Error (retry failed): {retry_exc}", True, None
-    return str(ctx.output or message), True, None
+            retry_error = retry_exc
+        retry_message = f"Error (retry failed): {_error_text(retry_error, name).removeprefix('Error: ')}"
+        return retry_message, True, None, _ctrl_c(retry_error)
+    return str(ctx.output or message), True, None, None
 
 
 def _is_run_fatal(exc: PowerLoopError) -> bool:
@@ -211,10 +262,36 @@ def _is_run_fatal(exc: PowerLoopError) -> bool:
     return isinstance(exc, (LeaseLostError, StoreError))
 
 
-def _error_text(error: BaseException, name: str, tool: RegisteredTool, run: Run) -> str:
-    if isinstance(error, asyncio.TimeoutError):
-        limit = tool.timeout_s or run.rt.config.tool_timeout_s
-        return f"Error: tool '{name}' timed out after {limit}s"
+def _ctrl_c(error: Exception) -> BaseException | None:
+    """The KeyboardInterrupt in ``error`` if an async handler raised it on the event loop's
+    thread, where Ctrl-C may arrive that way (a real one is never delivered to a tool thread)."""
+    if (
+        isinstance(error, ToolRaisedBaseException)
+        and not error.in_worker
+        and isinstance(error.error, KeyboardInterrupt)
+    ):
+        return error.error
+    return None
+
+
+def _error_text(error: Exception, name: str) -> str:
+    """The tool result the model sees for ``error``."""
+    if isinstance(error, ToolTimeout):  # the kernel's limit, not a TimeoutError the tool raised
+        return f"Error: tool '{name}' timed out after {error.limit}s"
+    if isinstance(error, ToolNotStarted):
+        return (
+            f"Error: tool '{name}' was not started: {error}. Try again later; if this persists, the application "
+            "should raise AgentLoopConfig.tool_threads or make its sync tools return within their time limit."
+        )
+    if isinstance(error, ToolRaisedBaseException):
+        inner = error.error
+        if isinstance(inner, asyncio.CancelledError):
+            return (
+                "Error: the tool raised CancelledError (a task or future it awaited was cancelled; "
+                "the run itself was not)"
+            )
+        detail = f": {inner}" if str(inner) else ""
+        return f"Error: the tool raised {type(inner).__name__}{detail}"
     return f"Error: {error}" if str(error) else f"Error: {type(error).__name__}"
 
 
@@ -230,11 +307,67 @@ async def _call_with_context(run: Run, call: ToolCall, tool: RegisteredTool, arg
     token = _set_context(context)
     try:
         timeout = tool.timeout_s or run.rt.config.tool_timeout_s
-        if timeout is None:
-            return await call_handler(tool, args, context)
-        return await asyncio.wait_for(call_handler(tool, args, context), timeout)
+        handler = bind_handler(tool, args, context)
+        if tool.is_async:
+            return await _run_async(handler, timeout)
+        # The thread sees this task's context variables (current_tool_context() works there).
+        value = await run.rt.tool_threads().run(functools.partial(contextvars.copy_context().run, handler), timeout)
+        if inspect.isawaitable(value):  # a sync callable that returned a coroutine
+            return await _run_async(lambda: value, timeout)
+        return value
     finally:
         _reset_context(token)
+
+
+async def _run_async(start: Callable[[], Awaitable[Any]], timeout: float | None) -> Any:
+    """Await ``start()`` in a task of its own, within ``timeout`` seconds.
+
+    The own task tells the two kinds of ``CancelledError`` apart (on Python 3.10 too): when
+    the run's task is cancelled, the wait below raises, the handler is cancelled and the
+    cancellation goes on; when the handler's task ends cancelled although nobody cancelled
+    it, the handler raised ``CancelledError`` itself (an inner task it awaited was
+    cancelled), which is a tool error.
+
+    Raises:
+        ToolTimeout: ``timeout`` passed (the handler is cancelled).
+        ToolRaisedBaseException: The handler raised CancelledError, KeyboardInterrupt, SystemExit, ...
+    """
+
+    async def guarded() -> Any:
+        try:
+            return await start()
+        except (asyncio.CancelledError, Exception):
+            raise
+        except BaseException as exc:  # kept off the event loop, which would stop on it
+            raise ToolRaisedBaseException(exc, in_worker=False) from exc
+
+    task = asyncio.ensure_future(guarded())
+    try:
+        done, _ = await asyncio.wait((task,), timeout=timeout)
+    except asyncio.CancelledError:
+        task.cancel()
+        await _settled(task)
+        raise
+    if not done:
+        task.cancel()
+        await _settled(task)
+        if task.cancelled():
+            assert timeout is not None
+            raise ToolTimeout(timeout)
+    if task.cancelled():
+        raise ToolRaisedBaseException(asyncio.CancelledError(), in_worker=False)
+    return task.result()
+
+
+async def _settled(task: asyncio.Future[Any]) -> None:
+    """Wait until a cancelled handler's task has finished cleaning up."""
+    await asyncio.wait((task,))
+    if not task.cancelled():
+        task.exception()  # retrieved: a late failure of an abandoned call is not logged as lost
+
+
+async def _record(run: Run, call: ToolCall, status: str, output: str, *, failed: bool) -> None:
+    await run.writer.write([UpdateToolCall(call.id, status, result=output, is_error=failed)])
 
 
 async def _started(run: Run, call: ToolCall, name: str, args: Any) -> None:
@@ -270,13 +403,21 @@ async def _finish(
             round_index=run.round_index,
             session_id=run.session_id,
         )
-        stop_batch = await run.rt.hooks.run(HookPoint.TOOL_AFTER, ctx) is HookDirective.BREAK
+        try:
+            stop_batch = await run.rt.hooks.run(HookPoint.TOOL_AFTER, ctx) is HookDirective.BREAK
+        except Exception:
+            if executed:
+                # The handler ran: store its real result before the hook's error ends the
+                # run, so the model is never told that a side effect which happened did not.
+                limit = run.rt.config.max_tool_result_chars
+                await _record(run, call, status, format_tool_result(output, limit), failed=failed)
+            raise
         output, failed = str(ctx.output), bool(ctx.failed)
         if status in ("done", "failed"):
             status = "failed" if failed else "done"
     output = format_tool_result(output, run.rt.config.max_tool_result_chars)
     if executed:
-        await run.writer.write([UpdateToolCall(call.id, status, result=output, is_error=failed)])
+        await _record(run, call, status, output, failed=failed)
     duration_ms = int((time.monotonic() - started) * 1000)
     tool_input = dict(args) if isinstance(args, dict) else {}
     if failed:

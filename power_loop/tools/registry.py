@@ -1,7 +1,8 @@
 """``ToolRegistry``: the tools a loop can offer, with their handlers.
 
 Handlers are called ``handler(**args)`` exactly once per call (never retried on a
-``TypeError``). Sync handlers run in a worker thread, async ones on the event loop. A handler
+``TypeError``). Sync handlers run in a worker thread (inside a run: the loop's own
+:class:`~power_loop.tools.threads.ToolThreads`), async ones on the event loop. A handler
 parameter annotated :class:`~power_loop.tools.context.ToolContext` receives the call's
 context instead of a model argument.
 
@@ -14,6 +15,7 @@ follows 0.11: ``Unknown tool: X``, ``Error: missing required parameter(s): a, b`
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 import json
 import typing
@@ -23,6 +25,7 @@ from typing import Any
 
 from .._util import is_async_callable
 from ..errors import ToolNotFound, ToolValidationError
+from ..messages import scrub_surrogates
 from .context import ToolContext
 from .definition import FunctionTool, ToolDefinition
 from .schema import coerce_arguments
@@ -101,7 +104,11 @@ def truncate_result(text: str, limit: int = MAX_RESULT_CHARS) -> str:
 
 
 def format_tool_result(value: Any, limit: int = MAX_RESULT_CHARS) -> str:
-    """A handler's return value as the text the model sees (non-strings JSON-encoded)."""
+    """A handler's return value as the text the model sees (non-strings JSON-encoded).
+
+    Lone surrogates (``os.listdir`` of a non-UTF-8 file name yields them) become U+FFFD: the
+    text must be storable and sendable as UTF-8.
+    """
     if isinstance(value, str):
         text = value
     elif isinstance(value, bytes):
@@ -111,7 +118,7 @@ def format_tool_result(value: Any, limit: int = MAX_RESULT_CHARS) -> str:
             text = json.dumps(value, ensure_ascii=False, default=str)
         except (TypeError, ValueError):
             text = str(value)
-    return truncate_result(text, limit)
+    return truncate_result(scrub_surrogates(text), limit)
 
 
 class ToolRegistry:
@@ -281,6 +288,11 @@ def _prepare_args(tool: RegisteredTool, values: dict[str, Any], context: ToolCon
     for name in tool.context_params:
         args[name] = context
     return args
+
+
+def bind_handler(tool: RegisteredTool, values: dict[str, Any], context: ToolContext | None) -> Callable[[], Any]:
+    """The handler bound to its (coerced) arguments and context, ready to be called once."""
+    return functools.partial(tool.handler, **_prepare_args(tool, values, context))
 
 
 def call_handler_sync(tool: RegisteredTool, values: dict[str, Any], context: ToolContext | None) -> Any:
