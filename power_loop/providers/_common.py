@@ -7,6 +7,7 @@ import asyncio
 import email.utils
 import importlib
 import json
+import logging
 import math
 import time
 import uuid
@@ -15,9 +16,11 @@ from types import ModuleType
 from typing import Any, TypeVar
 
 from ..errors import (
+    ConfigurationError,
     LLMConnectionError,
     LLMError,
     LLMRateLimitError,
+    LLMResponseError,
     LLMServerError,
     LLMStatusError,
     LLMTimeout,
@@ -29,8 +32,14 @@ _RETRYABLE_STATUS = frozenset({408, 409, 429})
 
 
 def dumps(value: Any) -> bytes:
-    """Compact UTF-8 JSON, as the SDKs themselves send it."""
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()
+    """Compact UTF-8 JSON, as the SDKs themselves send it (lone surrogates sent as U+FFFD)."""
+    text = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    try:
+        return text.encode()
+    except UnicodeEncodeError:  # a lone surrogate (a non-UTF-8 file name, a half escape)
+        from ..messages import scrub_surrogates
+
+        return scrub_surrogates(text).encode()
 
 
 def memo(obj: object, key: str, build: Callable[[], T]) -> T:
@@ -78,17 +87,30 @@ def http_response_class() -> type[Any]:
         return response
 
 
+HTTP_TRANSPORTS = ("native", "httpx", "aiohttp")
+"""The accepted values of the providers' ``http_transport`` option."""
+
+
+def check_http_transport(transport: str) -> str:
+    """``transport`` if it names an HTTP transport, else a ``ValueError`` listing the choices."""
+    if transport not in HTTP_TRANSPORTS:
+        raise ValueError(f"http_transport must be 'native', 'httpx' or 'aiohttp', not {transport!r}")
+    return transport
+
+
 def build_http_client(sdk: ModuleType, transport: str, timeout_s: float) -> Any:
-    """The HTTP client an SDK should use: ``None`` for the SDK's default, or one on the
-    native transport (see :mod:`power_loop.providers._transport`).
+    """The HTTP client an SDK should use: ``None`` for the SDK's default, one on the native
+    transport (see :mod:`power_loop.providers._transport`), or the SDK's own aiohttp-based
+    client (``DefaultAioHttpClient``, installed by ``pip install power-loop[aiohttp]``).
 
     The native transport is skipped when the environment configures a proxy, which only the
-    SDK's default transport honours.
+    SDK's default transport (and its aiohttp client) honours.
     """
+    check_http_transport(transport)
     if transport == "httpx":
         return None
-    if transport != "native":
-        raise ValueError(f"http_transport must be 'native' or 'httpx', not {transport!r}")
+    if transport == "aiohttp":
+        return _aiohttp_client(sdk, timeout_s)
     from ._transport import NativeTransport, proxy_configured
 
     if proxy_configured():
@@ -97,6 +119,28 @@ def build_http_client(sdk: ModuleType, transport: str, timeout_s: float) -> Any:
     if isinstance(factory, str):  # pragma: no cover - very old SDKs without the default client
         factory = importlib.import_module(factory).AsyncClient
     return factory(transport=NativeTransport(), timeout=timeout_s)
+
+
+def _aiohttp_client(sdk: ModuleType, timeout_s: float) -> Any:
+    factory = getattr(sdk, "DefaultAioHttpClient", None)
+    try:
+        if factory is None:
+            raise RuntimeError(f"{sdk.__name__} {getattr(sdk, '__version__', '')} has no DefaultAioHttpClient")
+        return factory(timeout=timeout_s)
+    except RuntimeError as exc:  # the SDK's placeholder class raises this when aiohttp is missing
+        raise ConfigurationError(
+            f"http_transport='aiohttp' needs the {sdk.__name__} SDK's aiohttp client: "
+            f"install it with `pip install power-loop[aiohttp]`, or use http_transport='native' ({exc})"
+        ) from exc
+
+
+_HOOK_CHANGES = (AttributeError, TypeError, ImportError, LookupError)
+"""What calling a renamed or reshaped private SDK hook raises (nothing here touches the network)."""
+
+
+class HooksChanged(Exception):
+    """A private SDK hook of :class:`PreparedRequests` no longer works as expected: the
+    client falls back to the SDK's public ``post``."""
 
 
 class PreparedRequests:
@@ -117,6 +161,20 @@ class PreparedRequests:
     headers) goes through ``client.post``. Cookies are taken from the client's jar for every
     request; transport failures are raised as the SDK's ``APITimeoutError`` /
     ``APIConnectionError``, and any non-2xx status as the SDK's status error, as ``post`` does.
+
+    The private SDK names used, and what happens when a release renames one (the public
+    ``client.post`` then carries every request; tests/test_sdk_compat.py renames each):
+
+    * required: ``_prepare_options``, ``_build_request``, ``_prepare_request``,
+      ``_make_status_error_from_response``, ``_client`` (the HTTP client),
+      ``_idempotency_header`` and ``<sdk>._models.FinalRequestOptions``; when one is missing,
+      or building a request with them fails with an error of shape (``AttributeError``,
+      ``TypeError``, ``ImportError``, ``LookupError``), this client falls back to ``post``;
+    * optional: ``_send_request`` (the SDK's send step; else the HTTP client's ``send``),
+      ``_platform`` (set once the SDK resolved its platform headers; without it every request
+      goes through ``post``), and ``_workload_identity_auth``, ``_middleware``,
+      ``_api_key_provider``, which must be unset (absent counts as unset: older releases do
+      not have them).
     """
 
     _REQUIRED = (
@@ -125,14 +183,27 @@ class PreparedRequests:
         "_prepare_request",
         "_make_status_error_from_response",
         "_client",
+        "_idempotency_header",
     )
 
-    def __init__(self, client: Any, sdk: ModuleType) -> None:
+    def __init__(self, client: Any, sdk: ModuleType, options_class: Any) -> None:
         self.client = client
         self._sdk = sdk
-        self._models = importlib.import_module(f"{sdk.__name__}._models")
+        self._options_class = options_class
         self._templates: dict[tuple[str, Any], tuple[Any, Any, Any, Any]] = {}
         self._idempotency_header: str | None = getattr(client, "_idempotency_header", None)
+
+    @classmethod
+    def for_client(cls, client: Any, sdk: ModuleType) -> PreparedRequests | None:
+        """Prepared requests for ``client``, or None when its SDK lacks a hook used here or
+        the client acts per request (then every request goes through ``client.post``)."""
+        if not cls.supported(client):
+            return None
+        try:
+            options_class = importlib.import_module(f"{sdk.__name__}._models").FinalRequestOptions
+        except (ImportError, AttributeError):  # the SDK moved its private request options
+            return None
+        return cls(client, sdk, options_class)
 
     @classmethod
     def supported(cls, client: Any) -> bool:
@@ -154,15 +225,18 @@ class PreparedRequests:
         found = self._templates.get(key)
         if found is None:
             client = self.client
-            opts = self._models.FinalRequestOptions.construct(method="post", url=path, content=b"", **options)
-            opts = await client._prepare_options(opts)
-            request = client._build_request(opts, retries_taken=0)
-            await client._prepare_request(request)
-            drop = {b"content-length", b"cookie"}
-            if self._idempotency_header:
-                drop.add(self._idempotency_header.lower().encode())
-            headers = type(request.headers)([(k, v) for k, v in request.headers.raw if k.lower() not in drop])
-            found = (type(request), request.url, headers, dict(request.extensions))
+            try:
+                opts = self._options_class.construct(method="post", url=path, content=b"", **options)
+                opts = await client._prepare_options(opts)
+                request = client._build_request(opts, retries_taken=0)
+                await client._prepare_request(request)
+                drop = {b"content-length", b"cookie"}
+                if self._idempotency_header:
+                    drop.add(self._idempotency_header.lower().encode())
+                headers = type(request.headers)([(k, v) for k, v in request.headers.raw if k.lower() not in drop])
+                found = (type(request), request.url, headers, dict(request.extensions))
+            except _HOOK_CHANGES as exc:
+                raise HooksChanged(f"the {self._sdk.__name__} SDK's private request hooks changed: {exc!r}") from exc
             if len(self._templates) >= 32:  # callers varying timeout_s per request: stay bounded
                 self._templates.clear()
             self._templates[key] = found
@@ -222,10 +296,16 @@ class ClientHolder:
         if self.use_prepared:
             if self._checked is not client:
                 self._checked = client
-                self._prepared = PreparedRequests(client, sdk) if PreparedRequests.supported(client) else None
+                self._prepared = PreparedRequests.for_client(client, sdk)
             prepared = self._prepared
             if prepared is not None and prepared.ready():
-                return await prepared.post(path, body, options, stream=stream)
+                try:
+                    return await prepared.post(path, body, options, stream=stream)
+                except HooksChanged as exc:
+                    # Raised before anything was sent: this request and the later ones take
+                    # the SDK's public path, which does the same work per request.
+                    logging.getLogger("power_loop.providers").info("%s; using the SDK's public post", exc)
+                    self._prepared = None
         return await client.post(path, cast_to=http_response_class(), content=body, options=options, stream=stream)
 
     def current(self) -> Any:
@@ -358,16 +438,108 @@ def stream_error(provider: str, error: Any, request_id: str | None) -> LLMError:
     return LLMServerError(text, provider=provider, request_id=request_id)
 
 
-def map_sdk_error(exc: BaseException, *, provider: str, sdk: ModuleType) -> LLMError | None:
+DECODING_FAULTS: tuple[type[Exception], ...] = (AttributeError, TypeError, ValueError, LookupError)
+"""What decoding a malformed answer raises (a ``null`` where an object belongs, a string
+where a number belongs, bytes that are not UTF-8, ...); each becomes an ``LLMResponseError``."""
+
+
+def server_of(client: Any) -> str:
+    """``host[:port]`` of the server an SDK client talks to, for error messages."""
+    url = getattr(client, "base_url", None)
+    host = getattr(url, "host", None)
+    if not host:
+        return str(url or "the server")
+    port = getattr(url, "port", None)
+    return f"{host}:{port}" if port else str(host)
+
+
+def response_fault(provider: str, what: str, value: Any, exc: BaseException) -> LLMResponseError:
+    """The error for ``value`` (a decoded event or answer) that has the wrong shape."""
+    snippet = repr(value)
+    if len(snippet) > 200:
+        snippet = snippet[:200] + "..."
+    return LLMResponseError(
+        f"{provider} sent {what} that cannot be decoded ({type(exc).__name__}: {exc}): {snippet}; "
+        "the server does not speak the protocol as expected (check the base URL, the provider "
+        "setting and any proxy in between)",
+        provider=provider,
+    )
+
+
+def truncated_stream(provider: str, client: Any, detail: str) -> LLMConnectionError:
+    """The error for an event stream that ended before its terminal event."""
+    return LLMConnectionError(
+        f"the {provider} event stream from {server_of(client)} ended before its final event ({detail}): "
+        "the connection was cut or the server stopped mid-answer; the partial answer was "
+        "discarded and the call can be retried",
+        provider=provider,
+    )
+
+
+def timeout_error(provider: str, server: str, timeout: float | None) -> LLMTimeout:
+    """The error for an attempt that ran out of time, worded the same for every transport."""
+    limit = f" after {timeout:g}s" if timeout is not None else ""
+    return LLMTimeout(
+        f"{provider} request to {server} timed out{limit} (timeout_s bounds each attempt: "
+        "connecting, sending the request and receiving the whole answer); it can be retried. "
+        "If the server is just slow or answers are long, raise timeout_s (or LLMRequest.timeout_s)",
+        provider=provider,
+    )
+
+
+def connection_error(provider: str, server: str, exc: BaseException) -> LLMConnectionError:
+    """The error for a failed or dropped connection, worded the same for every transport."""
+    return LLMConnectionError(
+        f"connection to {provider} at {server} failed: {_reason(exc)}; it can be retried. "
+        "If it persists, check that the server is running and that base_url is right",
+        provider=provider,
+    )
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    chain: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and current not in chain and len(chain) < 8:
+        chain.append(current)
+        current = current.__cause__ or current.__context__
+    return chain
+
+
+def _socket_failure(exc: BaseException) -> bool:
+    """True when a "timeout" was really a refused or failed socket (the SDKs' aiohttp client
+    reports a refused connection as a connect timeout)."""
+    return any(isinstance(e, OSError) and not isinstance(e, TimeoutError) for e in _chain(exc)[1:])
+
+
+def _reason(exc: BaseException) -> str:
+    """The most telling message along ``exc``'s chain of causes (SDK errors say only
+    "Connection error."; the transport's own error says what happened)."""
+    seen = _chain(exc)
+    for candidate in reversed(seen):
+        text = str(candidate).strip()
+        if text and text not in ("Connection error.", "Request timed out."):
+            return text
+    return type(seen[-1]).__name__
+
+
+def map_sdk_error(
+    exc: BaseException,
+    *,
+    provider: str,
+    sdk: ModuleType,
+    server: str = "the server",
+    timeout: float | None = None,
+) -> LLMError | None:
     """Translate an SDK or transport exception; None when ``exc`` is not one of theirs.
 
     ``sdk`` is the imported ``openai`` or ``anthropic`` module; both expose the same
-    exception names.
+    exception names. ``server`` and ``timeout`` go into the messages, which read the same
+    whichever HTTP transport raised.
     """
-    if isinstance(exc, sdk.APITimeoutError):
-        return LLMTimeout(f"{provider} request timed out: {exc}", provider=provider)
+    if isinstance(exc, sdk.APITimeoutError) and not _socket_failure(exc):
+        return timeout_error(provider, server, timeout)
     if isinstance(exc, sdk.APIConnectionError):
-        return LLMConnectionError(f"could not reach {provider}: {exc}", provider=provider)
+        return connection_error(provider, server, exc)
     if isinstance(exc, sdk.APIStatusError):
         response = getattr(exc, "response", None)
         headers = getattr(response, "headers", None)
@@ -382,10 +554,10 @@ def map_sdk_error(exc: BaseException, *, provider: str, sdk: ModuleType) -> LLME
         # An error event inside an otherwise successful stream: the provider failed mid-answer.
         return LLMServerError(f"{provider} reported an error while streaming: {exc}", provider=provider)
     name = type(exc).__module__.split(".")[0]
-    if name in ("httpx", "httpx2", "httpcore", "httpcore2"):
-        if "Timeout" in type(exc).__name__:
-            return LLMTimeout(f"{provider} request timed out: {exc!r}", provider=provider)
-        return LLMConnectionError(f"connection to {provider} failed: {exc!r}", provider=provider)
+    if name in ("httpx", "httpx2", "httpcore", "httpcore2", "aiohttp"):
+        if "Timeout" in type(exc).__name__ and not _socket_failure(exc):
+            return timeout_error(provider, server, timeout)
+        return connection_error(provider, server, exc)
     return None
 
 

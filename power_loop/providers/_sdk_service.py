@@ -4,16 +4,28 @@ one place where SDK and transport errors are translated."""
 from __future__ import annotations
 
 import asyncio
+import sys
 from collections.abc import Awaitable, Callable, Mapping
 from types import ModuleType
 from typing import Any, ClassVar, TypeVar
 
-from ..errors import ConfigurationError
-from ._common import ClientHolder, build_http_client, map_sdk_error
+from ..errors import ConfigurationError, LLMError
+from ._common import (
+    ClientHolder,
+    build_http_client,
+    check_http_transport,
+    map_sdk_error,
+    server_of,
+    timeout_error,
+)
 
 __all__ = ["SDKService"]
 
 T = TypeVar("T")
+
+
+class _DeadlinePassed(Exception):
+    """The attempt's ``timeout_s`` ran out."""
 
 
 class SDKService:
@@ -54,7 +66,7 @@ class SDKService:
         self.stream = stream
         self.context_window = context_window
         self.default_headers = dict(default_headers or {})
-        self.http_transport = http_transport
+        self.http_transport = check_http_transport(http_transport)
         self._holder = ClientHolder(client, prepared_requests=prepared_requests)
 
     def __repr__(self) -> str:
@@ -74,14 +86,39 @@ class SDKService:
         """The SDK client for the running event loop, and the SDK module."""
         return await self._holder.ensure(self._sdk_name, self._build)
 
-    async def _mapped(self, sdk: ModuleType, call: Callable[[], Awaitable[T]]) -> T:
-        """Await ``call()``, translating SDK and transport errors into power_loop's."""
+    async def _mapped(
+        self, sdk: ModuleType, call: Callable[[], Awaitable[T]], *, client: Any, timeout: float | None
+    ) -> T:
+        """Await ``call()`` within ``timeout`` seconds, translating SDK and transport errors
+        into power_loop's.
+
+        ``timeout`` bounds the whole attempt, from sending the request to the last byte of the
+        answer (a stream included), whatever the HTTP transport: the transports' own timeouts
+        only bound single waits (connecting, each read), so a server dripping bytes would
+        otherwise hold an attempt indefinitely.
+        """
         try:
-            return await call()
-        except asyncio.CancelledError:
+            if timeout is None:
+                return await call()
+            if sys.version_info >= (3, 11):
+                scope = asyncio.timeout(timeout)
+                try:
+                    async with scope:
+                        return await call()
+                except TimeoutError as exc:
+                    if scope.expired():
+                        raise _DeadlinePassed from exc
+                    raise
+            try:  # pragma: no cover - Python 3.10
+                return await asyncio.wait_for(call(), timeout)
+            except asyncio.TimeoutError as exc:  # pragma: no cover - Python 3.10
+                raise _DeadlinePassed from exc
+        except _DeadlinePassed as exc:
+            raise timeout_error(self.provider, server_of(client), timeout) from exc.__cause__
+        except (asyncio.CancelledError, LLMError):
             raise
         except Exception as exc:
-            mapped = map_sdk_error(exc, provider=self.provider, sdk=sdk)
+            mapped = map_sdk_error(exc, provider=self.provider, sdk=sdk, server=server_of(client), timeout=timeout)
             if mapped is None:
                 raise
             raise mapped from exc

@@ -12,7 +12,12 @@ This transport keeps per-host deques of idle asyncio streams instead. asyncio al
 notices a server closing an idle keep-alive connection (the stream reader sees EOF), so
 reuse needs no probing. It speaks plain HTTP/1.1 (content-length, chunked and close-delimited
 bodies), TLS through ``ssl``, and retries a request once on a fresh connection when a reused
-one turns out to have been closed before any response byte arrived.
+one turns out to have been closed before any response byte arrived. A connection goes back to
+the pool only as the HTTP/1.x persistence rules allow: not after ``Connection: close``, an
+HTTP/1.0 response without ``Connection: keep-alive``, or a body delimited by the close.
+
+Its timeouts bound single waits (connecting, each read); the providers bound each attempt as
+a whole by ``timeout_s``, the same on every transport.
 
 Not supported: proxies and HTTP/2. Providers fall back to the SDK's default transport when a
 proxy is configured in the environment, or when asked to (``http_transport="httpx"``).
@@ -179,7 +184,7 @@ class NativeTransport(httpx.AsyncBaseTransport):
             except BaseException:
                 conn.close()
                 raise
-            stream = _ResponseBody(self, conn, request.method, status, headers, timeouts.get("read"))
+            stream = _ResponseBody(self, conn, request.method, status, headers, timeouts.get("read"), version)
             return httpx.Response(
                 status,
                 headers=headers,
@@ -251,6 +256,27 @@ async def _read_head(
         return status, reason, headers, parts[0]
 
 
+def _persistent(version: bytes, headers: list[tuple[bytes, bytes]]) -> bool:
+    """Whether the connection may carry another request after this response (RFC 9112 9.3).
+
+    HTTP/1.1 and later keep the connection unless the server sends ``Connection: close``;
+    HTTP/1.0 closes it unless the server sends ``Connection: keep-alive``. ``Connection`` may
+    be repeated and lists comma-separated, case-insensitive options.
+    """
+    options: set[bytes] = set()
+    for name, value in headers:
+        if name.lower() == b"connection":
+            options.update(option.strip().lower() for option in value.split(b","))
+    if b"close" in options:
+        return False
+    major, _, minor = version.partition(b"/")[2].partition(b".")
+    try:
+        modern = (int(major), int(minor or b"0")) >= (1, 1)
+    except ValueError:
+        return False  # an unreadable version: do not bet a later request on this connection
+    return modern or b"keep-alive" in options
+
+
 class _ResponseBody(httpx.AsyncByteStream):
     """The body of one response; returns the connection to the pool once fully read.
 
@@ -268,12 +294,13 @@ class _ResponseBody(httpx.AsyncByteStream):
         status: int,
         headers: list[tuple[bytes, bytes]],
         timeout: float | None,
+        version: bytes = b"HTTP/1.1",
     ) -> None:
         self._transport = transport
         self._conn: _Connection | None = conn
         self._timeout = timeout
         names = {k.lower(): v for k, v in headers}
-        self._keep_alive = names.get(b"connection", b"").lower() != b"close"
+        self._keep_alive = _persistent(version, headers)
         self._length: int | None = None
         self._chunked = False
         if method == "HEAD" or status in (204, 304) or 100 <= status < 200:

@@ -36,12 +36,15 @@ from ..messages import (
 )
 from ..tools.definition import ToolDefinition
 from ._common import (
+    DECODING_FAULTS,
     dumps,
     memo,
+    response_fault,
     stream_error,
+    truncated_stream,
 )
 from ._sdk_service import SDKService
-from ._sse import iter_sse
+from ._sse import EventStream, PendingDeltas, fix_surrogates
 from .base import LLMRequest, LLMResponse, StreamCallbacks
 
 __all__ = ["AnthropicMessagesService", "build_messages_body"]
@@ -171,38 +174,53 @@ class _Block:
 
 
 class _EventAccumulator:
-    """Folds Messages stream events into one response."""
+    """Folds Messages stream events into one response.
+
+    Deltas meant for the stream callbacks are queued in ``deltas`` and passed on by the
+    caller (see :class:`~power_loop.providers._sse.PendingDeltas`).
+    """
 
     def __init__(self, callbacks: StreamCallbacks | None) -> None:
-        self.callbacks = callbacks
         self.blocks: dict[int, _Block] = {}
         self.input_tokens = 0
         self.cache_read = 0
         self.cache_write = 0
         self.output_tokens = 0
+        self.saw_usage = False
         self.stop_reason: str | None = None
+        self.stopped = False
         self.model: str | None = None
+        self.deltas = PendingDeltas(callbacks) if callbacks else None
 
     def add(self, event: Mapping[str, Any]) -> None:
         kind = event.get("type")
         if kind == "message_start":
             message = event.get("message") or {}
-            self.model = message.get("model")
+            if message.get("model"):
+                self.model = str(message["model"])
             self._usage(message.get("usage"))
         elif kind == "content_block_start":
             block = event.get("content_block") or {}
-            index = int(event.get("index", len(self.blocks)))
+            index = _index(event.get("index", len(self.blocks)))
             self.blocks[index] = _Block(
-                kind=str(block.get("type", "text")), id=block.get("id") or "", name=block.get("name") or ""
+                kind=str(block.get("type", "text")), id=str(block.get("id") or ""), name=str(block.get("name") or "")
             )
             if block.get("type") == "text" and block.get("text"):
                 self._text(index, block["text"])
         elif kind == "content_block_delta":
-            self._delta(int(event.get("index", 0)), event.get("delta") or {})
+            self._delta(_index(event.get("index", 0)), event.get("delta") or {})
         elif kind == "message_delta":
             delta = event.get("delta") or {}
-            self.stop_reason = delta.get("stop_reason") or self.stop_reason
+            if delta.get("stop_reason"):
+                self.stop_reason = str(delta["stop_reason"])
             self._usage(event.get("usage"))
+        elif kind == "message_stop":
+            self.stopped = True
+
+    @property
+    def finished(self) -> bool:
+        """The stream reached its end: ``message_stop``, or a ``message_delta`` with a stop reason."""
+        return self.stopped or self.stop_reason is not None
 
     def _usage(self, usage: Mapping[str, Any] | None) -> None:
         if not usage:
@@ -216,11 +234,14 @@ class _EventAccumulator:
             value = usage.get(name)
             if value is not None:
                 setattr(self, attr, int(value))
+                self.saw_usage = True
 
-    def _text(self, index: int, text: str) -> None:
+    def _text(self, index: int, text: Any) -> None:
+        if not isinstance(text, str):
+            raise TypeError(f"text is a {type(text).__name__}, not a string")
         self.blocks[index].parts.append(text)
-        if self.callbacks and self.callbacks.on_text_delta:
-            self.callbacks.on_text_delta(text)
+        if self.deltas is not None:
+            self.deltas.items.append((False, text))
 
     def _delta(self, index: int, delta: Mapping[str, Any]) -> None:
         block = self.blocks.setdefault(index, _Block(kind="text"))
@@ -228,14 +249,21 @@ class _EventAccumulator:
         if kind == "text_delta":
             self._text(index, delta.get("text", ""))
         elif kind == "input_json_delta":
-            block.parts.append(delta.get("partial_json", ""))
+            block.parts.append(_string(delta.get("partial_json", "")))
         elif kind == "thinking_delta":
-            thinking = delta.get("thinking", "")
+            thinking = _string(delta.get("thinking", ""))
             block.parts.append(thinking)
-            if self.callbacks and self.callbacks.on_reasoning_delta:
-                self.callbacks.on_reasoning_delta(thinking)
+            if self.deltas is not None:
+                self.deltas.items.append((True, thinking))
         elif kind == "signature_delta":
-            block.signature += delta.get("signature", "")
+            block.signature += _string(delta.get("signature", ""))
+
+    def usage(self) -> Usage:
+        """Usage so far (``prompt_tokens`` counts cache reads and writes)."""
+        prompt = self.input_tokens + self.cache_read + self.cache_write
+        return Usage.of_call(
+            prompt_tokens=prompt, completion_tokens=self.output_tokens, cache_read_tokens=self.cache_read
+        )
 
     def response(self, request_id: str | None) -> LLMResponse:
         text: list[str] = []
@@ -249,19 +277,60 @@ class _EventAccumulator:
                 thinking.append("".join(block.parts))
                 signature = block.signature or signature
             elif block.kind == "tool_use":
-                calls.append(ToolCall(id=block.id, name=block.name, arguments="".join(block.parts) or "{}"))
-        prompt = self.input_tokens + self.cache_read + self.cache_write
-        usage = Usage.of_call(
-            prompt_tokens=prompt, completion_tokens=self.output_tokens, cache_read_tokens=self.cache_read
-        )
+                calls.append(
+                    ToolCall(
+                        id=block.id,
+                        name=fix_surrogates(block.name),
+                        arguments=fix_surrogates("".join(block.parts)) or "{}",
+                    )
+                )
         message = AssistantMessage(
-            content="".join(text),
+            content=fix_surrogates("".join(text)),
             tool_calls=tuple(calls),
-            reasoning="".join(thinking) or None,
+            reasoning=fix_surrogates("".join(thinking)) or None,
             reasoning_signature=signature or None,
         )
         reason = _FINISH.get(self.stop_reason or "", self.stop_reason)
-        return LLMResponse(message=message, usage=usage, finish_reason=reason, model=self.model, request_id=request_id)
+        return LLMResponse(
+            message=message, usage=self.usage(), finish_reason=reason, model=self.model, request_id=request_id
+        )
+
+
+def _index(value: Any) -> int:
+    """A block index: an integer (``True`` or ``1.5`` are not indexes)."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"block index {value!r} is not an integer")
+    return value
+
+
+def _string(value: Any) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"{value!r} is not a string")
+    return value
+
+
+def _message(msg: Any, request_id: str | None) -> LLMResponse:
+    """Decode a Messages API ``message`` object (raises TypeError/ValueError on a wrong shape)."""
+    if not isinstance(msg, Mapping):
+        raise TypeError(f"the answer is a JSON {type(msg).__name__}, not a message object")
+    content = msg.get("content")
+    if msg.get("type", "message") != "message" or not isinstance(content, list):
+        raise ValueError("the answer is not a message object with a content list")
+    acc = _EventAccumulator(None)
+    acc.model = msg.get("model")
+    acc.stop_reason = msg.get("stop_reason")
+    acc._usage(msg.get("usage"))
+    for index, block in enumerate(content):
+        kind = str(block.get("type", ""))
+        acc.blocks[index] = _Block(kind=kind, id=str(block.get("id") or ""), name=str(block.get("name") or ""))
+        if kind == "text":
+            acc.blocks[index].parts.append(_string(block.get("text", "")))
+        elif kind == "tool_use":
+            acc.blocks[index].parts.append(json.dumps(block.get("input", {})))
+        elif kind == "thinking":
+            acc.blocks[index].parts.append(_string(block.get("thinking", "")))
+            acc.blocks[index].signature = _string(block.get("signature") or "")
+    return acc.response(request_id)
 
 
 class AnthropicMessagesService(SDKService):
@@ -271,7 +340,8 @@ class AnthropicMessagesService(SDKService):
         model: Model name sent with every request.
         api_key: API key (``x-api-key``).
         base_url: Server base URL (default: Anthropic's).
-        timeout_s: Per-request timeout.
+        timeout_s: Time limit of each attempt, in seconds: connecting, sending the request and
+            receiving the whole answer (a stream included), on every HTTP transport.
         max_retries: Retries the engine may make when no ``LLMRetryPolicy`` is set.
         max_tokens: Upper bound on any request's completion tokens; also the value sent when
             a request sets none (the API requires one; default 4096).
@@ -280,8 +350,9 @@ class AnthropicMessagesService(SDKService):
         context_window: The model's context window in tokens, if known.
         default_headers: Extra headers sent with every request.
         client: A ready ``anthropic.AsyncAnthropic`` to use instead of building one.
-        http_transport: ``"native"`` (default: power_loop's probe-free keep-alive pool) or
-            ``"httpx"`` (the SDK's default transport; used anyway when a proxy is configured).
+        http_transport: ``"native"`` (default: power_loop's probe-free keep-alive pool),
+            ``"httpx"`` (the SDK's default transport; used anyway when a proxy is configured)
+            or ``"aiohttp"`` (the SDK's aiohttp-based client; ``pip install power-loop[aiohttp]``).
         prepared_requests: Let the SDK prepare each endpoint's request once and re-send it
             with a new body (default), instead of running the SDK's per-request option
             handling every time (about 150 µs per request on the event-loop thread). Only
@@ -306,11 +377,16 @@ class AnthropicMessagesService(SDKService):
             request, model=request.model or self.model, max_tokens=max_tokens, temperature=temperature
         )
         options: dict[str, Any] = {"headers": {"Content-Type": "application/json"}}
+        timeout = self.timeout_s
         if request.timeout_s is not None:
-            options["timeout"] = request.timeout_s
+            options["timeout"] = timeout = request.timeout_s
         if request.stream:
-            return await self._mapped(sdk, lambda: self._stream(client, sdk, body, options, callbacks))
-        return await self._mapped(sdk, lambda: self._plain(client, sdk, body, options, callbacks))
+            return await self._mapped(
+                sdk, lambda: self._stream(client, sdk, body, options, callbacks), client=client, timeout=timeout
+            )
+        return await self._mapped(
+            sdk, lambda: self._plain(client, sdk, body, options, callbacks), client=client, timeout=timeout
+        )
 
     async def _stream(
         self, client: Any, sdk: ModuleType, body: bytes, options: dict[str, Any], callbacks: StreamCallbacks | None
@@ -318,21 +394,40 @@ class AnthropicMessagesService(SDKService):
         # The SDK sends the request and raises for error statuses; the event stream of a
         # successful response is decoded here (see _sse.py), one dict per event.
         response = await self._holder.post(client, sdk, "/v1/messages", body, options, stream=True)
+        request_id = response.headers.get("request-id")
         acc = _EventAccumulator(callbacks)
+        events = EventStream(response, self.provider)
         try:
             if callbacks and callbacks.on_stream_start:
                 callbacks.on_stream_start()
-            async for name, event in iter_sse(response):
+            async for name, event in events.events():
                 if not isinstance(event, Mapping):
                     continue
                 if name == "error" or event.get("type") == "error":
-                    raise stream_error(self.provider, event.get("error", event), response.headers.get("request-id"))
-                acc.add(event)
+                    raise stream_error(self.provider, event.get("error", event), request_id)
+                try:
+                    acc.add(event)
+                except DECODING_FAULTS as exc:
+                    raise response_fault(self.provider, "a stream event", event, exc) from exc
+                if acc.deltas is not None and acc.deltas.items:
+                    acc.deltas.pass_on()
+        except LLMResponseError as exc:
+            exc.provider = exc.provider or self.provider
+            if exc.usage is None and acc.saw_usage:
+                exc.usage = acc.usage()
+            raise
         finally:
             await response.aclose()
+        if events.document is not None:
+            # The server answered with the complete, non-streamed message.
+            return self._decode_message(events.document, request_id, callbacks, started=True)
+        if not acc.finished:
+            raise truncated_stream(self.provider, client, "no message_stop and no stop_reason")
+        if acc.deltas is not None:
+            acc.deltas.pass_on(final=True)
         if callbacks and callbacks.on_stream_end:
             callbacks.on_stream_end()
-        return acc.response(response.headers.get("request-id"))
+        return acc.response(request_id)
 
     async def _plain(
         self, client: Any, sdk: ModuleType, body: bytes, options: dict[str, Any], callbacks: StreamCallbacks | None
@@ -340,27 +435,24 @@ class AnthropicMessagesService(SDKService):
         raw = await self._holder.post(client, sdk, "/v1/messages", body, options, stream=False)
         try:
             msg = raw.json()
-        except ValueError as exc:
-            raise LLMResponseError(f"the server's answer is not JSON: {exc}", provider=self.provider) from exc
-        if not isinstance(msg, Mapping):
-            raise LLMResponseError("the server's answer is not a message object", provider=self.provider)
-        acc = _EventAccumulator(None)
-        acc.model = msg.get("model")
-        acc.stop_reason = msg.get("stop_reason")
-        acc._usage(msg.get("usage"))
-        for index, block in enumerate(msg.get("content") or ()):
-            kind = block.get("type", "")
-            acc.blocks[index] = _Block(kind=kind, id=block.get("id") or "", name=block.get("name") or "")
-            if kind == "text":
-                acc.blocks[index].parts.append(block.get("text", ""))
-            elif kind == "tool_use":
-                acc.blocks[index].parts.append(json.dumps(block.get("input", {})))
-            elif kind == "thinking":
-                acc.blocks[index].parts.append(block.get("thinking", ""))
-                acc.blocks[index].signature = block.get("signature") or ""
-        response = acc.response(raw.headers.get("request-id"))
+        except ValueError as exc:  # not JSON, or not UTF-8
+            raise LLMResponseError(
+                f"the server's answer is not JSON ({exc}): {raw.content[:200]!r}", provider=self.provider
+            ) from exc
+        return self._decode_message(msg, raw.headers.get("request-id"), callbacks, started=False)
+
+    def _decode_message(
+        self, msg: Any, request_id: str | None, callbacks: StreamCallbacks | None, *, started: bool
+    ) -> LLMResponse:
+        """An LLMResponse from a ``message`` object; LLMResponseError for anything else."""
+        if isinstance(msg, Mapping) and msg.get("type") == "error":
+            raise stream_error(self.provider, msg.get("error", msg), request_id)
+        try:
+            response = _message(msg, request_id)
+        except DECODING_FAULTS as exc:
+            raise response_fault(self.provider, "the answer", msg, exc) from exc
         if callbacks:
-            if callbacks.on_stream_start:
+            if callbacks.on_stream_start and not started:
                 callbacks.on_stream_start()
             if response.message.reasoning and callbacks.on_reasoning_delta:
                 callbacks.on_reasoning_delta(response.message.reasoning)

@@ -33,7 +33,8 @@ class LLMRequest:
         stream: Stream the response (deltas reach the callbacks as they arrive).
         tool_choice: ``"auto"`` (default), ``"none"`` or ``"required"``.
         response_format: Provider-specific structured-output request, passed through.
-        timeout_s: Per-request timeout; None uses the provider's.
+        timeout_s: Time limit of this attempt (the whole answer included); None uses the
+            provider's ``timeout_s``.
         extra_body: Extra top-level JSON fields merged into the request body.
     """
 

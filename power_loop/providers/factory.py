@@ -10,11 +10,12 @@ variable               meaning                                     default
 ``P_API_KEY``          API key                                     required
 ``P_MODEL``            model name                                  required
 ``P_PROVIDER``         ``openai`` or ``anthropic``                 openai
-``P_TIMEOUT_S``        per-request timeout (seconds)               60
+``P_TIMEOUT_S``        time limit of each attempt (seconds)        60
 ``P_MAX_TOKENS``       cap on completion tokens per call           none
 ``P_TEMPERATURE``      default temperature                         none
 ``P_MAX_RETRIES``      retries for transient errors                3
 ``P_CONTEXT_WINDOW``   the model's context window (tokens)         none
+``P_HTTP_TRANSPORT``   ``native``, ``httpx`` or ``aiohttp``        native
 =====================  ==========================================  =========
 
 Values in the process environment win over a ``.env`` file, which is read (never written
@@ -31,6 +32,7 @@ from pathlib import Path
 from typing import Literal
 
 from ..errors import ConfigurationError
+from ._common import HTTP_TRANSPORTS
 from .base import LLMService
 
 __all__ = [
@@ -52,13 +54,15 @@ class LLMProviderConfig:
         base_url: Server base URL (None = the SDK's default endpoint).
         api_key: API key.
         provider: ``"openai"`` (any Chat Completions server) or ``"anthropic"``.
-        timeout_s: Per-request timeout in seconds.
+        timeout_s: Time limit of each attempt in seconds (connecting to the last byte of the answer).
         max_tokens: Cap on completion tokens per call (None = the request decides).
         temperature: Temperature used when a request sets none.
         max_retries: Retries for transient errors when the loop has no ``retry_policy``.
         context_window: The model's context window in tokens, if known.
         stream: Stream responses.
         default_headers: Extra headers for every request.
+        http_transport: The HTTP client under the SDK: ``"native"`` (power_loop's keep-alive
+            pool), ``"httpx"`` (the SDK's default) or ``"aiohttp"`` (the SDK's aiohttp client).
     """
 
     model: str
@@ -72,6 +76,7 @@ class LLMProviderConfig:
     context_window: int | None = None
     stream: bool = True
     default_headers: Mapping[str, str] = field(default_factory=dict)
+    http_transport: str = "native"
 
     def __post_init__(self) -> None:
         if not self.model:
@@ -90,6 +95,10 @@ class LLMProviderConfig:
             raise ConfigurationError(f"max_tokens must be > 0, got {self.max_tokens}")
         if self.context_window is not None and self.context_window <= 0:
             raise ConfigurationError(f"context_window must be > 0, got {self.context_window}")
+        if self.http_transport not in HTTP_TRANSPORTS:
+            raise ConfigurationError(
+                f"unknown http_transport {self.http_transport!r}; use one of {', '.join(map(repr, HTTP_TRANSPORTS))}"
+            )
 
 
 def create_llm_service_from_config(config: LLMProviderConfig) -> LLMService:
@@ -105,6 +114,7 @@ def create_llm_service_from_config(config: LLMProviderConfig) -> LLMService:
         stream=config.stream,
         context_window=config.context_window,
         default_headers=config.default_headers,
+        http_transport=config.http_transport,
     )
     if config.provider == "anthropic":
         from .anthropic import AnthropicMessagesService
@@ -197,6 +207,12 @@ def provider_config_from_env(
     temperature = env.number("TEMPERATURE", float)
     retries = env.number("MAX_RETRIES", int)
     window = env.number("CONTEXT_WINDOW", int)
+    transport = env.lookup("HTTP_TRANSPORT")
+    if transport is not None and transport[1].lower() not in HTTP_TRANSPORTS:
+        raise ConfigurationError(
+            f"{transport[0]}={transport[1]!r}: use one of {', '.join(HTTP_TRANSPORTS)} "
+            "(the HTTP client under the provider SDK)"
+        )
     return LLMProviderConfig(
         provider=provider,  # type: ignore[arg-type]
         base_url=env.require("BASE_URL"),
@@ -207,6 +223,7 @@ def provider_config_from_env(
         temperature=float(temperature) if temperature is not None else None,
         max_retries=int(retries) if retries is not None else 3,
         context_window=int(window) if window is not None else None,
+        http_transport=transport[1].lower() if transport is not None else "native",
     )
 
 

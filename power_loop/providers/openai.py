@@ -30,12 +30,15 @@ from ..messages import (
 )
 from ..tools.definition import ToolDefinition
 from ._common import (
+    DECODING_FAULTS,
     dumps,
     memo,
+    response_fault,
     stream_error,
+    truncated_stream,
 )
 from ._sdk_service import SDKService
-from ._sse import iter_sse
+from ._sse import EventStream, PendingDeltas, fix_surrogates
 from .base import LLMRequest, LLMResponse, StreamCallbacks
 
 __all__ = ["OpenAIChatService", "build_chat_body", "message_fragment"]
@@ -117,62 +120,82 @@ class _ToolCallBuffer:
 
 
 class _StreamAccumulator:
-    """Folds Chat Completions chunks into one response."""
+    """Folds Chat Completions chunks into one response.
+
+    Deltas meant for the stream callbacks are queued in ``deltas`` and passed on by the
+    caller (see :class:`~power_loop.providers._sse.PendingDeltas`).
+    """
 
     def __init__(self, callbacks: StreamCallbacks | None) -> None:
-        self.callbacks = callbacks
         self.text: list[str] = []
         self.reasoning: list[str] = []
         self.calls: dict[int, _ToolCallBuffer] = {}
         self.finish_reason: str | None = None
-        self.usage: Any = None
+        self.usage: Usage | None = None
         self.model: str | None = None
+        self.deltas = PendingDeltas(callbacks) if callbacks else None
 
     def add(self, chunk: Mapping[str, Any]) -> None:
         if chunk.get("model"):
-            self.model = chunk["model"]
+            self.model = str(chunk["model"])
         if chunk.get("usage"):
-            self.usage = chunk["usage"]
+            self.usage = _usage(chunk["usage"])
         for choice in chunk.get("choices") or ():
             if choice.get("finish_reason"):
-                self.finish_reason = choice["finish_reason"]
+                self.finish_reason = str(choice["finish_reason"])
             delta = choice.get("delta")
             if not delta:
                 continue
             reasoning = delta.get("reasoning_content") or delta.get("reasoning")
             if isinstance(reasoning, str) and reasoning:
                 self.reasoning.append(reasoning)
-                if self.callbacks and self.callbacks.on_reasoning_delta:
-                    self.callbacks.on_reasoning_delta(reasoning)
+                if self.deltas is not None:
+                    self.deltas.items.append((True, reasoning))
             content = delta.get("content")
             if content:
+                if not isinstance(content, str):
+                    raise TypeError(f"delta content is a {type(content).__name__}, not a string")
                 self.text.append(content)
-                if self.callbacks and self.callbacks.on_text_delta:
-                    self.callbacks.on_text_delta(content)
+                if self.deltas is not None:
+                    self.deltas.items.append((False, content))
             for position, tc in enumerate(delta.get("tool_calls") or ()):
                 index = tc.get("index")
-                buf = self.calls.setdefault(position if index is None else index, _ToolCallBuffer())
+                buf = self.calls.setdefault(position if index is None else int(index), _ToolCallBuffer())
                 if tc.get("id"):
-                    buf.id = tc["id"]
+                    buf.id = str(tc["id"])
                 fn = tc.get("function") or {}
                 name = fn.get("name")
                 if name and name != buf.name:
                     # Most servers send the whole name once; a few split it across deltas.
-                    buf.name += name
-                if fn.get("arguments"):
-                    buf.arguments.append(fn["arguments"])
+                    buf.name += str(name)
+                arguments = fn.get("arguments")
+                if arguments:
+                    if not isinstance(arguments, str):
+                        raise TypeError(f"tool call arguments are a {type(arguments).__name__}, not a string")
+                    buf.arguments.append(arguments)
+
+    @property
+    def finished(self) -> bool:
+        """A choice reported why it finished: the answer is complete even without ``[DONE]``."""
+        return self.finish_reason is not None
 
     def response(self, request_id: str | None) -> LLMResponse:
         calls = tuple(
-            ToolCall(id=b.id or f"call_{i}", name=b.name, arguments="".join(b.arguments) or "{}")
+            ToolCall(
+                id=b.id or f"call_{i}",
+                name=fix_surrogates(b.name),
+                arguments=fix_surrogates("".join(b.arguments)) or "{}",
+            )
             for i, b in sorted(self.calls.items())
         )
         message = AssistantMessage(
-            content="".join(self.text), tool_calls=calls, reasoning="".join(self.reasoning) or None
+            content=fix_surrogates("".join(self.text)),
+            tool_calls=calls,
+            reasoning=fix_surrogates("".join(self.reasoning)) or None,
         )
         return LLMResponse(
             message=message,
-            usage=_usage(self.usage),
+            usage=self.usage or Usage(calls=1),
             finish_reason=_finish(self.finish_reason, calls),
             model=self.model,
             request_id=request_id,
@@ -207,7 +230,8 @@ class OpenAIChatService(SDKService):
         model: Model name sent with every request.
         api_key: API key (sent as a bearer token).
         base_url: Server base URL, e.g. ``https://api.openai.com/v1``.
-        timeout_s: Per-request timeout.
+        timeout_s: Time limit of each attempt, in seconds: connecting, sending the request and
+            receiving the whole answer (a stream included), on every HTTP transport.
         max_retries: Retries the engine may make when no ``LLMRetryPolicy`` is set.
         max_tokens: Upper bound on any request's completion tokens (None = no cap).
         temperature: Temperature used when a request does not set one.
@@ -218,8 +242,9 @@ class OpenAIChatService(SDKService):
         default_headers: Extra headers sent with every request.
         client: A ready ``openai.AsyncOpenAI`` to use instead of building one (its own retry
             setting is then the caller's responsibility).
-        http_transport: ``"native"`` (default: power_loop's probe-free keep-alive pool) or
-            ``"httpx"`` (the SDK's default transport; used anyway when a proxy is configured).
+        http_transport: ``"native"`` (default: power_loop's probe-free keep-alive pool),
+            ``"httpx"`` (the SDK's default transport; used anyway when a proxy is configured)
+            or ``"aiohttp"`` (the SDK's aiohttp-based client; ``pip install power-loop[aiohttp]``).
         prepared_requests: Let the SDK prepare each endpoint's request once and re-send it
             with a new body (default), instead of running the SDK's per-request option
             handling every time (about 150 µs per request on the event-loop thread). Only
@@ -284,11 +309,16 @@ class OpenAIChatService(SDKService):
             max_tokens_param=self.max_tokens_param,
         )
         options: dict[str, Any] = {"security": {"bearer_auth": True}}
+        timeout = self.timeout_s
         if request.timeout_s is not None:
-            options["timeout"] = request.timeout_s
+            options["timeout"] = timeout = request.timeout_s
         if stream:
-            return await self._mapped(sdk, lambda: self._stream(client, sdk, body, options, callbacks))
-        return await self._mapped(sdk, lambda: self._plain(client, sdk, body, options, callbacks))
+            return await self._mapped(
+                sdk, lambda: self._stream(client, sdk, body, options, callbacks), client=client, timeout=timeout
+            )
+        return await self._mapped(
+            sdk, lambda: self._plain(client, sdk, body, options, callbacks), client=client, timeout=timeout
+        )
 
     async def _stream(
         self, client: Any, sdk: ModuleType, body: bytes, options: dict[str, Any], callbacks: StreamCallbacks | None
@@ -296,21 +326,40 @@ class OpenAIChatService(SDKService):
         # The SDK sends the request and raises for error statuses; the event stream of a
         # successful response is decoded here (see _sse.py), one dict per chunk.
         response = await self._holder.post(client, sdk, "/chat/completions", body, options, stream=True)
+        request_id = response.headers.get("x-request-id")
         acc = _StreamAccumulator(callbacks)
+        events = EventStream(response, self.provider)
         try:
             if callbacks and callbacks.on_stream_start:
                 callbacks.on_stream_start()
-            async for _, chunk in iter_sse(response):
+            async for _, chunk in events.events():
                 if not isinstance(chunk, Mapping):
                     continue
                 if chunk.get("error"):
-                    raise stream_error(self.provider, chunk["error"], response.headers.get("x-request-id"))
-                acc.add(chunk)
+                    raise stream_error(self.provider, chunk["error"], request_id)
+                try:
+                    acc.add(chunk)
+                except DECODING_FAULTS as exc:
+                    raise response_fault(self.provider, "a stream chunk", chunk, exc) from exc
+                if acc.deltas is not None and acc.deltas.items:
+                    acc.deltas.pass_on()
+        except LLMResponseError as exc:
+            exc.provider = exc.provider or self.provider
+            if exc.usage is None:
+                exc.usage = acc.usage
+            raise
         finally:
             await response.aclose()
+        if events.document is not None:
+            # The server answered with the complete, non-streamed answer.
+            return self._decode_completion(events.document, request_id, callbacks, started=True)
+        if not (events.saw_done or acc.finished):
+            raise truncated_stream(self.provider, client, "no [DONE] and no finish_reason")
+        if acc.deltas is not None:
+            acc.deltas.pass_on(final=True)
         if callbacks and callbacks.on_stream_end:
             callbacks.on_stream_end()
-        return acc.response(response.headers.get("x-request-id"))
+        return acc.response(request_id)
 
     async def _plain(
         self, client: Any, sdk: ModuleType, body: bytes, options: dict[str, Any], callbacks: StreamCallbacks | None
@@ -318,36 +367,70 @@ class OpenAIChatService(SDKService):
         raw = await self._holder.post(client, sdk, "/chat/completions", body, options, stream=False)
         try:
             completion = raw.json()
-        except ValueError as exc:
-            raise LLMResponseError(f"the server's answer is not JSON: {exc}", provider=self.provider) from exc
-        choices = completion.get("choices") if isinstance(completion, Mapping) else None
-        if not choices:
-            raise LLMResponseError("the server returned a completion without choices", provider=self.provider)
-        msg = choices[0].get("message") or {}
-        calls = tuple(
-            ToolCall(
-                id=tc.get("id", ""),
-                name=tc["function"].get("name", ""),
-                arguments=tc["function"].get("arguments") or "{}",
-            )
-            for tc in (msg.get("tool_calls") or ())
-            if isinstance(tc.get("function"), Mapping)
-        )
-        reasoning = msg.get("reasoning_content") or msg.get("reasoning")
-        text = msg.get("content") or ""
+        except ValueError as exc:  # not JSON, or not UTF-8
+            raise LLMResponseError(
+                f"the server's answer is not JSON ({exc}): {raw.content[:200]!r}", provider=self.provider
+            ) from exc
+        return self._decode_completion(completion, raw.headers.get("x-request-id"), callbacks, started=False)
+
+    def _decode_completion(
+        self, completion: Any, request_id: str | None, callbacks: StreamCallbacks | None, *, started: bool
+    ) -> LLMResponse:
+        """An LLMResponse from a ``chat.completion`` object; LLMResponseError for anything else."""
+        if isinstance(completion, Mapping) and completion.get("error") and not completion.get("choices"):
+            raise stream_error(self.provider, completion["error"], request_id)
+        try:
+            response = _completion(completion, request_id)
+        except DECODING_FAULTS as exc:
+            raise response_fault(self.provider, "the answer", completion, exc) from exc
         if callbacks:
-            if callbacks.on_stream_start:
+            message = response.message
+            if callbacks.on_stream_start and not started:
                 callbacks.on_stream_start()
-            if reasoning and callbacks.on_reasoning_delta:
-                callbacks.on_reasoning_delta(reasoning)
-            if text and callbacks.on_text_delta:
-                callbacks.on_text_delta(text)
+            if message.reasoning and callbacks.on_reasoning_delta:
+                callbacks.on_reasoning_delta(message.reasoning)
+            if message.text and callbacks.on_text_delta:
+                callbacks.on_text_delta(message.text)
             if callbacks.on_stream_end:
                 callbacks.on_stream_end()
-        return LLMResponse(
-            message=AssistantMessage(content=text, tool_calls=calls, reasoning=reasoning or None),
-            usage=_usage(completion.get("usage")),
-            finish_reason=_finish(choices[0].get("finish_reason"), calls),
-            model=completion.get("model"),
-            request_id=raw.headers.get("x-request-id"),
+        return response
+
+
+def _completion(completion: Any, request_id: str | None) -> LLMResponse:
+    """Decode a ``chat.completion`` object (raises TypeError/ValueError on a wrong shape)."""
+    if not isinstance(completion, Mapping):
+        raise TypeError(f"the answer is a JSON {type(completion).__name__}, not a chat.completion object")
+    choices = completion.get("choices")
+    if not choices or not isinstance(choices, Sequence) or not isinstance(choices[0], Mapping):
+        raise ValueError("the answer has no choices")
+    choice = choices[0]
+    msg = choice.get("message")
+    if not isinstance(msg, Mapping):
+        raise ValueError("the first choice has no message")
+    calls = tuple(
+        ToolCall(
+            id=str(tc.get("id") or f"call_{i}"),
+            name=str(tc["function"].get("name") or ""),
+            arguments=_arguments(tc["function"].get("arguments")),
         )
+        for i, tc in enumerate(msg.get("tool_calls") or ())
+    )
+    reasoning = msg.get("reasoning_content") or msg.get("reasoning")
+    text = msg.get("content") or ""
+    if not isinstance(text, str) or not isinstance(reasoning or "", str):
+        raise TypeError("the message content is not a string")
+    return LLMResponse(
+        message=AssistantMessage(content=text, tool_calls=calls, reasoning=reasoning or None),
+        usage=_usage(completion.get("usage")),
+        finish_reason=_finish(choice.get("finish_reason"), calls),
+        model=completion.get("model"),
+        request_id=request_id,
+    )
+
+
+def _arguments(raw: Any) -> str:
+    if raw is None or raw == "":
+        return "{}"
+    if isinstance(raw, str):
+        return raw
+    return dumps(raw).decode()  # a server that sends the arguments as an object
