@@ -5,11 +5,14 @@
     python bench/run.py --only overhead,history
     python bench/run.py --compare-0.11   # also measure power-loop 0.11 (installed from PyPI
                                          # into bench/.cache/venv-0.11 on first use)
+    python bench/run.py --only overhead,concurrency --transport native,httpx,aiohttp
+                                         # the same scenarios on each http_transport
 
 Starts the scripted server (``python -m power_loop.testing``) in its own process, runs each
 scenario in a fresh interpreter, and prints one JSON line per scenario (median, min and max of
 every metric over the repetitions, plus the machine and versions), then one PASS/FAIL line
-per target. ``--out FILE`` also writes the JSON lines to a file.
+per target. ``--out FILE`` also writes the JSON lines to a file (``--append``: adds them to its
+end, e.g. new scenarios' rows to the reference results).
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ SCENARIOS = [
     "tool_round_trip",
     "concurrency",
     "concurrency_gc_frozen",
+    "transports",
     "history",
     "history_compacted",
     "cold_start",
@@ -47,7 +51,7 @@ def versions() -> dict[str, str]:
     import sqlite3
 
     found = {"python": platform.python_version(), "sqlite": sqlite3.sqlite_version}
-    for name in ("power-loop", "openai", "anthropic", "aiosqlite", "httpx2"):
+    for name in ("power-loop", "openai", "anthropic", "aiosqlite", "httpx2", "aiohttp"):
         try:
             found[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
@@ -85,10 +89,14 @@ def scripted_server() -> Iterator[str]:
             proc.kill()
 
 
-def run_scenario(python: str, name: str, url: str, reps: int, quick: bool) -> dict[str, Any]:
+def run_scenario(
+    python: str, name: str, url: str, reps: int, quick: bool, transport: str | None = None
+) -> dict[str, Any]:
     args = [python, str(HERE / "scenarios.py"), name, "--url", url, "--reps", str(reps)]
     if quick:
         args.append("--quick")
+    if transport is not None:
+        args += ["--transport", transport]
     env = dict(os.environ)
     if python != sys.executable:  # the 0.11 interpreter must not see this checkout's package
         env.pop("PYTHONPATH", None)
@@ -196,7 +204,51 @@ def check_targets(results: dict[str, dict[str, Any]]) -> list[tuple[bool, str]]:
     if "cold_start" in results:
         imp = median(results["cold_start"], "import_ms")
         check(imp <= 200, f"cold start: import power_loop {imp:.0f} ms (target <= 200)")
+    checks.extend(compare_transports(results))
     return checks
+
+
+def compare_transports(results: dict[str, dict[str, Any]]) -> list[tuple[bool, str]]:
+    """Each other transport against native (reported): per-send time, throughput, lateness.
+
+    "within 10%" is the bar for replacing the native transport: throughput at least 90% of
+    native's and event-loop lateness at most 110% of native's.
+    """
+    lines: list[tuple[bool, str]] = []
+    for name, pair in results.get("transports", {}).get("ratios", {}).items():
+        rate, late, late99, per_send = (
+            median(pair, m) for m in ("sends_per_s", "lateness_max_ms", "lateness_p99_ms", "ms_per_send")
+        )
+        within = rate >= 0.9 and late <= 1.1 and late99 <= 1.1
+        lines.append(
+            (
+                True,
+                f"transports {name.replace('_vs_', ' vs ')}, interleaved: throughput x{rate:.2f}, lateness max "
+                f"x{late:.2f}, p99 x{late99:.2f}, ms per send x{per_send:.2f} "
+                f"({'within' if within else 'not within'} 10%) (reported)",
+            )
+        )
+    for key, summary in results.items():
+        name, _, transport = key.partition("@")
+        base = results.get(name)
+        if not transport or base is None:
+            continue
+        if name == "overhead":
+            ours, theirs = median(base, "ms_per_send"), median(summary, "ms_per_send")
+            lines.append((True, f"{transport} vs native: {theirs:.3f} vs {ours:.3f} ms per send (reported)"))
+        if name.startswith("concurrency"):
+            rate = median(summary, "sends_per_s") / median(base, "sends_per_s")
+            late = median(summary, "lateness_max_ms") / median(base, "lateness_max_ms")
+            late99 = median(summary, "lateness_p99_ms") / median(base, "lateness_p99_ms")
+            within = rate >= 0.9 and late <= 1.1 and late99 <= 1.1
+            lines.append(
+                (
+                    True,
+                    f"{name} {transport} vs native: throughput x{rate:.2f}, lateness max x{late:.2f}, "
+                    f"p99 x{late99:.2f} ({'within' if within else 'not within'} 10%) (reported)",
+                )
+            )
+    return lines
 
 
 def main() -> int:
@@ -211,7 +263,20 @@ def main() -> int:
         help="also measure power-loop 0.11 (installs it into bench/.cache/venv-0.11)",
     )
     parser.add_argument("--out", type=Path, help="also write the JSON lines here")
+    parser.add_argument(
+        "--append", action="store_true", help="add the lines to the end of --out instead of replacing the file"
+    )
+    parser.add_argument(
+        "--transport",
+        default="native",
+        help="comma-separated http_transport values to run each scenario on: native (default), httpx, "
+        "aiohttp; rows of a transport other than native are named SCENARIO@TRANSPORT",
+    )
     args = parser.parse_args()
+    transports = args.transport.split(",")
+    bad = set(transports) - {"native", "httpx", "aiohttp"}
+    if bad:
+        parser.error(f"unknown transport(s): {', '.join(sorted(bad))}")
     reps = 1 if args.quick else args.reps
     chosen = args.only.split(",") if args.only else SCENARIOS
     unknown = set(chosen) - set(SCENARIOS)
@@ -231,10 +296,17 @@ def main() -> int:
     with scripted_server() as url:
         legacy = legacy_python(args.legacy) if args.legacy else None
         for name in chosen:
-            summary = {"scenario": name, **summarize(run_scenario(sys.executable, name, url, reps, args.quick))}
-            results[name] = summary
-            lines.append(summary)
-            print(json.dumps(summary), flush=True)
+            for transport in transports:
+                key = name if transport == "native" else f"{name}@{transport}"
+                raw = run_scenario(
+                    sys.executable, name, url, reps, args.quick, None if transport == "native" else transport
+                )
+                summary = {"scenario": key, **summarize(raw)}
+                if transport != "native":
+                    summary["transport"] = transport
+                results[key] = summary
+                lines.append(summary)
+                print(json.dumps(summary), flush=True)
             if legacy and name in ("concurrency", "cold_start"):
                 key = f"{name}_0.11"
                 summary = {"scenario": key, **summarize(run_scenario(legacy, name, url, reps, args.quick))}
@@ -246,7 +318,8 @@ def main() -> int:
     for ok, text in checks:
         print(f"{'PASS' if ok else 'FAIL'} {text}")
     if args.out:
-        args.out.write_text("".join(json.dumps(line) + "\n" for line in lines))
+        with args.out.open("a" if args.append else "w") as out:
+            out.write("".join(json.dumps(line) + "\n" for line in lines))
     return 0
 
 

@@ -24,6 +24,20 @@ from typing import Any
 SYSTEM_PROMPT = "You are a concise assistant."
 
 
+TRANSPORT: str | None = None
+"""The providers' ``http_transport`` (``--transport``); None keeps the default (native)."""
+
+
+def new_llm() -> Any:
+    """The service of ``create_llm_service_from_env()``, on the transport chosen by ``--transport``."""
+    from power_loop import create_llm_service_from_env
+
+    llm = create_llm_service_from_env()
+    if TRANSPORT is not None:
+        llm.http_transport = TRANSPORT  # read when the SDK client is built, at the first call
+    return llm
+
+
 def configure_env(url: str) -> None:
     """Point create_llm_service_from_env() at the scripted server."""
     os.environ["POWER_LOOP_BASE_URL"] = f"{url}/v1"
@@ -66,15 +80,20 @@ def pct(values: list[float], q: float) -> float:
 
 
 async def http_floor(url: str, bodies: list[bytes], transport: str) -> float:
-    """ms per streaming POST of ``bodies`` with httpx2 (default transport, or ours)."""
+    """ms per streaming POST of ``bodies`` with httpx2 (default transport, ours, or the SDK's aiohttp one)."""
     import httpx2
 
     kwargs: dict[str, Any] = {}
+    factory: Any = httpx2.AsyncClient
     if transport == "native":
         from power_loop.providers._transport import NativeTransport
 
         kwargs["transport"] = NativeTransport()
-    async with httpx2.AsyncClient(timeout=60, **kwargs) as client:
+    elif transport == "aiohttp":
+        import openai
+
+        factory = openai.DefaultAioHttpClient  # httpx2's API on the SDK's aiohttp transport
+    async with factory(timeout=60, **kwargs) as client:
 
         async def post(body: bytes) -> None:
             async with client.stream(
@@ -140,7 +159,7 @@ def request_bodies(messages: list[Any], system_prompt: str, sends: int) -> list[
 
 async def overhead(url: str, reps: int, quick: bool) -> dict[str, Any]:
     """Sequential sends on one session vs raw HTTP and raw SDK calls with the same bodies."""
-    from power_loop import AgentLoopConfig, StatefulAgentLoop, create_llm_service_from_env
+    from power_loop import AgentLoopConfig, StatefulAgentLoop
     from power_loop.messages import message_from_dict
 
     sends = 40 if quick else 200
@@ -158,7 +177,7 @@ async def overhead(url: str, reps: int, quick: bool) -> dict[str, Any]:
             "transactions_per_round",
         )
     }
-    llm = create_llm_service_from_env()
+    llm = new_llm()
     with tempfile.TemporaryDirectory() as tmp:
         loop = StatefulAgentLoop(
             llm=llm, db_path=os.path.join(tmp, "bench.db"), config=AgentLoopConfig(system_prompt=SYSTEM_PROMPT)
@@ -181,6 +200,10 @@ async def overhead(url: str, reps: int, quick: bool) -> dict[str, Any]:
             http = await http_floor(url, bodies, "httpx")
             native = await http_floor(url, bodies, "native")
             sdk = await sdk_floor(url, bodies)
+            if TRANSPORT == "aiohttp":  # the floor of the transport under test, too
+                aio = await http_floor(url, bodies, "aiohttp")
+                out.setdefault("aiohttp_http_ms", []).append(aio)
+                out.setdefault("ratio_vs_aiohttp_http", []).append(ours / aio)
             out["ms_per_send"].append(ours)
             out["http_ms"].append(http)
             out["native_http_ms"].append(native)
@@ -197,7 +220,7 @@ async def overhead(url: str, reps: int, quick: bool) -> dict[str, Any]:
 
 async def tool_round_trip(url: str, reps: int, quick: bool) -> dict[str, Any]:
     """Sends that make one tool call and then answer (two model calls each)."""
-    from power_loop import StatefulAgentLoop, ToolRegistry, create_llm_service_from_env, tool
+    from power_loop import StatefulAgentLoop, ToolRegistry, tool
 
     @tool
     def lookup(query: str = "x") -> str:
@@ -212,7 +235,7 @@ async def tool_round_trip(url: str, reps: int, quick: bool) -> dict[str, Any]:
     registry.register(lookup)
     sends = 20 if quick else 100
     out: dict[str, list[float]] = {"ms_per_send": [], "ms_per_model_call": [], "transactions_per_send": []}
-    llm = create_llm_service_from_env()
+    llm = new_llm()
     with tempfile.TemporaryDirectory() as tmp:
         loop = StatefulAgentLoop(llm=llm, db_path=os.path.join(tmp, "bench.db"), tool_registry=registry)
         warm = await loop.new_session_async()
@@ -240,13 +263,13 @@ async def tool_round_trip(url: str, reps: int, quick: bool) -> dict[str, Any]:
 
 async def concurrency(url: str, reps: int, quick: bool, *, freeze: bool = False) -> dict[str, Any]:
     """50 sessions x 20 sends with asyncio.gather, beside a 1 ms ticker (0.11 API only)."""
-    from power_loop import AgentLoopConfig, StatefulAgentLoop, create_llm_service_from_env
+    from power_loop import AgentLoopConfig, StatefulAgentLoop
 
     sessions, per_session = (20, 5) if quick else (50, 20)
     out: dict[str, list[float]] = {
         k: [] for k in ("sends_per_s", "p50_ms", "p99_ms", "lateness_max_ms", "lateness_p99_ms")
     }
-    llm = create_llm_service_from_env()
+    llm = new_llm()
     with tempfile.TemporaryDirectory() as tmp:
         loop = StatefulAgentLoop(
             llm=llm, db_path=os.path.join(tmp, "bench.db"), config=AgentLoopConfig(system_prompt=SYSTEM_PROMPT)
@@ -297,11 +320,88 @@ async def concurrency_frozen(url: str, reps: int, quick: bool) -> dict[str, Any]
     return await concurrency(url, reps, quick, freeze=True)
 
 
+async def transports(url: str, reps: int, quick: bool) -> dict[str, Any]:
+    """The same load on each ``http_transport`` (native, httpx, and aiohttp when installed),
+    interleaved: every repetition runs each transport in turn, in a rotating order, so they
+    share the machine's background load. Per transport: 50 sessions x 20 concurrent sends
+    beside a 1 ms ticker (throughput, latency, event-loop lateness), then sequential sends on
+    one session (ms per send). ``ratios`` pairs each repetition with native's."""
+    import importlib.util
+
+    from power_loop import AgentLoopConfig, StatefulAgentLoop, create_llm_service_from_env
+
+    names = ["native", "httpx"] + (["aiohttp"] if importlib.util.find_spec("aiohttp") else [])
+    sessions, per_session = (20, 5) if quick else (50, 20)
+    sequential = 40 if quick else 200
+    metrics = ("sends_per_s", "p50_ms", "p99_ms", "lateness_max_ms", "lateness_p99_ms", "ms_per_send")
+    out: dict[str, dict[str, list[float]]] = {t: {m: [] for m in metrics} for t in names}
+    config = AgentLoopConfig(system_prompt=SYSTEM_PROMPT)
+    with tempfile.TemporaryDirectory() as tmp:
+        setups: dict[str, tuple[Any, Any]] = {}
+        for name in names:
+            llm = create_llm_service_from_env()
+            llm.http_transport = name  # type: ignore[attr-defined]
+            loop = StatefulAgentLoop(llm=llm, db_path=os.path.join(tmp, f"{name}.db"), config=config)
+            warm = await loop.new_session_async()
+            for i in range(20):
+                await loop.send(f"warm-up {i}", session_id=warm)
+            setups[name] = (llm, loop)
+        for rep in range(reps):
+            for name in names[rep % len(names) :] + names[: rep % len(names)]:
+                llm, loop = setups[name]
+                sids = [await loop.new_session_async() for _ in range(sessions)]
+                await asyncio.gather(*(loop.send("warm-up", session_id=s) for s in sids))
+                latencies: list[float] = []
+
+                async def worker(sid: str, loop: Any = loop, latencies: list[float] = latencies) -> None:
+                    for i in range(per_session):
+                        started = time.perf_counter()
+                        await loop.send(f"message {i}", session_id=sid)
+                        latencies.append((time.perf_counter() - started) * 1000)
+
+                ticker = Ticker()
+                ticker.start()
+                started = time.perf_counter()
+                await asyncio.gather(*(worker(s) for s in sids))
+                elapsed = time.perf_counter() - started
+                ticker.stop()
+                sid = await loop.new_session_async()
+                seq_started = time.perf_counter()
+                for i in range(sequential):
+                    await loop.send(f"Message number {i} of this benchmark session.", session_id=sid)
+                row = out[name]
+                row["ms_per_send"].append((time.perf_counter() - seq_started) / sequential * 1000)
+                row["sends_per_s"].append(sessions * per_session / elapsed)
+                row["p50_ms"].append(pct(latencies, 0.5))
+                row["p99_ms"].append(pct(latencies, 0.99))
+                row["lateness_max_ms"].append(max(ticker.lateness))
+                row["lateness_p99_ms"].append(pct(ticker.lateness, 0.99))
+        for llm, loop in setups.values():
+            await loop.aclose()
+            await llm.aclose()
+    ratios = {
+        f"{name}_vs_native": {
+            m: [a / b for a, b in zip(out[name][m], out["native"][m], strict=True)]
+            for m in ("sends_per_s", "lateness_max_ms", "lateness_p99_ms", "ms_per_send")
+        }
+        for name in names[1:]
+    }
+    return {
+        "sessions": sessions,
+        "sends_per_session": per_session,
+        "sequential_sends": sequential,
+        "transports": names,
+        **out,
+        "ratios": ratios,
+        "peak_rss_mb": peak_rss_mb(),
+    }
+
+
 async def _warm_up(tmp: str) -> None:
     """One untimed session first, so the first measured size does not pay one-time costs."""
-    from power_loop import StatefulAgentLoop, create_llm_service_from_env
+    from power_loop import StatefulAgentLoop
 
-    llm = create_llm_service_from_env()
+    llm = new_llm()
     async with StatefulAgentLoop(llm=llm, db_path=os.path.join(tmp, "warm.db")) as loop:
         sid = await _seed_session(loop, 50)
         for _ in range(3):
@@ -325,7 +425,7 @@ async def _seed_session(loop: Any, n: int) -> str:
 
 async def history(url: str, reps: int, quick: bool) -> dict[str, Any]:
     """One more send on sessions holding N messages: cold (fresh loop) and warm (cached)."""
-    from power_loop import AgentLoopConfig, StatefulAgentLoop, create_llm_service_from_env
+    from power_loop import AgentLoopConfig, StatefulAgentLoop
     from power_loop.messages import UserMessage
 
     sizes = (100, 1_000) if quick else (100, 1_000, 10_000)
@@ -338,7 +438,7 @@ async def history(url: str, reps: int, quick: bool) -> dict[str, Any]:
             cold, warm, raw = [], [], []
             for rep in range(reps):
                 path = os.path.join(tmp, f"h{n}_{rep}.db")
-                llm = create_llm_service_from_env()
+                llm = new_llm()
                 async with StatefulAgentLoop(llm=llm, db_path=path, config=config) as seeder:
                     sid = await _seed_session(seeder, n)
                 async with StatefulAgentLoop(llm=llm, db_path=path, config=config) as loop:
@@ -393,7 +493,7 @@ def checkpointed_size(path: str) -> int:
 
 async def history_compacted(url: str, reps: int, quick: bool) -> dict[str, Any]:
     """One more send on compacted sessions of N stored messages (summary + 20-message tail)."""
-    from power_loop import StatefulAgentLoop, create_llm_service_from_env
+    from power_loop import StatefulAgentLoop
     from power_loop.providers.base import LLMRequest
     from power_loop.store.rows import Compact
 
@@ -405,7 +505,7 @@ async def history_compacted(url: str, reps: int, quick: bool) -> dict[str, Any]:
             cold, warm = [], []
             for rep in range(reps):
                 path = os.path.join(tmp, f"c{n}_{rep}.db")
-                llm = create_llm_service_from_env()
+                llm = new_llm()
                 async with StatefulAgentLoop(llm=llm, db_path=path) as seeder:
                     sid = await _seed_session(seeder, n)
                     await seeder.store.write(sid, [Compact(through_seq=n - 20, summary="Earlier: " + "x" * 800)])
@@ -460,7 +560,7 @@ async def timers(url: str, reps: int, quick: bool) -> dict[str, Any]:
     """N timers due at one instant across M sessions, delivered by one TimerRunner; each woken
     session runs a model call (scripted server). Measures time to deliver all, per-timer
     lateness (fired_at - due_at, from the store), and counts each delivery."""
-    from power_loop import StatefulAgentLoop, TimerRunner, create_llm_service_from_env
+    from power_loop import StatefulAgentLoop, TimerRunner
 
     sessions, per_session = (100, 10) if quick else (1_000, 10)
     total = sessions * per_session
@@ -479,7 +579,7 @@ async def timers(url: str, reps: int, quick: bool) -> dict[str, Any]:
     exactly_once: list[bool] = []
     with tempfile.TemporaryDirectory() as tmp:
         for rep in range(reps):
-            llm = create_llm_service_from_env()
+            llm = new_llm()
             async with StatefulAgentLoop(llm=llm, db_path=os.path.join(tmp, f"t{rep}.db")) as loop:
                 sids = [await loop.new_session_async() for _ in range(sessions)]
                 due = int(time.time() * 1000) + 2_000
@@ -539,6 +639,7 @@ SCENARIOS: dict[str, Callable[[str, int, bool], Awaitable[dict[str, Any]]]] = {
     "tool_round_trip": tool_round_trip,
     "concurrency": concurrency,
     "concurrency_gc_frozen": concurrency_frozen,
+    "transports": transports,
     "history": history,
     "history_compacted": history_compacted,
     "cold_start": cold_start,
@@ -553,7 +654,10 @@ def main() -> int:
     parser.add_argument("--url", required=True)
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--transport", choices=("native", "httpx", "aiohttp"), help="the providers' http_transport")
     args = parser.parse_args()
+    global TRANSPORT
+    TRANSPORT = args.transport
     configure_env(args.url)
     result = asyncio.run(SCENARIOS[args.scenario](args.url, args.reps, args.quick))
     print(json.dumps(result))
