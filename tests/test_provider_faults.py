@@ -343,3 +343,83 @@ async def test_an_error_body_with_status_200_is_the_error_it_names(protocol: str
         with pytest.raises(LLMServerError, match="try later") as info:
             await build(services, protocol, server).complete(hi())
     assert info.value.retryable
+
+
+# --------------------------------------------------------------------------- event-stream syntax
+
+
+def _chunked_bytewise(body: bytes) -> bytes:
+    """An event stream sent as one-byte HTTP chunks (every CR and LF in its own read)."""
+    chunks = b"".join(b"1\r\n%s\r\n" % body[i : i + 1] for i in range(len(body)))
+    head = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
+    return head + chunks + b"0\r\n\r\n"
+
+
+@pytest.mark.parametrize("bytewise", [False, True], ids=["whole", "one-byte-chunks"])
+async def test_events_separated_by_lone_carriage_returns_are_decoded(
+    protocol: str, bytewise: bool, services: list[Service]
+) -> None:
+    # The SSE grammar ends lines with CRLF, LF or a lone CR; a stream using lone CRs is a
+    # complete answer, also when every CR arrives in a read of its own.
+    body = text_stream(protocol, "Hello, ", "world.").replace(b"\n", b"\r")
+    answer = _chunked_bytewise(body) if bytewise else http_response(body)
+    async with WireServer(answering([answer])) as server:
+        response = await build(services, protocol, server).complete(hi())
+    assert response.message.text == "Hello, world."
+    assert response.usage.completion_tokens == 3
+
+
+async def test_crlf_split_between_reads_is_one_line_ending(protocol: str, services: list[Service]) -> None:
+    body = text_stream(protocol, "Hello, ", "world.").replace(b"\n", b"\r\n")
+    async with WireServer(answering([_chunked_bytewise(body)])) as server:
+        response = await build(services, protocol, server).complete(hi())
+    assert response.message.text == "Hello, world."
+
+
+# --------------------------------------------------------------------------- error chunks of compatible servers
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        {"message": "Rate limit reached", "type": "requests", "code": "rate_limit_exceeded"},
+        {"message": "Rate limit reached", "type": None, "code": "429"},
+        {"message": "Rate limit reached", "type": None, "code": 429},
+    ],
+    ids=["code-name", "code-string", "code-number"],
+)
+async def test_an_openai_rate_limit_error_chunk_is_a_rate_limit_error(
+    error: dict[str, Any], services: list[Service]
+) -> None:
+    from power_loop import LLMRateLimitError
+
+    body = sse(openai_chunk("Hi"), {"error": error})
+    async with WireServer(answering([http_response(body)])) as server:
+        with pytest.raises(LLMRateLimitError) as info:
+            await build(services, "openai", server).complete(hi())
+    assert info.value.retryable
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        {"message": "You exceeded your current quota", "type": "insufficient_quota", "code": "insufficient_quota"},
+        {"message": "bad request", "type": None, "code": "400"},
+    ],
+    ids=["insufficient-quota", "code-400"],
+)
+async def test_an_openai_error_chunk_that_retrying_cannot_fix_is_not_retried(
+    error: dict[str, Any], db_path: str, services: list[Service]
+) -> None:
+    from power_loop import LLMStatusError
+
+    body = sse(openai_chunk("Hi"), {"error": error})
+    async with WireServer(answering([http_response(body), http_response(body)])) as server:
+        llm = build(services, "openai", server)
+        with pytest.raises(LLMStatusError) as info:
+            await llm.complete(hi())
+        assert not info.value.retryable
+        config = AgentLoopConfig(retry_policy=LLMRetryPolicy(max_attempts=3, backoff_initial=0.0))
+        result, _ = await run_once(llm, db_path, config)
+    assert result.status == "degraded"
+    assert len(server.requests) == 2  # one direct call, one attempt by the loop: no retries

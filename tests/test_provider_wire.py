@@ -265,3 +265,44 @@ def test_an_unknown_transport_in_the_environment_names_the_variable(monkeypatch:
     monkeypatch.setenv("OPENAI_COMPAT_HTTP_TRANSPORT", "curl")
     with pytest.raises(ConfigurationError, match="OPENAI_COMPAT_HTTP_TRANSPORT='curl'"):
         create_llm_service_from_env()
+
+
+# --------------------------------------------------------------------------- framing faults
+
+
+async def test_a_body_longer_than_its_content_length_does_not_poison_the_next_request(
+    protocol: str, services: list[Service]
+) -> None:
+    # The server sends more bytes than its Content-Length announced. The extra bytes must
+    # not be read as the head of the next response on a reused connection.
+    body = text_stream(protocol, "one")
+    overlong = http_response(body + b"GARBAGE", framing="length").replace(
+        b"content-length: %d" % (len(body) + 7), b"content-length: %d" % len(body)
+    )
+    answers = [overlong, http_response(text_stream(protocol, "two"), framing="length")]
+    async with WireServer(answering(answers)) as server:
+        llm = build(services, protocol, server, timeout_s=5.0, http_transport="native")
+        texts = [(await llm.complete(hi())).message.text for _ in range(2)]
+    assert texts == ["one", "two"]
+    assert server.connections == 2
+
+
+def closing_mid_head(server: WireServer, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> Any:
+    async def handle() -> None:
+        await server.read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-ty")
+        await writer.drain()
+
+    return handle()
+
+
+async def test_a_server_closing_mid_headers_reads_as_a_closed_connection(
+    protocol: str, services: list[Service]
+) -> None:
+    async with WireServer(closing_mid_head) as server:
+        llm = build(services, protocol, server, timeout_s=5.0, http_transport="native")
+        with pytest.raises(LLMConnectionError) as info:
+            await llm.complete(hi())
+    message = str(info.value)
+    assert f"connection to {protocol} at 127.0.0.1:{server.port} failed: the server closed the connection" in message
+    assert "bytes read" not in message  # not asyncio's IncompleteReadError wording

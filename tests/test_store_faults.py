@@ -5,6 +5,7 @@ exception chained, and nothing is reported done that is not durably stored at th
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import shutil
 import sqlite3
@@ -18,6 +19,8 @@ from pathlib import Path
 import pytest
 
 from power_loop import (
+    AgentHooks,
+    HookPoint,
     SQLiteSessionStore,
     StatefulAgentLoop,
     StoreCorruptError,
@@ -30,6 +33,7 @@ from power_loop import (
 )
 from power_loop.testing import ScriptedLLM, text_reply, tool_reply
 from power_loop.testing.script import ScriptedReply, ScriptedRequest
+from power_loop.timers import TimerRunner
 
 
 def _echo() -> ScriptedLLM:
@@ -115,6 +119,35 @@ def test_sync_conveniences_never_recreate_a_deleted_file(tmp_path: Path) -> None
     with pytest.raises(StoreFileGoneError):
         store.create_session_sync("t")
     assert not db.exists()
+
+
+async def test_a_directory_deleted_while_a_timer_is_delivered(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The store's directory vanishes inside TIMER_FIRE: the delivery fails (nothing is
+    reported delivered, no run starts), the runner keeps scanning and reports the lasting
+    fault once instead of a traceback every scan, and nothing recreates the file."""
+    folder = tmp_path / "data"
+    db = str(folder / "sessions.db")
+    hooks = AgentHooks()
+    hooks.register(HookPoint.TIMER_FIRE, lambda ctx: shutil.rmtree(folder))
+    async with StatefulAgentLoop(llm=_echo(), db_path=db, hooks=hooks) as loop:
+        sid = await loop.new_session_async()
+        await loop.schedule_timer_async(sid, delay_s=0, note="wake up")
+        runner = TimerRunner(loop, scan_interval_s=0.01)
+        with caplog.at_level(logging.DEBUG, logger="power_loop.timers"):
+            await runner.start()
+            for _ in range(2000):  # hang guard: until several scans have failed
+                if sum("failed again" in r.getMessage() for r in caplog.records) >= 3:
+                    break
+                await asyncio.sleep(0.01)
+            await runner.stop(grace_s=5)
+        assert runner.delivered == 0
+        errors = [r for r in caplog.records if r.levelno >= logging.ERROR and "timer scan failed" in r.getMessage()]
+        assert len(errors) == 1
+        assert isinstance(errors[0].exc_info[1], StoreFileGoneError)  # type: ignore[index]
+        assert any(db in r.getMessage() for r in caplog.records if "delivering timer" in r.getMessage())
+        with pytest.raises(StoreFileGoneError):
+            await loop.list_timers_async(sid)
+    assert not folder.exists()
 
 
 # --------------------------------------------------------------------------- sqlite faults

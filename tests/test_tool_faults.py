@@ -11,8 +11,9 @@ from typing import Any
 
 import pytest
 
-from power_loop import AgentLoopConfig, HookError, HookPoint, StatefulAgentLoop, ToolRegistry, tool
+from power_loop import AgentHooks, AgentLoopConfig, HookError, HookPoint, StatefulAgentLoop, ToolRegistry, tool
 from power_loop.errors import ConfigurationError
+from power_loop.human import request_user_input
 from power_loop.messages import ToolCall
 from power_loop.testing import ScriptedLLM, ScriptedServer, text_reply, tool_reply
 from power_loop.tools.threads import ToolNotStarted, ToolThreads, ToolTimeout
@@ -485,6 +486,79 @@ async def test_model_text_with_a_lone_surrogate(db_path: str, protocol: str, llm
             messages = await loop.get_messages_async(sid)
     assert messages[1]["content"] == "caf\ufffd is closed"
     assert "caf\ufffd is closed" in str(server.requests[1].messages)
+
+
+async def test_lone_surrogates_in_prompts_notes_answers_and_ids(
+    db_path: str, odd_dir: str, protocol: str, llm_factory: ServiceFactory
+) -> None:
+    """A file name from os.listdir (a lone surrogate) as a session's system prompt, a timer
+    note and a submit_input answer is stored and sent as U+FFFD; as a session id it is refused."""
+    (name,) = os.listdir(odd_dir)
+    shown = name.replace("\udce9", "\ufffd")
+
+    @tool
+    def ask() -> str:
+        """Asks which file to open."""
+        request_user_input(prompt="which file?")
+        return "unreachable"
+
+    server = ScriptedServer(
+        [text_reply("hello"), tool_reply(("ask", {}, "q1")), text_reply("opened"), text_reply("hi")]
+    )
+    with server:
+        llm = llm_factory(protocol, server)
+        async with StatefulAgentLoop(llm=llm, db_path=db_path, tool_registry=ToolRegistry([ask])) as loop:
+            sid = await loop.new_session_async(system_prompt=f"work on {name}")
+            assert (await loop.send("hi", session_id=sid)).status == "completed"
+            assert shown in str(server.requests[0].system_prompt)
+            timer = await loop.schedule_timer_async(sid, delay_s=3600, note=f"reopen {name}")
+            assert timer.note == f"reopen {shown}"
+            assert [t.note for t in await loop.list_timers_async(sid)] == [f"reopen {shown}"]
+            waiting = await loop.send("open one", session_id=sid)
+            interaction = waiting.pending_interactions[0]["interaction_id"]
+            assert (await loop.submit_input(sid, interaction, name)).status == "completed"
+            assert (await loop.get_messages_async(sid))[4]["content"] == shown
+            other = await asyncio.to_thread(loop.new_session, system_prompt=name)  # the sync twin too
+            assert (await loop.send("hi", session_id=other)).final_text == "hi"
+            assert str(server.requests[-1].system_prompt).startswith(shown)
+            with pytest.raises(ValueError, match="lone surrogate"):
+                await loop.new_session_async(session_id=name)
+            with pytest.raises(ValueError, match="lone surrogate"):
+                await loop.send("hi", session_id=name)
+            assert await loop.store.execute_fetchall("SELECT COUNT(*) FROM sessions") == [(2,)]
+
+
+async def test_a_failing_run_and_a_rewriting_hook_with_lone_surrogates(db_path: str, odd_dir: str) -> None:
+    """A hook error whose message holds a lone surrogate is still recorded (the run ends
+    ``failed``, not left ``running``); a MESSAGE_APPEND rewrite with one is stored, and
+    returned, as U+FFFD."""
+    (name,) = os.listdir(odd_dir)
+    shown = name.replace("\udce9", "\ufffd")
+    hooks = AgentHooks()
+    state = {"fail": True, "rewrite": False}
+
+    def before(_: Any) -> None:
+        if state["fail"]:
+            raise RuntimeError(f"cannot read {name}")
+
+    def rewrite(ctx: Any) -> None:
+        if state["rewrite"] and ctx.message["role"] == "assistant":
+            ctx.message = {**ctx.message, "content": f"see {name}"}
+
+    hooks.register(HookPoint.LLM_BEFORE, before)
+    hooks.register(HookPoint.MESSAGE_APPEND, rewrite)
+    llm = ScriptedLLM(rule=lambda r: text_reply("plain"))
+    async with StatefulAgentLoop(llm=llm, db_path=db_path, hooks=hooks) as loop:
+        sid = await loop.new_session_async()
+        with pytest.raises(HookError):
+            await loop.send("go", session_id=sid)
+        assert await _run_status(loop, sid) == [
+            ("failed", f"HookError: llm.before hook {before.__qualname__} raised RuntimeError: cannot read {shown}")
+        ]
+        state.update(fail=False, rewrite=True)
+        result = await loop.send("again", session_id=sid)
+        assert (result.status, result.final_text) == ("completed", f"see {shown}")
+        assert (await loop.get_messages_async(sid))[-1]["content"] == f"see {shown}"
 
 
 # --------------------------------------------------------------------------- 10: a tool's own TimeoutError

@@ -186,34 +186,49 @@ class EventStream:
         """
         chunks = self._response.aiter_bytes()
         sniffing = True
-        buffer = b""
+        head = b""
+        buffer = bytearray()
+        carry_cr = False  # a chunk ended in CR: it may be the first half of a CRLF
         done = False
         async for chunk in chunks:
             if done:
                 continue  # drain
-            buffer += chunk
             if sniffing:
                 # Whatever the content type says, look at the body: an event stream starts
                 # with a field name, a complete JSON answer with "{"; anything else (an HTML
                 # page from a proxy, say) is no answer at all.
-                head = buffer.lstrip()
-                if head.startswith(_BOM):
-                    buffer = head = head[len(_BOM) :]
-                if head.startswith(b"{"):
-                    self.document = await self._read_document(buffer, chunks)
+                head += chunk
+                start = head.lstrip()
+                if start.startswith(_BOM):
+                    start = start[len(_BOM) :]
+                if start.startswith(b"{"):
+                    self.document = await self._read_document(start, chunks)
                     return
-                if not head.startswith(_SSE_FIELDS):
-                    if any(field.startswith(head) for field in (_BOM, *_SSE_FIELDS)):
+                if not start.startswith(_SSE_FIELDS):
+                    if any(field.startswith(start) for field in (_BOM, *_SSE_FIELDS)):
                         continue  # too few bytes yet to tell
-                    raise self._not_a_stream(head)
+                    raise self._not_a_stream(start)
                 sniffing = False
-            if b"\r" in buffer:
-                buffer = buffer.replace(b"\r\n", b"\n")
+                chunk, head = start, b""
+            # Lines may end in CRLF, LF or a lone CR (the SSE grammar allows all three);
+            # normalise each chunk to LF as it arrives, holding back a trailing CR until the
+            # next chunk says whether an LF follows it.
+            if carry_cr:
+                chunk, carry_cr = b"\r" + chunk, False
+            if b"\r" in chunk:
+                if chunk.endswith(b"\r"):
+                    chunk, carry_cr = chunk[:-1], True
+                chunk = chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+            # Search only the new bytes (and the one before them) for an event boundary: an
+            # event far larger than one read must not be rescanned from its start each time.
+            search = max(0, len(buffer) - 1)
+            buffer += chunk
+            pos = 0
             while True:
-                end = buffer.find(b"\n\n")
+                end = buffer.find(b"\n\n", max(pos, search))
                 if end < 0:
                     break
-                raw, buffer = buffer[:end], buffer[end + 2 :]
+                raw, pos = bytes(buffer[pos:end]), end + 2
                 name, data = _parse_event(raw)
                 if data is None:
                     continue
@@ -221,8 +236,11 @@ class EventStream:
                     done = self.saw_done = True
                     break
                 yield name, _decode(data)
+            if pos:
+                del buffer[:pos]
         if not done and buffer.strip():
-            name, data = _parse_event(buffer)
+            # The last event may end at the end of the body without its blank line.
+            name, data = _parse_event(bytes(buffer))
             if data == "[DONE]":
                 self.saw_done = True
             elif data is not None:

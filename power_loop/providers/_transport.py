@@ -82,6 +82,15 @@ class _Connection:
     def alive(self) -> bool:
         return not self.writer.is_closing() and not self.reader.at_eof()
 
+    def clean(self) -> bool:
+        """True when no unread byte waits on the connection.
+
+        A server that sent more than its ``Content-Length`` left bytes that would be read as
+        the head of the next response; such a connection must not carry another request.
+        ``StreamReader`` has no public accessor for its buffer.
+        """
+        return not getattr(self.reader, "_buffer", b"")
+
     def close(self) -> None:
         if not self.writer.is_closing():
             self.writer.close()
@@ -139,14 +148,14 @@ class NativeTransport(httpx.AsyncBaseTransport):
         now = time.monotonic()
         while pool:
             conn = pool.pop()
-            if conn.alive() and now - conn.idle_since < self._expiry:
+            if conn.alive() and conn.clean() and now - conn.idle_since < self._expiry:
                 return conn
             conn.close()
         return None
 
     def _release(self, conn: _Connection) -> None:
         pool = self._idle.setdefault(conn.key, deque())
-        if self._closed or len(pool) >= self._max_idle or not conn.alive():
+        if self._closed or len(pool) >= self._max_idle or not conn.alive() or not conn.clean():
             conn.close()
             return
         conn.idle_since = time.monotonic()

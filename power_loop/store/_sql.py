@@ -27,6 +27,7 @@ from ..messages import (
     message_from_dict,
     message_from_json,
     message_json,
+    scrub_surrogates,
 )
 from ._holder import holder_is_dead
 from ._leases import acquire_lease, lease_is_live, release_lease, verify_lease
@@ -45,12 +46,15 @@ from .rows import (
     PendingCall,
     PendingState,
     RecordLLMCall,
+    RunTotals,
     SessionRow,
     SessionStatsRow,
     StoredMessage,
     UpdateToolCall,
     WriteOp,
     WriteOutcome,
+    session_kind,
+    stored_kind,
 )
 from .schema import rollback
 
@@ -73,6 +77,12 @@ def transaction(conn: sqlite3.Connection, fn: Callable[[sqlite3.Connection], T])
         rollback(conn)
         raise
     return result
+
+
+def text(value: str | None) -> str | None:
+    """Free text to store (a prompt, a note, an answer, an error): lone surrogates, which no
+    UTF-8 column accepts, become U+FFFD (see :func:`~power_loop.messages.scrub_surrogates`)."""
+    return None if value is None else scrub_surrogates(value)
 
 
 def encode_message(message: Message) -> str:
@@ -110,7 +120,7 @@ def _session_row(row: Sequence[Any]) -> SessionRow:
         metadata=metadata,
         system_prompt=row[2],
         parent_session_id=row[3],
-        kind=row[4],
+        kind=session_kind(row[4]),
         lifecycle=row[5],
         depth=row[6],
         created_at=row[7],
@@ -158,10 +168,10 @@ def create_session(
                 now,
                 now,
                 json.dumps(dict(metadata)),
-                system_prompt,
+                text(system_prompt),
                 parent_session_id,
-                kind,
-                lifecycle,
+                text(stored_kind(kind)),
+                text(lifecycle),
                 depth,
             ),
         )
@@ -312,8 +322,19 @@ def pending_state(conn: sqlite3.Connection, session_id: str) -> PendingState | N
         )
         for r in rows
     )
+    assistant_seq = int(rows[0][7])
+    # The round of the model call that made these calls: its usage row was written with the
+    # assistant message (newest first; the session's index makes this a short backward scan).
+    found = conn.execute(
+        "SELECT round_index FROM llm_calls WHERE session_id = ? AND purpose = 'round' AND run_id = "
+        "(SELECT run_id FROM messages WHERE session_id = ? AND seq = ?) ORDER BY id DESC LIMIT 1",
+        (session_id, session_id, assistant_seq),
+    ).fetchone()
     return PendingState(
-        assistant_seq=int(rows[0][7]), calls=calls, interactions=tuple(open_interactions(conn, session_id))
+        assistant_seq=assistant_seq,
+        calls=calls,
+        interactions=tuple(open_interactions(conn, session_id)),
+        round_index=int(found[0]) if found else 0,
     )
 
 
@@ -360,7 +381,7 @@ def answer_interaction(
     conn.execute(
         "UPDATE tool_calls SET status = 'done', result = ?, is_error = 0, updated_at = ? "
         "WHERE session_id = ? AND tool_call_id = ? AND result_seq IS NULL",
-        (value, now, session_id, row[0]),
+        (text(value), now, session_id, row[0]),
     )
     conn.execute(
         "UPDATE interactions SET status = 'answered', answered_at = ? WHERE interaction_id = ?", (now, interaction_id)
@@ -408,7 +429,7 @@ def update_tool_call(conn: sqlite3.Connection, session_id: str, op: UpdateToolCa
     conn.execute(
         "UPDATE tool_calls SET status = ?, result = COALESCE(?, result), is_error = ?, updated_at = ? "
         "WHERE session_id = ? AND tool_call_id = ? AND result_seq IS NULL",
-        (op.status, op.result, int(op.is_error), now, session_id, op.tool_call_id),
+        (op.status, text(op.result), int(op.is_error), now, session_id, op.tool_call_id),
     )
 
 
@@ -542,16 +563,8 @@ def inbox_depth(conn: sqlite3.Connection, session_id: str) -> int:
 # --------------------------------------------------------------------------- runs
 
 
-def _finish_run(conn: sqlite3.Connection, session_id: str, op: FinishRun, lease: LeaseClaim | None, now: int) -> None:
-    totals = op.totals
-    conn.execute(
-        "UPDATE runs SET status = ?, rounds = ?, ended_at = ?, error = ? WHERE run_id = ?",
-        (op.status, totals.rounds, now, op.error, op.run_id),
-    )
-    started = op.started_at
-    if started is None:
-        row = conn.execute("SELECT started_at FROM runs WHERE run_id = ?", (op.run_id,)).fetchone()
-        started = int(row[0]) if row else now
+def add_stats(conn: sqlite3.Connection, session_id: str, totals: RunTotals, *, started: int, now: int) -> None:
+    """Add a run's totals to the session's stats row (created on first use)."""
     u = totals.usage
     conn.execute(
         "INSERT INTO session_stats (session_id, sends, rounds, llm_calls, tool_calls, prompt_tokens, "
@@ -583,6 +596,19 @@ def _finish_run(conn: sqlite3.Connection, session_id: str, op: FinishRun, lease:
             now,
         ),
     )
+
+
+def _finish_run(conn: sqlite3.Connection, session_id: str, op: FinishRun, lease: LeaseClaim | None, now: int) -> None:
+    totals = op.totals
+    conn.execute(
+        "UPDATE runs SET status = ?, rounds = ?, ended_at = ?, error = ? WHERE run_id = ?",
+        (op.status, totals.rounds, now, text(op.error), op.run_id),
+    )
+    started = op.started_at
+    if started is None:
+        row = conn.execute("SELECT started_at FROM runs WHERE run_id = ?", (op.run_id,)).fetchone()
+        started = int(row[0]) if row else now
+    add_stats(conn, session_id, totals, started=started, now=now)
     if op.release_lease and lease is not None:
         release_lease(conn, session_id, lease.owner)
 

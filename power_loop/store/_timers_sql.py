@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ._leases import lease_is_live
-from ._sql import _version, now_ms, pending_state
+from ._sql import _version, now_ms, pending_state, text
 from .rows import TimerRow
 
 __all__ = [
@@ -39,7 +39,7 @@ __all__ = [
 
 _COLUMNS = (
     "session_id, timer_id, due_at, note, status, every_ms, remaining, until_at, fire_count, last_outcome, "
-    "created_at, fired_at"
+    "created_at, fired_at, updated_at"
 )
 
 
@@ -57,6 +57,7 @@ def _row(r: Any) -> TimerRow:
         last_outcome=r[9],
         created_at=int(r[10]),
         fired_at=r[11],
+        updated_at=int(r[12]),
     )
 
 
@@ -115,7 +116,7 @@ def schedule_timer(
     conn.execute(
         "INSERT INTO timers (session_id, timer_id, due_at, note, every_ms, remaining, until_at, created_at, "
         "updated_at, origin) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        (session_id, timer_id, due_at, note, every_ms, count, until_at, now, now, origin),
+        (session_id, timer_id, due_at, text(note), every_ms, count, until_at, now, now, text(origin)),
     )
     return get_timer(conn, session_id, timer_id)
 
@@ -147,17 +148,21 @@ def cancel_timer(conn: sqlite3.Connection, session_id: str, timer_id: int) -> bo
     return cursor.rowcount == 1
 
 
-def list_timers(conn: sqlite3.Connection, session_id: str) -> list[TimerRow]:
-    """Armed and in-flight timers of a session, soonest first.
+def list_timers(
+    conn: sqlite3.Connection, session_id: str, statuses: tuple[str, ...] = ("armed", "claimed")
+) -> list[TimerRow]:
+    """Timers of a session in ``statuses`` (default: armed and in flight), soonest first.
 
     Raises:
         SessionNotFoundError: Unknown session.
     """
     _version(conn, session_id)
+    if not statuses:
+        return []
     rows = conn.execute(
-        f"SELECT {_COLUMNS} FROM timers WHERE session_id = ? AND status IN ('armed', 'claimed') "
+        f"SELECT {_COLUMNS} FROM timers WHERE session_id = ? AND status IN ({','.join('?' * len(statuses))}) "
         "ORDER BY due_at, timer_id",
-        (session_id,),
+        (session_id, *statuses),
     ).fetchall()
     return [_row(r) for r in rows]
 

@@ -38,10 +38,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     script = [_reply(dict(r)) for r in json.loads(args.script.read_text())] if args.script else []
+    done = threading.Event()
+    # Before the URL is printed: a parent may send SIGTERM as soon as it has read it.
+    signal.signal(signal.SIGTERM, lambda *_: done.set())
     server = ScriptedServer(script, rule=RULES[args.rule] if not script else None, port=args.port).start()
     print(server.url, flush=True)
-    done = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: done.set())
     try:
         done.wait()
     except KeyboardInterrupt:

@@ -219,6 +219,7 @@ class TimerRunner:
 
     async def _run_forever(self) -> None:
         assert self._kick is not None
+        failing: str | None = None  # the last scan failure reported
         while True:
             self._kick.clear()
             delay = self.scan_interval_s
@@ -232,8 +233,18 @@ class TimerRunner:
                     delay = min(delay, max(0.0, due / 1000 - time.time()))
                 if self._room() == 0:
                     delay = self.scan_interval_s  # all slots busy: a finishing delivery kicks
-            except Exception:
-                log.exception("timer scan failed; retrying in %ss", self.scan_interval_s)
+                if failing is not None:
+                    log.warning("timer scans work again after: %s", failing)
+                    failing = None
+            except Exception as exc:
+                # A lasting fault (a vanished or read-only store) fails every scan the same
+                # way: report it once, with its traceback, not every scan_interval_s.
+                text = f"{type(exc).__name__}: {exc}"
+                if text != failing:
+                    log.exception("timer scan failed; retrying every %ss", self.scan_interval_s)
+                    failing = text
+                else:
+                    log.debug("timer scan failed again: %s", text)
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._kick.wait(), timeout=delay)
 
