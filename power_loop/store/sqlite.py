@@ -26,29 +26,35 @@ import json
 import os
 import sqlite3
 import threading
-from collections.abc import Callable, Mapping, Sequence
+import types
+import warnings
+import weakref
+from collections.abc import Callable, Coroutine, Generator, Mapping, Sequence
 from contextlib import closing, suppress
 from functools import partial
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar, overload
 
 import aiosqlite
 
 from ..errors import PowerLoopError, StoreError
-from . import _leases, _sql
+from . import _compat_sql, _leases, _sql
 from . import _timers_sql as _timers
+from ._compat import Store011Methods
 from ._faults import FileId, file_id, gone_error, path_changed, store_error
 from .rows import (
     BeginOutcome,
     BeginRun,
     LeaseClaim,
     PendingState,
+    SessionKind,
     SessionRow,
     SessionStatsRow,
     StoredMessage,
     TimerRow,
     WriteOp,
     WriteOutcome,
+    check_metadata,
 )
 from .schema import migrate, schema_version
 
@@ -67,7 +73,54 @@ def _configure(conn: sqlite3.Connection, busy_timeout_ms: int) -> None:
     conn.execute("PRAGMA synchronous = NORMAL")
 
 
-class SQLiteSessionStore:
+S = TypeVar("S", bound="SQLiteSessionStore")
+
+
+class _OpenMethod(Generic[S]):
+    """``open`` on the class is 0.11's sync ``SessionStore.open(path)``; on an instance it is
+    the async ``await store.open()``."""
+
+    @overload
+    def __get__(self, instance: None, owner: type[S]) -> Callable[..., S]: ...
+
+    @overload
+    def __get__(self, instance: S, owner: type[S]) -> Callable[[], Coroutine[Any, Any, S]]: ...
+
+    def __get__(self, instance: S | None, owner: type[S]) -> Any:
+        if instance is None:
+            return types.MethodType(_open_sync, owner)
+        return types.MethodType(owner._open_async, instance)
+
+
+def _open_sync(cls: type[S], path: str | os.PathLike[str] = DEFAULT_DB_PATH) -> S:
+    """0.11's ``SessionStore.open(path)``: a store whose file exists with the current schema
+    (created or migrated now, in the calling thread)."""
+    store = cls(path)
+    store._call_sync(lambda conn: None, tx=False)
+    return store
+
+
+class _Closed(Coroutine[Any, None, None]):
+    """What ``close()`` returns when nothing is left to close: awaitable (``await
+    store.close()``), runnable by ``asyncio.run``, and harmless when dropped unawaited (0.11's
+    ``store.close()`` was synchronous)."""
+
+    __slots__ = ()
+
+    def send(self, value: None) -> None:
+        raise StopIteration
+
+    def throw(self, *args: Any) -> None:
+        raise StopIteration
+
+    def close(self) -> None:
+        return None
+
+    def __await__(self) -> Generator[Any, None, None]:
+        return iter(())  # type: ignore[return-value]
+
+
+class SQLiteSessionStore(Store011Methods):
     """Sessions, messages, tool calls, usage, stats, leases and inbox in one SQLite file.
 
     Args:
@@ -75,13 +128,34 @@ class SQLiteSessionStore:
             missing; a relative path is resolved against the working directory at
             construction. ``":memory:"`` is not supported: the store and its sync
             conveniences use separate connections.
+        conn: 0.11's form, ``SessionStore(conn, path)``: an ``sqlite3.Connection`` to the
+            database file (it may also come first). Only its file is used; the store opens
+            connections of its own, and the caller keeps (and closes) ``conn``.
         busy_timeout_s: How long a connection waits for another process's write lock.
 
     Use ``async with SQLiteSessionStore(path) as store`` or ``await store.open()`` /
-    ``await store.close()``. Async methods open the store on first use.
+    ``await store.close()``. Async methods open the store on first use. 0.11's
+    ``SessionStore.open(path)`` (on the class, sync) returns a store ready for the sync
+    methods.
     """
 
-    def __init__(self, path: str | os.PathLike[str] = DEFAULT_DB_PATH, *, busy_timeout_s: float = 10.0) -> None:
+    open = _OpenMethod["SQLiteSessionStore"]()
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str] | sqlite3.Connection | None = DEFAULT_DB_PATH,
+        conn: sqlite3.Connection | str | os.PathLike[str] | None = None,
+        *,
+        busy_timeout_s: float = 10.0,
+    ) -> None:
+        if isinstance(path, sqlite3.Connection):
+            path, conn = conn, path
+        if isinstance(conn, sqlite3.Connection):
+            path = _connection_file(conn) if path is None else path
+        elif conn is not None:
+            raise TypeError(f"conn must be an sqlite3.Connection, not {type(conn).__name__}")
+        if path is None:
+            path = DEFAULT_DB_PATH
         self.path = str(path)
         if self.path == ":memory:" or self.path.startswith("file::memory:"):
             raise StoreError("SQLiteSessionStore needs a file path; use a temporary file for throwaway stores")
@@ -186,11 +260,20 @@ class SQLiteSessionStore:
             if how is not None:
                 raise gone_error(self._abs_path, how) from exc
             raise
+        except UnicodeEncodeError as exc:
+            # Free text is scrubbed before it is bound (``_sql.text``); what is left is a key
+            # (a session id, say) that holds a lone surrogate and cannot be changed silently.
+            # The transaction was rolled back.
+            raise ValueError(
+                f"cannot store {exc.object[max(0, exc.start - 20) : exc.end + 20]!r} in {self._abs_path}: it "
+                "holds a lone surrogate (a half of a UTF-16 pair, e.g. from os.fsdecode of non-UTF-8 bytes), "
+                "which is not valid UTF-8. Use an id or key made of valid text; nothing was stored."
+            ) from exc
         self._check_file()
         return result
 
-    async def open(self) -> SQLiteSessionStore:
-        """Open the writer connection and migrate the schema (idempotent)."""
+    async def _open_async(self) -> SQLiteSessionStore:
+        """Open the writer connection and migrate the schema (idempotent): ``await store.open()``."""
         if self._db is not None:
             return self
         if self._closed:
@@ -203,36 +286,49 @@ class SQLiteSessionStore:
             # The whole opening (directory, file, pragmas, migrations) runs on the
             # connection's worker thread, off the event loop.
             db = aiosqlite.Connection(self._connect, 64)
+            worker = _worker_thread(db)
+            # A daemon thread: a program that never closes its loop (or raises with one open)
+            # still exits. Every store call is one transaction, so exiting loses nothing that
+            # was committed; the finalizer below closes the connection at exit when it can.
+            worker.daemon = True
             try:
                 await db
             except Exception:
                 # aiosqlite stops its worker thread on a failed connect; let it finish while
                 # this event loop still runs, so it does not outlive the loop.
-                worker = getattr(db, "_thread", db)  # aiosqlite < 0.22: the connection is the thread
                 for _ in range(1000):
                     if not (isinstance(worker, threading.Thread) and worker.is_alive()):
                         break
                     await asyncio.sleep(0.001)
                 raise
             self._db = db
+            self._finalizer = weakref.finalize(self, _stop_worker, db, worker, _EXIT_CLOSE_WAIT_S)
         return self
 
-    async def close(self) -> None:
-        """Close the writer connection (pending store calls finish first)."""
+    def close(self) -> Coroutine[Any, Any, None]:
+        """Close the writer connection (pending store calls finish first): ``await store.close()``.
+
+        A store used only through its sync methods (0.11's ``SessionStore.open(path)``) has no
+        connection left open; ``store.close()`` without ``await`` is then complete as well.
+        """
         self._closed = True
         db, self._db = self._db, None
-        if db is not None:
-            await db.close()
+        if db is None:
+            return _Closed()
+        return db.close()
 
     def close_nowait(self) -> None:
         """Close from synchronous code: queued store calls finish, then the connection closes."""
         self._closed = True
         db, self._db = self._db, None
         if db is not None:
-            db.stop()
+            # Wait (briefly) for the worker to close the connection: called from async code
+            # just before the event loop ends (the 0.11 pattern), a worker still running
+            # afterwards would report to a closed loop.
+            _stop_worker(db, _worker_thread(db), _EXIT_CLOSE_WAIT_S)
 
     async def __aenter__(self) -> SQLiteSessionStore:
-        return await self.open()
+        return await self._open_async()
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
@@ -254,7 +350,7 @@ class SQLiteSessionStore:
         """
         db = self._db
         if db is None:
-            await self.open()
+            await self._open_async()
             db = self._db
             assert db is not None
         return await _in_worker(db, partial(self._run, fn, tx))
@@ -265,9 +361,11 @@ class SQLiteSessionStore:
 
     # ------------------------------------------------------------------ sessions
 
-    async def create_session(
+    @overload
+    def create_session(
         self,
-        session_id: str,
+        sid: str,
+        /,
         *,
         metadata: Mapping[str, Any] | None = None,
         system_prompt: str | None = None,
@@ -275,18 +373,78 @@ class SQLiteSessionStore:
         kind: str = "main",
         lifecycle: str | None = None,
         depth: int = 0,
-    ) -> None:
-        """Create a session row.
+    ) -> Coroutine[Any, Any, None]: ...
+
+    @overload
+    def create_session(
+        self,
+        /,
+        *,
+        system_prompt: str | None = None,
+        model: str | None = None,
+        config: Mapping[str, Any] | None = None,
+        parent_session_id: str | None = None,
+        spawn_tool_call_id: str | None = None,
+        kind: str = SessionKind.ROOT,
+        lifecycle: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        session_id: str | None = None,
+    ) -> str: ...
+
+    def create_session(
+        self,
+        sid: str | None = None,
+        /,
+        *,
+        system_prompt: str | None = None,
+        model: str | None = None,
+        config: Mapping[str, Any] | None = None,
+        parent_session_id: str | None = None,
+        spawn_tool_call_id: str | None = None,
+        kind: str = SessionKind.ROOT,
+        lifecycle: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        session_id: str | None = None,
+        depth: int = 0,
+    ) -> Coroutine[Any, Any, None] | str:
+        """Create a session row, in one of two forms.
+
+        * ``await store.create_session(sid, metadata=..., system_prompt=..., ...)``: the id
+          comes first, positionally; a coroutine.
+        * 0.11's form, keywords only: ``store.create_session(system_prompt=..., model=...,
+          config=..., session_id=None, ...)`` runs synchronously and returns the id (a new
+          ``"sess_" + 24 hex`` id unless ``session_id`` is given); a sub-agent's depth follows
+          its parent. ``model``, ``config`` and ``spawn_tool_call_id`` are kept and read back
+          on the :class:`SessionRow`.
+
+        ``kind`` is ``SessionKind.ROOT`` (also spelled ``"root"`` or ``"main"``) or
+        ``SessionKind.SUBAGENT``.
 
         Raises:
             ValueError: The id exists already or the metadata is not JSON-serialisable.
             SessionNotFoundError: ``parent_session_id`` does not exist.
         """
-        meta = _check_metadata(metadata)
-        await self._call(
-            lambda c: _sql.create_session(
+        if sid is None:
+            return self._create_session_011(
+                system_prompt=system_prompt,
+                model=model,
+                config=config,
+                parent_session_id=parent_session_id,
+                spawn_tool_call_id=spawn_tool_call_id,
+                kind=kind,
+                lifecycle=lifecycle,
+                metadata=metadata,
+                session_id=session_id,
+            )
+        if session_id is not None and session_id != sid:
+            raise TypeError(f"create_session got two session ids: {sid!r} and session_id={session_id!r}")
+        meta = check_metadata(metadata)
+        extra = {"model": model, "config_json": _config_json(config), "spawn_tool_call_id": spawn_tool_call_id}
+
+        def create(c: sqlite3.Connection) -> None:
+            _sql.create_session(
                 c,
-                session_id,
+                sid,
                 metadata=meta,
                 system_prompt=system_prompt,
                 parent_session_id=parent_session_id,
@@ -294,7 +452,10 @@ class SQLiteSessionStore:
                 lifecycle=lifecycle,
                 depth=depth,
             )
-        )
+            if any(v is not None for v in extra.values()):
+                _compat_sql.set_compat_fields(c, sid, **extra)
+
+        return self._call(create)
 
     def create_session_sync(
         self,
@@ -308,7 +469,7 @@ class SQLiteSessionStore:
         depth: int = 0,
     ) -> None:
         """Blocking twin of :meth:`create_session`."""
-        meta = _check_metadata(metadata)
+        meta = check_metadata(metadata)
         self._call_sync(
             lambda c: _sql.create_session(
                 c,
@@ -324,11 +485,11 @@ class SQLiteSessionStore:
 
     def get_session(self, session_id: str) -> SessionRow | None:
         """The session row, or None (blocking; 0.11 API). See :meth:`get_session_async`."""
-        return self._call_sync(lambda c: _sql.get_session(c, session_id), tx=False)
+        return self._call_sync(lambda c: _compat_sql.get_session(c, session_id), tx=False)
 
     async def get_session_async(self, session_id: str) -> SessionRow | None:
         """The session row, or None."""
-        return await self._call(lambda c: _sql.get_session(c, session_id), tx=False)
+        return await self._call(lambda c: _compat_sql.get_session(c, session_id), tx=False)
 
     async def delete_session(self, session_id: str, *, cascade: bool = True) -> int:
         """Delete a session (with its sub-agent sessions when ``cascade``); return the count."""
@@ -487,13 +648,18 @@ class SQLiteSessionStore:
         """Blocking twin of :meth:`cancel_timer`."""
         return self._call_sync(lambda c: _timers.cancel_timer(c, session_id, timer_id))
 
-    async def list_timers(self, session_id: str) -> list[TimerRow]:
-        """Armed and in-flight timers of a session, soonest first."""
-        return await self._call(lambda c: _timers.list_timers(c, session_id), tx=False)
+    async def list_timers(self, session_id: str, *, statuses: Sequence[str] = ("armed", "firing")) -> list[TimerRow]:
+        """Timers of a session in ``statuses``, soonest first (default: armed and in flight).
 
-    def list_timers_sync(self, session_id: str) -> list[TimerRow]:
+        Statuses are ``armed``, ``claimed`` (0.11: ``firing``), ``fired`` and ``cancelled``.
+        """
+        wanted = _compat_sql.timer_statuses(statuses)
+        return await self._call(lambda c: _timers.list_timers(c, session_id, wanted), tx=False)
+
+    def list_timers_sync(self, session_id: str, *, statuses: Sequence[str] = ("armed", "firing")) -> list[TimerRow]:
         """Blocking twin of :meth:`list_timers`."""
-        return self._call_sync(lambda c: _timers.list_timers(c, session_id), tx=False)
+        wanted = _compat_sql.timer_statuses(statuses)
+        return self._call_sync(lambda c: _timers.list_timers(c, session_id, wanted), tx=False)
 
     async def claim_due_timers(
         self, owner: str, *, lease_ms: int, limit: int, due_by: int | None = None
@@ -550,6 +716,35 @@ class SQLiteSessionStore:
         return await self._call(lambda c: [tuple(r) for r in c.execute(sql, params).fetchall()], tx=False)
 
 
+_EXIT_CLOSE_WAIT_S = 5.0  # how long closing from sync code or at exit waits for the worker
+
+
+def _worker_thread(db: aiosqlite.Connection) -> threading.Thread:
+    """The thread that runs ``db``'s operations."""
+    worker = getattr(db, "_thread", db)  # aiosqlite < 0.22: the connection is the thread
+    assert isinstance(worker, threading.Thread)
+    return worker
+
+
+def _stop_worker(db: aiosqlite.Connection, worker: threading.Thread, wait_s: float) -> None:
+    """Close ``db`` from synchronous code and wait up to ``wait_s`` for its worker to end.
+
+    Queued transactions run first. Used by ``close_nowait`` and, through a finalizer, at
+    interpreter exit or when an unclosed store is collected. Never raises.
+    """
+    if not worker.is_alive():
+        return
+    try:
+        with warnings.catch_warnings():
+            # aiosqlite asks for "the" event loop to make a future; outside one, newer Pythons warn.
+            warnings.simplefilter("ignore", DeprecationWarning)
+            db.stop()
+    except Exception:  # best effort at shutdown
+        return
+    if worker is not threading.current_thread():
+        worker.join(wait_s)
+
+
 async def _in_worker(db: aiosqlite.Connection, fn: Callable[[sqlite3.Connection], T]) -> T:
     """Run ``fn(connection)`` on aiosqlite's worker thread and await its result.
 
@@ -570,16 +765,21 @@ def _schema_less(conn: sqlite3.Connection) -> bool:
         return True  # a file this opening created and cannot even read holds nothing
 
 
-def _check_metadata(metadata: Mapping[str, Any] | None) -> dict[str, Any]:
-    if metadata is None:
-        return {}
-    if not isinstance(metadata, Mapping):
-        raise TypeError(f"metadata must be a dict, not {type(metadata).__name__}")
+def _connection_file(conn: sqlite3.Connection) -> str:
+    """The file of an ``sqlite3.Connection``'s main database (0.11's ``SessionStore(conn, path)``)."""
+    for _, name, file in conn.execute("PRAGMA database_list").fetchall():
+        if name == "main" and file:
+            return str(file)
+    raise StoreError("SessionStore(conn) needs a connection to a database file, not an in-memory database")
+
+
+def _config_json(config: Mapping[str, Any] | None) -> str | None:
+    if not config:
+        return None
     try:
-        json.dumps(dict(metadata))
+        return json.dumps(dict(config))
     except (TypeError, ValueError) as exc:
-        raise ValueError(f"metadata must be JSON-serialisable: {exc}") from exc
-    return dict(metadata)
+        raise ValueError(f"config must be a JSON-serialisable dict: {exc}") from exc
 
 
 # The 0.11 stable name for the store class.
