@@ -39,6 +39,9 @@ Tables (all times are epoch milliseconds):
     grows with every claim so a stale claimant is refused) → ``fired`` or ``cancelled``;
     ``origin`` makes scheduling idempotent (a tool call's idempotency key);
     recurring timers go back to ``armed`` with their next due time.
+``notes`` (version 5)
+    Notes per session (``note_id``, ``content``, ``pinned``); filled by the migration of a
+    power-loop 0.11 file (``_legacy.py``), read by the notes feature.
 ``compactions`` (version 2)
     Summaries of folded history. The latest one is the session's load base: loading reads it
     and the messages after its ``through_seq``, never the whole history.
@@ -50,8 +53,10 @@ import sqlite3
 from collections.abc import Callable
 
 from ..errors import SchemaVersionError
+from . import _legacy
+from ._pragmas import rollback, schema_version
 
-__all__ = ["LATEST_VERSION", "MIGRATIONS", "migrate", "rollback"]
+__all__ = ["LATEST_VERSION", "MIGRATIONS", "migrate", "rollback", "schema_version"]
 
 
 def _run_script(conn: sqlite3.Connection, script: str) -> None:
@@ -251,13 +256,26 @@ def _v4(conn: sqlite3.Connection) -> None:
     )
 
 
-MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_v1, _v2, _v3, _v4)
+def _v5(conn: sqlite3.Connection) -> None:
+    # The shape of power-loop 0.11's notes, so a migrated 0.11 file keeps them as they were.
+    _run_script(
+        conn,
+        """
+        CREATE TABLE notes (
+            session_id  TEXT NOT NULL REFERENCES sessions(session_id) ON DELETE CASCADE,
+            note_id     INTEGER NOT NULL,
+            content     TEXT NOT NULL,
+            pinned      INTEGER NOT NULL DEFAULT 0,
+            created_at  INTEGER NOT NULL,
+            updated_at  INTEGER NOT NULL,
+            PRIMARY KEY (session_id, note_id)
+        )
+        """,
+    )
+
+
+MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_v1, _v2, _v3, _v4, _v5)
 LATEST_VERSION = len(MIGRATIONS)
-
-
-def schema_version(conn: sqlite3.Connection) -> int:
-    """The file's ``user_version``."""
-    return int(conn.execute("PRAGMA user_version").fetchone()[0])
 
 
 def migrate(conn: sqlite3.Connection, *, path: str) -> int:
@@ -267,8 +285,13 @@ def migrate(conn: sqlite3.Connection, *, path: str) -> int:
     in its own ``BEGIN IMMEDIATE`` transaction, so concurrent openers serialize and a migration
     either fully applies or not at all.
 
+    A file written by power-loop 0.11 (version 0, its own tables) is migrated in place in one
+    transaction after a backup copy is written next to it (see ``_legacy.py``); any other
+    version-0 file that already holds tables is refused.
+
     Raises:
-        SchemaVersionError: The file was written by a newer power_loop.
+        SchemaVersionError: The file was written by a newer power_loop, or by something else.
+        CorruptRecordError: A 0.11 row cannot be migrated (the file is left unchanged).
     """
     found = schema_version(conn)
     if found > LATEST_VERSION:
@@ -276,6 +299,12 @@ def migrate(conn: sqlite3.Connection, *, path: str) -> int:
             f"{path} has schema version {found}, but this power_loop only knows up to "
             f"{LATEST_VERSION}; upgrade power_loop (pip install -U power-loop) or use another file"
         )
+    if found == 0:
+        if _legacy.is_011(conn):
+            if _legacy.migrate_011(conn, path=path, migrations=MIGRATIONS):
+                return found
+        else:
+            _legacy.refuse_foreign(conn, path=path)
     for version in range(found + 1, LATEST_VERSION + 1):
         conn.execute("BEGIN IMMEDIATE")
         try:
@@ -289,17 +318,3 @@ def migrate(conn: sqlite3.Connection, *, path: str) -> int:
             rollback(conn)
             raise
     return found
-
-
-def rollback(conn: sqlite3.Connection) -> None:
-    """Roll back the open transaction, if any, without masking the error being handled.
-
-    After some faults (a full disk, an I/O error) SQLite has already rolled back, and a
-    failed ``COMMIT`` leaves the transaction open; either way the caller's error is the one
-    worth reporting.
-    """
-    if conn.in_transaction:
-        try:
-            conn.execute("ROLLBACK")
-        except sqlite3.Error:
-            pass
