@@ -21,10 +21,10 @@ import dataclasses
 import inspect
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 from ._util import is_async_callable
 
@@ -37,6 +37,7 @@ __all__ = [
     "AutoCompactStatusPayload",
     "BaseEventPayload",
     "BudgetExceededStatusPayload",
+    "EventBusProtocol",
     "EventHandler",
     "HitRoundLimitStatusPayload",
     "LlmDegradedPayload",
@@ -335,13 +336,43 @@ class AutoCompactStatusPayload(StatusChangedPayload):
     after_tokens: int = 0
 
 
+_USAGE_ALIASES = (
+    ("input", "prompt_tokens"),
+    ("output", "completion_tokens"),
+    ("cache_read", "cache_read_tokens"),
+    ("reasoning", "reasoning_tokens"),
+)
+
+
+def _with_usage_aliases(usage: Mapping[str, int]) -> dict[str, int]:
+    """``usage`` plus the short keys 0.11 also reported: ``input``, ``output``, ``cache_read``
+    and ``reasoning`` (equal to ``prompt_tokens``, ``completion_tokens``, ``cache_read_tokens``
+    and ``reasoning_tokens``). An empty mapping stays empty."""
+    out = dict(usage)
+    for short, long in _USAGE_ALIASES:
+        if long in out:
+            out[short] = out[long]
+    return out
+
+
 @dataclass(frozen=True)
 class UsageUpdatedPayload(BaseEventPayload):
-    """Usage after one model call: ``usage`` for the call, ``run_usage`` summed over the run."""
+    """Usage after one model call: ``usage`` for the call, ``run_usage`` summed over the run.
+
+    Both dicts carry ``calls, prompt_tokens, completion_tokens, cache_read_tokens,
+    reasoning_tokens, total_tokens`` and 0.11's aliases ``input``, ``output``, ``cache_read``
+    and ``reasoning`` (added on construction).
+    """
 
     usage: Mapping[str, int] = field(default_factory=dict)
     run_usage: Mapping[str, int] = field(default_factory=dict)
     purpose: str = "round"
+
+    def __post_init__(self) -> None:
+        # 0.11 programs and log readers use the short keys; the dataclass is frozen, hence
+        # object.__setattr__.
+        object.__setattr__(self, "usage", _with_usage_aliases(self.usage))
+        object.__setattr__(self, "run_usage", _with_usage_aliases(self.run_usage))
 
 
 @dataclass(frozen=True)
@@ -404,10 +435,13 @@ class SubagentTaskStartPayload(BaseEventPayload):
 
 @dataclass(frozen=True)
 class SubagentTextPayload(BaseEventPayload):
-    """Text produced by a sub-agent."""
+    """Text produced by a sub-agent (``status``, ``rounds`` and ``final_text`` as in 0.11)."""
 
     sub_session_id: str = ""
     text: str = ""
+    status: str = ""
+    rounds: int = 0
+    final_text: str = ""
 
 
 @dataclass(frozen=True)
@@ -528,9 +562,15 @@ class AgentEvent:
         self._payload = dict(value)
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready dict of the whole event (used by the JSONL sink)."""
+        """A JSON-ready dict of the whole event (what the logging and JSONL sinks write).
+
+        The event name is under ``"event"`` (0.11's key for a sink line) and, repeated, under
+        ``"type"`` (the attribute's name, which the JSONL reader also accepts).
+        """
+        name = self.type.value
         return {
-            "type": self.type.value,
+            "event": name,
+            "type": name,
             "seq": self.seq,
             "ts": self.ts,
             "session_id": self.session_id,
@@ -554,7 +594,30 @@ class AgentEvent:
     __hash__ = None  # type: ignore[assignment]
 
 
-EventHandler = Callable[[AgentEvent], None | Awaitable[None]]
+@runtime_checkable
+class EventHandler(Protocol):
+    """An event subscriber: any callable taking the :class:`AgentEvent`, sync or async; its
+    return value is ignored (an awaitable one is awaited)."""
+
+    def __call__(self, event: AgentEvent, /) -> Any:
+        """Observe ``event``."""
+
+
+@runtime_checkable
+class EventBusProtocol(Protocol):
+    """What the engine and pipelines need from an event bus (:class:`AgentEventBus` is one)."""
+
+    def subscribe(self, event_type: AgentEventType | str | None, handler: EventHandler, *, priority: int = 0) -> Any:
+        """Call ``handler`` for events of ``event_type`` (None: every event)."""
+
+    def unsubscribe(self, handler: Any) -> Any:
+        """Remove every subscription of ``handler``."""
+
+    def publish(self, event: AgentEvent) -> None:
+        """Deliver ``event`` from sync code."""
+
+    async def publish_async(self, event: AgentEvent) -> None:
+        """Deliver ``event``, awaiting async subscribers."""
 
 
 @dataclass
@@ -596,16 +659,20 @@ class AgentEventBus:
         return handler
 
     def unsubscribe(
-        self, event_type: AgentEventType | str | None | EventHandler, handler: EventHandler | None = None
+        self, handler: EventHandler | AgentEventType | str | None, typed_handler: EventHandler | None = None
     ) -> bool:
-        """Remove a subscription: ``unsubscribe(event_type, handler)`` or ``unsubscribe(handler)``
-        (every subscription of that handler). Returns whether anything was removed."""
+        """Remove subscriptions; returns whether anything was removed.
+
+        ``unsubscribe(handler)`` (0.11's form) removes every subscription of ``handler``;
+        ``unsubscribe(event_type, handler)`` removes only its subscription to ``event_type``
+        (``None``: only its catch-all one).
+        """
         target: Any
-        if handler is None and callable(event_type) and not isinstance(event_type, (str, AgentEventType)):
-            target, kind, any_type = event_type, None, True
+        if typed_handler is None:
+            target, kind, any_type = handler, None, True
         else:
-            target = handler
-            kind = AgentEventType(event_type) if isinstance(event_type, (str, AgentEventType)) else None
+            target = typed_handler
+            kind = AgentEventType(handler) if isinstance(handler, (str, AgentEventType)) else None
             any_type = False
         before = len(self._subs)
         self._subs = [s for s in self._subs if not (s.handler == target and (any_type or s.event_type == kind))]

@@ -8,8 +8,9 @@ Invariants:
   (``RawPart``) are kept verbatim, so list and multimodal content round-trips through the
   store and :func:`message_to_dict` / :func:`message_from_dict` unchanged.
 * :func:`message_to_dict` produces the 0.11 dict view: the OpenAI Chat Completions shape, with
-  empty keys omitted. It is also the storage format. Provider modules map messages to their
-  own wire shapes; nothing here knows about a vendor other than that edge view.
+  empty optional keys omitted (``content`` is always there). It is also the storage format.
+  Provider modules map messages to their own wire shapes; nothing here knows about a vendor
+  other than that edge view.
 * ``ToolCall.arguments`` keeps the raw JSON string the model produced, because models emit
   malformed JSON and the history must record what was actually said.
 """
@@ -22,12 +23,15 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Union
 
 __all__ = [
+    "AgentMessage",
     "AssistantMessage",
     "Content",
     "ContentPart",
     "ImagePart",
     "Message",
+    "MessageRole",
     "RawPart",
+    "RuntimeMessage",
     "SystemMessage",
     "TextPart",
     "ToolCall",
@@ -144,19 +148,30 @@ def coerce_content(value: str | Sequence[Any] | Content) -> Content:
 # --------------------------------------------------------------------------- tool calls and usage
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True)
 class ToolCall:
     """One tool call requested by the model.
+
+    Constructed by keyword or, as in 0.11, by position: ``ToolCall(id, name, arguments)``.
+    ``arguments`` may be given as a dict (0.11's form); it is stored as its JSON text.
 
     Attributes:
         id: The provider's call id; tool results answer it.
         name: Tool name as the model wrote it.
-        arguments: The raw JSON arguments string, exactly as the model produced it.
+        arguments: The raw JSON arguments string, exactly as the model produced it (use
+            :meth:`parsed_arguments` for the dict).
     """
 
     id: str
     name: str
     arguments: str = "{}"
+
+    def __post_init__(self) -> None:
+        raw: Any = self.arguments
+        if not isinstance(raw, str):
+            if not isinstance(raw, Mapping):
+                raise TypeError(f"ToolCall.arguments must be a JSON object string or a dict, got {type(raw).__name__}")
+            object.__setattr__(self, "arguments", json.dumps(dict(raw), ensure_ascii=False))
 
     def parsed_arguments(self) -> dict[str, Any]:
         """Decode ``arguments``.
@@ -173,6 +188,10 @@ class ToolCall:
     def to_dict(self) -> dict[str, Any]:
         """The OpenAI ``tool_calls[]`` entry."""
         return {"id": self.id, "type": "function", "function": {"name": self.name, "arguments": self.arguments}}
+
+    def to_openai_tool_call(self) -> dict[str, Any]:
+        """The OpenAI ``tool_calls[]`` entry (0.11's name for :meth:`to_dict`)."""
+        return self.to_dict()
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -317,16 +336,80 @@ class ToolResultMessage:
 Message = Union[SystemMessage, UserMessage, AssistantMessage, ToolResultMessage]
 
 
+MessageRole = Literal["system", "user", "assistant", "tool"]
+"""The ``role`` values of the dict view (0.11's type name)."""
+
+RuntimeMessage = dict[str, Any]
+"""A message in its dict view, as ``get_messages`` returns it (0.11's type name)."""
+
+
+@dataclass
+class AgentMessage:
+    """0.11's mutable message record: role, text content, tool calls and a metadata dict.
+
+    The loop itself works on the frozen message classes above; this type exists for 0.11
+    programs that build messages with it. Convert with :meth:`to_openai_message` (the dict
+    view, accepted wherever a message dict is) or :meth:`to_message`.
+
+    Attributes:
+        role: ``"system"``, ``"user"``, ``"assistant"`` or ``"tool"``.
+        content: The text (None is kept as None in the dict view).
+        tool_calls: Calls made by an assistant message.
+        tool_call_id: The call a tool message answers.
+        name: Optional author or tool name.
+        metadata: Free-form data; not part of the dict view.
+    """
+
+    role: MessageRole
+    content: str | None
+    tool_calls: list[ToolCall] = field(default_factory=list)
+    tool_call_id: str | None = None
+    name: str | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def to_openai_message(self) -> dict[str, Any]:
+        """The OpenAI Chat Completions dict: ``role`` and ``content`` always, then
+        ``tool_calls``, ``tool_call_id`` and ``name`` when set."""
+        out: dict[str, Any] = {"role": self.role, "content": self.content}
+        if self.tool_calls:
+            out["tool_calls"] = [c.to_openai_tool_call() for c in self.tool_calls]
+        if self.tool_call_id:
+            out["tool_call_id"] = self.tool_call_id
+        if self.name:
+            out["name"] = self.name
+        return out
+
+    def to_message(self) -> Message:
+        """The equivalent frozen message.
+
+        Raises:
+            ValueError: The role is unknown, or a tool message has no ``tool_call_id``.
+        """
+        return message_from_dict(self.to_openai_message())
+
+    @classmethod
+    def from_message(cls, message: Message) -> AgentMessage:
+        """An ``AgentMessage`` holding ``message`` (list content becomes its text)."""
+        return cls(
+            role=message.role,
+            content=content_text(message.content),
+            tool_calls=list(message.tool_calls) if isinstance(message, AssistantMessage) else [],
+            tool_call_id=message.tool_call_id if isinstance(message, ToolResultMessage) else None,
+            name=None if isinstance(message, SystemMessage) else message.name,
+        )
+
+
 def message_to_dict(message: Message) -> dict[str, Any]:
     """Return the 0.11 dict view of ``message`` (OpenAI shape, empty keys omitted).
 
-    Extra keys beyond the OpenAI shape: ``reasoning`` / ``reasoning_signature`` on assistant
-    messages and ``is_error`` on tool results, present only when set.
+    Every message has ``content``; an assistant turn that only calls tools has ``""``, as
+    in 0.11 (so ``m["content"]`` never raises). Extra keys beyond the OpenAI shape:
+    ``reasoning`` / ``reasoning_signature`` on assistant messages and ``is_error`` on tool
+    results, present only when set.
     """
     out: dict[str, Any] = {"role": message.role}
     if isinstance(message, AssistantMessage):
-        if message.content:
-            out["content"] = _content_to_wire(message.content)
+        out["content"] = _content_to_wire(message.content)
         if message.tool_calls:
             out["tool_calls"] = [c.to_dict() for c in message.tool_calls]
         if message.reasoning:

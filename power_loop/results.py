@@ -43,11 +43,19 @@ class StatefulResult:
         final_text: The last answer, or a marker: ``[budget_exceeded]``,
             ``[hit_round_limit]\\n<summary>``, ``[cancelled by user]``, ``[degraded: ...]``.
         rounds: Rounds run (model calls made for rounds, the round-limit summary excluded).
-        pending_tool_calls: Unanswered calls as OpenAI ``tool_calls[]`` dicts.
-        pending_interactions: Open ``request_user_input`` questions.
+        pending_tool_calls: Unanswered calls as OpenAI ``tool_calls[]`` dicts (``id``,
+            ``type``, ``function.name``, ``function.arguments``).
+        pending_interactions: Open ``request_user_input`` questions (``interaction_id``,
+            ``tool_call_id``, ``tool_name``, ``kind``, ``prompt``, ``options``, ``metadata``).
         usage: Token usage summed over the run (``calls, prompt_tokens, completion_tokens,
-            cache_read_tokens, reasoning_tokens, total_tokens``).
-        tool_calls: Tool calls executed by this run (each counted once).
+            cache_read_tokens, reasoning_tokens, total_tokens``), every key present even when
+            the run made no model call (0.11 gave ``{}`` then).
+        tool_calls: Tool calls this run handled, each counted once: executed ones, and ones
+            answered with an error without running (unknown tool, invalid arguments). As in
+            0.11, a call a hook skipped (``TOOL_BEFORE``, ``TOOLS_BATCH_BEFORE`` or
+            ``ROUND_DECIDE`` ``SKIP``) is not counted, nor is one a stop prevented from
+            starting. Parallel calls run concurrently, so a ``TOOL_AFTER`` ``BREAK`` stops
+            only calls that had not started (0.11 ran them one by one).
         run_id: Id of the run (its row in the store).
         post_commit_errors: Failures after the run's end was committed (a ``SESSION_END`` or
             ``ROUND_END`` hook, an event subscriber), each as
@@ -90,16 +98,24 @@ class FollowUpQueued:
 class AgentLoopResult:
     """Result of a run without a session (kept for 0.11 compatibility).
 
+    Fields are in 0.11's order, so positional construction works as it did.
+
     Attributes:
         status: As in :class:`StatefulResult`.
         final_text: The last answer.
         rounds: Rounds run.
+        pending_tool_calls: Unanswered calls (OpenAI ``tool_calls[]`` dicts).
+        pending_interactions: Open ``request_user_input`` questions.
         messages: The conversation (dict view).
         usage: Summed usage.
+        tool_calls: Tool calls handled (counted as in :class:`StatefulResult`).
     """
 
     status: str
     final_text: str = ""
     rounds: int = 0
+    pending_tool_calls: list[dict[str, Any]] = field(default_factory=list)
+    pending_interactions: list[dict[str, Any]] = field(default_factory=list)
     messages: list[dict[str, Any]] = field(default_factory=list)
     usage: dict[str, int] = field(default_factory=dict)
+    tool_calls: int = 0

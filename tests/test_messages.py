@@ -192,14 +192,15 @@ def test_assistant_full_round_trip() -> None:
     assert back == message
 
 
-def test_assistant_with_only_tool_calls_has_no_content_key() -> None:
+def test_assistant_with_only_tool_calls_has_empty_content() -> None:
+    # 0.11 returned content "" on a tool-call-only turn; m["content"] must not raise.
     message = AssistantMessage(tool_calls=(ToolCall(id="c1", name="ping"),))
     data, back = _round_trip(message)
     assert data == {
         "role": "assistant",
+        "content": "",
         "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "ping", "arguments": "{}"}}],
     }
-    assert "content" not in data
     assert "reasoning" not in data
     assert back == message
 

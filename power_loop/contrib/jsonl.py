@@ -10,7 +10,9 @@
 
 Writes happen on a background thread fed through a queue, so the event loop never waits on
 the disk; ``flush()`` / ``aclose()`` wait until everything queued is written. Each line is the
-event's ``to_dict()``: type, seq, ts, session_id, round_index, stream_id, source, payload.
+event's ``to_dict()``: event (0.11's key for the name), type (the same name), seq, ts,
+session_id, round_index, stream_id, source, payload. The reader accepts lines naming the
+event under either key.
 """
 
 from __future__ import annotations
@@ -114,8 +116,19 @@ class JsonlEventSink:
 
 
 def event_from_dict(data: dict[str, Any]) -> AgentEvent:
-    """Rebuild a typed event from one JSONL line's dict (unknown payload keys are ignored)."""
-    event_type = AgentEventType(data["type"])
+    """Rebuild a typed event from one JSONL line's dict (unknown payload keys are ignored).
+
+    The name is read from ``"event"`` (0.11 sink lines and this version's) or, failing that,
+    from ``"type"`` (lines written before ``"event"`` was added).
+
+    Raises:
+        KeyError: The dict names no event.
+        ValueError: The name is not an event type.
+    """
+    name = data.get("event", data.get("type"))
+    if name is None:
+        raise KeyError("the line has neither an 'event' nor a 'type' key")
+    event_type = AgentEventType(name)
     payload = dict(data.get("payload") or {})
     cls = payload_class(event_type, payload.get("kind"))
     names = {f.name for f in fields(cls)}

@@ -5,6 +5,9 @@
 
     handle = attach_logging_sink(loop.event_bus, logger=logging.getLogger("agent.audit"))
 
+Each line is the event's ``to_dict()``: the name under ``"event"`` (as in 0.11) and ``"type"``,
+then seq, ts, session_id, round_index, stream_id, source and payload. ``usage_updated``
+payloads keep 0.11's ``input`` / ``output`` / ``cache_read`` / ``reasoning`` usage keys.
 Long string fields are shortened to ``max_field_len`` characters (with a marker), so a huge
 tool result cannot flood the log. Subscriber errors are contained by the sink itself: a broken
 log handler never breaks a run.

@@ -73,7 +73,8 @@ async def begin_run(
                 session_id,
                 assistant_seq=outcome.pending.assistant_seq,
                 pending_tool_calls=[
-                    {"id": c.tool_call_id, "name": c.name, "arguments": c.arguments, "status": c.status}
+                    # 0.11's tool_calls[] shape, plus flat name/arguments and the status
+                    {**c.to_dict(), "name": c.name, "arguments": c.arguments, "status": c.status}
                     for c in outcome.pending.calls
                 ],
             )

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 from ..messages import AssistantMessage
 from ..store.rows import RESOLVED_STATUSES, OpenInteraction, PendingCall, UpdateToolCall, WriteOp
-from .tool_batch import ToolOutcome, run_tool_batch
+from .tool_batch import ToolOutcome, counted_calls, run_tool_batch
 
 if TYPE_CHECKING:
     from .run import RunLoop
@@ -36,9 +36,10 @@ async def resume_calls(loop: RunLoop, calls: Sequence[PendingCall]) -> None:
         else:
             to_run.append(call)
     if to_run:
-        for outcome in await run_tool_batch(run, to_run):
+        ran = await run_tool_batch(run, to_run)
+        for outcome in ran:
             outcomes[outcome.call.id] = outcome
-        run.tool_calls += len(to_run)
+        run.tool_calls += counted_calls(ran)
     merged = [outcomes[c.tool_call_id] for c in ordered]
     placeholder = AssistantMessage(content="")
     await loop._commit_tool_results(placeholder, merged, None)

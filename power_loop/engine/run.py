@@ -72,6 +72,8 @@ from ..messages import (
     Usage,
     UserMessage,
     message_from_dict,
+    message_from_json,
+    message_json,
     message_to_dict,
 )
 from ..providers.base import LLMRequest, LLMResponse
@@ -97,7 +99,7 @@ from .history import DEGRADED_NAME, Transcript
 from .model_call import call_model
 from .prepare import build_request, resolve_system_prompt, select_tools, system_text, unique_call_ids
 from .runtime import Runtime
-from .tool_batch import ToolOutcome, run_tool_batch
+from .tool_batch import ToolOutcome, counted_calls, run_tool_batch
 from .writer import RunWriter
 
 log = logging.getLogger("power_loop.engine")
@@ -307,6 +309,11 @@ async def _on_append(rt: Runtime, session_id: str, round_index: int, message: Me
         return message
     try:
         rewritten = message_from_dict(ctx.message)
+        # As stored and sent: lone surrogates the hook put in become U+FFFD here, so the
+        # result's final_text matches the history (message_json scrubs them).
+        stored = message_json(rewritten)
+        if not stored.isascii():
+            rewritten = message_from_json(stored)
     except ValueError as exc:
         raise HookError(f"message.append hook produced an invalid message: {exc}") from exc
     if rewritten.role != message.role:
@@ -803,7 +810,7 @@ class RunLoop:
                 outcomes = [ToolOutcome(c, str(ctx2.output), False, "skipped") for c in calls]
         if outcomes is None:
             outcomes = await run_tool_batch(run, calls)
-        run.tool_calls += len(calls)
+        run.tool_calls += counted_calls(outcomes)
         await self._commit_tool_results(assistant, outcomes, ending)
 
     async def _commit_tool_results(

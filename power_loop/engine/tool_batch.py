@@ -44,7 +44,7 @@ from ..tools.threads import ToolNotStarted, ToolRaisedBaseException, ToolTimeout
 if TYPE_CHECKING:
     from .run import Run
 
-__all__ = ["ToolOutcome", "run_tool_batch"]
+__all__ = ["ToolOutcome", "counted_calls", "run_tool_batch"]
 
 
 @dataclass
@@ -71,6 +71,13 @@ class ToolOutcome:
 
 class _HumanInput(Exception):
     """Carries a ``request_user_input`` pause out of a handler."""
+
+
+def counted_calls(outcomes: Sequence[ToolOutcome]) -> int:
+    """How many of ``outcomes`` count in ``StatefulResult.tool_calls`` and the session stats:
+    as in 0.11, a call a hook skipped is not a call, nor is one a stop prevented from
+    starting. Failed calls (unknown tool, invalid arguments, exceptions) count."""
+    return sum(1 for o in outcomes if o.status not in ("skipped", "cancelled"))
 
 
 async def run_tool_batch(run: Run, calls: Sequence[ToolCall]) -> list[ToolOutcome]:

@@ -7,8 +7,10 @@ run) is one list of operations, hence one transaction.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Any, Literal, Union
 
 from ..messages import Message, Usage
@@ -19,17 +21,23 @@ __all__ = [
     "BeginOutcome",
     "BeginRun",
     "Compact",
+    "CompactionRow",
     "DrainInbox",
     "FinishRun",
     "LeaseClaim",
     "LoadedHistory",
+    "MessageRow",
+    "MessageState",
     "OpenInteraction",
     "PendingCall",
     "PendingState",
     "RecordLLMCall",
     "RunTotals",
+    "SessionKind",
     "SessionRow",
+    "SessionStateRow",
     "SessionStatsRow",
+    "SessionStatus",
     "StoredMessage",
     "TimerRow",
     "ToolStatus",
@@ -42,6 +50,50 @@ ToolStatus = Literal["pending", "running", "done", "failed", "aborted", "cancell
 RESOLVED_STATUSES: frozenset[str] = frozenset({"done", "failed", "aborted", "cancelled", "skipped"})
 
 
+class SessionKind(str, Enum):
+    """What a session is (0.11 name). Compares equal to its value: ``SessionKind.ROOT == "root"``.
+
+    A top-level session is stored as ``"main"`` (this version's name) and read back as
+    :attr:`ROOT`; either spelling is accepted where a kind is written.
+    """
+
+    ROOT = "root"
+    SUBAGENT = "subagent"
+
+    @classmethod
+    def _missing_(cls, value: object) -> SessionKind | None:
+        # "main" is how this version stores a top-level session.
+        return cls.ROOT if value == "main" else None
+
+
+class SessionStatus(str, Enum):
+    """Whether a session is in use or archived (0.11 name; ``store.archive_session``)."""
+
+    ACTIVE = "active"
+    ARCHIVED = "archived"
+
+
+class MessageState(str, Enum):
+    """Whether a stored message is in the context or folded into a compaction summary."""
+
+    ACTIVE = "active"
+    COMPACTED_OUT = "compacted_out"
+
+
+def session_kind(stored: str) -> SessionKind | str:
+    """The kind of a stored session row as :class:`SessionKind` (an unknown kind stays a string)."""
+    try:
+        return SessionKind(stored)
+    except ValueError:
+        return stored
+
+
+def stored_kind(kind: str) -> str:
+    """The kind to store: ``"root"`` (0.11's name, or :attr:`SessionKind.ROOT`) is stored as ``"main"``."""
+    value = kind.value if isinstance(kind, Enum) else kind
+    return "main" if value in ("root", "main") else str(value)
+
+
 @dataclass(frozen=True)
 class SessionRow:
     """A session as stored (``loop.store.get_session(sid)``).
@@ -51,22 +103,123 @@ class SessionRow:
         metadata: Host metadata given at creation.
         system_prompt: The per-session system prompt, or None.
         parent_session_id: The parent of a sub-agent session, or None.
-        kind: ``"main"`` or ``"subagent"``.
+        kind: :class:`SessionKind` (``ROOT`` for a top-level session, ``SUBAGENT``); a
+            ``str`` enum, so ``row.kind == "root"`` holds too.
         lifecycle: Sub-agent lifecycle (``ephemeral``, ``linked``, ``detached``) or None.
         depth: Sub-agent nesting depth (0 for main sessions).
         created_at: Creation time, epoch ms.
         updated_at: Last write, epoch ms.
+        model: 0.11's per-session model label, as given to ``store.create_session`` (else None).
+        config: 0.11's per-session config dict, as given to ``store.create_session`` (else ``{}``).
+        status: :class:`SessionStatus`: ``ACTIVE``, or ``ARCHIVED`` after
+            ``store.archive_session`` (a closed session has no row at all).
+        spawn_tool_call_id: 0.11's id of the spawning tool call, as given to
+            ``store.create_session`` (else None).
+        spawn_depth: 0.11's name of ``depth`` (the same value).
     """
 
     session_id: str
-    metadata: Mapping[str, Any]
-    system_prompt: str | None
-    parent_session_id: str | None
-    kind: str
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+    system_prompt: str | None = None
+    parent_session_id: str | None = None
+    kind: str = SessionKind.ROOT
     lifecycle: str | None = None
     depth: int = 0
     created_at: int = 0
     updated_at: int = 0
+    model: str | None = None
+    config: Mapping[str, Any] = field(default_factory=dict)
+    status: str = SessionStatus.ACTIVE
+    spawn_tool_call_id: str | None = None
+    spawn_depth: int = -1
+
+    def __post_init__(self) -> None:
+        # spawn_depth and depth are one value under two names (0.11's and this version's);
+        # -1 means "not given". Frozen, hence object.__setattr__.
+        if self.spawn_depth < 0:
+            object.__setattr__(self, "spawn_depth", self.depth)
+        elif self.depth == 0:
+            object.__setattr__(self, "depth", self.spawn_depth)
+
+
+@dataclass(frozen=True)
+class MessageRow:
+    """One stored message in 0.11's row shape (``store.get_message``, ``load_all_messages``).
+
+    Attributes:
+        session_id: The session.
+        seq: Its sequence number in the session (from 1).
+        role: ``system``, ``user``, ``assistant`` or ``tool``.
+        name: The message's ``name`` (``compact_note`` for the compaction summary), or None.
+        content: The text (a list of parts for a message with images).
+        tool_calls: An assistant message's calls as OpenAI ``tool_calls[]`` dicts, or None.
+        tool_call_id: The call a tool message answers, or None.
+        round_index: 0.11's round of the message; this version does not keep it (None), except
+            on the compaction summary row.
+        state: :class:`MessageState`: ``ACTIVE``, or ``COMPACTED_OUT`` once folded.
+        meta: Extra data; this version keeps none for ordinary messages (``{}``).
+        created_at: When it was stored, epoch ms.
+    """
+
+    session_id: str
+    seq: int
+    role: str
+    name: str | None
+    content: Any
+    tool_calls: list[dict[str, Any]] | None
+    tool_call_id: str | None
+    round_index: int | None
+    state: MessageState
+    meta: dict[str, Any]
+    created_at: int
+
+
+@dataclass(frozen=True)
+class SessionStateRow:
+    """A session's run state in 0.11's shape (``store.get_state``).
+
+    Attributes:
+        session_id: The session.
+        next_seq: The seq the next stored message gets.
+        round_index: The round of the session's latest model call (0 before any).
+        last_compact_seq: How many compactions the session has had.
+        pending: The unanswered tool calls as ``loop.get_pending`` returns them, or None.
+    """
+
+    session_id: str
+    next_seq: int
+    round_index: int
+    last_compact_seq: int
+    pending: dict[str, Any] | None
+
+
+@dataclass(frozen=True)
+class CompactionRow:
+    """One compaction of a session (``store.list_compactions``), in 0.11's shape.
+
+    Attributes:
+        session_id: The session.
+        compact_seq: Its number in the session (from 1).
+        note_seq: The seq the summary stands at in the loaded context (its ``to_seq``).
+        from_seq: First seq folded by this compaction.
+        to_seq: Last seq folded.
+        before_tokens: Estimated context tokens before.
+        after_tokens: Estimated context tokens after.
+        round_index: Not kept by this version (None).
+        created_at: When it was recorded, epoch ms.
+        summary: The summary text.
+    """
+
+    session_id: str
+    compact_seq: int
+    note_seq: int
+    from_seq: int
+    to_seq: int
+    before_tokens: int | None
+    after_tokens: int | None
+    round_index: int | None
+    created_at: int
+    summary: str = ""
 
 
 @dataclass(frozen=True)
@@ -105,6 +258,7 @@ class TimerRow:
         last_outcome: Outcome of its last firing (``delivered``, ``queued``, ``skipped``, ...).
         created_at: When it was scheduled.
         fired_at: When it last fired.
+        updated_at: When the row last changed (scheduled, claimed, fired, cancelled, re-armed).
     """
 
     session_id: str
@@ -119,6 +273,7 @@ class TimerRow:
     last_outcome: str | None = None
     created_at: int = 0
     fired_at: int | None = None
+    updated_at: int = 0
 
 
 @dataclass(frozen=True)
@@ -177,11 +332,19 @@ class PendingCall:
 
 @dataclass(frozen=True)
 class PendingState:
-    """Unanswered tool calls of a session (see ``SessionPendingError``)."""
+    """Unanswered tool calls of a session (see ``SessionPendingError``).
+
+    Attributes:
+        assistant_seq: Seq of the assistant message that made the calls.
+        calls: The unanswered calls, in message order.
+        interactions: Open ``request_user_input`` questions.
+        round_index: The round (0-based, within its run) of the model turn that made the calls.
+    """
 
     assistant_seq: int
     calls: tuple[PendingCall, ...]
     interactions: tuple[Mapping[str, Any], ...] = ()
+    round_index: int = 0
 
 
 @dataclass(frozen=True)
@@ -390,3 +553,16 @@ class BeginOutcome:
     lease_owner: str | None = None
     lease_expires_at: int = 0
     event_seq: int = 0
+
+
+def check_metadata(metadata: Mapping[str, Any] | None) -> dict[str, Any]:
+    """``metadata`` as a plain dict; ``TypeError``/``ValueError`` if it is not a JSON-able mapping."""
+    if metadata is None:
+        return {}
+    if not isinstance(metadata, Mapping):
+        raise TypeError(f"metadata must be a dict, not {type(metadata).__name__}")
+    try:
+        json.dumps(dict(metadata))
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"metadata must be JSON-serialisable: {exc}") from exc
+    return dict(metadata)
