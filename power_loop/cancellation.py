@@ -18,7 +18,7 @@ from typing import Any, TypeVar, Union
 
 from .errors import CancellationRequested
 
-__all__ = ["CancellationToken", "StopEventLike", "StopSignal"]
+__all__ = ["CancellationLike", "CancellationToken", "StopEventLike", "StopSignal"]
 
 T = TypeVar("T")
 
@@ -30,13 +30,63 @@ class CancellationToken:
     loop are woken through that loop.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, _check: Callable[[], bool] | None = None) -> None:
         self._lock = threading.Lock()
         self._reason: str | None = None
         self._waiters: list[asyncio.Future[None]] = []
+        # A wrapped source (see from_any): polled, since it cannot notify us.
+        self._check = _check
+        self._source: object = None
+
+    @classmethod
+    def never(cls) -> CancellationToken:
+        """A token that is never cancelled (what ``stop_event=None`` means); ``cancel()`` on it
+        does nothing."""
+        return cls(_check=_false)
+
+    @classmethod
+    def from_any(cls, source: CancellationLike) -> CancellationToken:
+        """Lift any accepted ``stop_event`` into a token.
+
+        A token is returned as is; None gives :meth:`never`; an ``asyncio.Event``, a
+        ``threading.Event`` or a zero-argument callable gives a token that is cancelled while
+        the source says so. ``cancel()`` on such a token sets a ``threading.Event`` source and
+        does nothing for the others (the source stays the signal).
+
+        Raises:
+            TypeError: ``source`` is none of these.
+        """
+        if source is None:
+            return cls.never()
+        if isinstance(source, CancellationToken):
+            return source
+        if isinstance(source, (asyncio.Event, threading.Event)):
+            token = cls(_check=source.is_set)
+        elif callable(source):
+            token = cls(_check=lambda: bool(source()))
+        else:
+            raise TypeError(
+                "CancellationToken.from_any takes a CancellationToken, asyncio.Event, threading.Event, "
+                f"zero-argument callable or None, not {type(source).__name__}"
+            )
+        token._source = source
+        return token
+
+    def raise_if_cancelled(self) -> None:
+        """Raise :class:`~power_loop.errors.CancellationRequested` (with the reason) if cancelled."""
+        if self.is_cancelled():
+            raise CancellationRequested(self._reason or "cancelled")
 
     def cancel(self, reason: str = "cancelled") -> None:
         """Request cancellation. Later calls keep the first reason."""
+        if self._check is not None:
+            # A wrapped source is the signal; only a threading.Event can be set from here
+            # (an asyncio.Event belongs to its loop's thread).
+            if isinstance(self._source, threading.Event):
+                with self._lock:
+                    self._reason = self._reason or reason or "cancelled"
+                self._source.set()
+            return
         with self._lock:
             if self._reason is not None:
                 return
@@ -49,7 +99,9 @@ class CancellationToken:
             loop.call_soon_threadsafe(_resolve, fut)
 
     def is_cancelled(self) -> bool:
-        """True once :meth:`cancel` has been called."""
+        """True once :meth:`cancel` has been called (or a wrapped source is set)."""
+        if self._check is not None:
+            return bool(self._check())
         return self._reason is not None
 
     @property
@@ -58,7 +110,14 @@ class CancellationToken:
         return self._reason
 
     async def wait(self) -> None:
-        """Return once the token is cancelled."""
+        """Return once the token is cancelled (a :meth:`never` token never returns)."""
+        if self._check is not None:
+            if isinstance(self._source, asyncio.Event):
+                await self._source.wait()
+                return
+            while not self.is_cancelled():  # noqa: ASYNC110 - wrapped sources cannot notify us
+                await asyncio.sleep(_POLL_S if self._check is not _false else 3600.0)
+            return
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         with self._lock:
             if self._reason is not None:
@@ -77,7 +136,15 @@ def _resolve(fut: asyncio.Future[None]) -> None:
         fut.set_result(None)
 
 
+def _false() -> bool:
+    return False
+
+
+_POLL_S = 0.05
+
 StopEventLike = Union[CancellationToken, asyncio.Event, threading.Event, Callable[[], Any]]
+CancellationLike = Union[CancellationToken, asyncio.Event, threading.Event, Callable[[], Any], None]
+"""0.11's name for what ``stop_event`` accepts (None included)."""
 
 
 class StopSignal:
@@ -147,7 +214,12 @@ class StopSignal:
         """
         if self._source is None:
             return await awaitable
-        self.check()
+        try:
+            self.check()
+        except CancellationRequested:
+            if asyncio.iscoroutine(awaitable):
+                awaitable.close()  # never started: close it so it is not reported as never awaited
+            raise
         work = asyncio.ensure_future(awaitable)
         watcher = asyncio.ensure_future(self.wait())
         try:

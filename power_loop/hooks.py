@@ -38,10 +38,10 @@ Hooks belong to one loop (``loop.hooks``) unless an ``AgentHooks`` is shared on 
 from __future__ import annotations
 
 import inspect
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any
+from typing import Any, Protocol, overload, runtime_checkable
 
 from .errors import HookError
 
@@ -52,8 +52,11 @@ __all__ = [
     "CompactAfterCtx",
     "CompactBeforeCtx",
     "HookDirective",
+    "HookContext",
     "HookHandler",
+    "HookManagerProtocol",
     "HookPoint",
+    "HookResult",
     "LlmAfterCtx",
     "LlmBeforeCtx",
     "MemoryRecalledCtx",
@@ -317,7 +320,93 @@ class TimerFireCtx(BaseHookCtx):
     postpone_s: float = 0.0
 
 
-HookHandler = Callable[[Any], HookDirective | None | Awaitable[HookDirective | None]]
+# --------------------------------------------------------------------------- 0.11 legacy API
+
+
+@dataclass
+class HookContext:
+    """The untyped context of 0.11's legacy hook API: a ``values`` dict handlers read and change.
+
+    :meth:`AgentHooks.run` / :meth:`AgentHooks.run_async` and ``@phase`` pipeline methods pass
+    it; the engine itself passes the typed contexts above.
+
+    Attributes:
+        values: Whatever the caller and the handlers exchange.
+    """
+
+    values: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class HookResult:
+    """What :meth:`AgentHooks.run` returns, and what a legacy handler may return.
+
+    Attributes:
+        context: The context after the chain (a handler may have replaced it).
+        directive: The directive the chain ended with.
+    """
+
+    context: HookContext = field(default_factory=HookContext)
+    directive: HookDirective = HookDirective.CONTINUE
+
+
+@runtime_checkable
+class HookHandler(Protocol):
+    """A hook handler: any callable taking the context, sync or async.
+
+    With a typed context it changes the documented fields and returns a :class:`HookDirective`
+    or None. With a :class:`HookContext` (legacy ``run``) it may return a ``HookContext``, a
+    ``HookResult``, a ``dict`` (the new ``values``), a ``HookDirective`` or None.
+    """
+
+    def __call__(self, ctx: Any, /) -> Any:
+        """Handle ``ctx``."""
+
+
+@runtime_checkable
+class HookManagerProtocol(Protocol):
+    """What the engine and pipelines need from a hook registry (:class:`AgentHooks` is one)."""
+
+    def register(self, hook_point: HookPoint | str, handler: HookHandler, *, order: int = 0) -> Any:
+        """Run ``handler`` at ``hook_point``."""
+
+    def clear(self, hook_point: HookPoint | str | None = None) -> None:
+        """Remove handlers of ``hook_point`` (or of every point)."""
+
+    def run(self, hook_point: HookPoint | str, context: HookContext) -> HookResult:
+        """Run the chain on a legacy context."""
+
+    async def run_async(self, hook_point: HookPoint | str, context: HookContext) -> HookResult:
+        """Run the chain on a legacy context, awaiting async handlers."""
+
+    def run_typed(self, hook_point: HookPoint | str, ctx: BaseHookCtx) -> Any:
+        """Run the chain on a typed context (sync handlers only)."""
+
+    async def run_typed_async(self, hook_point: HookPoint | str, ctx: BaseHookCtx) -> Any:
+        """Run the chain on a typed context."""
+
+
+def _as_point(value: HookPoint | str) -> HookPoint:
+    if type(value) is HookPoint:
+        return value
+    try:
+        return HookPoint(value)
+    except ValueError:
+        raise ValueError(
+            f"unknown hook point {value!r}; use a HookPoint such as HookPoint.TOOL_BEFORE or its value 'tool.before'"
+        ) from None
+
+
+def _point_arg(hook_point: HookPoint | str | None, point: HookPoint | str | None, method: str) -> HookPoint | None:
+    # ``point`` is this version's name, ``hook_point`` 0.11's; both are accepted by keyword.
+    if hook_point is not None and point is not None and _as_point(hook_point) is not _as_point(point):
+        raise TypeError(f"{method}() got both hook_point={hook_point!r} and point={point!r}; pass one")
+    chosen = hook_point if hook_point is not None else point
+    return None if chosen is None else _as_point(chosen)
+
+
+def _handler_name(handler: HookHandler) -> str:
+    return getattr(handler, "__qualname__", repr(handler))
 
 
 @dataclass
@@ -328,48 +417,93 @@ class _Registration:
 
 
 class AgentHooks:
-    """Hook handlers of one loop."""
+    """Hook handlers of one loop.
+
+    The engine runs them with typed contexts (:meth:`run_typed_async`). 0.11's legacy API is
+    kept: :meth:`run` / :meth:`run_async` with a :class:`HookContext`, returning a
+    :class:`HookResult`.
+    """
 
     def __init__(self) -> None:
         self._handlers: dict[HookPoint, list[_Registration]] = {}
         self._seq = 0
 
-    def register(self, point: HookPoint | str, handler: HookHandler, *, order: int = 0) -> HookHandler:
-        """Run ``handler`` at ``point``; lower ``order`` runs first. Returns ``handler``."""
-        point = HookPoint(point)
-        if not callable(handler):
-            raise TypeError(f"hook handler for {point.value} must be callable")
+    def register(
+        self,
+        hook_point: HookPoint | str | None = None,
+        handler: HookHandler | None = None,
+        *,
+        order: int = 0,
+        point: HookPoint | str | None = None,
+    ) -> HookHandler:
+        """Run ``handler`` at ``hook_point`` (``point=`` is accepted too); lower ``order`` runs
+        first, equal orders in registration order. Returns ``handler``.
+
+        Raises:
+            TypeError: No hook point, or ``handler`` is not callable.
+            ValueError: Unknown hook point.
+        """
+        where = _point_arg(hook_point, point, "register")
+        if where is None:
+            raise TypeError("register() needs a hook point: register(HookPoint.TOOL_BEFORE, handler)")
+        if handler is None or not callable(handler):
+            raise TypeError(f"hook handler for {where.value} must be callable, not {type(handler).__name__}")
         self._seq += 1
-        regs = self._handlers.setdefault(point, [])
+        regs = self._handlers.setdefault(where, [])
         regs.append(_Registration(handler, order, self._seq))
         regs.sort(key=lambda r: (r.order, r.seq))
         return handler
 
     def unregister(self, point: HookPoint | str, handler: HookHandler) -> bool:
         """Remove ``handler`` from ``point``; returns whether it was registered."""
-        point = HookPoint(point)
-        regs = self._handlers.get(point, [])
+        where = _as_point(point)
+        regs = self._handlers.get(where, [])
         kept = [r for r in regs if r.handler != handler]  # == so bound methods match
-        self._handlers[point] = kept
+        self._handlers[where] = kept
         return len(kept) != len(regs)
 
-    def clear(self, point: HookPoint | str | None = None) -> None:
-        """Remove every handler (of ``point``, or of all points)."""
-        if point is None:
+    def clear(self, hook_point: HookPoint | str | None = None, *, point: HookPoint | str | None = None) -> None:
+        """Remove every handler of ``hook_point`` (``point=`` is accepted too), or of all points."""
+        where = _point_arg(hook_point, point, "clear")
+        if where is None:
             self._handlers.clear()
         else:
-            self._handlers.pop(HookPoint(point), None)
+            self._handlers.pop(where, None)
 
-    def has(self, point: HookPoint) -> bool:
+    def has(self, point: HookPoint | str) -> bool:
         """True when ``point`` has handlers (lets the engine skip building its context)."""
-        return bool(self._handlers.get(point))
+        return bool(self._handlers.get(_as_point(point)))
 
-    async def run(self, point: HookPoint, ctx: BaseHookCtx) -> HookDirective:
-        """Run the handlers of ``point`` on ``ctx``; return the resulting directive.
+    # ----------------------------------------------------------------- typed contexts
+
+    def _typed_directive(self, point: HookPoint, reg: _Registration, ctx: BaseHookCtx, outcome: Any) -> HookDirective:
+        try:
+            directive = HookDirective(outcome) if outcome is not None else HookDirective(ctx.directive)
+        except ValueError:
+            raise HookError(f"{point.value} hook returned {outcome!r}; return a HookDirective or None") from None
+        if directive is not HookDirective.CONTINUE and directive not in HONOURED_DIRECTIVES[point]:
+            allowed = ", ".join(sorted(d.name for d in HONOURED_DIRECTIVES[point])) or "only CONTINUE"
+            raise HookError(
+                f"{point.value} hook {_handler_name(reg.handler)} returned {directive.name}, which this point "
+                f"does not honour (it honours: {allowed}); return None or HookDirective.CONTINUE instead"
+            )
+        return directive
+
+    @staticmethod
+    def _raised(point: HookPoint, reg: _Registration, exc: Exception) -> HookError:
+        return HookError(f"{point.value} hook {_handler_name(reg.handler)} raised {type(exc).__name__}: {exc}")
+
+    async def run_typed_async(self, hook_point: HookPoint | str, ctx: BaseHookCtx) -> HookDirective:
+        """Run the handlers of ``hook_point`` on the typed ``ctx``; return the directive.
+
+        Handlers run in order until one returns (or sets ``ctx.directive`` to) a directive
+        other than CONTINUE; that directive is stored in ``ctx.directive`` and returned.
 
         Raises:
-            HookError: A handler raised, or returned a directive ``point`` does not honour.
+            HookError: A handler raised (its exception chained), or returned a directive
+                ``hook_point`` does not honour.
         """
+        point = _as_point(hook_point)
         for reg in list(self._handlers.get(point, ())):
             try:
                 outcome = reg.handler(ctx)
@@ -378,20 +512,110 @@ class AgentHooks:
             except HookError:
                 raise
             except Exception as exc:
-                name = getattr(reg.handler, "__qualname__", repr(reg.handler))
-                raise HookError(f"{point.value} hook {name} raised {type(exc).__name__}: {exc}") from exc
-            try:
-                directive = HookDirective(outcome) if outcome is not None else HookDirective(ctx.directive)
-            except ValueError:
-                raise HookError(f"{point.value} hook returned {outcome!r}; return a HookDirective or None") from None
-            if directive is HookDirective.CONTINUE:
-                continue
-            if directive not in HONOURED_DIRECTIVES[point]:
-                allowed = ", ".join(sorted(d.name for d in HONOURED_DIRECTIVES[point])) or "only CONTINUE"
-                raise HookError(
-                    f"{point.value} hook returned {directive.name}, which this point does not honour "
-                    f"(it honours: {allowed}); return None or HookDirective.CONTINUE instead"
-                )
-            ctx.directive = directive
-            return directive
+                raise self._raised(point, reg, exc) from exc
+            directive = self._typed_directive(point, reg, ctx, outcome)
+            if directive is not HookDirective.CONTINUE:
+                ctx.directive = directive
+                return directive
         return HookDirective.CONTINUE
+
+    def run_typed(self, hook_point: HookPoint | str, ctx: BaseHookCtx) -> HookDirective:
+        """:meth:`run_typed_async` for sync handlers, without an event loop.
+
+        Raises:
+            HookError: As :meth:`run_typed_async`, or a handler is async (use
+                ``await hooks.run_typed_async(...)``).
+        """
+        point = _as_point(hook_point)
+        for reg in list(self._handlers.get(point, ())):
+            try:
+                outcome = reg.handler(ctx)
+            except HookError:
+                raise
+            except Exception as exc:
+                raise self._raised(point, reg, exc) from exc
+            _refuse_awaitable(point, reg, outcome, "await hooks.run_typed_async(...)")
+            directive = self._typed_directive(point, reg, ctx, outcome)
+            if directive is not HookDirective.CONTINUE:
+                ctx.directive = directive
+                return directive
+        return HookDirective.CONTINUE
+
+    # ----------------------------------------------------------------- both kinds
+
+    @overload
+    def run(self, hook_point: HookPoint | str, context: HookContext) -> HookResult: ...
+
+    @overload
+    def run(self, hook_point: HookPoint | str, context: BaseHookCtx) -> Awaitable[HookDirective]: ...
+
+    def run(self, hook_point: HookPoint | str, context: HookContext | BaseHookCtx) -> Any:
+        """Run the handlers of ``hook_point`` on ``context``.
+
+        With a :class:`HookContext` (0.11's legacy API) the chain runs synchronously and a
+        :class:`HookResult` is returned (see :meth:`run_async`). With a typed context this
+        returns the awaitable of :meth:`run_typed_async` (``await hooks.run(point, ctx)``).
+        """
+        if isinstance(context, BaseHookCtx):
+            return self.run_typed_async(hook_point, context)
+        point = _as_point(hook_point)
+        ctx, directive = _check_legacy(context), HookDirective.CONTINUE
+        for reg in list(self._handlers.get(point, ())):
+            outcome = reg.handler(ctx)
+            _refuse_awaitable(point, reg, outcome, "await hooks.run_async(...)")
+            ctx, directive = _apply_legacy(point, reg, ctx, directive, outcome)
+        return HookResult(context=ctx, directive=directive)
+
+    async def run_async(self, hook_point: HookPoint | str, context: HookContext) -> HookResult:
+        """Run the handlers of ``hook_point`` on a legacy :class:`HookContext`.
+
+        Every handler runs, in order, and sees the context the previous one left. A handler
+        may return None (keep), a ``HookContext`` (replaces it), a ``dict`` (becomes the new
+        ``values``), a ``HookResult`` (context and directive) or a ``HookDirective``. The
+        result carries the last directive set. A handler's exception propagates unchanged.
+
+        Raises:
+            HookError: A handler returned something else.
+        """
+        point = _as_point(hook_point)
+        ctx, directive = _check_legacy(context), HookDirective.CONTINUE
+        for reg in list(self._handlers.get(point, ())):
+            outcome = reg.handler(ctx)
+            if inspect.isawaitable(outcome):
+                outcome = await outcome
+            ctx, directive = _apply_legacy(point, reg, ctx, directive, outcome)
+        return HookResult(context=ctx, directive=directive)
+
+
+def _check_legacy(context: Any) -> HookContext:
+    if not isinstance(context, HookContext):
+        raise TypeError(
+            f"run() takes a HookContext or a typed context such as RoundStartCtx, not {type(context).__name__}"
+        )
+    return context
+
+
+def _refuse_awaitable(point: HookPoint, reg: _Registration, outcome: Any, instead: str) -> None:
+    if inspect.isawaitable(outcome):
+        if inspect.iscoroutine(outcome):
+            outcome.close()  # never awaited: close it so Python does not warn about it later
+        raise HookError(f"{point.value} hook {_handler_name(reg.handler)} is async; call {instead} instead")
+
+
+def _apply_legacy(
+    point: HookPoint, reg: _Registration, ctx: HookContext, directive: HookDirective, outcome: Any
+) -> tuple[HookContext, HookDirective]:
+    if outcome is None:
+        return ctx, directive
+    if isinstance(outcome, HookResult):
+        return outcome.context, HookDirective(outcome.directive)
+    if isinstance(outcome, HookContext):
+        return outcome, directive
+    if isinstance(outcome, HookDirective):
+        return ctx, outcome
+    if isinstance(outcome, Mapping):
+        return HookContext(values=dict(outcome)), directive
+    raise HookError(
+        f"{point.value} hook {_handler_name(reg.handler)} returned {outcome!r}; return a HookContext, "
+        "HookResult, dict, HookDirective or None"
+    )

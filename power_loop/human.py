@@ -20,16 +20,18 @@ __all__ = ["HumanInputRequired", "request_user_input"]
 class HumanInputRequired(Exception):
     """Raised by :func:`request_user_input`; the engine turns it into a pause.
 
+    Positional arguments follow 0.11: ``HumanInputRequired(kind, prompt, ...)``.
+
     Attributes:
-        prompt: The question.
         kind: ``text``, ``choice``, ``confirm`` or the host's own kind.
+        prompt: The question.
         options: Choices for ``choice`` questions.
         metadata: Anything the host needs to render the question.
         interaction_id: Id to pass to ``submit_input``.
     """
 
-    prompt: str
     kind: str = "text"
+    prompt: str = ""
     options: list[dict[str, Any]] = field(default_factory=list)
     metadata: dict[str, Any] = field(default_factory=dict)
     interaction_id: str = field(default_factory=lambda: "input_" + secrets.token_hex(8))
@@ -40,8 +42,8 @@ class HumanInputRequired(Exception):
     def __str__(self) -> str:
         return self.prompt
 
-    def to_pending(self, *, tool_call_id: str, tool_name: str) -> dict[str, Any]:
-        """The ``pending_interactions[]`` entry for this question."""
+    def to_pending(self, *, tool_call_id: str, tool_name: str = "request_user_input") -> dict[str, Any]:
+        """The ``pending_interactions[]`` entry for this question, asked by ``tool_name``."""
         return {
             "interaction_id": self.interaction_id,
             "tool_call_id": tool_call_id,
