@@ -127,8 +127,9 @@ class SessionPendingError(SessionError):
     Attributes:
         session_id: The session concerned.
         assistant_seq: Store seq of the assistant message whose calls are unanswered.
-        pending_tool_calls: The unanswered calls, as ``{"id", "name", "arguments", "status"}``
-            dicts (``status`` is the call's lifecycle state, e.g. ``running``).
+        pending_tool_calls: The unanswered calls as OpenAI ``tool_calls[]`` dicts (``id``,
+            ``type``, ``function``, as in 0.11) that also carry ``name``, ``arguments`` and
+            ``status`` (the call's lifecycle state, e.g. ``running``) at the top level.
     """
 
     def __init__(
@@ -261,9 +262,55 @@ class LLMError(PowerLoopError):
 
 
 class LLMTimeout(LLMError):
-    """The call, or the retry policy's ``total_timeout``, ran out of time."""
+    """The call, or the retry policy's ``total_timeout``, ran out of time.
+
+    Constructed as in 0.11 (``LLMTimeout(elapsed=..., attempts=..., total_timeout=...)``, the
+    message then written from those values) or with a message of its own.
+
+    Attributes:
+        elapsed: Seconds spent before giving up, when known.
+        attempts: Requests made before giving up, when known.
+        total_timeout: The retry policy's budget that ran out, when that is what ran out.
+    """
 
     retryable = True
+
+    def __init__(
+        self,
+        message: str | None = None,
+        *,
+        elapsed: float | None = None,
+        attempts: int | None = None,
+        total_timeout: float | None = None,
+        provider: str | None = None,
+        status_code: int | None = None,
+        retryable: bool | None = None,
+        request_id: str | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        if message is None:
+            limits = []
+            if total_timeout is not None:
+                limits.append(f"total_timeout={total_timeout:g}s")
+            if attempts is not None:
+                limits.append(f"attempts={attempts}")
+            spent = f" after {elapsed:.2f}s" if elapsed is not None else ""
+            shown = f" ({', '.join(limits)})" if limits else ""
+            message = (
+                f"model call timed out{spent}{shown}; raise LLMRetryPolicy.total_timeout "
+                "(or the provider's timeout_s) for slow models"
+            )
+        super().__init__(
+            message,
+            provider=provider,
+            status_code=status_code,
+            retryable=retryable,
+            request_id=request_id,
+            retry_after=retry_after,
+        )
+        self.elapsed = elapsed
+        self.attempts = attempts
+        self.total_timeout = total_timeout
 
 
 class LLMConnectionError(LLMError):
@@ -308,13 +355,18 @@ class LLMRetryExhausted(LLMError):
         last_error: The error of the last attempt.
     """
 
-    def __init__(self, message: str, *, attempts: int, last_error: LLMError) -> None:
+    def __init__(self, message: str | None = None, *, attempts: int, last_error: BaseException) -> None:
+        # 0.11 callers pass any exception as last_error and no message.
+        if message is None:
+            message = (
+                f"model call failed after {attempts} attempt(s); last error: {type(last_error).__name__}: {last_error}"
+            )
         super().__init__(
             message,
-            provider=last_error.provider,
-            status_code=last_error.status_code,
+            provider=getattr(last_error, "provider", None),
+            status_code=getattr(last_error, "status_code", None),
             retryable=False,
-            request_id=last_error.request_id,
+            request_id=getattr(last_error, "request_id", None),
         )
         self.attempts = attempts
         self.last_error = last_error

@@ -21,9 +21,10 @@ Guarantees:
 
 from __future__ import annotations
 
+import json
 import math
-from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, Protocol, runtime_checkable
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 from ..config import DEFAULT_COMPACTOR
 from ..errors import ConfigurationError
@@ -48,7 +49,10 @@ __all__ = [
     "estimate_tokens",
     "resolve_compactor",
     "summary_message",
+    "trim_history",
 ]
+
+MessageT = TypeVar("MessageT", Message, Mapping[str, Any])
 
 DEFAULT_CONTEXT_WINDOW = 128_000
 """Context window assumed when neither the config nor the provider says (tokens)."""
@@ -58,19 +62,98 @@ _TOKENS_KEY = "_power_loop_tokens"
 _PER_MESSAGE_OVERHEAD = 4
 
 
-def estimate_text_tokens(text: str) -> int:
-    """About four characters a token (the usual rule of thumb for English and JSON)."""
+def estimate_text_tokens(text: str | None) -> int:
+    """About four characters a token (the usual rule of thumb for English and JSON); None is 0."""
+    if not text:
+        return 0
     return (len(text) + 3) // 4
 
 
-def estimate_tokens(message: Message) -> int:
-    """Estimated tokens of one message, computed once per message object."""
+_MESSAGE_TYPES = (SystemMessage, UserMessage, AssistantMessage, ToolResultMessage)
+
+
+def _message_tokens(message: Message) -> int:
     cache = message.__dict__
     found = cache.get(_TOKENS_KEY)
     if found is None:
         found = estimate_text_tokens(message_json(message)) + _PER_MESSAGE_OVERHEAD
         cache[_TOKENS_KEY] = found
     return found
+
+
+def _dict_tokens(message: Mapping[str, Any]) -> int:
+    text = json.dumps(message, ensure_ascii=False, separators=(",", ":"), default=str)
+    return estimate_text_tokens(text) + _PER_MESSAGE_OVERHEAD
+
+
+def estimate_tokens(messages: Message | Iterable[Message | Mapping[str, Any]]) -> int:
+    """Estimated tokens of a message list (0.11's form) or of one message.
+
+    List items may be messages or message dicts (the ``get_messages`` view). A message
+    object's estimate is computed once and cached on it.
+    """
+    if isinstance(messages, _MESSAGE_TYPES):
+        return _message_tokens(messages)
+    total = 0
+    for m in messages:
+        total += _message_tokens(m) if isinstance(m, _MESSAGE_TYPES) else _dict_tokens(m)
+    return total
+
+
+def _role(message: Message | Mapping[str, Any]) -> Any:
+    return message.role if isinstance(message, _MESSAGE_TYPES) else message.get("role")
+
+
+def trim_history(
+    messages: Sequence[MessageT], max_tokens: int, *, keep_system: bool = True, keep_last_n: int = 2
+) -> list[MessageT] | Sequence[MessageT]:
+    """Drop the oldest messages between the system prompt and the latest exchanges until the
+    estimate (:func:`estimate_tokens`) fits ``max_tokens``. No model call, no summary.
+
+    Kept whatever the budget: the leading system messages (when ``keep_system``) and the
+    last ``keep_last_n`` exchanges (an exchange is a user message and everything up to the
+    next one). The kept part never starts with a tool result: a cut that would orphan tool
+    results moves back to keep their assistant message. Items may be message dicts or
+    message objects.
+
+    Returns:
+        ``messages`` itself when it already fits; otherwise a new list (the input is never
+        modified). When even the kept part does not fit, that part is returned.
+    """
+    if estimate_tokens(messages) <= max_tokens:
+        return messages
+    head = 0
+    if keep_system:
+        while head < len(messages) and _role(messages[head]) == "system":
+            head += 1
+    users = [i for i in range(head, len(messages)) if _role(messages[i]) == "user"]
+    if keep_last_n <= 0:
+        protected = len(messages)
+    elif len(users) >= keep_last_n:
+        protected = users[-keep_last_n]
+    else:
+        protected = users[0] if users else head
+    prefix = list(messages[:head])
+    budget = max_tokens - estimate_tokens(prefix)
+    tail_tokens = estimate_tokens(messages[protected:])
+    middle = list(messages[head:protected])
+    sizes = [estimate_tokens([m]) for m in middle]
+    kept = sum(sizes)
+    cut = 0
+    # Only cut where the kept part starts with something other than a tool result.
+    while cut < len(middle) and (kept + tail_tokens > budget or _role(middle[cut]) == "tool"):
+        kept -= sizes[cut]
+        cut += 1
+    if kept + tail_tokens > budget or cut == len(middle):
+        return prefix + _without_leading_results(list(messages[protected:]))
+    return prefix + middle[cut:] + list(messages[protected:])
+
+
+def _without_leading_results(part: list[MessageT]) -> list[MessageT]:
+    start = 0
+    while start < len(part) and _role(part[start]) == "tool":
+        start += 1
+    return part[start:]
 
 
 def summary_message(summary: str) -> SystemMessage:

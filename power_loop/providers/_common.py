@@ -425,17 +425,46 @@ def status_error(
 def stream_error(provider: str, error: Any, request_id: str | None) -> LLMError:
     """The error for an error event inside a stream (the HTTP status was already 200).
 
-    Overload and rate-limit events are retryable, like their HTTP counterparts; an invalid
-    request is not.
+    Read from the error's ``type`` (Anthropic and OpenAI name the kind there) and, for
+    OpenAI-compatible servers and proxies, its ``code`` (``"rate_limit_exceeded"``, or an
+    HTTP status such as ``429``). Overload and rate-limit errors are retryable, like their
+    HTTP counterparts; an invalid request, a failed authentication or an exhausted quota is
+    not.
     """
     message = error.get("message") if isinstance(error, Mapping) else str(error)
     kind = str(error.get("type") or "") if isinstance(error, Mapping) else ""
+    code = error.get("code") if isinstance(error, Mapping) else None
+    code_text = str(code or "").strip().lower()
     text = f"{provider} reported an error while streaming: {message or kind or error!r}"
-    if kind in ("invalid_request_error", "authentication_error", "permission_error", "not_found_error"):
+    status = _status_code(code) or _status_code(error.get("status") if isinstance(error, Mapping) else None)
+    if (
+        kind in ("invalid_request_error", "authentication_error", "permission_error", "not_found_error")
+        or code_text in _FATAL_CODES
+        or kind in _FATAL_CODES
+    ):
         return LLMStatusError(text, provider=provider, retryable=False, request_id=request_id)
-    if kind == "rate_limit_error":
+    if kind == "rate_limit_error" or code_text in _RATE_LIMIT_CODES or kind in _RATE_LIMIT_CODES or status == 429:
         return LLMRateLimitError(text, provider=provider, request_id=request_id)
+    if status is not None and 400 <= status < 500:
+        return LLMStatusError(text, provider=provider, retryable=status in _RETRYABLE_STATUS, request_id=request_id)
     return LLMServerError(text, provider=provider, request_id=request_id)
+
+
+_RATE_LIMIT_CODES = frozenset({"rate_limit_exceeded", "rate_limit_error", "rate_limited", "too_many_requests"})
+_FATAL_CODES = frozenset({"insufficient_quota", "invalid_api_key", "model_not_found", "context_length_exceeded"})
+
+
+def _status_code(value: Any) -> int | None:
+    """An HTTP status carried as an error ``code`` (``429`` or ``"429"``), else None."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        number = value
+    elif isinstance(value, str) and value.strip().isdigit():
+        number = int(value.strip())
+    else:
+        return None
+    return number if 400 <= number < 600 else None
 
 
 DECODING_FAULTS: tuple[type[Exception], ...] = (AttributeError, TypeError, ValueError, LookupError)
@@ -501,7 +530,9 @@ def _chain(exc: BaseException) -> list[BaseException]:
     current: BaseException | None = exc
     while current is not None and current not in chain and len(chain) < 8:
         chain.append(current)
-        current = current.__cause__ or current.__context__
+        # ``raise ... from None`` hides the context on purpose (a low-level message replaced
+        # by a clearer one): do not dig it back up.
+        current = current.__cause__ or (None if current.__suppress_context__ else current.__context__)
     return chain
 
 

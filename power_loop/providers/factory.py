@@ -27,9 +27,9 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, dataclass, field, replace
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from ..errors import ConfigurationError
 from ._common import HTTP_TRANSPORTS
@@ -45,19 +45,24 @@ __all__ = [
 ProviderName = Literal["openai", "anthropic"]
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True)
 class LLMProviderConfig:
     """Everything needed to build a provider.
 
+    The first nine fields may be given by position in 0.11's order
+    (``LLMProviderConfig(base_url, api_key, model, provider, ...)``); the rest are keyword-only.
+
     Attributes:
-        model: Model name.
         base_url: Server base URL (None = the SDK's default endpoint).
-        api_key: API key.
+        api_key: API key (None = the SDK reads its own environment variable).
+        model: Model name (required, by position or keyword).
         provider: ``"openai"`` (any Chat Completions server) or ``"anthropic"``.
         timeout_s: Time limit of each attempt in seconds (connecting to the last byte of the answer).
         max_tokens: Cap on completion tokens per call (None = the request decides).
         temperature: Temperature used when a request sets none.
         max_retries: Retries for transient errors when the loop has no ``retry_policy``.
+        extra: Free-form settings kept with the config for the host's own use (as in 0.11,
+            nothing here reads them).
         context_window: The model's context window in tokens, if known.
         stream: Stream responses.
         default_headers: Extra headers for every request.
@@ -65,14 +70,16 @@ class LLMProviderConfig:
             pool), ``"httpx"`` (the SDK's default) or ``"aiohttp"`` (the SDK's aiohttp client).
     """
 
-    model: str
     base_url: str | None = None
     api_key: str | None = None
+    model: str = ""
     provider: ProviderName = "openai"
     timeout_s: float = 60.0
     max_tokens: int | None = None
     temperature: float | None = None
     max_retries: int = 3
+    extra: Mapping[str, Any] = field(default_factory=dict)
+    _: KW_ONLY
     context_window: int | None = None
     stream: bool = True
     default_headers: Mapping[str, str] = field(default_factory=dict)
@@ -80,7 +87,10 @@ class LLMProviderConfig:
 
     def __post_init__(self) -> None:
         if not self.model:
-            raise ConfigurationError("LLMProviderConfig.model must be a non-empty model name")
+            raise ConfigurationError(
+                "LLMProviderConfig.model must be a non-empty model name: pass model= "
+                "(or the third positional argument, after base_url and api_key)"
+            )
         if self.provider not in ("openai", "anthropic"):
             raise ConfigurationError(
                 f"unknown provider {self.provider!r}; use 'openai' (any Chat Completions server) or 'anthropic'"
@@ -100,9 +110,68 @@ class LLMProviderConfig:
                 f"unknown http_transport {self.http_transport!r}; use one of {', '.join(map(repr, HTTP_TRANSPORTS))}"
             )
 
+    @classmethod
+    def from_env(
+        cls,
+        *,
+        prefix: str = "POWER_LOOP",
+        fallback_prefix: str | None = "OPENAI_COMPAT",
+        env: Mapping[str, str] | None = None,
+    ) -> LLMProviderConfig:
+        """Read a config from ``{prefix}_*`` variables, each falling back to ``{fallback_prefix}_*``.
 
-def create_llm_service_from_config(config: LLMProviderConfig) -> LLMService:
-    """Build the provider ``config`` describes. The SDK itself is imported on first use."""
+        The variables are those of the module docs (``BASE_URL``, ``API_KEY`` and ``MODEL``
+        required). ``env`` replaces the process environment (and the ``.env`` file) when
+        given, which is handy in tests; by default the process environment is read, then
+        ``./.env``.
+
+        Raises:
+            ConfigurationError: (a ``ValueError``) a required variable is missing or a value is
+                malformed; the message names the variable.
+        """
+        return provider_config_from_env(prefix=prefix, fallback_prefix=fallback_prefix, env=env)
+
+    @property
+    def is_ready(self) -> bool:
+        """True when the config names a model and an API key, and its ``base_url`` is not
+        blank (None means the SDK's default endpoint)."""
+        return bool(self.model) and bool(self.api_key) and self.base_url != ""
+
+    def to_openai_compatible(self) -> LLMProviderConfig:
+        """This config routed to the OpenAI Chat Completions transport (``provider="openai"``).
+
+        0.11 returned its internal client's config object; this returns an
+        ``LLMProviderConfig`` with the same attributes (``base_url``, ``api_key``, ``model``,
+        ``timeout_s``, ``max_tokens``, ``temperature``, ``max_retries``), which
+        :func:`create_llm_service_from_config` accepts.
+        """
+        return replace(self, provider="openai")
+
+    def to_anthropic(self) -> LLMProviderConfig:
+        """This config routed to the Anthropic Messages transport (``provider="anthropic"``);
+        see :meth:`to_openai_compatible`."""
+        return replace(self, provider="anthropic")
+
+
+def create_llm_service_from_config(
+    cfg: LLMProviderConfig | None = None, *, config: LLMProviderConfig | None = None
+) -> LLMService:
+    """Build the provider the config describes. The SDK itself is imported on first use.
+
+    Args:
+        cfg: The config (0.11's parameter name; positional or keyword).
+        config: The same, under the name earlier versions of this library used.
+
+    Raises:
+        TypeError: No config, or both ``cfg`` and ``config``, were given.
+    """
+    if cfg is None:
+        if config is None:
+            raise TypeError("create_llm_service_from_config() needs an LLMProviderConfig (cfg)")
+        cfg = config
+    elif config is not None:
+        raise TypeError("create_llm_service_from_config() got both cfg and config=; pass one")
+    config = cfg
     common = dict(
         model=config.model,
         api_key=config.api_key,
@@ -126,10 +195,17 @@ def create_llm_service_from_config(config: LLMProviderConfig) -> LLMService:
 
 
 class _Env:
-    def __init__(self, prefix: str, fallback_prefix: str | None, dotenv: Mapping[str, str | None]) -> None:
+    def __init__(
+        self,
+        prefix: str,
+        fallback_prefix: str | None,
+        dotenv: Mapping[str, str | None],
+        environ: Mapping[str, str] | None = None,
+    ) -> None:
         self.prefix = prefix
         self.fallback = fallback_prefix
         self.dotenv = dotenv
+        self.environ: Mapping[str, str] = os.environ if environ is None else environ
 
     def names(self, key: str) -> list[str]:
         names = [f"{self.prefix}_{key}"]
@@ -140,7 +216,7 @@ class _Env:
     def lookup(self, key: str) -> tuple[str, str] | None:
         """(variable name, value) of the first of the key's names that is set."""
         for name in self.names(key):
-            value = os.environ.get(name)
+            value = self.environ.get(name)
             if value is None:
                 value = self.dotenv.get(name)
             if value is not None and value.strip() != "":
@@ -191,23 +267,30 @@ def provider_config_from_env(
     prefix: str = "POWER_LOOP",
     fallback_prefix: str | None = "OPENAI_COMPAT",
     env_file: str | os.PathLike[str] | None = ".env",
+    env: Mapping[str, str] | None = None,
 ) -> LLMProviderConfig:
     """Read an :class:`LLMProviderConfig` from the environment (see the module docs).
+
+    Args:
+        prefix: Variable prefix.
+        fallback_prefix: Second prefix tried for each variable (None to disable).
+        env_file: A ``.env`` file read through python-dotenv (None to skip).
+        env: A mapping read instead of the process environment; ``env_file`` is then not read.
 
     Raises:
         ConfigurationError: (a ``ValueError``) a required variable is missing or a value is
             malformed; the message names the variable.
     """
-    env = _Env(prefix, fallback_prefix, _read_dotenv(env_file))
-    provider = (env.get("PROVIDER") or "openai").lower()
+    source = _Env(prefix, fallback_prefix, _read_dotenv(env_file) if env is None else {}, env)
+    provider = (source.get("PROVIDER") or "openai").lower()
     if provider not in ("openai", "anthropic"):
         raise ConfigurationError(f"{prefix}_PROVIDER={provider!r}: use 'openai' or 'anthropic'")
-    timeout = env.number("TIMEOUT_S", float)
-    max_tokens = env.number("MAX_TOKENS", int)
-    temperature = env.number("TEMPERATURE", float)
-    retries = env.number("MAX_RETRIES", int)
-    window = env.number("CONTEXT_WINDOW", int)
-    transport = env.lookup("HTTP_TRANSPORT")
+    timeout = source.number("TIMEOUT_S", float)
+    max_tokens = source.number("MAX_TOKENS", int)
+    temperature = source.number("TEMPERATURE", float)
+    retries = source.number("MAX_RETRIES", int)
+    window = source.number("CONTEXT_WINDOW", int)
+    transport = source.lookup("HTTP_TRANSPORT")
     if transport is not None and transport[1].lower() not in HTTP_TRANSPORTS:
         raise ConfigurationError(
             f"{transport[0]}={transport[1]!r}: use one of {', '.join(HTTP_TRANSPORTS)} "
@@ -215,9 +298,9 @@ def provider_config_from_env(
         )
     return LLMProviderConfig(
         provider=provider,  # type: ignore[arg-type]
-        base_url=env.require("BASE_URL"),
-        api_key=env.require("API_KEY"),
-        model=env.require("MODEL"),
+        base_url=source.require("BASE_URL"),
+        api_key=source.require("API_KEY"),
+        model=source.require("MODEL"),
         timeout_s=float(timeout) if timeout is not None else 60.0,
         max_tokens=int(max_tokens) if max_tokens is not None else None,
         temperature=float(temperature) if temperature is not None else None,

@@ -54,8 +54,8 @@ def _message_wire(message: Message) -> bytes:
     data.pop("reasoning", None)
     data.pop("reasoning_signature", None)
     data.pop("is_error", None)
-    if isinstance(message, AssistantMessage) and "content" not in data:
-        data["content"] = None  # some compatible servers require the key
+    if isinstance(message, AssistantMessage) and not message.content:
+        data["content"] = None  # a tool-call turn: null, not "" (some compatible servers reject "")
     return dumps(data)
 
 

@@ -11,24 +11,34 @@
 * ``total_timeout`` bounds the whole logical call, backoff sleeps included: a hung request is
   cancelled when it runs out, and a retry that could not start in time is not attempted.
 * Provider SDKs are built with their own retries off, so one attempt here is one HTTP request.
+
+:func:`with_retry` is 0.11's general form: it drives any zero-argument coroutine function
+under a policy (see its docstring for how it differs from the model-call path).
 """
 
 from __future__ import annotations
 
 import asyncio
+import inspect
 import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from ..cancellation import StopSignal
-from ..errors import ConfigurationError, LLMError, LLMRetryExhausted, LLMTimeout
+from ..cancellation import StopEventLike, StopSignal
+from ..errors import CancellationRequested, ConfigurationError, LLMError, LLMRetryExhausted, LLMTimeout
 
 if TYPE_CHECKING:
     from .base import LLMRequest, LLMResponse, LLMService, StreamCallbacks
 
-__all__ = ["LLMRetryPolicy", "RetryNotice", "complete_with_retry"]
+__all__ = ["LLMRetryPolicy", "RetryAttemptCallback", "RetryNotice", "complete_with_retry", "with_retry"]
+
+T = TypeVar("T")
+
+RetryAttemptCallback = Callable[[int, BaseException, float], Any]
+"""``on_retry(attempt, error, delay_s)`` of :func:`with_retry`: ``attempt`` is the 0-based index
+of the attempt that failed. May be sync or async."""
 
 
 @dataclass(frozen=True)
@@ -69,6 +79,16 @@ class LLMRetryPolicy:
         ceiling = min(self.backoff_max, self.backoff_initial * (2.0 ** (retry_number - 1)))
         draw = float((rng or random).random())
         return ceiling / 2 + draw * ceiling / 2
+
+    def backoff_for_attempt(self, attempt: int) -> float:
+        """Delay before attempt ``attempt`` (0-based), without jitter (0.11's schedule).
+
+        Attempt 0 is the first call and waits 0; attempt 1 waits ``backoff_initial``, and each
+        later attempt doubles it, capped at ``backoff_max``.
+        """
+        if attempt <= 0:
+            return 0.0
+        return float(min(self.backoff_max, self.backoff_initial * (2.0 ** (attempt - 1))))
 
     def should_retry(self, error: BaseException) -> bool:
         """True when ``error`` is transient and eligible under ``retry_on``."""
@@ -169,3 +189,82 @@ async def _attempt(
             provider=getattr(llm, "provider", None),
             retryable=False,
         ) from None
+
+
+def _retryable_for(policy: LLMRetryPolicy, error: BaseException) -> bool:
+    # A provider error that says it cannot succeed (a 4xx) is not retried even when retry_on
+    # matches; stops are never retried.
+    if isinstance(error, CancellationRequested) or not isinstance(error, policy.retry_on):
+        return False
+    return not isinstance(error, LLMError) or error.retryable
+
+
+async def with_retry(
+    call: Callable[[], Awaitable[T]],
+    *,
+    policy: LLMRetryPolicy,
+    token: StopEventLike | None = None,
+    on_retry: RetryAttemptCallback | None = None,
+) -> T:
+    """Await ``call()`` under ``policy``, retrying failures (the 0.11 retry driver).
+
+    Each attempt calls ``call()`` afresh. A failure is retried when it is an instance of
+    ``policy.retry_on``, except a provider error that is not retryable (a 4xx) and
+    :class:`~power_loop.errors.CancellationRequested`; anything else propagates unchanged at
+    once. Before attempt ``n`` it waits :meth:`LLMRetryPolicy.backoff_for_attempt` ``(n)``
+    seconds, after calling ``on_retry(n - 1, error, delay)``.
+
+    Args:
+        call: Zero-argument function returning an awaitable (e.g. ``lambda: llm.complete(req)``).
+        policy: How often and how long to try.
+        token: A ``CancellationToken`` (or any ``stop_event`` kind, or None), watched during
+            each attempt and each backoff sleep.
+        on_retry: Called before each backoff sleep as ``(attempt, error, delay_s)``; sync or async.
+
+    Returns:
+        What the first successful attempt returned.
+
+    Raises:
+        LLMRetryExhausted: ``max_attempts`` attempts failed with retryable errors (the last one
+            is ``last_error`` and ``__cause__``).
+        LLMTimeout: ``policy.total_timeout`` ran out: the attempt in flight is cancelled, and no
+            backoff that would end past the deadline is started.
+        CancellationRequested: ``token`` fired; the attempt in flight is cancelled.
+    """
+    stop = StopSignal(token)
+    started = time.monotonic()
+    deadline = None if policy.total_timeout is None else started + policy.total_timeout
+
+    def timed_out(attempts: int) -> LLMTimeout:
+        return LLMTimeout(
+            elapsed=time.monotonic() - started,
+            attempts=attempts,
+            total_timeout=policy.total_timeout,
+            retryable=False,
+        )
+
+    attempt = 0
+    while True:
+        stop.check()
+        work = call()
+        if deadline is not None:
+            work = asyncio.wait_for(work, timeout=max(deadline - time.monotonic(), 0.0))
+        try:
+            return await stop.run(work)
+        except Exception as exc:
+            if deadline is not None and isinstance(exc, asyncio.TimeoutError) and time.monotonic() >= deadline:
+                raise timed_out(attempt + 1) from None
+            if not _retryable_for(policy, exc):
+                raise
+            if attempt + 1 >= policy.max_attempts:
+                raise LLMRetryExhausted(attempts=attempt + 1, last_error=exc) from exc
+            delay = policy.backoff_for_attempt(attempt + 1)
+            if deadline is not None and time.monotonic() + delay >= deadline:
+                raise timed_out(attempt + 1) from exc
+            if on_retry is not None:
+                outcome = on_retry(attempt, exc, delay)
+                if inspect.isawaitable(outcome):
+                    await outcome
+            stop.check()  # on_retry may have cancelled: stop before starting the sleep
+            await stop.sleep(delay)
+            attempt += 1
