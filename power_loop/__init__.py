@@ -9,8 +9,8 @@ importing this package stays fast.
 from __future__ import annotations
 
 from ._version import __version__
-from .cancellation import CancellationToken, StopSignal
-from .compaction import Compactor, DefaultCompactor
+from .cancellation import CancellationLike, CancellationToken, StopSignal
+from .compaction import Compactor, DefaultCompactor, estimate_text_tokens, estimate_tokens, trim_history
 from .config import DEFAULT_SYSTEM_PROMPT, AgentLoopConfig
 from .errors import (
     AgentSpecError,
@@ -55,6 +55,8 @@ from .events import (
     AutoCompactStatusPayload,
     BaseEventPayload,
     BudgetExceededStatusPayload,
+    EventBusProtocol,
+    EventHandler,
     HitRoundLimitStatusPayload,
     LlmDegradedPayload,
     LlmRetryAttemptedPayload,
@@ -89,8 +91,12 @@ from .hooks import (
     BaseHookCtx,
     CompactAfterCtx,
     CompactBeforeCtx,
+    HookContext,
     HookDirective,
+    HookHandler,
+    HookManagerProtocol,
     HookPoint,
+    HookResult,
     LlmAfterCtx,
     LlmBeforeCtx,
     MemoryRecalledCtx,
@@ -111,10 +117,13 @@ from .human import HumanInputRequired, request_user_input
 from .loop import StatefulAgentLoop
 from .memory import InMemoryMemory, MemoryProvider
 from .messages import (
+    AgentMessage,
     AssistantMessage,
     ImagePart,
     Message,
+    MessageRole,
     RawPart,
+    RuntimeMessage,
     SystemMessage,
     TextPart,
     ToolCall,
@@ -124,6 +133,7 @@ from .messages import (
     message_from_dict,
     message_to_dict,
 )
+from .pipeline import AgentPipeline, PhaseContext, PhaseEventPayload, PhaseResult, phase
 from .providers.base import LLMRequest, LLMResponse, LLMService, StreamCallbacks
 from .providers.factory import (
     LLMProviderConfig,
@@ -131,12 +141,22 @@ from .providers.factory import (
     create_llm_service_from_env,
 )
 from .providers.offline import OfflineLLM
-from .providers.retry import LLMRetryPolicy, complete_with_retry
+from .providers.retry import LLMRetryPolicy, complete_with_retry, with_retry
 from .results import AgentLoopResult, FollowUpQueued, StatefulResult
-from .store.rows import SessionRow, SessionStatsRow, TimerRow
+from .store.rows import MessageRow, MessageState, SessionKind, SessionRow, SessionStatsRow, SessionStatus, TimerRow
+from .store.sinks import MessageSink, NullSink, SQLiteSink
 from .store.sqlite import DEFAULT_DB_PATH, SessionStore, SQLiteSessionStore
 from .subagents import MAX_SPAWN_DEPTH, SubagentLifecycle
 from .timers import TimerRunner, TimerToolLimits, register_timer_tools, timer_tools, wake_up_message
+from .tools.compat import (
+    ToolArgsValidator,
+    ToolHandler,
+    ToolHandlerResult,
+    build_registry,
+    format_tool_catalog,
+    get_tool_definitions,
+    validate_tool_args,
+)
 from .tools.context import ToolContext, current_tool_context
 from .tools.definition import FunctionTool, ToolDefinition, tool
 from .tools.registry import AsyncToolInSyncContext, RegisteredTool, ToolRegistry
@@ -178,6 +198,8 @@ __all__ = [
     "AgentHooks",
     "AgentLoopConfig",
     "AgentLoopResult",
+    "AgentMessage",
+    "AgentPipeline",
     "AgentSpecError",
     "AssistantMessage",
     "AsyncToolInSyncContext",
@@ -185,21 +207,28 @@ __all__ = [
     "BaseEventPayload",
     "BaseHookCtx",
     "BudgetExceededStatusPayload",
+    "CancellationLike",
     "CancellationRequested",
     "CancellationToken",
     "CompactAfterCtx",
     "CompactBeforeCtx",
     "CompactionFailed",
+    "Compactor",
     "ConfigurationError",
     "CorruptRecordError",
-    "Compactor",
     "DefaultCompactor",
+    "EventBusProtocol",
+    "EventHandler",
     "FollowUpQueued",
     "FunctionTool",
     "HitRoundLimitStatusPayload",
+    "HookContext",
     "HookDirective",
     "HookError",
+    "HookHandler",
+    "HookManagerProtocol",
     "HookPoint",
+    "HookResult",
     "HumanInputRequired",
     "ImagePart",
     "InMemoryMemory",
@@ -228,7 +257,15 @@ __all__ = [
     "MemoryRecalledPayload",
     "Message",
     "MessageAppendCtx",
+    "MessageRole",
+    "MessageRow",
+    "MessageSink",
+    "MessageState",
+    "NullSink",
     "OfflineLLM",
+    "PhaseContext",
+    "PhaseEventPayload",
+    "PhaseResult",
     "PowerLoopError",
     "RawPart",
     "RegisteredTool",
@@ -239,18 +276,22 @@ __all__ = [
     "RoundStartedPayload",
     "RoundToolsPresentPayload",
     "RoundUsageStatusPayload",
+    "RuntimeMessage",
     "SQLiteSessionStore",
+    "SQLiteSink",
     "SchemaVersionError",
     "SessionBusyError",
     "SessionEndCtx",
     "SessionEndedPayload",
     "SessionError",
+    "SessionKind",
     "SessionNotFoundError",
     "SessionPendingError",
     "SessionRow",
     "SessionStartCtx",
     "SessionStartedPayload",
     "SessionStatsRow",
+    "SessionStatus",
     "SessionStore",
     "SpecValidationError",
     "StatefulAgentLoop",
@@ -284,6 +325,7 @@ __all__ = [
     "TimerToolLimits",
     "TodoUpdatedPayload",
     "ToolAfterCtx",
+    "ToolArgsValidator",
     "ToolBeforeCtx",
     "ToolCall",
     "ToolCallCompletedPayload",
@@ -293,6 +335,8 @@ __all__ = [
     "ToolDefinition",
     "ToolError",
     "ToolErrorCtx",
+    "ToolHandler",
+    "ToolHandlerResult",
     "ToolNotFound",
     "ToolRegistry",
     "ToolResultMessage",
@@ -304,15 +348,24 @@ __all__ = [
     "UserMessage",
     "UserNotificationPayload",
     "__version__",
+    "build_registry",
     "complete_with_retry",
     "create_llm_service_from_config",
     "create_llm_service_from_env",
     "current_tool_context",
+    "estimate_text_tokens",
+    "estimate_tokens",
+    "format_tool_catalog",
+    "get_tool_definitions",
     "message_from_dict",
     "message_to_dict",
+    "phase",
     "register_timer_tools",
     "request_user_input",
     "timer_tools",
     "tool",
+    "trim_history",
+    "validate_tool_args",
     "wake_up_message",
+    "with_retry",
 ]

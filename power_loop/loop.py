@@ -72,6 +72,7 @@ def _pending_dict(state: PendingState | None) -> dict[str, Any] | None:
         return None
     return {
         "assistant_seq": state.assistant_seq,
+        "round_index": state.round_index,
         "tool_call_ids": [c.tool_call_id for c in state.calls],
         "tool_calls": [c.to_dict() for c in state.calls],
         "statuses": {c.tool_call_id: c.status for c in state.calls},
@@ -431,8 +432,8 @@ class StatefulAgentLoop:
         return _message_dicts(await self.store.load_messages(session_id, include_compacted=include_compacted))
 
     def get_pending(self, session_id: str) -> dict[str, Any] | None:
-        """Unanswered tool calls (``assistant_seq``, ``tool_call_ids``, ``tool_calls``,
-        ``statuses``, ``pending_interactions``), or None."""
+        """Unanswered tool calls (``assistant_seq``, ``round_index``, ``tool_call_ids``,
+        ``tool_calls``, ``statuses``, ``pending_interactions``), or None."""
         self._require(session_id)
         return _pending_dict(self.store.get_pending_sync(session_id))
 
