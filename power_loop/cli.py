@@ -9,6 +9,11 @@
     ``StatefulAgentLoop`` or a factory returning one (see ``power_loop.timers.worker``).
 ``power-loop version``
     Print the version.
+
+A failure prints one line, ``power-loop: error: <what is wrong>``, on stderr and exits with 2
+for a usage error (a bad argument or option) and 1 for anything else (a store that cannot be
+opened, a provider configuration error, an APP that cannot be loaded). ``--traceback`` prints
+the full traceback instead.
 """
 
 from __future__ import annotations
@@ -16,14 +21,18 @@ from __future__ import annotations
 import argparse
 import ast
 import asyncio
+import math
 import operator
 import os
+import re
 import sys
-from collections.abc import Sequence
+import traceback
+from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, NoReturn
 
 from ._version import __version__
+from .errors import PowerLoopError
 
 __all__ = ["main"]
 
@@ -130,35 +139,121 @@ async def run_demo(db_path: str, *, out: Any = None) -> int:
     return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``power-loop`` command."""
-    parser = argparse.ArgumentParser(prog="power-loop", description="power_loop agent kernel")
-    sub = parser.add_subparsers(dest="command", required=True)
+PROG = "power-loop"
+USAGE_ERROR = 2
+FAILURE = 1
+_APP_SPEC = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line: ``power-loop: error: ...`` (exit 2)."""
+
+    def error(self, message: str) -> NoReturn:
+        command = self.prog[len(PROG) :].strip()
+        where = f"{command}: " if command else ""
+        self.exit(USAGE_ERROR, f"{PROG}: error: {where}{message} (see '{self.prog} --help')\n")
+
+
+def _number(kind: Callable[[str], float], minimum: float, *, inclusive: bool) -> Callable[[str], float]:
+    bound = f">= {minimum:g}" if inclusive else f"> {minimum:g}"
+
+    def parse(text: str) -> float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number {bound}, not {text!r}") from None
+        if not math.isfinite(value) or value < minimum or (value == minimum and not inclusive):
+            raise argparse.ArgumentTypeError(f"expected a number {bound}, not {text!r}")
+        return value
+
+    parse.__name__ = kind.__name__  # argparse names the type in some messages
+    return parse
+
+
+def _app_spec(text: str) -> str:
+    if not _APP_SPEC.match(text):
+        raise argparse.ArgumentTypeError(
+            f"APP must look like 'module:attribute' (e.g. 'myapp.agents:loop'), not {text!r}"
+        )
+    return text
+
+
+def _log_level(text: str) -> int:
+    import logging
+
+    level = logging.getLevelName(text.upper())
+    if not isinstance(level, int):
+        raise argparse.ArgumentTypeError(f"unknown level {text!r} (use DEBUG, INFO, WARNING or ERROR)")
+    return level
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog=PROG, description="power_loop agent kernel")
+    parser.add_argument(
+        "--traceback", action="store_true", help="on a failure, print the full traceback instead of one line"
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     demo = sub.add_parser("demo", help="run a multi-turn demo session (offline without configuration)")
     demo.add_argument("--db", default="./power_loop_demo.db", help="SQLite file (default: ./power_loop_demo.db)")
     worker = sub.add_parser("worker", help="deliver timers until SIGTERM (APP is module:attribute)")
-    worker.add_argument("app", metavar="APP", help="module:attribute naming a StatefulAgentLoop or a factory")
-    worker.add_argument("--scan-interval", type=float, default=2.0, help="seconds between scans (default 2)")
+    worker.add_argument(
+        "app", metavar="APP", type=_app_spec, help="module:attribute naming a StatefulAgentLoop or a factory"
+    )
+    worker.add_argument(
+        "--scan-interval",
+        type=_number(float, 0, inclusive=False),
+        default=2.0,
+        help="seconds between scans (default 2)",
+    )
     worker.add_argument(
         "--stale-firing",
-        type=float,
+        type=_number(float, 0, inclusive=False),
         default=120.0,
         help="claim lease in seconds: a dead worker's timers are "
         "retaken this long after its last renewal (default 120)",
     )
-    worker.add_argument("--concurrency", type=int, default=64, help="timers delivered at once (default 64)")
     worker.add_argument(
-        "--grace", type=float, default=30.0, help="seconds the runs still going get at shutdown (default 30)"
+        "--concurrency", type=_number(int, 1, inclusive=True), default=64, help="timers delivered at once (default 64)"
     )
-    worker.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
+    worker.add_argument(
+        "--grace",
+        type=_number(float, 0, inclusive=True),
+        default=30.0,
+        help="seconds the runs still going get at shutdown (default 30)",
+    )
+    worker.add_argument("--log-level", type=_log_level, default="INFO", help="logging level (default INFO)")
     sub.add_parser("version", help="print the version")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def _one_line(exc: BaseException) -> str:
+    """What went wrong, on one line: our errors already say what to do; others get their type."""
+    text = " ".join(str(exc).split())
+    if isinstance(exc, PowerLoopError) and text:
+        return text
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``power-loop`` command; returns the exit status (0, 1, 2 or 130)."""
+    args = _parser().parse_args(argv)
     if args.command == "version":
         print(__version__)
         return 0
-    if args.command == "worker":
-        return _worker(args)
-    return asyncio.run(run_demo(args.db))
+    try:
+        if args.command == "worker":
+            return _worker(args)
+        return asyncio.run(run_demo(args.db))
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # every failure: one line, unless --traceback asks for the whole story
+        if args.traceback:
+            traceback.print_exc()
+        else:
+            # Our errors and OS errors say what to do; anything else may be a bug worth a traceback.
+            hint = "" if isinstance(exc, (PowerLoopError, OSError)) else " (run with --traceback for details)"
+            print(f"{PROG}: error: {_one_line(exc)}{hint}", file=sys.stderr)
+        return FAILURE
 
 
 def _worker(args: argparse.Namespace) -> int:
@@ -166,29 +261,16 @@ def _worker(args: argparse.Namespace) -> int:
 
     from .timers.worker import run_worker
 
-    level = logging.getLevelName(str(args.log_level).upper())
-    if not isinstance(level, int):
-        print(
-            f"power-loop worker: unknown --log-level {args.log_level!r} (use DEBUG, INFO, WARNING or ERROR)",
-            file=sys.stderr,
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    asyncio.run(
+        run_worker(
+            args.app,
+            scan_interval_s=args.scan_interval,
+            stale_firing_s=args.stale_firing,
+            concurrency=int(args.concurrency),
+            grace_s=args.grace,
         )
-        return 2
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        asyncio.run(
-            run_worker(
-                args.app,
-                scan_interval_s=args.scan_interval,
-                stale_firing_s=args.stale_firing,
-                concurrency=args.concurrency,
-                grace_s=args.grace,
-            )
-        )
-    except KeyboardInterrupt:
-        return 130
-    except Exception as exc:  # an APP that cannot be loaded, a factory that raised, bad options
-        print(f"power-loop worker: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return 2
+    )
     return 0
 
 

@@ -108,9 +108,9 @@ async def fenced(db: str, sid: str, marker: str) -> None:
             print(type(exc).__name__, flush=True)
 
 
-async def takeover(db: str, sid: str) -> None:
+async def takeover(db: str, sid: str, session_wait_s: float = 20) -> None:
     llm = ScriptedLLM([text_reply("took over")])
-    async with StatefulAgentLoop(llm=llm, db_path=db, config=AgentLoopConfig(session_wait_s=20)) as loop:
+    async with StatefulAgentLoop(llm=llm, db_path=db, config=AgentLoopConfig(session_wait_s=session_wait_s)) as loop:
         result = await loop.send("second process", session_id=sid, heal_pending=True)
         print(result.final_text, flush=True)
 
@@ -124,7 +124,7 @@ def main() -> None:
     elif mode == "fenced":
         asyncio.run(fenced(args[0], args[1], args[2]))
     elif mode == "takeover":
-        asyncio.run(takeover(args[0], args[1]))
+        asyncio.run(takeover(args[0], args[1], *(float(a) for a in args[2:])))
     else:
         raise SystemExit(f"unknown mode {mode}")
 

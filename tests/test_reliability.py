@@ -264,16 +264,14 @@ def stop_sources() -> list[tuple[str, Any, Any]]:
 @pytest.mark.parametrize("kind", ["token", "asyncio.Event", "threading.Event", "callable"])
 async def test_stop_event_interrupts_a_model_call(db_path: str, kind: str) -> None:
     name, source, fire = next(s for s in stop_sources() if s[0] == kind)
-    llm = ScriptedLLM([hang_reply(30), text_reply("next send works")])
+    llm = ScriptedLLM([hang_reply(3600), text_reply("next send works")])
     async with StatefulAgentLoop(llm=llm, db_path=db_path) as loop:
         log = EventLog(loop.event_bus)
         sid = await loop.new_session_async()
         run = asyncio.ensure_future(loop.send("long question", session_id=sid, stop_event=source))
         await asyncio.sleep(0.2)
-        started = time.monotonic()
         fire()
-        result = await asyncio.wait_for(run, 5)
-        assert time.monotonic() - started < 1.0
+        result = await asyncio.wait_for(run, 60)  # a hang guard: uninterrupted, the call takes an hour
         assert (result.status, result.final_text) == ("cancelled", "[cancelled by user]")
         assert await loop.get_pending_async(sid) is None
         cancelled = log.of("loop_cancelled")[0].payload

@@ -151,13 +151,13 @@ async def test_two_worker_processes_deliver_a_thousand_timers_exactly_once(tmp_p
 
 def test_worker_cli_rejects_a_bad_app(tmp_path: Path) -> None:
     (tmp_path / "broken_app.py").write_text("def make():\n    raise RuntimeError('no database configured')\n")
-    cases = (
-        (["no_colon"], "must look like 'module:attribute'"),
-        (["missing_mod:x"], "could not import"),
-        (["broken_app:make"], "raised RuntimeError: no database configured"),
-        (["broken_app:make", "--log-level", "chatty"], "unknown --log-level"),
+    cases = (  # exit 2: a usage error; 1: an APP that cannot be loaded
+        (["no_colon"], "must look like 'module:attribute'", 2),
+        (["missing_mod:x"], "could not import", 1),
+        (["broken_app:make"], "raised RuntimeError: no database configured", 1),
+        (["broken_app:make", "--log-level", "chatty"], "unknown level 'chatty'", 2),
     )
-    for args, message in cases:
+    for args, message, code in cases:
         proc = subprocess.run(
             [sys.executable, "-m", "power_loop", "worker", *args],
             capture_output=True,
@@ -166,7 +166,7 @@ def test_worker_cli_rejects_a_bad_app(tmp_path: Path) -> None:
             env={**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(TESTS.parent)])},
             timeout=60,
         )
-        assert proc.returncode == 2 and message in proc.stderr, proc.stderr
+        assert proc.returncode == code and message in proc.stderr, proc.stderr
 
 
 async def test_load_app_accepts_a_loop_or_a_factory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
