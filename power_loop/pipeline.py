@@ -108,12 +108,13 @@ def phase(
        or BREAK return at once with that directive and ``output = values["output"]``; otherwise
        the values it returns are merged into ``ctx.values``.
     2. ``start_event`` is published, the method runs, ``end_event`` is published.
-    3. ``after`` hook (values plus ``"output"``): BREAK sets the result's directive; it may
-       replace ``values["output"]``.
+    3. ``after`` hook (values plus ``"output"``): its directive becomes the result's (BREAK
+       ends the caller's run); it may replace ``values["output"]``.
 
-    If the method raises, the ``error`` hook gets the values plus ``error`` and
-    ``error_message``: SKIP uses its ``values["output"]`` as the output (steps 2–3 go on);
-    SHORT_CIRCUIT runs the method once more; anything else (or no error hook) returns
+    If the method raises and there is no ``error`` hook point, the exception propagates. With
+    one, the ``error`` hook gets the values plus ``error`` and ``error_message``: SKIP uses its
+    ``values["output"]`` as the output (steps 2–3 go on); SHORT_CIRCUIT runs the method once
+    more; anything else returns
     ``PhaseResult(output="Error: <message>", values={..., "error": exc, "failed": True})``.
     :class:`~power_loop.errors.CancellationRequested` always propagates.
     """
@@ -135,6 +136,8 @@ def phase(
             except CancellationRequested:
                 raise
             except Exception as exc:
+                if error is None:
+                    raise  # no error hook point: the caller sees the method's own exception (0.11)
                 recovered = await _recover(self, method, ctx, error, exc)
                 if isinstance(recovered, PhaseResult):
                     return recovered
@@ -146,8 +149,7 @@ def phase(
                 res = await hooks.run_async(after, HookContext(values={**values, "output": output}))
                 values = dict(res.context.values)
                 output = values.get("output", output)
-                if res.directive is HookDirective.BREAK:
-                    directive = HookDirective.BREAK
+                directive = res.directive
             return PhaseResult(output=output, directive=directive, values=values)
 
         return wrapper
@@ -156,12 +158,10 @@ def phase(
 
 
 async def _recover(
-    owner: Any, method: PhaseMethod, ctx: PhaseContext, error: HookPoint | None, exc: Exception
+    owner: Any, method: PhaseMethod, ctx: PhaseContext, error: HookPoint, exc: Exception
 ) -> PhaseResult | tuple[Any]:
     """The error path of a phase: a 1-tuple with the output to go on with, or the final result."""
     failed = PhaseResult(output=f"Error: {exc}", values={**ctx.values, "error": exc, "failed": True})
-    if error is None:
-        return failed
     res = await owner.hooks.run_async(
         error, HookContext(values={**ctx.values, "error": exc, "error_message": str(exc)})
     )

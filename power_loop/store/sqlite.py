@@ -751,10 +751,23 @@ async def _in_worker(db: aiosqlite.Connection, fn: Callable[[sqlite3.Connection]
     aiosqlite's public methods each run one statement per hop; ``Connection._execute`` is the
     primitive they are all built on (stable across aiosqlite releases, pinned in
     pyproject.toml). Using it directly is what lets a whole transaction run in one hop.
+
+    A caller cancelled while ``fn`` is queued or running waits for it before the cancellation
+    goes on: the transaction cannot be taken back, and ``asyncio.run`` closes the event loop
+    right after cancelling the remaining tasks (a timer runner nobody stopped, a send still
+    going); a worker that then reports into the closed loop prints a traceback and dies.
     """
     conn = db._conn
-    result: T = await db._execute(fn, conn)  # type: ignore[no-untyped-call]
-    return result
+    job: asyncio.Future[T] = asyncio.ensure_future(db._execute(fn, conn))  # type: ignore[no-untyped-call]
+    try:
+        return await asyncio.shield(job)
+    except asyncio.CancelledError:
+        while not job.done():
+            with suppress(asyncio.CancelledError):
+                await asyncio.wait((job,))
+        if not job.cancelled():
+            job.exception()  # the caller is cancelled: its outcome is not reported
+        raise
 
 
 def _schema_less(conn: sqlite3.Connection) -> bool:
