@@ -108,7 +108,7 @@ class GcWatch:
         """Full collections, the longest in ms, and the worst lateness outside them."""
         outside = [
             late
-            for late, (start, end) in zip(ticker.lateness, ticker.spans)
+            for late, (start, end) in zip(ticker.lateness, ticker.spans, strict=True)
             if not any(g_start < end and g_end > start for g_start, g_end in self.full)
         ]
         return {
