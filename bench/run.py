@@ -109,9 +109,18 @@ def run_scenario(
 
 
 def summarize(raw: Any) -> Any:
-    """Lists of numbers become {median, min, max}; everything else is kept."""
+    """Lists of numbers become {median, min, max, runs}; everything else is kept.
+
+    ``runs`` keeps every repetition's figure in order: a worst case that shows up in one run
+    of five must stay visible, not only as the max of a summary.
+    """
     if isinstance(raw, list) and raw and all(isinstance(x, (int, float)) for x in raw):
-        return {"median": round(statistics.median(raw), 4), "min": round(min(raw), 4), "max": round(max(raw), 4)}
+        return {
+            "median": round(statistics.median(raw), 4),
+            "min": round(min(raw), 4),
+            "max": round(max(raw), 4),
+            "runs": [round(x, 4) for x in raw],
+        }
     if isinstance(raw, dict):
         return {k: summarize(v) for k, v in raw.items()}
     return raw
@@ -140,6 +149,31 @@ def median(summary: dict[str, Any], *path: str) -> float:
     return float(node["median"])
 
 
+def _runs(node: dict[str, Any], key: str) -> list[float]:
+    found = node.get(key)
+    if not isinstance(found, dict):
+        return []
+    return [float(x) for x in found.get("runs", [found["max"]])]
+
+
+def lateness_check(key: str, node: dict[str, Any]) -> tuple[bool, str]:
+    """The event-loop target: at most 5 ms of lateness in every run (not the median run).
+
+    Quotes each run's max lateness and p99 and, where the scenario recorded them, the full
+    garbage collections that overlapped the run (count and longest) and the worst lateness
+    outside them, so a miss says whether the interpreter's collector or the kernel caused it.
+    """
+    worst = _runs(node, "lateness_max_ms")
+    text = f"{key}: event-loop max lateness per run {', '.join(f'{x:.1f}' for x in worst)} ms"
+    text += f" (p99 {', '.join(f'{x:.1f}' for x in _runs(node, 'lateness_p99_ms'))} ms)"
+    passes, longest = _runs(node, "gc_full_passes"), _runs(node, "gc_full_max_ms")
+    outside = _runs(node, "lateness_max_outside_gc_ms")
+    if passes:
+        text += f"; full GC passes per run {', '.join(f'{x:.0f}' for x in passes)}"
+        text += f" (longest {max(longest):.1f} ms); worst outside them {', '.join(f'{x:.1f}' for x in outside)} ms"
+    return max(worst) <= 5.0, text + " (target <= 5 ms in every run)"
+
+
 def check_targets(results: dict[str, dict[str, Any]]) -> list[tuple[bool, str]]:
     checks: list[tuple[bool, str]] = []
 
@@ -164,13 +198,7 @@ def check_targets(results: dict[str, dict[str, Any]]) -> list[tuple[bool, str]]:
             check(ours >= 500, f"concurrency: {ours:.0f} sends/s (target >= 500 without 0.11 to compare)")
         for key in ("concurrency", "concurrency_gc_frozen"):
             if key in results:
-                worst = float(results[key]["lateness_max_ms"]["max"])
-                typical = median(results[key], "lateness_max_ms")
-                check(
-                    typical <= 5.0,
-                    f"{key}: event-loop max lateness {typical:.2f} ms median of runs, "
-                    f"{worst:.2f} ms worst run (target <= 5 ms)",
-                )
+                check(*lateness_check(key, results[key]))
     if "history" in results:
         sizes = results["history"]["sizes"]
         largest = max(sizes, key=int)
