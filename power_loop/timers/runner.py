@@ -218,7 +218,7 @@ class TimerRunner:
 
     async def _recover_orphans(self) -> None:
         for session_id in await self.loop.store.orphan_inboxes(limit=self.batch):
-            self._wake(session_id)
+            self._start_wake(session_id)
 
     async def _run_forever(self) -> None:
         assert self._kick is not None
@@ -345,7 +345,7 @@ class TimerRunner:
         self.delivered += 1
         await self._publish(timer, outcome, seq)
         if outcome == "delivered":
-            self._wake(timer.session_id)
+            self._start_wake(timer.session_id)
 
     async def _publish(self, timer: ClaimedTimer, outcome: str, seq: int) -> None:
         try:
@@ -359,7 +359,7 @@ class TimerRunner:
         except Exception:
             log.exception("a timer_fired subscriber failed (timer %s of %s)", timer.timer_id, timer.session_id)
 
-    def _wake(self, session_id: str) -> None:
+    def _start_wake(self, session_id: str) -> None:
         """Run the session so it reads its inbox, as a task of its own (a slow run never holds
         up the next delivery). Wake-ups of one session delivered together start one run."""
         if session_id in self._waking:
