@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import math
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
@@ -24,6 +23,7 @@ from typing import Any, Protocol, TypeVar, runtime_checkable
 from .cancellation import StopEventLike
 from .compaction import resolve_compactor
 from .config import AgentLoopConfig
+from .engine.capabilities import timer_args
 from .engine.history import HistoryCache
 from .engine.prepare import normalize_input, resolve_system_prompt
 from .engine.run import RunRequest, execute_run
@@ -497,7 +497,7 @@ class StatefulAgentLoop:
                 recurrence.
             SessionNotFoundError: Unknown session.
         """
-        args = _timer_args(delay_s, due_at_ms, note, every_s, count, until_ms)
+        args = timer_args(delay_s, due_at_ms, note, every_s, count, until_ms)
         row = self.store.schedule_timer_sync(session_id, **args)
         self._kick_timers()
         return row
@@ -514,7 +514,7 @@ class StatefulAgentLoop:
         until_ms: int | None = None,
     ) -> TimerRow:
         """Async twin of :meth:`schedule_timer`."""
-        args = _timer_args(delay_s, due_at_ms, note, every_s, count, until_ms)
+        args = timer_args(delay_s, due_at_ms, note, every_s, count, until_ms)
         row = await self.store.schedule_timer(session_id, **args)
         self._kick_timers()
         return row
@@ -599,54 +599,6 @@ class StatefulAgentLoop:
     def _require(self, session_id: str) -> None:
         if self.store.get_session(session_id) is None:
             raise SessionNotFoundError(session_id)
-
-
-def _timer_args(
-    delay_s: float | None,
-    due_at_ms: int | None,
-    note: str,
-    every_s: float | None,
-    count: int | None,
-    until_ms: int | None,
-) -> dict[str, Any]:
-    from .store._timers_sql import MAX_DELAY_S, MAX_DUE_AT_MS
-
-    def seconds(value: Any) -> bool:
-        return (
-            not isinstance(value, bool)
-            and isinstance(value, (int, float))
-            and math.isfinite(value)
-            and 0 <= value <= MAX_DELAY_S
-        )
-
-    def epoch_ms(value: Any) -> bool:
-        return not isinstance(value, bool) and isinstance(value, int) and 0 <= value <= MAX_DUE_AT_MS
-
-    if (delay_s is None) == (due_at_ms is None):
-        raise ValueError("provide exactly one of delay_s / due_at_ms")
-    if not isinstance(note, str) or not note.strip():
-        raise ValueError("note is required — the agent needs to know why it woke up")
-    if delay_s is not None:
-        if not seconds(delay_s):
-            raise ValueError(f"delay_s must be a number of seconds from 0 to 100 years, not {delay_s!r}")
-        due_at = int(time.time() * 1000 + delay_s * 1000)
-    else:
-        if not epoch_ms(due_at_ms):
-            raise ValueError(f"due_at_ms must be epoch milliseconds (an int up to year 9999), not {due_at_ms!r}")
-        assert due_at_ms is not None
-        due_at = due_at_ms
-    every_ms = None
-    if every_s is not None:
-        if not seconds(every_s) or every_s <= 0:
-            raise ValueError(f"every_s must be a positive number of seconds up to 100 years, not {every_s!r}")
-        every_ms = max(1, int(every_s * 1000))
-    elif count is not None or until_ms is not None:
-        raise ValueError("count and until_ms apply to recurring timers: pass every_s as well")
-    if count is not None and (isinstance(count, bool) or not isinstance(count, int) or count < 1):
-        raise ValueError(f"count must be an int >= 1, not {count!r}")
-    if until_ms is not None and (not epoch_ms(until_ms) or until_ms < due_at):
-        raise ValueError("until_ms must be epoch milliseconds no earlier than the first due time")
-    return {"due_at": due_at, "note": note, "every_ms": every_ms, "count": count, "until_at": until_ms}
 
 
 def _check_session_id(session_id: str) -> str:

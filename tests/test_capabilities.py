@@ -31,6 +31,7 @@ from power_loop import (
 from power_loop.store import SQLiteSessionStore
 from power_loop.testing import ScriptedLLM
 from power_loop.testing.script import text_reply, tool_reply
+from power_loop.timers import TimerBudgetExceeded
 
 from .helpers import EventLog
 
@@ -80,6 +81,12 @@ async def test_a_call_run_again_schedules_its_wake_up_once(db_path: str) -> None
         assert first.timer_id == again.timer_id != other.timer_id
         assert await loop.tool_capabilities(sid, "call-3").timers.cancel(other.timer_id)
         assert [t.timer_id for t in await loop.tool_capabilities(sid, "x").timers.armed()] == [first.timer_id]
+        timers = loop.tool_capabilities(sid, "call-4").timers
+        for bad in ({"delay_s": -1, "note": "n"}, {"delay_s": float("nan"), "note": "n"}, {"delay_s": 1, "note": " "}):
+            with pytest.raises(ValueError):
+                await timers.schedule(**bad)  # type: ignore[arg-type]
+        with pytest.raises(TimerBudgetExceeded):
+            await timers.schedule(delay_s=60, note="one too many", max_live=1)
 
 
 async def test_a_context_built_with_a_loop_gets_its_capabilities(db_path: str) -> None:

@@ -12,18 +12,31 @@ Invariants:
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import TypedDict
 
 from ..errors import SessionNotFoundError
 from ..messages import Message
+from ..store._timers_sql import MAX_DELAY_S, MAX_DUE_AT_MS
 from ..store.rows import TimerRow
 from ..store.sqlite import SQLiteSessionStore
 from ..tools.context import ToolCapabilities
 
-__all__ = ["StoreInbox", "StoreSession", "StoreTimers", "TimerSignal", "tool_capabilities"]
+__all__ = ["StoreInbox", "StoreSession", "StoreTimers", "TimerArgs", "TimerSignal", "timer_args", "tool_capabilities"]
+
+
+class TimerArgs(TypedDict):
+    """The checked arguments of a timer, as the store's ``schedule_timer`` takes them."""
+
+    due_at: int
+    note: str
+    every_ms: int | None
+    count: int | None
+    until_at: int | None
 
 
 class TimerSignal:
@@ -68,13 +81,8 @@ class StoreTimers:
 
     async def schedule(self, *, delay_s: float, note: str, max_live: int | None = None) -> TimerRow:
         """See :meth:`power_loop.tools.context.SessionTimers.schedule`."""
-        row = await self.store.schedule_timer(
-            self.session_id,
-            due_at=int(time.time() * 1000 + delay_s * 1000),
-            note=note,
-            max_live=max_live,
-            origin=self.origin,
-        )
+        args = timer_args(delay_s, None, note, None, None, None)
+        row = await self.store.schedule_timer(self.session_id, **args, max_live=max_live, origin=self.origin)
         self.signal.notify()
         return row
 
@@ -120,6 +128,59 @@ class StoreSession:
         if row is None:
             raise SessionNotFoundError(self.session_id)
         return row.metadata
+
+
+def timer_args(
+    delay_s: float | None,
+    due_at_ms: int | None,
+    note: str,
+    every_s: float | None,
+    count: int | None,
+    until_ms: int | None,
+) -> TimerArgs:
+    """Check the arguments of ``schedule_timer`` and return the store's keyword arguments.
+
+    Raises:
+        ValueError: Both or neither of ``delay_s`` / ``due_at_ms``, an empty note, an
+            out-of-range time, or a bad recurrence.
+    """
+
+    def seconds(value: object) -> bool:
+        return (
+            not isinstance(value, bool)
+            and isinstance(value, (int, float))
+            and math.isfinite(value)
+            and 0 <= value <= MAX_DELAY_S
+        )
+
+    def epoch_ms(value: object) -> bool:
+        return not isinstance(value, bool) and isinstance(value, int) and 0 <= value <= MAX_DUE_AT_MS
+
+    if (delay_s is None) == (due_at_ms is None):
+        raise ValueError("provide exactly one of delay_s / due_at_ms")
+    if not isinstance(note, str) or not note.strip():
+        raise ValueError("note is required — the agent needs to know why it woke up")
+    if delay_s is not None:
+        if not seconds(delay_s):
+            raise ValueError(f"delay_s must be a number of seconds from 0 to 100 years, not {delay_s!r}")
+        due_at = int(time.time() * 1000 + delay_s * 1000)
+    else:
+        if not epoch_ms(due_at_ms):
+            raise ValueError(f"due_at_ms must be epoch milliseconds (an int up to year 9999), not {due_at_ms!r}")
+        assert due_at_ms is not None
+        due_at = due_at_ms
+    every_ms = None
+    if every_s is not None:
+        if not seconds(every_s) or every_s <= 0:
+            raise ValueError(f"every_s must be a positive number of seconds up to 100 years, not {every_s!r}")
+        every_ms = max(1, int(every_s * 1000))
+    elif count is not None or until_ms is not None:
+        raise ValueError("count and until_ms apply to recurring timers: pass every_s as well")
+    if count is not None and (isinstance(count, bool) or not isinstance(count, int) or count < 1):
+        raise ValueError(f"count must be an int >= 1, not {count!r}")
+    if until_ms is not None and (not epoch_ms(until_ms) or until_ms < due_at):
+        raise ValueError("until_ms must be epoch milliseconds no earlier than the first due time")
+    return {"due_at": due_at, "note": note, "every_ms": every_ms, "count": count, "until_at": until_ms}
 
 
 def tool_capabilities(

@@ -9,6 +9,7 @@ process of its own. A runner reaches its loop only through :class:`TimerHost`. S
 
 from __future__ import annotations
 
+from ..store._timers_sql import TimerBudgetExceeded
 from ..store.rows import TimerRow
 from .host import TimerHost
 from .runner import TimerAction, TimerRunner, wake_up_message
@@ -16,6 +17,7 @@ from .tools import TimerToolLimits, register_timer_tools, timer_tools
 
 __all__ = [
     "TimerAction",
+    "TimerBudgetExceeded",
     "TimerHost",
     "TimerRow",
     "TimerRunner",

@@ -49,6 +49,8 @@ class SessionTimers(Protocol):
         is told at once.
 
         Raises:
+            ValueError: ``delay_s`` is not a number of seconds from 0 to 100 years, or the
+                note is empty.
             TimerBudgetExceeded: ``max_live`` wake-ups of the session are armed already.
         """
         ...
