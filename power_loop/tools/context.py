@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from ..errors import ToolError
 from ..messages import Message
@@ -134,6 +134,11 @@ class AgentLoopHandle(Protocol):
         ...
 
 
+@runtime_checkable
+class _GivesCapabilities(Protocol):
+    def tool_capabilities(self, session_id: str, tool_call_id: str) -> ToolCapabilities: ...
+
+
 @dataclass(frozen=True, kw_only=True)
 class ToolContext:
     """Where and why a tool runs, and what it may do.
@@ -159,9 +164,10 @@ class ToolContext:
     capabilities: ToolCapabilities | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        if self.capabilities is None and self.loop is not None:
+        if self.capabilities is None and self.loop is not None and isinstance(self.loop, _GivesCapabilities):
             # A context built by hand (tests, a registry invoked directly) with a loop gets the
-            # same capabilities a run would hand the call.
+            # same capabilities a run would hand the call. (Another object given as the loop
+            # is kept as it is, as before.)
             object.__setattr__(self, "capabilities", self.loop.tool_capabilities(self.session_id, self.tool_call_id))
 
     @property
