@@ -147,7 +147,7 @@ from .store.rows import MessageRow, MessageState, SessionKind, SessionRow, Sessi
 from .store.sinks import MessageSink, NullSink, SQLiteSink
 from .store.sqlite import DEFAULT_DB_PATH, SessionStore, SQLiteSessionStore
 from .subagents import MAX_SPAWN_DEPTH, SubagentLifecycle
-from .timers import TimerRunner, TimerToolLimits, register_timer_tools, timer_tools, wake_up_message
+from .timers import TimerHost, TimerRunner, TimerToolLimits, register_timer_tools, timer_tools, wake_up_message
 from .tools.compat import (
     ToolArgsValidator,
     ToolHandler,
@@ -157,7 +157,7 @@ from .tools.compat import (
     get_tool_definitions,
     validate_tool_args,
 )
-from .tools.context import ToolContext, current_tool_context
+from .tools.context import ToolCapabilities, ToolContext, current_tool_context
 from .tools.definition import FunctionTool, ToolDefinition, tool
 from .tools.registry import AsyncToolInSyncContext, RegisteredTool, ToolRegistry
 
@@ -320,6 +320,7 @@ __all__ = [
     "TextPart",
     "TimerFireCtx",
     "TimerFiredPayload",
+    "TimerHost",
     "TimerRow",
     "TimerRunner",
     "TimerToolLimits",
@@ -331,6 +332,7 @@ __all__ = [
     "ToolCallCompletedPayload",
     "ToolCallFailedPayload",
     "ToolCallStartedPayload",
+    "ToolCapabilities",
     "ToolContext",
     "ToolDefinition",
     "ToolError",

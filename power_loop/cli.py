@@ -29,7 +29,7 @@ import sys
 import traceback
 from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TextIO
 
 from ._version import __version__
 from .errors import PowerLoopError
@@ -42,7 +42,7 @@ DEMO_TURNS = (
     "What is my favorite color?",
 )
 
-_OPS: dict[type, Any] = {
+_OPS: dict[type[ast.AST], Callable[..., float]] = {
     ast.Add: operator.add,
     ast.Sub: operator.sub,
     ast.Mult: operator.mul,
@@ -95,7 +95,7 @@ def _describe(message: dict[str, Any]) -> str:
     return f"  {role}: {text}"
 
 
-async def run_demo(db_path: str, *, out: Any = None) -> int:
+async def run_demo(db_path: str, *, out: TextIO | None = None) -> int:
     """Run the demo session; return the process exit code."""
     shown_path = os.path.abspath(db_path)  # noqa: ASYNC240 - a string operation, done once
     from . import AgentLoopConfig, StatefulAgentLoop, ToolRegistry, create_llm_service_from_env

@@ -15,14 +15,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import math
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 from .cancellation import StopEventLike
+from .compaction import resolve_compactor
 from .config import AgentLoopConfig
+from .engine.capabilities import timer_args
 from .engine.history import HistoryCache
 from .engine.prepare import normalize_input, resolve_system_prompt
 from .engine.run import RunRequest, execute_run
@@ -35,11 +36,19 @@ from .providers.base import LLMService
 from .results import FollowUpQueued, StatefulResult
 from .store.rows import PendingState, SessionStatsRow, StoredMessage, TimerRow
 from .store.sqlite import DEFAULT_DB_PATH, SQLiteSessionStore
+from .tools.context import ToolCapabilities
 from .tools.registry import ToolRegistry
 
 __all__ = ["StatefulAgentLoop"]
 
 T = TypeVar("T")
+
+
+@runtime_checkable
+class _ClosableLLM(Protocol):
+    """A provider holding an HTTP client per event loop (the SDK-backed ones do)."""
+
+    async def aclose(self) -> None: ...
 
 
 def _new_session_id() -> str:
@@ -128,11 +137,9 @@ class StatefulAgentLoop:
             bus=self._bus,
             registry=tool_registry,
             histories=HistoryCache(self.config.history_cache_size),
+            compactor=resolve_compactor(self.config.compactor),
+            facade=self,
         )
-        from .compaction import resolve_compactor
-
-        self._rt.compactor = resolve_compactor(self.config.compactor)
-        self._rt.facade = self
 
     def __repr__(self) -> str:
         return f"StatefulAgentLoop(llm={self.llm!r}, store={self.store!r})"
@@ -316,10 +323,9 @@ class StatefulAgentLoop:
     async def _close_loop_clients(self) -> None:
         """Close the provider's HTTP client of the current (temporary) event loop, so its
         connections do not outlive the loop (each ``*_sync`` call runs in a fresh one)."""
-        close = getattr(self.llm, "aclose", None)
-        if close is not None:
+        if isinstance(self.llm, _ClosableLLM):
             with contextlib.suppress(Exception):
-                await close()
+                await self.llm.aclose()
 
     async def resume(self, session_id: str, *, stop_event: StopEventLike | None = None) -> StatefulResult:
         """Run the session's unanswered tool calls (reusing results of calls that finished),
@@ -491,7 +497,7 @@ class StatefulAgentLoop:
                 recurrence.
             SessionNotFoundError: Unknown session.
         """
-        args = _timer_args(delay_s, due_at_ms, note, every_s, count, until_ms)
+        args = timer_args(delay_s, due_at_ms, note, every_s, count, until_ms)
         row = self.store.schedule_timer_sync(session_id, **args)
         self._kick_timers()
         return row
@@ -508,7 +514,7 @@ class StatefulAgentLoop:
         until_ms: int | None = None,
     ) -> TimerRow:
         """Async twin of :meth:`schedule_timer`."""
-        args = _timer_args(delay_s, due_at_ms, note, every_s, count, until_ms)
+        args = timer_args(delay_s, due_at_ms, note, every_s, count, until_ms)
         row = await self.store.schedule_timer(session_id, **args)
         self._kick_timers()
         return row
@@ -532,83 +538,67 @@ class StatefulAgentLoop:
         """Async twin of :meth:`list_timers`."""
         return await self.store.list_timers(session_id)
 
-    def _kick_timers(self) -> None:
-        kick = self._rt.timer_kick
-        if kick is not None:
-            try:
-                kick()
-            except RuntimeError:  # the runner's event loop is closed
-                self._rt.timer_kick = None
+    def add_timer_listener(self, listener: Callable[[], None]) -> None:
+        """Call ``listener`` whenever a timer is scheduled through this loop (by
+        :meth:`schedule_timer`, its twin or a tool's ``ctx.timers``). A ``TimerRunner`` uses it
+        to wake up at once instead of at its next scan.
 
-    async def _wake(self, session_id: str) -> StatefulResult:
-        """Run the session so it reads its inbox (a delivered timer). Raises
-        ``SessionBusyError`` at once when another process's run holds it (that run drains the
-        inbox) and ``SessionPendingError`` when it has unanswered calls."""
+        The listener runs in the scheduling thread and must only hand the news over (e.g.
+        ``loop.call_soon_threadsafe(event.set)``); one raising ``RuntimeError`` (its event loop
+        is closed) is dropped.
+        """
+        self._rt.timer_signal.add(listener)
+
+    def remove_timer_listener(self, listener: Callable[[], None]) -> None:
+        """Stop calling a listener added by :meth:`add_timer_listener` (no error when absent)."""
+        self._rt.timer_signal.remove(listener)
+
+    def _kick_timers(self) -> None:
+        self._rt.timer_signal.notify()
+
+    async def wake(self, session_id: str) -> StatefulResult:
+        """Run the session so it reads its inbox (what a delivered timer does), with no new
+        user message.
+
+        Raises:
+            SessionBusyError: At once when another process's run holds the session (that run
+                drains the inbox); after ``session_wait_s`` when a run of this process does.
+            SessionPendingError: The session has unanswered tool calls (``resume`` first).
+            SessionNotFoundError: Unknown session.
+        """
         return await execute_run(self._rt, RunRequest(session_id=session_id, kind="wake", wait_foreign=False))
 
-    async def _emit_session_event(
-        self, session_id: str, event_type: AgentEventType, data: BaseEventPayload, *, source: str, min_seq: int = 0
+    async def publish_session_event(
+        self,
+        session_id: str,
+        event_type: AgentEventType,
+        data: BaseEventPayload,
+        *,
+        source: str,
+        min_seq: int = 0,
     ) -> None:
-        """Publish an event of a session from outside a run (timer deliveries). Its seq
-        continues this loop's counter for the session, and is at least ``min_seq`` (a number
-        reserved in the store)."""
+        """Publish an event of a session from outside a run (a timer delivery, say) on this
+        loop's bus.
+
+        Its ``seq`` continues this loop's counter for the session and is at least ``min_seq``
+        (a number reserved in the store, so events of several processes stay ordered). Nothing
+        is built when no subscriber wants ``event_type``.
+        """
         seq = max(self._rt.event_seqs.get(session_id, 0) + 1, min_seq)
         self._rt.event_seqs[session_id] = seq
         if not self._bus.wants(event_type):
             return
         await self._bus.publish_async(AgentEvent(event_type, data=data, session_id=session_id, source=source, seq=seq))
 
+    def tool_capabilities(self, session_id: str, tool_call_id: str) -> ToolCapabilities:
+        """The capabilities (``ctx.timers``, ``ctx.inbox``, ``ctx.session``) a call
+        ``tool_call_id`` of ``session_id`` gets in a run of this loop. A ``ToolContext`` built
+        by hand with ``loop=`` gets them from here (handy to test a tool outside a run)."""
+        return self._rt.tool_capabilities(session_id, tool_call_id)
+
     def _require(self, session_id: str) -> None:
         if self.store.get_session(session_id) is None:
             raise SessionNotFoundError(session_id)
-
-
-def _timer_args(
-    delay_s: float | None,
-    due_at_ms: int | None,
-    note: str,
-    every_s: float | None,
-    count: int | None,
-    until_ms: int | None,
-) -> dict[str, Any]:
-    from .store._timers_sql import MAX_DELAY_S, MAX_DUE_AT_MS
-
-    def seconds(value: Any) -> bool:
-        return (
-            not isinstance(value, bool)
-            and isinstance(value, (int, float))
-            and math.isfinite(value)
-            and 0 <= value <= MAX_DELAY_S
-        )
-
-    def epoch_ms(value: Any) -> bool:
-        return not isinstance(value, bool) and isinstance(value, int) and 0 <= value <= MAX_DUE_AT_MS
-
-    if (delay_s is None) == (due_at_ms is None):
-        raise ValueError("provide exactly one of delay_s / due_at_ms")
-    if not isinstance(note, str) or not note.strip():
-        raise ValueError("note is required — the agent needs to know why it woke up")
-    if delay_s is not None:
-        if not seconds(delay_s):
-            raise ValueError(f"delay_s must be a number of seconds from 0 to 100 years, not {delay_s!r}")
-        due_at = int(time.time() * 1000 + delay_s * 1000)
-    else:
-        if not epoch_ms(due_at_ms):
-            raise ValueError(f"due_at_ms must be epoch milliseconds (an int up to year 9999), not {due_at_ms!r}")
-        assert due_at_ms is not None
-        due_at = due_at_ms
-    every_ms = None
-    if every_s is not None:
-        if not seconds(every_s) or every_s <= 0:
-            raise ValueError(f"every_s must be a positive number of seconds up to 100 years, not {every_s!r}")
-        every_ms = max(1, int(every_s * 1000))
-    elif count is not None or until_ms is not None:
-        raise ValueError("count and until_ms apply to recurring timers: pass every_s as well")
-    if count is not None and (isinstance(count, bool) or not isinstance(count, int) or count < 1):
-        raise ValueError(f"count must be an int >= 1, not {count!r}")
-    if until_ms is not None and (not epoch_ms(until_ms) or until_ms < due_at):
-        raise ValueError("until_ms must be epoch milliseconds no earlier than the first due time")
-    return {"due_at": due_at, "note": note, "every_ms": every_ms, "count": count, "until_at": until_ms}
 
 
 def _check_session_id(session_id: str) -> str:

@@ -8,10 +8,9 @@ import secrets
 import threading
 import time
 import weakref
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any
 
 from ..compaction import Compactor
 from ..config import AgentLoopConfig
@@ -20,8 +19,10 @@ from ..events import AgentEventBus
 from ..hooks import AgentHooks
 from ..providers.base import LLMService
 from ..store.sqlite import SQLiteSessionStore
+from ..tools.context import AgentLoopHandle, ToolCapabilities
 from ..tools.registry import ToolRegistry
 from ..tools.threads import ToolThreads
+from .capabilities import TimerSignal, tool_capabilities
 from .fairness import TickGate
 from .history import HistoryCache
 
@@ -98,11 +99,13 @@ class Runtime:
         compactor: The resolved compactor (None: compaction off).
         gate: Fair turns for CPU-heavy steps (see :mod:`power_loop.engine.fairness`).
         token_ratio: Provider-reported prompt tokens per estimated token (calibration).
-        facade: The ``StatefulAgentLoop`` owning this runtime (handed to tools in their context).
-        timer_kick: Wakes this process's ``TimerRunner`` when a timer is scheduled (thread-safe).
+        facade: The loop owning this runtime, handed to tools as ``ToolContext.loop`` (typed by
+            the protocol tools may rely on, so the engine never imports the facade).
+        timer_signal: Tells this process's ``TimerRunner`` when a timer is scheduled.
 
-    The loop's pool of threads for sync tool handlers (``config.tool_threads``) is created on
-    first use by :meth:`tool_threads` and shut down by :meth:`close`.
+    Every field is set by the constructor; a loop builds its runtime in one call. The loop's
+    pool of threads for sync tool handlers (``config.tool_threads``) is created on first use by
+    :meth:`tool_threads` and shut down by :meth:`close`.
     """
 
     store: SQLiteSessionStore
@@ -118,10 +121,15 @@ class Runtime:
     compactor: Compactor | None = None
     gate: TickGate = field(default_factory=TickGate)
     token_ratio: float = 1.0
-    facade: Any = None
-    timer_kick: Callable[[], None] | None = None
+    facade: AgentLoopHandle | None = None
+    timer_signal: TimerSignal = field(default_factory=TimerSignal)
     _threads: ToolThreads | None = field(default=None, repr=False)
     _threads_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def tool_capabilities(self, session_id: str, tool_call_id: str) -> ToolCapabilities:
+        """What call ``tool_call_id`` of ``session_id`` may do (``ctx.timers``, ``ctx.inbox``,
+        ``ctx.session``), bound to that session."""
+        return tool_capabilities(self.store, self.timer_signal, session_id, tool_call_id)
 
     def tool_threads(self) -> ToolThreads:
         """The pool running this loop's sync tool handlers (created on first use, again after

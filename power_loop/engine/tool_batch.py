@@ -310,6 +310,7 @@ async def _call_with_context(run: Run, call: ToolCall, tool: RegisteredTool, arg
         run_id=run.run_id,
         round_index=run.round_index,
         loop=run.rt.facade,
+        capabilities=run.rt.tool_capabilities(run.session_id, call.id),
     )
     token = _set_context(context)
     try:

@@ -29,21 +29,22 @@ import os
 import secrets
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import Literal
 
 from ..errors import PowerLoopError, SessionBusyError, SessionPendingError
 from ..events import AgentEventType, TimerFiredPayload
 from ..hooks import HookDirective, HookPoint, TimerFireCtx
 from ..store._timers_sql import ClaimedTimer, Delivery
-
-if TYPE_CHECKING:
-    from ..loop import StatefulAgentLoop
+from .host import TimerHost
 
 __all__ = ["TimerRunner", "wake_up_message"]
 
 log = logging.getLogger("power_loop.timers")
 
 _Outcome = tuple[str | None, int]
+
+TimerAction = Literal["deliver", "skip", "cancel", "postpone"]
+"""What a delivery does with its timer, as decided by the ``TIMER_FIRE`` hook."""
 
 
 def wake_up_message(timer_id: int, note: str) -> str:
@@ -55,7 +56,8 @@ class TimerRunner:
     """Delivers a loop's due timers.
 
     Args:
-        loop: The loop whose store holds the timers (its hooks and event bus are used).
+        loop: The loop whose store holds the timers: a ``StatefulAgentLoop``, or anything
+            implementing :class:`~power_loop.timers.TimerHost` (the only members used).
         scan_interval_s: Longest pause between scans (a timer scheduled through this loop wakes
             the runner at once; one scheduled by another process is seen within this delay).
         stale_firing_s: Lease of a claim: a dead runner's claims are taken over this long after
@@ -66,7 +68,7 @@ class TimerRunner:
 
     def __init__(
         self,
-        loop: StatefulAgentLoop,
+        loop: TimerHost,
         *,
         scan_interval_s: float = 2.0,
         stale_firing_s: float = 120.0,
@@ -75,7 +77,7 @@ class TimerRunner:
     ) -> None:
         if scan_interval_s <= 0 or stale_firing_s <= 0 or concurrency < 1 or batch < 1:
             raise ValueError("scan_interval_s and stale_firing_s must be > 0; concurrency and batch >= 1")
-        self.loop = loop
+        self.loop: TimerHost = loop
         self.scan_interval_s = scan_interval_s
         self.stale_firing_s = stale_firing_s
         self.concurrency = concurrency
@@ -113,7 +115,7 @@ class TimerRunner:
             aio.call_soon_threadsafe(kick.set)
 
         self._kick_fn = kick_fn
-        self.loop._rt.timer_kick = kick_fn
+        self.loop.add_timer_listener(kick_fn)
         self._task = aio.create_task(self._run_forever(), name="power-loop-timer-runner")
         self._renewer = aio.create_task(self._renew_forever(), name="power-loop-timer-leases")
 
@@ -148,8 +150,9 @@ class TimerRunner:
                 log.warning("cancelling %d run(s) still going %ss after stop()", len(late), grace_s)
                 self.cancel_runs()
                 await asyncio.gather(*late, return_exceptions=True)
-        if self.loop._rt.timer_kick is self._kick_fn:
-            self.loop._rt.timer_kick = None
+        if self._kick_fn is not None:
+            self.loop.remove_timer_listener(self._kick_fn)
+            self._kick_fn = None
         with contextlib.suppress(Exception):
             await self.loop.store.release_timer_claims(self.owner)
 
@@ -215,7 +218,7 @@ class TimerRunner:
 
     async def _recover_orphans(self) -> None:
         for session_id in await self.loop.store.orphan_inboxes(limit=self.batch):
-            self._wake(session_id)
+            self._start_wake(session_id)
 
     async def _run_forever(self) -> None:
         assert self._kick is not None
@@ -263,7 +266,8 @@ class TimerRunner:
         """Run the hook and commit the outcome; the outcome, None when the claim was lost."""
         loop = self.loop
         message = wake_up_message(timer.timer_id, timer.note)
-        action, postpone_ms = "deliver", 0
+        action: TimerAction = "deliver"
+        postpone_ms = 0
         try:
             if loop.hooks.has(HookPoint.TIMER_FIRE):
                 ctx = TimerFireCtx(
@@ -341,11 +345,11 @@ class TimerRunner:
         self.delivered += 1
         await self._publish(timer, outcome, seq)
         if outcome == "delivered":
-            self._wake(timer.session_id)
+            self._start_wake(timer.session_id)
 
     async def _publish(self, timer: ClaimedTimer, outcome: str, seq: int) -> None:
         try:
-            await self.loop._emit_session_event(
+            await self.loop.publish_session_event(
                 timer.session_id,
                 AgentEventType.TIMER_FIRED,
                 TimerFiredPayload(timer_id=timer.timer_id, note=timer.note, due_at=timer.due_at, outcome=outcome),
@@ -355,7 +359,7 @@ class TimerRunner:
         except Exception:
             log.exception("a timer_fired subscriber failed (timer %s of %s)", timer.timer_id, timer.session_id)
 
-    def _wake(self, session_id: str) -> None:
+    def _start_wake(self, session_id: str) -> None:
         """Run the session so it reads its inbox, as a task of its own (a slow run never holds
         up the next delivery). Wake-ups of one session delivered together start one run."""
         if session_id in self._waking:
@@ -365,7 +369,7 @@ class TimerRunner:
         async def wake() -> None:
             self._waking.discard(session_id)
             try:
-                await self.loop._wake(session_id)
+                await self.loop.wake(session_id)
             except (SessionBusyError, SessionPendingError):
                 pass  # another run holds it (and drains the inbox), or it awaits resume
             except PowerLoopError as exc:

@@ -12,10 +12,9 @@ import math
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any
 
 from ..store._timers_sql import MAX_DELAY_S, TimerBudgetExceeded
-from ..tools.context import current_tool_context
+from ..tools.context import SessionTimers, current_tool_context
 from ..tools.definition import FunctionTool, ToolDefinition
 from ..tools.registry import ToolRegistry
 
@@ -49,11 +48,12 @@ def _seconds(value: float) -> str:
     return str(int(value)) if float(value).is_integer() else f"{value:g}"
 
 
-def _session() -> tuple[Any, str, str] | str:
+def _timers() -> SessionTimers | str:
+    """The calling session's wake-ups, or the refusal the model reads outside a loop's run."""
     ctx = current_tool_context()
-    if ctx is None or ctx.loop is None:
+    if ctx is None or ctx.capabilities is None:
         return "Error: wake-up tools only work inside an agent session run by StatefulAgentLoop."
-    return ctx.loop, ctx.session_id, ctx.idempotency_key
+    return ctx.capabilities.timers
 
 
 def timer_tools(limits: TimerToolLimits | None = None) -> list[FunctionTool]:
@@ -61,10 +61,9 @@ def timer_tools(limits: TimerToolLimits | None = None) -> list[FunctionTool]:
     lim = limits or TimerToolLimits()
 
     async def schedule_wakeup(delay_seconds: float, note: str) -> str:
-        where = _session()
-        if isinstance(where, str):
-            return where
-        loop, session_id, key = where
+        timers = _timers()
+        if isinstance(timers, str):
+            return timers
         if (
             isinstance(delay_seconds, bool)
             or not isinstance(delay_seconds, (int, float))
@@ -83,27 +82,19 @@ def timer_tools(limits: TimerToolLimits | None = None) -> list[FunctionTool]:
         try:
             # Keyed by the call's idempotency key: a call run again by resume() after a crash
             # gets the wake-up it already scheduled, not a second one.
-            row = await loop.store.schedule_timer(
-                session_id,
-                due_at=int(time.time() * 1000 + delay_seconds * 1000),
-                note=note.strip(),
-                max_live=lim.max_live,
-                origin=f"tool:{key}",
-            )
+            row = await timers.schedule(delay_s=delay_seconds, note=note.strip(), max_live=lim.max_live)
         except TimerBudgetExceeded as exc:
             return (
                 f"Budget exceeded: {exc.live} wake-ups already scheduled. Cancel or merge some first "
                 "(list_wakeups / cancel_wakeup)."
             )
-        loop._kick_timers()
         return f"Wake-up #{row.timer_id} scheduled in {_seconds(delay_seconds)}s. You'll receive your note."
 
     async def list_wakeups() -> str:
-        where = _session()
-        if isinstance(where, str):
-            return where
-        loop, session_id, _ = where
-        rows = await loop.store.list_timers(session_id)
+        timers = _timers()
+        if isinstance(timers, str):
+            return timers
+        rows = await timers.armed()
         if not rows:
             return "No wake-ups scheduled."
         now = time.time() * 1000
@@ -112,11 +103,10 @@ def timer_tools(limits: TimerToolLimits | None = None) -> list[FunctionTool]:
         )
 
     async def cancel_wakeup(timer_id: int) -> str:
-        where = _session()
-        if isinstance(where, str):
-            return where
-        loop, session_id, _ = where
-        if await loop.store.cancel_timer(session_id, int(timer_id)):
+        timers = _timers()
+        if isinstance(timers, str):
+            return timers
+        if await timers.cancel(int(timer_id)):
             return f"Wake-up #{timer_id} cancelled."
         return f"Wake-up #{timer_id} not found or already fired."
 

@@ -17,7 +17,7 @@ import inspect
 import logging
 import signal
 import sys
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from ..errors import ConfigurationError
 from .runner import TimerRunner
@@ -30,14 +30,14 @@ __all__ = ["load_app", "run_worker"]
 log = logging.getLogger("power_loop.timers")
 
 
-def _import_target(spec: str) -> Any:
+def _import_target(spec: str) -> object:
     module_name, sep, attribute = spec.partition(":")
     if not sep or not module_name or not attribute:
         raise ConfigurationError(f"APP must look like 'module:attribute' (e.g. 'myapp.agents:loop'), not {spec!r}")
     if "" not in sys.path and "." not in sys.path:
         sys.path.insert(0, "")  # like `python -m`: modules of the current directory are importable
     try:
-        target: Any = importlib.import_module(module_name)
+        target: object = importlib.import_module(module_name)
     except ImportError as exc:
         raise ConfigurationError(f"could not import module {module_name!r} named by {spec!r}: {exc}") from exc
     for part in attribute.split("."):

@@ -1,23 +1,147 @@
-"""The context of the tool call being executed.
+"""The context of the tool call being executed, and what a tool may do through it.
 
 A handler reads it with :func:`current_tool_context` or by declaring a parameter annotated
 ``ToolContext`` (injected, never shown to the model). The context travels in a
 ``contextvars.ContextVar``, so it is visible in async handlers and in sync handlers running
 in worker threads alike.
+
+Invariants:
+
+* What a tool may do to the loop is a typed capability bound to the tool's own session
+  (:class:`SessionTimers`, :class:`SessionInbox`, :class:`SessionReader`), never a private
+  attribute of the loop. The engine builds them per call; a context built by hand with
+  ``loop=`` gets them from :meth:`AgentLoopHandle.tool_capabilities`.
+* This module declares the capabilities as protocols and implements none of them, so the
+  tools layer imports no engine, store backend or facade module.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Protocol, runtime_checkable
 
-__all__ = ["ToolContext", "current_tool_context"]
+from ..errors import ToolError
+from ..messages import Message
+from ..results import FollowUpQueued, StatefulResult
+from ..store.rows import TimerRow
+
+__all__ = [
+    "AgentLoopHandle",
+    "SessionInbox",
+    "SessionReader",
+    "SessionTimers",
+    "ToolCapabilities",
+    "ToolContext",
+    "current_tool_context",
+]
+
+
+class SessionTimers(Protocol):
+    """The wake-ups of the tool's session (``ctx.timers``)."""
+
+    async def schedule(self, *, delay_s: float, note: str, max_live: int | None = None) -> TimerRow:
+        """Arm a one-shot wake-up ``delay_s`` seconds from now; the session receives ``note``.
+
+        Keyed by the call's idempotency key: the same call run again by ``resume`` gets the
+        wake-up it scheduled the first time, not a second one. A ``TimerRunner`` of the loop
+        is told at once.
+
+        Raises:
+            ValueError: ``delay_s`` is not a number of seconds from 0 to 100 years, or the
+                note is empty.
+            TimerBudgetExceeded: ``max_live`` wake-ups of the session are armed already.
+        """
+        ...
+
+    async def armed(self) -> list[TimerRow]:
+        """The session's armed (and in-flight) wake-ups, soonest first."""
+        ...
+
+    async def cancel(self, timer_id: int) -> bool:
+        """Cancel a wake-up of the session; False when it is unknown, fired or cancelled."""
+        ...
+
+
+class SessionInbox(Protocol):
+    """The inbox of the tool's session (``ctx.inbox``)."""
+
+    async def enqueue(self, text: str) -> int:
+        """Queue ``text`` as a follow-up for the session; return the inbox depth.
+
+        The running run reads it right after this round's tool results (merged with other
+        follow-ups into one ``<follow_up>`` message). Not keyed: a call run again by
+        ``resume`` queues it again.
+        """
+        ...
+
+
+class SessionReader(Protocol):
+    """Read access to the tool's session (``ctx.session``)."""
+
+    async def messages(self) -> list[Message]:
+        """The session's context as stored: the compaction summary (if any) and the
+        messages after it, up to the assistant message that made this call."""
+        ...
+
+    async def metadata(self) -> Mapping[str, object]:
+        """The metadata the session was created with."""
+        ...
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ToolCapabilities:
+    """What a tool call may do, each bound to the calling session.
+
+    Attributes:
+        timers: Schedule, list and cancel the session's wake-ups.
+        inbox: Queue a follow-up for the session.
+        session: Read the session.
+    """
+
+    timers: SessionTimers
+    inbox: SessionInbox
+    session: SessionReader
+
+
+class AgentLoopHandle(Protocol):
+    """The part of :class:`~power_loop.StatefulAgentLoop` a tool can rely on (``ctx.loop``).
+
+    The loop in ``ctx.loop`` is the real ``StatefulAgentLoop``; this protocol types the
+    methods that make sense from inside a tool. Prefer the session-bound capabilities
+    (``ctx.timers``, ``ctx.inbox``, ``ctx.session``); use the loop to act on other sessions.
+    """
+
+    async def send(self, user_input: str, session_id: str) -> StatefulResult:
+        """Send a message to a session and run it (see ``StatefulAgentLoop.send``)."""
+        ...
+
+    async def follow_up(self, user_input: str, session_id: str) -> StatefulResult | FollowUpQueued:
+        """Steer a running session or send to an idle one (see ``StatefulAgentLoop.follow_up``)."""
+        ...
+
+    async def new_session_async(self) -> str:
+        """Create a session and return its id."""
+        ...
+
+    async def get_messages_async(self, session_id: str) -> Sequence[Mapping[str, object]]:
+        """A session's context as OpenAI-shaped dicts."""
+        ...
+
+    def tool_capabilities(self, session_id: str, tool_call_id: str) -> ToolCapabilities:
+        """The capabilities a call ``tool_call_id`` of ``session_id`` gets."""
+        ...
+
+
+@runtime_checkable
+class _GivesCapabilities(Protocol):
+    def tool_capabilities(self, session_id: str, tool_call_id: str) -> ToolCapabilities: ...
 
 
 @dataclass(frozen=True, kw_only=True)
 class ToolContext:
-    """Where and why a tool runs.
+    """Where and why a tool runs, and what it may do.
 
     Attributes:
         session_id: The session whose run called the tool.
@@ -26,7 +150,9 @@ class ToolContext:
         run_id: The run (one ``send``) that made the call.
         round_index: The round of the run, from 0.
         loop: The ``StatefulAgentLoop`` running the call (None when a registry is invoked
-            directly), e.g. for a tool that schedules a timer or queues a follow-up.
+            directly), typed as :class:`AgentLoopHandle`.
+        capabilities: What the call may do (:attr:`timers`, :attr:`inbox`, :attr:`session`).
+            Filled in from ``loop`` when only the loop is given; None outside a loop.
     """
 
     session_id: str
@@ -34,7 +160,15 @@ class ToolContext:
     tool_name: str
     run_id: str = ""
     round_index: int = 0
-    loop: Any = field(default=None, repr=False, compare=False)
+    loop: AgentLoopHandle | None = field(default=None, repr=False, compare=False)
+    capabilities: ToolCapabilities | None = field(default=None, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.capabilities is None and self.loop is not None and isinstance(self.loop, _GivesCapabilities):
+            # A context built by hand (tests, a registry invoked directly) with a loop gets the
+            # same capabilities a run would hand the call. (Another object given as the loop
+            # is kept as it is, as before.)
+            object.__setattr__(self, "capabilities", self.loop.tool_capabilities(self.session_id, self.tool_call_id))
 
     @property
     def idempotency_key(self) -> str:
@@ -44,6 +178,29 @@ class ToolContext:
         run's call is executed again by ``resume``.
         """
         return f"{self.session_id}:{self.tool_call_id}"
+
+    @property
+    def timers(self) -> SessionTimers:
+        """The session's wake-ups (raises ``ToolError`` outside a loop)."""
+        return self._capabilities().timers
+
+    @property
+    def inbox(self) -> SessionInbox:
+        """The session's inbox (raises ``ToolError`` outside a loop)."""
+        return self._capabilities().inbox
+
+    @property
+    def session(self) -> SessionReader:
+        """Read access to the session (raises ``ToolError`` outside a loop)."""
+        return self._capabilities().session
+
+    def _capabilities(self) -> ToolCapabilities:
+        if self.capabilities is None:
+            raise ToolError(
+                f"tool {self.tool_name!r} has no loop capabilities: it was called outside a run of "
+                "StatefulAgentLoop (build the ToolContext with loop=... to give it some)"
+            )
+        return self.capabilities
 
 
 _CURRENT: ContextVar[ToolContext | None] = ContextVar("power_loop_tool_context", default=None)

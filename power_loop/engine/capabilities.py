@@ -1,0 +1,194 @@
+"""The capabilities a tool call gets (``ctx.timers``, ``ctx.inbox``, ``ctx.session``).
+
+Invariants:
+
+* Each capability is bound to one session and one call when it is built; a tool cannot name
+  another session through it.
+* They reach the loop only through its store and its :class:`TimerSignal`, never through the
+  facade, so the engine stays below ``loop.py``.
+* A wake-up scheduled through :class:`StoreTimers` is keyed by the call's idempotency key, so
+  a call run again by ``resume`` finds the wake-up it scheduled the first time.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import TypedDict
+
+from ..errors import SessionNotFoundError
+from ..messages import Message
+from ..store._timers_sql import MAX_DELAY_S, MAX_DUE_AT_MS
+from ..store.rows import TimerRow
+from ..store.sqlite import SQLiteSessionStore
+from ..tools.context import ToolCapabilities
+
+__all__ = ["StoreInbox", "StoreSession", "StoreTimers", "TimerArgs", "TimerSignal", "timer_args", "tool_capabilities"]
+
+
+class TimerArgs(TypedDict):
+    """The checked arguments of a timer, as the store's ``schedule_timer`` takes them."""
+
+    due_at: int
+    note: str
+    every_ms: int | None
+    count: int | None
+    until_at: int | None
+
+
+class TimerSignal:
+    """Tells this process's timer runners that a timer was scheduled (thread-safe).
+
+    A listener is called in the thread that scheduled the timer; it must only hand the news
+    over (e.g. ``call_soon_threadsafe``). A listener raising ``RuntimeError`` (its event loop
+    is closed) is dropped.
+    """
+
+    def __init__(self) -> None:
+        self._listeners: list[Callable[[], None]] = []
+        self._lock = threading.Lock()
+
+    def add(self, listener: Callable[[], None]) -> None:
+        """Call ``listener`` whenever a timer is scheduled through this loop."""
+        with self._lock:
+            self._listeners = [*self._listeners, listener]
+
+    def remove(self, listener: Callable[[], None]) -> None:
+        """Stop calling ``listener`` (no error when it was not added)."""
+        with self._lock:
+            self._listeners = [fn for fn in self._listeners if fn is not listener]
+
+    def notify(self) -> None:
+        """Tell every listener that a timer was scheduled."""
+        for listener in self._listeners:  # a snapshot: add/remove replace the list
+            try:
+                listener()
+            except RuntimeError:  # the runner's event loop is closed
+                self.remove(listener)
+
+
+@dataclass(frozen=True, slots=True)
+class StoreTimers:
+    """:class:`~power_loop.tools.context.SessionTimers` over the loop's store."""
+
+    store: SQLiteSessionStore
+    signal: TimerSignal
+    session_id: str
+    origin: str
+
+    async def schedule(self, *, delay_s: float, note: str, max_live: int | None = None) -> TimerRow:
+        """See :meth:`power_loop.tools.context.SessionTimers.schedule`."""
+        args = timer_args(delay_s, None, note, None, None, None)
+        row = await self.store.schedule_timer(self.session_id, **args, max_live=max_live, origin=self.origin)
+        self.signal.notify()
+        return row
+
+    async def armed(self) -> list[TimerRow]:
+        """See :meth:`power_loop.tools.context.SessionTimers.armed`."""
+        return await self.store.list_timers(self.session_id)
+
+    async def cancel(self, timer_id: int) -> bool:
+        """See :meth:`power_loop.tools.context.SessionTimers.cancel`."""
+        return await self.store.cancel_timer(self.session_id, int(timer_id))
+
+
+@dataclass(frozen=True, slots=True)
+class StoreInbox:
+    """:class:`~power_loop.tools.context.SessionInbox` over the loop's store."""
+
+    store: SQLiteSessionStore
+    session_id: str
+
+    async def enqueue(self, text: str) -> int:
+        """See :meth:`power_loop.tools.context.SessionInbox.enqueue`."""
+        if not isinstance(text, str) or not text:
+            raise ValueError("ctx.inbox.enqueue() needs a non-empty str")
+        depth = await self.store.enqueue(self.session_id, text, kind="follow_up")
+        assert depth is not None  # None only with only_if_busy
+        return depth
+
+
+@dataclass(frozen=True, slots=True)
+class StoreSession:
+    """:class:`~power_loop.tools.context.SessionReader` over the loop's store."""
+
+    store: SQLiteSessionStore
+    session_id: str
+
+    async def messages(self) -> list[Message]:
+        """See :meth:`power_loop.tools.context.SessionReader.messages`."""
+        return [stored.message for stored in await self.store.load_messages(self.session_id)]
+
+    async def metadata(self) -> Mapping[str, object]:
+        """See :meth:`power_loop.tools.context.SessionReader.metadata`."""
+        row = await self.store.get_session_async(self.session_id)
+        if row is None:
+            raise SessionNotFoundError(self.session_id)
+        return row.metadata
+
+
+def timer_args(
+    delay_s: float | None,
+    due_at_ms: int | None,
+    note: str,
+    every_s: float | None,
+    count: int | None,
+    until_ms: int | None,
+) -> TimerArgs:
+    """Check the arguments of ``schedule_timer`` and return the store's keyword arguments.
+
+    Raises:
+        ValueError: Both or neither of ``delay_s`` / ``due_at_ms``, an empty note, an
+            out-of-range time, or a bad recurrence.
+    """
+
+    def seconds(value: object) -> bool:
+        return (
+            not isinstance(value, bool)
+            and isinstance(value, (int, float))
+            and math.isfinite(value)
+            and 0 <= value <= MAX_DELAY_S
+        )
+
+    def epoch_ms(value: object) -> bool:
+        return not isinstance(value, bool) and isinstance(value, int) and 0 <= value <= MAX_DUE_AT_MS
+
+    if (delay_s is None) == (due_at_ms is None):
+        raise ValueError("provide exactly one of delay_s / due_at_ms")
+    if not isinstance(note, str) or not note.strip():
+        raise ValueError("note is required — the agent needs to know why it woke up")
+    if delay_s is not None:
+        if not seconds(delay_s):
+            raise ValueError(f"delay_s must be a number of seconds from 0 to 100 years, not {delay_s!r}")
+        due_at = int(time.time() * 1000 + delay_s * 1000)
+    else:
+        if not epoch_ms(due_at_ms):
+            raise ValueError(f"due_at_ms must be epoch milliseconds (an int up to year 9999), not {due_at_ms!r}")
+        assert due_at_ms is not None
+        due_at = due_at_ms
+    every_ms = None
+    if every_s is not None:
+        if not seconds(every_s) or every_s <= 0:
+            raise ValueError(f"every_s must be a positive number of seconds up to 100 years, not {every_s!r}")
+        every_ms = max(1, int(every_s * 1000))
+    elif count is not None or until_ms is not None:
+        raise ValueError("count and until_ms apply to recurring timers: pass every_s as well")
+    if count is not None and (isinstance(count, bool) or not isinstance(count, int) or count < 1):
+        raise ValueError(f"count must be an int >= 1, not {count!r}")
+    if until_ms is not None and (not epoch_ms(until_ms) or until_ms < due_at):
+        raise ValueError("until_ms must be epoch milliseconds no earlier than the first due time")
+    return {"due_at": due_at, "note": note, "every_ms": every_ms, "count": count, "until_at": until_ms}
+
+
+def tool_capabilities(
+    store: SQLiteSessionStore, signal: TimerSignal, session_id: str, tool_call_id: str
+) -> ToolCapabilities:
+    """The capabilities of call ``tool_call_id`` in ``session_id``."""
+    return ToolCapabilities(
+        timers=StoreTimers(store, signal, session_id, origin=f"tool:{session_id}:{tool_call_id}"),
+        inbox=StoreInbox(store, session_id),
+        session=StoreSession(store, session_id),
+    )
