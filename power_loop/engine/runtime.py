@@ -19,7 +19,7 @@ from ..errors import SessionBusyError
 from ..events import AgentEventBus
 from ..hooks import AgentHooks
 from ..providers.base import LLMService
-from ..store.sqlite import SQLiteSessionStore
+from ..store.protocols import RunStore
 from ..tools.registry import ToolRegistry
 from ..tools.threads import ToolThreads
 from .fairness import TickGate
@@ -105,7 +105,7 @@ class Runtime:
     first use by :meth:`tool_threads` and shut down by :meth:`close`.
     """
 
-    store: SQLiteSessionStore
+    store: RunStore
     llm: LLMService
     config: AgentLoopConfig
     hooks: AgentHooks

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
-from ..store._timers_sql import MAX_DELAY_S, TimerBudgetExceeded
+from ..store.protocols import MAX_DELAY_S, TimerBudgetExceeded
 from ..tools.context import current_tool_context
 from ..tools.definition import FunctionTool, ToolDefinition
 from ..tools.registry import ToolRegistry
