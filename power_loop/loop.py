@@ -34,6 +34,7 @@ from .hooks import AgentHooks
 from .messages import message_to_dict
 from .providers.base import LLMService
 from .results import FollowUpQueued, StatefulResult
+from .store.protocols import SessionStoreProtocol
 from .store.rows import PendingState, SessionStatsRow, StoredMessage, TimerRow
 from .store.sqlite import DEFAULT_DB_PATH, SQLiteSessionStore
 from .tools.context import ToolCapabilities
@@ -113,7 +114,7 @@ class StatefulAgentLoop:
         self,
         *,
         llm: LLMService,
-        store: SQLiteSessionStore | None = None,
+        store: SessionStoreProtocol | None = None,
         db_path: str = DEFAULT_DB_PATH,
         config: AgentLoopConfig | None = None,
         tool_registry: ToolRegistry | None = None,
@@ -124,7 +125,7 @@ class StatefulAgentLoop:
             raise TypeError("StatefulAgentLoop needs llm=...; see create_llm_service_from_env()")
         self.llm = llm
         self._owns_store = store is None
-        self.store = store if store is not None else SQLiteSessionStore(db_path)
+        self.store: SessionStoreProtocol = store if store is not None else SQLiteSessionStore(db_path)
         self.config = config or AgentLoopConfig()
         self.tool_registry = tool_registry
         self._hooks = hooks if hooks is not None else AgentHooks()

@@ -236,3 +236,30 @@ async def test_corrupt_inbox_rows_raise_a_clear_error(db_path: str) -> None:
         assert info.value.session_id == "s"
         # The failed begin rolled back: no lease was taken, the item is still there.
         assert await store.inbox_depth("s") == 1
+
+
+async def test_a_version_5_file_with_data_migrates_to_the_counters(db_path: str) -> None:
+    from contextlib import closing
+
+    from power_loop.store.schema import MIGRATIONS
+
+    with closing(sqlite3.connect(db_path, isolation_level=None)) as raw:
+        for migration in MIGRATIONS[:5]:
+            migration(raw)
+        raw.execute("PRAGMA user_version = 5")
+        raw.execute("INSERT INTO sessions (session_id, created_at, updated_at) VALUES ('old', 0, 0)")
+        for seq in (1, 2, 3):
+            raw.execute(
+                "INSERT INTO messages (session_id, seq, role, body, created_at) VALUES ('old', ?, 'user', ?, 0)",
+                (seq, f'{{"role": "user", "content": "m{seq}"}}'),
+            )
+        raw.execute(
+            "INSERT INTO timers (session_id, timer_id, due_at, note, created_at, updated_at) "
+            "VALUES ('old', 4, 9, 'n', 0, 0)"
+        )
+    async with SQLiteSessionStore(db_path) as store:
+        assert await store.execute_fetchall("PRAGMA user_version") == [(LATEST_VERSION,)]
+        out = await store.write("old", [Append([UserMessage(content="m4")])])
+        assert out.seqs == (4,)
+        assert [m.seq for m in await store.load_messages("old")] == [1, 2, 3, 4]
+        assert (await store.schedule_timer("old", due_at=10, note="next")).timer_id == 5

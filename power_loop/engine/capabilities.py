@@ -21,9 +21,8 @@ from typing import TypedDict
 
 from ..errors import SessionNotFoundError
 from ..messages import Message
-from ..store._timers_sql import MAX_DELAY_S, MAX_DUE_AT_MS
+from ..store.protocols import MAX_DELAY_S, MAX_DUE_AT_MS, SessionStoreProtocol
 from ..store.rows import TimerRow
-from ..store.sqlite import SQLiteSessionStore
 from ..tools.context import ToolCapabilities
 
 __all__ = ["StoreInbox", "StoreSession", "StoreTimers", "TimerArgs", "TimerSignal", "timer_args", "tool_capabilities"]
@@ -74,7 +73,7 @@ class TimerSignal:
 class StoreTimers:
     """:class:`~power_loop.tools.context.SessionTimers` over the loop's store."""
 
-    store: SQLiteSessionStore
+    store: SessionStoreProtocol
     signal: TimerSignal
     session_id: str
     origin: str
@@ -99,7 +98,7 @@ class StoreTimers:
 class StoreInbox:
     """:class:`~power_loop.tools.context.SessionInbox` over the loop's store."""
 
-    store: SQLiteSessionStore
+    store: SessionStoreProtocol
     session_id: str
 
     async def enqueue(self, text: str) -> int:
@@ -115,7 +114,7 @@ class StoreInbox:
 class StoreSession:
     """:class:`~power_loop.tools.context.SessionReader` over the loop's store."""
 
-    store: SQLiteSessionStore
+    store: SessionStoreProtocol
     session_id: str
 
     async def messages(self) -> list[Message]:
@@ -184,7 +183,7 @@ def timer_args(
 
 
 def tool_capabilities(
-    store: SQLiteSessionStore, signal: TimerSignal, session_id: str, tool_call_id: str
+    store: SessionStoreProtocol, signal: TimerSignal, session_id: str, tool_call_id: str
 ) -> ToolCapabilities:
     """The capabilities of call ``tool_call_id`` in ``session_id``."""
     return ToolCapabilities(

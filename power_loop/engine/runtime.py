@@ -18,7 +18,7 @@ from ..errors import SessionBusyError
 from ..events import AgentEventBus
 from ..hooks import AgentHooks
 from ..providers.base import LLMService
-from ..store.sqlite import SQLiteSessionStore
+from ..store.protocols import SessionStoreProtocol
 from ..tools.context import AgentLoopHandle, ToolCapabilities
 from ..tools.registry import ToolRegistry
 from ..tools.threads import ToolThreads
@@ -108,7 +108,7 @@ class Runtime:
     :meth:`tool_threads` and shut down by :meth:`close`.
     """
 
-    store: SQLiteSessionStore
+    store: SessionStoreProtocol  # the engine uses its RunStore part; tools its timers and session reads
     llm: LLMService
     config: AgentLoopConfig
     hooks: AgentHooks

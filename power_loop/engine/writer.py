@@ -14,8 +14,8 @@ from collections.abc import Sequence
 from typing import TypeVar
 
 from ..errors import LeaseLostError
+from ..store.protocols import RunStore
 from ..store.rows import Append, FinishRun, LeaseClaim, WriteOp, WriteOutcome
-from ..store.sqlite import SQLiteSessionStore
 from .emit import Emitter
 from .history import Transcript
 
@@ -53,7 +53,7 @@ class RunWriter:
 
     def __init__(
         self,
-        store: SQLiteSessionStore,
+        store: RunStore,
         session_id: str,
         lease: LeaseClaim,
         transcript: Transcript,

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import secrets
-import sqlite3
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -25,6 +24,7 @@ from . import _compat_sql as _c
 from . import _sql
 from . import _timers_sql as _timers
 from ._compat_sql import UnsupportedStoreCallError
+from ._sqlite_tx import SQLiteTx
 from .rows import (
     CompactionRow,
     MessageRow,
@@ -69,9 +69,9 @@ class Store011Methods:
 
     if TYPE_CHECKING:
 
-        def _call_sync(self, fn: Callable[[sqlite3.Connection], T], *, tx: bool = True) -> T: ...
+        def _call_sync(self, fn: Callable[[SQLiteTx], T], *, tx: bool = True) -> T: ...
 
-        async def _call(self, fn: Callable[[sqlite3.Connection], T], *, tx: bool = True) -> T: ...
+        async def _call(self, fn: Callable[[SQLiteTx], T], *, tx: bool = True) -> T: ...
 
     # ------------------------------------------------------------------ sessions
 
@@ -99,7 +99,7 @@ class Store011Methods:
         life = getattr(lifecycle, "value", lifecycle)
         extra = {"model": model, "config_json": config_json, "spawn_tool_call_id": spawn_tool_call_id}
 
-        def create(conn: sqlite3.Connection) -> None:
+        def create(conn: SQLiteTx) -> None:
             depth = 0
             if parent_session_id is not None:
                 parent = _sql.get_session(conn, parent_session_id)
@@ -140,7 +140,7 @@ class Store011Methods:
             SessionNotFoundError: Unknown session.
         """
 
-        def archive(conn: sqlite3.Connection) -> None:
+        def archive(conn: SQLiteTx) -> None:
             _c.require_session(conn, session_id)
             _c.set_compat_fields(conn, session_id, status=SessionStatus.ARCHIVED.value)
 

@@ -1,5 +1,5 @@
 """The SQL behind the 0.11 store methods (``store/_compat.py``), as plain functions over a
-``sqlite3.Connection`` run inside the caller's transaction, like :mod:`._sql`.
+``SQLiteTx`` run inside the caller's transaction, like :mod:`._sql`.
 
 Writers that touch a session's history take the same checks as the engine's own writes, in
 the same transaction: no live run may hold the session (its lease), and the tool-call
@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import sqlite3
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -21,6 +20,7 @@ from ..messages import ToolResultMessage, Usage, message_from_dict
 from . import _sql
 from . import _timers_sql as _timers
 from ._leases import lease_is_live
+from ._sqlite_tx import SQLiteTx
 from .rows import (
     Append,
     Compact,
@@ -58,12 +58,12 @@ class UnsupportedStoreCallError(SessionError):
 # --------------------------------------------------------------------------- sessions
 
 
-def _has_compat_table(conn: sqlite3.Connection) -> bool:
+def _has_compat_table(conn: SQLiteTx) -> bool:
     found = conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (COMPAT_TABLE,))
     return found.fetchone() is not None
 
 
-def with_compat_fields(conn: sqlite3.Connection, rows: list[SessionRow]) -> list[SessionRow]:
+def with_compat_fields(conn: SQLiteTx, rows: list[SessionRow]) -> list[SessionRow]:
     """``rows`` with their 0.11-only fields (model, config, status, spawn call) filled in."""
     if not rows or not _has_compat_table(conn):
         return rows
@@ -100,13 +100,13 @@ def with_compat_fields(conn: sqlite3.Connection, rows: list[SessionRow]) -> list
     return out
 
 
-def get_session(conn: sqlite3.Connection, session_id: str) -> SessionRow | None:
+def get_session(conn: SQLiteTx, session_id: str) -> SessionRow | None:
     """The session row with its 0.11-only fields, or None."""
     row = _sql.get_session(conn, session_id)
     return None if row is None else with_compat_fields(conn, [row])[0]
 
 
-def set_compat_fields(conn: sqlite3.Connection, session_id: str, **fields: Any) -> None:
+def set_compat_fields(conn: SQLiteTx, session_id: str, **fields: Any) -> None:
     """Set some of a session's 0.11-only fields (``model``, ``config_json``, ``status``,
     ``spawn_tool_call_id``), keeping the others."""
     conn.execute(_COMPAT_DDL)
@@ -115,7 +115,7 @@ def set_compat_fields(conn: sqlite3.Connection, session_id: str, **fields: Any) 
         conn.execute(f"UPDATE {COMPAT_TABLE} SET {column} = ? WHERE session_id = ?", (value, session_id))
 
 
-def list_children(conn: sqlite3.Connection, parent_session_id: str) -> list[SessionRow]:
+def list_children(conn: SQLiteTx, parent_session_id: str) -> list[SessionRow]:
     """Direct sub-agent sessions of a session, oldest first."""
     rows = conn.execute(
         f"SELECT {_sql._SESSION_COLUMNS} FROM sessions WHERE parent_session_id = ? ORDER BY created_at, rowid",
@@ -124,12 +124,12 @@ def list_children(conn: sqlite3.Connection, parent_session_id: str) -> list[Sess
     return with_compat_fields(conn, [_sql._session_row(r) for r in rows])
 
 
-def require_session(conn: sqlite3.Connection, session_id: str) -> None:
+def require_session(conn: SQLiteTx, session_id: str) -> None:
     """Raise SessionNotFoundError for an unknown session."""
     _sql._version(conn, session_id)
 
 
-def update_prompt(conn: sqlite3.Connection, session_id: str, system_prompt: str | None) -> None:
+def update_prompt(conn: SQLiteTx, session_id: str, system_prompt: str | None) -> None:
     """Set the per-session system prompt (the next run reads it at its start)."""
     require_session(conn, session_id)
     conn.execute(
@@ -166,7 +166,7 @@ def _message_row(session_id: str, seq: int, body: str, compacted: int, created_a
 _MESSAGE_COLUMNS = "seq, body, compacted, created_at"
 
 
-def get_message(conn: sqlite3.Connection, session_id: str, seq: int) -> MessageRow | None:
+def get_message(conn: SQLiteTx, session_id: str, seq: int) -> MessageRow | None:
     """One stored message, or None."""
     row = conn.execute(
         f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE session_id = ? AND seq = ?", (session_id, seq)
@@ -174,7 +174,7 @@ def get_message(conn: sqlite3.Connection, session_id: str, seq: int) -> MessageR
     return None if row is None else _message_row(session_id, *row)
 
 
-def load_all_messages(conn: sqlite3.Connection, session_id: str) -> list[MessageRow]:
+def load_all_messages(conn: SQLiteTx, session_id: str) -> list[MessageRow]:
     """Every stored message of a session, folded ones included, by seq."""
     rows = conn.execute(
         f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE session_id = ? ORDER BY seq", (session_id,)
@@ -182,7 +182,7 @@ def load_all_messages(conn: sqlite3.Connection, session_id: str) -> list[Message
     return [_message_row(session_id, *r) for r in rows]
 
 
-def load_active_messages(conn: sqlite3.Connection, session_id: str) -> list[MessageRow]:
+def load_active_messages(conn: SQLiteTx, session_id: str) -> list[MessageRow]:
     """The context a run loads: the latest compaction summary (a ``system`` row named
     ``compact_note`` at its ``to_seq``), then the messages not folded, by seq."""
     out: list[MessageRow] = []
@@ -216,7 +216,7 @@ def load_active_messages(conn: sqlite3.Connection, session_id: str) -> list[Mess
     return out + [_message_row(session_id, *r) for r in rows]
 
 
-def _refuse_if_running(conn: sqlite3.Connection, session_id: str, what: str, instead: str) -> None:
+def _refuse_if_running(conn: SQLiteTx, session_id: str, what: str, instead: str) -> None:
     owner, _ = lease_is_live(conn, session_id, _sql.now_ms())
     if owner is not None:
         raise SessionBusyError(
@@ -231,7 +231,7 @@ def _pending_error(session_id: str, pending: PendingState) -> SessionPendingErro
     return SessionPendingError(session_id, assistant_seq=pending.assistant_seq, pending_tool_calls=calls)
 
 
-def append_message(conn: sqlite3.Connection, session_id: str, data: Mapping[str, Any]) -> int:
+def append_message(conn: SQLiteTx, session_id: str, data: Mapping[str, Any]) -> int:
     """Append one message through the engine's write path; return its seq.
 
     Raises:
@@ -266,7 +266,7 @@ def append_message(conn: sqlite3.Connection, session_id: str, data: Mapping[str,
 # --------------------------------------------------------------------------- compaction
 
 
-def list_compactions(conn: sqlite3.Connection, session_id: str) -> list[CompactionRow]:
+def list_compactions(conn: SQLiteTx, session_id: str) -> list[CompactionRow]:
     """The session's compactions, oldest first (pruned older summaries are gone)."""
     rows = conn.execute(
         "SELECT through_seq, summary, before_tokens, after_tokens, created_at FROM compactions "
@@ -295,7 +295,7 @@ def list_compactions(conn: sqlite3.Connection, session_id: str) -> list[Compacti
 
 
 def record_compaction(
-    conn: sqlite3.Connection,
+    conn: SQLiteTx,
     session_id: str,
     *,
     from_seq: int,
@@ -362,7 +362,7 @@ def pending_dict(pending: PendingState | None) -> dict[str, Any] | None:
     }
 
 
-def get_state(conn: sqlite3.Connection, session_id: str) -> SessionStateRow | None:
+def get_state(conn: SQLiteTx, session_id: str) -> SessionStateRow | None:
     """The session's run state in 0.11's shape, or None for an unknown session."""
     if _sql.get_session(conn, session_id) is None:
         return None
@@ -384,7 +384,7 @@ def _tokens(value: Any) -> int:
 
 
 def record_usage(
-    conn: sqlite3.Connection,
+    conn: SQLiteTx,
     session_id: str,
     *,
     round_index: int,
@@ -405,7 +405,7 @@ def record_usage(
 
 
 def bump_stats(
-    conn: sqlite3.Connection, session_id: str, usage: Mapping[str, Any] | Usage, *, rounds: int, tool_calls: int
+    conn: SQLiteTx, session_id: str, usage: Mapping[str, Any] | Usage, *, rounds: int, tool_calls: int
 ) -> None:
     """Count one send with ``usage``, ``rounds`` and ``tool_calls`` in the session's stats."""
     require_session(conn, session_id)
@@ -436,7 +436,7 @@ def timer_statuses(statuses: Sequence[str]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(_TIMER_STATUS.get(s, s) for s in statuses))
 
 
-def get_timer(conn: sqlite3.Connection, session_id: str, timer_id: int) -> TimerRow | None:
+def get_timer(conn: SQLiteTx, session_id: str, timer_id: int) -> TimerRow | None:
     """One timer, or None."""
     if not 0 < timer_id <= _timers.MAX_TIMER_ID:
         return None
@@ -446,7 +446,7 @@ def get_timer(conn: sqlite3.Connection, session_id: str, timer_id: int) -> Timer
         return None
 
 
-def due_timers(conn: sqlite3.Connection, *, now: int | None, limit: int) -> list[TimerRow]:
+def due_timers(conn: SQLiteTx, *, now: int | None, limit: int) -> list[TimerRow]:
     """Armed timers due by ``now`` (default: the current time), oldest first."""
     cutoff = _sql.now_ms() if now is None else int(now)
     rows = conn.execute(
@@ -458,7 +458,7 @@ def due_timers(conn: sqlite3.Connection, *, now: int | None, limit: int) -> list
 
 
 def transition_timer(
-    conn: sqlite3.Connection, session_id: str, timer_id: int, *, from_status: str, to_status: str, due_at: int | None
+    conn: SQLiteTx, session_id: str, timer_id: int, *, from_status: str, to_status: str, due_at: int | None
 ) -> bool:
     """The transitions a program may make safely, compare-and-set: cancel (``armed`` or
     ``firing`` → ``cancelled``) and postpone (``armed`` → ``armed`` with ``due_at``).
@@ -489,7 +489,7 @@ def transition_timer(
     return cursor.rowcount == 1
 
 
-def recover_stale_claims(conn: sqlite3.Connection, *, older_than_ms: int) -> int:
+def recover_stale_claims(conn: SQLiteTx, *, older_than_ms: int) -> int:
     """Re-arm timers whose claim expired (their runner died) and that were last touched more
     than ``older_than_ms`` ago; a live runner's claim is never taken. Returns the count."""
     now = _sql.now_ms()

@@ -142,6 +142,10 @@ def _remove(db_file: str) -> None:
             pass
 
 
+COPY_VERSION = 5
+"""The schema version the 0.11 rows are copied into."""
+
+
 def migrate_011(
     conn: sqlite3.Connection,
     *,
@@ -170,9 +174,12 @@ def migrate_011(
         present = [t for t in (*_SIGNATURE, *_OPTIONAL) if t in _tables(conn)]
         for table in present:
             conn.execute(f'ALTER TABLE "{table}" RENAME TO "{_OLD}{table}"')
-        for step in migrations:
+        # The copier writes the version-5 shape; later migrations then run on the copied rows.
+        for step in migrations[:COPY_VERSION]:
             step(conn)
         _Copier(conn, set(present), path).run()
+        for step in migrations[COPY_VERSION:]:
+            step(conn)
         for table in present:
             if table in _KEPT_AS_IS and conn.execute(f'SELECT 1 FROM "{_OLD}{table}" LIMIT 1').fetchone():
                 conn.execute(f'ALTER TABLE "{_OLD}{table}" RENAME TO "legacy011_{table}"')

@@ -42,6 +42,10 @@ Tables (all times are epoch milliseconds):
 ``notes`` (version 5)
     Notes per session (``note_id``, ``content``, ``pinned``); filled by the migration of a
     power-loop 0.11 file (``_legacy.py``), read by the notes feature.
+``sessions.last_seq``, ``sessions.last_timer_id`` (version 6)
+    Per-session counters: the seq of the latest message and the id of the latest timer.
+    Each new message or timer increments its counter in the same transaction, so allocation
+    never depends on ``MAX(...) + 1`` under a database-wide write lock.
 ``compactions`` (version 2)
     Summaries of folded history. The latest one is the session's load base: loading reads it
     and the messages after its ``through_seq``, never the whole history.
@@ -274,7 +278,20 @@ def _v5(conn: sqlite3.Connection) -> None:
     )
 
 
-MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_v1, _v2, _v3, _v4, _v5)
+def _v6(conn: sqlite3.Connection) -> None:
+    _run_script(
+        conn,
+        """
+        ALTER TABLE sessions ADD COLUMN last_seq INTEGER NOT NULL DEFAULT 0;
+        ALTER TABLE sessions ADD COLUMN last_timer_id INTEGER NOT NULL DEFAULT 0;
+        UPDATE sessions SET
+            last_seq = COALESCE((SELECT MAX(seq) FROM messages m WHERE m.session_id = sessions.session_id), 0),
+            last_timer_id = COALESCE((SELECT MAX(timer_id) FROM timers t WHERE t.session_id = sessions.session_id), 0)
+        """,
+    )
+
+
+MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_v1, _v2, _v3, _v4, _v5, _v6)
 LATEST_VERSION = len(MIGRATIONS)
 
 

@@ -42,6 +42,8 @@ from . import _compat_sql, _leases, _sql
 from . import _timers_sql as _timers
 from ._compat import Store011Methods
 from ._faults import FileId, file_id, gone_error, path_changed, store_error
+from ._pragmas import rollback
+from ._sqlite_tx import SQLiteTx
 from .rows import (
     BeginOutcome,
     BeginRun,
@@ -244,13 +246,13 @@ class SQLiteSessionStore(Store011Methods):
         how = self._moved()
         return gone_error(self._abs_path, how) if how is not None else store_error(exc, self._abs_path)
 
-    def _run(self, fn: Callable[[sqlite3.Connection], T], tx: bool, conn: sqlite3.Connection) -> T:
+    def _run(self, fn: Callable[[SQLiteTx], T], tx: bool, conn: sqlite3.Connection) -> T:
         """Run one store operation on ``conn``'s thread: the transaction, the fault mapping and
         the check, after ``COMMIT``, that what was committed is in the file at the path."""
         if tx:
             self._check_file()  # do not even start writing into a file that is gone
         try:
-            result = _sql.transaction(conn, fn) if tx else fn(conn)
+            result = transaction(conn, fn) if tx else fn(SQLiteTx(conn))
         except sqlite3.Error as exc:
             raise self._fault(exc) from exc
         except PowerLoopError as exc:
@@ -340,7 +342,7 @@ class SQLiteSessionStore(Store011Methods):
 
     # ------------------------------------------------------------------ execution
 
-    async def _call(self, fn: Callable[[sqlite3.Connection], T], *, tx: bool = True) -> T:
+    async def _call(self, fn: Callable[[SQLiteTx], T], *, tx: bool = True) -> T:
         """Run ``fn`` on the writer connection's thread, in one transaction, in one hop.
 
         aiosqlite executes every operation of a connection on one worker thread, in order.
@@ -355,7 +357,7 @@ class SQLiteSessionStore(Store011Methods):
             assert db is not None
         return await _in_worker(db, partial(self._run, fn, tx))
 
-    def _call_sync(self, fn: Callable[[sqlite3.Connection], T], *, tx: bool = True) -> T:
+    def _call_sync(self, fn: Callable[[SQLiteTx], T], *, tx: bool = True) -> T:
         with closing(self._connect()) as conn:
             return self._run(fn, tx, conn)
 
@@ -441,7 +443,7 @@ class SQLiteSessionStore(Store011Methods):
         meta = check_metadata(metadata)
         extra = {"model": model, "config_json": _config_json(config), "spawn_tool_call_id": spawn_tool_call_id}
 
-        def create(c: sqlite3.Connection) -> None:
+        def create(c: SQLiteTx) -> None:
             _sql.create_session(
                 c,
                 sid,
@@ -714,6 +716,23 @@ class SQLiteSessionStore(Store011Methods):
     async def execute_fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         """Run a read-only query (for diagnostics and tests)."""
         return await self._call(lambda c: [tuple(r) for r in c.execute(sql, params).fetchall()], tx=False)
+
+
+def transaction(conn: sqlite3.Connection, fn: Callable[[SQLiteTx], T]) -> T:
+    """Run ``fn`` in a ``BEGIN IMMEDIATE`` transaction: commit on success, roll back on error
+    (a failed ``COMMIT`` included).
+
+    ``IMMEDIATE`` takes SQLite's write lock at once, so a transaction never fails half-way
+    on a lock upgrade; the rules do not depend on it for correctness (see ``protocols.py``).
+    """
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        result = fn(SQLiteTx(conn))
+        conn.execute("COMMIT")
+    except BaseException:
+        rollback(conn)
+        raise
+    return result
 
 
 _EXIT_CLOSE_WAIT_S = 5.0  # how long closing from sync code or at exit waits for the worker

@@ -13,7 +13,7 @@ from typing import Protocol
 from ..events import AgentEventType, BaseEventPayload
 from ..hooks import AgentHooks
 from ..results import StatefulResult
-from ..store.sqlite import SQLiteSessionStore
+from ..store.protocols import SessionStoreProtocol
 
 __all__ = ["TimerHost"]
 
@@ -24,7 +24,7 @@ class TimerHost(Protocol):
     scheduled in this process."""
 
     @property
-    def store(self) -> SQLiteSessionStore:
+    def store(self) -> SessionStoreProtocol:
         """The store holding the timers and the sessions they wake."""
         ...
 

@@ -34,7 +34,7 @@ from typing import Literal
 from ..errors import PowerLoopError, SessionBusyError, SessionPendingError
 from ..events import AgentEventType, TimerFiredPayload
 from ..hooks import HookDirective, HookPoint, TimerFireCtx
-from ..store._timers_sql import ClaimedTimer, Delivery
+from ..store.protocols import ClaimedTimer, Delivery
 from .host import TimerHost
 
 __all__ = ["TimerRunner", "wake_up_message"]

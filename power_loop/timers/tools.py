@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
-from ..store._timers_sql import MAX_DELAY_S, TimerBudgetExceeded
+from ..store.protocols import MAX_DELAY_S, TimerBudgetExceeded
 from ..tools.context import SessionTimers, current_tool_context
 from ..tools.definition import FunctionTool, ToolDefinition
 from ..tools.registry import ToolRegistry

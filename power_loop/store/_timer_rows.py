@@ -1,0 +1,51 @@
+"""The value types of durable timers shared by the store's rules and the timer runner:
+a claim, a delivery, the limits on due times, and the "too many timers" signal.
+
+Nothing here touches a database, so the runner and the timer tools import it without
+importing any backend.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["MAX_DELAY_S", "MAX_DUE_AT_MS", "MAX_TIMER_ID", "ClaimedTimer", "Delivery", "TimerBudgetExceeded"]
+
+MAX_TIMER_ID = 2**63 - 1
+MAX_DELAY_S = 100 * 365 * 86400.0
+"""The longest delay or period a timer accepts (100 years)."""
+MAX_DUE_AT_MS = 253_402_300_799_999
+"""The latest due time a timer accepts (the end of year 9999, epoch ms)."""
+
+
+class TimerBudgetExceeded(Exception):
+    """``max_live`` timers are armed already (``live`` says how many)."""
+
+    def __init__(self, live: int) -> None:
+        super().__init__(f"{live} timers armed")
+        self.live = live
+
+
+@dataclass(frozen=True)
+class ClaimedTimer:
+    """A due timer claimed by a runner; ``claim_seq`` identifies this claim."""
+
+    session_id: str
+    timer_id: int
+    due_at: int
+    note: str
+    every_ms: int | None
+    remaining: int | None
+    until_at: int | None
+    claim_seq: int = 0
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """What to do with one claimed timer: ``action`` is ``deliver`` (into the session's
+    inbox), ``skip``, ``cancel`` or ``postpone`` (by ``postpone_ms``)."""
+
+    timer: ClaimedTimer
+    action: str
+    message: str
+    postpone_ms: int = 0

@@ -1,0 +1,323 @@
+"""What each consumer of the store needs, as small ``typing.Protocol``s, and the transaction
+interface the store's rules are written against.
+
+Consumers see protocols, never a backend class:
+
+* :class:`RunStore`: the engine (begin a run, write a step, renew and release the lease,
+  load a history).
+* :class:`TimerStore`: the timer runner and the timer tools (arm, list, cancel, claim,
+  renew, deliver, orphaned inboxes).
+* :class:`SessionAdmin`: the facade and the CLI (create, read, close sessions; stats;
+  pending calls; follow-ups; the store's lifecycle).
+* :class:`SessionStoreProtocol`: all three, what ``StatefulAgentLoop(store=...)`` accepts.
+
+Below them, the rules (``_sql.py``, ``_leases.py``, ``_timers_sql.py``) run inside one
+transaction through :class:`Tx`: ``execute(sql, params)`` returning a cursor with
+``fetchone``/``fetchall``/``rowcount`` whose rows are read by column name. The rules' SQL is
+portable (no ``MAX(a, b)``, ``IS NOT ?``, ``rowid`` or ``INSERT OR ...``; ``?`` marks a
+parameter, which an adapter for a driver with another paramstyle rewrites), and they never
+rely on a database-wide write lock: every lease, fence and claim change is a conditional
+``UPDATE ... WHERE fence = ?`` (or ``claim_seq = ?``) whose row count is checked, and message
+seqs come from a per-session counter row updated in the same transaction. A backend is an
+adapter: a connection, a ``Tx`` over it and its transaction boundaries.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Coroutine, Mapping, Sequence
+from typing import Any, Protocol, runtime_checkable
+
+from ._timer_rows import MAX_DELAY_S, MAX_DUE_AT_MS, ClaimedTimer, Delivery, TimerBudgetExceeded
+from .rows import (
+    BeginOutcome,
+    BeginRun,
+    LeaseClaim,
+    PendingState,
+    SessionRow,
+    SessionStatsRow,
+    StoredMessage,
+    TimerRow,
+    WriteOp,
+    WriteOutcome,
+)
+
+__all__ = [
+    "MAX_DELAY_S",
+    "MAX_DUE_AT_MS",
+    "ClaimedTimer",
+    "Cursor",
+    "Delivery",
+    "RunStore",
+    "SessionAdmin",
+    "SessionStoreProtocol",
+    "TimerBudgetExceeded",
+    "TimerStore",
+    "Tx",
+]
+
+
+# --------------------------------------------------------------------------- transaction
+
+
+class Cursor(Protocol):
+    """The result of one statement: rows readable by column name (``row["owner"]``)."""
+
+    @property
+    def rowcount(self) -> int:
+        """Rows changed by an ``INSERT``/``UPDATE``/``DELETE``."""
+        ...
+
+    def fetchone(self) -> Any:
+        """The next row, or None."""
+        ...
+
+    def fetchall(self) -> list[Any]:
+        """The remaining rows."""
+        ...
+
+
+class Tx(Protocol):
+    """One open transaction: the only thing the store's rules touch.
+
+    Rows support ``row["column"]``; ``?`` marks a parameter. The adapter opens and ends the
+    transaction around the rule (``BEGIN``/``COMMIT``, ``ROLLBACK`` on an error); the rules
+    use ``SAVEPOINT name`` / ``ROLLBACK TO SAVEPOINT name`` / ``RELEASE SAVEPOINT name`` for
+    partial rollback.
+    """
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> Cursor:
+        """Run one statement with its parameters."""
+        ...
+
+
+# --------------------------------------------------------------------------- consumers
+
+
+@runtime_checkable
+class RunStore(Protocol):
+    """What the round engine needs: each call is one transaction."""
+
+    async def begin_run(self, begin: BeginRun) -> BeginOutcome:
+        """Start a run (lease, pending check, inbox, input) in one transaction."""
+        ...
+
+    async def write(
+        self,
+        session_id: str,
+        ops: Sequence[WriteOp],
+        *,
+        lease: LeaseClaim | None = None,
+        event_seq: int | None = None,
+    ) -> WriteOutcome:
+        """Apply a step's operations in one transaction, checking the run's lease."""
+        ...
+
+    async def renew_lease(self, session_id: str, lease: LeaseClaim) -> None:
+        """Extend a run's lease; ``LeaseLostError`` when another run took it."""
+        ...
+
+    async def release_lease(self, session_id: str, owner: str) -> None:
+        """Release a lease held by ``owner``."""
+        ...
+
+    async def load_messages(self, session_id: str, *, include_compacted: bool = False) -> list[StoredMessage]:
+        """The session's loadable history (or every row with ``include_compacted``)."""
+        ...
+
+
+@runtime_checkable
+class TimerStore(Protocol):
+    """What the timer runner and the timer tools need."""
+
+    async def schedule_timer(
+        self,
+        session_id: str,
+        *,
+        due_at: int,
+        note: str,
+        every_ms: int | None = None,
+        count: int | None = None,
+        until_at: int | None = None,
+        max_live: int | None = None,
+        origin: str | None = None,
+    ) -> TimerRow:
+        """Arm a timer (idempotent per ``origin``)."""
+        ...
+
+    async def cancel_timer(self, session_id: str, timer_id: int) -> bool:
+        """Cancel an armed or in-flight timer."""
+        ...
+
+    async def list_timers(self, session_id: str, *, statuses: Sequence[str] = ("armed", "firing")) -> list[TimerRow]:
+        """Timers of a session in ``statuses``, soonest first."""
+        ...
+
+    async def claim_due_timers(
+        self, owner: str, *, lease_ms: int, limit: int, due_by: int | None = None
+    ) -> list[ClaimedTimer]:
+        """Claim due timers (and stale claims) for ``owner``."""
+        ...
+
+    async def renew_timer_claims(self, owner: str, *, lease_ms: int) -> int:
+        """Extend ``owner``'s claims."""
+        ...
+
+    async def release_timer_claims(self, owner: str) -> int:
+        """Give back ``owner``'s claims."""
+        ...
+
+    async def deliver_timers(self, owner: str, deliveries: list[Delivery]) -> list[tuple[str | None, int]]:
+        """Apply claimed timers' outcomes (each exactly once) in one transaction."""
+        ...
+
+    async def retry_timer_later(self, timer: ClaimedTimer, owner: str, *, delay_ms: int) -> bool:
+        """Give back a claim whose delivery failed, due again ``delay_ms`` later."""
+        ...
+
+    async def next_timer_due_at(self, owner: str | None = None) -> int | None:
+        """When a runner next has work, or None."""
+        ...
+
+    async def orphan_inboxes(self, *, limit: int = 100) -> list[str]:
+        """Sessions whose wake-up waits with no run to drain it."""
+        ...
+
+
+@runtime_checkable
+class SessionAdmin(Protocol):
+    """What the facade and the CLI need besides runs and timers: sessions, reading, stats,
+    follow-ups, the sync twins of the 0.11 API, and the store's lifecycle."""
+
+    path: str
+
+    async def open(self) -> Any:
+        """Open the store (idempotent)."""
+        ...
+
+    def close(self) -> Coroutine[Any, Any, None]:
+        """Close the store: ``await store.close()``."""
+        ...
+
+    def close_nowait(self) -> None:
+        """Close from synchronous code."""
+        ...
+
+    def create_session_sync(
+        self,
+        session_id: str,
+        *,
+        metadata: Mapping[str, Any] | None = None,
+        system_prompt: str | None = None,
+        parent_session_id: str | None = None,
+        kind: str = "main",
+        lifecycle: str | None = None,
+        depth: int = 0,
+    ) -> None:
+        """Create a session row (blocking)."""
+        ...
+
+    def create_session(
+        self, sid: str, /, *, metadata: Mapping[str, Any] | None = ..., system_prompt: str | None = ...
+    ) -> Coroutine[Any, Any, None]:
+        """``await store.create_session(sid, ...)``."""
+        ...
+
+    def get_session(self, session_id: str) -> SessionRow | None:
+        """The session row, or None (blocking)."""
+        ...
+
+    async def get_session_async(self, session_id: str) -> SessionRow | None:
+        """The session row, or None."""
+        ...
+
+    async def delete_session(self, session_id: str, *, cascade: bool = True) -> int:
+        """Delete a session (and its sub-agent sessions); return the count."""
+        ...
+
+    def delete_session_sync(self, session_id: str, *, cascade: bool = True) -> int:
+        """Blocking twin of :meth:`delete_session`."""
+        ...
+
+    def load_messages_sync(self, session_id: str, *, include_compacted: bool = False) -> list[StoredMessage]:
+        """Blocking twin of ``load_messages``."""
+        ...
+
+    async def prune_compacted(
+        self, session_id: str | None = None, *, older_than_ms: int | None = None, keep_last: int | None = None
+    ) -> int:
+        """Delete folded message rows; return how many."""
+        ...
+
+    async def get_pending(self, session_id: str) -> PendingState | None:
+        """Unanswered tool calls, or None."""
+        ...
+
+    def get_pending_sync(self, session_id: str) -> PendingState | None:
+        """Blocking twin of :meth:`get_pending`."""
+        ...
+
+    async def abort_pending(self, session_id: str, reason: str) -> int:
+        """Answer every unresolved call; return how many."""
+        ...
+
+    def abort_pending_sync(self, session_id: str, reason: str) -> int:
+        """Blocking twin of :meth:`abort_pending`."""
+        ...
+
+    async def answer_interaction(self, session_id: str, interaction_id: str, value: str) -> list[dict[str, Any]]:
+        """Record an answer to a ``request_user_input`` question; return those still open."""
+        ...
+
+    async def enqueue(
+        self,
+        session_id: str,
+        content: Any,
+        *,
+        kind: str = "follow_up",
+        ref: str | None = None,
+        only_if_busy: bool = False,
+    ) -> int | None:
+        """Queue an inbox item; the depth, or None when ``only_if_busy`` and idle."""
+        ...
+
+    async def get_stats(self, session_id: str) -> SessionStatsRow | None:
+        """Stats of a session, or None."""
+        ...
+
+    def get_stats_sync(self, session_id: str) -> SessionStatsRow | None:
+        """Blocking twin of :meth:`get_stats`."""
+        ...
+
+    async def list_stats(self) -> list[SessionStatsRow]:
+        """Stats of every session, most recently active first."""
+        ...
+
+    def list_stats_sync(self) -> list[SessionStatsRow]:
+        """Blocking twin of :meth:`list_stats`."""
+        ...
+
+    def schedule_timer_sync(
+        self,
+        session_id: str,
+        *,
+        due_at: int,
+        note: str,
+        every_ms: int | None = None,
+        count: int | None = None,
+        until_at: int | None = None,
+    ) -> TimerRow:
+        """Blocking twin of ``schedule_timer``."""
+        ...
+
+    def cancel_timer_sync(self, session_id: str, timer_id: int) -> bool:
+        """Blocking twin of ``cancel_timer``."""
+        ...
+
+    def list_timers_sync(self, session_id: str, *, statuses: Sequence[str] = ("armed", "firing")) -> list[TimerRow]:
+        """Blocking twin of ``list_timers``."""
+        ...
+
+
+@runtime_checkable
+class SessionStoreProtocol(RunStore, TimerStore, SessionAdmin, Protocol):
+    """Everything a loop uses: what ``StatefulAgentLoop(store=...)`` accepts."""

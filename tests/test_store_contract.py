@@ -1,0 +1,233 @@
+"""The store contract: what every backend must do, whatever its SQL dialect and locking.
+
+Each test takes the ``store`` fixture, parametrized over the backends (only ``sqlite`` today;
+a new backend is one more parameter of ``BACKENDS`` with a factory that opens a fresh,
+empty store). The tests use only the consumer protocols in ``power_loop.store.protocols``
+and the row types, never a backend's SQL, so they state the rules, not an implementation:
+begin, lease, fence and refusal; seq allocation; pending answers; the inbox drained exactly
+once; the compaction base; timers claimed and delivered exactly once; session administration.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import pytest
+
+from power_loop import LeaseLostError
+from power_loop.messages import AssistantMessage, ToolCall, UserMessage
+from power_loop.store import SQLiteSessionStore
+from power_loop.store.protocols import Delivery, RunStore, SessionAdmin, SessionStoreProtocol, TimerStore
+from power_loop.store.rows import Append, BeginRun, Compact, FinishRun, LeaseClaim
+
+BackendFactory = Callable[[str], Awaitable[SessionStoreProtocol]]
+
+
+async def _sqlite(tmp_dir: str) -> SessionStoreProtocol:
+    store = SQLiteSessionStore(os.path.join(tmp_dir, "contract.db"))
+    await store.open()
+    return store
+
+
+BACKENDS: dict[str, BackendFactory] = {"sqlite": _sqlite}
+
+
+@pytest.fixture(params=sorted(BACKENDS))
+async def store(request: pytest.FixtureRequest, tmp_path: os.PathLike[str]) -> AsyncIterator[SessionStoreProtocol]:
+    """A fresh, open store of each backend."""
+    opened = await BACKENDS[request.param](str(tmp_path))
+    try:
+        yield opened
+    finally:
+        await opened.close()
+
+
+def _claim(owner: str, *, ttl_ms: int = 60_000, fence: int = 0) -> LeaseClaim:
+    return LeaseClaim(owner=owner, ttl_ms=ttl_ms, fence=fence)
+
+
+async def _session(store: SessionStoreProtocol, sid: str = "s") -> str:
+    await store.create_session(sid, metadata={"k": "v"}, system_prompt="be brief")
+    return sid
+
+
+async def test_the_backend_implements_every_consumer_protocol(store: SessionStoreProtocol) -> None:
+    assert isinstance(store, RunStore)
+    assert isinstance(store, TimerStore)
+    assert isinstance(store, SessionAdmin)
+
+
+# --------------------------------------------------------------------------- sessions
+
+
+async def test_session_admin_create_read_delete(store: SessionStoreProtocol) -> None:
+    sid = await _session(store)
+    row = await store.get_session_async(sid)
+    assert row is not None and row.metadata == {"k": "v"} and row.system_prompt == "be brief"
+    with pytest.raises(ValueError, match="already exists"):
+        await _session(store)
+    assert await store.get_session_async("missing") is None
+    assert await store.delete_session(sid) == 1
+    assert await store.get_session_async(sid) is None
+    assert await store.delete_session(sid) == 0
+
+
+async def test_a_finished_run_adds_to_the_stats(store: SessionStoreProtocol) -> None:
+    sid = await _session(store)
+    lease = _claim("a/run1")
+    began = await store.begin_run(BeginRun(sid, "run1", lease, messages=[UserMessage(content="hi")]))
+    assert began.status == "ok"
+    assert await store.get_stats(sid) is None
+    fenced = _claim("a/run1", fence=began.fence)
+    done = await store.write(sid, [FinishRun("run1", "completed")], lease=fenced)
+    assert done.finished
+    stats = await store.get_stats(sid)
+    assert stats is not None and stats.sends == 1
+    assert [s.session_id for s in await store.list_stats()] == [sid]
+
+
+# --------------------------------------------------------------------------- leases and fencing
+
+
+async def test_begin_takes_the_lease_and_a_second_owner_is_refused(store: SessionStoreProtocol) -> None:
+    sid = await _session(store)
+    first = await store.begin_run(BeginRun(sid, "r1", _claim("a/r1")))
+    assert first.status == "ok" and first.fence == 1
+    second = await store.begin_run(BeginRun(sid, "r2", _claim("b/r2")))
+    assert second.status == "busy" and second.lease_owner == "a/r1"
+    await store.release_lease(sid, "a/r1")
+    third = await store.begin_run(BeginRun(sid, "r3", _claim("b/r3")))
+    assert third.status == "ok" and third.fence == 2
+    assert (await store.begin_run(BeginRun("missing", "r4", _claim("c/r4")))).status == "not_found"
+
+
+async def test_a_stale_fence_is_refused_after_a_takeover(store: SessionStoreProtocol) -> None:
+    sid = await _session(store)
+    # A lease that expires at once: the next owner may take over without waiting.
+    old = await store.begin_run(BeginRun(sid, "old", _claim("a/old", ttl_ms=0)))
+    stale = _claim("a/old", ttl_ms=0, fence=old.fence)
+    await store.write(sid, [Append([UserMessage(content="still mine")], run_id="old")], lease=stale)
+    new = await store.begin_run(BeginRun(sid, "new", _claim("b/new")))
+    assert new.status == "ok" and new.fence == old.fence + 1
+    with pytest.raises(LeaseLostError):
+        await store.write(sid, [Append([UserMessage(content="too late")], run_id="old")], lease=stale)
+    with pytest.raises(LeaseLostError):
+        await store.renew_lease(sid, stale)
+    await store.renew_lease(sid, _claim("b/new", fence=new.fence))
+    texts = [m.message.text for m in await store.load_messages(sid)]  # type: ignore[union-attr]
+    assert texts == ["still mine"]
+
+
+# --------------------------------------------------------------------------- history
+
+
+async def test_appends_get_consecutive_seqs_across_transactions(store: SessionStoreProtocol) -> None:
+    sid = await _session(store)
+    began = await store.begin_run(BeginRun(sid, "r", _claim("a/r"), messages=[UserMessage(content="u0")]))
+    lease = _claim("a/r", fence=began.fence)
+    seqs = [s.seq for s in began.appended]
+    for i in range(3):
+        out = await store.write(
+            sid, [Append([UserMessage(content=f"u{i}a"), AssistantMessage(content=f"a{i}")], run_id="r")], lease=lease
+        )
+        seqs += out.seqs
+    assert seqs == list(range(1, 8))
+    assert [m.seq for m in await store.load_messages(sid)] == seqs
+
+
+async def test_compaction_makes_the_summary_the_load_base(store: SessionStoreProtocol) -> None:
+    sid = await _session(store)
+    msgs = [UserMessage(content=f"m{i}") for i in range(10)]
+    out = await store.write(sid, [Append(msgs)])
+    await store.write(sid, [Compact(through_seq=out.seqs[6], summary="the first seven")])
+    loaded = await store.load_messages(sid)
+    assert [m.seq for m in loaded] == [out.seqs[6], *out.seqs[7:]]
+    assert "the first seven" in (loaded[0].message.text or "")  # type: ignore[union-attr]
+    audit = await store.load_messages(sid, include_compacted=True)
+    assert [m.seq for m in audit] == list(out.seqs)
+    assert [m.compacted for m in audit] == [True] * 7 + [False] * 3
+
+
+async def test_unanswered_calls_block_a_send_until_healed(store: SessionStoreProtocol) -> None:
+    sid = await _session(store)
+    call = ToolCall(id="c1", name="add", arguments='{"a": 1}')
+    await store.write(sid, [Append([UserMessage(content="add"), AssistantMessage(content="", tool_calls=(call,))])])
+    pending = await store.get_pending(sid)
+    assert pending is not None and [c.tool_call_id for c in pending.calls] == ["c1"]
+    refused = await store.begin_run(BeginRun(sid, "r1", _claim("a/r1"), messages=[UserMessage(content="next")]))
+    assert refused.status == "pending"
+    healed = await store.begin_run(
+        BeginRun(sid, "r2", _claim("a/r2"), messages=[UserMessage(content="next")], heal_pending=True, heal_text="x")
+    )
+    assert healed.status == "ok"
+    assert await store.get_pending(sid) is None
+    roles = [m.message.role for m in await store.load_messages(sid)]
+    assert roles == ["user", "assistant", "tool", "user"]
+
+
+async def test_abort_pending_answers_every_open_call_once(store: SessionStoreProtocol) -> None:
+    sid = await _session(store)
+    calls = (ToolCall(id="c1", name="a", arguments="{}"), ToolCall(id="c2", name="b", arguments="{}"))
+    await store.write(sid, [Append([AssistantMessage(content="", tool_calls=calls)])])
+    assert await store.abort_pending(sid, "stop") == 2
+    assert await store.abort_pending(sid, "stop") == 0
+    assert await store.get_pending(sid) is None
+
+
+# --------------------------------------------------------------------------- inbox
+
+
+async def test_the_inbox_is_drained_exactly_once(store: SessionStoreProtocol) -> None:
+    sid = await _session(store)
+    assert await store.enqueue(sid, "ignored", only_if_busy=True) is None  # idle: the caller sends instead
+    began = await store.begin_run(BeginRun(sid, "r", _claim("a/r"), messages=[UserMessage(content="go")]))
+    lease = _claim("a/r", fence=began.fence)
+    assert await store.enqueue(sid, "one", only_if_busy=True) == 1
+    assert await store.enqueue(sid, "two", only_if_busy=True) == 2
+    first = await store.write(sid, [FinishRun("r", "completed")], lease=lease)
+    assert not first.finished and len(first.drained) == 1  # consecutive follow-ups merge into one message
+    merged = first.drained[0].message
+    assert merged.role == "user" and "one" in (merged.text or "") and "two" in (merged.text or "")  # type: ignore[union-attr]
+    second = await store.write(sid, [FinishRun("r", "completed")], lease=lease)
+    assert second.finished and second.drained == ()
+    again = await store.begin_run(BeginRun(sid, "r2", _claim("a/r2")))
+    assert again.status == "ok" and again.appended == ()
+    follow_ups = [m for m in await store.load_messages(sid) if getattr(m.message, "name", None) == "follow_up"]
+    assert len(follow_ups) == 1
+
+
+# --------------------------------------------------------------------------- timers
+
+
+async def test_a_timer_is_claimed_once_and_delivered_once(store: SessionStoreProtocol) -> None:
+    sid = await _session(store)
+    timer = await store.schedule_timer(sid, due_at=1, note="wake up")
+    assert timer.timer_id == 1 and (await store.schedule_timer(sid, due_at=2, note="later")).timer_id == 2
+    await store.cancel_timer(sid, 2)
+    claimed = await store.claim_due_timers("runner-a", lease_ms=60_000, limit=10)
+    assert [t.timer_id for t in claimed] == [1]
+    assert await store.claim_due_timers("runner-b", lease_ms=60_000, limit=10) == []
+    delivery = Delivery(claimed[0], "deliver", "<timer>wake up</timer>")
+    assert await store.deliver_timers("runner-b", [delivery]) == [(None, 0)]  # not its claim
+    [(outcome, event_seq)] = await store.deliver_timers("runner-a", [delivery])
+    assert outcome == "delivered" and event_seq > 0
+    assert await store.deliver_timers("runner-a", [delivery]) == [(None, 0)]  # never twice
+    assert await store.orphan_inboxes() == [sid]
+    began = await store.begin_run(BeginRun(sid, "wake", _claim("a/wake"), kind="wake"))
+    assert [m.message.name for m in began.appended] == ["timer"]  # type: ignore[union-attr]
+    assert await store.list_timers(sid) == []
+
+
+async def test_a_stale_timer_claim_is_taken_over_and_the_old_claimant_refused(store: SessionStoreProtocol) -> None:
+    sid = await _session(store)
+    await store.schedule_timer(sid, due_at=1, note="n")
+    [old] = await store.claim_due_timers("runner-a", lease_ms=-1, limit=10)  # expired at once
+    [new] = await store.claim_due_timers("runner-b", lease_ms=60_000, limit=10)
+    assert new.claim_seq == old.claim_seq + 1
+    assert not await store.retry_timer_later(old, "runner-a", delay_ms=10)
+    assert await store.deliver_timers("runner-a", [Delivery(old, "deliver", "x")]) == [(None, 0)]
+    [(outcome, _)] = await store.deliver_timers("runner-b", [Delivery(new, "deliver", "x")])
+    assert outcome == "delivered"
+    assert await store.release_timer_claims("runner-b") == 0
+    assert await store.next_timer_due_at() is None
