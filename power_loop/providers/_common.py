@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 
 from ..errors import (
     ConfigurationError,
+    ControlSignal,
     LLMConnectionError,
     LLMError,
     LLMRateLimitError,
@@ -138,7 +139,7 @@ _HOOK_CHANGES = (AttributeError, TypeError, ImportError, LookupError)
 """What calling a renamed or reshaped private SDK hook raises (nothing here touches the network)."""
 
 
-class HooksChanged(Exception):
+class HooksChanged(ControlSignal):
     """A private SDK hook of :class:`PreparedRequests` no longer works as expected: the
     client falls back to the SDK's public ``post``."""
 

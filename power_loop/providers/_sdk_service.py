@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from types import ModuleType
 from typing import Any, ClassVar, TypeVar
 
-from ..errors import ConfigurationError, LLMError
+from ..errors import ConfigurationError, ControlSignal, LLMError
 from ._common import (
     ClientHolder,
     build_http_client,
@@ -24,7 +24,7 @@ __all__ = ["SDKService"]
 T = TypeVar("T")
 
 
-class _DeadlinePassed(Exception):
+class _DeadlinePassed(ControlSignal):
     """The attempt's ``timeout_s`` ran out."""
 
 
