@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .._types import RunKind
+from .._types import RunKind, RunRowStatus
 from ..cancellation import StopEventLike, StopSignal
 from ..errors import HookError
 from ..hooks import HookPoint, MessageAppendCtx
@@ -132,7 +132,7 @@ class Run:
             return self.transcript.messages
         return self.prefix + self.transcript.messages[self.prefix_from :]
 
-    def finish_op(self, status: str, *, drain_inbox: bool = False, error: str | None = None) -> FinishRun:
+    def finish_op(self, status: RunRowStatus, *, drain_inbox: bool = False, error: str | None = None) -> FinishRun:
         """The operation ending this run."""
         return FinishRun(
             self.run_id, status, self.totals(), error=error, drain_inbox=drain_inbox, started_at=self.started_at

@@ -15,6 +15,7 @@ from collections.abc import Callable, Mapping
 from types import ModuleType
 from typing import Any, TypeVar
 
+from .._types import HTTP_TRANSPORTS, HttpTransport
 from ..errors import (
     ConfigurationError,
     ControlSignal,
@@ -88,11 +89,7 @@ def http_response_class() -> type[Any]:
         return response
 
 
-HTTP_TRANSPORTS = ("native", "httpx", "aiohttp")
-"""The accepted values of the providers' ``http_transport`` option."""
-
-
-def check_http_transport(transport: str) -> str:
+def check_http_transport(transport: str) -> HttpTransport:
     """``transport`` if it names an HTTP transport, else a ``ValueError`` listing the choices."""
     if transport not in HTTP_TRANSPORTS:
         raise ValueError(f"http_transport must be 'native', 'httpx' or 'aiohttp', not {transport!r}")

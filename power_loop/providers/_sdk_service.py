@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from types import ModuleType
 from typing import Any, ClassVar, TypeVar
 
+from .._types import HttpTransport
 from ..errors import ConfigurationError, ControlSignal, LLMError
 from ._common import (
     ClientHolder,
@@ -51,7 +52,7 @@ class SDKService:
         context_window: int | None = None,
         default_headers: Mapping[str, str] | None = None,
         client: Any = None,
-        http_transport: str = "native",
+        http_transport: HttpTransport = "native",
         prepared_requests: bool = True,
     ) -> None:
         if not model:
