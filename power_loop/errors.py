@@ -34,12 +34,20 @@ original is kept as ``__cause__``.
     ├── CompactionFailed
     ├── ToolError
     │   ├── ToolNotFound
-    │   └── ToolValidationError
+    │   ├── ToolValidationError
+    │   ├── ToolNotStarted (tools.threads)        no tool thread was free to start a sync call
+    │   └── ToolRaisedBaseException (tools.threads)  a handler raised SystemExit, KeyboardInterrupt, ...
     ├── HookError                                 a hook raised or returned a directive its point does not honour
     ├── SpecValidationError / AgentSpecError
-    └── StructuredOutputError
+    ├── StructuredOutputError
+    └── ControlSignal                             not a failure: a signal power_loop raises and catches itself
+        └── HumanInputRequired (human)            a tool asked the user; the run pauses
 
-Every message says what happened and what to do about it.
+Every message says what happened and what to do about it. A :class:`ControlSignal` never
+reaches the host: it carries a decision out of code that cannot return one (a tool handler
+asking the user, a transport giving up on a stale connection) to the power_loop code that
+acts on it. The engine itself never uses exceptions for control flow: its steps return
+their outcome.
 """
 
 from __future__ import annotations
@@ -52,6 +60,7 @@ __all__ = [
     "CancellationRequested",
     "CompactionFailed",
     "ConfigurationError",
+    "ControlSignal",
     "CorruptRecordError",
     "HookError",
     "LLMConnectionError",
@@ -392,7 +401,9 @@ class CompactionFailed(PowerLoopError):
 
 
 class ToolError(PowerLoopError):
-    """Base class of tool registry errors raised to the host (not to the model)."""
+    """Base class of errors about tools: registry errors raised to the host, and the kernel's
+    reasons a call failed that the model is told about (``ToolNotStarted``,
+    ``ToolRaisedBaseException`` in :mod:`power_loop.tools.threads`)."""
 
 
 class ToolNotFound(ToolError, KeyError):
@@ -420,3 +431,16 @@ class AgentSpecError(PowerLoopError):
 
 class StructuredOutputError(PowerLoopError, ValueError):
     """The model's output does not parse or does not match the requested schema."""
+
+
+# --------------------------------------------------------------------------- signals
+
+
+class ControlSignal(PowerLoopError):
+    """Base class of the signals power_loop raises and catches itself (not failures).
+
+    A subclass carries a decision out of code that cannot return it (a tool handler calling
+    ``request_user_input``, a provider transport retrying on a fresh connection) to the
+    power_loop code that acts on it. Catching ``PowerLoopError`` around such code catches
+    these too: re-raise a ``ControlSignal`` you did not mean to handle.
+    """

@@ -13,12 +13,17 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
+from .errors import ControlSignal
+
 __all__ = ["HumanInputRequired", "request_user_input"]
 
 
 @dataclass
-class HumanInputRequired(Exception):
+class HumanInputRequired(ControlSignal):
     """Raised by :func:`request_user_input`; the engine turns it into a pause.
+
+    A :class:`~power_loop.errors.ControlSignal`: a tool that catches ``PowerLoopError`` around
+    ``request_user_input`` must let this one through.
 
     Positional arguments follow 0.11: ``HumanInputRequired(kind, prompt, ...)``.
 

@@ -1,9 +1,13 @@
-"""Results of runs: ``StatefulResult``, its statuses, and ``FollowUpQueued``."""
+"""Results of runs: ``StatefulResult``, its statuses, and ``FollowUpQueued``.
+
+:data:`RunStatus` is the one list of the statuses a run can end with; :data:`RUN_STATUSES`
+is derived from it, so adding a status is one edit and mypy finds every place to update.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 __all__ = ["RUN_STATUSES", "AgentLoopResult", "FollowUpQueued", "RunStatus", "StatefulResult"]
 
@@ -16,15 +20,9 @@ RunStatus = Literal[
     "budget_exceeded",
     "degraded",
 ]
-RUN_STATUSES: tuple[str, ...] = (
-    "completed",
-    "pending_tools",
-    "waiting_for_input",
-    "cancelled",
-    "hit_round_limit",
-    "budget_exceeded",
-    "degraded",
-)
+"""How a run ended (``StatefulResult.status``)."""
+RUN_STATUSES: tuple[RunStatus, ...] = get_args(RunStatus)
+"""Every :data:`RunStatus`, in declaration order."""
 
 
 @dataclass
@@ -65,7 +63,7 @@ class StatefulResult:
     """
 
     session_id: str
-    status: str
+    status: RunStatus
     final_text: str = ""
     rounds: int = 0
     pending_tool_calls: list[dict[str, Any]] = field(default_factory=list)
@@ -111,7 +109,7 @@ class AgentLoopResult:
         tool_calls: Tool calls handled (counted as in :class:`StatefulResult`).
     """
 
-    status: str
+    status: RunStatus
     final_text: str = ""
     rounds: int = 0
     pending_tool_calls: list[dict[str, Any]] = field(default_factory=list)

@@ -8,8 +8,24 @@ from collections.abc import Sequence
 from typing import Any
 
 from power_loop import AgentEvent, AgentEventBus, StatefulAgentLoop, ToolRegistry, tool
-from power_loop.engine.prepare import is_valid_history
-from power_loop.messages import message_from_dict
+from power_loop.messages import AssistantMessage, Message, ToolResultMessage, message_from_dict
+
+
+def is_valid_history(messages: Sequence[Message]) -> bool:
+    """True when every tool call has exactly one result and no result is orphaned."""
+    open_calls: set[str] = set()
+    for message in messages:
+        if isinstance(message, AssistantMessage):
+            if open_calls:
+                return False
+            open_calls = {c.id for c in message.tool_calls}
+        elif isinstance(message, ToolResultMessage):
+            if message.tool_call_id not in open_calls:
+                return False
+            open_calls.discard(message.tool_call_id)
+        elif open_calls:
+            return False
+    return not open_calls
 
 
 def history_is_valid(messages: Sequence[dict[str, Any]]) -> bool:

@@ -13,9 +13,10 @@ import time
 from pathlib import Path
 
 from power_loop import StatefulAgentLoop
-from power_loop.engine.prepare import is_valid_history
 from power_loop.messages import AssistantMessage, ToolResultMessage, message_from_dict
 from power_loop.testing import ScriptedLLM, text_reply
+
+from .helpers import is_valid_history
 
 WORKER = Path(__file__).with_name("proc_worker.py")
 ITERATIONS = int(os.environ.get("POWER_LOOP_CRASH_ITERATIONS", "50"))

@@ -20,12 +20,13 @@ from pathlib import Path
 import pytest
 
 from power_loop import AgentLoopConfig, SessionBusyError, SQLiteSessionStore, StatefulAgentLoop, ToolRegistry, tool
-from power_loop.engine.prepare import is_valid_history
 from power_loop.messages import UserMessage, message_from_dict
 from power_loop.store._holder import current_holder, holder_is_dead
 from power_loop.store.rows import BeginRun, LeaseClaim
 from power_loop.store.schema import MIGRATIONS, schema_version
 from power_loop.testing import ScriptedLLM, text_reply
+
+from .helpers import is_valid_history
 
 WORKER = Path(__file__).with_name("lease_worker.py")
 SIDS = ("takeover-a", "takeover-b")

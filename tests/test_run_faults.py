@@ -19,12 +19,11 @@ from power_loop import (
     HookPoint,
     StatefulAgentLoop,
 )
-from power_loop.engine.prepare import is_valid_history
 from power_loop.testing import ScriptedLLM, ScriptedServer, error_reply, text_reply, tool_reply
 from power_loop.testing.script import ScriptedReply, ScriptedRequest
 
 from .conftest import ServiceFactory
-from .helpers import EventLog, history_is_valid, registry
+from .helpers import EventLog, history_is_valid, is_valid_history, registry
 
 # A lease that outlives the test (a leak cannot expire) and a contender that never waits.
 HELD = AgentLoopConfig(lease_ttl_s=600.0, session_wait_s=0.0)

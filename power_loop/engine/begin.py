@@ -15,6 +15,7 @@ import asyncio
 import logging
 from dataclasses import replace
 
+from .._types import RunKind
 from ..errors import SessionBusyError, SessionNotFoundError, SessionPendingError
 from ..messages import UserMessage
 from ..store.rows import BeginOutcome, BeginRun, FinishRun, LeaseClaim, RunTotals
@@ -31,7 +32,7 @@ async def begin_run(
     rt: Runtime,
     *,
     session_id: str,
-    kind: str,
+    kind: RunKind,
     run_id: str,
     lease: LeaseClaim,
     cached: Transcript | None,

@@ -11,17 +11,19 @@ summary call's usage, COMPACT_AFTER and a ``status_changed`` event of kind ``aut
 
 A failing summary leaves the history as it was; the run goes on and does not try to compact
 again. A summary that would not make the context smaller is not applied either; the run tries
-again only once more messages can be folded than in that attempt.
+again only once more messages can be folded than in that attempt (``Run.next_fold``: the
+memo lives with the run, never in this module).
+
+A cancellation during the summary call ends the run ``cancelled``: :func:`maybe_compact`
+returns that :class:`~.outcome.End` (with the usage of the summary calls made) instead of a view.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-import weakref
 from collections.abc import Sequence
 from dataclasses import replace
-from typing import TYPE_CHECKING
 
 from ..compaction import (
     DEFAULT_CONTEXT_WINDOW,
@@ -40,25 +42,23 @@ from ..providers.base import LLMRequest, LLMResponse, LLMService
 from ..providers.retry import complete_with_retry
 from ..store.rows import Compact, RecordLLMCall, WriteOp
 from ..tools.definition import ToolDefinition
+from .endings import cancelled
 from .history import without_hidden
 from .model_call import retry_notifier, retry_policy_for
-
-if TYPE_CHECKING:
-    from .run import Run, RunLoop
+from .outcome import End
+from .state import Run
 
 log = logging.getLogger("power_loop.engine")
 
 _CALIBRATION_WEIGHT = 0.3
 
-_NEVER = 1 << 62
-# Per run, after a compaction that did not happen: the smallest fold worth a new attempt
-# (``_NEVER`` after a failure: no new attempt, and no new cost, at every round of the run).
-_NEXT_FOLD: weakref.WeakKeyDictionary[Run, int] = weakref.WeakKeyDictionary()
+NEVER = 1 << 62
+"""``Run.next_fold`` after a failed compaction: no new attempt (and no new cost) every round."""
 
 
 def context_window(run: Run) -> int:
     """The model's context window: config, then provider, then a conservative default."""
-    return run.rt.config.context_window or getattr(run.rt.llm, "context_window", None) or DEFAULT_CONTEXT_WINDOW
+    return run.rt.config.context_window or run.rt.llm.context_window or DEFAULT_CONTEXT_WINDOW
 
 
 def request_estimate(run: Run, view: list[Message]) -> int:
@@ -95,14 +95,13 @@ def safe_fold(messages: Sequence[Message], fold: int) -> int:
     return fold
 
 
-async def maybe_compact(loop: RunLoop, view: list[Message]) -> list[Message]:
+async def maybe_compact(run: Run, view: list[Message]) -> list[Message] | End:
     """Compact the session's context when the compactor says so; return the view the round's
-    model call should use."""
-    run = loop.run
+    model call should use (or the run's end, when it was cancelled during the summary)."""
     compactor = run.rt.compactor
     if compactor is None or run.prefix is not None or view is not run.transcript.messages:
         return view  # off, or hooks are showing the model a projection of their own
-    if _NEXT_FOLD.get(run) == _NEVER:
+    if run.next_fold == NEVER:
         return view  # a compaction of this run failed: no new attempt (and cost) every round
     raw = request_estimate(run, view)
     overhead = raw - run.transcript.token_estimate()  # system prompt and tool schemas
@@ -113,7 +112,7 @@ async def maybe_compact(loop: RunLoop, view: list[Message]) -> list[Message]:
     fold = safe_fold(messages, compactor.fold_count(messages))
     first = messages[0] if messages else None
     previous = first.content[len(SUMMARY_PREFIX) :] if isinstance(first, SystemMessage) and is_summary(first) else None
-    if fold <= (1 if previous is not None else 0) or fold < _NEXT_FOLD.get(run, 0):
+    if fold <= (1 if previous is not None else 0) or fold < run.next_fold:
         return view  # nothing (new) to fold: no hook, no summary call, no event
     to_fold = messages[1:fold] if previous is not None else messages[:fold]
     if run.rt.hooks.has(HookPoint.COMPACT_BEFORE):
@@ -129,6 +128,7 @@ async def maybe_compact(loop: RunLoop, view: list[Message]) -> list[Message]:
     usage_ops: list[WriteOp] = []
 
     async def complete(request: LLMRequest) -> LLMResponse:
+        # Not a member of the Compactor protocol: DefaultCompactor's optional summary model.
         llm = getattr(compactor, "summary_llm", None) or run.rt.llm
         response, duration_ms = await _summary_call(run, llm, request)
         usage_ops.append(
@@ -154,13 +154,12 @@ async def maybe_compact(loop: RunLoop, view: list[Message]) -> list[Message]:
         tail_messages = messages[fold:]
         after_raw = estimate_tokens(head) + sum(estimate_tokens(m) for m in tail_messages) + overhead
     except CancellationRequested:
-        await loop._end_cancelled(usage_ops)
-        raise AssertionError("unreachable") from None
+        return await cancelled(run, usage_ops)
     except (LLMError, CompactionFailed) as exc:
         log.warning(
             "compaction of session %s failed; continuing uncompacted for the rest of the run: %s", run.session_id, exc
         )
-        _NEXT_FOLD[run] = _NEVER
+        run.next_fold = NEVER
         return await _not_applied(run, usage_ops, before)
     if after_raw >= raw:
         log.info(
@@ -169,9 +168,9 @@ async def maybe_compact(loop: RunLoop, view: list[Message]) -> list[Message]:
             after_raw,
             raw,
         )
-        _NEXT_FOLD[run] = fold + 1  # try again once there is more to fold
+        run.next_fold = fold + 1  # try again once there is more to fold
         return await _not_applied(run, usage_ops, before)
-    _NEXT_FOLD.pop(run, None)
+    run.next_fold = 0
     through_seq = run.transcript.seqs[fold - 1]
     count_before = len(messages)
     tail_seqs = run.transcript.seqs[fold:]

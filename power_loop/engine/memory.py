@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import inspect
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ..events import AgentEventType, MemoryFailedPayload, MemoryRecalledPayload
 from ..hooks import HookDirective, HookPoint, MemoryRecalledCtx
 from ..memory import format_memory
 from ..messages import UserMessage
-
-if TYPE_CHECKING:
-    from .run import Run
+from .state import Run
 
 
 def _last_user_text(run: Run) -> str:

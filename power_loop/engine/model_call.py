@@ -4,6 +4,9 @@ Events of a call, in order: ``stream_started``, ``stream_delta``/``stream_think_
 ``stream_completed``, ``status_changed`` (kind ``round_usage``), ``usage_updated`` (once per
 call). Retries publish ``llm_retry_attempted``. The stream deltas concatenate to the final
 text.
+
+:func:`ask_model` is the step a run takes: it returns the response, or the run's ending when
+the stop signal fired (``cancelled``) or the model could not be reached (``degraded``).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from datetime import datetime, timezone
 
 from ..cancellation import StopSignal
 from ..config import AgentLoopConfig
+from ..errors import CancellationRequested, LLMError, LLMResponseError, LLMRetryExhausted
 from ..events import (
     AgentEventType,
     LlmRetryAttemptedPayload,
@@ -27,9 +31,13 @@ from ..events import (
 from ..messages import Usage
 from ..providers.base import LLMRequest, LLMResponse, LLMService, StreamCallbacks
 from ..providers.retry import LLMRetryPolicy, RetryNotice, complete_with_retry
+from ..store.rows import RecordLLMCall
 from .emit import Emitter
+from .endings import cancelled, degraded
+from .outcome import End
+from .state import Run
 
-__all__ = ["ModelCallResult", "call_model"]
+__all__ = ["ModelCallResult", "ask_model", "call_model", "usage_op"]
 
 
 @dataclass(frozen=True)
@@ -42,7 +50,48 @@ class ModelCallResult:
 
 def retry_policy_for(llm: LLMService, config: AgentLoopConfig) -> LLMRetryPolicy:
     """The loop's retry policy, or one from the provider's ``max_retries``."""
-    return config.retry_policy or LLMRetryPolicy.from_max_retries(getattr(llm, "max_retries", 0))
+    return config.retry_policy or LLMRetryPolicy.from_max_retries(llm.max_retries)
+
+
+async def ask_model(run: Run, request: LLMRequest, *, purpose: str = "round") -> ModelCallResult | End:
+    """One model call of ``run``, counted in its usage; or the run's ending (``cancelled`` when
+    the stop signal fired, ``degraded`` when the call failed for good)."""
+    await run.rt.gate.turn()  # encoding and sending the request is the heaviest step of a round
+    try:
+        reply = await call_model(
+            llm=run.rt.llm,
+            request=request,
+            config=run.rt.config,
+            emitter=run.emitter,
+            stop=run.stop,
+            round_index=run.round_index,
+            run_usage_before=run.usage,
+            purpose=purpose,
+        )
+    except CancellationRequested:
+        return await cancelled(run)
+    except LLMError as error:
+        inner = error.last_error if isinstance(error, LLMRetryExhausted) else error
+        if isinstance(inner, LLMResponseError) and inner.usage is not None:
+            run.usage = run.usage + inner.usage  # a malformed answer the provider still billed
+        return await degraded(run, error)
+    run.usage = run.usage + reply.response.usage
+    run.llm_calls += 1
+    await run.rt.gate.turn()  # then folding the response in and committing it
+    return reply
+
+
+def usage_op(run: Run, reply: ModelCallResult, purpose: str = "round") -> RecordLLMCall:
+    """The write recording a model call's usage."""
+    response = reply.response
+    return RecordLLMCall(
+        run.run_id,
+        run.round_index,
+        response.usage,
+        model=response.model,
+        purpose=purpose,
+        duration_ms=reply.duration_ms,
+    )
 
 
 def retry_notifier(emitter: Emitter, round_index: int) -> Callable[[RetryNotice], Awaitable[None]]:

@@ -1,38 +1,46 @@
-"""Unanswered tool calls: resuming them, and pausing a run for user input.
+"""Unanswered tool calls: answering them when a run resumes.
 
 ``resume`` and ``submit_input`` start a run that first answers the session's pending calls:
 a call that finished before the interruption keeps its stored result (it is not run again);
 a call that never finished, or whose outcome is unknown (``running`` at a crash), runs again
 through the normal validated, hooked, evented path (a tool with side effects can dedupe with
 ``ToolContext.idempotency_key``). The answers are appended in call order and the run goes on.
+A question still open ends the run ``waiting_for_input`` again, running nothing.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import cast
 
-from ..messages import AssistantMessage
-from ..store.rows import RESOLVED_STATUSES, OpenInteraction, PendingCall, UpdateToolCall, WriteOp
+from .._types import ToolCallStatus
+from ..messages import AssistantMessage, ToolCall
+from ..store.rows import RESOLVED_STATUSES, PendingCall, PendingState
+from .outcome import End, StepOutcome
+from .state import Run
 from .tool_batch import ToolOutcome, counted_calls, run_tool_batch
+from .tool_round import commit_results
 
-if TYPE_CHECKING:
-    from .run import RunLoop
+__all__ = ["resume_calls"]
 
 
-async def resume_calls(loop: RunLoop, calls: Sequence[PendingCall]) -> None:
-    """Answer ``calls`` (stored results reused, the rest executed) and commit the answers."""
-    run = loop.run
-    ordered = sorted(calls, key=lambda c: c.position)
+def tool_call_of(pending: PendingCall) -> ToolCall:
+    """The ToolCall of a pending call."""
+    return ToolCall(id=pending.tool_call_id, name=pending.name, arguments=pending.arguments)
+
+
+async def resume_calls(run: Run, state: PendingState) -> StepOutcome:
+    """Answer the pending calls (stored results reused, the rest executed) and commit the answers."""
+    ordered = sorted(state.calls, key=lambda c: c.position)
     if any(c.status == "waiting_input" for c in ordered):
-        interactions = [dict(i) for i in loop.begin.pending.interactions] if loop.begin.pending else []
-        await loop._finish("waiting_for_input", "", write=True, pending=ordered, interactions=interactions)
+        interactions = [dict(i) for i in state.interactions]
+        return End("waiting_for_input", "", pending=ordered, interactions=interactions)
     outcomes: dict[str, ToolOutcome] = {}
     to_run = []
     for pending in ordered:
-        call = loop.tool_call_of(pending)
+        call = tool_call_of(pending)
         if pending.status in RESOLVED_STATUSES and pending.result is not None:
-            outcomes[call.id] = ToolOutcome(call, pending.result, pending.is_error, pending.status)
+            status = cast(ToolCallStatus, pending.status)  # as stored: one of RESOLVED_STATUSES
+            outcomes[call.id] = ToolOutcome(call, pending.result, pending.is_error, status)
         else:
             to_run.append(call)
     if to_run:
@@ -41,30 +49,4 @@ async def resume_calls(loop: RunLoop, calls: Sequence[PendingCall]) -> None:
             outcomes[outcome.call.id] = outcome
         run.tool_calls += counted_calls(ran)
     merged = [outcomes[c.tool_call_id] for c in ordered]
-    placeholder = AssistantMessage(content="")
-    await loop._commit_tool_results(placeholder, merged, None)
-
-
-async def pause_for_input(loop: RunLoop, outcomes: Sequence[ToolOutcome]) -> None:
-    """A tool asked the user: store every other call's result and the question, end the run
-    ``waiting_for_input``. The calls stay unanswered in the history until ``submit_input``."""
-    run = loop.run
-    ops: list[WriteOp] = []
-    interactions = []
-    for outcome in outcomes:
-        if outcome.status == "waiting_input":
-            assert outcome.interaction is not None
-            interactions.append(outcome.interaction)
-            ops.append(UpdateToolCall(outcome.call.id, "waiting_input"))
-            ops.append(OpenInteraction(outcome.interaction))
-        else:
-            ops.append(
-                UpdateToolCall(outcome.call.id, outcome.status, result=outcome.content, is_error=outcome.is_error)
-            )
-    ops.append(run.finish_op("waiting_for_input"))
-    await run.writer.write(ops)
-    pending = [
-        PendingCall(tool_call_id=o.call.id, name=o.call.name, arguments=o.call.arguments, status=o.status, position=i)
-        for i, o in enumerate(outcomes)
-    ]
-    await loop._finish("waiting_for_input", "", write=False, pending=pending, interactions=interactions)
+    return await commit_results(run, AssistantMessage(content=""), merged, None)

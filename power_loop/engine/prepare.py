@@ -14,7 +14,6 @@ from ..messages import (
     AssistantMessage,
     Message,
     ToolCall,
-    ToolResultMessage,
     UserMessage,
     coerce_content,
     scrub_surrogates,
@@ -185,20 +184,3 @@ def build_request(
         stream=config.stream,
         tool_choice=tool_choice,  # type: ignore[arg-type]
     )
-
-
-def is_valid_history(messages: Sequence[Message]) -> bool:
-    """True when every tool call has exactly one result and no result is orphaned."""
-    open_calls: set[str] = set()
-    for message in messages:
-        if isinstance(message, AssistantMessage):
-            if open_calls:
-                return False
-            open_calls = {c.id for c in message.tool_calls}
-        elif isinstance(message, ToolResultMessage):
-            if message.tool_call_id not in open_calls:
-                return False
-            open_calls.discard(message.tool_call_id)
-        elif open_calls:
-            return False
-    return not open_calls

@@ -30,19 +30,19 @@ import inspect
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from ..errors import PowerLoopError
+from .._types import ToolCallStatus, ToolOutcomeStatus
+from ..errors import LeaseLostError, PowerLoopError, StoreError
 from ..events import AgentEventType, ToolCallCompletedPayload, ToolCallFailedPayload, ToolCallStartedPayload
 from ..hooks import HookDirective, HookPoint, ToolAfterCtx, ToolBeforeCtx, ToolErrorCtx
+from ..human import HumanInputRequired
 from ..messages import ToolCall, scrub_surrogates
 from ..store.rows import UpdateToolCall
 from ..tools.context import ToolContext, _reset_context, _set_context
 from ..tools.registry import RegisteredTool, bind_handler, format_tool_result, validation_message
 from ..tools.threads import ToolNotStarted, ToolRaisedBaseException, ToolTimeout
-
-if TYPE_CHECKING:
-    from .run import Run
+from .state import Run
 
 __all__ = ["ToolOutcome", "counted_calls", "run_tool_batch"]
 
@@ -55,22 +55,19 @@ class ToolOutcome:
         call: The call (as the model made it).
         content: The result text the model will see.
         is_error: The result reports a failure.
-        status: ``done``, ``failed``, ``skipped``, ``cancelled`` or ``waiting_input``.
+        status: ``done``, ``failed``, ``skipped``, ``cancelled`` or ``waiting_input`` (or the
+            stored status of a call answered before a resume, e.g. ``aborted``).
         interaction: The open question when a tool asked the user (``waiting_input``).
     """
 
     call: ToolCall
     content: str
     is_error: bool = False
-    status: str = "done"
+    status: ToolCallStatus = "done"
     interaction: dict[str, Any] | None = None
     executed: bool = False
     stop_batch: bool = field(default=False, repr=False)
     interrupt: BaseException | None = field(default=None, repr=False)
-
-
-class _HumanInput(Exception):
-    """Carries a ``request_user_input`` pause out of a handler."""
 
 
 def counted_calls(outcomes: Sequence[ToolOutcome]) -> int:
@@ -210,8 +207,6 @@ async def _invoke(run: Run, call: ToolCall, tool: RegisteredTool, name: str, arg
     ``interrupt`` is a KeyboardInterrupt an async handler raised: to be raised again once the
     call's result is recorded.
     """
-    from ..human import HumanInputRequired
-
     limit = run.rt.config.max_tool_result_chars
     try:
         value = await _call_with_context(run, call, tool, args)
@@ -264,8 +259,6 @@ async def _invoke(run: Run, call: ToolCall, tool: RegisteredTool, name: str, arg
 
 
 def _is_run_fatal(exc: PowerLoopError) -> bool:
-    from ..errors import LeaseLostError, StoreError
-
     return isinstance(exc, (LeaseLostError, StoreError))
 
 
@@ -374,7 +367,7 @@ async def _settled(task: asyncio.Future[Any]) -> None:
         task.exception()  # retrieved: a late failure of an abandoned call is not logged as lost
 
 
-async def _record(run: Run, call: ToolCall, status: str, output: str, *, failed: bool) -> None:
+async def _record(run: Run, call: ToolCall, status: ToolOutcomeStatus, output: str, *, failed: bool) -> None:
     await run.writer.write([UpdateToolCall(call.id, status, result=output, is_error=failed)])
 
 
@@ -396,7 +389,7 @@ async def _finish(
     output: str,
     *,
     failed: bool,
-    status: str,
+    status: ToolOutcomeStatus,
     started: float,
     executed: bool = False,
 ) -> ToolOutcome:

@@ -64,7 +64,6 @@ class RunWriter:
         self.lease = lease
         self.transcript = transcript
         self.emitter = emitter
-        self.writes = 0
         self._renewer: asyncio.Task[None] | None = None
         self.lost: LeaseLostError | None = None
         self.finished = False
@@ -96,7 +95,6 @@ class RunWriter:
 
     def _applied(self, ops: Sequence[WriteOp], outcome: WriteOutcome) -> WriteOutcome:
         """Bring the transcript and the run's state up to a committed write."""
-        self.writes += 1
         appended = [m for op in ops if isinstance(op, Append) for m in op.messages]
         self.transcript.messages.extend(appended)
         self.transcript.seqs.extend(outcome.seqs)

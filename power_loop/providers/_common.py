@@ -15,8 +15,10 @@ from collections.abc import Callable, Mapping
 from types import ModuleType
 from typing import Any, TypeVar
 
+from .._types import HTTP_TRANSPORTS, HttpTransport
 from ..errors import (
     ConfigurationError,
+    ControlSignal,
     LLMConnectionError,
     LLMError,
     LLMRateLimitError,
@@ -87,11 +89,7 @@ def http_response_class() -> type[Any]:
         return response
 
 
-HTTP_TRANSPORTS = ("native", "httpx", "aiohttp")
-"""The accepted values of the providers' ``http_transport`` option."""
-
-
-def check_http_transport(transport: str) -> str:
+def check_http_transport(transport: str) -> HttpTransport:
     """``transport`` if it names an HTTP transport, else a ``ValueError`` listing the choices."""
     if transport not in HTTP_TRANSPORTS:
         raise ValueError(f"http_transport must be 'native', 'httpx' or 'aiohttp', not {transport!r}")
@@ -138,7 +136,7 @@ _HOOK_CHANGES = (AttributeError, TypeError, ImportError, LookupError)
 """What calling a renamed or reshaped private SDK hook raises (nothing here touches the network)."""
 
 
-class HooksChanged(Exception):
+class HooksChanged(ControlSignal):
     """A private SDK hook of :class:`PreparedRequests` no longer works as expected: the
     client falls back to the SDK's public ``post``."""
 

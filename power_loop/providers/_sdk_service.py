@@ -9,7 +9,8 @@ from collections.abc import Awaitable, Callable, Mapping
 from types import ModuleType
 from typing import Any, ClassVar, TypeVar
 
-from ..errors import ConfigurationError, LLMError
+from .._types import HttpTransport
+from ..errors import ConfigurationError, ControlSignal, LLMError
 from ._common import (
     ClientHolder,
     build_http_client,
@@ -24,7 +25,7 @@ __all__ = ["SDKService"]
 T = TypeVar("T")
 
 
-class _DeadlinePassed(Exception):
+class _DeadlinePassed(ControlSignal):
     """The attempt's ``timeout_s`` ran out."""
 
 
@@ -51,7 +52,7 @@ class SDKService:
         context_window: int | None = None,
         default_headers: Mapping[str, str] | None = None,
         client: Any = None,
-        http_transport: str = "native",
+        http_transport: HttpTransport = "native",
         prepared_requests: bool = True,
     ) -> None:
         if not model:

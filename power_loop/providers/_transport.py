@@ -35,6 +35,8 @@ from collections import deque
 from collections.abc import AsyncIterator
 from typing import Any
 
+from ..errors import ControlSignal
+
 try:  # the SDKs of this generation are built on httpx2; older ones on httpx
     import httpx2 as httpx
 except ImportError:  # pragma: no cover - exercised only with older SDKs
@@ -66,7 +68,7 @@ async def _timed(awaitable: Any, timeout: float | None, error: type[Exception], 
         raise error(f"{what} timed out after {timeout}s") from None
 
 
-class _StaleConnection(Exception):
+class _StaleConnection(ControlSignal):
     """A reused connection was closed by the server before any response byte arrived."""
 
 

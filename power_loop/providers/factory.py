@@ -29,10 +29,10 @@ import os
 from collections.abc import Mapping
 from dataclasses import KW_ONLY, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
+from .._types import HTTP_TRANSPORTS, HttpTransport
 from ..errors import ConfigurationError
-from ._common import HTTP_TRANSPORTS
 from .base import LLMService
 
 __all__ = [
@@ -83,7 +83,7 @@ class LLMProviderConfig:
     context_window: int | None = None
     stream: bool = True
     default_headers: Mapping[str, str] = field(default_factory=dict)
-    http_transport: str = "native"
+    http_transport: HttpTransport = "native"
 
     def __post_init__(self) -> None:
         if not self.model:
@@ -306,7 +306,7 @@ def provider_config_from_env(
         temperature=float(temperature) if temperature is not None else None,
         max_retries=int(retries) if retries is not None else 3,
         context_window=int(window) if window is not None else None,
-        http_transport=transport[1].lower() if transport is not None else "native",
+        http_transport=cast(HttpTransport, transport[1].lower()) if transport is not None else "native",
     )
 
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field, replace
 from types import ModuleType
 from typing import Any
 
+from .._types import HttpTransport
 from ..errors import LLMResponseError
 from ..messages import (
     AssistantMessage,
@@ -271,7 +272,7 @@ class OpenAIChatService(SDKService):
         max_tokens_param: str = "max_tokens",
         default_headers: Mapping[str, str] | None = None,
         client: Any = None,
-        http_transport: str = "native",
+        http_transport: HttpTransport = "native",
         prepared_requests: bool = True,
     ) -> None:
         super().__init__(

@@ -20,6 +20,7 @@ from collections import deque
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from ..errors import ControlSignal
 from .script import (
     Rule,
     ScriptedReply,
@@ -61,7 +62,7 @@ def tool_round_trip_rule(request: ScriptedRequest) -> ScriptedReply:
 RULES: dict[str, Rule] = {"echo": echo_rule, "tools": tool_round_trip_rule}
 
 
-class _HTTPError(Exception):
+class _HTTPError(ControlSignal):
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
         self.status = status

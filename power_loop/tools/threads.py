@@ -33,6 +33,8 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
+from ..errors import ToolError
+
 __all__ = ["ToolNotStarted", "ToolRaisedBaseException", "ToolThreads", "ToolTimeout"]
 
 _IDLE_EXIT_S = 60.0
@@ -50,11 +52,11 @@ class ToolTimeout(asyncio.TimeoutError):
         self.limit = limit
 
 
-class ToolNotStarted(Exception):
+class ToolNotStarted(ToolError):
     """A sync call could not start: every tool thread is held by a call that was given up."""
 
 
-class ToolRaisedBaseException(Exception):
+class ToolRaisedBaseException(ToolError):
     """A handler raised a ``BaseException`` that is not an ``Exception``.
 
     Attributes:
