@@ -388,3 +388,19 @@ async def test_loop_without_tools_answers_unknown_tool(db_path: str) -> None:
         messages = await loop.get_messages_async(sid)
     assert messages[2]["content"].startswith("Unknown tool: add")
     assert history_is_valid(messages)
+
+
+async def test_a_model_object_with_only_complete_is_enough(db_path: str) -> None:
+    from power_loop import AgentLoopConfig, DefaultCompactor
+    from power_loop.messages import AssistantMessage
+    from power_loop.providers.base import LLMResponse
+
+    class Minimal:  # no max_retries, no context_window: only the call itself
+        async def complete(self, request: Any, *, callbacks: Any = None) -> LLMResponse:
+            return LLMResponse(message=AssistantMessage(content="hi from a minimal model"))
+
+    config = AgentLoopConfig(compactor=DefaultCompactor())  # compaction asks for a context window
+    async with StatefulAgentLoop(llm=Minimal(), db_path=db_path, config=config) as loop:  # type: ignore[arg-type]
+        sid = await loop.new_session_async()
+        result = await loop.send("hello", session_id=sid)
+    assert (result.status, result.final_text) == ("completed", "hi from a minimal model")

@@ -58,7 +58,8 @@ NEVER = 1 << 62
 
 def context_window(run: Run) -> int:
     """The model's context window: config, then provider, then a conservative default."""
-    return run.rt.config.context_window or run.rt.llm.context_window or DEFAULT_CONTEXT_WINDOW
+    # getattr: a hand-written model object may implement only ``complete`` (see model_call).
+    return run.rt.config.context_window or getattr(run.rt.llm, "context_window", None) or DEFAULT_CONTEXT_WINDOW
 
 
 def request_estimate(run: Run, view: list[Message]) -> int:

@@ -68,12 +68,15 @@ async def _session_end(run: Run, status: str, final_text: str, reason: str) -> N
 async def on_task_cancelled(run: Run) -> None:
     """The task awaiting send() was cancelled: record the run's end, leave unfinished tool
     calls pending (their side effects are unknown). The caller re-raises."""
+    # A write in flight when the cancellation landed may have committed without this run
+    # learning it (its store task was cancelled too, e.g. at asyncio.run shutdown): the cached
+    # history is not trusted; the next run reloads it.
+    run.rt.histories.drop(run.session_id)
     if not run.writer.finished:
         try:
             await asyncio.shield(run.writer.write([run.finish_op("cancelled", error="task cancelled")]))
         except Exception as exc:
             log.warning("could not record the end of cancelled run %s: %s", run.run_id, exc)
-            run.rt.histories.drop(run.session_id)
             await _release_quietly(run)
     # The end may have been committed just before the cancellation landed: report that status.
     status = run.writer.end_status or "cancelled"

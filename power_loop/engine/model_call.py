@@ -50,7 +50,13 @@ class ModelCallResult:
 
 def retry_policy_for(llm: LLMService, config: AgentLoopConfig) -> LLMRetryPolicy:
     """The loop's retry policy, or one from the provider's ``max_retries``."""
-    return config.retry_policy or LLMRetryPolicy.from_max_retries(llm.max_retries)
+    # A hand-written model object may implement only ``complete`` (as 0.11 allowed): the
+    # protocol's attributes are read with the defaults the built-in providers use.
+    return config.retry_policy or LLMRetryPolicy.from_max_retries(getattr(llm, "max_retries", DEFAULT_MAX_RETRIES))
+
+
+DEFAULT_MAX_RETRIES = 3
+"""Retries after the first try for a model object that does not say (the providers' default)."""
 
 
 async def ask_model(run: Run, request: LLMRequest, *, purpose: str = "round") -> ModelCallResult | End:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..errors import PowerLoopError
+
 __all__ = ["MAX_DELAY_S", "MAX_DUE_AT_MS", "MAX_TIMER_ID", "ClaimedTimer", "Delivery", "TimerBudgetExceeded"]
 
 MAX_TIMER_ID = 2**63 - 1
@@ -18,7 +20,7 @@ MAX_DUE_AT_MS = 253_402_300_799_999
 """The latest due time a timer accepts (the end of year 9999, epoch ms)."""
 
 
-class TimerBudgetExceeded(Exception):
+class TimerBudgetExceeded(PowerLoopError):
     """``max_live`` timers are armed already (``live`` says how many)."""
 
     def __init__(self, live: int) -> None:

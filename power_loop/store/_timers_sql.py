@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from ..errors import ControlSignal
 from ._leases import lease_is_live
 from ._sql import _version, now_ms, pending_state, text
 from ._timer_rows import MAX_DELAY_S, MAX_DUE_AT_MS, MAX_TIMER_ID, ClaimedTimer, Delivery, TimerBudgetExceeded
@@ -67,7 +68,7 @@ def _row(r: Any) -> TimerRow:
     )
 
 
-class _ClaimLost(Exception):
+class _ClaimLost(ControlSignal):
     """A change to a claimed timer matched no row: the claim was lost meanwhile."""
 
 

@@ -11,8 +11,9 @@ Guarantees:
   ``loop.new_session``) open a short-lived connection in the calling thread. They are meant
   for setup and tooling, not for a request's hot path; every one has an async twin.
 * Only the store's first opening may create the file (and its directory); it never leaves a
-  file without the schema behind. Every transaction then checks, after its ``COMMIT``, that
-  the path still names the file opened (one ``stat``); if the file was deleted, moved or
+  file without the schema behind. Every write transaction checks, before ``BEGIN`` and after
+  its ``COMMIT``, that the path still names the file opened (a ``stat`` each, under a
+  microsecond); if the file was deleted, moved or
   replaced, the call raises :class:`~power_loop.errors.StoreFileGoneError` instead of
   reporting a write that is not durable at the path.
 * SQLite faults are translated once (``_faults.store_error``) into the ``StoreError`` family,
@@ -250,7 +251,9 @@ class SQLiteSessionStore(Store011Methods):
         """Run one store operation on ``conn``'s thread: the transaction, the fault mapping and
         the check, after ``COMMIT``, that what was committed is in the file at the path."""
         if tx:
-            self._check_file()  # do not even start writing into a file that is gone
+            # Do not even start writing into a file that is gone or replaced: the -wal file is
+            # found by name, so writes through the old inode would leak into the new file.
+            self._check_file()
         try:
             result = transaction(conn, fn) if tx else fn(SQLiteTx(conn))
         except sqlite3.Error as exc:
