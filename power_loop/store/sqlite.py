@@ -767,20 +767,33 @@ def _stop_worker(db: aiosqlite.Connection, worker: threading.Thread, wait_s: flo
         worker.join(wait_s)
 
 
+def _submit(db: aiosqlite.Connection, fn: Callable[[sqlite3.Connection], T]) -> asyncio.Future[T]:
+    """Queue ``fn(connection)`` on ``db``'s worker thread; the future its result lands in.
+
+    What ``Connection._execute`` does, without the coroutine and the task around it (one store
+    call per transaction, on every step of every run): the same ``(future, function)`` item
+    on the same queue, so the worker reports exactly as it does for aiosqlite's own calls.
+    """
+    if not db._running or db._connection is None:
+        raise ValueError("Connection closed")
+    future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+    db._tx.put_nowait((future, partial(fn, db._connection)))
+    return future
+
+
 async def _in_worker(db: aiosqlite.Connection, fn: Callable[[sqlite3.Connection], T]) -> T:
     """Run ``fn(connection)`` on aiosqlite's worker thread and await its result.
 
-    aiosqlite's public methods each run one statement per hop; ``Connection._execute`` is the
-    primitive they are all built on (stable across aiosqlite releases, pinned in
-    pyproject.toml). Using it directly is what lets a whole transaction run in one hop.
+    aiosqlite's public methods each run one statement per hop; its worker queue (what
+    ``Connection._execute`` feeds, the same across the aiosqlite releases pinned in
+    pyproject.toml) takes any function, which is what lets a whole transaction run in one hop.
 
     A caller cancelled while ``fn`` is queued or running waits for it before the cancellation
     goes on: the transaction cannot be taken back, and ``asyncio.run`` closes the event loop
     right after cancelling the remaining tasks (a timer runner nobody stopped, a send still
     going); a worker that then reports into the closed loop prints a traceback and dies.
     """
-    conn = db._conn
-    job: asyncio.Future[T] = asyncio.ensure_future(db._execute(fn, conn))  # type: ignore[no-untyped-call]
+    job = _submit(db, fn)
     try:
         return await asyncio.shield(job)
     except asyncio.CancelledError:
