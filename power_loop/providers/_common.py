@@ -420,6 +420,16 @@ def status_error(
     )
 
 
+def json_answer(raw: Any, provider: str) -> Any:
+    """The decoded JSON body of a non-streamed answer; ``LLMResponseError`` if it is not JSON."""
+    try:
+        return raw.json()
+    except ValueError as exc:  # not JSON, or not UTF-8
+        raise LLMResponseError(
+            f"the server's answer is not JSON ({exc}): {raw.content[:200]!r}", provider=provider
+        ) from exc
+
+
 def stream_error(provider: str, error: Any, request_id: str | None) -> LLMError:
     """The error for an error event inside a stream (the HTTP status was already 200).
 

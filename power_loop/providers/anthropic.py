@@ -38,6 +38,7 @@ from ..tools.definition import ToolDefinition
 from ._common import (
     DECODING_FAULTS,
     dumps,
+    json_answer,
     memo,
     response_fault,
     stream_error,
@@ -433,12 +434,7 @@ class AnthropicMessagesService(SDKService):
         self, client: Any, sdk: ModuleType, body: bytes, options: dict[str, Any], callbacks: StreamCallbacks | None
     ) -> LLMResponse:
         raw = await self._holder.post(client, sdk, "/v1/messages", body, options, stream=False)
-        try:
-            msg = raw.json()
-        except ValueError as exc:  # not JSON, or not UTF-8
-            raise LLMResponseError(
-                f"the server's answer is not JSON ({exc}): {raw.content[:200]!r}", provider=self.provider
-            ) from exc
+        msg = json_answer(raw, self.provider)
         return self._decode_message(msg, raw.headers.get("request-id"), callbacks, started=False)
 
     def _decode_message(

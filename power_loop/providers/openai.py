@@ -33,6 +33,7 @@ from ..tools.definition import ToolDefinition
 from ._common import (
     DECODING_FAULTS,
     dumps,
+    json_answer,
     memo,
     response_fault,
     stream_error,
@@ -366,12 +367,7 @@ class OpenAIChatService(SDKService):
         self, client: Any, sdk: ModuleType, body: bytes, options: dict[str, Any], callbacks: StreamCallbacks | None
     ) -> LLMResponse:
         raw = await self._holder.post(client, sdk, "/chat/completions", body, options, stream=False)
-        try:
-            completion = raw.json()
-        except ValueError as exc:  # not JSON, or not UTF-8
-            raise LLMResponseError(
-                f"the server's answer is not JSON ({exc}): {raw.content[:200]!r}", provider=self.provider
-            ) from exc
+        completion = json_answer(raw, self.provider)
         return self._decode_completion(completion, raw.headers.get("x-request-id"), callbacks, started=False)
 
     def _decode_completion(
