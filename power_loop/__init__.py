@@ -135,6 +135,17 @@ from .messages import (
     message_to_dict,
 )
 from .pipeline import AgentPipeline, PhaseContext, PhaseEventPayload, PhaseResult, phase
+from .prompts import (
+    BUILTIN_SECTIONS,
+    DEFAULT_AGENT_SYSTEM_PROMPT,
+    DEFAULT_EXPLORE_SUBAGENT_SYSTEM_PROMPT,
+    DEFAULT_SUBAGENT_SYSTEM_PROMPT,
+    SystemPromptBuilder,
+    SystemPromptContext,
+    build_agent_system_prompt,
+    build_explore_subagent_system_prompt,
+    build_subagent_system_prompt,
+)
 from .providers.base import LLMRequest, LLMResponse, LLMService, StreamCallbacks
 from .providers.factory import (
     LLMProviderConfig,
@@ -147,7 +158,15 @@ from .results import AgentLoopResult, FollowUpQueued, StatefulResult
 from .store.rows import MessageRow, MessageState, SessionKind, SessionRow, SessionStatsRow, SessionStatus, TimerRow
 from .store.sinks import MessageSink, NullSink, SQLiteSink
 from .store.sqlite import DEFAULT_DB_PATH, SessionStore, SQLiteSessionStore
-from .subagents import MAX_SPAWN_DEPTH, SubagentLifecycle
+from .subagents import (
+    MAX_SPAWN_DEPTH,
+    RUN_AGENT_DEFINITION,
+    SPAWN_AGENT_DEFINITION,
+    AgentSpec,
+    SubagentLifecycle,
+    load_agent_specs,
+    load_agent_specs_async,
+)
 from .timers import TimerHost, TimerRunner, TimerToolLimits, register_timer_tools, timer_tools, wake_up_message
 from .tools.compat import (
     ToolArgsValidator,
@@ -188,9 +207,15 @@ STABLE_API: tuple[str, ...] = (
 """Names whose signatures and behaviour follow semantic versioning strictly."""
 
 __all__ = [
+    "BUILTIN_SECTIONS",
+    "DEFAULT_AGENT_SYSTEM_PROMPT",
     "DEFAULT_DB_PATH",
+    "DEFAULT_EXPLORE_SUBAGENT_SYSTEM_PROMPT",
+    "DEFAULT_SUBAGENT_SYSTEM_PROMPT",
     "DEFAULT_SYSTEM_PROMPT",
     "MAX_SPAWN_DEPTH",
+    "RUN_AGENT_DEFINITION",
+    "SPAWN_AGENT_DEFINITION",
     "STABLE_API",
     "AgentErrorPayload",
     "AgentEvent",
@@ -201,6 +226,7 @@ __all__ = [
     "AgentLoopResult",
     "AgentMessage",
     "AgentPipeline",
+    "AgentSpec",
     "AgentSpecError",
     "AssistantMessage",
     "AsyncToolInSyncContext",
@@ -319,6 +345,8 @@ __all__ = [
     "SubagentTextPayload",
     "SystemLogPayload",
     "SystemMessage",
+    "SystemPromptBuilder",
+    "SystemPromptContext",
     "TextPart",
     "TimerFireCtx",
     "TimerFiredPayload",
@@ -352,7 +380,10 @@ __all__ = [
     "UserMessage",
     "UserNotificationPayload",
     "__version__",
+    "build_agent_system_prompt",
+    "build_explore_subagent_system_prompt",
     "build_registry",
+    "build_subagent_system_prompt",
     "complete_with_retry",
     "create_llm_service_from_config",
     "create_llm_service_from_env",
@@ -361,6 +392,8 @@ __all__ = [
     "estimate_tokens",
     "format_tool_catalog",
     "get_tool_definitions",
+    "load_agent_specs",
+    "load_agent_specs_async",
     "message_from_dict",
     "message_to_dict",
     "phase",

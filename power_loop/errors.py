@@ -38,7 +38,8 @@ original is kept as ``__cause__``.
     │   ├── ToolNotStarted (tools.threads)        no tool thread was free to start a sync call
     │   └── ToolRaisedBaseException (tools.threads)  a handler raised SystemExit, KeyboardInterrupt, ...
     ├── HookError                                 a hook raised or returned a directive its point does not honour
-    ├── SpecValidationError / AgentSpecError
+    ├── AgentSpecError                            an agent spec could not be loaded or used (``field``)
+    │   └── SpecValidationError (also ValueError) a spec's content is invalid: unknown key, bad value
     ├── StructuredOutputError
     └── ControlSignal                             not a failure: a signal power_loop raises and catches itself
         └── HumanInputRequired (human)            a tool asked the user; the run pauses
@@ -421,12 +422,23 @@ class HookError(PowerLoopError):
     """A hook handler raised, or returned a directive its hook point does not honour."""
 
 
-class SpecValidationError(PowerLoopError, ValueError):
-    """A declarative spec (agent spec, structured output schema) is invalid."""
-
-
 class AgentSpecError(PowerLoopError):
-    """An agent spec could not be loaded or run."""
+    """An agent spec could not be loaded or used: a missing directory, an unreadable file,
+    two files declaring the same agent name.
+
+    Attributes:
+        field: The spec field concerned (``"max_rounds"``, ``"metadata.owner"``), or None when
+            the problem is not about one field.
+    """
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+class SpecValidationError(AgentSpecError, ValueError):
+    """A declarative spec is invalid: an unknown key, a missing or badly typed value, text
+    that does not parse. The message names the field (and the file, when there is one)."""
 
 
 class StructuredOutputError(PowerLoopError, ValueError):

@@ -1,0 +1,25 @@
+"""Sub-agents: child agents a parent hands a task to.
+
+* :mod:`.lifecycle`: the vocabulary the store shares (:class:`SubagentLifecycle`,
+  :data:`MAX_SPAWN_DEPTH`); it imports nothing else from power_loop.
+* :mod:`.spec`: :class:`AgentSpec`, the declarative description of a child, with strict
+  loaders from dicts, JSON, YAML, files and directories.
+* :mod:`.definitions`: what the model is told about ``spawn_agent`` and ``run_agent``.
+"""
+
+from __future__ import annotations
+
+from .definitions import RUN_AGENT_DEFINITION, SPAWN_AGENT_DEFINITION
+from .lifecycle import MAX_SPAWN_DEPTH, SubagentLifecycle
+from .spec import SPEC_FILE_SUFFIXES, AgentSpec, load_agent_specs, load_agent_specs_async
+
+__all__ = [
+    "MAX_SPAWN_DEPTH",
+    "RUN_AGENT_DEFINITION",
+    "SPAWN_AGENT_DEFINITION",
+    "SPEC_FILE_SUFFIXES",
+    "AgentSpec",
+    "SubagentLifecycle",
+    "load_agent_specs",
+    "load_agent_specs_async",
+]
