@@ -45,6 +45,21 @@ NAMES_0_11 = (
     "create_llm_service_from_env",
     "create_llm_service_from_config",
     "STABLE_API",
+    "MAX_SPAWN_DEPTH",
+    "AgentSpec",
+    "AgentSpecError",
+    "SpecValidationError",
+    "SPAWN_AGENT_DEFINITION",
+    "RUN_AGENT_DEFINITION",
+    "SystemPromptBuilder",
+    "SystemPromptContext",
+    "BUILTIN_SECTIONS",
+    "build_agent_system_prompt",
+    "build_subagent_system_prompt",
+    "build_explore_subagent_system_prompt",
+    "DEFAULT_AGENT_SYSTEM_PROMPT",
+    "DEFAULT_SUBAGENT_SYSTEM_PROMPT",
+    "DEFAULT_EXPLORE_SUBAGENT_SYSTEM_PROMPT",
 )
 
 
