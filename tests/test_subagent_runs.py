@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from power_loop import AgentLoopConfig, CancellationToken, StatefulAgentLoop, ToolContext, ToolRegistry, tool
+from power_loop import AgentLoopConfig, CancellationToken, HookPoint, StatefulAgentLoop, ToolContext, ToolRegistry, tool
 from power_loop.messages import Usage
 from power_loop.providers.base import LLMRequest
 from power_loop.testing import ScriptedLLM, text_reply, tool_reply
@@ -318,3 +318,20 @@ async def test_children_of_one_round_run_concurrently_within_the_limit(db_path: 
     else:
         assert order == ["subagent_task_start", "subagent_completed"] * 2
     assert result.final_text == "both done"
+
+
+async def test_hooks_apply_to_children_and_say_their_scope(db_path: str) -> None:
+    seen: list[tuple[str, str, str]] = []
+    llm = two_level()
+    async with StatefulAgentLoop(llm=llm, db_path=db_path, tool_registry=tools_registry()) as loop:
+        loop.hooks.register(HookPoint.SESSION_START, lambda ctx: seen.append(("start", ctx.session_id, ctx.scope)))
+        loop.hooks.register(HookPoint.SESSION_END, lambda ctx: seen.append(("end", ctx.session_id, ctx.scope)))
+        sid = await loop.new_session_async()
+        await loop.send(json.dumps({"task": "t", "lifecycle": "linked"}), session_id=sid)
+        child = json.loads((await loop.get_messages_async(sid))[2]["content"])["session_id"]
+    assert seen == [
+        ("start", sid, "main"),
+        ("start", child, "subagent"),
+        ("end", child, "subagent"),
+        ("end", sid, "main"),
+    ]

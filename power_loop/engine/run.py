@@ -130,12 +130,13 @@ async def _steps(run: Run, begin: BeginOutcome) -> End:
 async def session_start(run: Run) -> None:
     """``session_started``, SESSION_START (which may project the history), memory recall."""
     # The event comes first: whatever happens next, session_ended will close it.
-    scope = "subagent" if run.depth > 0 else "main"
-    await run.emitter.emit(AgentEventType.SESSION_STARTED, SessionStartedPayload(scope=scope, run_id=run.run_id))
+    await run.emitter.emit(AgentEventType.SESSION_STARTED, SessionStartedPayload(scope=run.scope, run_id=run.run_id))
     hooks = run.rt.hooks
     if hooks.has(HookPoint.SESSION_START):
         original = dicts(run.transcript.messages)
-        ctx = SessionStartCtx(messages=list(original), stop_event=run.req.stop_event, session_id=run.session_id)
+        ctx = SessionStartCtx(
+            messages=list(original), stop_event=run.req.stop_event, session_id=run.session_id, scope=run.scope
+        )
         await hooks.run(HookPoint.SESSION_START, ctx)
         if ctx.messages != original:
             run.prefix = [message_from_dict(m) for m in ctx.messages]

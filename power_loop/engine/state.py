@@ -165,6 +165,11 @@ class Run:
         """How deep the run's session is in a sub-agent tree (0 for a main session)."""
         return self.session.depth
 
+    @property
+    def scope(self) -> str:
+        """``subagent`` for a sub-agent's run, else ``main`` (hook contexts and events carry it)."""
+        return "subagent" if self.session.depth > 0 else "main"
+
     def add_usage(self, usage: Usage) -> None:
         """Count ``usage`` in this run and in every run above it (a sub-agent's tokens are
         its parent's too)."""
