@@ -5,17 +5,35 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from power_loop import AgentLoopConfig, CancellationToken, HookPoint, StatefulAgentLoop, ToolContext, ToolRegistry, tool
+from power_loop import (
+    AgentLoopConfig,
+    CancellationToken,
+    HookPoint,
+    SessionNotFoundError,
+    StatefulAgentLoop,
+    ToolContext,
+    ToolRegistry,
+    tool,
+)
 from power_loop.messages import Usage
 from power_loop.providers.base import LLMRequest
 from power_loop.testing import ScriptedLLM, text_reply, tool_reply
 from power_loop.testing.script import ScriptedReply
 
 from .helpers import EventLog, add, history_is_valid, shout
+from .subagent_worker import registry as worker_registry
+from .subagent_worker import rule as worker_rule
+
+WORKER = Path(__file__).with_name("subagent_worker.py")
 
 CHILD_MARK = "You are a sub-agent"
 
@@ -335,3 +353,70 @@ async def test_hooks_apply_to_children_and_say_their_scope(db_path: str) -> None
         ("end", child, "subagent"),
         ("end", sid, "main"),
     ]
+
+
+async def test_a_process_killed_mid_child_leaves_a_parent_and_child_that_resume(tmp_path: Path) -> None:
+    db = str(tmp_path / "kill.db")
+    env = {**os.environ, "PYTHONPATH": str(WORKER.parent.parent)}
+    proc = subprocess.Popen([sys.executable, str(WORKER), db, "parent"], stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == "HANGING"
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        assert proc.stdout is not None
+        proc.stdout.close()
+
+    @tool
+    async def hang() -> str:
+        """Work (quickly, this time)."""
+        return "finished the long thing"
+
+    async with StatefulAgentLoop(
+        llm=ScriptedLLM(rule=worker_rule), db_path=db, tool_registry=worker_registry(hang)
+    ) as loop:
+        pending = await loop.get_pending_async("parent")
+        children = await loop.store.execute_fetchall("SELECT session_id FROM sessions WHERE kind = 'subagent'", ())
+        result = await loop.resume("parent")
+        after = await loop.store.execute_fetchall("SELECT session_id FROM sessions WHERE kind = 'subagent'", ())
+        child_messages = await loop.get_messages_async(children[0][0])
+        parent_messages = await loop.get_messages_async("parent")
+    assert pending is not None and [c["id"] for c in pending["tool_calls"]] == ["call_delegate"]
+    assert len(children) == 1 and after == children  # the same child went on; no second one
+    assert result.status == "completed"
+    assert result.final_text == "parent got: child answer: finished the long thing"
+    assert [m["role"] for m in child_messages] == ["user", "assistant", "tool", "assistant"]
+    assert history_is_valid(parent_messages) and history_is_valid(child_messages)
+
+
+async def test_host_code_runs_a_child_under_a_session_once_per_spawn_id(db_path: str) -> None:
+    llm = ScriptedLLM(rule=lambda request: text_reply(f"answer to {last_user(request)}"))
+    async with StatefulAgentLoop(llm=llm, db_path=db_path, tool_registry=tools_registry()) as loop:
+        log = EventLog(loop.event_bus)
+        sid = await loop.new_session_async()
+        first = await loop.run_subagent(
+            "sum it up", parent_session_id=sid, spawn_tool_call_id="call_1", lifecycle="linked", tools=["add"]
+        )
+        again = await loop.run_subagent(
+            "sum it up", parent_session_id=sid, spawn_tool_call_id="call_1", lifecycle="linked"
+        )
+        row = await loop.store.get_session_async(first.session_id)
+        with pytest.raises(ValueError, match="unknown tool"):
+            await loop.run_subagent("x", tools=["nope"])
+        with pytest.raises(SessionNotFoundError):
+            await loop.run_subagent("x", parent_session_id="sess_missing")
+        orphan = await loop.run_subagent("alone")
+    assert first.to_dict() == {
+        "session_id": first.session_id,
+        "status": "completed",
+        "final_text": "answer to sum it up",
+        "rounds": 1,
+        "depth": 1,
+    }
+    assert again.reused and again.final_text == first.final_text and again.session_id == first.session_id
+    assert len(llm.requests) == 2  # the second call found the answer; only "alone" ran again
+    assert llm.requests[0].tools and [t.name for t in llm.requests[0].tools] == ["add"]
+    assert row is not None and row.parent_session_id == sid and row.spawn_tool_call_id == "call_1"
+    assert orphan.status == "completed" and orphan.depth == 1
+    assert [e.session_id for e in log.of("subagent_completed")][:2] == [sid, sid]
