@@ -6,13 +6,14 @@ variants.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .errors import ConfigurationError
 from .providers.retry import LLMRetryPolicy
+from .subagents import MAX_SPAWN_DEPTH
 
 __all__ = ["DEFAULT_SYSTEM_PROMPT", "AgentLoopConfig"]
 
@@ -69,6 +70,13 @@ class AgentLoopConfig:
         tool_threads: Threads of the loop's own pool for sync tool handlers (all sessions of
             the loop share it; async handlers run on the event loop and do not use it). A sync
             handler that outlives its time limit keeps its thread until it returns.
+        max_subagent_depth: How deep sub-agents may nest (a main session is depth 0, its
+            children depth 1); a spawn deeper than this is refused with a message the model
+            reads.
+        max_concurrent_subagents: Sub-agents of one run running at the same time (the
+            children a model spawns in one round run concurrently, this many at a time).
+        llm_services: Model services a sub-agent spec may name in ``model`` (by key); any
+            other ``model`` is asked of the loop's own service.
     """
 
     system_prompt: str | None = None
@@ -96,6 +104,9 @@ class AgentLoopConfig:
     lease_ttl_s: float = 5.0
     history_cache_size: int = 256
     tool_threads: int = 16
+    max_subagent_depth: int = MAX_SPAWN_DEPTH
+    max_concurrent_subagents: int = 4
+    llm_services: Mapping[str, Any] | None = None
 
     def __post_init__(self) -> None:
         _positive("max_rounds", self.max_rounds)
@@ -104,6 +115,17 @@ class AgentLoopConfig:
         if not isinstance(self.tool_threads, int) or isinstance(self.tool_threads, bool) or self.tool_threads < 1:
             raise ConfigurationError(f"AgentLoopConfig.tool_threads must be an integer >= 1, got {self.tool_threads!r}")
         _positive("max_tool_result_chars", self.max_tool_result_chars)
+        _positive("max_concurrent_subagents", self.max_concurrent_subagents)
+        if (
+            not isinstance(self.max_subagent_depth, int)
+            or isinstance(self.max_subagent_depth, bool)
+            or self.max_subagent_depth < 0
+        ):
+            raise ConfigurationError(
+                f"AgentLoopConfig.max_subagent_depth must be an integer >= 0, got {self.max_subagent_depth!r}"
+            )
+        if self.llm_services is not None and not all(isinstance(k, str) and k for k in self.llm_services):
+            raise ConfigurationError("AgentLoopConfig.llm_services must map non-empty model names to services")
         _positive("max_input_chars", self.max_input_chars)
         _positive("lease_ttl_s", self.lease_ttl_s)
         if self.max_tokens_per_run is not None:

@@ -418,6 +418,11 @@ class ToolValidationError(ToolError, ValueError):
     """Tool arguments do not match the tool's schema."""
 
 
+class SubagentRefused(ToolError):
+    """A sub-agent was not started: the depth limit is reached, or the spawn asked for tools
+    the calling agent does not have. The message tells the model what to do instead."""
+
+
 class HookError(PowerLoopError):
     """A hook handler raised, or returned a directive its hook point does not honour."""
 

@@ -28,16 +28,17 @@ from .engine.history import HistoryCache
 from .engine.prepare import normalize_input, resolve_system_prompt
 from .engine.run import RunRequest, execute_run
 from .engine.runtime import Runtime
+from .engine.subagents import ChildTask, run_subagent
 from .errors import SessionBusyError, SessionNotFoundError
 from .events import AgentEvent, AgentEventBus, AgentEventType, BaseEventPayload
 from .hooks import AgentHooks
 from .messages import message_to_dict
 from .providers.base import LLMService
-from .results import FollowUpQueued, StatefulResult
+from .results import FollowUpQueued, StatefulResult, SubagentResult
 from .store.protocols import SessionStoreProtocol
 from .store.rows import PendingState, SessionStatsRow, StoredMessage, TimerRow
 from .store.sqlite import DEFAULT_DB_PATH, SQLiteSessionStore
-from .tools.context import ToolCapabilities
+from .tools.context import ToolCapabilities, current_tool_context
 from .tools.registry import ToolRegistry
 
 __all__ = ["StatefulAgentLoop"]
@@ -284,6 +285,82 @@ class StatefulAgentLoop:
                 system_prompt=system_prompt,
                 heal_pending=heal_pending,
             ),
+        )
+
+    async def run_subagent(
+        self,
+        task: str,
+        *,
+        parent_session_id: str | None = None,
+        spawn_tool_call_id: str | None = None,
+        system_prompt: str | None = None,
+        name: str = "subagent",
+        tools: Sequence[str] | None = None,
+        max_rounds: int | None = None,
+        max_tokens: int | None = None,
+        temperature: float | None = None,
+        model: str | None = None,
+        lifecycle: str = "ephemeral",
+        metadata: Mapping[str, Any] | None = None,
+    ) -> SubagentResult:
+        """Run ``task`` in a new sub-agent session and return its answer.
+
+        Called from a tool running in a run of this loop, the child belongs to that run (as
+        with ``ctx.subagents.run``): it inherits its cancellation and budget, its tokens count
+        in the run's usage, and it may use only tools the run's round was offered.
+        ``parent_session_id`` and ``spawn_tool_call_id`` are then taken from the call.
+
+        From host code, the child hangs under ``parent_session_id`` (or under no session),
+        with the loop's tools narrowed to ``tools``. With both ``parent_session_id`` and
+        ``spawn_tool_call_id``, calling again after a crash finds the child the first call
+        started: its stored answer, or the child resumed from where it stopped.
+
+        Args:
+            task: The child's first user message.
+            system_prompt: The child's system prompt (a built-in sub-agent prompt when None).
+            name: A label recorded in the child's metadata and events.
+            tools: Tool names the child may use.
+            max_rounds, max_tokens, temperature: The child's limits (the loop's when None).
+            model: Another model of the loop's provider, or the key of a service in
+                ``AgentLoopConfig.llm_services``.
+            lifecycle: ``ephemeral`` (deleted once answered), ``linked`` (deleted with its
+                parent) or ``detached`` (kept).
+            metadata: Metadata of the child session.
+
+        Raises:
+            SubagentRefused: The depth limit (``AgentLoopConfig.max_subagent_depth``) is
+                reached, or ``tools`` asks for more than the calling run has.
+            SessionNotFoundError: ``parent_session_id`` does not exist.
+            ValueError: An unknown tool name or lifecycle.
+        """
+        ctx = current_tool_context()
+        if ctx is not None and ctx.loop is self and ctx.capabilities is not None and ctx.capabilities.subagents:
+            return await ctx.capabilities.subagents.run(
+                task,
+                system_prompt=system_prompt,
+                name=name,
+                tools=tools,
+                max_rounds=max_rounds,
+                max_tokens=max_tokens,
+                temperature=temperature,
+                model=model,
+                lifecycle=lifecycle,
+                metadata=metadata,
+            )
+        child = ChildTask(
+            task, system_prompt, name, tools, max_rounds, max_tokens, temperature, model, lifecycle, metadata
+        )
+
+        async def publish(session_id: str, event_type: AgentEventType, data: BaseEventPayload) -> None:
+            await self.publish_session_event(session_id, event_type, data, source="subagent")
+
+        return await run_subagent(
+            self._rt,
+            execute_run,
+            child,
+            parent_session_id=parent_session_id,
+            spawn_tool_call_id=spawn_tool_call_id,
+            publish=publish,
         )
 
     def send_sync(self, user_input: str | dict[str, Any], session_id: str, **kwargs: Any) -> StatefulResult:

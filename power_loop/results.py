@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
 
-__all__ = ["RUN_STATUSES", "AgentLoopResult", "FollowUpQueued", "RunStatus", "StatefulResult"]
+__all__ = ["RUN_STATUSES", "AgentLoopResult", "FollowUpQueued", "RunStatus", "StatefulResult", "SubagentResult"]
 
 RunStatus = Literal[
     "completed",
@@ -117,3 +117,38 @@ class AgentLoopResult:
     messages: list[dict[str, Any]] = field(default_factory=list)
     usage: dict[str, int] = field(default_factory=dict)
     tool_calls: int = 0
+
+
+@dataclass(frozen=True)
+class SubagentResult:
+    """What a sub-agent's run produced (``ctx.subagents.run(...)``, ``run_agent_spec``).
+
+    Attributes:
+        session_id: The child session.
+        status: How the child's run ended (a :data:`RunStatus`).
+        final_text: The child's answer (or the marker of its ending).
+        rounds: Rounds the child took.
+        depth: The child session's depth (1 for a child of a main session).
+        usage: The child's token usage (already counted in its parent run's usage).
+        reused: True when the child had answered before (a spawn run again by ``resume``
+            after a crash) and its stored answer was returned without a new run.
+    """
+
+    session_id: str
+    status: RunStatus
+    final_text: str
+    rounds: int
+    depth: int
+    usage: dict[str, int] = field(default_factory=dict)
+    reused: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        """The dict power-loop 0.11's ``run_agent_spec`` returned (session_id, status,
+        final_text, rounds, depth)."""
+        return {
+            "session_id": self.session_id,
+            "status": self.status,
+            "final_text": self.final_text,
+            "rounds": self.rounds,
+            "depth": self.depth,
+        }

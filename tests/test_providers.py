@@ -388,9 +388,7 @@ async def test_an_event_stream_with_broken_json_is_a_response_error() -> None:
     assert events == [{"ok": 1}]
 
 
-async def test_closing_a_service_keeps_a_client_you_passed_in(
-    scripted_server: ScriptedServer, protocol: str
-) -> None:
+async def test_closing_a_service_keeps_a_client_you_passed_in(scripted_server: ScriptedServer, protocol: str) -> None:
     import anthropic
     import openai
 
@@ -410,9 +408,7 @@ async def test_closing_a_service_keeps_a_client_you_passed_in(
     await client.close()
 
 
-def test_send_sync_does_not_leave_the_loops_http_client_open(
-    scripted_server: ScriptedServer, db_path: str
-) -> None:
+def test_send_sync_does_not_leave_the_loops_http_client_open(scripted_server: ScriptedServer, db_path: str) -> None:
     from power_loop import StatefulAgentLoop
     from power_loop.providers.openai import OpenAIChatService
 

@@ -59,7 +59,7 @@ NEVER = 1 << 62
 def context_window(run: Run) -> int:
     """The model's context window: config, then provider, then a conservative default."""
     # getattr: a hand-written model object may implement only ``complete`` (see model_call).
-    return run.rt.config.context_window or getattr(run.rt.llm, "context_window", None) or DEFAULT_CONTEXT_WINDOW
+    return run.config.context_window or getattr(run.llm, "context_window", None) or DEFAULT_CONTEXT_WINDOW
 
 
 def request_estimate(run: Run, view: list[Message]) -> int:
@@ -130,7 +130,7 @@ async def maybe_compact(run: Run, view: list[Message]) -> list[Message] | End:
 
     async def complete(request: LLMRequest) -> LLMResponse:
         # Not a member of the Compactor protocol: DefaultCompactor's optional summary model.
-        llm = getattr(compactor, "summary_llm", None) or run.rt.llm
+        llm = getattr(compactor, "summary_llm", None) or run.llm
         response, duration_ms = await _summary_call(run, llm, request)
         usage_ops.append(
             RecordLLMCall(
@@ -210,7 +210,7 @@ async def _summary_call(run: Run, llm: LLMService, request: LLMRequest) -> tuple
     ``llm_retry_attempted`` for retries and ``usage_updated`` with purpose ``compaction``. The
     request streams only when both it and ``AgentLoopConfig.stream`` say so.
     """
-    config = run.rt.config
+    config = run.config
     emitter = run.emitter
     policy = retry_policy_for(llm, config)
     request = replace(request, stream=request.stream and config.stream)
@@ -219,7 +219,7 @@ async def _summary_call(run: Run, llm: LLMService, request: LLMRequest) -> tuple
     response = await complete_with_retry(llm, request, policy=policy, callbacks=None, stop=run.stop, on_retry=on_retry)
     duration_ms = int((time.monotonic() - started) * 1000)
     usage_before = run.usage
-    run.usage = run.usage + response.usage
+    run.add_usage(response.usage)
     run.llm_calls += 1
     if emitter.wants(AgentEventType.USAGE_UPDATED):
         await emitter.emit(

@@ -52,6 +52,7 @@ async def _session_end(run: Run, status: str, final_text: str, reason: str) -> N
             messages=dicts(run.transcript.messages),
             round_index=run.round_index,
             session_id=run.session_id,
+            scope=run.scope,
         )
         await run.after_commit(hooks.run(HookPoint.SESSION_END, ctx), "session.end hook")
     await run.after_commit(remember_run(run, final_text), "memory remember")
@@ -125,7 +126,12 @@ async def _quietly_session_end(run: Run, reason: str, status: str) -> None:
         return
     run.end_hook_started = True
     ctx = SessionEndCtx(
-        reason=reason, status=status, final_text=None, round_index=run.round_index, session_id=run.session_id
+        reason=reason,
+        status=status,
+        final_text=None,
+        round_index=run.round_index,
+        session_id=run.session_id,
+        scope=run.scope,
     )
     try:
         await hooks.run(HookPoint.SESSION_END, ctx)

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from ..events import AgentEventType, BudgetExceededStatusPayload, HitRoundLimitStatusPayload
+from ..events import AgentEventType, HitRoundLimitStatusPayload
 from ..messages import UserMessage
 from ..store.rows import Append, WriteOp
-from .endings import cancelled
+from .endings import budget_exceeded, cancelled
 from .model_call import ask_model, usage_op
 from .outcome import End
 from .prepare import build_request
@@ -27,28 +27,22 @@ ROUND_LIMIT_PROMPT = (
 
 async def check_limits(run: Run) -> End | None:
     """The ending due before the next round, if any: stop → budget → round limit."""
-    config = run.rt.config
+    config = run.config
     if run.stop.is_set():
         return await cancelled(run)
     if config.max_tokens_per_run is not None and run.usage.total_tokens >= config.max_tokens_per_run:
-        return await _budget_exceeded(run, config.max_tokens_per_run)
+        return await budget_exceeded(run, config.max_tokens_per_run)
+    left = run.tokens_left() if run.parent is not None else None
+    if left is not None and left <= 0:
+        return await budget_exceeded(run, config.max_tokens_per_run or 0, reason="parent budget")
     if run.rounds >= config.max_rounds:
         return await _round_limit(run)
     return None
 
 
-async def _budget_exceeded(run: Run, budget: int) -> End:
-    await run.emitter.emit(
-        AgentEventType.STATUS_CHANGED,
-        BudgetExceededStatusPayload(budget_tokens=budget, spent_tokens=run.usage.total_tokens, rounds=run.rounds),
-        round_index=run.round_index,
-    )
-    return End("budget_exceeded", "[budget_exceeded]")
-
-
 async def _round_limit(run: Run) -> End:
     """``max_rounds`` reached: ask for a summary, end ``hit_round_limit`` with it."""
-    config = run.rt.config
+    config = run.config
     await run.emitter.emit(
         AgentEventType.STATUS_CHANGED,
         HitRoundLimitStatusPayload(max_rounds=config.max_rounds),

@@ -27,10 +27,10 @@ async def _maybe_await(value: Any) -> Any:
 
 async def recall_memory(run: Run) -> None:
     """Recall, let MEMORY_RECALLED steer, and add the result to the run's system prompt."""
-    memory = run.rt.config.memory
+    memory = run.config.memory
     if memory is None:
         return
-    budget = run.rt.config.memory_budget_tokens
+    budget = run.config.memory_budget_tokens
     try:
         items = list(
             await _maybe_await(
@@ -60,7 +60,7 @@ async def recall_memory(run: Run) -> None:
 
 async def remember_run(run: Run, final_text: str) -> None:
     """Hand the finished exchange to the memory provider."""
-    memory = run.rt.config.memory
+    memory = run.config.memory
     if memory is None or run.req.message is None or not hasattr(memory, "remember"):
         return
     try:

@@ -59,7 +59,7 @@ async def round_start(run: Run) -> list[Message] | StepOutcome:
 
 async def call_for_round(run: Run, view: list[Message]) -> ModelCallResult | End:
     """LLM_BEFORE, then the model call (unless a hook short-circuited it)."""
-    config = run.rt.config
+    config = run.config
     hooks = run.rt.hooks
     system_prompt = run.system_prompt
     tools: Sequence[ToolDefinition] = run.offered

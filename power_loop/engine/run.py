@@ -91,6 +91,7 @@ async def execute_run(rt: Runtime, req: RunRequest) -> StatefulResult:
             writer=writer,
             emitter=emitter,
             tools=tools,
+            execute=execute_run,
         )
         return await drive(run)
 
@@ -129,11 +130,13 @@ async def _steps(run: Run, begin: BeginOutcome) -> End:
 async def session_start(run: Run) -> None:
     """``session_started``, SESSION_START (which may project the history), memory recall."""
     # The event comes first: whatever happens next, session_ended will close it.
-    await run.emitter.emit(AgentEventType.SESSION_STARTED, SessionStartedPayload(run_id=run.run_id))
+    await run.emitter.emit(AgentEventType.SESSION_STARTED, SessionStartedPayload(scope=run.scope, run_id=run.run_id))
     hooks = run.rt.hooks
     if hooks.has(HookPoint.SESSION_START):
         original = dicts(run.transcript.messages)
-        ctx = SessionStartCtx(messages=list(original), stop_event=run.req.stop_event, session_id=run.session_id)
+        ctx = SessionStartCtx(
+            messages=list(original), stop_event=run.req.stop_event, session_id=run.session_id, scope=run.scope
+        )
         await hooks.run(HookPoint.SESSION_START, ctx)
         if ctx.messages != original:
             run.prefix = [message_from_dict(m) for m in ctx.messages]

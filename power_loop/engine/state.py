@@ -8,13 +8,15 @@ is kept anywhere else (no module-level per-run state). Steps read and update it;
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from .._types import RunKind, RunRowStatus
 from ..cancellation import StopEventLike, StopSignal
+from ..config import AgentLoopConfig
 from ..errors import HookError
 from ..hooks import HookPoint, MessageAppendCtx
 from ..messages import (
@@ -28,7 +30,7 @@ from ..messages import (
     message_json,
     message_to_dict,
 )
-from ..providers.base import LLMResponse
+from ..providers.base import LLMResponse, LLMService
 from ..results import RunStatus, StatefulResult
 from ..store.rows import BeginOutcome, FinishRun, PendingCall, RunTotals, SessionRow
 from ..tools.definition import ToolDefinition
@@ -39,7 +41,24 @@ from .prepare import resolve_system_prompt, system_text
 from .runtime import Runtime
 from .writer import RunWriter
 
-__all__ = ["Run", "RunRequest", "as_response", "dicts", "on_append"]
+__all__ = ["ChildLink", "Run", "RunRequest", "as_response", "dicts", "on_append"]
+
+
+@dataclass(frozen=True)
+class ChildLink:
+    """What a sub-agent's run takes from the run that spawned it.
+
+    Attributes:
+        parent: The spawning run: the child's usage is added to it (and its ancestors) as
+            it is spent, and the root run's ``max_tokens_per_run`` bounds the child's calls.
+            None for a child started outside a run (``run_agent_spec`` from host code).
+        config: The child's config: the loop's, with the spec's limits.
+        llm: The model service of the child (the loop's, or one named by the spec).
+    """
+
+    parent: Run | None
+    config: AgentLoopConfig
+    llm: LLMService
 
 
 @dataclass
@@ -66,6 +85,12 @@ class RunRequest:
     system_prompt: str | None = None
     heal_pending: bool = False
     wait_foreign: bool = True
+    child: ChildLink | None = None
+
+
+Executor = Callable[["Runtime", RunRequest], Awaitable[StatefulResult]]
+"""Runs a request to its end (:func:`power_loop.engine.run.execute_run`); a run holds it to
+start its sub-agents' runs without importing the module that drives runs."""
 
 
 class Run:
@@ -83,9 +108,18 @@ class Run:
         writer: RunWriter,
         emitter: Emitter,
         tools: ToolRegistry | None,
+        execute: Executor | None = None,
     ) -> None:
         self.rt = rt
         self.req = req
+        link = req.child
+        self.parent = link.parent if link is not None else None
+        self.config = link.config if link is not None else rt.config
+        self.llm = link.llm if link is not None else rt.llm
+        self.execute = execute
+        # Sub-agents spawned by this run's tool calls (created on first use), bounded by
+        # config.max_concurrent_subagents across the whole round.
+        self.child_slots: asyncio.Semaphore | None = None
         self.run_id = run_id
         self.begin = begin
         self.session = session
@@ -100,7 +134,7 @@ class Run:
         # these may be executed.
         self.round_offered: frozenset[str] = frozenset(t.name for t in self.offered)
         self.base_prompt = resolve_system_prompt(
-            call_prompt=req.system_prompt, session_prompt=session.system_prompt, config=rt.config
+            call_prompt=req.system_prompt, session_prompt=session.system_prompt, config=self.config
         )
         self.memory_text: str | None = None
         self.started_at = int(time.time() * 1000)
@@ -124,7 +158,34 @@ class Run:
     @property
     def system_prompt(self) -> str:
         """The system text sent with every model call of the run."""
-        return system_text(self.base_prompt, self.offered, self.rt.config, self.memory_text)
+        return system_text(self.base_prompt, self.offered, self.config, self.memory_text)
+
+    @property
+    def depth(self) -> int:
+        """How deep the run's session is in a sub-agent tree (0 for a main session)."""
+        return self.session.depth
+
+    @property
+    def scope(self) -> str:
+        """``subagent`` for a sub-agent's run, else ``main`` (hook contexts and events carry it)."""
+        return "subagent" if self.session.depth > 0 else "main"
+
+    def add_usage(self, usage: Usage) -> None:
+        """Count ``usage`` in this run and in every run above it (a sub-agent's tokens are
+        its parent's too)."""
+        run: Run | None = self
+        while run is not None:
+            run.usage = run.usage + usage
+            run = run.parent
+
+    def tokens_left(self) -> int | None:
+        """What is left of the root run's ``max_tokens_per_run`` (None: no budget). Every
+        sub-agent's usage is already counted in the root run's."""
+        root = self
+        while root.parent is not None:
+            root = root.parent
+        budget = root.config.max_tokens_per_run
+        return None if budget is None else budget - root.usage.total_tokens
 
     def view(self) -> list[Message]:
         """The messages the model sees (hook projections applied)."""

@@ -43,6 +43,7 @@ from ..tools.context import ToolContext, _reset_context, _set_context
 from ..tools.registry import RegisteredTool, bind_handler, format_tool_result, validation_message
 from ..tools.threads import ToolNotStarted, ToolRaisedBaseException, ToolTimeout
 from .state import Run
+from .subagents import RunSubagents
 
 __all__ = ["ToolOutcome", "counted_calls", "run_tool_batch"]
 
@@ -82,7 +83,7 @@ async def run_tool_batch(run: Run, calls: Sequence[ToolCall]) -> list[ToolOutcom
     outcomes: list[ToolOutcome | None] = [None] * len(calls)
     stopped = asyncio.Event()
     interrupts: list[BaseException] = []
-    semaphore = asyncio.Semaphore(run.rt.config.tool_concurrency)
+    semaphore = asyncio.Semaphore(run.config.tool_concurrency)
 
     async def one(index: int, call: ToolCall) -> None:
         async with semaphore:
@@ -207,7 +208,7 @@ async def _invoke(run: Run, call: ToolCall, tool: RegisteredTool, name: str, arg
     ``interrupt`` is a KeyboardInterrupt an async handler raised: to be raised again once the
     call's result is recorded.
     """
-    limit = run.rt.config.max_tool_result_chars
+    limit = run.config.max_tool_result_chars
     try:
         value = await _call_with_context(run, call, tool, args)
         return format_tool_result(value, limit), False, None, None
@@ -303,11 +304,11 @@ async def _call_with_context(run: Run, call: ToolCall, tool: RegisteredTool, arg
         run_id=run.run_id,
         round_index=run.round_index,
         loop=run.rt.facade,
-        capabilities=run.rt.tool_capabilities(run.session_id, call.id),
+        capabilities=replace(run.rt.tool_capabilities(run.session_id, call.id), subagents=RunSubagents(run, call.id)),
     )
     token = _set_context(context)
     try:
-        timeout = tool.timeout_s or run.rt.config.tool_timeout_s
+        timeout = tool.timeout_s or run.config.tool_timeout_s
         handler = bind_handler(tool, args, context)
         if tool.is_async:
             return await _run_async(handler, timeout)
@@ -410,13 +411,13 @@ async def _finish(
             if executed:
                 # The handler ran: store its real result before the hook's error ends the
                 # run, so the model is never told that a side effect which happened did not.
-                limit = run.rt.config.max_tool_result_chars
+                limit = run.config.max_tool_result_chars
                 await _record(run, call, status, format_tool_result(output, limit), failed=failed)
             raise
         output, failed = str(ctx.output), bool(ctx.failed)
         if status in ("done", "failed"):
             status = "failed" if failed else "done"
-    output = format_tool_result(output, run.rt.config.max_tool_result_chars)
+    output = format_tool_result(output, run.config.max_tool_result_chars)
     if executed:
         await _record(run, call, status, output, failed=failed)
     duration_ms = int((time.monotonic() - started) * 1000)

@@ -217,9 +217,20 @@ class SessionAdmin(Protocol):
         ...
 
     def create_session(
-        self, sid: str, /, *, metadata: Mapping[str, Any] | None = ..., system_prompt: str | None = ...
+        self,
+        sid: str,
+        /,
+        *,
+        metadata: Mapping[str, Any] | None = ...,
+        system_prompt: str | None = ...,
+        parent_session_id: str | None = ...,
+        kind: str = ...,
+        lifecycle: str | None = ...,
+        depth: int = ...,
+        spawn_tool_call_id: str | None = ...,
     ) -> Coroutine[Any, Any, None]:
-        """``await store.create_session(sid, ...)``."""
+        """``await store.create_session(sid, ...)``; a sub-agent's session names its parent,
+        its kind (``subagent``), lifecycle, depth and the spawning tool call."""
         ...
 
     def get_session(self, session_id: str) -> SessionRow | None:

@@ -378,6 +378,7 @@ class SQLiteSessionStore(Store011Methods):
         kind: str = "main",
         lifecycle: str | None = None,
         depth: int = 0,
+        spawn_tool_call_id: str | None = None,
     ) -> Coroutine[Any, Any, None]: ...
 
     @overload

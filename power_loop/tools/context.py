@@ -24,7 +24,7 @@ from typing import Protocol, runtime_checkable
 
 from ..errors import ToolError
 from ..messages import Message
-from ..results import FollowUpQueued, StatefulResult
+from ..results import FollowUpQueued, StatefulResult, SubagentResult
 from ..store.rows import TimerRow
 
 __all__ = [
@@ -32,6 +32,7 @@ __all__ = [
     "SessionInbox",
     "SessionReader",
     "SessionTimers",
+    "SubagentSpawner",
     "ToolCapabilities",
     "ToolContext",
     "current_tool_context",
@@ -90,6 +91,39 @@ class SessionReader(Protocol):
         ...
 
 
+class SubagentSpawner(Protocol):
+    """Hand a task to a sub-agent (``ctx.subagents``), bound to the calling run."""
+
+    async def run(
+        self,
+        task: str,
+        *,
+        system_prompt: str | None = None,
+        name: str = "subagent",
+        tools: Sequence[str] | None = None,
+        max_rounds: int | None = None,
+        max_tokens: int | None = None,
+        temperature: float | None = None,
+        model: str | None = None,
+        lifecycle: str = "ephemeral",
+        metadata: Mapping[str, object] | None = None,
+    ) -> SubagentResult:
+        """Run ``task`` in a new child session and return its answer.
+
+        The child is a session of its own (``kind="subagent"``, its parent, the spawning
+        call's id, its depth). It inherits the calling run's cancellation, hooks, event bus,
+        retry policy and model service (``model`` names another model of the same provider,
+        or a service registered in ``AgentLoopConfig.llm_services``); its tokens count in the
+        calling run's usage and budget, and its calls are clamped to what the budget has left.
+        It is offered only tools the calling round was offered, narrowed to ``tools``.
+
+        Raises:
+            SubagentRefused: The depth limit is reached, or ``tools`` names a tool the calling
+                round was not offered (the message tells the model what to do instead).
+        """
+        ...
+
+
 @dataclass(frozen=True, kw_only=True, slots=True)
 class ToolCapabilities:
     """What a tool call may do, each bound to the calling session.
@@ -98,11 +132,13 @@ class ToolCapabilities:
         timers: Schedule, list and cancel the session's wake-ups.
         inbox: Queue a follow-up for the session.
         session: Read the session.
+        subagents: Run sub-agents as children of the calling run (None outside a run).
     """
 
     timers: SessionTimers
     inbox: SessionInbox
     session: SessionReader
+    subagents: SubagentSpawner | None = None
 
 
 class AgentLoopHandle(Protocol):
@@ -193,6 +229,17 @@ class ToolContext:
     def session(self) -> SessionReader:
         """Read access to the session (raises ``ToolError`` outside a loop)."""
         return self._capabilities().session
+
+    @property
+    def subagents(self) -> SubagentSpawner:
+        """Run sub-agents as children of the calling run (raises ``ToolError`` outside a run)."""
+        spawner = self._capabilities().subagents
+        if spawner is None:
+            raise ToolError(
+                f"tool {self.tool_name!r} cannot start sub-agents: it was called outside a run of a "
+                "StatefulAgentLoop (sub-agents are children of the run that calls the tool)"
+            )
+        return spawner
 
     def _capabilities(self) -> ToolCapabilities:
         if self.capabilities is None:
