@@ -44,6 +44,7 @@ from .errors import (
     StoreLockedError,
     StoreReadOnlyError,
     StructuredOutputError,
+    SubagentRefused,
     ToolError,
     ToolNotFound,
     ToolValidationError,
@@ -154,7 +155,7 @@ from .providers.factory import (
 )
 from .providers.offline import OfflineLLM
 from .providers.retry import LLMRetryPolicy, complete_with_retry, with_retry
-from .results import AgentLoopResult, FollowUpQueued, StatefulResult
+from .results import AgentLoopResult, FollowUpQueued, StatefulResult, SubagentResult
 from .store.rows import MessageRow, MessageState, SessionKind, SessionRow, SessionStatsRow, SessionStatus, TimerRow
 from .store.sinks import MessageSink, NullSink, SQLiteSink
 from .store.sqlite import DEFAULT_DB_PATH, SessionStore, SQLiteSessionStore
@@ -166,6 +167,8 @@ from .subagents import (
     SubagentLifecycle,
     load_agent_specs,
     load_agent_specs_async,
+    register_spawn_agent,
+    run_agent_spec,
 )
 from .timers import TimerHost, TimerRunner, TimerToolLimits, register_timer_tools, timer_tools, wake_up_message
 from .tools.compat import (
@@ -341,6 +344,8 @@ __all__ = [
     "SubagentCompletedPayload",
     "SubagentLifecycle",
     "SubagentLimitPayload",
+    "SubagentRefused",
+    "SubagentResult",
     "SubagentTaskStartPayload",
     "SubagentTextPayload",
     "SystemLogPayload",
@@ -397,7 +402,9 @@ __all__ = [
     "message_from_dict",
     "message_to_dict",
     "phase",
+    "register_spawn_agent",
     "register_timer_tools",
+    "run_agent_spec",
     "request_user_input",
     "timer_tools",
     "tool",

@@ -7,18 +7,21 @@ kept by hand. This module is vocabulary: it imports nothing from the layers abov
 
 from __future__ import annotations
 
+from enum import Enum
 from typing import Literal, get_args
 
 from .results import RunStatus
 
 __all__ = [
     "HTTP_TRANSPORTS",
+    "MAX_SPAWN_DEPTH",
     "RUN_KINDS",
     "RUN_ROW_STATUSES",
     "TOOL_CALL_STATUSES",
     "HttpTransport",
     "RunKind",
     "RunRowStatus",
+    "SubagentLifecycle",
     "ToolCallStatus",
     "ToolOutcomeStatus",
 ]
@@ -44,3 +47,18 @@ TOOL_CALL_STATUSES: tuple[ToolCallStatus, ...] = get_args(ToolCallStatus)
 HttpTransport = Literal["native", "httpx", "aiohttp"]
 """The HTTP client under a provider SDK (the providers' ``http_transport`` option)."""
 HTTP_TRANSPORTS: tuple[HttpTransport, ...] = get_args(HttpTransport)
+
+
+MAX_SPAWN_DEPTH = 3
+"""How deep sub-agents may nest by default: a top-level session is depth 0."""
+
+
+class SubagentLifecycle(str, Enum):
+    """What happens to a child session when its task ends.
+
+    EPHEMERAL: deleted when done. LINKED: deleted with its parent. DETACHED: kept on its own.
+    """
+
+    EPHEMERAL = "ephemeral"
+    LINKED = "linked"
+    DETACHED = "detached"

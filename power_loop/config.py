@@ -11,9 +11,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ._types import MAX_SPAWN_DEPTH
 from .errors import ConfigurationError
 from .providers.retry import LLMRetryPolicy
-from .subagents import MAX_SPAWN_DEPTH
 
 __all__ = ["DEFAULT_SYSTEM_PROMPT", "AgentLoopConfig"]
 

@@ -35,7 +35,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from .._types import RunKind
+from .._types import RunKind, SubagentLifecycle
 from ..config import AgentLoopConfig
 from ..errors import SessionNotFoundError, SubagentRefused
 from ..events import (
@@ -49,7 +49,6 @@ from ..events import (
 from ..messages import AssistantMessage, UserMessage
 from ..providers.base import LLMService
 from ..results import SubagentResult
-from ..subagents import SubagentLifecycle
 from ..tools.registry import ToolRegistry
 from .prepare import select_tools
 from .runtime import Runtime

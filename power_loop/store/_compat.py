@@ -18,8 +18,8 @@ import secrets
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from .._types import MAX_SPAWN_DEPTH
 from ..messages import Usage
-from ..subagents import MAX_SPAWN_DEPTH
 from . import _compat_sql as _c
 from . import _sql
 from . import _timers_sql as _timers

@@ -19,8 +19,7 @@ SPAWN_AGENT_DEFINITION = ToolDefinition(
         "conversation that sees only what you write in `task`, works with its own tools and "
         "returns its final answer as this tool's result. Use it for work that can be done on "
         "its own (research, a review, one part of a larger job). Several spawn_agent calls in "
-        "one turn run in parallel. With background=true the call returns a receipt at once and "
-        "the sub-agent's answer arrives later as a message."
+        "one turn run in parallel."
     ),
     input_schema={
         "type": "object",
@@ -48,17 +47,12 @@ SPAWN_AGENT_DEFINITION = ToolDefinition(
                 "minimum": 1,
                 "description": "Most model turns the sub-agent may take; small tasks need few.",
             },
-            "background": {
-                "type": "boolean",
-                "default": False,
-                "description": "If true, return a receipt at once; the result arrives later as a message.",
-            },
         },
         "required": ["task"],
         "additionalProperties": False,
     },
 )
-"""The ``spawn_agent(task, system_prompt?, tools?, max_rounds?, background?)`` tool."""
+"""The ``spawn_agent(task, system_prompt?, tools?, max_rounds?)`` tool."""
 
 RUN_AGENT_DEFINITION = ToolDefinition(
     name="run_agent",

@@ -1,25 +1,11 @@
-"""Sub-agent vocabulary shared by the store and the sub-agent runner.
+"""Sub-agent vocabulary: :class:`SubagentLifecycle` and :data:`MAX_SPAWN_DEPTH`.
 
-Invariant: this module imports nothing from power_loop, so the store can use it without
-pulling in specs, tools or prompts.
+Both are declared in :mod:`power_loop._types` (the vocabulary every layer may import, the
+store included) and re-exported here, where users of sub-agents look for them.
 """
 
 from __future__ import annotations
 
-from enum import Enum
+from .._types import MAX_SPAWN_DEPTH, SubagentLifecycle
 
 __all__ = ["MAX_SPAWN_DEPTH", "SubagentLifecycle"]
-
-MAX_SPAWN_DEPTH = 3
-"""How deep sub-agents may nest by default: a top-level session is depth 0."""
-
-
-class SubagentLifecycle(str, Enum):
-    """What happens to a child session when its task ends.
-
-    EPHEMERAL: deleted when done. LINKED: deleted with its parent. DETACHED: kept on its own.
-    """
-
-    EPHEMERAL = "ephemeral"
-    LINKED = "linked"
-    DETACHED = "detached"
