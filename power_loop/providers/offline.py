@@ -5,7 +5,8 @@ run end to end with no provider configured:
 
 1. After tool results, it reports them: ``"<tool> returned: <result>"``.
 2. When the user writes an offered tool's name with call syntax, ``get_weather(city="Paris")``
-   or ``add(2, 3)``, it calls that tool with those arguments. When the message contains an
+   or ``add(2, 3)``, it calls that tool with those arguments (every such call written in the
+   message, in one turn, in the order written). When the message contains an
    arithmetic expression and a tool with an ``expression`` parameter is offered, it calls it.
 3. ``"my <thing> is <value>"`` is acknowledged; ``"what is my <thing>?"`` is answered from the
    conversation.
@@ -89,6 +90,9 @@ class OfflineLLM:
         if isinstance(last, ToolResultMessage):
             return AssistantMessage(content=_report_results(messages))
         text = content_text(last.content).strip() if isinstance(last, UserMessage) else ""
+        written = _written_calls(text, request.tools, len(messages))
+        if written:  # a call the user wrote out comes first
+            return AssistantMessage(content="", tool_calls=written)
         if "summar" in text.lower() or "summar" in (request.system_prompt or "").lower()[-200:]:
             return AssistantMessage(content=_summary(messages))
         call = _tool_call(text, request.tools, len(messages))
@@ -134,14 +138,28 @@ def _reply(text: str, messages: Sequence[Message]) -> str:
     return f"(offline model) You said: {text}"
 
 
+def _written_calls(text: str, tools: Sequence[ToolDefinition], position: int) -> tuple[ToolCall, ...]:
+    """Every offered tool written with call syntax, in the order written (overlaps skipped)."""
+    if not text or not tools:
+        return ()
+    found: list[tuple[int, int, ToolDefinition, str]] = []
+    for tool in tools:
+        for match in re.finditer(rf"\b{re.escape(tool.name)}\s*\((.*?)\)", text, re.DOTALL):
+            found.append((match.start(), match.end(), tool, match.group(1)))
+    calls: list[ToolCall] = []
+    end = -1
+    for start, stop, tool, source in sorted(found, key=lambda f: f[0]):
+        if start < end:
+            continue  # inside the arguments of a call taken already
+        end = stop
+        call_id = f"call_offline_{position}" + (f"_{len(calls)}" if calls else "")
+        calls.append(ToolCall(id=call_id, name=tool.name, arguments=json.dumps(_parse_args(source, tool))))
+    return tuple(calls)
+
+
 def _tool_call(text: str, tools: Sequence[ToolDefinition], position: int) -> ToolCall | None:
     if not text or not tools:
         return None
-    for tool in tools:
-        match = re.search(rf"\b{re.escape(tool.name)}\s*\((.*?)\)", text, re.DOTALL)
-        if match:
-            args = _parse_args(match.group(1), tool)
-            return ToolCall(id=f"call_offline_{position}", name=tool.name, arguments=json.dumps(args))
     expression = _ARITHMETIC.search(text)
     if expression:
         for tool in tools:
