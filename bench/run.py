@@ -160,17 +160,24 @@ def lateness_check(key: str, node: dict[str, Any]) -> tuple[bool, str]:
     """The event-loop target: at most 5 ms of lateness in every run (not the median run).
 
     Quotes each run's max lateness and p99 and, where the scenario recorded them, the full
-    garbage collections that overlapped the run (count and longest) and the worst lateness
-    outside them, so a miss says whether the interpreter's collector or the kernel caused it.
+    garbage collections that overlapped the run (count and longest), the worst lateness
+    outside them, and that worst lateness less the time the OS kept the loop thread waiting
+    for a CPU (Linux), so a miss says whether the interpreter's collector, the machine's other
+    load or the kernel itself caused it. Only the plain max lateness decides PASS/FAIL.
     """
     worst = _runs(node, "lateness_max_ms")
     text = f"{key}: event-loop max lateness per run {', '.join(f'{x:.1f}' for x in worst)} ms"
     text += f" (p99 {', '.join(f'{x:.1f}' for x in _runs(node, 'lateness_p99_ms'))} ms)"
     passes, longest = _runs(node, "gc_full_passes"), _runs(node, "gc_full_max_ms")
     outside = _runs(node, "lateness_max_outside_gc_ms")
+    own = _runs(node, "lateness_max_outside_gc_less_os_wait_ms")
+    os_wait = _runs(node, "loop_thread_os_wait_ms")
     if passes:
         text += f"; full GC passes per run {', '.join(f'{x:.0f}' for x in passes)}"
         text += f" (longest {max(longest):.1f} ms); worst outside them {', '.join(f'{x:.1f}' for x in outside)} ms"
+    if own and any(os_wait):
+        text += f", less the OS run-queue wait of the loop thread {', '.join(f'{x:.1f}' for x in own)} ms"
+        text += f" (run-queue wait per run {', '.join(f'{x:.0f}' for x in os_wait)} ms)"
     return max(worst) <= 5.0, text + " (target <= 5 ms in every run)"
 
 

@@ -53,6 +53,13 @@ class _ClosableLLM(Protocol):
     async def aclose(self) -> None: ...
 
 
+@runtime_checkable
+class _WarmableLLM(Protocol):
+    """A provider with one-time work worth doing before the first call (the SDK import)."""
+
+    async def warm_up(self) -> None: ...
+
+
 def _new_session_id() -> str:
     return "sess_" + secrets.token_hex(12)
 
@@ -142,6 +149,7 @@ class StatefulAgentLoop:
             compactor=resolve_compactor(self.config.compactor),
             facade=self,
         )
+        self._warming: asyncio.Task[None] | None = None
 
     def __repr__(self) -> str:
         return f"StatefulAgentLoop(llm={self.llm!r}, store={self.store!r})"
@@ -159,12 +167,32 @@ class StatefulAgentLoop:
     # ------------------------------------------------------------------ lifecycle
 
     async def open(self) -> StatefulAgentLoop:
-        """Open the store (done automatically on first use)."""
+        """Open the store (done automatically on first use) and start warming the provider up.
+
+        A provider with a ``warm_up()`` coroutine (the SDK-backed ones: it imports the SDK in a
+        worker thread) gets it started in the background, owned by this loop, so the first
+        send does not wait for it.
+        """
         await self.store.open()
+        if self._warming is None and isinstance(self.llm, _WarmableLLM):
+            self._warming = asyncio.get_running_loop().create_task(self._warm_up(self.llm))
         return self
+
+    @staticmethod
+    async def _warm_up(llm: _WarmableLLM) -> None:
+        # A failed warm-up is not an error of its own: the first call does the same work
+        # and reports what went wrong there.
+        with contextlib.suppress(Exception):
+            await llm.warm_up()
 
     async def aclose(self) -> None:
         """Close an owned store."""
+        warming, self._warming = self._warming, None
+        if warming is not None and not warming.done():
+            warming.cancel()  # the import itself finishes in its thread; only the wait stops
+            if warming.get_loop() is asyncio.get_running_loop():
+                with contextlib.suppress(asyncio.CancelledError):
+                    await warming
         self._rt.histories.clear()
         self._rt.close()  # the tool threads; never waits for a stuck sync handler
         if self._owns_store:
@@ -172,6 +200,9 @@ class StatefulAgentLoop:
 
     def close(self) -> None:
         """Close an owned store (sync; inside a running event loop the close is scheduled)."""
+        warming, self._warming = self._warming, None
+        if warming is not None and not warming.done() and not warming.get_loop().is_closed():
+            warming.cancel()
         self._rt.histories.clear()
         self._rt.close()
         if not self._owns_store:

@@ -1,5 +1,6 @@
-"""Helpers shared by the provider modules: JSON bytes, memoised wire fragments, lazy SDK
-imports and the SDK-error to :mod:`power_loop.errors` translation rules."""
+"""Helpers shared by the provider modules: JSON bytes, memoised wire fragments, the lazily
+built SDK client (its SDK imported by :mod:`._sdk_import`) and the SDK-error to
+:mod:`power_loop.errors` translation rules."""
 
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ from ..errors import (
     LLMStatusError,
     LLMTimeout,
 )
+from ._sdk_import import import_sdk
 
 T = TypeVar("T")
 
@@ -56,22 +58,6 @@ def memo(obj: object, key: str, build: Callable[[], T]) -> T:
         found = build()
         cache[key] = found
     return found
-
-
-_IMPORTED: dict[str, ModuleType] = {}
-
-
-async def import_sdk(name: str) -> ModuleType:
-    """Import a provider SDK, in a worker thread the first time (it takes ~0.5 s).
-
-    ``sys.modules`` is not consulted directly: while another thread is still importing, it
-    holds a partially initialised module. ``importlib.import_module`` waits for that import.
-    """
-    module = _IMPORTED.get(name)
-    if module is None:
-        module = await asyncio.to_thread(importlib.import_module, name)
-        _IMPORTED[name] = module
-    return module
 
 
 def http_response_class() -> type[Any]:

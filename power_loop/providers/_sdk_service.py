@@ -19,6 +19,7 @@ from ._common import (
     server_of,
     timeout_error,
 )
+from ._sdk_import import import_sdk
 
 __all__ = ["SDKService"]
 
@@ -82,6 +83,17 @@ class SDKService:
             default_headers=self.default_headers or None,
             http_client=build_http_client(sdk, self.http_transport, self.timeout_s),
         )
+
+    async def warm_up(self) -> None:
+        """Import the SDK ahead of the first call, in a worker thread (once per process).
+
+        ``StatefulAgentLoop.open()`` (and ``async with``) starts this in the background, so
+        the first send does not wait for the import and the import's own pause falls at
+        start-up rather than among the first requests. Unless ``POWER_LOOP_GC_FREEZE=0``, the
+        objects alive after the import are then frozen out of the garbage collector's full
+        passes (see the "Event loop and garbage collector" section of docs/providers.md).
+        """
+        await import_sdk(self._sdk_name)
 
     async def _client(self) -> tuple[Any, ModuleType]:
         """The SDK client for the running event loop, and the SDK module."""
