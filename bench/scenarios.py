@@ -671,10 +671,10 @@ async def timers(url: str, reps: int, quick: bool) -> dict[str, Any]:
                     for r in await loop.store.execute_fetchall("SELECT fired_at - due_at FROM timers ORDER BY 1")
                 ]
                 ((refs, distinct_refs),) = await loop.store.execute_fetchall(
-                    "SELECT COUNT(*), COUNT(DISTINCT session_id || ref) FROM inbox WHERE source = 'timer'"
+                    "SELECT COUNT(*), COUNT(DISTINCT session || ref) FROM inbox WHERE source = 'timer'"
                 )
                 ((in_history,),) = await loop.store.execute_fetchall(
-                    "SELECT COUNT(*) FROM messages WHERE role = 'user' AND body LIKE '%<timer id=%'"
+                    "SELECT COUNT(*) FROM messages WHERE json_extract(body, '$.role') = 'user' AND body LIKE '%<timer id=%'"
                 )
                 exactly_once.append(refs == distinct_refs == in_history == total)
                 out["deliver_all_s"].append(delivered_at - t0)
