@@ -674,7 +674,8 @@ async def timers(url: str, reps: int, quick: bool) -> dict[str, Any]:
                     "SELECT COUNT(*), COUNT(DISTINCT session || ref) FROM inbox WHERE source = 'timer'"
                 )
                 ((in_history,),) = await loop.store.execute_fetchall(
-                    "SELECT COUNT(*) FROM messages WHERE json_extract(body, '$.role') = 'user' AND body LIKE '%<timer id=%'"
+                    "SELECT COUNT(*) FROM messages "
+                    "WHERE json_extract(body, '$.role') = 'user' AND body LIKE '%<timer id=%'"
                 )
                 exactly_once.append(refs == distinct_refs == in_history == total)
                 out["deliver_all_s"].append(delivered_at - t0)
