@@ -9,9 +9,11 @@ import sqlite3
 from contextlib import closing
 from pathlib import Path
 
+import pytest
+
 from power_loop.messages import AssistantMessage, ToolCall, UserMessage, message_json
 from power_loop.store import SQLiteSessionStore
-from power_loop.store.rows import BeginRun, LeaseClaim
+from power_loop.store.rows import Append, BeginRun, LeaseClaim
 from power_loop.store.schema import LATEST_VERSION, MIGRATIONS
 
 USER = message_json(UserMessage(content="hello"))
@@ -222,3 +224,27 @@ async def test_a_text_session_id_is_not_a_key(tmp_path: Path) -> None:
             columns = {r[1] for r in await store.execute_fetchall(f"PRAGMA table_info({table})")}
             assert "session_id" not in columns and "session" in columns
         assert await store.execute_fetchall("SELECT COUNT(*) FROM messages WHERE body LIKE '%sess_%'") == [(0,)]
+
+
+async def test_the_rules_run_on_a_sqlite_without_returning(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Before SQLite 3.35 an ``UPDATE ... RETURNING`` runs as the update and a select."""
+    from power_loop.store._sqlite_tx import SQLiteTx
+    from power_loop.store.protocols import Delivery
+
+    monkeypatch.setattr(SQLiteTx, "native_returning", False)
+    async with SQLiteSessionStore(str(tmp_path / "s.db")) as store:
+        await store.create_session("s")
+        began = await store.begin_run(
+            BeginRun("s", "run_1", LeaseClaim("o/run_1", 60_000), messages=[UserMessage(content="a")])
+        )
+        assert began.status == "ok" and [m.seq for m in began.appended] == [1]
+        lease = LeaseClaim("o/run_1", 60_000, began.fence)
+        out = await store.write(
+            "s", [Append([UserMessage(content="b"), UserMessage(content="c")], run_id="run_1")], lease=lease
+        )
+        assert out.seqs == (2, 3)
+        assert [(await store.schedule_timer("s", due_at=1, note=n)).timer_id for n in "xy"] == [1, 2]
+        claimed = await store.claim_due_timers("runner", lease_ms=60_000, limit=5)
+        outcomes = await store.deliver_timers("runner", [Delivery(t, "deliver", "wake") for t in claimed])
+        assert [o for o, _ in outcomes] == ["queued", "queued"]  # the run holds the session
+        assert [seq for _, seq in outcomes] == sorted({seq for _, seq in outcomes}) and outcomes[0][1] > 0
