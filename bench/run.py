@@ -42,6 +42,7 @@ SCENARIOS = [
     "history_compacted",
     "cold_start",
     "timers",
+    "storage",
 ]
 LEGACY_VENV = HERE / ".cache" / "venv-0.11"
 TIMEOUT_S = 600
@@ -239,7 +240,36 @@ def check_targets(results: dict[str, dict[str, Any]]) -> list[tuple[bool, str]]:
     if "cold_start" in results:
         imp = median(results["cold_start"], "import_ms")
         check(imp <= 200, f"cold start: import power_loop {imp:.0f} ms (target <= 200)")
+    checks.extend(storage_checks(results))
     checks.extend(compare_transports(results))
+    return checks
+
+
+# power-loop 0.11's file in the same workload, measured on the reference machine.
+STORAGE_BOUND = 352_256
+
+
+def storage_checks(results: dict[str, dict[str, Any]]) -> list[tuple[bool, str]]:
+    """Bytes per 1,000 stored messages: at most 0.11's in the same run, else the fixed bound."""
+    if "storage" not in results:
+        return []
+    ours = results["storage"]
+    legacy = results.get("storage_0.11")
+    base, against = (
+        (legacy["bytes_per_1000_messages"], "power-loop 0.11 in this run")
+        if legacy
+        else (STORAGE_BOUND, "0.11's figure on the reference machine")
+    )
+    size = ours["bytes_per_1000_messages"]
+    checks = [
+        (
+            size <= base,
+            f"storage: {size / 1024:.0f} KiB per 1,000 messages (target <= {base / 1024:.0f} KiB, {against})",
+        )
+    ]
+    tools = ours["bytes_per_1000_messages_tools"]
+    extra = f", 0.11 {legacy['bytes_per_1000_messages_tools'] / 1024:.0f} KiB" if legacy else ""
+    checks.append((True, f"storage: {tools / 1024:.0f} KiB per 1,000 messages of tool rounds (reported{extra})"))
     return checks
 
 
@@ -342,7 +372,7 @@ def main() -> int:
                 results[key] = summary
                 lines.append(summary)
                 print(json.dumps(summary), flush=True)
-            if legacy and name in ("concurrency", "cold_start"):
+            if legacy and name in ("concurrency", "cold_start", "storage"):
                 key = f"{name}_0.11"
                 summary = {"scenario": key, **summarize(run_scenario(legacy, name, url, reps, args.quick))}
                 results[key] = summary

@@ -3,7 +3,7 @@
 Usage: ``python bench/scenarios.py SCENARIO --url URL [--reps N] [--quick]``. Prints one JSON
 object: the raw per-repetition measurements of the scenario. ``concurrency`` and
 ``cold_start`` use only the power-loop 0.11 API, so the same code measures 0.11 when run with
-its interpreter (``--legacy``).
+its interpreter (``--legacy``); so does ``storage``.
 """
 
 from __future__ import annotations
@@ -697,10 +697,11 @@ async def timers(url: str, reps: int, quick: bool) -> dict[str, Any]:
                     for r in await loop.store.execute_fetchall("SELECT fired_at - due_at FROM timers ORDER BY 1")
                 ]
                 ((refs, distinct_refs),) = await loop.store.execute_fetchall(
-                    "SELECT COUNT(*), COUNT(DISTINCT session_id || ref) FROM inbox WHERE source = 'timer'"
+                    "SELECT COUNT(*), COUNT(DISTINCT session || ref) FROM inbox WHERE source = 'timer'"
                 )
                 ((in_history,),) = await loop.store.execute_fetchall(
-                    "SELECT COUNT(*) FROM messages WHERE role = 'user' AND body LIKE '%<timer id=%'"
+                    "SELECT COUNT(*) FROM messages "
+                    "WHERE json_extract(body, '$.role') = 'user' AND body LIKE '%<timer id=%'"
                 )
                 exactly_once.append(refs == distinct_refs == in_history == total)
                 out["deliver_all_s"].append(delivered_at - t0)
@@ -748,6 +749,57 @@ def main() -> int:
     result = asyncio.run(SCENARIOS[args.scenario](args.url, args.reps, args.quick))
     print(json.dumps(result))
     return 0
+
+
+async def _fill_store(path: str, sessions: int, sends: int, registry: Any = None) -> int:
+    """``sessions`` x ``sends`` real sends into a fresh file; the number of stored messages."""
+    import sqlite3
+
+    from power_loop import AgentLoopConfig, StatefulAgentLoop
+
+    llm = new_llm()
+    loop = StatefulAgentLoop(
+        llm=llm, db_path=path, config=AgentLoopConfig(system_prompt=SYSTEM_PROMPT), tool_registry=registry
+    )
+    for _ in range(sessions):
+        sid = loop.new_session()
+        for i in range(sends):
+            await loop.send(f"Question {i}: a user message of typical length about the project?", session_id=sid)
+    loop.close()
+    with sqlite3.connect(path) as conn:
+        (count,) = conn.execute("SELECT COUNT(*) FROM messages").fetchone()
+    return int(count)
+
+
+async def storage(url: str, reps: int, quick: bool) -> dict[str, Any]:
+    """File bytes per 1,000 stored messages after 10 sessions x 50 sends (0.11 API only): text
+    answers, and sends that each make one tool call first. Sizes are deterministic: one run."""
+    from power_loop import ToolDefinition, ToolRegistry
+
+    sessions, sends = (4, 20) if quick else (10, 50)
+    registry = ToolRegistry()
+    registry.register(
+        ToolDefinition(
+            name="lookup",
+            description="Look something up.",
+            input_schema={"type": "object", "properties": {"query": {"type": "string"}}},
+        ),
+        lambda query="x": f"result for {query}: " + "data " * 10,
+    )
+    out: dict[str, Any] = {"sessions": sessions, "sends_per_session": sends}
+    with tempfile.TemporaryDirectory() as tmp:
+        for variant, tools in (("", None), ("_tools", registry)):
+            path = os.path.join(tmp, f"storage{variant}.db")
+            messages = await _fill_store(path, sessions, sends, tools)
+            size = checkpointed_size(path)
+            out[f"messages{variant}"] = messages
+            out[f"file_bytes{variant}"] = size
+            out[f"bytes_per_1000_messages{variant}"] = round(size * 1000 / messages, 1)
+    return out
+
+
+SCENARIOS["storage"] = storage
+LEGACY_SAFE.add("storage")
 
 
 if __name__ == "__main__":

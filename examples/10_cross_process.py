@@ -66,7 +66,8 @@ async def summary(db: str) -> None:
             assert mine == [f"message {i} from {label}" for i in range(SENDS)]
 
         runs = await loop.store.execute_fetchall(
-            "SELECT status, started_at, ended_at FROM runs WHERE session_id = ? ORDER BY started_at, ended_at",
+            "SELECT status, started_at, ended_at FROM runs "
+            "WHERE session = (SELECT id FROM sessions WHERE session_id = ?) ORDER BY started_at, ended_at",
             (SESSION,),
         )
         assert len(runs) == 2 * SENDS and all(status == "completed" for status, _, _ in runs)

@@ -149,7 +149,9 @@ async def test_summary_usage_counts_in_the_run(db_path: str) -> None:
         sid = await loop.new_session_async()
         results = [await loop.send(f"turn {i} {LONG}", session_id=sid) for i in range(5)]
         rows = await loop.store.execute_fetchall(
-            "SELECT run_id, purpose, total_tokens FROM llm_calls WHERE session_id = ? ORDER BY id", (sid,)
+            "SELECT r.run_id, c.purpose, c.total_tokens FROM llm_calls c JOIN runs r ON r.session = c.session "
+            "AND r.run = c.run WHERE c.session = (SELECT id FROM sessions WHERE session_id = ?) ORDER BY c.id",
+            (sid,),
         )
     compacting = [r for r in results if r.usage["calls"] == 2]
     assert compacting, "one of the sends must have compacted"
@@ -470,7 +472,9 @@ async def test_a_summary_that_would_grow_the_context_is_not_applied(db_path: str
         for i in range(4):
             await loop.send(f"turn {i} {LONG}", session_id=sid)
         context = await loop.get_messages_async(sid)
-        rows = await loop.store.execute_fetchall("SELECT COUNT(*) FROM compactions WHERE session_id = ?", (sid,))
+        rows = await loop.store.execute_fetchall(
+            "SELECT COUNT(*) FROM compactions WHERE session = (SELECT id FROM sessions WHERE session_id = ?)", (sid,)
+        )
     assert not any(is_summary_dict(m) for m in context) and len(context) == 8
     assert rows[0][0] == 0 and after == []
     events = [e for e in log.of("status_changed") if e.payload["kind"] == "auto_compact"]

@@ -35,12 +35,17 @@ def check_file(db: str) -> dict[str, int]:
         assert conn.execute("PRAGMA foreign_key_check").fetchall() == []
         pending: dict[str, int] = {}
         for (sid,) in conn.execute("SELECT session_id FROM sessions"):
-            rows = conn.execute("SELECT seq, body FROM messages WHERE session_id = ? ORDER BY seq", (sid,)).fetchall()
+            rows = conn.execute(
+                "SELECT seq, body FROM messages WHERE session = (SELECT id FROM sessions WHERE session_id = ?) "
+                "ORDER BY seq",
+                (sid,),
+            ).fetchall()
             seqs = [r[0] for r in rows]
             assert seqs == list(range(1, len(seqs) + 1)), f"{sid}: seqs have gaps {seqs[:20]}"
             messages = [message_from_dict(json.loads(r[1])) for r in rows]
             open_calls = conn.execute(
-                "SELECT tool_call_id, assistant_seq FROM tool_calls WHERE session_id = ? AND result_seq IS NULL",
+                "SELECT tool_call_id, assistant_seq FROM tool_calls "
+                "WHERE session = (SELECT id FROM sessions WHERE session_id = ?) AND result_seq IS NULL",
                 (sid,),
             ).fetchall()
             # Every call has exactly one result, except the open calls of the last assistant message.
@@ -60,12 +65,15 @@ def check_file(db: str) -> dict[str, int]:
             # A model turn and its usage row commit together: no round is half written.
             assistants = sum(1 for m in messages if isinstance(m, AssistantMessage))
             calls = conn.execute(
-                "SELECT COUNT(*) FROM llm_calls WHERE session_id = ? AND purpose != 'compaction'", (sid,)
+                "SELECT COUNT(*) FROM llm_calls WHERE session = (SELECT id FROM sessions WHERE session_id = ?) "
+                "AND purpose != 'compaction'",
+                (sid,),
             ).fetchone()[0]
             assert assistants == calls, f"{sid}: {assistants} assistant messages but {calls} usage rows"
             results = conn.execute(
                 "SELECT t.tool_call_id, m.body FROM tool_calls t JOIN messages m "
-                "ON m.session_id = t.session_id AND m.seq = t.result_seq WHERE t.session_id = ?",
+                "ON m.session = t.session AND m.seq = t.result_seq "
+                "WHERE t.session = (SELECT id FROM sessions WHERE session_id = ?)",
                 (sid,),
             ).fetchall()
             for call_id, body in results:

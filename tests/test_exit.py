@@ -30,7 +30,7 @@ def run_program(tmp_path: Path, body: str) -> subprocess.CompletedProcess[str]:
 
 def stored_user_texts(db: Path) -> list[str]:
     with sqlite3.connect(db) as conn:
-        rows = conn.execute("SELECT body FROM messages ORDER BY session_id, seq").fetchall()
+        rows = conn.execute("SELECT body FROM messages ORDER BY session, seq").fetchall()
     return [body for (body,) in rows if '"role":"user"' in body.replace(" ", "")]
 
 

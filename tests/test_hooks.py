@@ -119,7 +119,9 @@ async def test_a_raising_handler_ends_the_run_with_a_clear_error(db_path: str) -
         await loop.send("x", session_id=sid)
     assert isinstance(info.value.__cause__, KeyError)
     assert llm.calls == 0
-    rows = await loop.store.execute_fetchall("SELECT status, error FROM runs WHERE session_id = ?", (sid,))
+    rows = await loop.store.execute_fetchall(
+        "SELECT status, error FROM runs WHERE session = (SELECT id FROM sessions WHERE session_id = ?)", (sid,)
+    )
     assert rows[0][0] == "failed" and "KeyError" in rows[0][1]
     await finish(loop, sid)
 

@@ -53,7 +53,9 @@ def _live_leases(db: str) -> dict[str, tuple[str, int]]:
     now_ms = int(time.time() * 1000)
     with closing(sqlite3.connect(db)) as conn:
         rows = conn.execute(
-            "SELECT session_id, owner, fence FROM session_leases WHERE owner IS NOT NULL AND expires_at > ?", (now_ms,)
+            "SELECT session_id, lease_owner, fence FROM sessions "
+            "WHERE lease_owner IS NOT NULL AND lease_expires_at > ?",
+            (now_ms,),
         ).fetchall()
     return {sid: (owner, fence) for sid, owner, fence in rows}
 
@@ -104,7 +106,7 @@ def test_sessions_of_a_killed_process_are_taken_over_at_once(tmp_path: Path) -> 
                 proc.stdout.close()
         with closing(sqlite3.connect(db)) as conn:
             for sid, (_, fence) in held.items():
-                new_fence = conn.execute("SELECT fence FROM session_leases WHERE session_id = ?", (sid,)).fetchone()[0]
+                new_fence = conn.execute("SELECT fence FROM sessions WHERE session_id = ?", (sid,)).fetchone()[0]
                 assert new_fence == fence + 1  # the takeover bumped the fence
             interrupted = conn.execute(
                 f"SELECT COUNT(*) FROM runs WHERE status = 'interrupted' AND run_id IN ({','.join('?' * len(held))})",
@@ -158,11 +160,11 @@ async def test_a_dead_holder_on_another_host_keeps_its_lease_until_it_expires(db
         # Same holder row, but recorded by a process on another machine with the dead pid.
         await store._call(
             lambda c: c.execute(
-                "UPDATE session_leases SET holder_host = 'elsewhere/boot/pid:[1]', holder_pid = ?", (dead.pid,)
+                "UPDATE sessions SET holder_host = 'elsewhere/boot/pid:[1]', holder_pid = ?", (dead.pid,)
             )
         )
         assert await _begin(store, "s", "second") == "busy"
-        await store._call(lambda c: c.execute("UPDATE session_leases SET holder_host = ?", (current_holder().host,)))
+        await store._call(lambda c: c.execute("UPDATE sessions SET holder_host = ?", (current_holder().host,)))
         assert await _begin(store, "s", "second") == "ok"
         with pytest.raises(SessionBusyError):  # the live holder (this process) is respected
             await store.abort_pending("s", "x")
@@ -183,7 +185,7 @@ def test_a_version_3_file_migrates_and_keeps_its_leases(db_path: str) -> None:
     async def check() -> None:
         async with SQLiteSessionStore(db_path) as store:
             rows = await store.execute_fetchall(
-                "SELECT owner, fence, holder_host, holder_pid, holder_start FROM session_leases"
+                "SELECT lease_owner, fence, holder_host, holder_pid, holder_start FROM sessions"
             )
             assert rows == [("pid1-x/run", 7, None, None, None)]
             assert await _begin(store, "old", "new") == "busy"  # no identity recorded: it expires as before

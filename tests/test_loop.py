@@ -303,7 +303,8 @@ async def test_usage_is_summed_and_stats_recorded(db_path: str) -> None:
         assert stats.first_send_at is not None and stats.last_send_at is not None
         assert [s.session_id for s in loop.list_session_stats()] == [other, sid]
         rows = await loop.store.execute_fetchall(
-            "SELECT round_index, prompt_tokens, cache_read_tokens FROM llm_calls WHERE session_id = ? ORDER BY id",
+            "SELECT round_index, prompt_tokens, cache_read_tokens FROM llm_calls "
+            "WHERE session = (SELECT id FROM sessions WHERE session_id = ?) ORDER BY id",
             (sid,),
         )
         assert rows == [(0, 10, 4), (1, 20, 0)]
@@ -358,14 +359,18 @@ async def test_a_corrupt_row_gives_a_clear_error_and_leaves_the_store_usable(db_
         sid = await loop.new_session_async()
         await loop.send("fine", session_id=sid)
     with sqlite3.connect(db_path) as raw:
-        raw.execute("UPDATE messages SET body = '{not json' WHERE session_id = ? AND seq = 1", (sid,))
+        raw.execute(
+            "UPDATE messages SET body = '{not json' "
+            "WHERE session = (SELECT id FROM sessions WHERE session_id = ?) AND seq = 1",
+            (sid,),
+        )
     async with loop_with(llm, db_path) as loop:
         with pytest.raises(CorruptRecordError) as info:
             await loop.send("again", session_id=sid)
         assert info.value.seq == 1 and "seq 1" in str(info.value)
         other = await loop.new_session_async()
         assert (await loop.send("other sessions still work", session_id=other)).status == "completed"
-        leases = await loop.store.execute_fetchall("SELECT owner FROM session_leases WHERE session_id = ?", (sid,))
+        leases = await loop.store.execute_fetchall("SELECT lease_owner FROM sessions WHERE session_id = ?", (sid,))
         assert leases == [] or leases[0][0] is None  # the failed begin held nothing
 
 

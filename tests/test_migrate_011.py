@@ -146,13 +146,17 @@ def check_migrated(db: Path, original: list[str], info: dict[str, Any]) -> None:
         ]
         with closing(sqlite3.connect(db)) as conn:
             timers = conn.execute(
-                "SELECT timer_id, status FROM timers WHERE session_id = ? ORDER BY timer_id", (info["chat"],)
+                "SELECT timer_id, status FROM timers "
+                "WHERE session = (SELECT id FROM sessions WHERE session_id = ?) ORDER BY timer_id",
+                (info["chat"],),
             ).fetchall()
             assert timers == [
                 (t["timer_id"], t["status"]) for t in sorted(views["chat"]["timers"], key=lambda t: t["timer_id"])
             ]
             notes = conn.execute(
-                "SELECT note_id, content, pinned FROM notes WHERE session_id = ? ORDER BY note_id", (info["chat"],)
+                "SELECT note_id, content, pinned FROM notes "
+                "WHERE session = (SELECT id FROM sessions WHERE session_id = ?) ORDER BY note_id",
+                (info["chat"],),
             ).fetchall()
             assert [(n, c, bool(p)) for n, c, p in notes] == [
                 (n["note_id"], n["content"], n["pinned"]) for n in views["chat"]["notes"]

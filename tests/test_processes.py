@@ -130,7 +130,8 @@ def test_the_run_of_a_killed_process_is_recorded_as_interrupted(tmp_path: Path) 
     async def statuses() -> list[str]:
         async with SQLiteSessionStore(db) as store:
             rows = await store.execute_fetchall(
-                "SELECT status FROM runs WHERE session_id = 'audited' ORDER BY started_at"
+                "SELECT status FROM runs "
+                "WHERE session = (SELECT id FROM sessions WHERE session_id = 'audited') ORDER BY started_at"
             )
             return [r[0] for r in rows]
 

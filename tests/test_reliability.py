@@ -96,7 +96,9 @@ async def test_resume_reruns_only_what_never_finished(db_path: str) -> None:
     assert gate.calls == [f"{sid}:c2", f"{sid}:c2"]  # the same idempotency key both times
     assert history_is_valid(messages)
     rows = await loop.store.execute_fetchall(
-        "SELECT tool_call_id, status FROM tool_calls WHERE session_id = ? ORDER BY position", (sid,)
+        "SELECT tool_call_id, status FROM tool_calls "
+        "WHERE session = (SELECT id FROM sessions WHERE session_id = ?) ORDER BY position",
+        (sid,),
     )
     assert rows == [("c1", "done"), ("c2", "done")]
     await loop.aclose()
@@ -336,7 +338,9 @@ async def test_task_cancelled_during_a_model_call_leaves_nothing_pending(db_path
         assert await loop.get_pending_async(sid) is None
         assert (await loop.send("again", session_id=sid)).final_text == "fine"
         rows = await loop.store.execute_fetchall(
-            "SELECT status FROM runs WHERE session_id = ? ORDER BY started_at", (sid,)
+            "SELECT status FROM runs "
+            "WHERE session = (SELECT id FROM sessions WHERE session_id = ?) ORDER BY started_at",
+            (sid,),
         )
     assert [r[0] for r in rows] == ["cancelled", "completed"]
 

@@ -196,7 +196,9 @@ async def test_a_failure_after_the_commit_is_reported_not_raised(
         assert "audit sink is down" in caplog.text
         messages = await loop.get_messages_async(sid)
         assert [m["role"] for m in messages] == ["user", "assistant"]
-        runs = await loop.store.execute_fetchall("SELECT status FROM runs WHERE session_id = ?", (sid,))
+        runs = await loop.store.execute_fetchall(
+            "SELECT status FROM runs WHERE session = (SELECT id FROM sessions WHERE session_id = ?)", (sid,)
+        )
         assert [r[0] for r in runs] == ["completed"]
     assert len(log.of("session_ended")) == 1
     assert "agent_error" not in log.types

@@ -78,7 +78,7 @@ async def test_cascade_delete_removes_everything(db_path: str) -> None:
         fence = await _begin(store, "parent", messages=[UserMessage(content="x")])
         await store.write("parent", [FinishRun("run-me", "completed")], lease=LeaseClaim("me", 5_000, fence))
         assert await store.delete_session("parent") == 3
-        for table in ("sessions", "messages", "runs", "session_stats", "session_leases", "tool_calls"):
+        for table in ("sessions", "messages", "runs", "llm_calls", "tool_calls", "legacy011_sessions"):
             assert await store.execute_fetchall(f"SELECT COUNT(*) FROM {table}") == [(0,)], table
 
 
@@ -109,7 +109,7 @@ async def test_a_fenced_out_writer_is_refused(db_path: str) -> None:
         old = await _begin(store, "s", owner="old", messages=[UserMessage(content="first")])
         await store.execute_fetchall("SELECT 1")
         # The old owner's lease expires; a new owner takes the session.
-        await store._call(lambda c: c.execute("UPDATE session_leases SET expires_at = 0"))
+        await store._call(lambda c: c.execute("UPDATE sessions SET lease_expires_at = 0"))
         new = await _begin(store, "s", owner="new", messages=[UserMessage(content="second")])
         assert new == old + 1
         with pytest.raises(LeaseLostError, match="refused"):
@@ -216,7 +216,11 @@ async def test_prune_compacted_keeps_the_newest_rows_even_when_old(db_path: str)
         assert seqs == [6, 7, 8, 9, 10]
         # Nothing beyond keep_last: nothing deleted, but the older summary still goes.
         assert await store.prune_compacted("s", keep_last=3) == 0
-        (count,) = (await store.execute_fetchall("SELECT COUNT(*) FROM compactions WHERE session_id = 's'"))[0]
+        (count,) = (
+            await store.execute_fetchall(
+                "SELECT COUNT(*) FROM compactions WHERE session = (SELECT id FROM sessions WHERE session_id = 's')"
+            )
+        )[0]
         assert count == 1
         assert [m.message.text for m in await store.load_messages("s")][0].endswith("first eight")
 

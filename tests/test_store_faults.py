@@ -43,7 +43,13 @@ def _echo() -> ScriptedLLM:
 def _texts(db: str, sid: str) -> list[str]:
     """Message bodies as stored in the file at ``db`` (read with plain sqlite3)."""
     with closing(sqlite3.connect(db)) as conn:
-        return [r[0] for r in conn.execute("SELECT body FROM messages WHERE session_id = ? ORDER BY seq", (sid,))]
+        return [
+            r[0]
+            for r in conn.execute(
+                "SELECT body FROM messages WHERE session = (SELECT id FROM sessions WHERE session_id = ?) ORDER BY seq",
+                (sid,),
+            )
+        ]
 
 
 # --------------------------------------------------------------------------- the file goes away

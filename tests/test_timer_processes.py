@@ -138,7 +138,7 @@ async def test_two_worker_processes_deliver_a_thousand_timers_exactly_once(tmp_p
         processed = [int(re.search(r"\((\d+) timers processed\)", log).group(1)) for log in logs]  # type: ignore[union-attr]
         assert sum(processed) == sessions * per_session, processed
         print("timers processed per worker:", processed)
-        refs = await loop.store.execute_fetchall("SELECT session_id, ref FROM inbox WHERE source = 'timer'")
+        refs = await loop.store.execute_fetchall("SELECT session, ref FROM inbox WHERE source = 'timer'")
         assert len(refs) == sessions * per_session and len(set(refs)) == len(refs)
         for sid in sids:
             texts = timer_texts(await loop.get_messages_async(sid))

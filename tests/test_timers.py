@@ -42,8 +42,8 @@ def timer_texts(messages: list[dict[str, Any]]) -> list[str]:
 
 async def timer_rows(loop: StatefulAgentLoop) -> list[tuple[Any, ...]]:
     return await loop.store.execute_fetchall(
-        "SELECT session_id, timer_id, status, last_outcome, fire_count, due_at FROM timers "
-        "ORDER BY session_id, timer_id"
+        "SELECT s.session_id, t.timer_id, t.status, t.last_outcome, t.fire_count, t.due_at FROM timers t "
+        "JOIN sessions s ON s.id = t.session ORDER BY s.session_id, t.timer_id"
     )
 
 

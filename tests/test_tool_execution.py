@@ -226,7 +226,8 @@ async def test_tool_lifecycle_is_recorded(db_path: str) -> None:
         sid = await loop.new_session_async()
         await loop.send("go", session_id=sid)
         rows = await loop.store.execute_fetchall(
-            "SELECT tool_call_id, status, result_seq IS NOT NULL FROM tool_calls WHERE session_id = ? "
+            "SELECT tool_call_id, status, result_seq IS NOT NULL FROM tool_calls "
+            "WHERE session = (SELECT id FROM sessions WHERE session_id = ?) "
             "ORDER BY position",
             (sid,),
         )

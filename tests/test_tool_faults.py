@@ -24,14 +24,17 @@ from .helpers import history_is_valid
 
 async def _statuses(loop: StatefulAgentLoop, sid: str) -> list[tuple[str, str]]:
     rows = await loop.store.execute_fetchall(
-        "SELECT tool_call_id, status FROM tool_calls WHERE session_id = ? ORDER BY assistant_seq, position", (sid,)
+        "SELECT tool_call_id, status FROM tool_calls "
+        "WHERE session = (SELECT id FROM sessions WHERE session_id = ?) ORDER BY assistant_seq, position",
+        (sid,),
     )
     return [(str(r[0]), str(r[1])) for r in rows]
 
 
 async def _run_status(loop: StatefulAgentLoop, sid: str) -> list[tuple[str, str | None]]:
     rows = await loop.store.execute_fetchall(
-        "SELECT status, error FROM runs WHERE session_id = ? ORDER BY started_at, rowid", (sid,)
+        "SELECT status, error FROM runs WHERE session = (SELECT id FROM sessions WHERE session_id = ?) ORDER BY run",
+        (sid,),
     )
     return [(str(r[0]), r[1]) for r in rows]
 

@@ -17,6 +17,8 @@ from typing import Any
 
 from ..errors import SessionBusyError, SessionError, SessionPendingError
 from ..messages import ToolResultMessage, Usage, message_from_dict
+from . import _history_sql as _history
+from . import _sessions_sql as _sessions
 from . import _sql
 from . import _timers_sql as _timers
 from ._leases import lease_is_live
@@ -35,13 +37,9 @@ from .rows import (
     TimerRow,
 )
 
-# The 0.11-only session columns. The migration of a 0.11 file (``_legacy.py``) creates this
-# table with exactly this definition; ``store.create_session`` creates it on first use.
+# The 0.11-only session columns, keyed by the session's integer key (schema version 7).
 COMPAT_TABLE = "legacy011_sessions"
-_COMPAT_DDL = (
-    f"CREATE TABLE IF NOT EXISTS {COMPAT_TABLE} (session_id TEXT PRIMARY KEY REFERENCES sessions(session_id) "
-    "ON DELETE CASCADE, model TEXT, config_json TEXT, status TEXT, spawn_tool_call_id TEXT)"
-)
+_COMPAT_COLUMNS = frozenset({"model", "config_json", "status", "spawn_tool_call_id"})
 
 # 0.11's timer statuses → this version's ("firing" is a claim held by a timer runner).
 _TIMER_STATUS = {"armed": "armed", "firing": "claimed", "fired": "fired", "cancelled": "cancelled"}
@@ -58,21 +56,16 @@ class UnsupportedStoreCallError(SessionError):
 # --------------------------------------------------------------------------- sessions
 
 
-def _has_compat_table(conn: SQLiteTx) -> bool:
-    found = conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (COMPAT_TABLE,))
-    return found.fetchone() is not None
-
-
 def with_compat_fields(conn: SQLiteTx, rows: list[SessionRow]) -> list[SessionRow]:
     """``rows`` with their 0.11-only fields (model, config, status, spawn call) filled in."""
-    if not rows or not _has_compat_table(conn):
+    if not rows:
         return rows
     ids = [r.session_id for r in rows]
     found = {
         r[0]: r[1:]
         for r in conn.execute(
-            f"SELECT session_id, model, config_json, status, spawn_tool_call_id FROM {COMPAT_TABLE} "
-            f"WHERE session_id IN ({','.join('?' * len(ids))})",
+            f"SELECT s.session_id, c.model, c.config_json, c.status, c.spawn_tool_call_id FROM {COMPAT_TABLE} c "
+            f"JOIN sessions s ON s.id = c.session WHERE s.session_id IN ({','.join('?' * len(ids))})",
             ids,
         )
     }
@@ -109,32 +102,34 @@ def get_session(conn: SQLiteTx, session_id: str) -> SessionRow | None:
 def set_compat_fields(conn: SQLiteTx, session_id: str, **fields: Any) -> None:
     """Set some of a session's 0.11-only fields (``model``, ``config_json``, ``status``,
     ``spawn_tool_call_id``), keeping the others."""
-    conn.execute(_COMPAT_DDL)
-    conn.execute(f"INSERT OR IGNORE INTO {COMPAT_TABLE} (session_id) VALUES (?)", (session_id,))
+    key = _sessions.session_ref(conn, session_id).key
+    conn.execute(f"INSERT INTO {COMPAT_TABLE} (session) VALUES (?) ON CONFLICT (session) DO NOTHING", (key,))
     for column, value in fields.items():
-        conn.execute(f"UPDATE {COMPAT_TABLE} SET {column} = ? WHERE session_id = ?", (value, session_id))
+        if column not in _COMPAT_COLUMNS:  # never a column name from elsewhere in the SQL
+            raise ValueError(f"unknown 0.11 session field {column!r}")
+        conn.execute(f"UPDATE {COMPAT_TABLE} SET {column} = ? WHERE session = ?", (value, key))
 
 
 def list_children(conn: SQLiteTx, parent_session_id: str) -> list[SessionRow]:
     """Direct sub-agent sessions of a session, oldest first."""
     rows = conn.execute(
-        f"SELECT {_sql._SESSION_COLUMNS} FROM sessions WHERE parent_session_id = ? ORDER BY created_at, rowid",
+        f"SELECT {_sessions.SESSION_COLUMNS} FROM sessions WHERE parent_session_id = ? ORDER BY created_at, id",
         (parent_session_id,),
     ).fetchall()
-    return with_compat_fields(conn, [_sql._session_row(r) for r in rows])
+    return with_compat_fields(conn, [_sessions.session_row(r) for r in rows])
 
 
-def require_session(conn: SQLiteTx, session_id: str) -> None:
-    """Raise SessionNotFoundError for an unknown session."""
-    _sql._version(conn, session_id)
+def require_session(conn: SQLiteTx, session_id: str) -> int:
+    """The session's key; SessionNotFoundError for an unknown session."""
+    return _sessions.session_ref(conn, session_id).key
 
 
 def update_prompt(conn: SQLiteTx, session_id: str, system_prompt: str | None) -> None:
     """Set the per-session system prompt (the next run reads it at its start)."""
-    require_session(conn, session_id)
+    key = require_session(conn, session_id)
     conn.execute(
-        "UPDATE sessions SET system_prompt = ?, updated_at = ? WHERE session_id = ?",
-        (_sql.text(system_prompt), _sql.now_ms(), session_id),
+        "UPDATE sessions SET system_prompt = ?, updated_at = ? WHERE id = ?",
+        (_sql.text(system_prompt), _sql.now_ms(), key),
     )
 
 
@@ -169,7 +164,9 @@ _MESSAGE_COLUMNS = "seq, body, compacted, created_at"
 def get_message(conn: SQLiteTx, session_id: str, seq: int) -> MessageRow | None:
     """One stored message, or None."""
     row = conn.execute(
-        f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE session_id = ? AND seq = ?", (session_id, seq)
+        f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE session = (SELECT id FROM sessions WHERE session_id = ?) "
+        "AND seq = ?",
+        (session_id, seq),
     ).fetchone()
     return None if row is None else _message_row(session_id, *row)
 
@@ -177,7 +174,9 @@ def get_message(conn: SQLiteTx, session_id: str, seq: int) -> MessageRow | None:
 def load_all_messages(conn: SQLiteTx, session_id: str) -> list[MessageRow]:
     """Every stored message of a session, folded ones included, by seq."""
     rows = conn.execute(
-        f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE session_id = ? ORDER BY seq", (session_id,)
+        f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE session = (SELECT id FROM sessions WHERE session_id = ?) "
+        "ORDER BY seq",
+        (session_id,),
     ).fetchall()
     return [_message_row(session_id, *r) for r in rows]
 
@@ -186,10 +185,14 @@ def load_active_messages(conn: SQLiteTx, session_id: str) -> list[MessageRow]:
     """The context a run loads: the latest compaction summary (a ``system`` row named
     ``compact_note`` at its ``to_seq``), then the messages not folded, by seq."""
     out: list[MessageRow] = []
+    found = conn.execute("SELECT id FROM sessions WHERE session_id = ?", (session_id,)).fetchone()
+    if found is None:
+        return out
+    key = int(found[0])
     latest = conn.execute(
         "SELECT summary, through_seq, before_tokens, after_tokens, created_at FROM compactions "
-        "WHERE session_id = ? ORDER BY id DESC LIMIT 1",
-        (session_id,),
+        "WHERE session = ? ORDER BY id DESC LIMIT 1",
+        (key,),
     ).fetchone()
     through = 0
     if latest is not None:
@@ -210,14 +213,14 @@ def load_active_messages(conn: SQLiteTx, session_id: str) -> list[MessageRow]:
             )
         )
     rows = conn.execute(
-        f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE session_id = ? AND seq > ? AND compacted = 0 ORDER BY seq",
-        (session_id, through),
+        f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE session = ? AND seq > ? AND compacted = 0 ORDER BY seq",
+        (key, through),
     ).fetchall()
     return out + [_message_row(session_id, *r) for r in rows]
 
 
-def _refuse_if_running(conn: SQLiteTx, session_id: str, what: str, instead: str) -> None:
-    owner, _ = lease_is_live(conn, session_id, _sql.now_ms())
+def _refuse_if_running(conn: SQLiteTx, key: int, session_id: str, what: str, instead: str) -> None:
+    owner, _ = lease_is_live(conn, key, _sql.now_ms())
     if owner is not None:
         raise SessionBusyError(
             f"session {session_id!r} has a run in progress ({owner}); {what} would write into the middle of its "
@@ -241,15 +244,16 @@ def append_message(conn: SQLiteTx, session_id: str, data: Mapping[str, Any]) -> 
             the result of one of them.
         ValueError: The message is not valid, or is a tool result no unanswered call expects.
     """
-    require_session(conn, session_id)
+    key = require_session(conn, session_id)
     message = message_from_dict(data)
     _refuse_if_running(
         conn,
+        key,
         session_id,
         "store.append_message",
         "Use `loop.follow_up(session_id, text)` to add a message to a running session, or wait for the run to end.",
     )
-    pending = _sql.pending_state(conn, session_id)
+    pending = _history.pending_state(conn, key, session_id)
     if isinstance(message, ToolResultMessage):
         open_ids = {c.tool_call_id for c in pending.calls} if pending is not None else set()
         if message.tool_call_id not in open_ids:
@@ -270,7 +274,7 @@ def list_compactions(conn: SQLiteTx, session_id: str) -> list[CompactionRow]:
     """The session's compactions, oldest first (pruned older summaries are gone)."""
     rows = conn.execute(
         "SELECT through_seq, summary, before_tokens, after_tokens, created_at FROM compactions "
-        "WHERE session_id = ? ORDER BY id",
+        "WHERE session = (SELECT id FROM sessions WHERE session_id = ?) ORDER BY id",
         (session_id,),
     ).fetchall()
     out = []
@@ -312,15 +316,16 @@ def record_compaction(
         ValueError: The range is not a prefix of the unfolded history, or it would separate
             tool calls from their results.
     """
-    require_session(conn, session_id)
+    key = require_session(conn, session_id)
     _refuse_if_running(
         conn,
+        key,
         session_id,
         "store.record_compaction",
         "Compaction runs inside a run (AgentLoopConfig's compaction settings); wait for the run to end.",
     )
     first = conn.execute(
-        "SELECT MIN(seq), MAX(seq) FROM messages WHERE session_id = ? AND compacted = 0", (session_id,)
+        "SELECT MIN(seq), MAX(seq) FROM messages WHERE session = ? AND compacted = 0", (key,)
     ).fetchone()
     if first[0] is None or not (from_seq <= int(first[0]) <= to_seq <= int(first[1])):
         raise ValueError(
@@ -329,9 +334,9 @@ def record_compaction(
             f"({first[0]}..{first[1]}). Nothing was written."
         )
     split = conn.execute(
-        "SELECT tool_call_id FROM tool_calls WHERE session_id = ? AND assistant_seq <= ? "
+        "SELECT tool_call_id FROM tool_calls WHERE session = ? AND assistant_seq <= ? "
         "AND (result_seq IS NULL OR result_seq > ?) LIMIT 1",
-        (session_id, to_seq, to_seq),
+        (key, to_seq, to_seq),
     ).fetchone()
     if split is not None:
         raise ValueError(
@@ -341,7 +346,7 @@ def record_compaction(
         )
     op = Compact(through_seq=to_seq, summary=summary, before_tokens=before_tokens or 0, after_tokens=after_tokens or 0)
     _sql.write(conn, session_id, [op], lease=None, event_seq=None)
-    count = conn.execute("SELECT COUNT(*) FROM compactions WHERE session_id = ?", (session_id,)).fetchone()[0]
+    count = conn.execute("SELECT COUNT(*) FROM compactions WHERE session = ?", (key,)).fetchone()[0]
     return int(count), to_seq
 
 
@@ -364,18 +369,20 @@ def pending_dict(pending: PendingState | None) -> dict[str, Any] | None:
 
 def get_state(conn: SQLiteTx, session_id: str) -> SessionStateRow | None:
     """The session's run state in 0.11's shape, or None for an unknown session."""
-    if _sql.get_session(conn, session_id) is None:
+    found = conn.execute("SELECT id FROM sessions WHERE session_id = ?", (session_id,)).fetchone()
+    if found is None:
         return None
+    key = int(found[0])
     last_round = conn.execute(
-        "SELECT round_index FROM llm_calls WHERE session_id = ? ORDER BY id DESC LIMIT 1", (session_id,)
+        "SELECT round_index FROM llm_calls WHERE session = ? ORDER BY id DESC LIMIT 1", (key,)
     ).fetchone()
-    compactions = conn.execute("SELECT COUNT(*) FROM compactions WHERE session_id = ?", (session_id,)).fetchone()
+    compactions = conn.execute("SELECT COUNT(*) FROM compactions WHERE session = ?", (key,)).fetchone()
     return SessionStateRow(
         session_id=session_id,
-        next_seq=_sql._next_seq(conn, session_id),
+        next_seq=_history.next_seq(conn, key),
         round_index=int(last_round[0]) if last_round else 0,
         last_compact_seq=int(compactions[0]),
-        pending=pending_dict(_sql.pending_state(conn, session_id)),
+        pending=pending_dict(_history.pending_state(conn, key, session_id)),
     )
 
 
@@ -394,12 +401,12 @@ def record_usage(
     model: str | None,
 ) -> None:
     """Add a usage row for one model call made outside a run (it does not change the stats)."""
-    require_session(conn, session_id)
+    key = require_session(conn, session_id)
     p, c = _tokens(prompt_tokens), _tokens(completion_tokens)
     conn.execute(
-        "INSERT INTO llm_calls (session_id, run_id, round_index, purpose, model, prompt_tokens, completion_tokens, "
+        "INSERT INTO llm_calls (session, run, round_index, purpose, model, prompt_tokens, completion_tokens, "
         "total_tokens, created_at) VALUES (?, NULL, ?, 'recorded', ?, ?, ?, ?, ?)",
-        (session_id, int(round_index), _sql.text(model), p, c, p + c if total_tokens is None else int(total_tokens),
+        (key, int(round_index), _sql.text(model), p, c, p + c if total_tokens is None else int(total_tokens),
          _sql.now_ms()),
     )  # fmt: skip
 
@@ -408,7 +415,7 @@ def bump_stats(
     conn: SQLiteTx, session_id: str, usage: Mapping[str, Any] | Usage, *, rounds: int, tool_calls: int
 ) -> None:
     """Count one send with ``usage``, ``rounds`` and ``tool_calls`` in the session's stats."""
-    require_session(conn, session_id)
+    key = require_session(conn, session_id)
     if isinstance(usage, Usage):
         u = usage
     else:
@@ -423,7 +430,7 @@ def bump_stats(
         )
     now = _sql.now_ms()
     totals = RunTotals(rounds=int(rounds), llm_calls=u.calls, tool_calls=int(tool_calls), usage=u)
-    _sql.add_stats(conn, session_id, totals, started=now, now=now)
+    _sql.add_stats(conn, key, totals, started=now, now=now)
 
 
 # --------------------------------------------------------------------------- timers
@@ -449,12 +456,13 @@ def get_timer(conn: SQLiteTx, session_id: str, timer_id: int) -> TimerRow | None
 def due_timers(conn: SQLiteTx, *, now: int | None, limit: int) -> list[TimerRow]:
     """Armed timers due by ``now`` (default: the current time), oldest first."""
     cutoff = _sql.now_ms() if now is None else int(now)
+    columns = ", ".join(f"t.{c}" for c in _timers.COLUMNS.split(", "))
     rows = conn.execute(
-        f"SELECT {_timers._COLUMNS} FROM timers WHERE status = 'armed' AND due_at <= ? "
-        "ORDER BY due_at, session_id, timer_id LIMIT ?",
+        f"SELECT s.session_id, {columns} FROM timers t JOIN sessions s ON s.id = t.session "
+        "WHERE t.status = 'armed' AND t.due_at <= ? ORDER BY t.due_at, s.session_id, t.timer_id LIMIT ?",
         (cutoff, int(limit)),
     ).fetchall()
-    return [_timers._row(r) for r in rows]
+    return [_timers.timer_row(r["session_id"], r) for r in rows]
 
 
 def transition_timer(
@@ -476,15 +484,15 @@ def transition_timer(
             "to_status='armed', due_at=...) to postpone. Nothing was written.",
             session_id=session_id,
         )
-    require_session(conn, session_id)
+    key = require_session(conn, session_id)
     timer = get_timer(conn, session_id, timer_id)
     if timer is None or timer.status != src:
         return False
     if dst == "cancelled":
         return _timers.cancel_timer(conn, session_id, timer_id)
     cursor = conn.execute(
-        "UPDATE timers SET due_at = ?, updated_at = ? WHERE session_id = ? AND timer_id = ? AND status = 'armed'",
-        (int(due_at or 0), _sql.now_ms(), session_id, timer_id),
+        "UPDATE timers SET due_at = ?, updated_at = ? WHERE session = ? AND timer_id = ? AND status = 'armed'",
+        (int(due_at or 0), _sql.now_ms(), key, timer_id),
     )
     return cursor.rowcount == 1
 

@@ -1,5 +1,9 @@
 """The rules of session leases: who holds a session, with which fencing number, until when.
 
+The lease lives in the session's own row (``sessions.lease_owner``, ``fence``,
+``lease_expires_at`` and the holder's identity); the rules address it by the session's
+integer key, read earlier in the same transaction.
+
 Like :mod:`power_loop.store._sql`, every function runs inside a transaction opened by its
 caller, through a :class:`~power_loop.store.protocols.Tx`. Nothing here relies on a
 database-wide write lock: taking a lease is an ``UPDATE ... WHERE fence = ?`` (or an insert
@@ -11,49 +15,63 @@ the run still holds it (and which, on a server database, locks the lease row unt
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from ..errors import LeaseLostError
 from ._holder import current_holder, holder_is_dead
 from .protocols import Tx
 from .rows import LeaseClaim
 
-__all__ = ["acquire_lease", "check_lease", "lease_is_live", "release_lease", "renew_lease", "verify_lease"]
+__all__ = [
+    "acquire_lease",
+    "check_lease",
+    "lease_is_live",
+    "release_lease",
+    "release_lease_of",
+    "renew_lease",
+    "verify_lease",
+]
 
 
-def lease_is_live(tx: Tx, session_id: str, now: int) -> tuple[str | None, int]:
-    """(owner, expires_at) of a live lease, or (None, 0).
+def lease_is_live(tx: Tx, key: int, now: int) -> tuple[str | None, int]:
+    """(owner, expires_at) of the session's live lease, or (None, 0).
 
     A lease is live until it expires, or until its holder is found dead on this machine.
     """
     row = tx.execute(
-        "SELECT owner, expires_at, holder_host, holder_pid, holder_start FROM session_leases WHERE session_id = ?",
-        (session_id,),
+        "SELECT lease_owner, lease_expires_at, holder_host, holder_pid, holder_start FROM sessions WHERE id = ?",
+        (key,),
     ).fetchone()
+    return live_lease(row, now)
+
+
+def live_lease(row: Any, now: int) -> tuple[str | None, int]:
+    """(owner, expires_at) of a row holding the lease columns, when that lease is live."""
     if (
         row is not None
-        and row["owner"] is not None
-        and int(row["expires_at"]) > now
+        and row["lease_owner"] is not None
+        and int(row["lease_expires_at"]) > now
         and not holder_is_dead(row["holder_host"], row["holder_pid"], row["holder_start"])
     ):
-        return str(row["owner"]), int(row["expires_at"])
+        return str(row["lease_owner"]), int(row["lease_expires_at"])
     return None, 0
 
 
-def check_lease(tx: Tx, session_id: str, lease: LeaseClaim, now: int, *, renew: bool = True) -> None:
+def check_lease(tx: Tx, key: int, session_id: str, lease: LeaseClaim, now: int, *, renew: bool = True) -> None:
     """Raise LeaseLostError unless ``lease`` still holds the session; with ``renew``, extend it.
 
     One conditional update does both: it matches only the run's own owner and fence.
     """
     if renew:
-        sql = "UPDATE session_leases SET expires_at = ? WHERE session_id = ? AND owner = ? AND fence = ?"
-        params: tuple[object, ...] = (now + lease.ttl_ms, session_id, lease.owner, lease.fence)
+        sql = "UPDATE sessions SET lease_expires_at = ? WHERE id = ? AND lease_owner = ? AND fence = ?"
+        params: tuple[object, ...] = (now + lease.ttl_ms, key, lease.owner, lease.fence)
     else:
-        sql = "UPDATE session_leases SET expires_at = expires_at WHERE session_id = ? AND owner = ? AND fence = ?"
-        params = (session_id, lease.owner, lease.fence)
+        sql = "UPDATE sessions SET lease_expires_at = lease_expires_at WHERE id = ? AND lease_owner = ? AND fence = ?"
+        params = (key, lease.owner, lease.fence)
     if tx.execute(sql, params).rowcount == 1:
         return
-    row = tx.execute("SELECT owner, fence FROM session_leases WHERE session_id = ?", (session_id,)).fetchone()
-    raise lease_lost(session_id, lease, row["owner"] if row else None, int(row["fence"]) if row else None)
+    row = tx.execute("SELECT lease_owner, fence FROM sessions WHERE id = ?", (key,)).fetchone()
+    raise lease_lost(session_id, lease, row["lease_owner"] if row else None, int(row["fence"]) if row else None)
 
 
 def verify_lease(session_id: str, lease: LeaseClaim, owner: str | None, fence: int | None) -> None:
@@ -73,35 +91,30 @@ def lease_lost(session_id: str, lease: LeaseClaim, owner: str | None, fence: int
     )
 
 
-def acquire_lease(
-    tx: Tx, session_id: str, lease: LeaseClaim, now: int, previous_fence: int, *, exists: bool
-) -> int | None:
+def acquire_lease(tx: Tx, key: int, lease: LeaseClaim, now: int, previous_fence: int) -> int | None:
     """Take the session for ``lease`` with this process as the holder; return the new fence,
-    or None when another transaction took the lease since ``previous_fence`` was read.
-
-    ``exists`` says whether the session had a lease row when it was read.
-    """
+    or None when another transaction took the lease since ``previous_fence`` was read."""
     fence = previous_fence + 1
     me = current_holder()  # this process: the one whose death frees the lease at once
-    if exists:
-        cursor = tx.execute(
-            "UPDATE session_leases SET owner = ?, fence = ?, expires_at = ?, holder_host = ?, holder_pid = ?, "
-            "holder_start = ? WHERE session_id = ? AND fence = ?",
-            (lease.owner, fence, now + lease.ttl_ms, me.host, me.pid, me.start, session_id, previous_fence),
-        )
-    else:
-        cursor = tx.execute(
-            "INSERT INTO session_leases (session_id, owner, fence, expires_at, holder_host, holder_pid, holder_start) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (session_id) DO NOTHING",
-            (session_id, lease.owner, fence, now + lease.ttl_ms, me.host, me.pid, me.start),
-        )
+    cursor = tx.execute(
+        "UPDATE sessions SET lease_owner = ?, fence = ?, lease_expires_at = ?, holder_host = ?, holder_pid = ?, "
+        "holder_start = ? WHERE id = ? AND fence = ?",
+        (lease.owner, fence, now + lease.ttl_ms, me.host, me.pid, me.start, key, previous_fence),
+    )
     return fence if cursor.rowcount == 1 else None
 
 
-def release_lease(tx: Tx, session_id: str, owner: str) -> None:
+def release_lease(tx: Tx, key: int, owner: str) -> None:
     """Release a lease held by ``owner`` (a no-op when someone else holds it)."""
     tx.execute(
-        "UPDATE session_leases SET owner = NULL, expires_at = 0 WHERE session_id = ? AND owner = ?",
+        "UPDATE sessions SET lease_owner = NULL, lease_expires_at = 0 WHERE id = ? AND lease_owner = ?", (key, owner)
+    )
+
+
+def release_lease_of(tx: Tx, session_id: str, owner: str) -> None:
+    """:func:`release_lease` by the session's text id (a no-op for an unknown session)."""
+    tx.execute(
+        "UPDATE sessions SET lease_owner = NULL, lease_expires_at = 0 WHERE session_id = ? AND lease_owner = ?",
         (session_id, owner),
     )
 
@@ -112,4 +125,7 @@ def renew_lease(tx: Tx, session_id: str, lease: LeaseClaim) -> None:
     Raises:
         LeaseLostError: Another run took the lease.
     """
-    check_lease(tx, session_id, lease, int(time.time() * 1000))
+    row = tx.execute("SELECT id FROM sessions WHERE session_id = ?", (session_id,)).fetchone()
+    if row is None:  # deleted meanwhile: nobody holds it
+        raise lease_lost(session_id, lease, None, None)
+    check_lease(tx, int(row["id"]), session_id, lease, int(time.time() * 1000))

@@ -27,6 +27,10 @@ What is carried over, and how (0.11 table → ours):
 
 Rows of sessions that no longer exist (0.11 had no foreign keys) are dropped; the backup
 keeps them.
+
+The copy is written in the version-5 shape named above; the later migrations then run on it
+in the same transaction (version 7 moves the stats and leases into ``sessions`` and keys
+every table by the session's integer key, see ``_schema_v7.py``).
 """
 
 from __future__ import annotations

@@ -4,15 +4,22 @@
 Rows come back as ``sqlite3.Row`` (readable by column name and by position), set per cursor
 so the connection itself keeps returning tuples to anyone else using it. Opening and ending
 the transaction (``BEGIN IMMEDIATE``/``COMMIT``) is the store's business, not this class's.
+
+The rules use ``UPDATE ... RETURNING`` (SQLite 3.35 and later, PostgreSQL). On an older
+SQLite the statement runs as the ``UPDATE`` followed by a ``SELECT`` of the returned columns
+with the same ``WHERE``, in the same transaction: the rules only return from updates that
+match the row by its key, which the update does not change.
 """
 
 from __future__ import annotations
 
 import sqlite3
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 __all__ = ["SQLiteTx"]
+
+_RETURNING = " RETURNING "
 
 
 class SQLiteTx:
@@ -20,14 +27,30 @@ class SQLiteTx:
 
     __slots__ = ("conn",)
 
+    native_returning: ClassVar[bool] = sqlite3.sqlite_version_info >= (3, 35, 0)
+    """Whether this SQLite runs ``UPDATE ... RETURNING`` itself."""
+
     def __init__(self, conn: sqlite3.Connection) -> None:
         self.conn = conn
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Cursor:
         """Run one statement; its rows read by column name."""
+        if not self.native_returning and _RETURNING in sql:
+            return self._update_returning(sql, params)
         cursor = self.conn.cursor()
         cursor.row_factory = sqlite3.Row
         return cursor.execute(sql, params)
+
+    def _update_returning(self, sql: str, params: Sequence[Any]) -> sqlite3.Cursor:
+        """``UPDATE t SET ... WHERE w RETURNING c`` as the update, then ``SELECT c FROM t WHERE w``."""
+        update, columns = sql.rsplit(_RETURNING, 1)
+        table = update.split()[1]
+        where = update.rsplit(" WHERE ", 1)[1]
+        self.conn.execute(update, params)
+        where_params = list(params)[len(params) - where.count("?") :]
+        cursor = self.conn.cursor()
+        cursor.row_factory = sqlite3.Row
+        return cursor.execute(f"SELECT {columns} FROM {table} WHERE {where}", where_params)
 
     def executemany(self, sql: str, params: Iterable[Sequence[Any]]) -> sqlite3.Cursor:
         """Run one statement once per parameter tuple."""

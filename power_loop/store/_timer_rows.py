@@ -30,7 +30,8 @@ class TimerBudgetExceeded(PowerLoopError):
 
 @dataclass(frozen=True)
 class ClaimedTimer:
-    """A due timer claimed by a runner; ``claim_seq`` identifies this claim."""
+    """A due timer claimed by a runner; ``claim_seq`` identifies this claim and
+    ``session_key`` is the session's key inside the store that claimed it."""
 
     session_id: str
     timer_id: int
@@ -40,6 +41,7 @@ class ClaimedTimer:
     remaining: int | None
     until_at: int | None
     claim_seq: int = 0
+    session_key: int = 0
 
 
 @dataclass(frozen=True)

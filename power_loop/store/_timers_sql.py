@@ -14,12 +14,13 @@ matches no row means the claim was lost and is rolled back.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from ..errors import ControlSignal
-from ._leases import lease_is_live
-from ._sql import _version, now_ms, pending_state, text
+from ._history_sql import has_open_calls
+from ._inbox_sql import inbox_body
+from ._leases import live_lease
+from ._sessions_sql import now_ms, session_ref, text
 from ._timer_rows import MAX_DELAY_S, MAX_DUE_AT_MS, MAX_TIMER_ID, ClaimedTimer, Delivery, TimerBudgetExceeded
 from .protocols import Tx
 from .rows import TimerRow
@@ -44,15 +45,16 @@ __all__ = [
     "schedule_timer",
 ]
 
-_COLUMNS = (
-    "session_id, timer_id, due_at, note, status, every_ms, remaining, until_at, fire_count, last_outcome, "
+COLUMNS = (
+    "timer_id, due_at, note, status, every_ms, remaining, until_at, fire_count, last_outcome, "
     "created_at, fired_at, updated_at"
 )
 
 
-def _row(r: Any) -> TimerRow:
+def timer_row(session_id: str, r: Any) -> TimerRow:
+    """A :class:`TimerRow` from a row holding :data:`COLUMNS`."""
     return TimerRow(
-        session_id=r["session_id"],
+        session_id=session_id,
         timer_id=int(r["timer_id"]),
         due_at=int(r["due_at"]),
         note=r["note"],
@@ -93,41 +95,52 @@ def schedule_timer(
         SessionNotFoundError: Unknown session.
         TimerBudgetExceeded: ``max_live`` armed timers exist already.
     """
-    _version(tx, session_id)
+    key = session_ref(tx, session_id).key
     if origin is not None:
-        row = tx.execute(
-            "SELECT timer_id FROM timers WHERE session_id = ? AND origin = ?", (session_id, origin)
-        ).fetchone()
+        row = tx.execute("SELECT timer_id FROM timers WHERE session = ? AND origin = ?", (key, origin)).fetchone()
         if row is not None:
-            return get_timer(tx, session_id, int(row["timer_id"]))
+            return _get(tx, key, session_id, int(row["timer_id"]))
     if max_live is not None:
         live = tx.execute(
-            "SELECT COUNT(*) AS n FROM timers WHERE session_id = ? AND status IN ('armed', 'claimed')", (session_id,)
+            "SELECT COUNT(*) AS n FROM timers WHERE session = ? AND status IN ('armed', 'claimed')", (key,)
         ).fetchone()["n"]
         if live >= max_live:
             raise TimerBudgetExceeded(int(live))
     # Ids come from the session row's counter (incremented in this transaction), never from
     # MAX(timer_id) + 1, which two writers without a database-wide lock could both read.
-    tx.execute("UPDATE sessions SET last_timer_id = last_timer_id + 1 WHERE session_id = ?", (session_id,))
-    next_id = tx.execute("SELECT last_timer_id FROM sessions WHERE session_id = ?", (session_id,))
-    timer_id = int(next_id.fetchone()["last_timer_id"])
+    row = tx.execute(
+        "UPDATE sessions SET last_timer_id = last_timer_id + 1 WHERE id = ? RETURNING last_timer_id", (key,)
+    ).fetchone()
+    timer_id = int(row["last_timer_id"])
     now = now_ms()
     tx.execute(
-        "INSERT INTO timers (session_id, timer_id, due_at, note, every_ms, remaining, until_at, created_at, "
+        "INSERT INTO timers (session, timer_id, due_at, note, every_ms, remaining, until_at, created_at, "
         "updated_at, origin) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        (session_id, timer_id, due_at, text(note), every_ms, count, until_at, now, now, text(origin)),
+        (key, timer_id, due_at, text(note), every_ms, count, until_at, now, now, text(origin)),
     )
-    return get_timer(tx, session_id, timer_id)
+    return _get(tx, key, session_id, timer_id)
+
+
+def _get(tx: Tx, key: int, session_id: str, timer_id: int) -> TimerRow:
+    row = tx.execute(f"SELECT {COLUMNS} FROM timers WHERE session = ? AND timer_id = ?", (key, timer_id)).fetchone()
+    if row is None:
+        raise KeyError(timer_id)
+    return timer_row(session_id, row)
 
 
 def get_timer(tx: Tx, session_id: str, timer_id: int) -> TimerRow:
-    """One timer."""
+    """One timer.
+
+    Raises:
+        KeyError: No such timer (or no such session).
+    """
     row = tx.execute(
-        f"SELECT {_COLUMNS} FROM timers WHERE session_id = ? AND timer_id = ?", (session_id, timer_id)
+        f"SELECT {COLUMNS} FROM timers WHERE session = (SELECT id FROM sessions WHERE session_id = ?) AND timer_id = ?",
+        (session_id, timer_id),
     ).fetchone()
     if row is None:
         raise KeyError(timer_id)
-    return _row(row)
+    return timer_row(session_id, row)
 
 
 def cancel_timer(tx: Tx, session_id: str, timer_id: int) -> bool:
@@ -136,13 +149,13 @@ def cancel_timer(tx: Tx, session_id: str, timer_id: int) -> bool:
     Raises:
         SessionNotFoundError: Unknown session.
     """
-    _version(tx, session_id)
+    key = session_ref(tx, session_id).key
     if not 0 < timer_id <= MAX_TIMER_ID:
         return False
     cursor = tx.execute(
         "UPDATE timers SET status = 'cancelled', owner = NULL, updated_at = ?, last_outcome = 'cancelled' "
-        "WHERE session_id = ? AND timer_id = ? AND status IN ('armed', 'claimed')",
-        (now_ms(), session_id, timer_id),
+        "WHERE session = ? AND timer_id = ? AND status IN ('armed', 'claimed')",
+        (now_ms(), key, timer_id),
     )
     return cursor.rowcount == 1
 
@@ -153,15 +166,15 @@ def list_timers(tx: Tx, session_id: str, statuses: tuple[str, ...] = ("armed", "
     Raises:
         SessionNotFoundError: Unknown session.
     """
-    _version(tx, session_id)
+    key = session_ref(tx, session_id).key
     if not statuses:
         return []
     rows = tx.execute(
-        f"SELECT {_COLUMNS} FROM timers WHERE session_id = ? AND status IN ({','.join('?' * len(statuses))}) "
+        f"SELECT {COLUMNS} FROM timers WHERE session = ? AND status IN ({','.join('?' * len(statuses))}) "
         "ORDER BY due_at, timer_id",
-        (session_id, *statuses),
+        (key, *statuses),
     ).fetchall()
-    return [_row(r) for r in rows]
+    return [timer_row(session_id, r) for r in rows]
 
 
 def claim_due(tx: Tx, owner: str, *, lease_ms: int, limit: int, due_by: int | None = None) -> list[ClaimedTimer]:
@@ -172,11 +185,12 @@ def claim_due(tx: Tx, owner: str, *, lease_ms: int, limit: int, due_by: int | No
     loser's update matches no row and the timer is left out of its list."""
     now = now_ms()
     cutoff = now if due_by is None else min(now, due_by)
-    columns = "session_id, timer_id, due_at, note, every_ms, remaining, until_at, claim_seq"
+    columns = "session, timer_id, due_at, note, every_ms, remaining, until_at, claim_seq"
     rows = tx.execute(
+        "SELECT s.session_id, due.* FROM ("
         f"SELECT {columns} FROM timers WHERE status = 'claimed' AND lease_expires_at < ? "
         f"UNION ALL SELECT * FROM (SELECT {columns} FROM timers WHERE status = 'armed' AND due_at <= ? "
-        "ORDER BY due_at LIMIT ?) AS due",
+        "ORDER BY due_at LIMIT ?) AS armed) AS due JOIN sessions s ON s.id = due.session",
         (now, cutoff, limit),
     ).fetchall()[:limit]
     claimed: list[ClaimedTimer] = []
@@ -190,28 +204,16 @@ def claim_due(tx: Tx, owner: str, *, lease_ms: int, limit: int, due_by: int | No
             remaining=r["remaining"],
             until_at=r["until_at"],
             claim_seq=int(r["claim_seq"]) + 1,
+            session_key=int(r["session"]),
         )
         won = tx.execute(
             "UPDATE timers SET status = 'claimed', owner = ?, lease_expires_at = ?, updated_at = ?, claim_seq = ? "
-            "WHERE session_id = ? AND timer_id = ? AND claim_seq = ? AND status IN ('armed', 'claimed')",
-            (owner, now + lease_ms, now, timer.claim_seq, timer.session_id, timer.timer_id, timer.claim_seq - 1),
+            "WHERE session = ? AND timer_id = ? AND claim_seq = ? AND status IN ('armed', 'claimed')",
+            (owner, now + lease_ms, now, timer.claim_seq, timer.session_key, timer.timer_id, timer.claim_seq - 1),
         ).rowcount
         if won == 1:
             claimed.append(timer)
     return claimed
-
-
-def _holds(tx: Tx, timer: ClaimedTimer, owner: str) -> bool:
-    row = tx.execute(
-        "SELECT status, owner, claim_seq FROM timers WHERE session_id = ? AND timer_id = ?",
-        (timer.session_id, timer.timer_id),
-    ).fetchone()
-    return (
-        row is not None
-        and row["status"] == "claimed"
-        and row["owner"] == owner
-        and int(row["claim_seq"]) == timer.claim_seq
-    )
 
 
 _HELD = "status = 'claimed' AND owner = ? AND claim_seq = ?"
@@ -224,8 +226,8 @@ def _change_claimed(tx: Tx, timer: ClaimedTimer, owner: str, assignments: str, p
         _ClaimLost: The claim was cancelled or taken over meanwhile.
     """
     cursor = tx.execute(
-        f"UPDATE timers SET {assignments} WHERE session_id = ? AND timer_id = ? AND {_HELD}",
-        (*params, timer.session_id, timer.timer_id, owner, timer.claim_seq),
+        f"UPDATE timers SET {assignments} WHERE session = ? AND timer_id = ? AND {_HELD}",
+        (*params, timer.session_key, timer.timer_id, owner, timer.claim_seq),
     )
     if cursor.rowcount != 1:
         raise _ClaimLost
@@ -252,7 +254,7 @@ def renew_claims(tx: Tx, owner: str, *, lease_ms: int) -> int:
     """Extend every claim held by ``owner``."""
     now = now_ms()
     cursor = tx.execute(
-        "UPDATE timers SET lease_expires_at = ? WHERE owner = ? AND status = 'claimed'", (now + lease_ms, owner)
+        "UPDATE timers SET lease_expires_at = ? WHERE status = 'claimed' AND owner = ?", (now + lease_ms, owner)
     )
     return cursor.rowcount
 
@@ -260,7 +262,7 @@ def renew_claims(tx: Tx, owner: str, *, lease_ms: int) -> int:
 def release_claims(tx: Tx, owner: str) -> int:
     """Give back every claim held by ``owner`` (a runner stopping cleanly)."""
     cursor = tx.execute(
-        "UPDATE timers SET status = 'armed', owner = NULL, lease_expires_at = 0 WHERE owner = ? AND status = 'claimed'",
+        "UPDATE timers SET status = 'armed', owner = NULL, lease_expires_at = 0 WHERE status = 'claimed' AND owner = ?",
         (owner,),
     )
     return cursor.rowcount
@@ -287,26 +289,45 @@ def deliver(
     action: str,
     message: str,
     postpone_ms: int,
-) -> str | None:
-    """Apply a claimed timer's outcome in one transaction; return the outcome, or None when
-    the claim was lost (cancelled meanwhile, or taken over after the lease expired).
+) -> tuple[str | None, int]:
+    """Apply a claimed timer's outcome; return the outcome and the event seq reserved for its
+    ``timer_fired`` event, or (None, 0) when the claim was lost (cancelled meanwhile, or taken
+    over after the lease expired).
 
+    Runs under a savepoint of its own: a lost claim, or any failure, leaves nothing written.
     ``action`` is ``deliver`` (into the session's inbox), ``skip``, ``cancel`` or ``postpone``.
     Outcomes: ``delivered`` (the session is idle: the caller should wake it), ``queued`` (a
     run holds the session, or it has unanswered tool calls: the inbox waits for the next run),
     ``skipped`` (also for an occurrence that comes due after the series' ``until_at``),
     ``cancelled``, ``postponed``.
     """
-    if not _holds(tx, timer, owner):
-        return None
+    tx.execute("SAVEPOINT timer_delivery")
+    result: tuple[str | None, int]
     try:
-        return _apply(tx, timer, owner, action=action, message=message, postpone_ms=postpone_ms)
+        result = _apply(tx, timer, owner, action=action, message=message, postpone_ms=postpone_ms)
     except _ClaimLost:
-        return None  # nothing was written: the timer's change comes before the inbox insert
+        result = (None, 0)
+        tx.execute("ROLLBACK TO SAVEPOINT timer_delivery")
+    except BaseException:
+        tx.execute("ROLLBACK TO SAVEPOINT timer_delivery")
+        tx.execute("RELEASE SAVEPOINT timer_delivery")
+        raise
+    tx.execute("RELEASE SAVEPOINT timer_delivery")
+    return result
 
 
-def _apply(tx: Tx, timer: ClaimedTimer, owner: str, *, action: str, message: str, postpone_ms: int) -> str:
+def _apply(tx: Tx, timer: ClaimedTimer, owner: str, *, action: str, message: str, postpone_ms: int) -> tuple[str, int]:
     now = now_ms()
+    # One statement reserves the event seq and reads the lease; the claim is checked by the
+    # timer's own conditional update below (a lost claim rolls this back).
+    session = tx.execute(
+        "UPDATE sessions SET event_seq = event_seq + 1 WHERE id = ? "
+        "RETURNING event_seq, lease_owner, lease_expires_at, holder_host, holder_pid, holder_start",
+        (timer.session_key,),
+    ).fetchone()
+    if session is None:
+        raise _ClaimLost  # the session was deleted, and its timers with it
+    seq = int(session["event_seq"])
     if action == "postpone":
         _change_claimed(
             tx,
@@ -315,30 +336,25 @@ def _apply(tx: Tx, timer: ClaimedTimer, owner: str, *, action: str, message: str
             "status = 'armed', owner = NULL, due_at = ?, updated_at = ?, last_outcome = 'postponed'",
             (now + postpone_ms, now),
         )
-        return "postponed"
+        return "postponed", seq
     if action == "cancel":
         _change_claimed(
             tx, timer, owner, "status = 'cancelled', owner = NULL, updated_at = ?, last_outcome = 'cancelled'", (now,)
         )
-        return "cancelled"
+        return "cancelled", seq
     outcome = "skipped"
     expired = timer.until_at is not None and now > timer.until_at
     delivering = action == "deliver" and not expired
     if delivering:
-        busy = lease_is_live(tx, timer.session_id, now)[0] is not None
-        outcome = "queued" if busy or pending_state(tx, timer.session_id) is not None else "delivered"
+        busy = live_lease(session, now)[0] is not None
+        outcome = "queued" if busy or has_open_calls(tx, timer.session_key) else "delivered"
     _advance(tx, timer, owner, now, outcome, end=expired)
     if delivering:
         tx.execute(
-            "INSERT INTO inbox (session_id, source, body, ref, created_at) VALUES (?, 'timer', ?, ?, ?)",
-            (
-                timer.session_id,
-                json.dumps({"kind": "timer", "content": message}, ensure_ascii=False),
-                f"timer:{timer.timer_id}",
-                now,
-            ),
+            "INSERT INTO inbox (session, source, body, ref, created_at) VALUES (?, 'timer', ?, ?, ?)",
+            (timer.session_key, inbox_body("timer", message), f"timer:{timer.timer_id}", now),
         )
-    return outcome
+    return outcome, seq
 
 
 def deliver_many(tx: Tx, owner: str, deliveries: list[Delivery]) -> list[tuple[str | None, int]]:
@@ -349,18 +365,10 @@ def deliver_many(tx: Tx, owner: str, deliveries: list[Delivery]) -> list[tuple[s
     reports ``error`` (the caller hands its claim back) without undoing the others."""
     outcomes: list[tuple[str | None, int]] = []
     for d in deliveries:
-        tx.execute("SAVEPOINT timer_delivery")
-        seq = 0
         try:
-            outcome = deliver(tx, d.timer, owner, action=d.action, message=d.message, postpone_ms=d.postpone_ms)
-            if outcome is not None:
-                tx.execute("UPDATE sessions SET event_seq = event_seq + 1 WHERE session_id = ?", (d.timer.session_id,))
-                seq = int(_version(tx, d.timer.session_id)[1])
+            outcomes.append(deliver(tx, d.timer, owner, action=d.action, message=d.message, postpone_ms=d.postpone_ms))
         except Exception:
-            tx.execute("ROLLBACK TO SAVEPOINT timer_delivery")
-            outcome = "error"
-        tx.execute("RELEASE SAVEPOINT timer_delivery")
-        outcomes.append((outcome, seq))
+            outcomes.append(("error", 0))
     return outcomes
 
 
@@ -390,9 +398,9 @@ def orphan_inboxes(tx: Tx, *, limit: int) -> list[str]:
     left to their next run."""
     now = now_ms()
     rows = tx.execute(
-        "SELECT DISTINCT i.session_id FROM inbox i LEFT JOIN session_leases l ON l.session_id = i.session_id "
-        "WHERE i.consumed_at IS NULL AND i.source = 'timer' AND (l.owner IS NULL OR l.expires_at <= ?) "
-        "AND NOT EXISTS (SELECT 1 FROM tool_calls t WHERE t.session_id = i.session_id AND t.result_seq IS NULL) "
+        "SELECT DISTINCT s.session_id FROM inbox i JOIN sessions s ON s.id = i.session "
+        "WHERE i.consumed_at IS NULL AND i.source = 'timer' AND (s.lease_owner IS NULL OR s.lease_expires_at <= ?) "
+        "AND NOT EXISTS (SELECT 1 FROM tool_calls t WHERE t.session = i.session AND t.result_seq IS NULL) "
         "LIMIT ?",
         (now, limit),
     ).fetchall()

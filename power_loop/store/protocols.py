@@ -11,14 +11,16 @@ Consumers see protocols, never a backend class:
   pending calls; follow-ups; the store's lifecycle).
 * :class:`SessionStoreProtocol`: all three, what ``StatefulAgentLoop(store=...)`` accepts.
 
-Below them, the rules (``_sql.py``, ``_leases.py``, ``_timers_sql.py``) run inside one
-transaction through :class:`Tx`: ``execute(sql, params)`` returning a cursor with
+Below them, the rules (``_sql.py`` for runs, ``_sessions_sql.py``, ``_history_sql.py``,
+``_inbox_sql.py``, ``_leases.py``, ``_timers_sql.py``) run inside one transaction through
+:class:`Tx`: ``execute(sql, params)`` returning a cursor with
 ``fetchone``/``fetchall``/``rowcount`` whose rows are read by column name. The rules' SQL is
 portable (no ``MAX(a, b)``, ``IS NOT ?``, ``rowid`` or ``INSERT OR ...``; ``?`` marks a
 parameter, which an adapter for a driver with another paramstyle rewrites), and they never
 rely on a database-wide write lock: every lease, fence and claim change is a conditional
 ``UPDATE ... WHERE fence = ?`` (or ``claim_seq = ?``) whose row count is checked, and message
-seqs come from a per-session counter row updated in the same transaction. A backend is an
+seqs come from a per-session counter row updated in the same transaction (read back with
+``UPDATE ... RETURNING``, which an adapter emulates where its database lacks it). A backend is an
 adapter: a connection, a ``Tx`` over it and its transaction boundaries.
 """
 

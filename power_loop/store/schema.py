@@ -5,50 +5,63 @@ version ``n - 1`` to ``n`` inside one transaction. Opening a file whose version 
 the newest migration known here fails with :class:`~power_loop.errors.SchemaVersionError`
 instead of guessing.
 
-Tables (all times are epoch milliseconds):
+Tables as of version 7 (all times are epoch milliseconds). Inside the store a session is
+its integer key ``sessions.id``; its text ``session_id`` is what the API speaks. Migrations
+``_v1`` to ``_v6`` are kept as they were written (they run on older files and on new ones,
+then version 7 rebuilds the tables, see ``_schema_v7.py``).
 
 ``sessions``
-    One row per session: metadata, per-session system prompt, parent/kind/depth/lifecycle for
-    sub-agents, ``version`` (bumped by every write, so a cached history knows when it is stale)
-    and ``event_seq`` (high-water mark of event sequence numbers).
+    One row per session: the integer key ``id`` (``AUTOINCREMENT``: never reused after a
+    delete), the unique text ``session_id``, metadata, per-session system prompt,
+    parent/kind/depth/lifecycle for sub-agents, ``version`` (bumped by every write, so a
+    cached history knows when it is stale), ``event_seq`` (high-water mark of event sequence
+    numbers) and the counters ``last_seq``, ``last_timer_id``, ``last_run``: each new
+    message, timer or run increments its counter in the same transaction, so allocation never
+    depends on ``MAX(...) + 1`` under a database-wide write lock.
+    The lease: ``lease_owner``, ``fence`` (fencing number), ``lease_expires_at`` and the
+    holder process's identity (``holder_host``: host name, boot id and pid namespace;
+    ``holder_pid``; ``holder_start``: process start time in clock ticks after boot), so a
+    contender on the same machine can tell that the holder died.
+    The stats, added to when a run ends: ``sends``, ``rounds``, ``llm_calls``,
+    ``tool_calls``, token sums, ``first_send_at``, ``last_send_at``, ``stats_at`` (NULL
+    before the first finished run) and ``activity`` (a store-wide ordering counter).
 ``messages``
-    Append-only history keyed by ``(session_id, seq)``; ``body`` is the message's dict view as
-    JSON. ``compacted`` marks rows folded into a compaction summary.
+    Append-only history keyed by ``(session, seq)``; ``body`` is the message's dict view as
+    JSON (its role included); ``run`` is the number of the run that wrote it. ``compacted``
+    marks rows folded into a compaction summary.
 ``tool_calls``
-    The lifecycle of every tool call: ``pending → running → done | failed``, or ``aborted``,
-    ``cancelled``, ``skipped``, ``waiting_input``; ``result`` holds a finished call's output
-    until it is appended to ``messages`` (``result_seq``).
+    The lifecycle of every tool call, keyed by ``(session, assistant_seq, tool_call_id)``:
+    ``pending → running → done | failed``, or ``aborted``, ``cancelled``, ``skipped``,
+    ``waiting_input``; ``result`` holds a finished call's output until it is appended to
+    ``messages`` (``result_seq``). The call's name and arguments are read from the assistant
+    message at ``assistant_seq``.
 ``runs``
-    One row per run (``send``, ``resume``, ``submit_input``, ``wake``): status, rounds, start
-    and end.
+    One row per run (``send``, ``resume``, ``submit_input``, ``wake``), keyed by
+    ``(session, run)`` with the text ``run_id``: status, rounds, start and end.
 ``llm_calls``
-    Usage of every model call.
-``session_stats``
-    Aggregates per session, updated when a run ends.
-``session_leases``
-    Cross-process ownership of a session while a run lives: owner, fencing number, expiry;
-    since version 4 also the holder process's identity (``holder_host``: host name, boot id
-    and pid namespace; ``holder_pid``; ``holder_start``: process start time in clock ticks
-    after boot), so a contender on the same machine can tell that the holder died.
+    Usage of every model call, with its session and run number.
 ``inbox``
     Durable follow-ups (and timer wake-ups) waiting for the next round boundary.
 ``interactions``
     Open ``request_user_input`` questions, answered by ``submit_input``.
-``timers`` (version 3)
+``compactions``
+    Summaries of folded history. The latest one is the session's load base: loading reads it
+    and the messages after its ``through_seq``, never the whole history.
+``timers``
     Durable wake-ups: ``armed`` → ``claimed`` (owner + lease + ``claim_seq``, a number that
     grows with every claim so a stale claimant is refused) → ``fired`` or ``cancelled``;
     ``origin`` makes scheduling idempotent (a tool call's idempotency key);
     recurring timers go back to ``armed`` with their next due time.
-``notes`` (version 5)
+``notes``
     Notes per session (``note_id``, ``content``, ``pinned``); filled by the migration of a
     power-loop 0.11 file (``_legacy.py``), read by the notes feature.
-``sessions.last_seq``, ``sessions.last_timer_id`` (version 6)
-    Per-session counters: the seq of the latest message and the id of the latest timer.
-    Each new message or timer increments its counter in the same transaction, so allocation
-    never depends on ``MAX(...) + 1`` under a database-wide write lock.
-``compactions`` (version 2)
-    Summaries of folded history. The latest one is the session's load base: loading reads it
-    and the messages after its ``through_seq``, never the whole history.
+``legacy011_sessions``
+    The 0.11-only session fields (model, config, status, spawn call) that the 0.11 store API
+    (``_compat.py``) reads and writes.
+
+History: version 1 created sessions, messages, tool_calls, runs, llm_calls, session_stats,
+session_leases, inbox, interactions; 2 compactions; 3 timers; 4 the lease holder's identity;
+5 notes; 6 the per-session counters; 7 the integer keys and the folded tables above.
 """
 
 from __future__ import annotations
@@ -59,6 +72,7 @@ from collections.abc import Callable
 from ..errors import SchemaVersionError
 from . import _legacy
 from ._pragmas import rollback, schema_version
+from ._schema_v7 import migrate_v7
 
 __all__ = ["LATEST_VERSION", "MIGRATIONS", "migrate", "rollback", "schema_version"]
 
@@ -291,7 +305,11 @@ def _v6(conn: sqlite3.Connection) -> None:
     )
 
 
-MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_v1, _v2, _v3, _v4, _v5, _v6)
+def _v7(conn: sqlite3.Connection) -> None:
+    migrate_v7(conn)
+
+
+MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_v1, _v2, _v3, _v4, _v5, _v6, _v7)
 LATEST_VERSION = len(MIGRATIONS)
 
 

@@ -575,7 +575,7 @@ class SQLiteSessionStore(Store011Methods):
 
     async def release_lease(self, session_id: str, owner: str) -> None:
         """Release a lease held by ``owner``."""
-        await self._call(lambda c: _leases.release_lease(c, session_id, owner))
+        await self._call(lambda c: _leases.release_lease_of(c, session_id, owner))
 
     async def enqueue(
         self,
