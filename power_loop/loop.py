@@ -193,6 +193,7 @@ class StatefulAgentLoop:
             if warming.get_loop() is asyncio.get_running_loop():
                 with contextlib.suppress(asyncio.CancelledError):
                     await warming
+        await self._rt.cancel_tasks()  # background sub-agents: resumed later, by any process
         self._rt.histories.clear()
         self._rt.close()  # the tool threads; never waits for a stuck sync handler
         if self._owns_store:
@@ -203,6 +204,7 @@ class StatefulAgentLoop:
         warming, self._warming = self._warming, None
         if warming is not None and not warming.done() and not warming.get_loop().is_closed():
             warming.cancel()
+        self._rt.cancel_tasks_nowait()
         self._rt.histories.clear()
         self._rt.close()
         if not self._owns_store:

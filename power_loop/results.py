@@ -9,7 +9,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
 
-__all__ = ["RUN_STATUSES", "AgentLoopResult", "FollowUpQueued", "RunStatus", "StatefulResult", "SubagentResult"]
+__all__ = [
+    "RUN_STATUSES",
+    "AgentLoopResult",
+    "FollowUpQueued",
+    "RunStatus",
+    "StatefulResult",
+    "SubagentReceipt",
+    "SubagentResult",
+]
 
 RunStatus = Literal[
     "completed",
@@ -152,3 +160,19 @@ class SubagentResult:
             "rounds": self.rounds,
             "depth": self.depth,
         }
+
+
+@dataclass(frozen=True)
+class SubagentReceipt:
+    """A sub-agent started in the background (``ctx.subagents.start(...)``).
+
+    Attributes:
+        session_id: The child session.
+        name: The child's label.
+        started: False when the spawn had started this child already (a spawn run again by
+            ``resume``): nothing new was started.
+    """
+
+    session_id: str
+    name: str
+    started: bool = True

@@ -396,19 +396,21 @@ def test_spawn_agent_definition() -> None:
     d = SPAWN_AGENT_DEFINITION
     assert isinstance(d, ToolDefinition) and d.name == "spawn_agent" and d.description
     props = d.parameters["properties"]
-    assert list(props) == ["task", "system_prompt", "tools", "max_rounds"]
+    assert list(props) == ["task", "system_prompt", "tools", "max_rounds", "background"]
     assert d.parameters["required"] == ["task"]
+    assert props["background"]["type"] == "boolean" and props["background"]["default"] is False
     assert all(p.get("description") for p in props.values())
     json.dumps(d.to_openai_tool())
 
     assert validation_message(d, {"task": "Summarize README.md"}) is None
-    full = {"task": "t", "system_prompt": "p", "tools": ["grep"], "max_rounds": 2}
+    full = {"task": "t", "system_prompt": "p", "tools": ["grep"], "max_rounds": 2, "background": True}
     assert validation_message(d, full) is None
     assert "missing required parameter(s): task" in (validation_message(d, {}) or "")
     for bad in (
         {"task": ""},
         {"task": "t", "max_rounds": 0},
         {"task": "t", "max_rounds": "2"},
+        {"task": "t", "background": "yes"},
         {"task": "t", "tools": ["grep", "grep"]},
         {"task": "t", "tools": "grep"},
         {"task": "t", "colour": "red"},

@@ -49,8 +49,14 @@ def test_registration_adds_both_tools_and_lists_predefined_agents(tmp_path: Path
         "name: reviewer\nsystem_prompt: You are a strict code reviewer.\ntools: [add]\n", encoding="utf-8"
     )
     from_dir = delegation_registry(specs=tmp_path)
-    plain = delegation_registry(include_run_agent=False)
-    assert from_dir.names() == ["add", "spawn_agent", "run_agent"]
+    plain = delegation_registry(include_run_agent=False, include_background=False)
+    assert from_dir.names() == [
+        "add",
+        "spawn_agent",
+        "list_background_agents",
+        "stop_background_agent",
+        "run_agent",
+    ]
     assert plain.names() == ["add", "spawn_agent"]
     run_agent = from_dir.get("run_agent")
     assert run_agent is not None

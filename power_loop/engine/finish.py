@@ -18,13 +18,14 @@ import asyncio
 import logging
 from typing import Any
 
+from ..errors import SessionBusyError, SessionNotFoundError, SessionPendingError
 from ..events import AgentErrorPayload, AgentEventType, SessionEndedPayload
 from ..hooks import HookPoint, SessionEndCtx
 from ..results import StatefulResult
 from ..store.rows import AnswerPending
 from .memory import remember_run
 from .outcome import End
-from .state import Run, dicts
+from .state import Run, RunRequest, dicts
 
 log = logging.getLogger("power_loop.engine")
 
@@ -34,10 +35,37 @@ __all__ = ["finish", "on_error", "on_task_cancelled"]
 async def finish(run: Run, end: End) -> StatefulResult:
     """Commit ``end`` (with its writes), announce it, and return the run's result."""
     if not end.committed:
-        await run.writer.write([*end.ops, run.finish_op(end.status)])
+        # An ending nobody is told of (a wake-up another run had taken) is no answer to deliver.
+        ending = run.finish_op(end.status, final_text=end.final_text, deliver=end.announced)
+        await run.writer.write([*end.ops, ending])
     if end.announced:
         await _session_end(run, end.status, end.final_text, end.reason or end.status)
+    wake_parent(run)
     return run.result(end.status, end.final_text, pending=end.pending, interactions=end.interactions)
+
+
+def wake_parent(run: Run) -> None:
+    """When this run's end delivered a background sub-agent's answer to its parent, start a
+    run of the parent so it reads it (a busy parent reads it at its next round boundary; if
+    this process dies first, a timer runner finds the waiting answer)."""
+    parent = run.writer.delivered_to
+    if parent is None or run.execute is None:
+        return
+    execute = run.execute
+    ephemeral = run.session.lifecycle == "ephemeral"
+
+    async def wake() -> None:
+        try:
+            if ephemeral:  # its answer is in the parent's inbox: the child has done its part
+                run.rt.histories.drop(run.session_id)
+                await run.rt.store.delete_session(run.session_id, cascade=True)
+            await execute(run.rt, RunRequest(session_id=parent, kind="wake", wait_foreign=False))
+        except (SessionBusyError, SessionPendingError, SessionNotFoundError):
+            pass  # a run holds it and drains the inbox, it awaits resume, or it is gone
+        except Exception:
+            log.exception("the run woken by a sub-agent's answer in session %s failed", parent)
+
+    run.rt.spawn_task(wake(), name=f"power_loop-wake-{parent}")
 
 
 async def _session_end(run: Run, status: str, final_text: str, reason: str) -> None:
@@ -75,7 +103,8 @@ async def on_task_cancelled(run: Run) -> None:
     run.rt.histories.drop(run.session_id)
     if not run.writer.finished:
         try:
-            await asyncio.shield(run.writer.write([run.finish_op("cancelled", error="task cancelled")]))
+            ending = run.finish_op("cancelled", error="task cancelled", deliver=False)
+            await asyncio.shield(run.writer.write([ending]))
         except Exception as exc:
             log.warning("could not record the end of cancelled run %s: %s", run.run_id, exc)
             await _release_quietly(run)
@@ -100,10 +129,12 @@ async def on_error(run: Run, exc: BaseException) -> None:
             f"[skipped: the run failed before this call completed ({type(exc).__name__})]", run.run_id
         )
         try:
-            await run.writer.write([answer, run.finish_op("failed", error=f"{type(exc).__name__}: {exc}")])
+            error = f"{type(exc).__name__}: {exc}"
+            await run.writer.write([answer, run.finish_op("failed", error=error, final_text=f"[failed: {error}]")])
         except Exception:
             await _release_quietly(run)
     await _quietly_session_end(run, "error", "failed")
+    wake_parent(run)
     await _quietly(
         run,
         AgentEventType.AGENT_ERROR,

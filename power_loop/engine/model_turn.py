@@ -126,7 +126,7 @@ async def commit_turn(run: Run, reply: ModelCallResult) -> AssistantMessage | St
         await run.writer.write(ops)
         await tools_present(run, len(assistant.tool_calls))
         return assistant
-    finish = run.finish_op("completed", drain_inbox=not stop_after)
+    finish = run.finish_op("completed", drain_inbox=not stop_after, final_text=assistant.text)
     written = await run.writer.write([*ops, finish])
     if not written.finished:  # follow-ups arrived: go on with another round
         await tools_present(run, 0)

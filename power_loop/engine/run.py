@@ -36,6 +36,7 @@ from ..hooks import HookPoint, SessionStartCtx
 from ..messages import AssistantMessage, message_from_dict
 from ..results import StatefulResult
 from ..store.rows import BeginOutcome, LeaseClaim
+from ..tools.registry import ToolRegistry
 from .begin import begin_run, transcript_after_begin
 from .compaction import maybe_compact
 from .emit import Emitter
@@ -48,6 +49,7 @@ from .pending import resume_calls
 from .prepare import select_tools
 from .runtime import Runtime
 from .state import Run, RunRequest, dicts, on_append
+from .subagents import stored_child
 from .tool_round import run_tools
 from .writer import RunWriter
 
@@ -77,6 +79,15 @@ async def execute_run(rt: Runtime, req: RunRequest) -> StatefulResult:
         )
         assert begin.session is not None
         # No await from here to drive()'s try: a cancellation cannot land in between.
+        if req.child is None:
+            # A sub-agent run no parent started (a background child, or one resumed after a
+            # crash) takes the settings it was started with; its tools are never widened.
+            stored = stored_child(rt, begin.session)
+            if stored is not None:
+                link, allowed = stored
+                req = replace(req, child=link)
+                if allowed is not None and tools is not None and not isinstance(req.tools, ToolRegistry):
+                    tools = tools.subset(allowed)
         transcript = transcript_after_begin(rt, req.session_id, cached, begin)
         seq = max(begin.event_seq, rt.event_seqs.get(req.session_id, 0))
         emitter = Emitter(rt.bus, req.session_id, seq=seq, counters=rt.event_seqs)

@@ -8,9 +8,10 @@ import secrets
 import threading
 import time
 import weakref
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 from ..compaction import Compactor
 from ..config import AgentLoopConfig
@@ -125,6 +126,41 @@ class Runtime:
     timer_signal: TimerSignal = field(default_factory=TimerSignal)
     _threads: ToolThreads | None = field(default=None, repr=False)
     _threads_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _tasks: set[asyncio.Task[None]] = field(default_factory=set, repr=False)
+
+    def spawn_task(self, coro: Coroutine[Any, Any, None], *, name: str) -> asyncio.Task[None]:
+        """Run ``coro`` as a task the loop owns (a background sub-agent, a parent woken by its
+        answer): kept referenced until it ends, cancelled by :meth:`cancel_tasks`."""
+        task = asyncio.get_running_loop().create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def cancel_tasks(self) -> None:
+        """Cancel the loop's own tasks and wait for them to end (each records its run's end:
+        a background sub-agent cut short is resumed later, by any process)."""
+        running = asyncio.get_running_loop()
+        tasks = [t for t in self._tasks if not t.done()]
+        for task in tasks:
+            if task.get_loop() is running or not task.get_loop().is_closed():
+                task.cancel()
+        mine = [t for t in tasks if t.get_loop() is running]
+        if mine:
+            await asyncio.gather(*mine, return_exceptions=True)
+
+    def cancel_task(self, name: str) -> bool:
+        """Cancel the loop's task named ``name``; False when none runs."""
+        for task in list(self._tasks):
+            if task.get_name() == name and not task.done():
+                task.cancel()
+                return True
+        return False
+
+    def cancel_tasks_nowait(self) -> None:
+        """Cancel the loop's own tasks without waiting (from synchronous code)."""
+        for task in list(self._tasks):
+            if not task.done() and not task.get_loop().is_closed():
+                task.cancel()
 
     def tool_capabilities(self, session_id: str, tool_call_id: str) -> ToolCapabilities:
         """What call ``tool_call_id`` of ``session_id`` may do (``ctx.timers``, ``ctx.inbox``,

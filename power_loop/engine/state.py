@@ -193,10 +193,27 @@ class Run:
             return self.transcript.messages
         return self.prefix + self.transcript.messages[self.prefix_from :]
 
-    def finish_op(self, status: RunRowStatus, *, drain_inbox: bool = False, error: str | None = None) -> FinishRun:
-        """The operation ending this run."""
+    def finish_op(
+        self,
+        status: RunRowStatus,
+        *,
+        drain_inbox: bool = False,
+        error: str | None = None,
+        final_text: str | None = None,
+        deliver: bool = True,
+    ) -> FinishRun:
+        """The operation ending this run. ``final_text`` is the answer a background
+        sub-agent's parent receives (in the same transaction); ``deliver=False`` for an end
+        that is no answer."""
         return FinishRun(
-            self.run_id, status, self.totals(), error=error, drain_inbox=drain_inbox, started_at=self.started_at
+            self.run_id,
+            status,
+            self.totals(),
+            error=error,
+            drain_inbox=drain_inbox,
+            started_at=self.started_at,
+            final_text=final_text,
+            deliver=deliver,
         )
 
     def totals(self) -> RunTotals:

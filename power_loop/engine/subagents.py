@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import secrets
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -37,7 +38,7 @@ from typing import Any
 
 from .._types import RunKind, SubagentLifecycle
 from ..config import AgentLoopConfig
-from ..errors import SessionNotFoundError, SubagentRefused
+from ..errors import SessionBusyError, SessionNotFoundError, SessionPendingError, SubagentRefused
 from ..events import (
     AgentEventType,
     BaseEventPayload,
@@ -48,13 +49,25 @@ from ..events import (
 )
 from ..messages import AssistantMessage, UserMessage
 from ..providers.base import LLMService
-from ..results import SubagentResult
+from ..results import SubagentReceipt, SubagentResult
+from ..store.rows import BackgroundChild, SessionRow
 from ..tools.registry import ToolRegistry
 from .prepare import select_tools
 from .runtime import Runtime
 from .state import ChildLink, Executor, Run, RunRequest
 
-__all__ = ["DEFAULT_SUBAGENT_PROMPT", "ChildTask", "RunSubagents", "child_session_id", "run_subagent"]
+__all__ = [
+    "DEFAULT_SUBAGENT_PROMPT",
+    "SETTINGS_KEY",
+    "ChildTask",
+    "RunSubagents",
+    "background_task_name",
+    "child_session_id",
+    "run_in_background",
+    "run_subagent",
+    "settings_metadata",
+    "stored_child",
+]
 
 DEFAULT_SUBAGENT_PROMPT = (
     "You are a sub-agent working on one task for another agent. Do the task with the tools you "
@@ -62,6 +75,13 @@ DEFAULT_SUBAGENT_PROMPT = (
 )
 
 _LIFECYCLES = frozenset(v.value for v in SubagentLifecycle)
+
+SETTINGS_KEY = "subagent"
+"""Metadata key of a child session holding what it was started with (name, tools, model,
+limits), so a run of the child that no parent starts (a background child, or one resumed
+after a crash) keeps them: its tools are never widened."""
+
+log = logging.getLogger("power_loop.engine")
 
 
 def child_session_id(parent_session_id: str, tool_call_id: str, index: int) -> str:
@@ -117,6 +137,42 @@ class _Spawn:
     publish: Callable[[AgentEventType, BaseEventPayload], Awaitable[None]]
 
 
+def settings_metadata(child: ChildTask, tools: Sequence[str] | ToolRegistry | None) -> dict[str, Any]:
+    """The child session's metadata: the spec's, plus what the child was started with."""
+    names = tools.names() if isinstance(tools, ToolRegistry) else (list(tools) if tools is not None else None)
+    settings = {
+        "name": child.name,
+        "tools": names,
+        "model": child.model,
+        "max_rounds": child.max_rounds,
+        "max_tokens": child.max_tokens,
+        "temperature": child.temperature,
+    }
+    return {**(child.metadata or {}), SETTINGS_KEY: settings}
+
+
+def stored_child(rt: Runtime, session: SessionRow) -> tuple[ChildLink, list[str] | None] | None:
+    """A sub-agent session's stored settings as the link of a run no parent started, with the
+    tool names it may use; None for any other session."""
+    if session.kind != "subagent":
+        return None
+    settings = session.metadata.get(SETTINGS_KEY)
+    if not isinstance(settings, Mapping):
+        return None
+    child = ChildTask(
+        "-",
+        name=str(settings.get("name") or "subagent"),
+        model=settings.get("model"),
+        max_rounds=settings.get("max_rounds"),
+        max_tokens=settings.get("max_tokens"),
+        temperature=settings.get("temperature"),
+    )
+    llm, config = _model(rt.llm, rt.config, child)
+    tools = settings.get("tools")
+    allowed = [str(t) for t in tools] if isinstance(tools, list) else None
+    return ChildLink(parent=None, config=config, llm=llm), allowed
+
+
 async def _run_child(spawn: _Spawn, child: ChildTask, sid: str) -> SubagentResult:
     """Create (or find) the child session ``sid``, run it, publish its end, apply its lifecycle."""
     rt = spawn.rt
@@ -125,7 +181,7 @@ async def _run_child(spawn: _Spawn, child: ChildTask, sid: str) -> SubagentResul
     if existing is None:
         await rt.store.create_session(
             sid,
-            metadata={**(child.metadata or {}), "subagent_name": child.name},
+            metadata=settings_metadata(child, spawn.tools),
             system_prompt=child.system_prompt or DEFAULT_SUBAGENT_PROMPT,
             parent_session_id=spawn.parent_session_id,
             kind="subagent",
@@ -283,6 +339,76 @@ class RunSubagents:
         async with self._slot():
             return await _run_child(spawn, child, sid)
 
+    async def start(
+        self,
+        task: str,
+        *,
+        system_prompt: str | None = None,
+        name: str = "subagent",
+        tools: Sequence[str] | None = None,
+        max_rounds: int | None = None,
+        max_tokens: int | None = None,
+        temperature: float | None = None,
+        model: str | None = None,
+        lifecycle: str = "linked",
+        metadata: Mapping[str, object] | None = None,
+    ) -> SubagentReceipt:
+        """See :meth:`power_loop.tools.context.SubagentSpawner.start`."""
+        child = ChildTask(
+            task, system_prompt, name, tools, max_rounds, max_tokens, temperature, model, lifecycle, metadata
+        ).checked()
+        parent = self.caller
+        depth = parent.depth + 1
+        _refuse_depth(depth, parent.config.max_subagent_depth)
+        offered = self._tools(child.tools)
+        llm, config = _model(parent.llm, parent.config, child)
+        left = parent.tokens_left()
+        if left is not None:
+            if left <= 0:
+                raise SubagentRefused("sub-agent refused: this run's token budget is spent; answer with what you have")
+            config = replace(config, max_tokens_per_run=left)  # what the parent has left, at most
+        execute = parent.execute
+        if execute is None:  # pragma: no cover - every run built by execute_run has it
+            raise RuntimeError("this run cannot start sub-agents (it was built without an executor)")
+        index, self.spawned = self.spawned, self.spawned + 1
+        sid = child_session_id(parent.session_id, self.tool_call_id, index)
+        created = await parent.rt.store.start_background_child(
+            sid,
+            parent_session_id=parent.session_id,
+            task=child.task,
+            metadata=settings_metadata(child, offered),
+            system_prompt=child.system_prompt or DEFAULT_SUBAGENT_PROMPT,
+            lifecycle=child.lifecycle,
+            depth=depth,
+            spawn_tool_call_id=self.tool_call_id,
+        )
+        if created:
+            await parent.emitter.emit(
+                AgentEventType.SUBAGENT_TASK_START,
+                SubagentTaskStartPayload(task=child.task, preset=child.name, sub_session_id=sid, depth=depth),
+                round_index=parent.round_index,
+            )
+            request = RunRequest(
+                session_id=sid,
+                kind="wake",  # the run takes the task from the child's inbox
+                wait_foreign=False,
+                tools=offered,
+                child=ChildLink(parent=None, config=config, llm=llm),
+            )
+            parent.rt.spawn_task(run_in_background(parent.rt, execute, request), name=background_task_name(sid))
+        return SubagentReceipt(session_id=sid, name=child.name, started=created)
+
+    async def background(self) -> list[BackgroundChild]:
+        """See :meth:`power_loop.tools.context.SubagentSpawner.background`."""
+        return await self.caller.rt.store.list_background_children(self.caller.session_id)
+
+    async def stop(self, session_id: str) -> bool:
+        """See :meth:`power_loop.tools.context.SubagentSpawner.stop`."""
+        stopped = await self.caller.rt.store.stop_background_child(self.caller.session_id, session_id)
+        if stopped:
+            self.caller.rt.cancel_task(background_task_name(session_id))
+        return stopped
+
     def _tools(self, names: Sequence[str] | None) -> list[str]:
         """The names the child is offered: the calling round's, narrowed to ``names``."""
         parent = self.caller
@@ -347,3 +473,20 @@ async def run_subagent(
 
     spawn = _Spawn(rt, execute, None, parent_session_id, spawn_tool_call_id, depth, tools, llm, config, on_parent)
     return await _run_child(spawn, child, sid)
+
+
+def background_task_name(child_session_id: str) -> str:
+    """The name of the task running a background child in this process."""
+    return f"power_loop-subagent-{child_session_id}"
+
+
+async def run_in_background(rt: Runtime, execute: Executor, request: RunRequest) -> None:
+    """Run a background child to its end. Its end delivers its answer to its parent (in the
+    ending transaction) and wakes the parent; a child another process runs, or one cut short
+    by the loop closing, is left to that process or resumed later."""
+    try:
+        await execute(rt, request)
+    except (SessionBusyError, SessionPendingError, SessionNotFoundError):
+        pass  # another process runs it, it awaits resume, or it was deleted
+    except Exception:
+        log.exception("background sub-agent %s failed", request.session_id)

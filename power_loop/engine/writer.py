@@ -68,6 +68,8 @@ class RunWriter:
         self.lost: LeaseLostError | None = None
         self.finished = False
         self.end_status: str | None = None  # the status the run's end was committed with
+        # The parent session that received this background sub-agent's answer with the end.
+        self.delivered_to: str | None = None
 
     async def write(self, ops: Sequence[WriteOp]) -> WriteOutcome:
         """Apply ``ops`` in one transaction; extend the transcript with what was appended.
@@ -104,6 +106,7 @@ class RunWriter:
             # The run's end is committed (lease released): later failures must not write again.
             self.finished = True
             self.end_status = next((op.status for op in ops if isinstance(op, FinishRun)), None)
+            self.delivered_to = outcome.delivered_to
         return outcome
 
     def start_renewal(self) -> None:

@@ -82,7 +82,9 @@ def drain_inbox(tx: Tx, key: int, session_id: str, now: int, *, run: int | None)
             if merged is not None:
                 messages.append(merged)
             group = []
-        messages.append(UserMessage(content=content if isinstance(content, str) else str(content), name=kind))
+        # A sub-agent's task is its first user message as given; other items keep their kind.
+        name = None if kind == "task" else kind
+        messages.append(UserMessage(content=content if isinstance(content, str) else str(content), name=name))
     if group:
         merged = merge_follow_ups(group)
         if merged is not None:

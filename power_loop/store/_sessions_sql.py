@@ -126,18 +126,28 @@ def create_session(
 
 
 def delete_session(tx: Tx, session_id: str, *, cascade: bool) -> int:
-    """Delete a session (and, with ``cascade``, its sub-agent sessions); return the count."""
+    """Delete a session (and, with ``cascade``, its sub-agent sessions); return the count.
+
+    A ``detached`` sub-agent outlives its parent: it is unlinked (its parent set to NULL)
+    instead of deleted, and keeps its own children.
+    """
     if get_session(tx, session_id) is None:
         return 0
     ids = [session_id]
     if cascade:
         frontier = [session_id]
         while frontier:
+            marks = ",".join("?" * len(frontier))
             rows = tx.execute(
-                f"SELECT session_id FROM sessions WHERE parent_session_id IN ({','.join('?' * len(frontier))})",
-                frontier,
+                f"SELECT session_id, lifecycle FROM sessions WHERE parent_session_id IN ({marks})", frontier
             ).fetchall()
-            frontier = [r["session_id"] for r in rows]
+            kept = [r["session_id"] for r in rows if r["lifecycle"] == "detached"]
+            if kept:
+                tx.execute(
+                    f"UPDATE sessions SET parent_session_id = NULL WHERE session_id IN ({','.join('?' * len(kept))})",
+                    kept,
+                )
+            frontier = [r["session_id"] for r in rows if r["lifecycle"] != "detached"]
             ids += frontier
     else:
         tx.execute("UPDATE sessions SET parent_session_id = NULL WHERE parent_session_id = ?", (session_id,))

@@ -56,6 +56,7 @@ from ._sessions_sql import (
     text,
     touch,
 )
+from ._subagents_sql import deliver
 from .protocols import Tx
 from .rows import (
     AnswerPending,
@@ -195,7 +196,9 @@ def _first_run_id(ops: Sequence[WriteOp]) -> str | None:
     return None
 
 
-def _finish_run(tx: Tx, key: int, op: FinishRun, run: int | None, lease: LeaseClaim | None, now: int) -> None:
+def _finish_run(
+    tx: Tx, key: int, session_id: str, op: FinishRun, run: int | None, lease: LeaseClaim | None, now: int
+) -> str | None:
     totals = op.totals
     tx.execute(
         "UPDATE runs SET status = ?, rounds = ?, ended_at = ?, error = ? WHERE session = ? AND run = ?",
@@ -208,6 +211,9 @@ def _finish_run(tx: Tx, key: int, op: FinishRun, run: int | None, lease: LeaseCl
     add_stats(tx, key, totals, started=started, now=now)
     if op.release_lease and lease is not None:
         release_lease(tx, key, lease.owner)
+    if op.deliver and op.final_text is not None:
+        return deliver(tx, key, session_id, status=op.status, final_text=op.final_text, now=now)
+    return None
 
 
 def write(
@@ -239,6 +245,7 @@ def write(
     drained: list[StoredMessage] = []
     finished = False
     compacted = False
+    delivered_to: str | None = None
     for op in ops:
         if isinstance(op, Append):
             seqs += [s.seq for s in append_messages(tx, key, op, now, run=runs(op.run_id))]
@@ -265,13 +272,15 @@ def write(
             if more:
                 drained += more
             else:
-                _finish_run(tx, key, op, run, lease, now)
+                delivered_to = _finish_run(tx, key, session_id, op, run, lease, now)
                 finished = True
         else:  # pragma: no cover - guarded by the WriteOp union
             raise TypeError(f"unknown write operation {op!r}")
     bump = bool(seqs or drained or compacted)
     touch(tx, key, bump=bump, event_seq=event_seq, now=now)
-    return WriteOutcome(version=version + bump, seqs=tuple(seqs), drained=tuple(drained), finished=finished)
+    return WriteOutcome(
+        version=version + bump, seqs=tuple(seqs), drained=tuple(drained), finished=finished, delivered_to=delivered_to
+    )
 
 
 def begin_run(tx: Tx, b: BeginRun) -> BeginOutcome:

@@ -392,14 +392,16 @@ def _advance(tx: Tx, timer: ClaimedTimer, owner: str, now: int, outcome: str, *,
 
 
 def orphan_inboxes(tx: Tx, *, limit: int) -> list[str]:
-    """Sessions with a waiting wake-up, no live run and no unanswered calls: a process died
-    between delivering a wake-up and running the session, or the run that was to read it ended
-    early (cancelled, a limit, waiting for input). Sessions with only waiting follow-ups are
-    left to their next run."""
+    """Sessions with a waiting wake-up (a timer's, a background sub-agent's task, or its answer
+    to its parent), no live run and no unanswered calls: a process died between delivering a
+    wake-up and running the session, or the run that was to read it ended early (cancelled, a
+    limit, waiting for input). Sessions with only waiting follow-ups are left to their next
+    run."""
     now = now_ms()
     rows = tx.execute(
         "SELECT DISTINCT s.session_id FROM inbox i JOIN sessions s ON s.id = i.session "
-        "WHERE i.consumed_at IS NULL AND i.source = 'timer' AND (s.lease_owner IS NULL OR s.lease_expires_at <= ?) "
+        "WHERE i.consumed_at IS NULL AND i.source IN ('timer', 'task', 'subagent') "
+        "AND (s.lease_owner IS NULL OR s.lease_expires_at <= ?) "
         "AND NOT EXISTS (SELECT 1 FROM tool_calls t WHERE t.session = i.session AND t.result_seq IS NULL) "
         "LIMIT ?",
         (now, limit),

@@ -31,6 +31,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from ._timer_rows import MAX_DELAY_S, MAX_DUE_AT_MS, ClaimedTimer, Delivery, TimerBudgetExceeded
 from .rows import (
+    BackgroundChild,
     BeginOutcome,
     BeginRun,
     LeaseClaim,
@@ -126,6 +127,30 @@ class RunStore(Protocol):
         """The session's loadable history (or every row with ``include_compacted``)."""
         ...
 
+    async def start_background_child(
+        self,
+        child_session_id: str,
+        *,
+        parent_session_id: str,
+        task: str,
+        metadata: Mapping[str, Any],
+        system_prompt: str | None,
+        lifecycle: str,
+        depth: int,
+        spawn_tool_call_id: str | None = None,
+    ) -> bool:
+        """Create a background sub-agent, its task row and its task in its inbox, in one
+        transaction; False (and nothing changed) when the child exists already."""
+        ...
+
+    async def list_background_children(self, parent_session_id: str) -> list[BackgroundChild]:
+        """The background sub-agents of a session, oldest first."""
+        ...
+
+    async def stop_background_child(self, parent_session_id: str, child_session_id: str) -> bool:
+        """Mark a running background sub-agent of the session stopped; False when it is not one."""
+        ...
+
 
 @runtime_checkable
 class TimerStore(Protocol):
@@ -182,6 +207,10 @@ class TimerStore(Protocol):
 
     async def orphan_inboxes(self, *, limit: int = 100) -> list[str]:
         """Sessions whose wake-up waits with no run to drain it."""
+        ...
+
+    async def orphan_subagents(self, *, limit: int = 100) -> list[str]:
+        """Background sub-agents still running that no process runs."""
         ...
 
 

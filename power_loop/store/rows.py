@@ -18,6 +18,7 @@ from ..messages import Message, Usage
 __all__ = [
     "AnswerPending",
     "Append",
+    "BackgroundChild",
     "BeginOutcome",
     "BeginRun",
     "Compact",
@@ -242,6 +243,26 @@ class SessionStatsRow:
 
 
 @dataclass(frozen=True)
+class BackgroundChild:
+    """A sub-agent started in the background, as its parent sees it. Times are epoch ms.
+
+    Attributes:
+        session_id: The child session.
+        name: The child's label (``subagent`` unless the spawn named it).
+        status: ``running``, ``delivered`` (its answer is in the parent's inbox) or
+            ``stopped``.
+        created_at: When it was started.
+        ended_at: When it was delivered or stopped.
+    """
+
+    session_id: str
+    name: str
+    status: str
+    created_at: int
+    ended_at: int | None = None
+
+
+@dataclass(frozen=True)
 class TimerRow:
     """A durable timer. Times are epoch ms.
 
@@ -427,6 +448,10 @@ class FinishRun:
         drain_inbox: Check the inbox first (False for runs ending by error or cancellation).
         release_lease: Release the run's session lease.
         started_at: When the run started (epoch ms; looked up when None).
+        final_text: The run's answer. When the session is a background sub-agent whose
+            result is not delivered yet, it goes into the parent's inbox in this transaction.
+        deliver: False for an end that is no answer (the run's task was cancelled: the child
+            is resumed later instead).
     """
 
     run_id: str
@@ -436,6 +461,8 @@ class FinishRun:
     drain_inbox: bool = True
     release_lease: bool = True
     started_at: int | None = None
+    final_text: str | None = None
+    deliver: bool = True
 
 
 @dataclass(frozen=True)
@@ -485,12 +512,15 @@ class WriteOutcome:
         seqs: Seqs of messages appended by ``Append`` operations, in order.
         drained: Messages the store composed itself (inbox items, answers to pending calls).
         finished: Whether a ``FinishRun`` ended the run (False: the inbox had items).
+        delivered_to: The parent session whose inbox received this background sub-agent's
+            answer in this write, else None.
     """
 
     version: int
     seqs: tuple[int, ...] = ()
     drained: tuple[StoredMessage, ...] = ()
     finished: bool = False
+    delivered_to: str | None = None
 
 
 # --------------------------------------------------------------------------- run start

@@ -5,7 +5,7 @@ version ``n - 1`` to ``n`` inside one transaction. Opening a file whose version 
 the newest migration known here fails with :class:`~power_loop.errors.SchemaVersionError`
 instead of guessing.
 
-Tables as of version 7 (all times are epoch milliseconds). Inside the store a session is
+Tables as of version 8 (all times are epoch milliseconds). Inside the store a session is
 its integer key ``sessions.id``; its text ``session_id`` is what the API speaks. Migrations
 ``_v1`` to ``_v6`` are kept as they were written (they run on older files and on new ones,
 then version 7 rebuilds the tables, see ``_schema_v7.py``).
@@ -58,10 +58,15 @@ then version 7 rebuilds the tables, see ``_schema_v7.py``).
 ``legacy011_sessions``
     The 0.11-only session fields (model, config, status, spawn call) that the 0.11 store API
     (``_compat.py``) reads and writes.
+``subagent_tasks`` (version 8)
+    One row per sub-agent started in the background, keyed by the child's session, with its
+    parent: ``running`` until the child's result is in the parent's inbox (``delivered``,
+    written in the transaction that ends the child's run), or ``stopped``.
 
 History: version 1 created sessions, messages, tool_calls, runs, llm_calls, session_stats,
 session_leases, inbox, interactions; 2 compactions; 3 timers; 4 the lease holder's identity;
-5 notes; 6 the per-session counters; 7 the integer keys and the folded tables above.
+5 notes; 6 the per-session counters; 7 the integer keys and the folded tables above; 8
+subagent_tasks.
 """
 
 from __future__ import annotations
@@ -309,7 +314,25 @@ def _v7(conn: sqlite3.Connection) -> None:
     migrate_v7(conn)
 
 
-MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_v1, _v2, _v3, _v4, _v5, _v6, _v7)
+def _v8(conn: sqlite3.Connection) -> None:
+    # Background sub-agents: one row per child started in the background, until its result is
+    # in its parent's inbox.
+    _run_script(
+        conn,
+        """
+        CREATE TABLE subagent_tasks (
+            session      INTEGER PRIMARY KEY REFERENCES sessions(id) ON DELETE CASCADE,
+            parent       INTEGER NOT NULL REFERENCES sessions(id) ON DELETE CASCADE,
+            status       TEXT NOT NULL DEFAULT 'running',
+            created_at   INTEGER NOT NULL,
+            ended_at     INTEGER
+        );
+        CREATE INDEX subagent_tasks_parent ON subagent_tasks(parent)
+        """,
+    )
+
+
+MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_v1, _v2, _v3, _v4, _v5, _v6, _v7, _v8)
 LATEST_VERSION = len(MIGRATIONS)
 
 

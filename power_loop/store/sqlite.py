@@ -40,12 +40,14 @@ import aiosqlite
 
 from ..errors import PowerLoopError, StoreError
 from . import _compat_sql, _leases, _sql
+from . import _subagents_sql as _subagents
 from . import _timers_sql as _timers
 from ._compat import Store011Methods
 from ._faults import FileId, file_id, gone_error, path_changed, store_error
 from ._pragmas import rollback
 from ._sqlite_tx import SQLiteTx
 from .rows import (
+    BackgroundChild,
     BeginOutcome,
     BeginRun,
     LeaseClaim,
@@ -716,6 +718,53 @@ class SQLiteSessionStore(Store011Methods):
     def list_stats_sync(self) -> list[SessionStatsRow]:
         """Blocking twin of :meth:`list_stats`."""
         return self._call_sync(_sql.list_stats, tx=False)
+
+    # ------------------------------------------------------------------ background sub-agents
+
+    async def start_background_child(
+        self,
+        child_session_id: str,
+        *,
+        parent_session_id: str,
+        task: str,
+        metadata: Mapping[str, Any],
+        system_prompt: str | None,
+        lifecycle: str,
+        depth: int,
+        spawn_tool_call_id: str | None = None,
+    ) -> bool:
+        """Create a background sub-agent with its task waiting in its inbox (one transaction);
+        False when it exists already."""
+        meta = check_metadata(metadata)
+
+        def start(c: SQLiteTx) -> bool:
+            created = _subagents.start_background(
+                c,
+                child_session_id,
+                parent_session_id=parent_session_id,
+                task=task,
+                metadata=meta,
+                system_prompt=system_prompt,
+                lifecycle=lifecycle,
+                depth=depth,
+            )
+            if created and spawn_tool_call_id is not None:
+                _compat_sql.set_compat_fields(c, child_session_id, spawn_tool_call_id=spawn_tool_call_id)
+            return created
+
+        return await self._call(start)
+
+    async def list_background_children(self, parent_session_id: str) -> list[BackgroundChild]:
+        """The background sub-agents of a session, oldest first."""
+        return await self._call(lambda c: _subagents.list_background(c, parent_session_id), tx=False)
+
+    async def stop_background_child(self, parent_session_id: str, child_session_id: str) -> bool:
+        """Mark a running background sub-agent stopped (not resumed, its answer not delivered)."""
+        return await self._call(lambda c: _subagents.stop_background(c, parent_session_id, child_session_id))
+
+    async def orphan_subagents(self, *, limit: int = 100) -> list[str]:
+        """Background sub-agents still running that no process runs (their process died)."""
+        return await self._call(lambda c: _subagents.orphan_children(c, limit=limit), tx=False)
 
     async def execute_fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         """Run a read-only query (for diagnostics and tests)."""

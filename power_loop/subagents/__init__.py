@@ -11,16 +11,23 @@
 
 from __future__ import annotations
 
-from .definitions import RUN_AGENT_DEFINITION, SPAWN_AGENT_DEFINITION
+from .definitions import (
+    LIST_BACKGROUND_AGENTS_DEFINITION,
+    RUN_AGENT_DEFINITION,
+    SPAWN_AGENT_DEFINITION,
+    STOP_BACKGROUND_AGENT_DEFINITION,
+)
 from .delegation import register_spawn_agent, run_agent_spec
 from .lifecycle import MAX_SPAWN_DEPTH, SubagentLifecycle
 from .spec import SPEC_FILE_SUFFIXES, AgentSpec, load_agent_specs, load_agent_specs_async
 
 __all__ = [
+    "LIST_BACKGROUND_AGENTS_DEFINITION",
     "MAX_SPAWN_DEPTH",
     "RUN_AGENT_DEFINITION",
     "SPAWN_AGENT_DEFINITION",
     "SPEC_FILE_SUFFIXES",
+    "STOP_BACKGROUND_AGENT_DEFINITION",
     "AgentSpec",
     "SubagentLifecycle",
     "load_agent_specs",

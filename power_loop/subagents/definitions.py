@@ -10,7 +10,12 @@ from __future__ import annotations
 
 from ..tools.definition import ToolDefinition
 
-__all__ = ["RUN_AGENT_DEFINITION", "SPAWN_AGENT_DEFINITION"]
+__all__ = [
+    "LIST_BACKGROUND_AGENTS_DEFINITION",
+    "RUN_AGENT_DEFINITION",
+    "SPAWN_AGENT_DEFINITION",
+    "STOP_BACKGROUND_AGENT_DEFINITION",
+]
 
 SPAWN_AGENT_DEFINITION = ToolDefinition(
     name="spawn_agent",
@@ -19,7 +24,8 @@ SPAWN_AGENT_DEFINITION = ToolDefinition(
         "conversation that sees only what you write in `task`, works with its own tools and "
         "returns its final answer as this tool's result. Use it for work that can be done on "
         "its own (research, a review, one part of a larger job). Several spawn_agent calls in "
-        "one turn run in parallel."
+        "one turn run in parallel. With background=true the call returns a receipt at once and "
+        "the sub-agent's answer arrives later as a <subagent> message; meanwhile you can go on."
     ),
     input_schema={
         "type": "object",
@@ -47,12 +53,19 @@ SPAWN_AGENT_DEFINITION = ToolDefinition(
                 "minimum": 1,
                 "description": "Most model turns the sub-agent may take; small tasks need few.",
             },
+            "background": {
+                "type": "boolean",
+                "default": False,
+                "description": (
+                    "If true, return a receipt at once; the sub-agent's answer arrives later as a message."
+                ),
+            },
         },
         "required": ["task"],
         "additionalProperties": False,
     },
 )
-"""The ``spawn_agent(task, system_prompt?, tools?, max_rounds?)`` tool."""
+"""The ``spawn_agent(task, system_prompt?, tools?, max_rounds?, background?)`` tool."""
 
 RUN_AGENT_DEFINITION = ToolDefinition(
     name="run_agent",
@@ -76,3 +89,34 @@ RUN_AGENT_DEFINITION = ToolDefinition(
     },
 )
 """The ``run_agent(spec, input)`` tool: run a declared :class:`AgentSpec` by name."""
+
+LIST_BACKGROUND_AGENTS_DEFINITION = ToolDefinition(
+    name="list_background_agents",
+    description=(
+        "List the sub-agents you started in the background: their session id, name and status "
+        "(running, delivered: its answer was given to you, or stopped)."
+    ),
+    input_schema={"type": "object", "properties": {}, "additionalProperties": False},
+)
+"""The ``list_background_agents()`` tool."""
+
+STOP_BACKGROUND_AGENT_DEFINITION = ToolDefinition(
+    name="stop_background_agent",
+    description=(
+        "Stop a sub-agent you started in the background, when its work is no longer needed. "
+        "Its answer will not be delivered."
+    ),
+    input_schema={
+        "type": "object",
+        "properties": {
+            "session_id": {
+                "type": "string",
+                "minLength": 1,
+                "description": "The sub-agent's session id, from its receipt or list_background_agents.",
+            }
+        },
+        "required": ["session_id"],
+        "additionalProperties": False,
+    },
+)
+"""The ``stop_background_agent(session_id)`` tool."""

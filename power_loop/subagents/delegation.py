@@ -21,7 +21,12 @@ from ..results import SubagentResult
 from ..tools.context import ToolContext, current_tool_context
 from ..tools.definition import ToolDefinition
 from ..tools.registry import ToolRegistry
-from .definitions import RUN_AGENT_DEFINITION, SPAWN_AGENT_DEFINITION
+from .definitions import (
+    LIST_BACKGROUND_AGENTS_DEFINITION,
+    RUN_AGENT_DEFINITION,
+    SPAWN_AGENT_DEFINITION,
+    STOP_BACKGROUND_AGENT_DEFINITION,
+)
 from .spec import AgentSpec, load_agent_specs
 
 __all__ = ["register_spawn_agent", "run_agent_spec"]
@@ -35,14 +40,18 @@ def register_spawn_agent(
     include_run_agent: bool = True,
     overwrite: bool = False,
     specs: SpecSource | None = None,
+    include_background: bool = True,
 ) -> ToolRegistry:
     """Add the delegation tools to ``registry`` and return it.
 
-    ``spawn_agent(task, system_prompt?, tools?, max_rounds?)`` runs an ad-hoc
-    child; ``run_agent(spec, input)`` (with ``include_run_agent``) runs one of the predefined
-    agents in ``specs``: a mapping of names to :class:`AgentSpec`, specs, or a directory of
-    spec files (see :func:`load_agent_specs`). The ``run_agent`` description lists their names
-    and roles, so the model knows what it can call.
+    ``spawn_agent(task, system_prompt?, tools?, max_rounds?, background?)`` runs an ad-hoc
+    child (with ``background=true``: started on its own, its answer delivered later as a
+    message); ``run_agent(spec, input)`` (with ``include_run_agent``) runs one of the
+    predefined agents in ``specs``: a mapping of names to :class:`AgentSpec`, specs, or a
+    directory of spec files (see :func:`load_agent_specs`). The ``run_agent`` description
+    lists their names and roles, so the model knows what it can call. With
+    ``include_background``, ``list_background_agents()`` and ``stop_background_agent(session_id)``
+    come too.
 
     Raises:
         ValueError: A tool of the same name is registered and not ``overwrite``.
@@ -50,6 +59,9 @@ def register_spawn_agent(
             a name.
     """
     registry.register(SPAWN_AGENT_DEFINITION, _spawn_agent, overwrite=overwrite)
+    if include_background:
+        registry.register(LIST_BACKGROUND_AGENTS_DEFINITION, _list_background_agents, overwrite=overwrite)
+        registry.register(STOP_BACKGROUND_AGENT_DEFINITION, _stop_background_agent, overwrite=overwrite)
     if include_run_agent:
         catalog = _catalog(specs)
         definition = _run_agent_definition(catalog)
@@ -106,9 +118,34 @@ async def _spawn_agent(
     system_prompt: str | None = None,
     tools: list[str] | None = None,
     max_rounds: int | None = None,
+    background: bool = False,
 ) -> str:
+    if background:
+        receipt = await ctx.subagents.start(task, system_prompt=system_prompt, tools=tools, max_rounds=max_rounds)
+        if not receipt.started:
+            return (
+                f"Sub-agent {receipt.session_id} was already started for this call; its answer will arrive "
+                "as a message."
+            )
+        return (
+            f"Started sub-agent {receipt.session_id} in the background. Its answer will arrive as a "
+            "<subagent> message; go on with other work meanwhile."
+        )
     result = await ctx.subagents.run(task, system_prompt=system_prompt, tools=tools, max_rounds=max_rounds)
     return _for_model(result)
+
+
+async def _list_background_agents(ctx: ToolContext) -> str:
+    children = await ctx.subagents.background()
+    if not children:
+        return "You have no background sub-agents."
+    return "\n".join(f"{c.session_id} ({c.name}): {c.status}" for c in children)
+
+
+async def _stop_background_agent(session_id: str, ctx: ToolContext) -> str:
+    if await ctx.subagents.stop(session_id):
+        return f"Stopped sub-agent {session_id}; its answer will not be delivered."
+    return f"{session_id} is not one of your running background sub-agents (see list_background_agents)."
 
 
 async def _run_spec(ctx: ToolContext, spec: AgentSpec, task: str) -> SubagentResult:

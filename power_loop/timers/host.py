@@ -20,8 +20,8 @@ __all__ = ["TimerHost"]
 
 class TimerHost(Protocol):
     """What a ``TimerRunner`` uses of its loop: the store holding the timers, the hooks
-    (``TIMER_FIRE``), a way to run a session, one to publish its events, and news of timers
-    scheduled in this process."""
+    (``TIMER_FIRE``), ways to run a session (wake it, or resume a background sub-agent), one to
+    publish its events, and news of timers scheduled in this process."""
 
     @property
     def store(self) -> SessionStoreProtocol:
@@ -36,6 +36,11 @@ class TimerHost(Protocol):
     async def wake(self, session_id: str) -> StatefulResult:
         """Run the session so it reads its inbox; raise ``SessionBusyError`` when another run
         holds it and ``SessionPendingError`` when it awaits ``resume``."""
+        ...
+
+    async def resume(self, session_id: str) -> StatefulResult:
+        """Run the session's unanswered tool calls, then continue it (a background sub-agent
+        whose process died); raise ``SessionBusyError`` when another run holds it."""
         ...
 
     async def publish_session_event(

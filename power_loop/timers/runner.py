@@ -219,6 +219,10 @@ class TimerRunner:
     async def _recover_orphans(self) -> None:
         for session_id in await self.loop.store.orphan_inboxes(limit=self.batch):
             self._start_wake(session_id)
+        # Background sub-agents whose process died mid-run: resumed here, so their answer
+        # still reaches their parent.
+        for session_id in await self.loop.store.orphan_subagents(limit=self.batch):
+            self._start_wake(session_id, resume=True)
 
     async def _run_forever(self) -> None:
         assert self._kick is not None
@@ -359,9 +363,10 @@ class TimerRunner:
         except Exception:
             log.exception("a timer_fired subscriber failed (timer %s of %s)", timer.timer_id, timer.session_id)
 
-    def _start_wake(self, session_id: str) -> None:
-        """Run the session so it reads its inbox, as a task of its own (a slow run never holds
-        up the next delivery). Wake-ups of one session delivered together start one run."""
+    def _start_wake(self, session_id: str, *, resume: bool = False) -> None:
+        """Run the session so it reads its inbox (or, with ``resume``, so a background
+        sub-agent goes on), as a task of its own (a slow run never holds up the next delivery).
+        Wake-ups of one session delivered together start one run."""
         if session_id in self._waking:
             return
         self._waking.add(session_id)
@@ -369,7 +374,10 @@ class TimerRunner:
         async def wake() -> None:
             self._waking.discard(session_id)
             try:
-                await self.loop.wake(session_id)
+                if resume:
+                    await self.loop.resume(session_id)
+                else:
+                    await self.loop.wake(session_id)
             except (SessionBusyError, SessionPendingError):
                 pass  # another run holds it (and drains the inbox), or it awaits resume
             except PowerLoopError as exc:

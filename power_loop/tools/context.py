@@ -24,8 +24,8 @@ from typing import Protocol, runtime_checkable
 
 from ..errors import ToolError
 from ..messages import Message
-from ..results import FollowUpQueued, StatefulResult, SubagentResult
-from ..store.rows import TimerRow
+from ..results import FollowUpQueued, StatefulResult, SubagentReceipt, SubagentResult
+from ..store.rows import BackgroundChild, TimerRow
 
 __all__ = [
     "AgentLoopHandle",
@@ -121,6 +121,43 @@ class SubagentSpawner(Protocol):
             SubagentRefused: The depth limit is reached, or ``tools`` names a tool the calling
                 round was not offered (the message tells the model what to do instead).
         """
+        ...
+
+    async def start(
+        self,
+        task: str,
+        *,
+        system_prompt: str | None = None,
+        name: str = "subagent",
+        tools: Sequence[str] | None = None,
+        max_rounds: int | None = None,
+        max_tokens: int | None = None,
+        temperature: float | None = None,
+        model: str | None = None,
+        lifecycle: str = "linked",
+        metadata: Mapping[str, object] | None = None,
+    ) -> SubagentReceipt:
+        """Start ``task`` in a new child session in the background and return at once.
+
+        The child runs on its own (in this process; after a restart, resumed by the
+        ``TimerRunner`` of any process on the store). Its answer is delivered exactly once
+        into the calling session's inbox, as ``<subagent session=... status=...>``: the
+        running run reads it at its next round, an idle session is woken to read it. The
+        child takes the calling run's tools (narrowed to ``tools``), model and what its
+        budget has left when it starts; it is not stopped with the calling run.
+
+        Raises:
+            SubagentRefused: As for :meth:`run`.
+        """
+        ...
+
+    async def background(self) -> list[BackgroundChild]:
+        """The calling session's background sub-agents, oldest first."""
+        ...
+
+    async def stop(self, session_id: str) -> bool:
+        """Stop a running background sub-agent of the calling session: it is not resumed and
+        its answer is not delivered. False when it is no running child of the session."""
         ...
 
 
