@@ -43,6 +43,7 @@ SCENARIOS = [
     "cold_start",
     "timers",
     "storage",
+    "subagent_spawn",
 ]
 LEGACY_VENV = HERE / ".cache" / "venv-0.11"
 TIMEOUT_S = 600
@@ -240,6 +241,14 @@ def check_targets(results: dict[str, dict[str, Any]]) -> list[tuple[bool, str]]:
     if "cold_start" in results:
         imp = median(results["cold_start"], "import_ms")
         check(imp <= 200, f"cold start: import power_loop {imp:.0f} ms (target <= 200)")
+    if "subagent_spawn" in results:
+        spawn = median(results["subagent_spawn"], "spawn_overhead_ms")
+        send = median(results["subagent_spawn"], "spawn_send_ms")
+        check(
+            spawn <= 10,
+            f"sub-agents: a spawn costs {spawn:.1f} ms over its model calls (send with a child {send:.1f} ms; "
+            "target <= 10)",
+        )
     checks.extend(storage_checks(results))
     checks.extend(compare_transports(results))
     return checks

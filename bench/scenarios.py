@@ -802,5 +802,67 @@ SCENARIOS["storage"] = storage
 LEGACY_SAFE.add("storage")
 
 
+async def subagent_spawn(url: str, reps: int, quick: bool) -> dict[str, Any]:
+    """What a sub-agent spawn costs beyond its model calls.
+
+    Three kinds of sends on one loop, interleaved: a text answer (one model call), a tool round
+    trip (two), and a tool that hands a task to an ephemeral child (three: the parent's call,
+    the child's answer, the parent's answer). The spawn's own cost is the third minus the
+    first two: creating, running, ending and deleting the child session.
+    """
+    from power_loop import StatefulAgentLoop, ToolContext, ToolRegistry, tool
+
+    # @tool resolves the (string) annotations in this module's globals; power_loop is imported
+    # lazily here so the 0.11 scenarios run on 0.11's interpreter.
+    globals()["ToolContext"] = ToolContext
+
+    @tool
+    def lookup(query: str = "x") -> str:
+        """Look something up.
+
+        Args:
+            query: What to look up.
+        """
+        return "42"
+
+    @tool
+    async def delegate(ctx: ToolContext, task: str = "look it up") -> str:
+        """Hand a task to a sub-agent.
+
+        Args:
+            task: The task.
+        """
+        return (await ctx.subagents.run(task, tools=[])).final_text
+
+    registry = ToolRegistry([lookup, delegate])
+    sends = 20 if quick else 100
+    out: dict[str, list[float]] = {"text_ms": [], "tool_ms": [], "spawn_send_ms": [], "spawn_overhead_ms": []}
+    llm = new_llm()
+    with tempfile.TemporaryDirectory() as tmp:
+        db = os.path.join(tmp, "bench.db")
+        async with StatefulAgentLoop(llm=llm, db_path=db, tool_registry=registry) as loop:
+            for i in range(10):
+                await loop.send(f"warm {i}", session_id=await loop.new_session_async(), tools=["delegate"])
+            for _rep in range(reps):
+                timings: dict[str, float] = {"text": 0.0, "tool": 0.0, "spawn": 0.0}
+                for i in range(sends):
+                    # Each measured send is the first of a fresh session: the same history size.
+                    for kind, tools in (("text", []), ("tool", ["lookup"]), ("spawn", ["delegate"])):
+                        sid = await loop.new_session_async()
+                        started = time.perf_counter()
+                        result = await loop.send(f"{kind} {i}", session_id=sid, tools=tools)
+                        timings[kind] += time.perf_counter() - started
+                        assert result.status == "completed", result
+                text, tool_, spawn = (timings[k] / sends * 1000 for k in ("text", "tool", "spawn"))
+                out["text_ms"].append(text)
+                out["tool_ms"].append(tool_)
+                out["spawn_send_ms"].append(spawn)
+                out["spawn_overhead_ms"].append(spawn - tool_ - text)
+    await llm.aclose()  # type: ignore[attr-defined]
+    return {"sends": sends, **out}
+
+
+SCENARIOS["subagent_spawn"] = subagent_spawn
+
 if __name__ == "__main__":
     sys.exit(main())
