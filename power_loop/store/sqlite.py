@@ -202,8 +202,8 @@ class SQLiteSessionStore(SQLiteFileStore, Store011Methods):
             )
         if session_id is not None and session_id != sid:
             raise TypeError(f"create_session got two session ids: {sid!r} and session_id={session_id!r}")
-        extra = {"model": model, "config_json": _config_json(config), "spawn_tool_call_id": spawn_tool_call_id}
         meta = check_metadata(metadata)
+        extra = {"model": model, "config_json": _config_json(config), "spawn_tool_call_id": spawn_tool_call_id}
         return self._call(_creator(sid, meta, system_prompt, parent_session_id, kind, lifecycle, depth, extra))
 
     def create_session_sync(
@@ -217,11 +217,9 @@ class SQLiteSessionStore(SQLiteFileStore, Store011Methods):
         lifecycle: str | None = None,
         depth: int = 0,
     ) -> None:
-        """Blocking twin of :meth:`create_session` (its id-first form), in the calling thread.
-
-        Not declared with :func:`store_op`: ``create_session`` also carries 0.11's keyword
-        form; both build the same transaction (``_creator``).
-        """
+        """Blocking twin of :meth:`create_session` (its id-first form), in the calling thread."""
+        # Not a store_op twin: create_session also carries 0.11's keyword form. Both forms
+        # build the same transaction (_creator).
         meta = check_metadata(metadata)
         self._call_sync(_creator(session_id, meta, system_prompt, parent_session_id, kind, lifecycle, depth, None))
 
