@@ -2,7 +2,8 @@
 
 0.11's store was synchronous; so are these methods (each one transaction on a short-lived
 connection, like the other ``*_sync`` conveniences: for setup and tooling, not a request's hot
-path). Most have an ``*_async`` twin that runs on the store's worker thread.
+path). The readers and ``append_message`` have an ``*_async`` twin that runs on the store's
+worker thread; each pair is declared once (:func:`._twins.store_op`).
 
 Writers go through the engine's own write path: the same transaction rules, the same checks
 (no live run holds the session, tool calls stay paired with their results) and a version bump
@@ -25,6 +26,7 @@ from . import _sql
 from . import _timers_sql as _timers
 from ._compat_sql import UnsupportedStoreCallError
 from ._sqlite_tx import SQLiteTx
+from ._twins import TxFn, store_op
 from .rows import (
     CompactionRow,
     MessageRow,
@@ -125,13 +127,12 @@ class Store011Methods:
         self._call_sync(create)
         return sid
 
-    def list_children(self, parent_session_id: str) -> list[SessionRow]:
-        """Direct sub-agent sessions of a session, oldest first (0.11 API; blocking)."""
-        return self._call_sync(lambda c: _c.list_children(c, parent_session_id), tx=False)
+    @store_op(tx=False)
+    def list_children_async(self, parent_session_id: str) -> TxFn[list[SessionRow]]:
+        """Direct sub-agent sessions of a session, oldest first."""
+        return lambda c: _c.list_children(c, parent_session_id)
 
-    async def list_children_async(self, parent_session_id: str) -> list[SessionRow]:
-        """Async twin of :meth:`list_children`."""
-        return await self._call(lambda c: _c.list_children(c, parent_session_id), tx=False)
+    list_children = list_children_async.blocking()  # 0.11 API
 
     def archive_session(self, session_id: str) -> None:
         """Mark a session :attr:`SessionStatus.ARCHIVED` (a label: it keeps working).
@@ -161,7 +162,8 @@ class Store011Methods:
 
     # ------------------------------------------------------------------ messages
 
-    def append_message(
+    @store_op()
+    def append_message_async(
         self,
         session_id: str,
         *,
@@ -172,7 +174,7 @@ class Store011Methods:
         name: str | None = None,
         round_index: int | None = None,
         meta: dict[str, Any] | None = None,
-    ) -> int:
+    ) -> TxFn[int]:
         """Append one message through the engine's write path and return its seq.
 
         ``round_index`` and ``meta`` are accepted for 0.11 compatibility and not kept. An
@@ -187,49 +189,32 @@ class Store011Methods:
             ValueError: Not a valid message, or a tool result no unanswered call expects.
         """
         data = _message_dict(role, content, tool_calls, tool_call_id, name)
-        return self._call_sync(lambda c: _c.append_message(c, session_id, data))
+        return lambda c: _c.append_message(c, session_id, data)
 
-    async def append_message_async(
-        self,
-        session_id: str,
-        *,
-        role: str,
-        content: Any = None,
-        tool_calls: list[dict[str, Any]] | None = None,
-        tool_call_id: str | None = None,
-        name: str | None = None,
-        round_index: int | None = None,
-        meta: dict[str, Any] | None = None,
-    ) -> int:
-        """Async twin of :meth:`append_message`."""
-        data = _message_dict(role, content, tool_calls, tool_call_id, name)
-        return await self._call(lambda c: _c.append_message(c, session_id, data))
+    append_message = append_message_async.blocking()  # 0.11 API
 
-    def get_message(self, session_id: str, seq: int) -> MessageRow | None:
-        """One stored message as a :class:`MessageRow`, or None (0.11 API; blocking)."""
-        return self._call_sync(lambda c: _c.get_message(c, session_id, seq), tx=False)
+    @store_op(tx=False)
+    def get_message_async(self, session_id: str, seq: int) -> TxFn[MessageRow | None]:
+        """One stored message as a :class:`MessageRow`, or None."""
+        return lambda c: _c.get_message(c, session_id, seq)
 
-    async def get_message_async(self, session_id: str, seq: int) -> MessageRow | None:
-        """Async twin of :meth:`get_message`."""
-        return await self._call(lambda c: _c.get_message(c, session_id, seq), tx=False)
+    get_message = get_message_async.blocking()  # 0.11 API
 
-    def load_all_messages(self, session_id: str) -> list[MessageRow]:
+    @store_op(tx=False)
+    def load_all_messages_async(self, session_id: str) -> TxFn[list[MessageRow]]:
         """Every stored message of a session, folded ones included (``state`` says which), by seq.
         Compaction summaries are not message rows here; see :meth:`list_compactions`."""
-        return self._call_sync(lambda c: _c.load_all_messages(c, session_id), tx=False)
+        return lambda c: _c.load_all_messages(c, session_id)
 
-    async def load_all_messages_async(self, session_id: str) -> list[MessageRow]:
-        """Async twin of :meth:`load_all_messages`."""
-        return await self._call(lambda c: _c.load_all_messages(c, session_id), tx=False)
+    load_all_messages = load_all_messages_async.blocking()  # 0.11 API
 
-    def load_active_messages(self, session_id: str) -> list[MessageRow]:
+    @store_op(tx=False)
+    def load_active_messages_async(self, session_id: str) -> TxFn[list[MessageRow]]:
         """The context the next run loads: the latest compaction summary (a ``system`` row
         named ``compact_note``), then every message not folded, by seq."""
-        return self._call_sync(lambda c: _c.load_active_messages(c, session_id), tx=False)
+        return lambda c: _c.load_active_messages(c, session_id)
 
-    async def load_active_messages_async(self, session_id: str) -> list[MessageRow]:
-        """Async twin of :meth:`load_active_messages`."""
-        return await self._call(lambda c: _c.load_active_messages(c, session_id), tx=False)
+    load_active_messages = load_active_messages_async.blocking()  # 0.11 API
 
     # ------------------------------------------------------------------ compaction and state
 
@@ -269,22 +254,20 @@ class Store011Methods:
             )
         )
 
-    def list_compactions(self, session_id: str) -> list[CompactionRow]:
+    @store_op(tx=False)
+    def list_compactions_async(self, session_id: str) -> TxFn[list[CompactionRow]]:
         """The session's compactions, oldest first."""
-        return self._call_sync(lambda c: _c.list_compactions(c, session_id), tx=False)
+        return lambda c: _c.list_compactions(c, session_id)
 
-    async def list_compactions_async(self, session_id: str) -> list[CompactionRow]:
-        """Async twin of :meth:`list_compactions`."""
-        return await self._call(lambda c: _c.list_compactions(c, session_id), tx=False)
+    list_compactions = list_compactions_async.blocking()  # 0.11 API
 
-    def get_state(self, session_id: str) -> SessionStateRow | None:
+    @store_op(tx=False)
+    def get_state_async(self, session_id: str) -> TxFn[SessionStateRow | None]:
         """The session's run state (next seq, last round, compactions, unanswered calls), or
         None for an unknown session."""
-        return self._call_sync(lambda c: _c.get_state(c, session_id), tx=False)
+        return lambda c: _c.get_state(c, session_id)
 
-    async def get_state_async(self, session_id: str) -> SessionStateRow | None:
-        """Async twin of :meth:`get_state`."""
-        return await self._call(lambda c: _c.get_state(c, session_id), tx=False)
+    get_state = get_state_async.blocking()  # 0.11 API
 
     def set_pending(self, session_id: str, pending: dict[str, Any] | None) -> None:
         """Not supported: unanswered calls are derived from the stored messages.
@@ -375,22 +358,20 @@ class Store011Methods:
             )
         )
 
-    def get_timer(self, session_id: str, timer_id: int) -> TimerRow | None:
+    @store_op(tx=False)
+    def get_timer_async(self, session_id: str, timer_id: int) -> TxFn[TimerRow | None]:
         """One timer of a session, or None."""
-        return self._call_sync(lambda c: _c.get_timer(c, session_id, timer_id), tx=False)
+        return lambda c: _c.get_timer(c, session_id, timer_id)
 
-    async def get_timer_async(self, session_id: str, timer_id: int) -> TimerRow | None:
-        """Async twin of :meth:`get_timer`."""
-        return await self._call(lambda c: _c.get_timer(c, session_id, timer_id), tx=False)
+    get_timer = get_timer_async.blocking()  # 0.11 API
 
-    def due_timers(self, *, now: int | None = None, limit: int = 50) -> list[TimerRow]:
+    @store_op(tx=False)
+    def due_timers_async(self, *, now: int | None = None, limit: int = 50) -> TxFn[list[TimerRow]]:
         """Armed timers of every session due by ``now`` (epoch ms, default the current time),
         oldest first, at most ``limit``. Reading only: the timer runner delivers them."""
-        return self._call_sync(lambda c: _c.due_timers(c, now=now, limit=limit), tx=False)
+        return lambda c: _c.due_timers(c, now=now, limit=limit)
 
-    async def due_timers_async(self, *, now: int | None = None, limit: int = 50) -> list[TimerRow]:
-        """Async twin of :meth:`due_timers`."""
-        return await self._call(lambda c: _c.due_timers(c, now=now, limit=limit), tx=False)
+    due_timers = due_timers_async.blocking()  # 0.11 API
 
     def transition_timer(
         self, session_id: str, timer_id: int, *, from_status: str, to_status: str, due_at: int | None = None

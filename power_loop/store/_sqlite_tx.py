@@ -3,7 +3,8 @@
 
 Rows come back as ``sqlite3.Row`` (readable by column name and by position), set per cursor
 so the connection itself keeps returning tuples to anyone else using it. Opening and ending
-the transaction (``BEGIN IMMEDIATE``/``COMMIT``) is the store's business, not this class's.
+the transaction (``BEGIN IMMEDIATE``/``COMMIT``) is :func:`transaction`'s business, not this
+class's.
 
 The rules use ``UPDATE ... RETURNING`` (SQLite 3.35 and later, PostgreSQL). On an older
 SQLite the statement runs as the ``UPDATE`` followed by a ``SELECT`` of the returned columns
@@ -14,10 +15,14 @@ match the row by its key, which the update does not change.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterable, Sequence
-from typing import Any, ClassVar
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, ClassVar, TypeVar
 
-__all__ = ["SQLiteTx"]
+from ._pragmas import rollback
+
+__all__ = ["SQLiteTx", "transaction"]
+
+T = TypeVar("T")
 
 _RETURNING = " RETURNING "
 
@@ -55,3 +60,20 @@ class SQLiteTx:
     def executemany(self, sql: str, params: Iterable[Sequence[Any]]) -> sqlite3.Cursor:
         """Run one statement once per parameter tuple."""
         return self.conn.executemany(sql, params)
+
+
+def transaction(conn: sqlite3.Connection, fn: Callable[[SQLiteTx], T]) -> T:
+    """Run ``fn`` in a ``BEGIN IMMEDIATE`` transaction: commit on success, roll back on error
+    (a failed ``COMMIT`` included).
+
+    ``IMMEDIATE`` takes SQLite's write lock at once, so a transaction never fails half-way
+    on a lock upgrade; the rules do not depend on it for correctness (see ``protocols.py``).
+    """
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        result = fn(SQLiteTx(conn))
+        conn.execute("COMMIT")
+    except BaseException:
+        rollback(conn)
+        raise
+    return result

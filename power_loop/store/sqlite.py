@@ -1,51 +1,38 @@
-"""The SQLite session store, asynchronous through ``aiosqlite``.
+"""The SQLite session store, asynchronous through ``aiosqlite``: the operations.
 
 Guarantees:
 
-* One writer connection per store, in WAL mode with ``synchronous=NORMAL``, foreign keys on,
-  and a ``busy_timeout`` for other processes sharing the file.
 * Every store call is one transaction executed entirely on aiosqlite's worker thread in a
-  single hop: statements are never interleaved with another coroutine's transaction, the
-  event loop never waits on SQLite, and no transaction stays open across an ``await``.
-* The sync conveniences (``*_sync`` methods, used by the 0.11 sync API such as
-  ``loop.new_session``) open a short-lived connection in the calling thread. They are meant
-  for setup and tooling, not for a request's hot path; every one has an async twin.
-* Only the store's first opening may create the file (and its directory); it never leaves a
-  file without the schema behind. Every write transaction checks, before ``BEGIN`` and after
-  its ``COMMIT``, that the path still names the file opened (a ``stat`` each, under a
-  microsecond); if the file was deleted, moved or
-  replaced, the call raises :class:`~power_loop.errors.StoreFileGoneError` instead of
-  reporting a write that is not durable at the path.
-* SQLite faults are translated once (``_faults.store_error``) into the ``StoreError`` family,
-  with the path and what to do, and the ``sqlite3`` exception as ``__cause__``.
+  single hop (:mod:`._sqlite_conn`): statements are never interleaved with another
+  coroutine's transaction, the event loop never waits on SQLite, and no transaction stays
+  open across an ``await``.
+* Each operation with a blocking twin is declared once (:mod:`._twins`): one method gives
+  ``await store.x(...)`` and ``store.x_sync(...)`` (or 0.11's sync ``x`` and ``x_async``),
+  with the same parameters, the same transaction and the same checks. The blocking twins
+  open a short-lived connection in the calling thread; they are meant for setup and
+  tooling, not for a request's hot path.
+* The connections, the worker thread and the file checks (the path must keep naming the
+  file first opened) live in :mod:`._sqlite_conn`; ``BEGIN IMMEDIATE`` in :mod:`._sqlite_tx`;
+  the rules in the ``_*_sql`` modules; 0.11's extra methods in :mod:`._compat`.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import sqlite3
-import threading
 import types
-import warnings
-import weakref
-from collections.abc import Callable, Coroutine, Generator, Mapping, Sequence
-from contextlib import closing, suppress
-from functools import partial
-from pathlib import Path
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from typing import Any, Generic, TypeVar, overload
 
-import aiosqlite
-
-from ..errors import PowerLoopError, StoreError
+from ..errors import StoreError
 from . import _compat_sql, _leases, _sql
 from . import _subagents_sql as _subagents
 from . import _timers_sql as _timers
 from ._compat import Store011Methods
-from ._faults import FileId, file_id, gone_error, path_changed, store_error
-from ._pragmas import rollback
-from ._sqlite_tx import SQLiteTx
+from ._sqlite_conn import SQLiteFileStore, connection_file
+from ._sqlite_tx import SQLiteTx, transaction
+from ._twins import TxFn, store_op
 from .rows import (
     BackgroundChild,
     BeginOutcome,
@@ -61,22 +48,10 @@ from .rows import (
     WriteOutcome,
     check_metadata,
 )
-from .schema import migrate, schema_version
 
-__all__ = ["SQLiteSessionStore"]
-
-T = TypeVar("T")
+__all__ = ["DEFAULT_DB_PATH", "SQLiteSessionStore", "SessionStore", "transaction"]
 
 DEFAULT_DB_PATH = "./power_loop_sessions.db"
-
-
-def _configure(conn: sqlite3.Connection, busy_timeout_ms: int) -> None:
-    conn.execute(f"PRAGMA busy_timeout = {busy_timeout_ms}")
-    conn.execute("PRAGMA foreign_keys = ON")
-    if conn.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
-        conn.execute("PRAGMA journal_mode = WAL")
-    conn.execute("PRAGMA synchronous = NORMAL")
-
 
 S = TypeVar("S", bound="SQLiteSessionStore")
 
@@ -105,27 +80,7 @@ def _open_sync(cls: type[S], path: str | os.PathLike[str] = DEFAULT_DB_PATH) -> 
     return store
 
 
-class _Closed(Coroutine[Any, None, None]):
-    """What ``close()`` returns when nothing is left to close: awaitable (``await
-    store.close()``), runnable by ``asyncio.run``, and harmless when dropped unawaited (0.11's
-    ``store.close()`` was synchronous)."""
-
-    __slots__ = ()
-
-    def send(self, value: None) -> None:
-        raise StopIteration
-
-    def throw(self, *args: Any) -> None:
-        raise StopIteration
-
-    def close(self) -> None:
-        return None
-
-    def __await__(self) -> Generator[Any, None, None]:
-        return iter(())  # type: ignore[return-value]
-
-
-class SQLiteSessionStore(Store011Methods):
+class SQLiteSessionStore(SQLiteFileStore, Store011Methods):
     """Sessions, messages, tool calls, usage, stats, leases and inbox in one SQLite file.
 
     Args:
@@ -156,215 +111,18 @@ class SQLiteSessionStore(Store011Methods):
         if isinstance(path, sqlite3.Connection):
             path, conn = conn, path
         if isinstance(conn, sqlite3.Connection):
-            path = _connection_file(conn) if path is None else path
+            path = connection_file(conn) if path is None else path
         elif conn is not None:
             raise TypeError(f"conn must be an sqlite3.Connection, not {type(conn).__name__}")
         if path is None:
             path = DEFAULT_DB_PATH
-        self.path = str(path)
-        if self.path == ":memory:" or self.path.startswith("file::memory:"):
+        text = str(path)
+        if text == ":memory:" or text.startswith("file::memory:"):
             raise StoreError("SQLiteSessionStore needs a file path; use a temporary file for throwaway stores")
-        self.busy_timeout_ms = int(busy_timeout_s * 1000)
-        # Pinned at construction, so a later chdir cannot point the store at another file.
-        self._abs_path = os.path.abspath(self.path)
-        self._db: aiosqlite.Connection | None = None
-        self._open_lock: asyncio.Lock | None = None
-        self._file_id: FileId | None = None  # set by the first opening, then checked
-        self._first_open_lock = threading.Lock()
-        self._closed = False
+        super().__init__(text, int(busy_timeout_s * 1000))
 
     def __repr__(self) -> str:
         return f"SQLiteSessionStore({self.path!r})"
-
-    # ------------------------------------------------------------------ lifecycle
-
-    def _connect(self) -> sqlite3.Connection:
-        """A configured connection to this store's file (on the thread that will own it).
-
-        The first opening creates the directory and the file when missing and migrates the
-        schema; later ones (sync conveniences, a reopened writer) never create anything:
-        they open the existing file read-write and check it is the one first opened.
-
-        Raises:
-            StoreError: The file is gone, unreadable or not a database (see ``_fault``).
-        """
-        try:
-            if self._file_id is None:
-                with self._first_open_lock:
-                    if self._file_id is None:
-                        return self._first_connect()
-            conn = self._sqlite_connect("rw")
-            try:
-                _configure(conn, self.busy_timeout_ms)
-                self._check_file()
-            except BaseException:
-                conn.close()
-                raise
-            return conn
-        except sqlite3.Error as exc:
-            raise self._fault(exc) from exc
-
-    def _sqlite_connect(self, mode: str) -> sqlite3.Connection:
-        uri = f"{Path(self._abs_path).as_uri()}?mode={mode}"
-        return sqlite3.connect(uri, uri=True, isolation_level=None, timeout=self.busy_timeout_ms / 1000)
-
-    def _first_connect(self) -> sqlite3.Connection:
-        try:
-            Path(self._abs_path).parent.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise store_error(exc, self._abs_path) from exc
-        existed = file_id(self._abs_path) is not None
-        conn = self._sqlite_connect("rwc")
-        try:
-            _configure(conn, self.busy_timeout_ms)
-            migrate(conn, path=self.path)
-            opened = file_id(self._abs_path)
-            if opened is None:
-                raise gone_error(self._abs_path, "no longer exists")
-        except BaseException:
-            # Never leave a file without the schema behind: remove one this opening created.
-            created = not existed and _schema_less(conn)
-            conn.close()
-            if created:
-                for suffix in ("", "-wal", "-shm", "-journal"):
-                    with suppress(OSError):
-                        os.remove(self._abs_path + suffix)
-            raise
-        self._file_id = opened
-        return conn
-
-    def _moved(self) -> str | None:
-        """How the path stopped naming the file first opened, or None (one ``stat``)."""
-        opened = self._file_id
-        return path_changed(self._abs_path, opened) if opened is not None else None
-
-    def _check_file(self) -> None:
-        """Raise StoreFileGoneError when the path no longer names the file first opened."""
-        how = self._moved()
-        if how is not None:
-            raise gone_error(self._abs_path, how)
-
-    def _fault(self, exc: sqlite3.Error) -> StoreError:
-        """The StoreError for an SQLite fault; a vanished file explains any fault best."""
-        how = self._moved()
-        return gone_error(self._abs_path, how) if how is not None else store_error(exc, self._abs_path)
-
-    def _run(self, fn: Callable[[SQLiteTx], T], tx: bool, conn: sqlite3.Connection) -> T:
-        """Run one store operation on ``conn``'s thread: the transaction, the fault mapping and
-        the check, after ``COMMIT``, that what was committed is in the file at the path."""
-        if tx:
-            # Do not even start writing into a file that is gone or replaced: the -wal file is
-            # found by name, so writes through the old inode would leak into the new file.
-            self._check_file()
-        try:
-            result = transaction(conn, fn) if tx else fn(SQLiteTx(conn))
-        except sqlite3.Error as exc:
-            raise self._fault(exc) from exc
-        except PowerLoopError as exc:
-            # A refused write (a lost lease, a busy session) on a file that has vanished: the
-            # vanished file is what the caller must deal with first.
-            how = self._moved()
-            if how is not None:
-                raise gone_error(self._abs_path, how) from exc
-            raise
-        except UnicodeEncodeError as exc:
-            # Free text is scrubbed before it is bound (``_sql.text``); what is left is a key
-            # (a session id, say) that holds a lone surrogate and cannot be changed silently.
-            # The transaction was rolled back.
-            raise ValueError(
-                f"cannot store {exc.object[max(0, exc.start - 20) : exc.end + 20]!r} in {self._abs_path}: it "
-                "holds a lone surrogate (a half of a UTF-16 pair, e.g. from os.fsdecode of non-UTF-8 bytes), "
-                "which is not valid UTF-8. Use an id or key made of valid text; nothing was stored."
-            ) from exc
-        self._check_file()
-        return result
-
-    async def _open_async(self) -> SQLiteSessionStore:
-        """Open the writer connection and migrate the schema (idempotent): ``await store.open()``."""
-        if self._db is not None:
-            return self
-        if self._closed:
-            raise StoreError(f"{self!r} is closed; create a new store to reopen the file")
-        if self._open_lock is None:
-            self._open_lock = asyncio.Lock()
-        async with self._open_lock:
-            if self._db is not None:
-                return self
-            # The whole opening (directory, file, pragmas, migrations) runs on the
-            # connection's worker thread, off the event loop.
-            db = aiosqlite.Connection(self._connect, 64)
-            worker = _worker_thread(db)
-            # A daemon thread: a program that never closes its loop (or raises with one open)
-            # still exits. Every store call is one transaction, so exiting loses nothing that
-            # was committed; the finalizer below closes the connection at exit when it can.
-            worker.daemon = True
-            try:
-                await db
-            except Exception:
-                # aiosqlite stops its worker thread on a failed connect; let it finish while
-                # this event loop still runs, so it does not outlive the loop.
-                for _ in range(1000):
-                    if not (isinstance(worker, threading.Thread) and worker.is_alive()):
-                        break
-                    await asyncio.sleep(0.001)
-                raise
-            self._db = db
-            self._finalizer = weakref.finalize(self, _stop_worker, db, worker, _EXIT_CLOSE_WAIT_S)
-        return self
-
-    def close(self) -> Coroutine[Any, Any, None]:
-        """Close the writer connection (pending store calls finish first): ``await store.close()``.
-
-        A store used only through its sync methods (0.11's ``SessionStore.open(path)``) has no
-        connection left open; ``store.close()`` without ``await`` is then complete as well.
-        """
-        self._closed = True
-        db, self._db = self._db, None
-        if db is None:
-            return _Closed()
-        return db.close()
-
-    def close_nowait(self) -> None:
-        """Close from synchronous code: queued store calls finish, then the connection closes."""
-        self._closed = True
-        db, self._db = self._db, None
-        if db is not None:
-            # Wait (briefly) for the worker to close the connection: called from async code
-            # just before the event loop ends (the 0.11 pattern), a worker still running
-            # afterwards would report to a closed loop.
-            _stop_worker(db, _worker_thread(db), _EXIT_CLOSE_WAIT_S)
-
-    async def __aenter__(self) -> SQLiteSessionStore:
-        return await self._open_async()
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
-
-    @property
-    def is_open(self) -> bool:
-        """True while the writer connection is open."""
-        return self._db is not None
-
-    # ------------------------------------------------------------------ execution
-
-    async def _call(self, fn: Callable[[SQLiteTx], T], *, tx: bool = True) -> T:
-        """Run ``fn`` on the writer connection's thread, in one transaction, in one hop.
-
-        aiosqlite executes every operation of a connection on one worker thread, in order.
-        Handing it a whole transaction (rather than one awaited statement at a time) keeps
-        transactions from interleaving between coroutines and means a write lock is never
-        held while the event loop is busy elsewhere.
-        """
-        db = self._db
-        if db is None:
-            await self._open_async()
-            db = self._db
-            assert db is not None
-        return await _in_worker(db, partial(self._run, fn, tx))
-
-    def _call_sync(self, fn: Callable[[SQLiteTx], T], *, tx: bool = True) -> T:
-        with closing(self._connect()) as conn:
-            return self._run(fn, tx, conn)
 
     # ------------------------------------------------------------------ sessions
 
@@ -448,22 +206,7 @@ class SQLiteSessionStore(Store011Methods):
             raise TypeError(f"create_session got two session ids: {sid!r} and session_id={session_id!r}")
         meta = check_metadata(metadata)
         extra = {"model": model, "config_json": _config_json(config), "spawn_tool_call_id": spawn_tool_call_id}
-
-        def create(c: SQLiteTx) -> None:
-            _sql.create_session(
-                c,
-                sid,
-                metadata=meta,
-                system_prompt=system_prompt,
-                parent_session_id=parent_session_id,
-                kind=kind,
-                lifecycle=lifecycle,
-                depth=depth,
-            )
-            if any(v is not None for v in extra.values()):
-                _compat_sql.set_compat_fields(c, sid, **extra)
-
-        return self._call(create)
+        return self._call(_creator(sid, meta, system_prompt, parent_session_id, kind, lifecycle, depth, extra))
 
     def create_session_sync(
         self,
@@ -476,50 +219,34 @@ class SQLiteSessionStore(Store011Methods):
         lifecycle: str | None = None,
         depth: int = 0,
     ) -> None:
-        """Blocking twin of :meth:`create_session`."""
+        """Blocking twin of :meth:`create_session` (its id-first form), in the calling thread."""
+        # Not a store_op twin: create_session also carries 0.11's keyword form. Both forms
+        # build the same transaction (_creator).
         meta = check_metadata(metadata)
-        self._call_sync(
-            lambda c: _sql.create_session(
-                c,
-                session_id,
-                metadata=meta,
-                system_prompt=system_prompt,
-                parent_session_id=parent_session_id,
-                kind=kind,
-                lifecycle=lifecycle,
-                depth=depth,
-            )
-        )
+        self._call_sync(_creator(session_id, meta, system_prompt, parent_session_id, kind, lifecycle, depth, None))
 
-    def get_session(self, session_id: str) -> SessionRow | None:
-        """The session row, or None (blocking; 0.11 API). See :meth:`get_session_async`."""
-        return self._call_sync(lambda c: _compat_sql.get_session(c, session_id), tx=False)
-
-    async def get_session_async(self, session_id: str) -> SessionRow | None:
+    @store_op(tx=False)
+    def get_session_async(self, session_id: str) -> TxFn[SessionRow | None]:
         """The session row, or None."""
-        return await self._call(lambda c: _compat_sql.get_session(c, session_id), tx=False)
+        return lambda c: _compat_sql.get_session(c, session_id)
 
-    async def delete_session(self, session_id: str, *, cascade: bool = True) -> int:
+    get_session = get_session_async.blocking()  # 0.11's blocking name
+
+    @store_op()
+    def delete_session(self, session_id: str, *, cascade: bool = True) -> TxFn[int]:
         """Delete a session (with its sub-agent sessions when ``cascade``); return the count."""
-        return await self._call(lambda c: _sql.delete_session(c, session_id, cascade=cascade))
+        return lambda c: _sql.delete_session(c, session_id, cascade=cascade)
 
-    def delete_session_sync(self, session_id: str, *, cascade: bool = True) -> int:
-        """Blocking twin of :meth:`delete_session`."""
-        return self._call_sync(lambda c: _sql.delete_session(c, session_id, cascade=cascade))
+    delete_session_sync = delete_session.blocking()
 
     # ------------------------------------------------------------------ history
 
-    async def load_messages(self, session_id: str, *, include_compacted: bool = False) -> list[StoredMessage]:
+    @store_op(tx=False)
+    def load_messages(self, session_id: str, *, include_compacted: bool = False) -> TxFn[list[StoredMessage]]:
         """The session's messages with seqs (folded rows only with ``include_compacted``)."""
-        return await self._call(
-            lambda c: _sql.load_history(c, session_id, include_compacted=include_compacted), tx=False
-        )
+        return lambda c: _sql.load_history(c, session_id, include_compacted=include_compacted)
 
-    def load_messages_sync(self, session_id: str, *, include_compacted: bool = False) -> list[StoredMessage]:
-        """Blocking twin of :meth:`load_messages`."""
-        return self._call_sync(
-            lambda c: _sql.load_history(c, session_id, include_compacted=include_compacted), tx=False
-        )
+    load_messages_sync = load_messages.blocking()
 
     async def prune_compacted(
         self, session_id: str | None = None, *, older_than_ms: int | None = None, keep_last: int | None = None
@@ -529,22 +256,20 @@ class SQLiteSessionStore(Store011Methods):
             lambda c: _sql.prune_compacted(c, session_id, older_than_ms=older_than_ms, keep_last=keep_last)
         )
 
-    async def get_pending(self, session_id: str) -> PendingState | None:
+    @store_op(tx=False)
+    def get_pending(self, session_id: str) -> TxFn[PendingState | None]:
         """Unanswered tool calls, or None."""
-        return await self._call(lambda c: _sql.pending_state(c, session_id), tx=False)
+        return lambda c: _sql.pending_state(c, session_id)
 
-    def get_pending_sync(self, session_id: str) -> PendingState | None:
-        """Blocking twin of :meth:`get_pending`."""
-        return self._call_sync(lambda c: _sql.pending_state(c, session_id), tx=False)
+    get_pending_sync = get_pending.blocking()
 
-    async def abort_pending(self, session_id: str, reason: str) -> int:
+    @store_op()
+    def abort_pending(self, session_id: str, reason: str) -> TxFn[int]:
         """Answer every unresolved call with ``<aborted: reason>`` (finished calls keep their
         stored result); return how many calls were answered."""
-        return await self._call(lambda c: _sql.abort_pending(c, session_id, reason))
+        return lambda c: _sql.abort_pending(c, session_id, reason)
 
-    def abort_pending_sync(self, session_id: str, reason: str) -> int:
-        """Blocking twin of :meth:`abort_pending`."""
-        return self._call_sync(lambda c: _sql.abort_pending(c, session_id, reason))
+    abort_pending_sync = abort_pending.blocking()
 
     async def answer_interaction(self, session_id: str, interaction_id: str, value: str) -> list[dict[str, Any]]:
         """Record the answer to a ``request_user_input`` question; return those still open.
@@ -603,7 +328,8 @@ class SQLiteSessionStore(Store011Methods):
 
     # ------------------------------------------------------------------ timers
 
-    async def schedule_timer(
+    @store_op()
+    def schedule_timer(
         self,
         session_id: str,
         *,
@@ -614,60 +340,40 @@ class SQLiteSessionStore(Store011Methods):
         until_at: int | None = None,
         max_live: int | None = None,
         origin: str | None = None,
-    ) -> TimerRow:
+    ) -> TxFn[TimerRow]:
         """Arm a timer (see ``StatefulAgentLoop.schedule_timer``); with ``origin``, return the
         timer armed earlier with the same origin instead of arming another."""
-        return await self._call(
-            lambda c: _timers.schedule_timer(
-                c,
-                session_id,
-                due_at=due_at,
-                note=note,
-                every_ms=every_ms,
-                count=count,
-                until_at=until_at,
-                max_live=max_live,
-                origin=origin,
-            )
+        return lambda c: _timers.schedule_timer(
+            c,
+            session_id,
+            due_at=due_at,
+            note=note,
+            every_ms=every_ms,
+            count=count,
+            until_at=until_at,
+            max_live=max_live,
+            origin=origin,
         )
 
-    def schedule_timer_sync(
-        self,
-        session_id: str,
-        *,
-        due_at: int,
-        note: str,
-        every_ms: int | None = None,
-        count: int | None = None,
-        until_at: int | None = None,
-    ) -> TimerRow:
-        """Blocking twin of :meth:`schedule_timer`."""
-        return self._call_sync(
-            lambda c: _timers.schedule_timer(
-                c, session_id, due_at=due_at, note=note, every_ms=every_ms, count=count, until_at=until_at
-            )
-        )
+    schedule_timer_sync = schedule_timer.blocking()
 
-    async def cancel_timer(self, session_id: str, timer_id: int) -> bool:
+    @store_op()
+    def cancel_timer(self, session_id: str, timer_id: int) -> TxFn[bool]:
         """Cancel an armed or in-flight timer."""
-        return await self._call(lambda c: _timers.cancel_timer(c, session_id, timer_id))
+        return lambda c: _timers.cancel_timer(c, session_id, timer_id)
 
-    def cancel_timer_sync(self, session_id: str, timer_id: int) -> bool:
-        """Blocking twin of :meth:`cancel_timer`."""
-        return self._call_sync(lambda c: _timers.cancel_timer(c, session_id, timer_id))
+    cancel_timer_sync = cancel_timer.blocking()
 
-    async def list_timers(self, session_id: str, *, statuses: Sequence[str] = ("armed", "firing")) -> list[TimerRow]:
+    @store_op(tx=False)
+    def list_timers(self, session_id: str, *, statuses: Sequence[str] = ("armed", "firing")) -> TxFn[list[TimerRow]]:
         """Timers of a session in ``statuses``, soonest first (default: armed and in flight).
 
         Statuses are ``armed``, ``claimed`` (0.11: ``firing``), ``fired`` and ``cancelled``.
         """
         wanted = _compat_sql.timer_statuses(statuses)
-        return await self._call(lambda c: _timers.list_timers(c, session_id, wanted), tx=False)
+        return lambda c: _timers.list_timers(c, session_id, wanted)
 
-    def list_timers_sync(self, session_id: str, *, statuses: Sequence[str] = ("armed", "firing")) -> list[TimerRow]:
-        """Blocking twin of :meth:`list_timers`."""
-        wanted = _compat_sql.timer_statuses(statuses)
-        return self._call_sync(lambda c: _timers.list_timers(c, session_id, wanted), tx=False)
+    list_timers_sync = list_timers.blocking()
 
     async def claim_due_timers(
         self, owner: str, *, lease_ms: int, limit: int, due_by: int | None = None
@@ -703,21 +409,19 @@ class SQLiteSessionStore(Store011Methods):
 
     # ------------------------------------------------------------------ stats
 
-    async def get_stats(self, session_id: str) -> SessionStatsRow | None:
+    @store_op(tx=False)
+    def get_stats(self, session_id: str) -> TxFn[SessionStatsRow | None]:
         """Stats of a session, or None before its first finished run."""
-        return await self._call(lambda c: _sql.get_stats(c, session_id), tx=False)
+        return lambda c: _sql.get_stats(c, session_id)
 
-    def get_stats_sync(self, session_id: str) -> SessionStatsRow | None:
-        """Blocking twin of :meth:`get_stats`."""
-        return self._call_sync(lambda c: _sql.get_stats(c, session_id), tx=False)
+    get_stats_sync = get_stats.blocking()
 
-    async def list_stats(self) -> list[SessionStatsRow]:
+    @store_op(tx=False)
+    def list_stats(self) -> TxFn[list[SessionStatsRow]]:
         """Stats of every session, most recently active first."""
-        return await self._call(_sql.list_stats, tx=False)
+        return _sql.list_stats
 
-    def list_stats_sync(self) -> list[SessionStatsRow]:
-        """Blocking twin of :meth:`list_stats`."""
-        return self._call_sync(_sql.list_stats, tx=False)
+    list_stats_sync = list_stats.blocking()
 
     # ------------------------------------------------------------------ background sub-agents
 
@@ -771,104 +475,33 @@ class SQLiteSessionStore(Store011Methods):
         return await self._call(lambda c: [tuple(r) for r in c.execute(sql, params).fetchall()], tx=False)
 
 
-def transaction(conn: sqlite3.Connection, fn: Callable[[SQLiteTx], T]) -> T:
-    """Run ``fn`` in a ``BEGIN IMMEDIATE`` transaction: commit on success, roll back on error
-    (a failed ``COMMIT`` included).
+def _creator(
+    sid: str,
+    metadata: Mapping[str, Any],
+    system_prompt: str | None,
+    parent_session_id: str | None,
+    kind: str,
+    lifecycle: str | None,
+    depth: int,
+    extra: Mapping[str, Any] | None,
+) -> TxFn[None]:
+    """The transaction that creates a session row (and keeps 0.11's ``extra`` fields)."""
 
-    ``IMMEDIATE`` takes SQLite's write lock at once, so a transaction never fails half-way
-    on a lock upgrade; the rules do not depend on it for correctness (see ``protocols.py``).
-    """
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        result = fn(SQLiteTx(conn))
-        conn.execute("COMMIT")
-    except BaseException:
-        rollback(conn)
-        raise
-    return result
+    def create(c: SQLiteTx) -> None:
+        _sql.create_session(
+            c,
+            sid,
+            metadata=metadata,
+            system_prompt=system_prompt,
+            parent_session_id=parent_session_id,
+            kind=kind,
+            lifecycle=lifecycle,
+            depth=depth,
+        )
+        if extra is not None and any(v is not None for v in extra.values()):
+            _compat_sql.set_compat_fields(c, sid, **extra)
 
-
-_EXIT_CLOSE_WAIT_S = 5.0  # how long closing from sync code or at exit waits for the worker
-
-
-def _worker_thread(db: aiosqlite.Connection) -> threading.Thread:
-    """The thread that runs ``db``'s operations."""
-    worker = getattr(db, "_thread", db)  # aiosqlite < 0.22: the connection is the thread
-    assert isinstance(worker, threading.Thread)
-    return worker
-
-
-def _stop_worker(db: aiosqlite.Connection, worker: threading.Thread, wait_s: float) -> None:
-    """Close ``db`` from synchronous code and wait up to ``wait_s`` for its worker to end.
-
-    Queued transactions run first. Used by ``close_nowait`` and, through a finalizer, at
-    interpreter exit or when an unclosed store is collected. Never raises.
-    """
-    if not worker.is_alive():
-        return
-    try:
-        with warnings.catch_warnings():
-            # aiosqlite asks for "the" event loop to make a future; outside one, newer Pythons warn.
-            warnings.simplefilter("ignore", DeprecationWarning)
-            db.stop()
-    except Exception:  # best effort at shutdown
-        return
-    if worker is not threading.current_thread():
-        worker.join(wait_s)
-
-
-def _submit(db: aiosqlite.Connection, fn: Callable[[sqlite3.Connection], T]) -> asyncio.Future[T]:
-    """Queue ``fn(connection)`` on ``db``'s worker thread; the future its result lands in.
-
-    What ``Connection._execute`` does, without the coroutine and the task around it (one store
-    call per transaction, on every step of every run): the same ``(future, function)`` item
-    on the same queue, so the worker reports exactly as it does for aiosqlite's own calls.
-    """
-    if not db._running or db._connection is None:
-        raise ValueError("Connection closed")
-    future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-    db._tx.put_nowait((future, partial(fn, db._connection)))
-    return future
-
-
-async def _in_worker(db: aiosqlite.Connection, fn: Callable[[sqlite3.Connection], T]) -> T:
-    """Run ``fn(connection)`` on aiosqlite's worker thread and await its result.
-
-    aiosqlite's public methods each run one statement per hop; its worker queue (what
-    ``Connection._execute`` feeds, the same across the aiosqlite releases pinned in
-    pyproject.toml) takes any function, which is what lets a whole transaction run in one hop.
-
-    A caller cancelled while ``fn`` is queued or running waits for it before the cancellation
-    goes on: the transaction cannot be taken back, and ``asyncio.run`` closes the event loop
-    right after cancelling the remaining tasks (a timer runner nobody stopped, a send still
-    going); a worker that then reports into the closed loop prints a traceback and dies.
-    """
-    job = _submit(db, fn)
-    try:
-        return await asyncio.shield(job)
-    except asyncio.CancelledError:
-        while not job.done():
-            with suppress(asyncio.CancelledError):
-                await asyncio.wait((job,))
-        if not job.cancelled():
-            job.exception()  # the caller is cancelled: its outcome is not reported
-        raise
-
-
-def _schema_less(conn: sqlite3.Connection) -> bool:
-    """Whether the file behind ``conn`` has no schema (it can be removed without loss)."""
-    try:
-        return schema_version(conn) == 0 and conn.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()[0] == 0
-    except sqlite3.Error:
-        return True  # a file this opening created and cannot even read holds nothing
-
-
-def _connection_file(conn: sqlite3.Connection) -> str:
-    """The file of an ``sqlite3.Connection``'s main database (0.11's ``SessionStore(conn, path)``)."""
-    for _, name, file in conn.execute("PRAGMA database_list").fetchall():
-        if name == "main" and file:
-            return str(file)
-    raise StoreError("SessionStore(conn) needs a connection to a database file, not an in-memory database")
+    return create
 
 
 def _config_json(config: Mapping[str, Any] | None) -> str | None:

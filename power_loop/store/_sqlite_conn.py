@@ -1,0 +1,372 @@
+"""The SQLite adapter's plumbing: connections to one file, the writer's worker thread, and the
+checks that the path still names the file first opened.
+
+Guarantees:
+
+* One writer connection per store, in WAL mode with ``synchronous=NORMAL``, foreign keys on,
+  and a ``busy_timeout`` for other processes sharing the file (:func:`configure`).
+* ``_call`` runs one store operation as one transaction on aiosqlite's worker thread, in a
+  single hop (:func:`in_worker` queues the whole transaction as one function): statements
+  are never interleaved with another coroutine's transaction, the event loop never waits on
+  SQLite, and no transaction stays open across an ``await``.
+* ``_call_sync`` runs it on a short-lived connection in the calling thread, configured like
+  the writer (the ``*_sync`` conveniences and 0.11's sync methods).
+* Only the store's first opening may create the file (and its directory); it never leaves a
+  file without the schema behind. Every write transaction checks, before ``BEGIN`` and after
+  its ``COMMIT``, that the path still names the file opened (a ``stat`` each, under a
+  microsecond); if the file was deleted, moved or replaced, the call raises
+  :class:`~power_loop.errors.StoreFileGoneError` instead of reporting a write that is not
+  durable at the path.
+* SQLite faults are translated once (``_faults.store_error``) into the ``StoreError`` family,
+  with the path and what to do, and the ``sqlite3`` exception as ``__cause__``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sqlite3
+import threading
+import warnings
+import weakref
+from collections.abc import Callable, Coroutine, Generator
+from contextlib import closing, suppress
+from functools import partial
+from pathlib import Path
+from typing import Any, TypeVar
+
+import aiosqlite
+
+from ..errors import PowerLoopError, StoreError
+from ._faults import FileId, file_id, gone_error, path_changed, store_error
+from ._sqlite_tx import SQLiteTx, transaction
+from .schema import migrate, schema_version
+
+__all__ = ["Closed", "SQLiteFileStore", "configure", "connection_file", "in_worker"]
+
+T = TypeVar("T")
+S = TypeVar("S", bound="SQLiteFileStore")
+
+_EXIT_CLOSE_WAIT_S = 5.0  # how long closing from sync code or at exit waits for the worker
+
+
+def configure(conn: sqlite3.Connection, busy_timeout_ms: int) -> None:
+    """Set the pragmas every connection of the store uses."""
+    conn.execute(f"PRAGMA busy_timeout = {busy_timeout_ms}")
+    conn.execute("PRAGMA foreign_keys = ON")
+    if conn.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+        conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute("PRAGMA synchronous = NORMAL")
+
+
+class Closed(Coroutine[Any, None, None]):
+    """What ``close()`` returns when nothing is left to close: awaitable (``await
+    store.close()``), runnable by ``asyncio.run``, and harmless when dropped unawaited (0.11's
+    ``store.close()`` was synchronous)."""
+
+    __slots__ = ()
+
+    def send(self, value: None) -> None:
+        raise StopIteration
+
+    def throw(self, *args: Any) -> None:
+        raise StopIteration
+
+    def close(self) -> None:
+        return None
+
+    def __await__(self) -> Generator[Any, None, None]:
+        return iter(())  # type: ignore[return-value]
+
+
+class SQLiteFileStore:
+    """A store bound to one SQLite file: its connections, the writer's worker thread, the
+    transaction runner and the file checks. :class:`~power_loop.store.SQLiteSessionStore`
+    adds the operations.
+
+    Args:
+        path: The database file (already checked not to be in-memory).
+        busy_timeout_ms: How long a connection waits for another process's write lock.
+    """
+
+    def __init__(self, path: str, busy_timeout_ms: int) -> None:
+        self.path = path
+        self.busy_timeout_ms = busy_timeout_ms
+        # Pinned at construction, so a later chdir cannot point the store at another file.
+        self._abs_path = os.path.abspath(self.path)
+        self._db: aiosqlite.Connection | None = None
+        self._open_lock: asyncio.Lock | None = None
+        self._file_id: FileId | None = None  # set by the first opening, then checked
+        self._first_open_lock = threading.Lock()
+        self._closed = False
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def _connect(self) -> sqlite3.Connection:
+        """A configured connection to this store's file (on the thread that will own it).
+
+        The first opening creates the directory and the file when missing and migrates the
+        schema; later ones (sync conveniences, a reopened writer) never create anything:
+        they open the existing file read-write and check it is the one first opened.
+
+        Raises:
+            StoreError: The file is gone, unreadable or not a database (see ``_fault``).
+        """
+        try:
+            if self._file_id is None:
+                with self._first_open_lock:
+                    if self._file_id is None:
+                        return self._first_connect()
+            conn = self._sqlite_connect("rw")
+            try:
+                configure(conn, self.busy_timeout_ms)
+                self._check_file()
+            except BaseException:
+                conn.close()
+                raise
+            return conn
+        except sqlite3.Error as exc:
+            raise self._fault(exc) from exc
+
+    def _sqlite_connect(self, mode: str) -> sqlite3.Connection:
+        uri = f"{Path(self._abs_path).as_uri()}?mode={mode}"
+        return sqlite3.connect(uri, uri=True, isolation_level=None, timeout=self.busy_timeout_ms / 1000)
+
+    def _first_connect(self) -> sqlite3.Connection:
+        try:
+            Path(self._abs_path).parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise store_error(exc, self._abs_path) from exc
+        existed = file_id(self._abs_path) is not None
+        conn = self._sqlite_connect("rwc")
+        try:
+            configure(conn, self.busy_timeout_ms)
+            migrate(conn, path=self.path)
+            opened = file_id(self._abs_path)
+            if opened is None:
+                raise gone_error(self._abs_path, "no longer exists")
+        except BaseException:
+            # Never leave a file without the schema behind: remove one this opening created.
+            created = not existed and schema_less(conn)
+            conn.close()
+            if created:
+                for suffix in ("", "-wal", "-shm", "-journal"):
+                    with suppress(OSError):
+                        os.remove(self._abs_path + suffix)
+            raise
+        self._file_id = opened
+        return conn
+
+    def _moved(self) -> str | None:
+        """How the path stopped naming the file first opened, or None (one ``stat``)."""
+        opened = self._file_id
+        return path_changed(self._abs_path, opened) if opened is not None else None
+
+    def _check_file(self) -> None:
+        """Raise StoreFileGoneError when the path no longer names the file first opened."""
+        how = self._moved()
+        if how is not None:
+            raise gone_error(self._abs_path, how)
+
+    def _fault(self, exc: sqlite3.Error) -> StoreError:
+        """The StoreError for an SQLite fault; a vanished file explains any fault best."""
+        how = self._moved()
+        return gone_error(self._abs_path, how) if how is not None else store_error(exc, self._abs_path)
+
+    def _run(self, fn: Callable[[SQLiteTx], T], tx: bool, conn: sqlite3.Connection) -> T:
+        """Run one store operation on ``conn``'s thread: the transaction, the fault mapping and
+        the check, after ``COMMIT``, that what was committed is in the file at the path."""
+        if tx:
+            # Do not even start writing into a file that is gone or replaced: the -wal file is
+            # found by name, so writes through the old inode would leak into the new file.
+            self._check_file()
+        try:
+            result = transaction(conn, fn) if tx else fn(SQLiteTx(conn))
+        except sqlite3.Error as exc:
+            raise self._fault(exc) from exc
+        except PowerLoopError as exc:
+            # A refused write (a lost lease, a busy session) on a file that has vanished: the
+            # vanished file is what the caller must deal with first.
+            how = self._moved()
+            if how is not None:
+                raise gone_error(self._abs_path, how) from exc
+            raise
+        except UnicodeEncodeError as exc:
+            # Free text is scrubbed before it is bound (``_sql.text``); what is left is a key
+            # (a session id, say) that holds a lone surrogate and cannot be changed silently.
+            # The transaction was rolled back.
+            raise ValueError(
+                f"cannot store {exc.object[max(0, exc.start - 20) : exc.end + 20]!r} in {self._abs_path}: it "
+                "holds a lone surrogate (a half of a UTF-16 pair, e.g. from os.fsdecode of non-UTF-8 bytes), "
+                "which is not valid UTF-8. Use an id or key made of valid text; nothing was stored."
+            ) from exc
+        self._check_file()
+        return result
+
+    async def _open_async(self: S) -> S:
+        """Open the writer connection and migrate the schema (idempotent): ``await store.open()``."""
+        if self._db is not None:
+            return self
+        if self._closed:
+            raise StoreError(f"{self!r} is closed; create a new store to reopen the file")
+        if self._open_lock is None:
+            self._open_lock = asyncio.Lock()
+        async with self._open_lock:
+            if self._db is not None:
+                return self
+            # The whole opening (directory, file, pragmas, migrations) runs on the
+            # connection's worker thread, off the event loop.
+            db = aiosqlite.Connection(self._connect, 64)
+            worker = worker_thread(db)
+            # A daemon thread: a program that never closes its loop (or raises with one open)
+            # still exits. Every store call is one transaction, so exiting loses nothing that
+            # was committed; the finalizer below closes the connection at exit when it can.
+            worker.daemon = True
+            try:
+                await db
+            except Exception:
+                # aiosqlite stops its worker thread on a failed connect; let it finish while
+                # this event loop still runs, so it does not outlive the loop.
+                for _ in range(1000):
+                    if not (isinstance(worker, threading.Thread) and worker.is_alive()):
+                        break
+                    await asyncio.sleep(0.001)
+                raise
+            self._db = db
+            self._finalizer = weakref.finalize(self, stop_worker, db, worker, _EXIT_CLOSE_WAIT_S)
+        return self
+
+    def close(self) -> Coroutine[Any, Any, None]:
+        """Close the writer connection (pending store calls finish first): ``await store.close()``.
+
+        A store used only through its sync methods (0.11's ``SessionStore.open(path)``) has no
+        connection left open; ``store.close()`` without ``await`` is then complete as well.
+        """
+        self._closed = True
+        db, self._db = self._db, None
+        if db is None:
+            return Closed()
+        return db.close()
+
+    def close_nowait(self) -> None:
+        """Close from synchronous code: queued store calls finish, then the connection closes."""
+        self._closed = True
+        db, self._db = self._db, None
+        if db is not None:
+            # Wait (briefly) for the worker to close the connection: called from async code
+            # just before the event loop ends (the 0.11 pattern), a worker still running
+            # afterwards would report to a closed loop.
+            stop_worker(db, worker_thread(db), _EXIT_CLOSE_WAIT_S)
+
+    async def __aenter__(self: S) -> S:
+        return await self._open_async()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    @property
+    def is_open(self) -> bool:
+        """True while the writer connection is open."""
+        return self._db is not None
+
+    # ------------------------------------------------------------------ execution
+
+    async def _call(self, fn: Callable[[SQLiteTx], T], *, tx: bool = True) -> T:
+        """Run ``fn`` on the writer connection's thread, in one transaction, in one hop.
+
+        aiosqlite executes every operation of a connection on one worker thread, in order.
+        Handing it a whole transaction (rather than one awaited statement at a time) keeps
+        transactions from interleaving between coroutines and means a write lock is never
+        held while the event loop is busy elsewhere.
+        """
+        db = self._db
+        if db is None:
+            await self._open_async()
+            db = self._db
+            assert db is not None
+        return await in_worker(db, partial(self._run, fn, tx))
+
+    def _call_sync(self, fn: Callable[[SQLiteTx], T], *, tx: bool = True) -> T:
+        """Run ``fn`` on a short-lived connection in the calling thread, in one transaction."""
+        with closing(self._connect()) as conn:
+            return self._run(fn, tx, conn)
+
+
+def worker_thread(db: aiosqlite.Connection) -> threading.Thread:
+    """The thread that runs ``db``'s operations."""
+    worker = getattr(db, "_thread", db)  # aiosqlite < 0.22: the connection is the thread
+    assert isinstance(worker, threading.Thread)
+    return worker
+
+
+def stop_worker(db: aiosqlite.Connection, worker: threading.Thread, wait_s: float) -> None:
+    """Close ``db`` from synchronous code and wait up to ``wait_s`` for its worker to end.
+
+    Queued transactions run first. Used by ``close_nowait`` and, through a finalizer, at
+    interpreter exit or when an unclosed store is collected. Never raises.
+    """
+    if not worker.is_alive():
+        return
+    try:
+        with warnings.catch_warnings():
+            # aiosqlite asks for "the" event loop to make a future; outside one, newer Pythons warn.
+            warnings.simplefilter("ignore", DeprecationWarning)
+            db.stop()
+    except Exception:  # best effort at shutdown
+        return
+    if worker is not threading.current_thread():
+        worker.join(wait_s)
+
+
+def submit(db: aiosqlite.Connection, fn: Callable[[sqlite3.Connection], T]) -> asyncio.Future[T]:
+    """Queue ``fn(connection)`` on ``db``'s worker thread; the future its result lands in.
+
+    What ``Connection._execute`` does, without the coroutine and the task around it (one store
+    call per transaction, on every step of every run): the same ``(future, function)`` item
+    on the same queue, so the worker reports exactly as it does for aiosqlite's own calls.
+    """
+    if not db._running or db._connection is None:
+        raise ValueError("Connection closed")
+    future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+    db._tx.put_nowait((future, partial(fn, db._connection)))
+    return future
+
+
+async def in_worker(db: aiosqlite.Connection, fn: Callable[[sqlite3.Connection], T]) -> T:
+    """Run ``fn(connection)`` on aiosqlite's worker thread and await its result.
+
+    aiosqlite's public methods each run one statement per hop; its worker queue (what
+    ``Connection._execute`` feeds, the same across the aiosqlite releases pinned in
+    pyproject.toml) takes any function, which is what lets a whole transaction run in one hop.
+
+    A caller cancelled while ``fn`` is queued or running waits for it before the cancellation
+    goes on: the transaction cannot be taken back, and ``asyncio.run`` closes the event loop
+    right after cancelling the remaining tasks (a timer runner nobody stopped, a send still
+    going); a worker that then reports into the closed loop prints a traceback and dies.
+    """
+    job = submit(db, fn)
+    try:
+        return await asyncio.shield(job)
+    except asyncio.CancelledError:
+        while not job.done():
+            with suppress(asyncio.CancelledError):
+                await asyncio.wait((job,))
+        if not job.cancelled():
+            job.exception()  # the caller is cancelled: its outcome is not reported
+        raise
+
+
+def schema_less(conn: sqlite3.Connection) -> bool:
+    """Whether the file behind ``conn`` has no schema (it can be removed without loss)."""
+    try:
+        return schema_version(conn) == 0 and conn.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()[0] == 0
+    except sqlite3.Error:
+        return True  # a file this opening created and cannot even read holds nothing
+
+
+def connection_file(conn: sqlite3.Connection) -> str:
+    """The file of an ``sqlite3.Connection``'s main database (0.11's ``SessionStore(conn, path)``)."""
+    for _, name, file in conn.execute("PRAGMA database_list").fetchall():
+        if name == "main" and file:
+            return str(file)
+    raise StoreError("SessionStore(conn) needs a connection to a database file, not an in-memory database")
