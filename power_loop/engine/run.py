@@ -125,7 +125,9 @@ async def drive(run: Run) -> StatefulResult:
 async def _steps(run: Run, begin: BeginOutcome) -> End:
     """Session start, pending answers, rounds: until a step returns an ending."""
     if run.req.kind == "wake" and not begin.appended:
-        # Another run already took the wake-up from the inbox: nothing to do, nothing to announce.
+        # Another run already took the wake-up from the inbox: nothing to do, nothing to announce
+        # (not even if the task is cancelled while this non-run is recorded).
+        run.end_hook_started = run.ended_published = True
         return End("completed", "", announced=False)
     await session_start(run)
     if begin.pending is not None:
