@@ -159,6 +159,7 @@ from .results import AgentLoopResult, FollowUpQueued, StatefulResult, SubagentRe
 from .store.rows import MessageRow, MessageState, SessionKind, SessionRow, SessionStatsRow, SessionStatus, TimerRow
 from .store.sinks import MessageSink, NullSink, SQLiteSink
 from .store.sqlite import DEFAULT_DB_PATH, SessionStore, SQLiteSessionStore
+from .structured import StructuredOutputSpec, parse_structured
 from .subagents import (
     MAX_SPAWN_DEPTH,
     RUN_AGENT_DEFINITION,
@@ -341,6 +342,7 @@ __all__ = [
     "StreamDeltaPayload",
     "StreamStartedPayload",
     "StructuredOutputError",
+    "StructuredOutputSpec",
     "SubagentCompletedPayload",
     "SubagentLifecycle",
     "SubagentLimitPayload",
@@ -401,6 +403,7 @@ __all__ = [
     "load_agent_specs_async",
     "message_from_dict",
     "message_to_dict",
+    "parse_structured",
     "phase",
     "register_spawn_agent",
     "register_timer_tools",

@@ -14,6 +14,7 @@ from typing import Any
 from ._types import MAX_SPAWN_DEPTH
 from .errors import ConfigurationError
 from .providers.retry import LLMRetryPolicy
+from .structured import resolve_response_format
 
 __all__ = ["DEFAULT_SYSTEM_PROMPT", "AgentLoopConfig"]
 
@@ -77,6 +78,9 @@ class AgentLoopConfig:
             children a model spawns in one round run concurrently, this many at a time).
         llm_services: Model services a sub-agent spec may name in ``model`` (by key); any
             other ``model`` is asked of the loop's own service.
+        response_format: The structured output every run of a main session must give (a
+            ``StructuredOutputSpec``, a pydantic model class or a JSON schema dict; see
+            ``send(response_format=...)``, which wins). Sub-agents do not inherit it.
     """
 
     system_prompt: str | None = None
@@ -107,6 +111,7 @@ class AgentLoopConfig:
     max_subagent_depth: int = MAX_SPAWN_DEPTH
     max_concurrent_subagents: int = 4
     llm_services: Mapping[str, Any] | None = None
+    response_format: Any = None
 
     def __post_init__(self) -> None:
         _positive("max_rounds", self.max_rounds)
@@ -142,6 +147,11 @@ class AgentLoopConfig:
             raise ConfigurationError(f"temperature must be within [0, 2], got {self.temperature}")
         if self.retry_policy is not None and not isinstance(self.retry_policy, LLMRetryPolicy):
             raise ConfigurationError("retry_policy must be an LLMRetryPolicy")
+        if self.response_format is not None:
+            try:
+                resolve_response_format(self.response_format)
+            except (TypeError, ValueError) as exc:
+                raise ConfigurationError(f"AgentLoopConfig.response_format: {exc}") from None
         if not isinstance(self.runtime_projectors, tuple):
             object.__setattr__(self, "runtime_projectors", tuple(self.runtime_projectors))
 

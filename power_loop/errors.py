@@ -40,7 +40,7 @@ original is kept as ``__cause__``.
     ├── HookError                                 a hook raised or returned a directive its point does not honour
     ├── AgentSpecError                            an agent spec could not be loaded or used (``field``)
     │   └── SpecValidationError (also ValueError) a spec's content is invalid: unknown key, bad value
-    ├── StructuredOutputError
+    ├── StructuredOutputError (also ValueError) a final answer does not parse or match its schema
     └── ControlSignal                             not a failure: a signal power_loop raises and catches itself
         └── HumanInputRequired (human)            a tool asked the user; the run pauses
 
@@ -447,7 +447,28 @@ class SpecValidationError(AgentSpecError, ValueError):
 
 
 class StructuredOutputError(PowerLoopError, ValueError):
-    """The model's output does not parse or does not match the requested schema."""
+    """The model's output does not parse or does not match the requested schema.
+
+    Args:
+        reason: What is wrong: ``empty``, ``invalid_json``, ``not_an_object`` or
+            ``schema_mismatch``.
+        raw_text: The model's text as received.
+        detail: Where and how it is wrong (the parser's or the validator's words).
+    """
+
+    _WORDS = {
+        "empty": "the answer is empty",
+        "invalid_json": "the answer is not valid JSON",
+        "not_an_object": "the answer is not a JSON object",
+        "schema_mismatch": "the answer does not match the schema",
+    }
+
+    def __init__(self, *, reason: str, raw_text: str, detail: str = "") -> None:
+        words = self._WORDS.get(reason, reason)
+        super().__init__(f"{words}: {detail}" if detail else words)
+        self.reason = reason
+        self.raw_text = raw_text
+        self.detail = detail
 
 
 # --------------------------------------------------------------------------- signals

@@ -38,6 +38,7 @@ from .results import FollowUpQueued, StatefulResult, SubagentResult
 from .store.protocols import SessionStoreProtocol
 from .store.rows import PendingState, SessionStatsRow, StoredMessage
 from .store.sqlite import DEFAULT_DB_PATH, SQLiteSessionStore
+from .structured import ResponseFormatLike, resolve_response_format
 from .tools.context import current_tool_context
 from .tools.registry import ToolRegistry
 
@@ -281,6 +282,7 @@ class StatefulAgentLoop(TimerFacade):
         tools: Sequence[str] | ToolRegistry | None = None,
         system_prompt: str | None = None,
         heal_pending: bool = False,
+        response_format: ResponseFormatLike | None = None,
     ) -> StatefulResult:
         """Send a user message and run the session until the model answers.
 
@@ -292,12 +294,17 @@ class StatefulAgentLoop(TimerFacade):
             tools: Tool names narrowing the registry for this call, or a ``ToolRegistry``.
             system_prompt: System prompt for this call only.
             heal_pending: Answer unanswered tool calls with an aborted result first.
+            response_format: Ask for structured output: a ``StructuredOutputSpec``, a pydantic
+                model class or a JSON schema dict (None: ``AgentLoopConfig.response_format``).
+                The provider's native JSON-schema mode is requested; the final answer is
+                validated, corrected once if invalid, and parsed into ``result.output``. Two
+                invalid answers end the run ``degraded``. See docs/structured-output.md.
 
         Raises:
             SessionNotFoundError: Unknown session (before any model call).
             SessionPendingError: Unanswered tool calls and not ``heal_pending``.
             SessionBusyError: Another run held the session longer than ``session_wait_s``.
-            TypeError, ValueError: Malformed input or ``tools``.
+            TypeError, ValueError: Malformed input, ``tools`` or ``response_format``.
             HookError, LeaseLostError: The run failed before its end was committed. A hook or
                 event subscriber failing after that commit is reported in the result's
                 ``post_commit_errors`` instead, so an error here always means the run did not
@@ -307,6 +314,7 @@ class StatefulAgentLoop(TimerFacade):
         before ``CancelledError`` propagates, wherever the cancellation lands.
         """
         message = normalize_input(user_input, max_chars=self.config.max_input_chars)
+        fmt = resolve_response_format(response_format) if response_format is not None else None
         return await execute_run(
             self._rt,
             RunRequest(
@@ -317,6 +325,7 @@ class StatefulAgentLoop(TimerFacade):
                 tools=tools,
                 system_prompt=system_prompt,
                 heal_pending=heal_pending,
+                response_format=fmt,
             ),
         )
 
@@ -408,6 +417,7 @@ class StatefulAgentLoop(TimerFacade):
         stop_event: StopEventLike | None = None,
         tools: Sequence[str] | ToolRegistry | None = None,
         system_prompt: str | None = None,
+        response_format: ResponseFormatLike | None = None,
     ) -> StatefulResult | FollowUpQueued:
         """Steer a running session, or send to an idle one.
 
@@ -416,14 +426,24 @@ class StatefulAgentLoop(TimerFacade):
         (several are merged into one ``<follow_up>`` message); returns ``FollowUpQueued``. A
         run that ends otherwise (cancelled, a limit, a hook ``BREAK``, an error, waiting for
         input) leaves it in the inbox for the session's next run. Otherwise this is
-        :meth:`send`.
+        :meth:`send` (``response_format`` applies only then: a queued message joins the
+        running run, which keeps its own format).
         """
+        if response_format is not None:
+            resolve_response_format(response_format)  # a bad value fails before anything is stored
         message = normalize_input(user_input, max_chars=self.config.max_input_chars)
         content = message.content if isinstance(message.content, str) else message_to_dict(message)["content"]
         depth = await self.store.enqueue(session_id, content, kind="follow_up", only_if_busy=True)
         if depth is not None:
             return FollowUpQueued(session_id=session_id, queue_depth=depth)
-        return await self.send(user_input, session_id, stop_event=stop_event, tools=tools, system_prompt=system_prompt)
+        return await self.send(
+            user_input,
+            session_id,
+            stop_event=stop_event,
+            tools=tools,
+            system_prompt=system_prompt,
+            response_format=response_format,
+        )
 
     def follow_up_sync(
         self, user_input: str | dict[str, Any], session_id: str, **kwargs: Any

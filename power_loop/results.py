@@ -44,8 +44,9 @@ class StatefulResult:
             open calls, a cancelled task raises). ``waiting_for_input``: a tool asked the user
             (``submit_input``). ``cancelled``: a stop_event fired. ``hit_round_limit``:
             ``max_rounds`` reached (a summary was requested). ``budget_exceeded``:
-            ``max_tokens_per_run`` reached. ``degraded``: the model could not be reached; the
-            session is usable once it can.
+            ``max_tokens_per_run`` reached. ``degraded``: the model could not be reached (the
+            session is usable once it can), or its final answer failed the requested
+            ``response_format`` twice (``[degraded: structured output ...]``).
         final_text: The last answer, or a marker: ``[budget_exceeded]``,
             ``[hit_round_limit]\\n<summary>``, ``[cancelled by user]``, ``[degraded: ...]``.
         rounds: Rounds run (model calls made for rounds, the round-limit summary excluded).
@@ -68,6 +69,9 @@ class StatefulResult:
             ``"<step>: <ErrorType>: <message>"``. They are logged and published as
             ``system_log`` events, never raised: the run happened as reported, so sending
             again would repeat it. Empty when nothing failed.
+        output: The parsed final answer of a run asked for structured output
+            (``response_format``): the pydantic model instance when a model class was given,
+            else the dict. None otherwise, and whenever the run did not end ``completed``.
     """
 
     session_id: str
@@ -80,6 +84,7 @@ class StatefulResult:
     tool_calls: int = 0
     run_id: str = ""
     post_commit_errors: list[str] = field(default_factory=list)
+    output: Any = None
 
     @property
     def ok(self) -> bool:

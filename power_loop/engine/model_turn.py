@@ -25,6 +25,7 @@ from .model_call import ModelCallResult, ask_model, usage_op
 from .outcome import CONTINUE, End, StepOutcome
 from .prepare import build_request, unique_call_ids
 from .state import Run, as_response, dicts, on_append
+from .structured import check_final_answer
 from .tool_round import round_end, tools_present
 
 __all__ = ["call_for_round", "commit_turn", "round_start"]
@@ -94,6 +95,7 @@ async def call_for_round(run: Run, view: list[Message]) -> ModelCallResult | End
         config=config,
         max_tokens=max_tokens,
         temperature=temperature,
+        response_format=run.response_format.wire() if run.response_format is not None else None,
     )
     reply = await ask_model(run, request)
     if isinstance(reply, ModelCallResult) and run.rt.compactor is not None and view is run.transcript.messages:
@@ -126,6 +128,10 @@ async def commit_turn(run: Run, reply: ModelCallResult) -> AssistantMessage | St
         await run.writer.write(ops)
         await tools_present(run, len(assistant.tool_calls))
         return assistant
+    if run.response_format is not None and not stop_after:
+        rejected = await check_final_answer(run, assistant, ops)
+        if rejected is not None:
+            return rejected  # a corrective round follows, or the run ended degraded
     finish = run.finish_op("completed", drain_inbox=not stop_after, final_text=assistant.text)
     written = await run.writer.write([*ops, finish])
     if not written.finished:  # follow-ups arrived: go on with another round

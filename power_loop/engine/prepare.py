@@ -6,7 +6,7 @@ Precedence of the system prompt: per call > session > config > built-in default.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from ..config import DEFAULT_SYSTEM_PROMPT, AgentLoopConfig
@@ -163,6 +163,7 @@ def build_request(
     temperature: float | None = None,
     tool_choice: str | None = None,
     transcript: Transcript | None = None,
+    response_format: Mapping[str, Any] | None = None,
 ) -> LLMRequest:
     """The provider request of one model call.
 
@@ -183,4 +184,5 @@ def build_request(
         model=config.model,
         stream=config.stream,
         tool_choice=tool_choice,  # type: ignore[arg-type]
+        response_format=response_format,
     )

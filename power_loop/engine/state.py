@@ -33,6 +33,7 @@ from ..messages import (
 from ..providers.base import LLMResponse, LLMService
 from ..results import RunStatus, StatefulResult
 from ..store.rows import BeginOutcome, FinishRun, PendingCall, RunTotals, SessionRow
+from ..structured import ResponseFormat, resolve_response_format
 from ..tools.definition import ToolDefinition
 from ..tools.registry import ToolRegistry
 from .emit import Emitter, report_after_commit
@@ -75,6 +76,7 @@ class RunRequest:
         heal_pending: Abort unanswered calls before sending.
         wait_foreign: Wait while another process's run holds the session (``wake`` does not:
             that run drains the inbox itself).
+        response_format: The structured output this call asks for (None: the config's).
     """
 
     session_id: str
@@ -86,6 +88,7 @@ class RunRequest:
     heal_pending: bool = False
     wait_foreign: bool = True
     child: ChildLink | None = None
+    response_format: ResponseFormat | None = None
 
 
 Executor = Callable[["Runtime", RunRequest], Awaitable[StatefulResult]]
@@ -137,6 +140,13 @@ class Run:
             call_prompt=req.system_prompt, session_prompt=session.system_prompt, config=self.config
         )
         self.memory_text: str | None = None
+        # Structured output: the per-call format wins; the config's applies to main sessions.
+        fmt = req.response_format
+        if fmt is None and session.depth == 0 and self.config.response_format is not None:
+            fmt = resolve_response_format(self.config.response_format)
+        self.response_format: ResponseFormat | None = fmt
+        self.output: Any = None
+        self.output_corrections = 0
         self.started_at = int(time.time() * 1000)
         self.round_index = 0
         self.rounds = 0
@@ -246,6 +256,7 @@ class Run:
             tool_calls=self.tool_calls,
             run_id=self.run_id,
             post_commit_errors=list(self.post_commit_errors),
+            output=self.output if status == "completed" else None,
         )
 
     async def after_commit(self, step: Awaitable[Any], where: str) -> None:

@@ -6,7 +6,7 @@
   summary) join the ``system`` parameter; when the remaining history starts with the
   assistant, a user turn ``(continued)`` is put first (the API wants a user message first).
 * Only fields of the Messages API are sent (model, max_tokens, messages, system, tools,
-  tool_choice, temperature, stream), as pre-encoded bytes through ``AsyncAnthropic.post``,
+  tool_choice, temperature, stream, output_config), as pre-encoded bytes through ``AsyncAnthropic.post``,
   with the SDK's retries off. Per-message block fragments are cached on the messages.
 * Streaming events: ``message_start`` (input usage), ``content_block_start`` /
   ``content_block_delta`` (text, tool input JSON, thinking, signature), ``message_delta``
@@ -148,6 +148,9 @@ def build_messages_body(request: LLMRequest, *, model: str, max_tokens: int, tem
         head["tool_choice"] = {"auto": {"type": "auto"}, "required": {"type": "any"}, "none": {"type": "none"}}[
             request.tool_choice
         ]
+    output_format = _output_format(request.response_format)
+    if output_format is not None:
+        head["output_config"] = {"format": output_format}
     if request.extra_body:
         head.update(request.extra_body)
     encoded_turns = b",".join(
@@ -159,6 +162,17 @@ def build_messages_body(request: LLMRequest, *, model: str, max_tokens: int, tem
         parts += [b',"tools":[', tools, b"]"]
     parts.append(b"}")
     return b"".join(parts)
+
+
+def _output_format(response_format: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """The Messages API's native structured output (``output_config.format``) for a
+    Chat Completions-shaped ``json_schema`` request; None for anything else."""
+    if response_format is None or response_format.get("type") != "json_schema":
+        return None
+    inner = response_format.get("json_schema")
+    if not isinstance(inner, Mapping) or not isinstance(inner.get("schema"), Mapping):
+        return None
+    return {"type": "json_schema", "schema": dict(inner["schema"])}
 
 
 def _tool_wire(tool: ToolDefinition) -> bytes:

@@ -32,7 +32,11 @@ class LLMRequest:
         model: Model override; None uses the provider's model.
         stream: Stream the response (deltas reach the callbacks as they arrive).
         tool_choice: ``"auto"`` (default), ``"none"`` or ``"required"``.
-        response_format: Provider-specific structured-output request, passed through.
+        response_format: Structured output, in the Chat Completions shape (``{"type":
+            "json_schema", "json_schema": {"name", "schema", "strict"}}`` or ``{"type":
+            "json_object"}``). The OpenAI provider sends it as ``response_format``; the
+            Anthropic provider sends a ``json_schema`` one as ``output_config.format``
+            (the Messages API's native structured output) and has no equivalent for others.
         timeout_s: Time limit of this attempt (the whole answer included); None uses the
             provider's ``timeout_s``.
         extra_body: Extra top-level JSON fields merged into the request body.

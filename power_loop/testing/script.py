@@ -140,6 +140,9 @@ class ScriptedRequest:
         body: The decoded JSON body (empty for in-process requests).
         headers: Lower-cased request headers (empty for in-process requests).
         path: Request path.
+        response_format: The structured-output request as the protocol carried it: Chat
+            Completions' ``response_format``, Messages' ``output_config.format``, or the
+            ``LLMRequest.response_format`` in process (None when none was sent).
     """
 
     protocol: Literal["openai", "anthropic", "inprocess"]
@@ -151,6 +154,7 @@ class ScriptedRequest:
     body: Mapping[str, Any] = field(default_factory=dict)
     headers: Mapping[str, str] = field(default_factory=dict)
     path: str = ""
+    response_format: Mapping[str, Any] | None = None
 
     @property
     def last_user_text(self) -> str:
@@ -195,6 +199,7 @@ def request_from_openai(body: Mapping[str, Any], headers: Mapping[str, str], pat
         body=body,
         headers=headers,
         path=path,
+        response_format=body.get("response_format"),
     )
 
 
@@ -250,6 +255,7 @@ def request_from_anthropic(body: Mapping[str, Any], headers: Mapping[str, str], 
         body=body,
         headers=headers,
         path=path,
+        response_format=(body.get("output_config") or {}).get("format"),
     )
 
 

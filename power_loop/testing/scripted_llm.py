@@ -118,4 +118,5 @@ def _as_scripted(request: LLMRequest) -> ScriptedRequest:
         tools=[t.name for t in request.tools],
         model=request.model,
         stream=request.stream,
+        response_format=request.response_format,
     )
