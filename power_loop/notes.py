@@ -104,7 +104,7 @@ def render_notes(notes: Sequence[NoteRow | Mapping[str, Any]], *, policy: NotesP
     shown = [f[0] for f in items]
     hidden = 0
     while True:
-        footer = f"\n({hidden} older note(s) not shown: the notes exceed the space for them.)" if hidden else ""
+        footer = f"\n({hidden} older note(s) not shown: no room for them.)" if hidden else ""
         body = "\n".join(lines[nid] for nid in shown)
         text = f"{_HEADER}\n{body}{footer}" if shown else f"{_HEADER}{footer}"
         if len(text) <= policy.inject_max_chars or not shown:

@@ -7,7 +7,8 @@ Invariants:
   oldest unpinned note (``fifo``) and the insert are one transaction.
 * Pinned notes are never evicted; a session whose notes are all pinned refuses new ones
   even under ``fifo``.
-* ``note_id`` is the session's highest id plus one, computed in the insert itself; a second
+* ``note_id`` is the session's highest remaining id plus one, computed in the insert itself
+  (so the id of a deleted newest note is given again; the schema keeps no note counter); a second
   writer racing for the same id (possible only on a backend without a database-wide write
   lock) fails on the primary key and changes nothing.
 * Rows are read by column name; the SQL is portable (no ``INSERT OR ...``, no rowid).
