@@ -71,7 +71,7 @@ async def main() -> None:
             print("2:", second.final_text)
             prompt = llm.requests[-2].system_prompt or ""
             print("   the model saw its notes:", "[#1, pinned] Trip to Lisbon" in prompt)
-            print("   and loaded the skill:", "<skill name=\"trip-planning\">" in str(await loop.get_messages_async(sid)))
+            print("   and loaded the skill:", '<skill name="trip-planning">' in str(await loop.get_messages_async(sid)))
 
 
 if __name__ == "__main__":
