@@ -117,7 +117,7 @@ from .hooks import (
 )
 from .human import HumanInputRequired, request_user_input
 from .loop import StatefulAgentLoop
-from .memory import InMemoryMemory, MemoryProvider
+from .memory import InMemoryMemory, MemoryProvider, MemorySnapshot, QueryMemoryProvider, tag_as_memory
 from .messages import (
     AgentMessage,
     AssistantMessage,
@@ -135,7 +135,23 @@ from .messages import (
     message_from_dict,
     message_to_dict,
 )
+from .notes import (
+    DEFAULT_NOTES_POLICY,
+    NoteRow,
+    NotesFullError,
+    NotesPolicy,
+    SQLiteNoteMemory,
+    note_tools,
+    register_note_tools,
+    render_notes,
+)
 from .pipeline import AgentPipeline, PhaseContext, PhaseEventPayload, PhaseResult, phase
+from .projectors import (
+    BackgroundRuntimeProjector,
+    RuntimeProjector,
+    TodoRuntimeProjector,
+    default_runtime_projectors,
+)
 from .prompts import (
     BUILTIN_SECTIONS,
     DEFAULT_AGENT_SYSTEM_PROMPT,
@@ -156,6 +172,7 @@ from .providers.factory import (
 from .providers.offline import OfflineLLM
 from .providers.retry import LLMRetryPolicy, complete_with_retry, with_retry
 from .results import AgentLoopResult, FollowUpQueued, StatefulResult, SubagentResult
+from .skills import LOAD_SKILL_DEFINITION, SkillLoader, get_default_loader, register_skill_tools
 from .store.rows import MessageRow, MessageState, SessionKind, SessionRow, SessionStatsRow, SessionStatus, TimerRow
 from .store.sinks import MessageSink, NullSink, SQLiteSink
 from .store.sqlite import DEFAULT_DB_PATH, SessionStore, SQLiteSessionStore
@@ -415,4 +432,23 @@ __all__ = [
     "validate_tool_args",
     "wake_up_message",
     "with_retry",
+    "DEFAULT_NOTES_POLICY",
+    "LOAD_SKILL_DEFINITION",
+    "MemorySnapshot",
+    "NoteRow",
+    "NotesFullError",
+    "NotesPolicy",
+    "QueryMemoryProvider",
+    "SQLiteNoteMemory",
+    "SkillLoader",
+    "RuntimeProjector",
+    "TodoRuntimeProjector",
+    "BackgroundRuntimeProjector",
+    "default_runtime_projectors",
+    "get_default_loader",
+    "register_skill_tools",
+    "render_notes",
+    "tag_as_memory",
+    "note_tools",
+    "register_note_tools",
 ]

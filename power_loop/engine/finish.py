@@ -83,7 +83,7 @@ async def _session_end(run: Run, status: str, final_text: str, reason: str) -> N
             scope=run.scope,
         )
         await run.after_commit(hooks.run(HookPoint.SESSION_END, ctx), "session.end hook")
-    await run.after_commit(remember_run(run, final_text), "memory remember")
+    await run.after_commit(remember_run(run, final_text, status), "memory remember")
     run.ended_published = True
     await run.after_commit(
         run.emitter.emit(

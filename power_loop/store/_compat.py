@@ -19,9 +19,11 @@ import secrets
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from .._notes_types import NoteRow, NotesPolicy
 from .._types import MAX_SPAWN_DEPTH
 from ..messages import Usage
 from . import _compat_sql as _c
+from . import _notes_sql as _notes
 from . import _sql
 from . import _timers_sql as _timers
 from ._compat_sql import UnsupportedStoreCallError
@@ -397,3 +399,72 @@ class Store011Methods:
         that were last touched more than ``older_than_ms`` ago; return how many. Claims of a
         live runner are never taken (runners also take over expired claims by themselves)."""
         return self._call_sync(lambda c: _c.recover_stale_claims(c, older_than_ms=older_than_ms))
+
+    # ------------------------------------------------------------------ notes
+
+    @store_op()
+    def add_note_async(
+        self, session_id: str, content: str, *, pinned: bool = False, policy: NotesPolicy | None = None
+    ) -> TxFn[NoteRow]:
+        """Add a note to a session and return it (its ``note_id`` numbers it in the session).
+
+        Without ``policy`` (0.11's store call) only empty content is refused; with one, its
+        length and count limits hold after the commit (``fifo`` drops the oldest unpinned
+        notes in the same transaction).
+
+        Raises:
+            SessionNotFoundError: Unknown session.
+            NotesFullError: The session is full and the policy refuses; nothing written.
+            ValueError: Empty (or, under ``policy``, too long) content.
+        """
+        _notes.check_content(content, policy)
+        return lambda c: _notes.add_note(c, session_id, content, pinned=pinned, policy=policy)
+
+    add_note = add_note_async.blocking()  # 0.11 API
+
+    @store_op()
+    def update_note_async(
+        self,
+        session_id: str,
+        note_id: int,
+        *,
+        content: str | None = None,
+        pinned: bool | None = None,
+        policy: NotesPolicy | None = None,
+    ) -> TxFn[NoteRow | None]:
+        """Change a note's text and/or pin; the note as stored, or None for an unknown note.
+
+        Raises:
+            SessionNotFoundError: Unknown session.
+            ValueError: Empty (or, under ``policy``, too long) content.
+        """
+        if content is not None:
+            _notes.check_content(content, policy)
+        return lambda c: _notes.update_note(c, session_id, note_id, content=content, pinned=pinned, policy=policy)
+
+    update_note = update_note_async.blocking()  # 0.11 API
+
+    @store_op()
+    def delete_note_async(self, session_id: str, note_id: int) -> TxFn[bool]:
+        """Delete a note; False when the session has no such note.
+
+        Raises:
+            SessionNotFoundError: Unknown session.
+        """
+        return lambda c: _notes.delete_note(c, session_id, note_id)
+
+    delete_note = delete_note_async.blocking()  # 0.11 API
+
+    @store_op(tx=False)
+    def list_notes_async(self, session_id: str) -> TxFn[list[NoteRow]]:
+        """A session's notes, pinned first, then oldest first ([] for an unknown session)."""
+        return lambda c: _notes.list_notes(c, session_id)
+
+    list_notes = list_notes_async.blocking()  # 0.11 API
+
+    @store_op(tx=False)
+    def count_notes_async(self, session_id: str) -> TxFn[int]:
+        """How many notes a session holds (0 for an unknown session)."""
+        return lambda c: _notes.count_notes(c, session_id)
+
+    count_notes = count_notes_async.blocking()  # 0.11 API
