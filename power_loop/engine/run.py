@@ -60,6 +60,11 @@ async def execute_run(rt: Runtime, req: RunRequest) -> StatefulResult:
     """Run ``req`` to its end (the facade's ``send`` / ``resume`` / ``submit_input``)."""
     tools = select_tools(rt.registry, req.tools)
     StopSignal(req.stop_event)  # a bad stop_event fails here, before anything is stored
+    with rt.running():
+        return await _execute(rt, req, tools)
+
+
+async def _execute(rt: Runtime, req: RunRequest, tools: ToolRegistry | None) -> StatefulResult:
     async with rt.locks.hold(req.session_id, timeout=rt.config.session_wait_s) as time_left:
         run_id = "run_" + secrets.token_hex(8)
         lease = LeaseClaim(owner=f"{rt.owner}/{run_id}", ttl_ms=int(rt.config.lease_ttl_s * 1000))

@@ -8,8 +8,8 @@ import secrets
 import threading
 import time
 import weakref
-from collections.abc import AsyncIterator, Coroutine
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Coroutine, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -127,6 +127,23 @@ class Runtime:
     _threads: ToolThreads | None = field(default=None, repr=False)
     _threads_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _tasks: set[asyncio.Task[None]] = field(default_factory=set, repr=False)
+    # Tasks running a run: referenced while it runs, so a run started as an unreferenced task
+    # (``asyncio.ensure_future(loop.send(...))``) is never garbage-collected mid-run (asyncio
+    # itself keeps only weak references to tasks).
+    _running: set[asyncio.Task[Any]] = field(default_factory=set, repr=False)
+
+    @contextmanager
+    def running(self) -> Iterator[None]:
+        """Keep the current task referenced while a run goes on in it."""
+        task = asyncio.current_task()
+        if task is None:  # pragma: no cover - runs always run in a task
+            yield
+            return
+        self._running.add(task)
+        try:
+            yield
+        finally:
+            self._running.discard(task)
 
     def spawn_task(self, coro: Coroutine[Any, Any, None], *, name: str) -> asyncio.Task[None]:
         """Run ``coro`` as a task the loop owns (a background sub-agent, a parent woken by its
