@@ -212,7 +212,7 @@ def glob_files(pattern: str, path: str = ".") -> str:
     if not hits:
         return f"No files match {pattern!r}."
     more = f"\n[more than {MAX_LIST} matches; narrow the pattern]" if len(hits) > MAX_LIST else ""
-    return "\n".join(hits[:MAX_LIST]) + more
+    return "\n".join(sorted(hits)[:MAX_LIST]) + more
 
 
 def _read_at(dir_fd: int, name: str) -> bytes | None:

@@ -214,31 +214,43 @@ async def run_shell_command(
     shell = backend or DEFAULT_SHELL_BACKEND
     workspace = os.fspath(workspace_dir)
     argv = [*shell.launch_argv(workspace), command]
-    proc = await asyncio.create_subprocess_exec(
-        *argv,
-        cwd=shell.launch_cwd(workspace),
-        env=shell.launch_env(workspace),
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-        start_new_session=True,
+    # The output pipe is ours, not the subprocess transport's: asyncio's ``wait()`` would
+    # otherwise also wait for the pipe to close, which a child left running keeps open.
+    read_fd, write_fd = os.pipe()
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            *argv,
+            cwd=shell.launch_cwd(workspace),
+            env=shell.launch_env(workspace),
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=write_fd,
+            stderr=write_fd,
+            start_new_session=True,
+        )
+    except BaseException:
+        os.close(read_fd)
+        raise
+    finally:
+        os.close(write_fd)
+    loop = asyncio.get_running_loop()
+    stream = asyncio.StreamReader(limit=1 << 20)
+    transport, _ = await loop.connect_read_pipe(
+        lambda: asyncio.StreamReaderProtocol(stream), os.fdopen(read_fd, "rb", buffering=0)
     )
-    assert proc.stdout is not None
     sink = _BoundedOutput(max_output_bytes)
-    reader = asyncio.ensure_future(_pump(proc.stdout, sink))
+    reader = asyncio.ensure_future(_pump(stream, sink))
     timed_out = False
     try:
         try:
             await asyncio.wait_for(proc.wait(), timeout_s)
         except asyncio.TimeoutError:
             timed_out = True
-    finally:
-        # Whatever happened (exit, time limit, cancellation), nothing of the group survives.
-        _kill_group(proc.pid)
-        if proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
-    try:
+        finally:
+            # Whatever happened (exit, time limit, cancellation), nothing of the group survives.
+            _kill_group(proc.pid)
+            if proc.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.kill()
         await proc.wait()
         await asyncio.wait((reader,), timeout=_DRAIN_S)
     finally:
@@ -246,6 +258,7 @@ async def run_shell_command(
             reader.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await reader
+        transport.close()
     output, omitted = sink.render()
     return ShellResult(
         output=output,
