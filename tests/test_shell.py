@@ -142,6 +142,6 @@ async def test_bash_tool_uses_the_tenant_backend_and_home(tmp_path: Path) -> Non
 
 async def test_bash_tool_missing_workspace_is_reported(tmp_path: Path) -> None:
     registry = create_default_tool_registry(bind=False, include=["bash"])
-    with runtime_env_context(RuntimeEnv(workspace_dir=tmp_path / "missing")):
-        with pytest.raises(RuntimeError, match="could not be started"):
-            await registry.invoke_async("bash", {"command": "true"})
+    env = RuntimeEnv(workspace_dir=tmp_path / "missing")
+    with runtime_env_context(env), pytest.raises(RuntimeError, match="could not be started"):
+        await registry.invoke_async("bash", {"command": "true"})

@@ -62,9 +62,8 @@ def test_context_is_scoped_and_nests(tmp_path: Path) -> None:
             assert current_runtime_env() is inner
         assert current_runtime_env() is outer
     assert current_runtime_env() is None
-    with pytest.raises(TypeError):
-        with runtime_env_context(str(tmp_path)):  # type: ignore[arg-type]
-            pass
+    with pytest.raises(TypeError), runtime_env_context(str(tmp_path)):  # type: ignore[arg-type]
+        pass
 
 
 async def test_unbound_registry_fails_closed(tmp_path: Path) -> None:

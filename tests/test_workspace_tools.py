@@ -45,7 +45,7 @@ def call(registry: ToolRegistry, name: str, **args: Any) -> Any:
 
 
 def test_names_and_presets() -> None:
-    assert CORE_TOOL_NAMES == tuple(sorted(CORE_TOOL_NAMES))
+    assert tuple(sorted(CORE_TOOL_NAMES)) == CORE_TOOL_NAMES
     assert EXPLORE_TOOL_NAMES == ("bash", "glob", "grep", "load_skill", "read_file", "request_user_input")
     assert set(CORE_TOOL_NAMES) <= set(FULL_TOOL_NAMES) and len(FULL_TOOL_NAMES) == 19
     assert TOOL_PRESETS == {"core": CORE_TOOL_NAMES, "explore": EXPLORE_TOOL_NAMES, "full": FULL_TOOL_NAMES}
