@@ -281,3 +281,39 @@ def test_home_paths(tmp_path: Path) -> None:
     call(registry, "write_file", path="~/profile.txt", content="me")
     assert (home / "profile.txt").read_text() == "me"
     assert call(registry, "read_file", path=str(home / "profile.txt")) == "me"
+
+
+def test_apply_patch_envelope(tools: ToolRegistry, layout: tuple[Path, Path]) -> None:
+    workspace = layout[0]
+    (workspace / "old_name.txt").write_text("one\ntwo\nthree\ntwo\n")
+    (workspace / "gone.txt").write_text("bye\n")
+    patch = """\
+*** Begin Patch
+*** Add File: made/new.txt
++first
++second
+*** Update File: notes.txt
+@@
+ alpha
+-beta
++BETA
+*** Update File: old_name.txt
+*** Move to: new_name.txt
+@@
+ three
+-two
++2
+*** Delete File: gone.txt
+*** End Patch
+"""
+    assert call(tools, "apply_patch", patch=patch).startswith("Applied")
+    assert (workspace / "made/new.txt").read_text() == "first\nsecond\n"
+    assert (workspace / "notes.txt").read_text() == "alpha\nBETA\ngamma\n"
+    assert (workspace / "new_name.txt").read_text() == "one\ntwo\nthree\n2\n"  # the later "two"
+    assert not (workspace / "old_name.txt").exists() and not (workspace / "gone.txt").exists()
+    with pytest.raises(WorkspaceError, match="End Patch"):
+        call(tools, "apply_patch", patch="*** Begin Patch\n*** Add File: x\n+y\n")
+    with pytest.raises(WorkspaceError, match="does not apply"):
+        call(tools, "apply_patch", patch="*** Begin Patch\n*** Update File: notes.txt\n@@\n-nope\n+x\n*** End Patch")
+    with pytest.raises(WorkspaceError, match="leaves the workspace"):
+        call(tools, "apply_patch", patch="*** Begin Patch\n*** Add File: ../evil.txt\n+x\n*** End Patch")

@@ -1,8 +1,16 @@
-"""The ``apply_patch`` tool: apply a unified diff to files of the workspace.
+"""The ``apply_patch`` tool: apply a patch to files of the workspace.
 
-The patch is the usual ``diff -u`` / ``git diff`` text: per file a ``--- a/path`` and a
-``+++ b/path`` line, then ``@@ -l,n +l,n @@`` hunks. ``--- /dev/null`` creates a file,
-``+++ /dev/null`` deletes one. Invariants:
+Two formats are accepted:
+
+* a unified diff (``diff -u`` / ``git diff``): per file a ``--- a/path`` and a ``+++ b/path``
+  line, then ``@@ -l,n +l,n @@`` hunks; ``--- /dev/null`` creates a file, ``+++ /dev/null``
+  deletes one;
+* the envelope many models are trained on: ``*** Begin Patch``, then per file ``*** Add
+  File: path`` (``+`` lines), ``*** Delete File: path`` or ``*** Update File: path`` (an
+  optional ``*** Move to: path``, then chunks opened by ``@@`` lines of `` ``/``-``/``+``
+  lines), and ``*** End Patch``.
+
+Invariants:
 
 * All or nothing: every hunk of every file is checked against the current content before
   anything is written; one hunk that does not apply refuses the whole patch, naming it.
@@ -20,7 +28,7 @@ from dataclasses import dataclass, field
 from .files import MAX_WRITE_BYTES, current_workspace, is_binary
 from .workspace import Workspace, WorkspaceError
 
-__all__ = ["apply_patch", "parse_unified_diff"]
+__all__ = ["apply_patch", "parse_envelope", "parse_unified_diff"]
 
 _HUNK = re.compile(r"^@@ -(\d+)(?:,(\d+))? \+(\d+)(?:,(\d+))? @@")
 _NULL = "/dev/null"
@@ -101,6 +109,44 @@ def parse_unified_diff(text: str) -> list[FilePatch]:
     return patches
 
 
+def parse_envelope(text: str) -> list[FilePatch]:
+    """The file patches of a ``*** Begin Patch`` envelope (hunk positions unknown: searched).
+
+    Raises:
+        WorkspaceError: The envelope is malformed (the message names the line).
+    """
+    lines = text.strip().splitlines()
+    if not lines or lines[0].strip() != "*** Begin Patch" or lines[-1].strip() != "*** End Patch":
+        raise WorkspaceError("an envelope patch starts with '*** Begin Patch' and ends with '*** End Patch'")
+    patches: list[FilePatch] = []
+    for number, line in enumerate(lines[1:-1], 2):
+        if line.startswith("*** Add File: "):
+            patches.append(FilePatch(old=None, new=line[14:].strip(), hunks=[_Hunk(old_start=1)]))
+        elif line.startswith("*** Delete File: "):
+            patches.append(FilePatch(old=line[17:].strip(), new=None))
+        elif line.startswith("*** Update File: "):
+            name = line[17:].strip()
+            patches.append(FilePatch(old=name, new=name))
+        elif line.startswith("*** Move to: ") and patches and patches[-1].old is not None:
+            patches[-1].new = line[13:].strip()
+        elif line.startswith("@@") and patches and patches[-1].old is not None:
+            patches[-1].hunks.append(_Hunk(old_start=0))
+        elif line.strip() == "*** End of File":
+            continue
+        elif patches and line[:1] in (" ", "-", "+", ""):
+            current = patches[-1]
+            if current.old is not None and not current.hunks:
+                current.hunks.append(_Hunk(old_start=0))
+            if not current.hunks or (current.old is None and not line.startswith("+")):
+                raise WorkspaceError(f"patch line {number}: lines of an added file start with '+'")
+            current.hunks[-1].lines.append(line if line else " ")
+        else:
+            raise WorkspaceError(f"patch line {number} is not understood: {line[:80]!r}")
+    if not patches:
+        raise WorkspaceError("the envelope holds no '*** Add/Update/Delete File:' section")
+    return patches
+
+
 def _locate(content: list[str], needle: list[str], hint: int) -> int | None:
     """Index where ``needle`` occurs in ``content``, nearest to ``hint``."""
     if not needle:
@@ -113,10 +159,14 @@ def _locate(content: list[str], needle: list[str], hint: int) -> int | None:
 
 
 def _apply_hunks(name: str, content: list[str], hunks: list[_Hunk]) -> list[str]:
-    shift = 0
+    shift = cursor = 0
     for number, hunk in enumerate(hunks, 1):
         old = hunk.old()
-        at = _locate(content, old, hunk.old_start - 1 + shift)
+        if hunk.old_start > 0:  # a unified diff's hunk: nearest to where its header says
+            at = _locate(content, old, hunk.old_start - 1 + shift)
+        else:  # an envelope's chunk: the first match after the previous chunk, else anywhere
+            after = _locate(content[cursor:], old, 0)
+            at = cursor + after if after is not None else _locate(content, old, cursor)
         if at is None:
             raise WorkspaceError(
                 f"hunk {number} of {name} does not apply: its context and '-' lines are not in the file "
@@ -124,6 +174,7 @@ def _apply_hunks(name: str, content: list[str], hunks: list[_Hunk]) -> list[str]
             )
         content[at : at + len(old)] = hunk.new()
         shift = at - (hunk.old_start - 1) + len(hunk.new()) - len(old)
+        cursor = at + len(hunk.new())
     return content
 
 
@@ -135,14 +186,17 @@ def _read_text(ws: Workspace, name: str) -> str:
 
 
 def apply_patch(patch: str) -> str:
-    """Apply a unified diff (``--- a/path``, ``+++ b/path``, ``@@`` hunks) to files of the workspace.
+    """Apply a patch to files of the workspace: a unified diff or a ``*** Begin Patch`` envelope.
 
     Args:
-        patch: The diff text; ``/dev/null`` as the old path creates a file, as the new path deletes it.
+        patch: A unified diff (``--- a/path``, ``+++ b/path``, ``@@`` hunks; ``/dev/null`` creates
+            or deletes a file) or an envelope (``*** Begin Patch``, ``*** Add File: p``,
+            ``*** Update File: p`` with ``@@`` chunks, ``*** Delete File: p``, ``*** End Patch``).
     """
     ws = current_workspace()
     planned: list[tuple[str, str | None]] = []  # (path, new text or None to delete)
-    for fp in parse_unified_diff(patch):
+    parsed = parse_envelope(patch) if patch.lstrip().startswith("*** Begin Patch") else parse_unified_diff(patch)
+    for fp in parsed:
         target = fp.new if fp.new is not None else fp.old
         if target is None:
             raise WorkspaceError("a file patch has /dev/null on both sides")

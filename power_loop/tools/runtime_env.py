@@ -26,12 +26,15 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from ..errors import ConfigurationError
 from .context import current_tool_context
 
 if TYPE_CHECKING:
+    from ..config import AgentLoopConfig
+    from ..store.protocols import SessionStoreProtocol
+    from .context import AgentLoopHandle
     from .shell import ShellBackend
 
 __all__ = [
@@ -194,9 +197,9 @@ class ToolRuntimeContext:
     """
 
     session_id: str
-    store: Any
-    loop: Any
-    config: Any
+    store: SessionStoreProtocol | None
+    loop: AgentLoopHandle | None
+    config: AgentLoopConfig | None
 
     @property
     def has_session_store(self) -> bool:
