@@ -199,8 +199,25 @@ from .tools.compat import (
     validate_tool_args,
 )
 from .tools.context import ToolCapabilities, ToolContext, current_tool_context
+from .tools.defaults import (
+    CORE_TOOL_NAMES,
+    DEFAULT_TOOL_HANDLERS,
+    EXPLORE_TOOL_NAMES,
+    FULL_TOOL_NAMES,
+    TOOL_PRESETS,
+    create_default_tool_registry,
+)
 from .tools.definition import FunctionTool, ToolDefinition, tool
 from .tools.registry import AsyncToolInSyncContext, RegisteredTool, ToolRegistry
+from .tools.runtime_env import (
+    RuntimeEnv,
+    RuntimeEnvError,
+    ToolRuntimeContext,
+    get_tool_runtime_context,
+    runtime_env_context,
+)
+from .tools.shell import DEFAULT_SHELL_BACKEND, LocalShellBackend, ShellBackend, ShellResult
+from .tools.workspace import WorkspaceError
 
 STABLE_API: tuple[str, ...] = (
     "StatefulAgentLoop",
@@ -228,6 +245,22 @@ STABLE_API: tuple[str, ...] = (
 """Names whose signatures and behaviour follow semantic versioning strictly."""
 
 __all__ = [
+    "CORE_TOOL_NAMES",
+    "DEFAULT_TOOL_HANDLERS",
+    "EXPLORE_TOOL_NAMES",
+    "FULL_TOOL_NAMES",
+    "TOOL_PRESETS",
+    "create_default_tool_registry",
+    "RuntimeEnv",
+    "RuntimeEnvError",
+    "ToolRuntimeContext",
+    "get_tool_runtime_context",
+    "runtime_env_context",
+    "DEFAULT_SHELL_BACKEND",
+    "LocalShellBackend",
+    "ShellBackend",
+    "ShellResult",
+    "WorkspaceError",
     "BUILTIN_SECTIONS",
     "DEFAULT_AGENT_SYSTEM_PROMPT",
     "DEFAULT_DB_PATH",
