@@ -2,9 +2,10 @@
 
 The default tools are ready-made tools for an agent that works on files: ``read_file``,
 ``write_file``, ``edit_file``, ``apply_patch``, ``glob``, ``grep``, ``bash``,
-``request_user_input`` and the wake-up tools (``schedule_wakeup``, ``list_wakeups``,
-``cancel_wakeup``, ``current_time``). The 0.11 presets name ten more (``todo``,
-``note_add`` / ``note_update`` / ``note_delete``, ``load_skill``, ``background_run`` /
+``request_user_input``, ``load_skill`` (the skills of the environment's ``skills_dir``), the
+note tools (``note_add`` / ``note_update`` / ``note_delete``, see :mod:`power_loop.notes`) and
+the wake-up tools (``schedule_wakeup``, ``list_wakeups``, ``cancel_wakeup``,
+``current_time``). The 0.11 presets name three more (``todo``, ``background_run`` /
 ``check_background``): this version does not ship them yet, so a preset leaves them out and
 ``include=`` naming one raises a ``ValueError`` that says so.
 
@@ -29,6 +30,8 @@ from pathlib import Path
 from typing import Any
 
 from ..human import request_user_input as _ask_user
+from ..notes import note_tools
+from ..skills import LOAD_SKILL_DEFINITION, SkillLoader
 from ..timers.tools import timer_tools
 from .definition import FunctionTool, ToolDefinition
 from .files import edit_file, glob_files, grep_files, read_file, write_file
@@ -110,9 +113,22 @@ async def request_user_input(prompt: str, kind: str = "text", options: list[str]
     _ask_user(prompt=prompt, kind=kind, options=options)
 
 
+def load_skill(name: str) -> str:
+    """The ``load_skill`` tool over the skills of the bound environment's ``skills_dir``.
+
+    Synchronous: the registry runs it in a worker thread, where the skills folder is read.
+    """
+    env = require_runtime_env()
+    if env.skills_dir is None:
+        return "Error: no skills are available here (the environment has no skills_dir)."
+    return SkillLoader(env.skills_dir).handle_load_skill(name)
+
+
 def default_tools() -> dict[str, FunctionTool]:
     """The default tools of this version, by name (each call builds fresh objects)."""
     tools = [
+        FunctionTool(LOAD_SKILL_DEFINITION, load_skill),
+        *note_tools(),
         FunctionTool(ToolDefinition.from_function(read_file), read_file),
         FunctionTool(ToolDefinition.from_function(write_file), write_file),
         FunctionTool(ToolDefinition.from_function(edit_file), edit_file),
@@ -188,8 +204,8 @@ def create_default_tool_registry(
     """A registry of the default tools.
 
     ``include`` wins over ``preset``, which wins over "every default tool"; ``exclude`` is
-    applied last. Tools of the 0.11 presets not shipped by this version (``todo``, the note
-    tools, ``load_skill``, ``background_run`` / ``check_background``) are left out.
+    applied last. Tools of the 0.11 presets not shipped by this version (``todo``,
+    ``background_run`` / ``check_background``) are left out.
 
     Args:
         preset: ``"core"``, ``"explore"`` or ``"full"`` (see :data:`TOOL_PRESETS`).
