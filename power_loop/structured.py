@@ -12,10 +12,11 @@
 Invariants: every failure is a :class:`~power_loop.errors.StructuredOutputError` whose
 ``reason`` is one of ``empty``, ``invalid_json``, ``not_an_object`` or ``schema_mismatch``,
 and whose message names what is wrong. A pydantic model class is validated with pydantic
-(full validation, its own rules); a JSON schema dict with the ``jsonschema`` package when it
-is installed (full validation), otherwise with a minimal check (the value is an object with
-every ``required`` key, and no other key when ``additionalProperties`` is false). Nothing
-here imports pydantic or jsonschema until a value is validated.
+(full validation, its own rules); a JSON schema dict with the ``jsonschema`` package, a
+dependency of power_loop (full validation; should it be missing, a minimal check remains:
+the value is an object with every ``required`` key, and no other key when
+``additionalProperties`` is false). Nothing here imports pydantic or jsonschema until a value
+is validated.
 """
 
 from __future__ import annotations
