@@ -251,7 +251,11 @@ async def run_shell_command(
             if proc.returncode is None:
                 with contextlib.suppress(ProcessLookupError):
                     proc.kill()
-        await proc.wait()
+            # Reaped in every case, a cancelled call included: an unreaped child stays a
+            # zombie, and its transport complains when it is collected. (SIGKILL was sent:
+            # the wait is short.)
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.shield(proc.wait())
         await asyncio.wait((reader,), timeout=_DRAIN_S)
     finally:
         if not reader.done():
