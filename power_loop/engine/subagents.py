@@ -34,7 +34,7 @@ import logging
 import secrets
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, NamedTuple
 
 from .._types import RunKind, SubagentLifecycle
 from ..config import AgentLoopConfig
@@ -292,6 +292,17 @@ def _model(llm: LLMService, config: AgentLoopConfig, child: ChildTask) -> tuple[
     return llm, replace(config, **changes) if changes else config
 
 
+class _Plan(NamedTuple):
+    """What a checked spawn runs with."""
+
+    session_id: str
+    depth: int
+    tools: list[str]
+    llm: LLMService
+    config: AgentLoopConfig
+    execute: Executor
+
+
 @dataclass
 class RunSubagents:
     """``ctx.subagents`` for one tool call of the run ``caller`` (see
@@ -320,24 +331,25 @@ class RunSubagents:
             task, system_prompt, name, tools, max_rounds, max_tokens, temperature, model, lifecycle, metadata
         ).checked()
         parent = self.caller
-        depth = parent.depth + 1
-        _refuse_depth(depth, parent.config.max_subagent_depth)
-        offered = self._tools(child.tools)
-        llm, config = _model(parent.llm, parent.config, child)
-        execute = parent.execute
-        if execute is None:  # pragma: no cover - every run built by execute_run has it
-            raise RuntimeError("this run cannot start sub-agents (it was built without an executor)")
-        index, self.spawned = self.spawned, self.spawned + 1
-        sid = child_session_id(parent.session_id, self.tool_call_id, index)
+        plan = self._plan(child, background=False)
 
         async def publish(event_type: AgentEventType, payload: BaseEventPayload) -> None:
             await parent.emitter.emit(event_type, payload, round_index=parent.round_index)
 
         spawn = _Spawn(
-            parent.rt, execute, parent, parent.session_id, self.tool_call_id, depth, offered, llm, config, publish
+            parent.rt,
+            plan.execute,
+            parent,
+            parent.session_id,
+            self.tool_call_id,
+            plan.depth,
+            plan.tools,
+            plan.llm,
+            plan.config,
+            publish,
         )
         async with self._slot():
-            return await _run_child(spawn, child, sid)
+            return await _run_child(spawn, child, plan.session_id)
 
     async def start(
         self,
@@ -358,20 +370,8 @@ class RunSubagents:
             task, system_prompt, name, tools, max_rounds, max_tokens, temperature, model, lifecycle, metadata
         ).checked()
         parent = self.caller
-        depth = parent.depth + 1
-        _refuse_depth(depth, parent.config.max_subagent_depth)
-        offered = self._tools(child.tools)
-        llm, config = _model(parent.llm, parent.config, child)
-        left = parent.tokens_left()
-        if left is not None:
-            if left <= 0:
-                raise SubagentRefused("sub-agent refused: this run's token budget is spent; answer with what you have")
-            config = replace(config, max_tokens_per_run=left)  # what the parent has left, at most
-        execute = parent.execute
-        if execute is None:  # pragma: no cover - every run built by execute_run has it
-            raise RuntimeError("this run cannot start sub-agents (it was built without an executor)")
-        index, self.spawned = self.spawned, self.spawned + 1
-        sid = child_session_id(parent.session_id, self.tool_call_id, index)
+        plan = self._plan(child, background=True)
+        sid, depth, offered = plan.session_id, plan.depth, plan.tools
         created = await parent.rt.store.start_background_child(
             sid,
             parent_session_id=parent.session_id,
@@ -393,9 +393,9 @@ class RunSubagents:
                 kind="wake",  # the run takes the task from the child's inbox
                 wait_foreign=False,
                 tools=offered,
-                child=ChildLink(parent=None, config=config, llm=llm),
+                child=ChildLink(parent=None, config=plan.config, llm=plan.llm),
             )
-            parent.rt.spawn_task(run_in_background(parent.rt, execute, request), name=background_task_name(sid))
+            parent.rt.spawn_task(run_in_background(parent.rt, plan.execute, request), name=background_task_name(sid))
         return SubagentReceipt(session_id=sid, name=child.name, started=created)
 
     async def background(self) -> list[BackgroundChild]:
@@ -408,6 +408,29 @@ class RunSubagents:
         if stopped:
             self.caller.rt.cancel_task(background_task_name(session_id))
         return stopped
+
+    def _plan(self, child: ChildTask, *, background: bool) -> _Plan:
+        """Check a spawn (depth, tools, budget) and settle what the child runs with; the
+        child's id is allocated last, so a refused spawn takes none."""
+        parent = self.caller
+        depth = parent.depth + 1
+        _refuse_depth(depth, parent.config.max_subagent_depth)
+        offered = self._tools(child.tools)
+        llm, config = _model(parent.llm, parent.config, child)
+        if background:  # it outlives this run: it gets at most what the budget has left now
+            left = parent.tokens_left()
+            if left is not None:
+                if left <= 0:
+                    raise SubagentRefused(
+                        "sub-agent refused: this run's token budget is spent; answer with what you have"
+                    )
+                config = replace(config, max_tokens_per_run=left)
+        execute = parent.execute
+        if execute is None:  # pragma: no cover - every run built by execute_run has it
+            raise RuntimeError("this run cannot start sub-agents (it was built without an executor)")
+        index, self.spawned = self.spawned, self.spawned + 1
+        sid = child_session_id(parent.session_id, self.tool_call_id, index)
+        return _Plan(sid, depth, offered, llm, config, execute)
 
     def _tools(self, names: Sequence[str] | None) -> list[str]:
         """The names the child is offered: the calling round's, narrowed to ``names``."""
