@@ -23,7 +23,7 @@ What is carried over, and how (0.11 table → ours):
 * ``notes`` → ``notes`` (schema version 5).
 * ``session_runtime_state`` and ``background_tasks`` (todo lists, background commands) are
   kept as they were in ``legacy011_session_runtime_state`` / ``legacy011_background_tasks``
-  when they hold rows; the features that read them come later.
+  when they hold rows, and version 9 moves them into ``runtime_state`` / ``background_tasks``.
 
 Rows of sessions that no longer exist (0.11 had no foreign keys) are dropped; the backup
 keeps them.
@@ -182,13 +182,14 @@ def migrate_011(
         for step in migrations[:COPY_VERSION]:
             step(conn)
         _Copier(conn, set(present), path).run()
-        for step in migrations[COPY_VERSION:]:
-            step(conn)
         for table in present:
+            # Kept rows wait under their legacy011_ name for the migration that reads them (9).
             if table in _KEPT_AS_IS and conn.execute(f'SELECT 1 FROM "{_OLD}{table}" LIMIT 1').fetchone():
                 conn.execute(f'ALTER TABLE "{_OLD}{table}" RENAME TO "legacy011_{table}"')
             else:
                 conn.execute(f'DROP TABLE "{_OLD}{table}"')
+        for step in migrations[COPY_VERSION:]:
+            step(conn)
         conn.execute(f"PRAGMA user_version = {len(migrations)}")
         conn.execute("COMMIT")
     except BaseException:

@@ -211,7 +211,7 @@ def session_state(tx: Tx, session_id: str) -> SessionState:
     """
     row = tx.execute(
         f"SELECT id, {SESSION_COLUMNS}, version, event_seq, last_run, lease_owner, fence, lease_expires_at, "
-        "holder_host, holder_pid, holder_start FROM sessions WHERE session_id = ?",
+        "holder_host, holder_pid, holder_start, runtime_rev FROM sessions WHERE session_id = ?",
         (session_id,),
     ).fetchone()
     if row is None:

@@ -340,4 +340,5 @@ def begin_run(tx: Tx, b: BeginRun) -> BeginOutcome:
         appended=tuple(appended),
         pending=pending,
         event_seq=event_seq,
+        runtime=int(state.row["runtime_rev"]) > 0,
     )

@@ -9,10 +9,12 @@ Consumers see protocols, never a backend class:
   renew, deliver, orphaned inboxes).
 * :class:`SessionAdmin`: the facade and the CLI (create, read, close sessions; stats;
   pending calls; follow-ups; the store's lifecycle).
-* :class:`SessionStoreProtocol`: all three, what ``StatefulAgentLoop(store=...)`` accepts.
+* :class:`RuntimeStore`: the todo and background tools and the runtime projectors
+  (per-session runtime state, background commands).
+* :class:`SessionStoreProtocol`: all four, what ``StatefulAgentLoop(store=...)`` accepts.
 
 Below them, the rules (``_sql.py`` for runs, ``_sessions_sql.py``, ``_history_sql.py``,
-``_inbox_sql.py``, ``_leases.py``, ``_timers_sql.py``) run inside one transaction through
+``_inbox_sql.py``, ``_leases.py``, ``_timers_sql.py``, ``_runtime_sql.py``) run inside one transaction through
 :class:`Tx`: ``execute(sql, params)`` returning a cursor with
 ``fetchone``/``fetchall``/``rowcount`` whose rows are read by column name. The rules' SQL is
 portable (no ``MAX(a, b)``, ``IS NOT ?``, ``rowid`` or ``INSERT OR ...``; ``?`` marks a
@@ -26,12 +28,13 @@ adapter: a connection, a ``Tx`` over it and its transaction boundaries.
 
 from __future__ import annotations
 
-from collections.abc import Coroutine, Mapping, Sequence
+from collections.abc import Coroutine, Iterable, Mapping, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 from ._timer_rows import MAX_DELAY_S, MAX_DUE_AT_MS, ClaimedTimer, Delivery, TimerBudgetExceeded
 from .rows import (
     BackgroundChild,
+    BackgroundTaskRow,
     BeginOutcome,
     BeginRun,
     LeaseClaim,
@@ -51,6 +54,7 @@ __all__ = [
     "Cursor",
     "Delivery",
     "RunStore",
+    "RuntimeStore",
     "SessionAdmin",
     "SessionStoreProtocol",
     "TimerBudgetExceeded",
@@ -360,6 +364,65 @@ class SessionAdmin(Protocol):
         ...
 
 
+class RuntimeStore(Protocol):
+    """Per-session runtime state and background commands (the todo and background tools,
+    the runtime projectors). Every method raises ``SessionNotFoundError`` for an unknown
+    session."""
+
+    async def get_runtime_state_async(self, session_id: str, key: str, default: Any = None) -> Any:
+        """The value under ``key`` (decoded JSON), or ``default``."""
+        ...
+
+    async def set_runtime_state_async(self, session_id: str, key: str, value: Any) -> None:
+        """Store ``value`` (JSON-encodable) under ``key``; ``TypeError`` otherwise."""
+        ...
+
+    async def delete_runtime_state_async(self, session_id: str, key: str) -> bool:
+        """Remove ``key``; False when it was not set."""
+        ...
+
+    async def upsert_background_task_async(
+        self,
+        session_id: str,
+        *,
+        task_id: str,
+        command: str,
+        status: str,
+        return_code: int | None = None,
+        output_tail: str | None = None,
+        output_path: str | None = None,
+        seen: bool = False,
+    ) -> BackgroundTaskRow:
+        """Create or update a background command; a ``running`` one records this process."""
+        ...
+
+    async def get_background_task_async(self, session_id: str, task_id: str) -> BackgroundTaskRow | None:
+        """One background command, or None."""
+        ...
+
+    async def list_background_tasks_async(self, session_id: str) -> list[BackgroundTaskRow]:
+        """The session's background commands, oldest first."""
+        ...
+
+    async def list_unseen_background_updates_async(self, session_id: str) -> list[BackgroundTaskRow]:
+        """Background commands whose latest change the model has not been shown."""
+        ...
+
+    async def mark_background_seen_async(self, session_id: str, task_ids: Iterable[str]) -> int:
+        """Mark these commands' latest change shown; how many changed."""
+        ...
+
+    async def reap_lost_background_async(self, session_id: str) -> int:
+        """Mark ``lost`` the running commands whose process provably ended; how many."""
+        ...
+
+    async def take_background_updates_async(
+        self, session_id: str, *, mark_seen: bool = True
+    ) -> list[BackgroundTaskRow]:
+        """Reap lost commands, then the unseen updates (marked seen with ``mark_seen``)."""
+        ...
+
+
 @runtime_checkable
-class SessionStoreProtocol(RunStore, TimerStore, SessionAdmin, Protocol):
+class SessionStoreProtocol(RunStore, TimerStore, SessionAdmin, RuntimeStore, Protocol):
     """Everything a loop uses: what ``StatefulAgentLoop(store=...)`` accepts."""

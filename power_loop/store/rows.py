@@ -19,6 +19,8 @@ __all__ = [
     "AnswerPending",
     "Append",
     "BackgroundChild",
+    "BackgroundStatus",
+    "BackgroundTaskRow",
     "BeginOutcome",
     "BeginRun",
     "Compact",
@@ -260,6 +262,56 @@ class BackgroundChild:
     status: str
     created_at: int
     ended_at: int | None = None
+
+
+BackgroundStatus = Literal["running", "completed", "failed", "timed_out", "killed", "lost"]
+"""What became of a background command: still ``running``; ended with exit code 0
+(``completed``) or another (``failed``); killed at its time limit (``timed_out``); killed
+because its loop closed or it was cancelled (``killed``); or ``lost``, its process having ended
+(a crash or a restart) before the command finished."""
+
+BACKGROUND_ENDED: frozenset[str] = frozenset({"completed", "failed", "timed_out", "killed", "lost"})
+"""The statuses of a background command that has ended."""
+
+
+@dataclass(frozen=True)
+class BackgroundTaskRow:
+    """A background command of a session (``background_run``). Times are epoch ms.
+
+    Attributes:
+        session_id: The session that started it.
+        task_id: Its id in the session.
+        command: The command line.
+        status: See :data:`BackgroundStatus` (0.11 files may hold other words).
+        return_code: Its exit status once ended (negative: killed by that signal).
+        output_tail: The end of its output, bounded.
+        output_path: A file holding its full output, when one was kept.
+        seen: The model has been shown its latest change.
+        created_at: When it was started.
+        updated_at: Its latest change.
+    """
+
+    session_id: str
+    task_id: str
+    command: str
+    status: str
+    return_code: int | None = None
+    output_tail: str | None = None
+    output_path: str | None = None
+    seen: bool = False
+    created_at: int = 0
+    updated_at: int = 0
+
+    def __getitem__(self, name: str) -> Any:
+        """Field access by name, for 0.11 code that read these rows as dicts."""
+        try:
+            return getattr(self, name)
+        except AttributeError:
+            raise KeyError(name) from None
+
+    def get(self, name: str, default: Any = None) -> Any:
+        """A field by name, or ``default``."""
+        return getattr(self, name, default)
 
 
 @dataclass(frozen=True)
@@ -571,6 +623,8 @@ class BeginOutcome:
         pending: Unresolved calls (for ``pending`` status, or for ``resume``).
         lease_owner / lease_expires_at: Holder of the lease when ``busy``.
         event_seq: The session's event sequence high-water mark.
+        runtime: The session keeps runtime state or background commands (the todo list, a
+            ``background_run``): the run shows their projection to the model each round.
     """
 
     status: Literal["ok", "busy", "pending", "not_found"]
@@ -583,6 +637,7 @@ class BeginOutcome:
     lease_owner: str | None = None
     lease_expires_at: int = 0
     event_seq: int = 0
+    runtime: bool = False
 
 
 def check_metadata(metadata: Mapping[str, Any] | None) -> dict[str, Any]:

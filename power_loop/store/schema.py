@@ -58,6 +58,12 @@ then version 7 rebuilds the tables, see ``_schema_v7.py``).
 ``legacy011_sessions``
     The 0.11-only session fields (model, config, status, spawn call) that the 0.11 store API
     (``_compat.py``) reads and writes.
+``runtime_state`` and ``background_tasks`` (version 9)
+    Per-session runtime state by key (JSON; the todo list) and background commands
+    (``background_run``) with the identity of the process running them, so one whose process
+    died is reported ``lost``; ``seen`` marks updates already shown to the model.
+    ``sessions.runtime_rev`` counts their writes: a run of a session that never used them
+    reads nothing more.
 ``subagent_tasks`` (version 8)
     One row per sub-agent started in the background, keyed by the child's session, with its
     parent: ``running`` until the child's result is in the parent's inbox (``delivered``,
@@ -66,7 +72,7 @@ then version 7 rebuilds the tables, see ``_schema_v7.py``).
 History: version 1 created sessions, messages, tool_calls, runs, llm_calls, session_stats,
 session_leases, inbox, interactions; 2 compactions; 3 timers; 4 the lease holder's identity;
 5 notes; 6 the per-session counters; 7 the integer keys and the folded tables above; 8
-subagent_tasks.
+subagent_tasks; 9 runtime_state and background_tasks (0.11's kept rows move in).
 """
 
 from __future__ import annotations
@@ -332,7 +338,64 @@ def _v8(conn: sqlite3.Connection) -> None:
     )
 
 
-MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_v1, _v2, _v3, _v4, _v5, _v6, _v7, _v8)
+def _v9(conn: sqlite3.Connection) -> None:
+    # Runtime state (the todo list) and background commands, per session; the rows a 0.11
+    # conversion kept aside (legacy011_*) move in. A 0.11 command still "running" ran in a
+    # 0.11 process, which cannot be running it on this file any more: it is lost.
+    _run_script(
+        conn,
+        """
+        CREATE TABLE runtime_state (
+            session      INTEGER NOT NULL REFERENCES sessions(id) ON DELETE CASCADE,
+            key          TEXT NOT NULL,
+            value        TEXT,
+            updated_at   INTEGER NOT NULL,
+            PRIMARY KEY (session, key)
+        ) WITHOUT ROWID;
+        CREATE TABLE background_tasks (
+            session      INTEGER NOT NULL REFERENCES sessions(id) ON DELETE CASCADE,
+            task_id      TEXT NOT NULL,
+            command      TEXT NOT NULL,
+            status       TEXT NOT NULL,
+            return_code  INTEGER,
+            output_tail  TEXT,
+            output_path  TEXT,
+            seen         INTEGER NOT NULL DEFAULT 0,
+            holder_host  TEXT,
+            holder_pid   INTEGER,
+            holder_start INTEGER,
+            created_at   INTEGER NOT NULL,
+            updated_at   INTEGER NOT NULL,
+            PRIMARY KEY (session, task_id)
+        ) WITHOUT ROWID;
+        ALTER TABLE sessions ADD COLUMN runtime_rev INTEGER NOT NULL DEFAULT 0
+        """,
+    )
+    tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    if "legacy011_session_runtime_state" in tables:
+        conn.execute(
+            "INSERT INTO runtime_state (session, key, value, updated_at) "
+            "SELECT s.id, r.key, r.value_json, r.updated_at FROM legacy011_session_runtime_state r "
+            "JOIN sessions s ON s.session_id = r.session_id"
+        )
+        conn.execute("DROP TABLE legacy011_session_runtime_state")
+    if "legacy011_background_tasks" in tables:
+        conn.execute(
+            "INSERT INTO background_tasks (session, task_id, command, status, return_code, output_tail, "
+            "output_path, seen, created_at, updated_at) "
+            "SELECT s.id, b.task_id, b.command, CASE WHEN b.status = 'running' THEN 'lost' ELSE b.status END, "
+            "b.return_code, b.output_tail, b.output_path, b.status <> 'running' AND b.last_seen_at >= b.updated_at, "
+            "b.created_at, b.updated_at FROM legacy011_background_tasks b "
+            "JOIN sessions s ON s.session_id = b.session_id"
+        )
+        conn.execute("DROP TABLE legacy011_background_tasks")
+    conn.execute(
+        "UPDATE sessions SET runtime_rev = 1 WHERE id IN (SELECT session FROM runtime_state) "
+        "OR id IN (SELECT session FROM background_tasks)"
+    )
+
+
+MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_v1, _v2, _v3, _v4, _v5, _v6, _v7, _v8, _v9)
 LATEST_VERSION = len(MIGRATIONS)
 
 

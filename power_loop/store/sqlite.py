@@ -30,6 +30,7 @@ from . import _compat_sql, _leases, _sql
 from . import _subagents_sql as _subagents
 from . import _timers_sql as _timers
 from ._compat import Store011Methods
+from ._runtime import RuntimeStateMethods
 from ._sqlite_conn import SQLiteFileStore, connection_file
 from ._sqlite_tx import SQLiteTx, transaction
 from ._twins import TxFn, store_op
@@ -80,7 +81,7 @@ def _open_sync(cls: type[S], path: str | os.PathLike[str] = DEFAULT_DB_PATH) -> 
     return store
 
 
-class SQLiteSessionStore(SQLiteFileStore, Store011Methods):
+class SQLiteSessionStore(SQLiteFileStore, Store011Methods, RuntimeStateMethods):
     """Sessions, messages, tool calls, usage, stats, leases and inbox in one SQLite file.
 
     Args:
