@@ -13,6 +13,7 @@ from typing import Any
 
 from ._types import MAX_SPAWN_DEPTH
 from .errors import ConfigurationError
+from .projectors import default_runtime_projectors
 from .providers.retry import LLMRetryPolicy
 from .structured import resolve_response_format
 
@@ -50,9 +51,15 @@ class AgentLoopConfig:
         retry_policy: Retry policy of model calls; None uses the provider's ``max_retries``.
         memory: A memory provider recalled at the start of each run.
         memory_budget_tokens: Token budget of recalled memory.
-        notes_policy: Accepted for 0.11 compatibility.
-        skills_dir: Accepted for 0.11 compatibility.
-        runtime_projectors: Accepted for 0.11 compatibility.
+        notes_policy: The limits of agent-written notes (``NotesPolicy``; None: the default
+            policy).
+        skills_dir: A folder of skills (``*/SKILL.md``): every run's system prompt lists them
+            in a ``# Skills`` section, and ``load_skill`` loads from it when the runtime
+            environment names no skills folder.
+        runtime_projectors: What the model is shown of the session's runtime state each
+            round, appended to that round's system prompt (default: the todo list and
+            unseen background-command updates; ``()`` shows nothing). See
+            :mod:`power_loop.projectors`.
         inject_tool_descriptions: Append a catalog of the offered tools to the system prompt.
         tool_catalog_header: Heading of that catalog.
         tool_concurrency: Tool calls of one model turn run concurrently, at most this many
@@ -94,7 +101,7 @@ class AgentLoopConfig:
     memory_budget_tokens: int = 1500
     notes_policy: Any = None
     skills_dir: str | Path | None = None
-    runtime_projectors: Sequence[Any] = ()
+    runtime_projectors: Sequence[Any] = field(default_factory=default_runtime_projectors)
     inject_tool_descriptions: bool = True
     tool_catalog_header: str = "# Available Tools"
     tool_concurrency: int = 8

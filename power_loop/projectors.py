@@ -1,31 +1,40 @@
 """Runtime projectors: per-round views of a session's runtime state for the model.
 
 A projector turns state kept beside the conversation (the todo list, background commands'
-updates) into a short text block for the current round. The protocol is power-loop 0.11's:
-``project(*, store, session_id, round_index, context) -> str | None`` (None: nothing to
-show this round).
+updates) into a short text block for the current round; the engine appends the blocks to the
+end of that round's system prompt (never to the stored history). The protocol is power-loop
+0.11's: ``project(*, store, session_id, round_index, context) -> str | None`` (None: nothing
+to show this round). ``AgentLoopConfig.runtime_projectors`` defaults to
+:func:`default_runtime_projectors`.
 
 Invariants:
 
+* ``project`` is synchronous, as in 0.11, and may call the store's blocking methods: the
+  engine runs it in a worker thread, never on the event loop. A projector may also define
+  ``async def aproject(...)`` (same keywords); the engine then awaits that instead (the
+  built-in projectors do, through the store's ``*_async`` methods).
+* A projector whose ``reads_runtime_state`` is true (the built-ins) is skipped for sessions
+  that never wrote runtime state or started a background command: a run of such a session
+  costs nothing more per round.
 * A projector reads the store through the methods it names (``get_runtime_state``,
   ``list_unseen_background_updates``, ``mark_background_seen``); a store without them
   projects nothing rather than failing.
-* ``project`` is synchronous, as in 0.11, and calls the store's blocking methods: call it
-  from a worker thread (``asyncio.to_thread``), never on the event loop of a busy server.
-* :class:`BackgroundRuntimeProjector` with ``mark_seen`` shows each update once.
+* :class:`BackgroundRuntimeProjector` with ``mark_seen`` shows each update once; a command
+  whose process ended before it finished is shown as ``lost``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 __all__ = [
     "BackgroundRuntimeProjector",
     "RuntimeProjector",
     "TodoRuntimeProjector",
     "default_runtime_projectors",
+    "render_background_updates",
     "render_todo",
 ]
 
@@ -69,6 +78,7 @@ class TodoRuntimeProjector:
     """
 
     state_key: str = "todo"
+    reads_runtime_state: ClassVar[bool] = True
 
     def project(self, *, store: Any, session_id: str, round_index: int, context: Mapping[str, Any]) -> str | None:
         """The todo list, or None when the store has none (or keeps no runtime state)."""
@@ -76,6 +86,15 @@ class TodoRuntimeProjector:
         if getter is None:
             return None
         return render_todo(getter(session_id, self.state_key)) or None
+
+    async def aproject(
+        self, *, store: Any, session_id: str, round_index: int, context: Mapping[str, Any]
+    ) -> str | None:
+        """:meth:`project` through the store's async methods (what the engine calls)."""
+        getter = getattr(store, "get_runtime_state_async", None)
+        if getter is None:
+            return None
+        return render_todo(await getter(session_id, self.state_key)) or None
 
 
 @dataclass(frozen=True)
@@ -87,27 +106,53 @@ class BackgroundRuntimeProjector:
     """
 
     mark_seen: bool = True
+    reads_runtime_state: ClassVar[bool] = True
 
     def project(self, *, store: Any, session_id: str, round_index: int, context: Mapping[str, Any]) -> str | None:
         """One line per unseen update, or None."""
+        reaper = getattr(store, "reap_lost_background", None)
+        if reaper is not None:
+            reaper(session_id)
         lister = getattr(store, "list_unseen_background_updates", None)
         if lister is None:
             return None
         updates = list(lister(session_id) or [])
         if not updates:
             return None
-        lines, ids = [], []
-        for update in updates:
-            get = update.get if isinstance(update, Mapping) else lambda k, d=None, u=update: getattr(u, k, d)
-            task_id = get("task_id")
-            ids.append(task_id)
-            tail = str(get("output_tail") or "").strip()
-            line = f"- {task_id} ({get('status', '?')}): {get('command', '')}"
-            lines.append(line + (f"\n  last output: {tail[-500:]}" if tail else ""))
         marker = getattr(store, "mark_background_seen", None)
         if self.mark_seen and marker is not None:
-            marker(session_id, ids)
-        return "# Background commands\n" + "\n".join(lines)
+            marker(session_id, [_field(u, "task_id") for u in updates])
+        return render_background_updates(updates)
+
+    async def aproject(
+        self, *, store: Any, session_id: str, round_index: int, context: Mapping[str, Any]
+    ) -> str | None:
+        """:meth:`project` in one store transaction (what the engine calls)."""
+        take = getattr(store, "take_background_updates_async", None)
+        if take is None:
+            return None
+        return render_background_updates(await take(session_id, mark_seen=self.mark_seen))
+
+
+def _field(update: Any, name: str) -> Any:
+    return update.get(name) if isinstance(update, Mapping) else getattr(update, name, None)
+
+
+def render_background_updates(updates: Sequence[Any]) -> str | None:
+    """Background-command updates (rows or dicts) as a ``# Background commands`` block: one
+    line per command with its status and exit code, and the end of its output; None for no
+    updates."""
+    if not updates:
+        return None
+    lines = []
+    for update in updates:
+        status = _field(update, "status") or "?"
+        code = _field(update, "return_code")
+        state = f"{status}, exit code {code}" if code is not None and status != "running" else status
+        line = f"- {_field(update, 'task_id')} ({state}): {_field(update, 'command') or ''}"
+        tail = str(_field(update, "output_tail") or "").strip()
+        lines.append(line + (f"\n  last output: {tail[-500:]}" if tail else ""))
+    return "# Background commands\n" + "\n".join(lines)
 
 
 def default_runtime_projectors() -> tuple[RuntimeProjector, ...]:

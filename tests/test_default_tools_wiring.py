@@ -1,4 +1,4 @@
-"""The default registry ships the note tools and load_skill, working in a real run."""
+"""The default registry ships every default tool; the note tools and load_skill work in a real run."""
 
 from __future__ import annotations
 
@@ -9,10 +9,9 @@ from power_loop.testing import ScriptedLLM, text_reply, tool_reply
 from power_loop.testing.script import ScriptedReply, ScriptedRequest
 
 
-def test_only_todo_and_background_jobs_are_left_out_of_the_full_preset(tmp_path: Path) -> None:
+def test_the_full_preset_holds_every_default_tool(tmp_path: Path) -> None:
     registry = create_default_tool_registry(preset="full", workspace_dir=tmp_path)
-    missing = sorted(set(FULL_TOOL_NAMES) - set(registry.names()))
-    assert missing == ["background_run", "check_background", "todo"]
+    assert sorted(registry.names()) == sorted(FULL_TOOL_NAMES)
 
 
 async def test_load_skill_and_notes_in_a_run(tmp_path: Path, db_path: str) -> None:

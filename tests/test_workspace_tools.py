@@ -56,8 +56,10 @@ def test_names_and_presets() -> None:
     assert set(everything.names()) == shipped
     assert "current_time" in everything and "request_user_input" in everything
     assert create_default_tool_registry(include=["grep", "glob"], exclude=["glob"]).names() == ["grep"]
-    with pytest.raises(ValueError, match="not available in this version"):
-        create_default_tool_registry(include=["todo"])
+    assert shipped == set(FULL_TOOL_NAMES)
+    assert create_default_tool_registry(include=["todo", "check_background"]).names() == ["todo", "check_background"]
+    with pytest.raises(ValueError, match="unknown default tool 'todos'"):
+        create_default_tool_registry(include=["todos"])
     with pytest.raises(ValueError, match="unknown preset"):
         create_default_tool_registry(preset="everything")
 

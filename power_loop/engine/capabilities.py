@@ -1,4 +1,5 @@
-"""The capabilities a tool call gets (``ctx.timers``, ``ctx.inbox``, ``ctx.session``).
+"""The capabilities a tool call gets (``ctx.timers``, ``ctx.inbox``, ``ctx.session``,
+``ctx.state``, ``ctx.background``).
 
 Invariants:
 
@@ -12,20 +13,40 @@ Invariants:
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 import math
+import secrets
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TypedDict
+from typing import Any, TypedDict
 
 from ..errors import SessionNotFoundError
 from ..messages import Message
 from ..store.protocols import MAX_DELAY_S, MAX_DUE_AT_MS, SessionStoreProtocol
-from ..store.rows import TimerRow
+from ..store.rows import BackgroundTaskRow, TimerRow
 from ..tools.context import ToolCapabilities
+from ..tools.shell import ShellBackend, run_shell_command
 
-__all__ = ["StoreInbox", "StoreSession", "StoreTimers", "TimerArgs", "TimerSignal", "timer_args", "tool_capabilities"]
+__all__ = [
+    "StoreBackground",
+    "StoreInbox",
+    "StoreSession",
+    "StoreState",
+    "StoreTimers",
+    "TimerArgs",
+    "TimerSignal",
+    "timer_args",
+    "tool_capabilities",
+]
+
+log = logging.getLogger("power_loop.background")
+
+Spawn = Callable[..., "asyncio.Task[None]"]
+"""``Runtime.spawn_task``: run a coroutine as a task the loop owns (cancelled when it closes)."""
 
 
 class TimerArgs(TypedDict):
@@ -129,6 +150,109 @@ class StoreSession:
         return row.metadata
 
 
+@dataclass(frozen=True, slots=True)
+class StoreState:
+    """:class:`~power_loop.tools.context.SessionRuntimeState` over the loop's store."""
+
+    store: SessionStoreProtocol
+    session_id: str
+    on_write: Callable[[], None] | None = None
+
+    async def get(self, key: str, default: object = None) -> object:
+        """See :meth:`power_loop.tools.context.SessionRuntimeState.get`."""
+        return await self.store.get_runtime_state_async(self.session_id, key, default)
+
+    async def set(self, key: str, value: object) -> None:
+        """See :meth:`power_loop.tools.context.SessionRuntimeState.set`."""
+        await self.store.set_runtime_state_async(self.session_id, key, value)
+        if self.on_write is not None:
+            self.on_write()
+
+    async def delete(self, key: str) -> bool:
+        """See :meth:`power_loop.tools.context.SessionRuntimeState.delete`."""
+        return await self.store.delete_runtime_state_async(self.session_id, key)
+
+
+def _exit_status(exit_code: int | None, timed_out: bool) -> str:
+    if timed_out:
+        return "timed_out"
+    return "completed" if exit_code == 0 else "failed"
+
+
+@dataclass(frozen=True, slots=True)
+class StoreBackground:
+    """:class:`~power_loop.tools.context.SessionBackground` over the loop's store, its
+    commands run as tasks the loop owns."""
+
+    store: SessionStoreProtocol
+    session_id: str
+    spawn: Spawn
+    on_write: Callable[[], None] | None = None
+
+    async def start(
+        self,
+        command: str,
+        *,
+        workspace_dir: str,
+        backend: ShellBackend | None = None,
+        timeout_s: float = 1800.0,
+    ) -> BackgroundTaskRow:
+        """See :meth:`power_loop.tools.context.SessionBackground.start`."""
+        if not isinstance(command, str) or not command.strip():
+            raise ValueError("a background command needs a non-empty command line")
+        if not timeout_s > 0:
+            raise ValueError("timeout_s must be > 0")
+        task_id = "bg_" + secrets.token_hex(4)
+        # Recorded before it starts, and as seen: the model knows it started it.
+        row = await self.store.upsert_background_task_async(
+            self.session_id, task_id=task_id, command=command, status="running", seen=True
+        )
+        if self.on_write is not None:
+            self.on_write()
+        self.spawn(self._run(row, workspace_dir, backend, timeout_s), name=f"power_loop-background-{task_id}")
+        return row
+
+    def _end(self, row: BackgroundTaskRow, status: str, code: int | None, tail: str) -> Coroutine[Any, Any, object]:
+        return self.store.upsert_background_task_async(
+            self.session_id, task_id=row.task_id, command=row.command, status=status, return_code=code, output_tail=tail
+        )
+
+    async def _run(self, row: BackgroundTaskRow, workspace: str, backend: ShellBackend | None, limit: float) -> None:
+        try:
+            result = await run_shell_command(row.command, workspace_dir=workspace, backend=backend, timeout_s=limit)
+        except asyncio.CancelledError:
+            # The loop is closing: the command's process group was killed; say so durably.
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self._end(row, "killed", None, "[killed: the agent loop closed]"))
+            raise
+        except OSError as exc:
+            status, code, tail = "failed", None, f"[the command could not be started: {exc.strerror or exc}]"
+        else:
+            status, code, tail = _exit_status(result.exit_code, result.timed_out), result.exit_code, result.output
+            if result.timed_out:
+                tail = f"{tail}\n[timed out after {limit:g}s: the command and its children were killed]"
+        try:
+            await self._end(row, status, code, tail)
+        except Exception:  # the store failed: the row stays "running" until reaped as lost
+            log.exception("could not record the end of background command %s of %s", row.task_id, self.session_id)
+
+    async def tasks(self) -> list[BackgroundTaskRow]:
+        """See :meth:`power_loop.tools.context.SessionBackground.tasks`."""
+        await self.store.reap_lost_background_async(self.session_id)
+        return await self.store.list_background_tasks_async(self.session_id)
+
+    async def get(self, task_id: str) -> BackgroundTaskRow | None:
+        """See :meth:`power_loop.tools.context.SessionBackground.get`."""
+        await self.store.reap_lost_background_async(self.session_id)
+        return await self.store.get_background_task_async(self.session_id, task_id)
+
+    async def mark_seen(self, task_ids: Sequence[str]) -> int:
+        """See :meth:`power_loop.tools.context.SessionBackground.mark_seen`."""
+        if not task_ids:
+            return 0
+        return await self.store.mark_background_seen_async(self.session_id, task_ids)
+
+
 def timer_args(
     delay_s: float | None,
     due_at_ms: int | None,
@@ -183,11 +307,20 @@ def timer_args(
 
 
 def tool_capabilities(
-    store: SessionStoreProtocol, signal: TimerSignal, session_id: str, tool_call_id: str
+    store: SessionStoreProtocol,
+    signal: TimerSignal,
+    spawn: Spawn,
+    session_id: str,
+    tool_call_id: str,
+    *,
+    on_runtime_write: Callable[[], None] | None = None,
 ) -> ToolCapabilities:
-    """The capabilities of call ``tool_call_id`` in ``session_id``."""
+    """The capabilities of call ``tool_call_id`` in ``session_id``; ``on_runtime_write`` is
+    told when the call writes runtime state or starts a background command."""
     return ToolCapabilities(
         timers=StoreTimers(store, signal, session_id, origin=f"tool:{session_id}:{tool_call_id}"),
         inbox=StoreInbox(store, session_id),
         session=StoreSession(store, session_id),
+        state=StoreState(store, session_id, on_runtime_write),
+        background=StoreBackground(store, session_id, spawn, on_runtime_write),
     )

@@ -2,8 +2,9 @@
 
 * :func:`round_start` runs ``ROUND_START`` (``SKIP`` skips the round, ``BREAK`` ends the run)
   and publishes ``round_started``; it returns the messages the model will see.
-* :func:`call_for_round` runs ``LLM_BEFORE`` (which may narrow the tools, replace the view or
-  short-circuit the call) and calls the model.
+* :func:`call_for_round` projects the session's runtime state into the system prompt, runs
+  ``LLM_BEFORE`` (which may narrow the tools, replace the view or short-circuit the call) and
+  calls the model.
 * :func:`commit_turn` runs ``LLM_AFTER`` and commits the assistant message with its usage and
   its pending tool calls in one transaction. An answer without tool calls ends the run in
   that same transaction, unless follow-ups arrived meanwhile: then the run goes on.
@@ -24,6 +25,7 @@ from .compaction import calibrate, request_estimate
 from .model_call import ModelCallResult, ask_model, usage_op
 from .outcome import CONTINUE, End, StepOutcome
 from .prepare import build_request, unique_call_ids
+from .projection import project_runtime
 from .state import Run, as_response, dicts, on_append
 from .structured import check_final_answer
 from .tool_round import round_end, tools_present
@@ -59,7 +61,8 @@ async def round_start(run: Run) -> list[Message] | StepOutcome:
 
 
 async def call_for_round(run: Run, view: list[Message]) -> ModelCallResult | End:
-    """LLM_BEFORE, then the model call (unless a hook short-circuited it)."""
+    """The runtime projection, LLM_BEFORE, then the model call (unless a hook short-circuited it)."""
+    await project_runtime(run)
     config = run.config
     hooks = run.rt.hooks
     system_prompt = run.system_prompt

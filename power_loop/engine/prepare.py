@@ -48,13 +48,25 @@ def tool_catalog(tools: Sequence[ToolDefinition], header: str) -> str:
     return "\n".join(lines)
 
 
-def system_text(base: str, tools: Sequence[ToolDefinition], config: AgentLoopConfig, memory: str | None) -> str:
-    """The system prompt sent to the model: base, recalled memory, tool catalog."""
+def system_text(
+    base: str,
+    tools: Sequence[ToolDefinition],
+    config: AgentLoopConfig,
+    memory: str | None,
+    skills: str | None = None,
+    runtime: str | None = None,
+) -> str:
+    """The system prompt sent to the model: base, recalled memory, skills, tool catalog, and
+    last (it may change every round) the runtime projection."""
     parts = [base.strip()] if base.strip() else []
     if memory:
         parts.append(memory)
+    if skills:
+        parts.append(skills)
     if tools and config.inject_tool_descriptions:
         parts.append(tool_catalog(tools, config.tool_catalog_header))
+    if runtime:
+        parts.append(runtime)
     return "\n\n".join(parts)
 
 

@@ -3,11 +3,11 @@
 ::
 
     begin (one transaction: lease, pending check, inbox, user input)
-    SESSION_START, memory recall
+    SESSION_START, memory recall, the skills section
     resume / submit_input: answer the pending calls first
     loop:
         stop? → cancelled      budget spent? → budget_exceeded      max_rounds? → round-limit summary
-        ROUND_START → compaction? → LLM_BEFORE → model call (retry, streaming) → LLM_AFTER
+        ROUND_START → compaction? → runtime projection → LLM_BEFORE → model call → LLM_AFTER
         commit the model turn (assistant message, usage, pending tool calls)
         no tool calls → finish (the same transaction drains late follow-ups, else ends the run)
         ROUND_DECIDE → TOOLS_BATCH_BEFORE → tools → TOOLS_BATCH_AFTER
@@ -47,6 +47,7 @@ from .model_turn import call_for_round, commit_turn, round_start
 from .outcome import End, StepOutcome
 from .pending import resume_calls
 from .prepare import select_tools
+from .projection import load_skills
 from .runtime import Runtime
 from .state import Run, RunRequest, dicts, on_append
 from .subagents import stored_child
@@ -146,7 +147,8 @@ async def _steps(run: Run, begin: BeginOutcome) -> End:
 
 
 async def session_start(run: Run) -> None:
-    """``session_started``, SESSION_START (which may project the history), memory recall."""
+    """``session_started``, SESSION_START (which may project the history), memory recall,
+    the skills section."""
     # The event comes first: whatever happens next, session_ended will close it.
     await run.emitter.emit(AgentEventType.SESSION_STARTED, SessionStartedPayload(scope=run.scope, run_id=run.run_id))
     hooks = run.rt.hooks
@@ -160,6 +162,7 @@ async def session_start(run: Run) -> None:
             run.prefix = [message_from_dict(m) for m in ctx.messages]
             run.prefix_from = len(run.transcript)
     await recall_memory(run)
+    await load_skills(run)
 
 
 async def run_round(run: Run) -> StepOutcome:

@@ -8,7 +8,7 @@ import secrets
 import threading
 import time
 import weakref
-from collections.abc import AsyncIterator, Coroutine, Iterator
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -179,10 +179,14 @@ class Runtime:
             if not task.done() and not task.get_loop().is_closed():
                 task.cancel()
 
-    def tool_capabilities(self, session_id: str, tool_call_id: str) -> ToolCapabilities:
+    def tool_capabilities(
+        self, session_id: str, tool_call_id: str, *, on_runtime_write: Callable[[], None] | None = None
+    ) -> ToolCapabilities:
         """What call ``tool_call_id`` of ``session_id`` may do (``ctx.timers``, ``ctx.inbox``,
-        ``ctx.session``), bound to that session."""
-        return tool_capabilities(self.store, self.timer_signal, session_id, tool_call_id)
+        ``ctx.session``, ``ctx.state``, ``ctx.background``), bound to that session."""
+        return tool_capabilities(
+            self.store, self.timer_signal, self.spawn_task, session_id, tool_call_id, on_runtime_write=on_runtime_write
+        )
 
     def tool_threads(self) -> ToolThreads:
         """The pool running this loop's sync tool handlers (created on first use, again after

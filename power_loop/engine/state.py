@@ -140,6 +140,12 @@ class Run:
             call_prompt=req.system_prompt, session_prompt=session.system_prompt, config=self.config
         )
         self.memory_text: str | None = None
+        # The skills section (AgentLoopConfig.skills_dir), read at the run's start, and this
+        # round's runtime projection (the todo list, background updates).
+        self.skills_text: str | None = None
+        self.runtime_text: str | None = None
+        # The session keeps runtime state: the runtime projectors read it every round.
+        self.runtime_used = begin.runtime
         # Structured output: the per-call format wins; the config's applies to main sessions.
         fmt = req.response_format
         if fmt is None and session.depth == 0 and self.config.response_format is not None:
@@ -168,7 +174,13 @@ class Run:
     @property
     def system_prompt(self) -> str:
         """The system text sent with every model call of the run."""
-        return system_text(self.base_prompt, self.offered, self.config, self.memory_text)
+        return system_text(
+            self.base_prompt, self.offered, self.config, self.memory_text, self.skills_text, self.runtime_text
+        )
+
+    def mark_runtime(self) -> None:
+        """A tool of the run wrote runtime state: project it from the next round on."""
+        self.runtime_used = True
 
     @property
     def depth(self) -> int:

@@ -34,7 +34,13 @@ from typing import Any
 
 from .._types import ToolCallStatus, ToolOutcomeStatus
 from ..errors import LeaseLostError, PowerLoopError, StoreError
-from ..events import AgentEventType, ToolCallCompletedPayload, ToolCallFailedPayload, ToolCallStartedPayload
+from ..events import (
+    AgentEventType,
+    BaseEventPayload,
+    ToolCallCompletedPayload,
+    ToolCallFailedPayload,
+    ToolCallStartedPayload,
+)
 from ..hooks import HookDirective, HookPoint, ToolAfterCtx, ToolBeforeCtx, ToolErrorCtx
 from ..human import HumanInputRequired
 from ..messages import ToolCall, scrub_surrogates
@@ -296,6 +302,20 @@ def _error_text(error: Exception, name: str) -> str:
     return f"Error: {error}" if str(error) else f"Error: {type(error).__name__}"
 
 
+class RunEvents:
+    """:class:`~power_loop.tools.context.SessionEvents` of a run: events a tool publishes
+    carry the run's session, sequence and round."""
+
+    __slots__ = ("_run",)
+
+    def __init__(self, run: Run) -> None:
+        self._run = run
+
+    async def publish(self, event_type: AgentEventType, payload: BaseEventPayload) -> None:
+        """See :meth:`power_loop.tools.context.SessionEvents.publish`."""
+        await self._run.emitter.emit(event_type, payload, round_index=self._run.round_index)
+
+
 async def _call_with_context(run: Run, call: ToolCall, tool: RegisteredTool, args: dict[str, Any]) -> Any:
     context = ToolContext(
         session_id=run.session_id,
@@ -304,7 +324,11 @@ async def _call_with_context(run: Run, call: ToolCall, tool: RegisteredTool, arg
         run_id=run.run_id,
         round_index=run.round_index,
         loop=run.rt.facade,
-        capabilities=replace(run.rt.tool_capabilities(run.session_id, call.id), subagents=RunSubagents(run, call.id)),
+        capabilities=replace(
+            run.rt.tool_capabilities(run.session_id, call.id, on_runtime_write=run.mark_runtime),
+            subagents=RunSubagents(run, call.id),
+            events=RunEvents(run),
+        ),
     )
     token = _set_context(context)
     try:

@@ -8,7 +8,8 @@ in worker threads alike.
 Invariants:
 
 * What a tool may do to the loop is a typed capability bound to the tool's own session
-  (:class:`SessionTimers`, :class:`SessionInbox`, :class:`SessionReader`), never a private
+  (:class:`SessionTimers`, :class:`SessionInbox`, :class:`SessionReader`,
+  :class:`SessionRuntimeState`, :class:`SessionBackground`, :class:`SessionEvents`), never a private
   attribute of the loop. The engine builds them per call; a context built by hand with
   ``loop=`` gets them from :meth:`AgentLoopHandle.tool_capabilities`.
 * This module declares the capabilities as protocols and implements none of them, so the
@@ -23,14 +24,19 @@ from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
 from ..errors import ToolError
+from ..events import AgentEventType, BaseEventPayload
 from ..messages import Message
 from ..results import FollowUpQueued, StatefulResult, SubagentReceipt, SubagentResult
-from ..store.rows import BackgroundChild, TimerRow
+from ..store.rows import BackgroundChild, BackgroundTaskRow, TimerRow
+from .shell import ShellBackend
 
 __all__ = [
     "AgentLoopHandle",
+    "SessionBackground",
+    "SessionEvents",
     "SessionInbox",
     "SessionReader",
+    "SessionRuntimeState",
     "SessionTimers",
     "SubagentSpawner",
     "ToolCapabilities",
@@ -88,6 +94,74 @@ class SessionReader(Protocol):
 
     async def metadata(self) -> Mapping[str, object]:
         """The metadata the session was created with."""
+        ...
+
+
+class SessionRuntimeState(Protocol):
+    """The runtime state of the tool's session (``ctx.state``): values by key, kept beside
+    the conversation (the todo list lives under ``"todo"``). Runtime projectors show them
+    to the model each round (``AgentLoopConfig.runtime_projectors``)."""
+
+    async def get(self, key: str, default: object = None) -> object:
+        """The value under ``key`` (decoded JSON), or ``default``."""
+        ...
+
+    async def set(self, key: str, value: object) -> None:
+        """Store ``value`` under ``key``.
+
+        Raises:
+            TypeError: JSON cannot encode ``value``; nothing is written.
+        """
+        ...
+
+    async def delete(self, key: str) -> bool:
+        """Remove ``key``; False when it was not set."""
+        ...
+
+
+class SessionBackground(Protocol):
+    """Background commands of the tool's session (``ctx.background``).
+
+    A command runs in this process, outside the run that started it; its row in the session
+    store says what became of it. One whose process ended before it finished (a crash, a
+    restart) is reported ``lost``.
+    """
+
+    async def start(
+        self,
+        command: str,
+        *,
+        workspace_dir: str,
+        backend: ShellBackend | None = None,
+        timeout_s: float = 1800.0,
+    ) -> BackgroundTaskRow:
+        """Start ``command`` in ``workspace_dir`` through ``backend`` and return at once.
+
+        The command's process group is killed when ``timeout_s`` passes or the loop closes.
+        Its end (exit code, the tail of its output) is an unseen update the model is shown
+        at its next round.
+        """
+        ...
+
+    async def tasks(self) -> list[BackgroundTaskRow]:
+        """The session's background commands, oldest first (lost ones marked so)."""
+        ...
+
+    async def get(self, task_id: str) -> BackgroundTaskRow | None:
+        """One background command of the session, or None."""
+        ...
+
+    async def mark_seen(self, task_ids: Sequence[str]) -> int:
+        """Mark these commands' latest change as shown to the model (the runtime projector
+        will not show it again); how many changed."""
+        ...
+
+
+class SessionEvents(Protocol):
+    """Publish an event of the tool's session on the loop's bus (``ctx.events``)."""
+
+    async def publish(self, event_type: AgentEventType, payload: BaseEventPayload) -> None:
+        """Publish ``payload`` as an ``event_type`` event of the calling run."""
         ...
 
 
@@ -169,13 +243,19 @@ class ToolCapabilities:
         timers: Schedule, list and cancel the session's wake-ups.
         inbox: Queue a follow-up for the session.
         session: Read the session.
+        state: The session's runtime state (the todo list).
+        background: The session's background commands.
         subagents: Run sub-agents as children of the calling run (None outside a run).
+        events: Publish events of the calling run (None outside a run).
     """
 
     timers: SessionTimers
     inbox: SessionInbox
     session: SessionReader
+    state: SessionRuntimeState
+    background: SessionBackground
     subagents: SubagentSpawner | None = None
+    events: SessionEvents | None = None
 
 
 class AgentLoopHandle(Protocol):
@@ -266,6 +346,22 @@ class ToolContext:
     def session(self) -> SessionReader:
         """Read access to the session (raises ``ToolError`` outside a loop)."""
         return self._capabilities().session
+
+    @property
+    def state(self) -> SessionRuntimeState:
+        """The session's runtime state (raises ``ToolError`` outside a loop)."""
+        return self._capabilities().state
+
+    @property
+    def background(self) -> SessionBackground:
+        """The session's background commands (raises ``ToolError`` outside a loop)."""
+        return self._capabilities().background
+
+    @property
+    def events(self) -> SessionEvents | None:
+        """Publish events of the calling run; None outside a run (nothing to publish to)."""
+        caps = self.capabilities
+        return caps.events if caps is not None else None
 
     @property
     def subagents(self) -> SubagentSpawner:

@@ -5,9 +5,8 @@ The default tools are ready-made tools for an agent that works on files: ``read_
 ``request_user_input``, ``load_skill`` (the skills of the environment's ``skills_dir``), the
 note tools (``note_add`` / ``note_update`` / ``note_delete``, see :mod:`power_loop.notes`) and
 the wake-up tools (``schedule_wakeup``, ``list_wakeups``, ``cancel_wakeup``,
-``current_time``). The 0.11 presets name three more (``todo``, ``background_run`` /
-``check_background``): this version does not ship them yet, so a preset leaves them out and
-``include=`` naming one raises a ``ValueError`` that says so.
+``current_time``), ``todo`` (:mod:`power_loop.tools.todo`) and the background commands
+(``background_run`` / ``check_background``, :mod:`power_loop.tools.background`).
 
 Invariants:
 
@@ -15,8 +14,9 @@ Invariants:
   call (:mod:`power_loop.tools.runtime_env`). A registry created with ``bind=True`` (the
   default) carries one environment; with ``bind=False`` it carries none and each call uses
   the environment the host bound with ``runtime_env_context``, failing closed without one.
-* The file tools are sync handlers (their I/O runs in the kernel's tool threads); ``bash``
-  and ``request_user_input`` are async and never block the event loop.
+* The file tools are sync handlers (their I/O runs in the kernel's tool threads); ``bash``,
+  the background tools, ``todo`` and ``request_user_input`` are async and never block the
+  event loop.
 """
 
 from __future__ import annotations
@@ -33,12 +33,15 @@ from ..human import request_user_input as _ask_user
 from ..notes import note_tools
 from ..skills import LOAD_SKILL_DEFINITION, SkillLoader
 from ..timers.tools import timer_tools
+from .background import background_tools
+from .context import current_tool_context
 from .definition import FunctionTool, ToolDefinition
 from .files import edit_file, glob_files, grep_files, read_file, write_file
 from .patch import apply_patch
 from .registry import ToolRegistry
-from .runtime_env import RuntimeEnv, require_runtime_env, runtime_env_context
-from .shell import DEFAULT_SHELL_BACKEND, run_shell_command
+from .runtime_env import RuntimeEnv, require_runtime_env, runtime_env_context, shell_target
+from .shell import run_shell_command
+from .todo import todo_tool
 
 __all__ = [
     "CORE_TOOL_NAMES",
@@ -86,14 +89,7 @@ async def bash(command: str, timeout: int = 120) -> str:
         command: The command line (run by bash).
         timeout: Seconds before the command is killed (1 to 600).
     """
-    env = require_runtime_env()
-    if env.workspace_dir is None:
-        env.require_workspace_dir()  # raises, saying what is missing
-    workspace = env.workspace_dir
-    assert workspace is not None
-    backend = env.shell_backend
-    if backend is None:
-        backend = DEFAULT_SHELL_BACKEND.with_home(env.home_dir) if env.home_dir else DEFAULT_SHELL_BACKEND
+    workspace, backend = shell_target()
     limit = min(max(int(timeout), 1), MAX_BASH_TIMEOUT_S)
     try:
         result = await run_shell_command(command, workspace_dir=workspace, backend=backend, timeout_s=limit)
@@ -114,14 +110,18 @@ async def request_user_input(prompt: str, kind: str = "text", options: list[str]
 
 
 def load_skill(name: str) -> str:
-    """The ``load_skill`` tool over the skills of the bound environment's ``skills_dir``.
+    """The ``load_skill`` tool over the skills of the bound environment's ``skills_dir``, else
+    of the calling loop's ``AgentLoopConfig.skills_dir``.
 
     Synchronous: the registry runs it in a worker thread, where the skills folder is read.
     """
-    env = require_runtime_env()
-    if env.skills_dir is None:
-        return "Error: no skills are available here (the environment has no skills_dir)."
-    return SkillLoader(env.skills_dir).handle_load_skill(name)
+    skills_dir: str | os.PathLike[str] | None = require_runtime_env().skills_dir
+    if skills_dir is None:
+        ctx = current_tool_context()
+        skills_dir = getattr(getattr(ctx.loop if ctx else None, "config", None), "skills_dir", None)
+    if skills_dir is None:
+        return "Error: no skills are available here (neither the environment nor the loop names a skills_dir)."
+    return SkillLoader(skills_dir).handle_load_skill(name)
 
 
 def default_tools() -> dict[str, FunctionTool]:
@@ -137,6 +137,8 @@ def default_tools() -> dict[str, FunctionTool]:
         FunctionTool(ToolDefinition.from_function(grep_files, name="grep"), grep_files),
         FunctionTool(ToolDefinition.from_function(bash), bash),
         FunctionTool(ToolDefinition.from_function(request_user_input), request_user_input),
+        todo_tool(),
+        *background_tools(),
         *timer_tools(),
     ]
     return {t.name: t for t in tools}
@@ -173,15 +175,9 @@ def _select(
 ) -> list[str]:
     if include is not None:
         names = list(dict.fromkeys(include))
-        for name in names:
-            if name in available:
-                continue
-            if name in FULL_TOOL_NAMES:
-                raise ValueError(
-                    f"default tool {name!r} is not available in this version of power_loop "
-                    f"(available: {', '.join(sorted(available))}); register your own tool under that name"
-                )
-            raise ValueError(f"unknown default tool {name!r}; default tools: {', '.join(sorted(available))}")
+        unknown = [name for name in names if name not in available]
+        if unknown:
+            raise ValueError(f"unknown default tool {unknown[0]!r}; default tools: {', '.join(sorted(available))}")
     else:
         key = preset if preset is not None else "full"
         if key not in TOOL_PRESETS:
@@ -204,8 +200,7 @@ def create_default_tool_registry(
     """A registry of the default tools.
 
     ``include`` wins over ``preset``, which wins over "every default tool"; ``exclude`` is
-    applied last. Tools of the 0.11 presets not shipped by this version (``todo``,
-    ``background_run`` / ``check_background``) are left out.
+    applied last.
 
     Args:
         preset: ``"core"``, ``"explore"`` or ``"full"`` (see :data:`TOOL_PRESETS`).
@@ -220,8 +215,7 @@ def create_default_tool_registry(
             tenants) and fails closed when none is.
 
     Raises:
-        ValueError: An unknown preset, or an ``include`` name that is not a default tool of
-            this version.
+        ValueError: An unknown preset, or an ``include`` name that is not a default tool.
     """
     available = default_tools()
     names = _select(available, preset, include, exclude)

@@ -30,12 +30,12 @@ from typing import TYPE_CHECKING
 
 from ..errors import ConfigurationError
 from .context import current_tool_context
+from .shell import DEFAULT_SHELL_BACKEND, ShellBackend
 
 if TYPE_CHECKING:
     from ..config import AgentLoopConfig
     from ..store.protocols import SessionStoreProtocol
     from .context import AgentLoopHandle
-    from .shell import ShellBackend
 
 __all__ = [
     "RuntimeEnv",
@@ -45,6 +45,7 @@ __all__ = [
     "get_tool_runtime_context",
     "require_runtime_env",
     "runtime_env_context",
+    "shell_target",
 ]
 
 ENV_WORKSPACE = "POWER_LOOP_WORKSPACE"
@@ -133,6 +134,24 @@ class RuntimeEnv:
             RuntimeEnvError: It is not set or not a directory.
         """
         return _require(self.skills_dir, "skills_dir", ENV_SKILLS_DIR)
+
+
+def shell_target() -> tuple[Path, ShellBackend]:
+    """Where the shell tools of this call run: the bound environment's workspace and shell
+    backend (:data:`~power_loop.tools.shell.DEFAULT_SHELL_BACKEND` with the environment's
+    home when it names none). No file I/O: a missing directory fails when the command starts.
+
+    Raises:
+        RuntimeEnvError: No environment is bound, or it names no workspace.
+    """
+    env = require_runtime_env()
+    workspace = env.workspace_dir
+    if workspace is None:
+        workspace = env.require_workspace_dir()  # raises, saying what is missing
+    backend = env.shell_backend
+    if backend is None:
+        backend = DEFAULT_SHELL_BACKEND.with_home(env.home_dir) if env.home_dir else DEFAULT_SHELL_BACKEND
+    return workspace, backend
 
 
 def _require(path: Path | None, name: str, variable: str) -> Path:
