@@ -9,6 +9,7 @@ importing this package stays fast.
 from __future__ import annotations
 
 from ._version import __version__
+from .agent_runner import AgentRunner
 from .cancellation import CancellationLike, CancellationToken, StopSignal
 from .compaction import Compactor, DefaultCompactor, estimate_text_tokens, estimate_tokens, trim_history
 from .config import DEFAULT_SYSTEM_PROMPT, AgentLoopConfig
@@ -280,6 +281,7 @@ __all__ = [
     "AgentLoopResult",
     "AgentMessage",
     "AgentPipeline",
+    "AgentRunner",
     "AgentSpec",
     "AgentSpecError",
     "AssistantMessage",
