@@ -190,16 +190,9 @@ from .subagents import (
     run_agent_spec,
 )
 from .timers import TimerHost, TimerRunner, TimerToolLimits, register_timer_tools, timer_tools, wake_up_message
-from .tools.compat import (
-    ToolArgsValidator,
-    ToolHandler,
-    ToolHandlerResult,
-    build_registry,
-    format_tool_catalog,
-    get_tool_definitions,
-    validate_tool_args,
-)
+from .tools.compat import ToolArgsValidator, ToolHandler, ToolHandlerResult, build_registry, format_tool_catalog
 from .tools.context import ToolCapabilities, ToolContext, current_tool_context
+from .tools.default_catalog import get_tool_definitions, validate_tool_args
 from .tools.defaults import (
     CORE_TOOL_NAMES,
     DEFAULT_TOOL_HANDLERS,
