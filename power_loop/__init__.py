@@ -9,6 +9,7 @@ importing this package stays fast.
 from __future__ import annotations
 
 from ._version import __version__
+from .agent_runner import AgentRunner
 from .cancellation import CancellationLike, CancellationToken, StopSignal
 from .compaction import Compactor, DefaultCompactor, estimate_text_tokens, estimate_tokens, trim_history
 from .config import DEFAULT_SYSTEM_PROMPT, AgentLoopConfig
@@ -189,16 +190,9 @@ from .subagents import (
     run_agent_spec,
 )
 from .timers import TimerHost, TimerRunner, TimerToolLimits, register_timer_tools, timer_tools, wake_up_message
-from .tools.compat import (
-    ToolArgsValidator,
-    ToolHandler,
-    ToolHandlerResult,
-    build_registry,
-    format_tool_catalog,
-    get_tool_definitions,
-    validate_tool_args,
-)
+from .tools.compat import ToolArgsValidator, ToolHandler, ToolHandlerResult, build_registry, format_tool_catalog
 from .tools.context import ToolCapabilities, ToolContext, current_tool_context
+from .tools.default_catalog import get_tool_definitions, validate_tool_args
 from .tools.defaults import (
     CORE_TOOL_NAMES,
     DEFAULT_TOOL_HANDLERS,
@@ -280,6 +274,7 @@ __all__ = [
     "AgentLoopResult",
     "AgentMessage",
     "AgentPipeline",
+    "AgentRunner",
     "AgentSpec",
     "AgentSpecError",
     "AssistantMessage",

@@ -43,6 +43,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Protocol, overload, runtime_checkable
 
+from ._util import is_async_callable
 from .errors import HookError
 
 __all__ = [
@@ -473,6 +474,15 @@ class AgentHooks:
     def has(self, point: HookPoint | str) -> bool:
         """True when ``point`` has handlers (lets the engine skip building its context)."""
         return bool(self._handlers.get(_as_point(point)))
+
+    def has_async(self, point: HookPoint | str) -> bool:
+        """True when a handler of ``point`` is async (a coroutine function, a partial of one, or
+        an object with an async ``__call__``).
+
+        :meth:`run_typed` refuses such a chain, so a sync caller checks first instead of
+        finding out after the sync handlers before it have run.
+        """
+        return any(is_async_callable(reg.handler) for reg in self._handlers.get(_as_point(point), ()))
 
     # ----------------------------------------------------------------- typed contexts
 

@@ -11,6 +11,8 @@ import pytest
 
 import power_loop
 from power_loop import (
+    FULL_TOOL_NAMES,
+    TOOL_PRESETS,
     AgentMessage,
     CancellationRequested,
     CancellationToken,
@@ -32,6 +34,7 @@ from power_loop import (
     ToolRegistry,
     UserMessage,
     build_registry,
+    create_default_tool_registry,
     create_llm_service_from_config,
     estimate_text_tokens,
     estimate_tokens,
@@ -43,6 +46,7 @@ from power_loop import (
 )
 from power_loop.messages import AssistantMessage, ToolResultMessage, message_to_dict
 from power_loop.testing import ScriptedServer, text_reply, tool_reply
+from power_loop.tools.defaults import default_tools
 
 # --------------------------------------------------------------------------- LLMProviderConfig
 
@@ -344,23 +348,76 @@ def test_format_tool_catalog() -> None:
     assert format_tool_catalog(registry, header="## Tools") == "## Tools\n\n- **echo**: Repeat the text"
 
 
-def test_default_tool_definitions_and_validation() -> None:
-    names = [d.name for d in get_tool_definitions()]
-    assert names == ["schedule_wakeup", "list_wakeups", "cancel_wakeup", "current_time"]
-    assert [d.name for d in get_tool_definitions(preset="full", exclude=["current_time"])] == names[:3]
-    assert get_tool_definitions(preset="core") == []  # its 0.11 tools are not in this version
-    assert [d.name for d in get_tool_definitions(include=["current_time", "cancel_wakeup"])] == [
+def _names(definitions: list[ToolDefinition]) -> list[str]:
+    return [d.name for d in definitions]
+
+
+# Default tools this file may name: they ship in this version. The full list is read from
+# default_tools() and TOOL_PRESETS, so tools added later need no change here.
+CORE_0_11_ORDER = [
+    "bash", "read_file", "write_file", "edit_file", "apply_patch", "glob", "grep", "load_skill", "request_user_input",
+]  # fmt: skip
+EXPLORE_0_11_ORDER = ["bash", "read_file", "glob", "grep", "load_skill", "request_user_input"]
+FULL_0_11_ORDER_SHIPPED = [
+    "write_file", "read_file", "edit_file", "apply_patch", "bash", "glob", "grep", "load_skill", "note_add",
+    "note_update", "note_delete", "schedule_wakeup", "list_wakeups", "cancel_wakeup", "current_time",
+    "request_user_input",
+]  # fmt: skip
+
+
+def test_default_tool_definitions_cover_every_default_tool_in_0_11_order() -> None:
+    available = default_tools()
+    every = _names(get_tool_definitions())
+    assert sorted(every) == sorted(available)  # each default tool, once
+    assert _names(get_tool_definitions(preset="full")) == every
+    for preset, members in TOOL_PRESETS.items():
+        assert set(_names(get_tool_definitions(preset=preset))) == set(members) & set(available), preset
+    assert _names(get_tool_definitions(preset="core")) == CORE_0_11_ORDER
+    assert _names(get_tool_definitions(preset="explore")) == EXPLORE_0_11_ORDER
+    assert [n for n in every if n in FULL_0_11_ORDER_SHIPPED] == FULL_0_11_ORDER_SHIPPED
+    # the same definitions the default registry offers the model
+    registry = create_default_tool_registry(preset="core", bind=False)
+    by_name = {d.name: d for d in get_tool_definitions(preset="core")}
+    assert by_name == {d.name: d for d in registry.definitions()}
+
+
+def test_default_tool_definitions_include_exclude_and_errors() -> None:
+    every = _names(get_tool_definitions())
+    assert _names(get_tool_definitions(preset="full", exclude=["current_time", "nope"])) == [
+        n for n in every if n != "current_time"
+    ]
+    assert _names(get_tool_definitions(include=["current_time", "read_file", "cancel_wakeup", "read_file"])) == [
         "current_time",
+        "read_file",
         "cancel_wakeup",
     ]
-    with pytest.raises(ValueError, match="not available in this version"):
-        get_tool_definitions(include=["bash"])
-    with pytest.raises(ValueError, match="unknown default tool"):
-        get_tool_definitions(include=["nope"])
-    with pytest.raises(ValueError, match="unknown preset"):
+    assert _names(get_tool_definitions(preset="explore", include=["write_file", "bash"], exclude=["bash"])) == [
+        "write_file"
+    ]
+    for name in (n for n in FULL_TOOL_NAMES if n not in default_tools()):
+        with pytest.raises(ValueError, match="not available in this version"):
+            get_tool_definitions(include=[name])
+    with pytest.raises(ValueError, match="unknown default tool 'nope'"):
+        get_tool_definitions(include=["read_file", "nope"])
+    with pytest.raises(ValueError, match="unknown preset 'everything'; choose one of: core, explore, full"):
         get_tool_definitions(preset="everything")
+
+
+def test_validate_tool_args_knows_every_default_tool() -> None:
     assert validate_tool_args("cancel_wakeup", {}) == "Error: missing required parameter(s): timer_id"
     assert validate_tool_args("cancel_wakeup", {"timer_id": 3}) is None
+    assert validate_tool_args("read_file", {}) == "Error: missing required parameter(s): path"
+    assert validate_tool_args("read_file", {"path": "notes.txt"}) is None
+    assert validate_tool_args("read_file", {"path": 3}) == (
+        "Error: invalid arguments for tool 'read_file': path: expected string, got integer"
+    )
+    assert validate_tool_args("read_file", ["notes.txt"]) == (  # type: ignore[arg-type]
+        "Error: arguments for tool 'read_file' must be a JSON object, got list"
+    )
+    for name, fn_tool in default_tools().items():
+        required = fn_tool.definition.parameters.get("required", [])
+        if required:
+            assert validate_tool_args(name, {}) == f"Error: missing required parameter(s): {', '.join(required)}"
     assert validate_tool_args("not_a_default_tool", {}) is None
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 from typing import Any
 
 import pytest
@@ -48,6 +49,24 @@ def test_every_point_lists_its_directives() -> None:
     assert HONOURED_DIRECTIVES[HookPoint.TIMER_FIRE] == {HookDirective.SKIP, HookDirective.BREAK}
     assert HookPoint.SESSION_START.value == "session.start"
     assert HookPoint.TIMER_FIRE.value == "timer.fire"
+
+
+def test_has_async_tells_a_sync_caller_what_run_typed_would_refuse() -> None:
+    class AsyncCall:
+        async def __call__(self, ctx: Any) -> None:
+            return None
+
+    async def handler(ctx: Any) -> None:
+        return None
+
+    hooks = AgentHooks()
+    hooks.register(HookPoint.ROUND_END, lambda ctx: None)
+    assert hooks.has(HookPoint.ROUND_END) and not hooks.has_async("round.end")
+    assert not hooks.has_async(HookPoint.ROUND_START)
+    for async_handler in (handler, functools.partial(handler), AsyncCall()):
+        hooks.register(HookPoint.ROUND_START, async_handler)
+        assert hooks.has_async(HookPoint.ROUND_START)
+        hooks.clear(HookPoint.ROUND_START)
 
 
 async def test_hook_order_in_a_tool_round(db_path: str) -> None:
