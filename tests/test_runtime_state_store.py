@@ -98,7 +98,9 @@ def test_deleting_a_session_deletes_its_runtime_rows(store: SQLiteSessionStore, 
     store.upsert_background_task(sid, task_id="b", command="true", status="running")
     store.delete_session_sync(sid)
     with sqlite3.connect(db_path) as conn:
-        counts = [conn.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0] for t in ("runtime_state", "background_tasks")]
+        counts = [
+            conn.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0] for t in ("runtime_state", "background_tasks")
+        ]
     assert counts == [0, 0]
 
 

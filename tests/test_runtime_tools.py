@@ -17,7 +17,6 @@ from power_loop.store.rows import BackgroundTaskRow
 from power_loop.testing import ScriptedLLM, text_reply, tool_reply
 from power_loop.testing.script import ScriptedReply, ScriptedRequest
 
-
 GATED = "while [ ! -e go ]; do sleep 0.01; done; "
 """A command prefix that waits until the test creates the file ``go`` in the workspace."""
 
@@ -59,7 +58,9 @@ async def test_todo_is_stored_projected_and_published(tmp_path: Path, db_path: s
     bus = AgentEventBus()
     seen: list[Any] = []
     bus.subscribe(AgentEventType.TODO_UPDATED, seen.append)
-    async with StatefulAgentLoop(llm=llm, db_path=db_path, tool_registry=tools(tmp_path, "todo"), event_bus=bus) as loop:
+    async with StatefulAgentLoop(
+        llm=llm, db_path=db_path, tool_registry=tools(tmp_path, "todo"), event_bus=bus
+    ) as loop:
         sid = await loop.new_session_async()
         first = await loop.send("plan", session_id=sid)
         assert first.final_text == "Todo list updated (1/2 completed):\n[x] read the spec\n[>] write it"
@@ -208,7 +209,9 @@ async def test_no_projectors_shows_nothing(tmp_path: Path, db_path: str) -> None
     items = [{"content": "x", "status": "pending"}]
     llm = by_text({"plan": tool_reply(("todo", {"items": items}))})
     config = AgentLoopConfig(runtime_projectors=())
-    async with StatefulAgentLoop(llm=llm, db_path=db_path, config=config, tool_registry=tools(tmp_path, "todo")) as loop:
+    async with StatefulAgentLoop(
+        llm=llm, db_path=db_path, config=config, tool_registry=tools(tmp_path, "todo")
+    ) as loop:
         sid = await loop.new_session_async()
         await loop.send("plan", session_id=sid)
     assert "# Todo" not in (llm.requests[1].system_prompt or "")
