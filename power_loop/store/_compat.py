@@ -27,8 +27,8 @@ from . import _notes_sql as _notes
 from . import _sql
 from . import _timers_sql as _timers
 from ._compat_sql import UnsupportedStoreCallError
-from ._sqlite_tx import SQLiteTx
 from ._twins import TxFn, store_op
+from .protocols import Tx
 from .rows import (
     CompactionRow,
     MessageRow,
@@ -73,9 +73,9 @@ class Store011Methods:
 
     if TYPE_CHECKING:
 
-        def _call_sync(self, fn: Callable[[SQLiteTx], T], *, tx: bool = True) -> T: ...
+        def _call_sync(self, fn: Callable[[Tx], T], *, tx: bool = True) -> T: ...
 
-        async def _call(self, fn: Callable[[SQLiteTx], T], *, tx: bool = True) -> T: ...
+        async def _call(self, fn: Callable[[Tx], T], *, tx: bool = True) -> T: ...
 
     # ------------------------------------------------------------------ sessions
 
@@ -103,7 +103,7 @@ class Store011Methods:
         life = getattr(lifecycle, "value", lifecycle)
         extra = {"model": model, "config_json": config_json, "spawn_tool_call_id": spawn_tool_call_id}
 
-        def create(conn: SQLiteTx) -> None:
+        def create(conn: Tx) -> None:
             depth = 0
             if parent_session_id is not None:
                 parent = _sql.get_session(conn, parent_session_id)
@@ -143,7 +143,7 @@ class Store011Methods:
             SessionNotFoundError: Unknown session.
         """
 
-        def archive(conn: SQLiteTx) -> None:
+        def archive(conn: Tx) -> None:
             _c.require_session(conn, session_id)
             _c.set_compat_fields(conn, session_id, status=SessionStatus.ARCHIVED.value)
 

@@ -1,5 +1,5 @@
 """The SQL behind the 0.11 store methods (``store/_compat.py``), as plain functions over a
-``SQLiteTx`` run inside the caller's transaction, like :mod:`._sql`.
+``Tx`` run inside the caller's transaction, like :mod:`._sql`.
 
 Writers that touch a session's history take the same checks as the engine's own writes, in
 the same transaction: no live run may hold the session (its lease), and the tool-call
@@ -22,7 +22,7 @@ from . import _sessions_sql as _sessions
 from . import _sql
 from . import _timers_sql as _timers
 from ._leases import lease_is_live
-from ._sqlite_tx import SQLiteTx
+from .protocols import Tx
 from .rows import (
     Append,
     Compact,
@@ -56,18 +56,18 @@ class UnsupportedStoreCallError(SessionError):
 # --------------------------------------------------------------------------- sessions
 
 
-def with_compat_fields(conn: SQLiteTx, rows: list[SessionRow]) -> list[SessionRow]:
+def with_compat_fields(conn: Tx, rows: list[SessionRow]) -> list[SessionRow]:
     """``rows`` with their 0.11-only fields (model, config, status, spawn call) filled in."""
     if not rows:
         return rows
     ids = [r.session_id for r in rows]
     found = {
-        r[0]: r[1:]
+        r["session_id"]: (r["model"], r["config_json"], r["status"], r["spawn_tool_call_id"])
         for r in conn.execute(
             f"SELECT s.session_id, c.model, c.config_json, c.status, c.spawn_tool_call_id FROM {COMPAT_TABLE} c "
             f"JOIN sessions s ON s.id = c.session WHERE s.session_id IN ({','.join('?' * len(ids))})",
             ids,
-        )
+        ).fetchall()
     }
     out = []
     for row in rows:
@@ -93,13 +93,13 @@ def with_compat_fields(conn: SQLiteTx, rows: list[SessionRow]) -> list[SessionRo
     return out
 
 
-def get_session(conn: SQLiteTx, session_id: str) -> SessionRow | None:
+def get_session(conn: Tx, session_id: str) -> SessionRow | None:
     """The session row with its 0.11-only fields, or None."""
     row = _sql.get_session(conn, session_id)
     return None if row is None else with_compat_fields(conn, [row])[0]
 
 
-def set_compat_fields(conn: SQLiteTx, session_id: str, **fields: Any) -> None:
+def set_compat_fields(conn: Tx, session_id: str, **fields: Any) -> None:
     """Set some of a session's 0.11-only fields (``model``, ``config_json``, ``status``,
     ``spawn_tool_call_id``), keeping the others."""
     key = _sessions.session_ref(conn, session_id).key
@@ -110,7 +110,7 @@ def set_compat_fields(conn: SQLiteTx, session_id: str, **fields: Any) -> None:
         conn.execute(f"UPDATE {COMPAT_TABLE} SET {column} = ? WHERE session = ?", (value, key))
 
 
-def list_children(conn: SQLiteTx, parent_session_id: str) -> list[SessionRow]:
+def list_children(conn: Tx, parent_session_id: str) -> list[SessionRow]:
     """Direct sub-agent sessions of a session, oldest first."""
     rows = conn.execute(
         f"SELECT {_sessions.SESSION_COLUMNS} FROM sessions WHERE parent_session_id = ? ORDER BY created_at, id",
@@ -119,12 +119,12 @@ def list_children(conn: SQLiteTx, parent_session_id: str) -> list[SessionRow]:
     return with_compat_fields(conn, [_sessions.session_row(r) for r in rows])
 
 
-def require_session(conn: SQLiteTx, session_id: str) -> int:
+def require_session(conn: Tx, session_id: str) -> int:
     """The session's key; SessionNotFoundError for an unknown session."""
     return _sessions.session_ref(conn, session_id).key
 
 
-def update_prompt(conn: SQLiteTx, session_id: str, system_prompt: str | None) -> None:
+def update_prompt(conn: Tx, session_id: str, system_prompt: str | None) -> None:
     """Set the per-session system prompt (the next run reads it at its start)."""
     key = require_session(conn, session_id)
     conn.execute(
@@ -161,7 +161,7 @@ def _message_row(session_id: str, seq: int, body: str, compacted: int, created_a
 _MESSAGE_COLUMNS = "seq, body, compacted, created_at"
 
 
-def get_message(conn: SQLiteTx, session_id: str, seq: int) -> MessageRow | None:
+def get_message(conn: Tx, session_id: str, seq: int) -> MessageRow | None:
     """One stored message, or None."""
     row = conn.execute(
         f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE session = (SELECT id FROM sessions WHERE session_id = ?) "
@@ -171,7 +171,7 @@ def get_message(conn: SQLiteTx, session_id: str, seq: int) -> MessageRow | None:
     return None if row is None else _message_row(session_id, *row)
 
 
-def load_all_messages(conn: SQLiteTx, session_id: str) -> list[MessageRow]:
+def load_all_messages(conn: Tx, session_id: str) -> list[MessageRow]:
     """Every stored message of a session, folded ones included, by seq."""
     rows = conn.execute(
         f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE session = (SELECT id FROM sessions WHERE session_id = ?) "
@@ -181,7 +181,7 @@ def load_all_messages(conn: SQLiteTx, session_id: str) -> list[MessageRow]:
     return [_message_row(session_id, *r) for r in rows]
 
 
-def load_active_messages(conn: SQLiteTx, session_id: str) -> list[MessageRow]:
+def load_active_messages(conn: Tx, session_id: str) -> list[MessageRow]:
     """The context a run loads: the latest compaction summary (a ``system`` row named
     ``compact_note`` at its ``to_seq``), then the messages not folded, by seq."""
     out: list[MessageRow] = []
@@ -219,7 +219,7 @@ def load_active_messages(conn: SQLiteTx, session_id: str) -> list[MessageRow]:
     return out + [_message_row(session_id, *r) for r in rows]
 
 
-def _refuse_if_running(conn: SQLiteTx, key: int, session_id: str, what: str, instead: str) -> None:
+def _refuse_if_running(conn: Tx, key: int, session_id: str, what: str, instead: str) -> None:
     owner, _ = lease_is_live(conn, key, _sql.now_ms())
     if owner is not None:
         raise SessionBusyError(
@@ -234,7 +234,7 @@ def _pending_error(session_id: str, pending: PendingState) -> SessionPendingErro
     return SessionPendingError(session_id, assistant_seq=pending.assistant_seq, pending_tool_calls=calls)
 
 
-def append_message(conn: SQLiteTx, session_id: str, data: Mapping[str, Any]) -> int:
+def append_message(conn: Tx, session_id: str, data: Mapping[str, Any]) -> int:
     """Append one message through the engine's write path; return its seq.
 
     Raises:
@@ -270,7 +270,7 @@ def append_message(conn: SQLiteTx, session_id: str, data: Mapping[str, Any]) -> 
 # --------------------------------------------------------------------------- compaction
 
 
-def list_compactions(conn: SQLiteTx, session_id: str) -> list[CompactionRow]:
+def list_compactions(conn: Tx, session_id: str) -> list[CompactionRow]:
     """The session's compactions, oldest first (pruned older summaries are gone)."""
     rows = conn.execute(
         "SELECT through_seq, summary, before_tokens, after_tokens, created_at FROM compactions "
@@ -299,7 +299,7 @@ def list_compactions(conn: SQLiteTx, session_id: str) -> list[CompactionRow]:
 
 
 def record_compaction(
-    conn: SQLiteTx,
+    conn: Tx,
     session_id: str,
     *,
     from_seq: int,
@@ -346,7 +346,7 @@ def record_compaction(
         )
     op = Compact(through_seq=to_seq, summary=summary, before_tokens=before_tokens or 0, after_tokens=after_tokens or 0)
     _sql.write(conn, session_id, [op], lease=None, event_seq=None)
-    count = conn.execute("SELECT COUNT(*) FROM compactions WHERE session = ?", (key,)).fetchone()[0]
+    count = conn.execute("SELECT COUNT(*) AS n FROM compactions WHERE session = ?", (key,)).fetchone()["n"]
     return int(count), to_seq
 
 
@@ -367,7 +367,7 @@ def pending_dict(pending: PendingState | None) -> dict[str, Any] | None:
     }
 
 
-def get_state(conn: SQLiteTx, session_id: str) -> SessionStateRow | None:
+def get_state(conn: Tx, session_id: str) -> SessionStateRow | None:
     """The session's run state in 0.11's shape, or None for an unknown session."""
     found = conn.execute("SELECT id FROM sessions WHERE session_id = ?", (session_id,)).fetchone()
     if found is None:
@@ -391,7 +391,7 @@ def _tokens(value: Any) -> int:
 
 
 def record_usage(
-    conn: SQLiteTx,
+    conn: Tx,
     session_id: str,
     *,
     round_index: int,
@@ -411,9 +411,7 @@ def record_usage(
     )  # fmt: skip
 
 
-def bump_stats(
-    conn: SQLiteTx, session_id: str, usage: Mapping[str, Any] | Usage, *, rounds: int, tool_calls: int
-) -> None:
+def bump_stats(conn: Tx, session_id: str, usage: Mapping[str, Any] | Usage, *, rounds: int, tool_calls: int) -> None:
     """Count one send with ``usage``, ``rounds`` and ``tool_calls`` in the session's stats."""
     key = require_session(conn, session_id)
     if isinstance(usage, Usage):
@@ -443,7 +441,7 @@ def timer_statuses(statuses: Sequence[str]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(_TIMER_STATUS.get(s, s) for s in statuses))
 
 
-def get_timer(conn: SQLiteTx, session_id: str, timer_id: int) -> TimerRow | None:
+def get_timer(conn: Tx, session_id: str, timer_id: int) -> TimerRow | None:
     """One timer, or None."""
     if not 0 < timer_id <= _timers.MAX_TIMER_ID:
         return None
@@ -453,7 +451,7 @@ def get_timer(conn: SQLiteTx, session_id: str, timer_id: int) -> TimerRow | None
         return None
 
 
-def due_timers(conn: SQLiteTx, *, now: int | None, limit: int) -> list[TimerRow]:
+def due_timers(conn: Tx, *, now: int | None, limit: int) -> list[TimerRow]:
     """Armed timers due by ``now`` (default: the current time), oldest first."""
     cutoff = _sql.now_ms() if now is None else int(now)
     columns = ", ".join(f"t.{c}" for c in _timers.COLUMNS.split(", "))
@@ -466,7 +464,7 @@ def due_timers(conn: SQLiteTx, *, now: int | None, limit: int) -> list[TimerRow]
 
 
 def transition_timer(
-    conn: SQLiteTx, session_id: str, timer_id: int, *, from_status: str, to_status: str, due_at: int | None
+    conn: Tx, session_id: str, timer_id: int, *, from_status: str, to_status: str, due_at: int | None
 ) -> bool:
     """The transitions a program may make safely, compare-and-set: cancel (``armed`` or
     ``firing`` → ``cancelled``) and postpone (``armed`` → ``armed`` with ``due_at``).
@@ -497,7 +495,7 @@ def transition_timer(
     return cursor.rowcount == 1
 
 
-def recover_stale_claims(conn: SQLiteTx, *, older_than_ms: int) -> int:
+def recover_stale_claims(conn: Tx, *, older_than_ms: int) -> int:
     """Re-arm timers whose claim expired (their runner died) and that were last touched more
     than ``older_than_ms`` ago; a live runner's claim is never taken. Returns the count."""
     now = _sql.now_ms()

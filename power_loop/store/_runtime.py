@@ -12,8 +12,8 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from . import _runtime_sql as _rt
-from ._sqlite_tx import SQLiteTx
 from ._twins import TxFn, store_op
+from .protocols import Tx
 from .rows import BackgroundTaskRow
 
 T = TypeVar("T")
@@ -26,9 +26,9 @@ class RuntimeStateMethods:
 
     if TYPE_CHECKING:
 
-        def _call_sync(self, fn: Callable[[SQLiteTx], T], *, tx: bool = True) -> T: ...
+        def _call_sync(self, fn: Callable[[Tx], T], *, tx: bool = True) -> T: ...
 
-        async def _call(self, fn: Callable[[SQLiteTx], T], *, tx: bool = True) -> T: ...
+        async def _call(self, fn: Callable[[Tx], T], *, tx: bool = True) -> T: ...
 
     # ------------------------------------------------------------------ runtime state
 

@@ -1,7 +1,7 @@
 """Store operations written once, offered twice: awaitable and blocking.
 
 A store operation is declared as a method that takes the public parameters and returns the
-transaction to run (``TxFn``: a function of one :class:`SQLiteTx`)::
+transaction to run (``TxFn``: a function of one :class:`~.protocols.Tx`)::
 
     @store_op(tx=False)
     def get_stats(self, session_id: str) -> TxFn[SessionStatsRow | None]:
@@ -32,7 +32,7 @@ import inspect
 from collections.abc import Callable, Coroutine
 from typing import Any, Concatenate, Generic, ParamSpec, Protocol, TypeVar, overload
 
-from ._sqlite_tx import SQLiteTx
+from .protocols import Tx
 
 __all__ = ["BlockingOp", "StoreOp", "TxFn", "store_op"]
 
@@ -40,7 +40,7 @@ P = ParamSpec("P")
 R = TypeVar("R")
 T = TypeVar("T")
 
-TxFn = Callable[[SQLiteTx], R]
+TxFn = Callable[[Tx], R]
 """One transaction's work, run on the connection's own thread."""
 
 _BLOCKING_NOTE = "Blocking twin of :meth:`{name}`: one transaction on a short-lived connection\nin the calling thread."
@@ -49,9 +49,9 @@ _BLOCKING_NOTE = "Blocking twin of :meth:`{name}`: one transaction on a short-li
 class _Calls(Protocol):
     """What a store offers its operations: the two ways to run one transaction."""
 
-    async def _call(self, fn: Callable[[SQLiteTx], T], *, tx: bool = True) -> T: ...
+    async def _call(self, fn: Callable[[Tx], T], *, tx: bool = True) -> T: ...
 
-    def _call_sync(self, fn: Callable[[SQLiteTx], T], *, tx: bool = True) -> T: ...
+    def _call_sync(self, fn: Callable[[Tx], T], *, tx: bool = True) -> T: ...
 
 
 Prepare = Callable[Concatenate[Any, P], TxFn[R]]
