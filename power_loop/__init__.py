@@ -37,6 +37,7 @@ from .errors import (
     SessionNotFoundError,
     SessionPendingError,
     SpecValidationError,
+    StoreConnectionError,
     StoreCorruptError,
     StoreError,
     StoreFileGoneError,
@@ -174,6 +175,8 @@ from .providers.offline import OfflineLLM
 from .providers.retry import LLMRetryPolicy, complete_with_retry, with_retry
 from .results import AgentLoopResult, FollowUpQueued, StatefulResult, SubagentResult
 from .skills import LOAD_SKILL_DEFINITION, SkillLoader, get_default_loader, register_skill_tools
+from .store.factory import open_store
+from .store.postgres import PostgresSessionStore
 from .store.rows import MessageRow, MessageState, SessionKind, SessionRow, SessionStatsRow, SessionStatus, TimerRow
 from .store.sinks import MessageSink, NullSink, SQLiteSink
 from .store.sqlite import DEFAULT_DB_PATH, SessionStore, SQLiteSessionStore
@@ -343,6 +346,7 @@ __all__ = [
     "PhaseContext",
     "PhaseEventPayload",
     "PhaseResult",
+    "PostgresSessionStore",
     "PowerLoopError",
     "RawPart",
     "RegisteredTool",
@@ -380,6 +384,7 @@ __all__ = [
     "StoreFileGoneError",
     "StoreFullError",
     "StoreIOError",
+    "StoreConnectionError",
     "StoreLockedError",
     "StoreReadOnlyError",
     "StreamCallbacks",
@@ -448,6 +453,7 @@ __all__ = [
     "load_agent_specs_async",
     "message_from_dict",
     "message_to_dict",
+    "open_store",
     "parse_structured",
     "phase",
     "register_spawn_agent",

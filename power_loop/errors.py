@@ -214,6 +214,10 @@ class StoreIOError(StoreError):
     """The operating system failed to open, read or write the database file."""
 
 
+class StoreConnectionError(StoreError):
+    """The store's database server cannot be reached, or refused the connection."""
+
+
 class StoreLockedError(StoreError):
     """Another connection held the file's write lock longer than ``busy_timeout_s``."""
 

@@ -17,7 +17,7 @@ import pytest
 
 from power_loop import LeaseLostError
 from power_loop.messages import AssistantMessage, ToolCall, UserMessage
-from power_loop.store import SQLiteSessionStore
+from power_loop.store import PostgresSessionStore, SQLiteSessionStore
 from power_loop.store.protocols import Delivery, RunStore, SessionAdmin, SessionStoreProtocol, TimerStore
 from power_loop.store.rows import Append, BeginRun, Compact, FinishRun, LeaseClaim
 
@@ -30,7 +30,20 @@ async def _sqlite(tmp_dir: str) -> SessionStoreProtocol:
     return store
 
 
+_PG_URL = os.environ.get("POWER_LOOP_TEST_PG_URL", "")
+
+
+async def _postgres(tmp_dir: str) -> SessionStoreProtocol:
+    url = _PG_URL
+    schema = "t_" + os.urandom(6).hex()
+    store = PostgresSessionStore(url, schema=schema)
+    await store.open()
+    return store
+
+
 BACKENDS: dict[str, BackendFactory] = {"sqlite": _sqlite}
+if _PG_URL:
+    BACKENDS["postgres"] = _postgres
 
 
 @pytest.fixture(params=sorted(BACKENDS))

@@ -1,14 +1,18 @@
-"""The SQLite session store.
+"""The session stores.
 
 :class:`SQLiteSessionStore` (0.11 name: ``SessionStore``) keeps every session in one SQLite
 file through ``aiosqlite``: each call is one transaction in one hop on the connection's worker
-thread. The row types returned by its read methods, 0.11's enums and the message sinks are
-here too.
+thread. :class:`~power_loop.store.postgres.PostgresSessionStore` keeps them in PostgreSQL for
+services running many processes on many machines (``pip install "power-loop[postgres]"``).
+:func:`open_store` picks one from a URL. The row types returned by their read methods, 0.11's
+enums and the message sinks are here too.
 """
 
 from __future__ import annotations
 
 from ._compat import UnsupportedStoreCallError
+from .factory import DB_URL_ENV, open_store
+from .postgres import PostgresSessionStore
 from .rows import (
     CompactionRow,
     MessageRow,
@@ -28,6 +32,7 @@ from .sinks import MessageSink, NullSink, SQLiteSink
 from .sqlite import DEFAULT_DB_PATH, SessionStore, SQLiteSessionStore
 
 __all__ = [
+    "DB_URL_ENV",
     "DEFAULT_DB_PATH",
     "LATEST_VERSION",
     "CompactionRow",
@@ -37,6 +42,7 @@ __all__ = [
     "NullSink",
     "PendingCall",
     "PendingState",
+    "PostgresSessionStore",
     "SQLiteSessionStore",
     "SQLiteSink",
     "SessionKind",
@@ -48,4 +54,5 @@ __all__ = [
     "StoredMessage",
     "TimerRow",
     "UnsupportedStoreCallError",
+    "open_store",
 ]

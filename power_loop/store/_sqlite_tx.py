@@ -32,6 +32,8 @@ class SQLiteTx:
 
     __slots__ = ("conn",)
 
+    dialect: ClassVar[str] = "sqlite"
+
     native_returning: ClassVar[bool] = sqlite3.sqlite_version_info >= (3, 35, 0)
     """Whether this SQLite runs ``UPDATE ... RETURNING`` itself."""
 

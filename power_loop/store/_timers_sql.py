@@ -186,13 +186,29 @@ def claim_due(tx: Tx, owner: str, *, lease_ms: int, limit: int, due_by: int | No
     now = now_ms()
     cutoff = now if due_by is None else min(now, due_by)
     columns = "session, timer_id, due_at, note, every_ms, remaining, until_at, claim_seq"
-    rows = tx.execute(
-        "SELECT s.session_id, due.* FROM ("
-        f"SELECT {columns} FROM timers WHERE status = 'claimed' AND lease_expires_at < ? "
-        f"UNION ALL SELECT * FROM (SELECT {columns} FROM timers WHERE status = 'armed' AND due_at <= ? "
-        "ORDER BY due_at LIMIT ?) AS armed) AS due JOIN sessions s ON s.id = due.session",
-        (now, cutoff, limit),
-    ).fetchall()[:limit]
+    if tx.dialect == "postgresql":
+        # Rows another runner is claiming right now are skipped, not waited for.
+        picked = "t.session, t.timer_id, t.due_at, t.note, t.every_ms, t.remaining, t.until_at, t.claim_seq"
+        rows = [
+            *tx.execute(
+                f"SELECT s.session_id, {picked} FROM timers t JOIN sessions s ON s.id = t.session "
+                "WHERE t.status = 'claimed' AND t.lease_expires_at < ? LIMIT ? FOR UPDATE OF t SKIP LOCKED",
+                (now, limit),
+            ).fetchall(),
+            *tx.execute(
+                f"SELECT s.session_id, {picked} FROM timers t JOIN sessions s ON s.id = t.session "
+                "WHERE t.status = 'armed' AND t.due_at <= ? ORDER BY t.due_at LIMIT ? FOR UPDATE OF t SKIP LOCKED",
+                (cutoff, limit),
+            ).fetchall(),
+        ][:limit]
+    else:
+        rows = tx.execute(
+            "SELECT s.session_id, due.* FROM ("
+            f"SELECT {columns} FROM timers WHERE status = 'claimed' AND lease_expires_at < ? "
+            f"UNION ALL SELECT * FROM (SELECT {columns} FROM timers WHERE status = 'armed' AND due_at <= ? "
+            "ORDER BY due_at LIMIT ?) AS armed) AS due JOIN sessions s ON s.id = due.session",
+            (now, cutoff, limit),
+        ).fetchall()[:limit]
     claimed: list[ClaimedTimer] = []
     for r in rows:
         timer = ClaimedTimer(

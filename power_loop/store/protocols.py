@@ -92,6 +92,12 @@ class Tx(Protocol):
     partial rollback.
     """
 
+    @property
+    def dialect(self) -> str:
+        """``"sqlite"`` or ``"postgresql"``: for the few statements a rule words per database
+        (``FOR UPDATE SKIP LOCKED`` where it exists)."""
+        ...
+
     def execute(self, sql: str, params: Sequence[Any] = ()) -> Cursor:
         """Run one statement with its parameters."""
         ...
@@ -223,7 +229,10 @@ class SessionAdmin(Protocol):
     """What the facade and the CLI need besides runs and timers: sessions, reading, stats,
     follow-ups, the sync twins of the 0.11 API, and the store's lifecycle."""
 
-    path: str
+    @property
+    def path(self) -> str:
+        """Where the store keeps its data, for messages: a file path, or a URL without its password."""
+        ...
 
     async def open(self) -> Any:
         """Open the store (idempotent)."""
