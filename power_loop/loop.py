@@ -24,6 +24,7 @@ from ._loop_timers import TimerFacade
 from .cancellation import StopEventLike
 from .compaction import resolve_compactor
 from .config import AgentLoopConfig
+from .engine.capabilities import TEMPORARY_LOOP
 from .engine.history import HistoryCache
 from .engine.prepare import normalize_input, resolve_system_prompt
 from .engine.run import RunRequest, execute_run
@@ -72,6 +73,7 @@ def _run_sync(coro: Coroutine[Any, Any, T], name: str, *, after: Callable[[], Aw
     except RuntimeError:
 
         async def main() -> T:
+            TEMPORARY_LOOP.set(True)  # this event loop ends with the call
             try:
                 return await coro
             finally:

@@ -19,13 +19,15 @@ Invariants:
 * A projector reads the store through the methods it names (``get_runtime_state``,
   ``list_unseen_background_updates``, ``mark_background_seen``); a store without them
   projects nothing rather than failing.
-* :class:`BackgroundRuntimeProjector` with ``mark_seen`` shows each update once; a command
-  whose process ended before it finished is shown as ``lost``.
+* :class:`BackgroundRuntimeProjector` with ``mark_seen`` shows each update until a model
+  answer to it is stored (the engine then calls its ``acknowledge``): a failed or cancelled
+  model call, or a crash, does not lose it. A command whose process ended before it finished
+  is shown as ``lost``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
@@ -39,6 +41,7 @@ __all__ = [
 ]
 
 _MARKS = {"completed": "[x]", "done": "[x]", "in_progress": "[>]", "active": "[>]"}
+_SHOWN = "power_loop.background_shown"  # the context key of the updates shown this round
 
 
 @runtime_checkable
@@ -127,11 +130,24 @@ class BackgroundRuntimeProjector:
     async def aproject(
         self, *, store: Any, session_id: str, round_index: int, context: Mapping[str, Any]
     ) -> str | None:
-        """:meth:`project` in one store transaction (what the engine calls)."""
-        take = getattr(store, "take_background_updates_async", None)
-        if take is None:
+        """The unseen updates, read in one store transaction (what the engine calls). They are
+        marked seen by :meth:`acknowledge`, once the model's answer to them is stored."""
+        fetch = getattr(store, "background_updates_async", None)
+        if fetch is None:
             return None
-        return render_background_updates(await take(session_id, mark_seen=self.mark_seen))
+        updates = await fetch(session_id)
+        if self.mark_seen and updates and isinstance(context, MutableMapping):
+            context[_SHOWN] = updates
+        return render_background_updates(updates)
+
+    async def acknowledge(self, *, store: Any, session_id: str, context: Mapping[str, Any]) -> None:
+        """Mark the updates :meth:`aproject` showed as seen (those that did not change since)."""
+        shown = context.get(_SHOWN)
+        marker = getattr(store, "mark_background_seen_async", None)
+        if not shown or marker is None:
+            return
+        statuses = {u.task_id: u.status for u in shown}
+        await marker(session_id, list(statuses), statuses=statuses)
 
 
 def _field(update: Any, name: str) -> Any:

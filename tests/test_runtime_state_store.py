@@ -87,9 +87,13 @@ async def test_async_twins(db_path: str) -> None:
         await store.set_runtime_state_async(sid, "todo", ["a"])
         assert await store.get_runtime_state_async(sid, "todo") == ["a"]
         await store.upsert_background_task_async(sid, task_id="b", command="true", status="completed", return_code=0)
-        taken = await store.take_background_updates_async(sid)
-        assert [(t.task_id, t.return_code) for t in taken] == [("b", 0)]
-        assert await store.take_background_updates_async(sid) == []
+        shown = await store.background_updates_async(sid)
+        assert [(t.task_id, t.return_code) for t in shown] == [("b", 0)]
+        assert await store.background_updates_async(sid) == shown  # not marked by reading
+        # Marked only while the status is still the one shown.
+        assert await store.mark_background_seen_async(sid, ["b"], statuses={"b": "running"}) == 0
+        assert await store.mark_background_seen_async(sid, ["b"], statuses={"b": "completed"}) == 1
+        assert await store.background_updates_async(sid) == []
 
 
 def test_deleting_a_session_deletes_its_runtime_rows(store: SQLiteSessionStore, db_path: str) -> None:
@@ -120,19 +124,40 @@ def test_a_command_of_a_killed_process_is_reported_lost(store: SQLiteSessionStor
     try:
         assert proc.stdout is not None and proc.stdout.readline().strip() == "started"
         # Its process is alive: the command is running, not lost.
-        assert store.reap_lost_background(sid) == 0
+        assert store.reap_lost_background(sid) == []
         assert store.get_background_task(sid, "bg_dead").status == "running"  # type: ignore[union-attr]
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         assert proc.stdout is not None
         proc.stdout.close()
-    assert store.reap_lost_background(sid) == 1
+    assert [lost.task_id for lost in store.reap_lost_background(sid)] == ["bg_dead"]
     lost = store.get_background_task(sid, "bg_dead")
     assert lost is not None and lost.status == "lost" and not lost.seen
-    assert "[lost: the process running it ended before it finished]" in (lost.output_tail or "")
-    assert store.reap_lost_background(sid) == 0  # once
-    assert [u.status for u in store.take_background_updates(sid)] == ["lost"]
+    assert "[lost: the process running it ended before it finished; its outcome is unknown]" in (lost.output_tail or "")
+    assert store.reap_lost_background(sid) == []  # once
+    assert [u.status for u in store.background_updates(sid)] == ["lost"]
+
+
+def test_a_command_of_another_machine_is_lost_once_far_past_its_deadline(
+    store: SQLiteSessionStore, db_path: str
+) -> None:
+    sid = store.create_session()
+    for task_id in ("recent", "stale"):
+        store.upsert_background_task(sid, task_id=task_id, command="build", status="running")
+    with sqlite3.connect(db_path) as conn:  # as a process of another machine recorded them
+        conn.execute("UPDATE background_tasks SET holder_host = 'elsewhere', deadline_at = 9e15")
+        conn.execute("UPDATE background_tasks SET deadline_at = 1000 WHERE task_id = 'stale'")
+    assert [lost.task_id for lost in store.reap_lost_background(sid)] == ["stale"]
+    assert store.get_background_task(sid, "recent").status == "running"  # type: ignore[union-attr]
+
+
+def test_a_command_this_process_no_longer_runs_is_lost(store: SQLiteSessionStore) -> None:
+    sid = store.create_session()
+    store.upsert_background_task(sid, task_id="mine", command="build", status="running")
+    assert store.reap_lost_background(sid) == []  # alive unknown: kept
+    assert store.reap_lost_background(sid, alive={"mine"}) == []
+    assert [lost.task_id for lost in store.reap_lost_background(sid, alive=set())] == ["mine"]
 
 
 def test_011_runtime_rows_are_carried_over(tmp_path: Path) -> None:

@@ -14,7 +14,7 @@ import pytest
 
 from power_loop import AgentEventBus, AgentEventType, AgentLoopConfig, StatefulAgentLoop, create_default_tool_registry
 from power_loop.store.rows import BackgroundTaskRow
-from power_loop.testing import ScriptedLLM, text_reply, tool_reply
+from power_loop.testing import ScriptedLLM, error_reply, text_reply, tool_reply
 from power_loop.testing.script import ScriptedReply, ScriptedRequest
 
 GATED = "while [ ! -e go ]; do sleep 0.01; done; "
@@ -232,3 +232,125 @@ async def test_skills_dir_adds_the_skills_section_and_feeds_load_skill(tmp_path:
     prompt = llm.requests[0].system_prompt or ""
     assert "# Skills" in prompt and "- deploy: How to deploy." in prompt and "broken" not in prompt
     assert result.final_text == '<skill name="deploy">\nRun make.\n</skill>'
+
+
+def test_a_sync_call_refuses_background_commands(tmp_path: Path, db_path: str) -> None:
+    llm = by_text({"serve": tool_reply(("background_run", {"command": "sleep 600"}))})
+    loop = StatefulAgentLoop(llm=llm, db_path=db_path, tool_registry=tools(tmp_path, "background_run"))
+    try:
+        sid = loop.new_session()
+        result = loop.send_sync("serve", session_id=sid)
+        assert result.final_text.startswith("Error: background commands need an event loop that outlives the call")
+        assert loop.store.list_background_tasks(sid) == []
+    finally:
+        loop.close()
+
+
+async def test_an_update_is_not_lost_when_the_model_call_fails(tmp_path: Path, db_path: str) -> None:
+    llm = by_text(
+        {
+            "build": tool_reply(("background_run", {"command": GATED + "echo done"})),
+            "retry": text_reply("ok"),
+        }
+    )
+    async with StatefulAgentLoop(llm=llm, db_path=db_path, tool_registry=tools(tmp_path, "background_run")) as loop:
+        sid = await loop.new_session_async()
+        started = await loop.send("build", session_id=sid)
+        task_id = started.final_text.split()[3].rstrip(":")
+        (tmp_path / "go").touch()
+        await wait_for_end(loop, sid, task_id)
+        llm.push(error_reply(400, "bad request"))
+        failed = await loop.send("retry", session_id=sid)
+        assert failed.status != "completed"
+        assert f"- {task_id} (completed, exit code 0)" in (llm.requests[-1].system_prompt or "")
+        await loop.send("retry", session_id=sid)  # shown again: the failed call never answered it
+        assert f"- {task_id} (completed, exit code 0)" in (llm.requests[-1].system_prompt or "")
+        assert await loop.store.list_unseen_background_updates_async(sid) == []
+        await loop.send("retry", session_id=sid)
+        assert "# Background commands" not in (llm.requests[-1].system_prompt or "")
+
+
+async def test_the_running_limit_holds_for_concurrent_calls(tmp_path: Path, db_path: str) -> None:
+    calls = [("background_run", {"command": "exec sleep 600"}) for _ in range(12)]
+    llm = by_text({"many": tool_reply(*calls)})
+    config = AgentLoopConfig(tool_concurrency=16)
+    registry = tools(tmp_path, "background_run")
+    async with StatefulAgentLoop(llm=llm, db_path=db_path, tool_registry=registry, config=config) as loop:
+        sid = await loop.new_session_async()
+        await loop.send("many", session_id=sid)
+        rows = await loop.store.list_background_tasks_async(sid)
+    assert len(rows) == 8 and all(r.status == "running" for r in rows)
+
+
+async def test_a_command_that_cannot_start_is_refused_and_never_left_running(tmp_path: Path, db_path: str) -> None:
+    llm = by_text({"nul": tool_reply(("background_run", {"command": "echo a\x00b"}))})
+    async with StatefulAgentLoop(llm=llm, db_path=db_path, tool_registry=tools(tmp_path, "background_run")) as loop:
+        sid = await loop.new_session_async()
+        result = await loop.send("nul", session_id=sid)
+        assert result.final_text == "Error: a command line cannot contain a NUL character"
+        assert await loop.store.list_background_tasks_async(sid) == []
+
+
+ORPHAN_SCRIPT = """
+import asyncio, sys
+from power_loop import StatefulAgentLoop, create_default_tool_registry
+from power_loop.testing import ScriptedLLM, text_reply, tool_reply
+
+async def main() -> None:
+    db, workspace = sys.argv[1], sys.argv[2]
+    def rule(request):
+        last = request.messages[-1]
+        if last.role == "tool":
+            return text_reply(last.text)
+        return tool_reply(("background_run", {"command": "echo $$ > pid; exec sleep 600"}))
+    registry = create_default_tool_registry(include=["background_run"], workspace_dir=workspace)
+    async with StatefulAgentLoop(llm=ScriptedLLM(rule=rule), db_path=db, tool_registry=registry) as loop:
+        sid = await loop.new_session_async()
+        await loop.send("start", session_id=sid)
+        print(sid, flush=True)
+        await asyncio.sleep(600)
+
+asyncio.run(main())
+"""
+
+
+async def test_a_command_of_a_killed_process_is_stopped_and_reported_lost(tmp_path: Path, db_path: str) -> None:
+    import signal
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen(
+        [sys.executable, "-c", ORPHAN_SCRIPT, db_path, str(tmp_path)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert proc.stdout is not None
+        sid = proc.stdout.readline().strip()
+        for _ in range(3000):
+            if (tmp_path / "pid").exists() and (tmp_path / "pid").read_text().strip():
+                break
+            await asyncio.sleep(0.01)
+        command_pid = int((tmp_path / "pid").read_text())
+        proc.send_signal(signal.SIGKILL)  # the loop's process dies; its command runs on
+        proc.wait()
+        os.kill(command_pid, 0)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()
+    llm = by_text({"check": tool_reply(("check_background", {}))})
+    registry = tools(tmp_path, "check_background")
+    async with StatefulAgentLoop(llm=llm, db_path=db_path, tool_registry=registry) as loop:
+        report = await loop.send("check", session_id=sid)
+    assert "(lost)" in report.final_text
+    for _ in range(3000):  # killed by the reaper; wait until the kernel has reaped it too
+        try:
+            os.kill(command_pid, 0)
+        except ProcessLookupError:
+            break
+        if Path(f"/proc/{command_pid}/stat").read_text().split(")")[-1].split()[0] == "Z":
+            break
+        await asyncio.sleep(0.01)
+    else:
+        raise AssertionError("the lost command still runs")

@@ -15,23 +15,29 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import math
 import secrets
 import threading
 import time
-from collections.abc import Callable, Coroutine, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Any, TypedDict
+from typing import TypedDict
 
 from ..errors import SessionNotFoundError
 from ..messages import Message
+from ..store._holder import process_start
 from ..store.protocols import MAX_DELAY_S, MAX_DUE_AT_MS, SessionStoreProtocol
 from ..store.rows import BackgroundTaskRow, TimerRow
 from ..tools.context import ToolCapabilities
 from ..tools.shell import ShellBackend, run_shell_command
 
 __all__ = [
+    "LIVE_COMMANDS",
+    "TEMPORARY_LOOP",
+    "LiveCommands",
     "StoreBackground",
     "StoreInbox",
     "StoreSession",
@@ -179,6 +185,40 @@ def _exit_status(exit_code: int | None, timed_out: bool) -> str:
     return "completed" if exit_code == 0 else "failed"
 
 
+class LiveCommands:
+    """The background commands this process runs, by session (thread-safe).
+
+    Process-wide on purpose: a command is recorded with the identity of its process, and
+    whichever loop of that process reaps the session must know the process still runs it.
+    """
+
+    def __init__(self) -> None:
+        self._live: set[tuple[str, str]] = set()
+        self._lock = threading.Lock()
+
+    def add(self, session_id: str, task_id: str) -> None:
+        """A command started."""
+        with self._lock:
+            self._live.add((session_id, task_id))
+
+    def discard(self, session_id: str, task_id: str) -> None:
+        """A command ended (its end recorded, or not recordable)."""
+        with self._lock:
+            self._live.discard((session_id, task_id))
+
+    def of(self, session_id: str) -> frozenset[str]:
+        """The task ids this process runs for ``session_id``."""
+        with self._lock:
+            return frozenset(t for s, t in self._live if s == session_id)
+
+
+LIVE_COMMANDS = LiveCommands()
+"""The background commands of this process."""
+
+TEMPORARY_LOOP: ContextVar[bool] = ContextVar("power_loop_temporary_loop", default=False)
+"""True inside a ``*_sync`` call: its event loop ends when the call returns."""
+
+
 @dataclass(frozen=True, slots=True)
 class StoreBackground:
     """:class:`~power_loop.tools.context.SessionBackground` over the loop's store, its
@@ -196,61 +236,112 @@ class StoreBackground:
         workspace_dir: str,
         backend: ShellBackend | None = None,
         timeout_s: float = 1800.0,
-    ) -> BackgroundTaskRow:
+        max_running: int = 8,
+    ) -> BackgroundTaskRow | list[BackgroundTaskRow]:
         """See :meth:`power_loop.tools.context.SessionBackground.start`."""
         if not isinstance(command, str) or not command.strip():
             raise ValueError("a background command needs a non-empty command line")
+        if "\x00" in command:
+            raise ValueError("a command line cannot contain a NUL character")
         if not timeout_s > 0:
             raise ValueError("timeout_s must be > 0")
-        task_id = "bg_" + secrets.token_hex(4)
-        # Recorded before it starts, and as seen: the model knows it started it.
-        row = await self.store.upsert_background_task_async(
-            self.session_id, task_id=task_id, command=command, status="running", seen=True
-        )
+        if TEMPORARY_LOOP.get():
+            raise RuntimeError(
+                "background commands need an event loop that outlives the call: a *_sync call runs the agent "
+                "on a temporary event loop that ends when it returns (the command would be killed); use "
+                "`await loop.send(...)` in a long-lived event loop"
+            )
+        await self._reap()  # a command no process runs must not count against the limit
+        task_id = "bg_" + secrets.token_hex(8)
+        deadline = int(time.time() * 1000 + timeout_s * 1000)
+        # Known as live before its row exists: a concurrent reaper must never take it for lost.
+        LIVE_COMMANDS.add(self.session_id, task_id)
+        try:
+            row = await self.store.start_background_task_async(
+                self.session_id, task_id=task_id, command=command, deadline_at=deadline, max_running=max_running
+            )
+        except BaseException:
+            LIVE_COMMANDS.discard(self.session_id, task_id)
+            raise
+        if isinstance(row, list):
+            LIVE_COMMANDS.discard(self.session_id, task_id)
+            return row
         if self.on_write is not None:
             self.on_write()
-        self.spawn(self._run(row, workspace_dir, backend, timeout_s), name=f"power_loop-background-{task_id}")
-        return row
-
-    def _end(self, row: BackgroundTaskRow, status: str, code: int | None, tail: str) -> Coroutine[Any, Any, object]:
-        return self.store.upsert_background_task_async(
-            self.session_id, task_id=row.task_id, command=row.command, status=status, return_code=code, output_tail=tail
+        # A clean context: the task must not keep the calling run (its tool context) alive.
+        contextvars.Context().run(
+            self.spawn,
+            _run_command(self.store, self.session_id, row, workspace_dir, backend, timeout_s),
+            name=f"power_loop-background-{task_id}",
         )
-
-    async def _run(self, row: BackgroundTaskRow, workspace: str, backend: ShellBackend | None, limit: float) -> None:
-        try:
-            result = await run_shell_command(row.command, workspace_dir=workspace, backend=backend, timeout_s=limit)
-        except asyncio.CancelledError:
-            # The loop is closing: the command's process group was killed; say so durably.
-            with contextlib.suppress(Exception):
-                await asyncio.shield(self._end(row, "killed", None, "[killed: the agent loop closed]"))
-            raise
-        except OSError as exc:
-            status, code, tail = "failed", None, f"[the command could not be started: {exc.strerror or exc}]"
-        else:
-            status, code, tail = _exit_status(result.exit_code, result.timed_out), result.exit_code, result.output
-            if result.timed_out:
-                tail = f"{tail}\n[timed out after {limit:g}s: the command and its children were killed]"
-        try:
-            await self._end(row, status, code, tail)
-        except Exception:  # the store failed: the row stays "running" until reaped as lost
-            log.exception("could not record the end of background command %s of %s", row.task_id, self.session_id)
+        return row
 
     async def tasks(self) -> list[BackgroundTaskRow]:
         """See :meth:`power_loop.tools.context.SessionBackground.tasks`."""
-        await self.store.reap_lost_background_async(self.session_id)
+        await self._reap()
         return await self.store.list_background_tasks_async(self.session_id)
 
     async def get(self, task_id: str) -> BackgroundTaskRow | None:
         """See :meth:`power_loop.tools.context.SessionBackground.get`."""
-        await self.store.reap_lost_background_async(self.session_id)
+        await self._reap()
         return await self.store.get_background_task_async(self.session_id, task_id)
 
-    async def mark_seen(self, task_ids: Sequence[str]) -> int:
+    async def mark_seen(self, rows: Sequence[BackgroundTaskRow]) -> int:
         """See :meth:`power_loop.tools.context.SessionBackground.mark_seen`."""
-        if not task_ids:
+        if not rows:
             return 0
-        return await self.store.mark_background_seen_async(self.session_id, task_ids)
+        statuses = {r.task_id: r.status for r in rows}
+        return await self.store.mark_background_seen_async(self.session_id, list(statuses), statuses=statuses)
+
+    async def _reap(self) -> None:
+        await self.store.reap_lost_background_async(self.session_id, alive=LIVE_COMMANDS.of(self.session_id))
+
+
+async def _run_command(
+    store: SessionStoreProtocol,
+    session_id: str,
+    row: BackgroundTaskRow,
+    workspace: str,
+    backend: ShellBackend | None,
+    limit: float,
+) -> None:
+    """Run a background command to its end and record the end (whatever happens)."""
+    status, code, tail = "failed", None, ""
+
+    async def started(pid: int) -> None:
+        with contextlib.suppress(Exception):  # the record only helps a later reaper
+            await store.set_background_child_async(session_id, row.task_id, pid, process_start(pid))
+
+    try:
+        result = await run_shell_command(
+            row.command, workspace_dir=workspace, backend=backend, timeout_s=limit, on_start=started
+        )
+        status, code, tail = _exit_status(result.exit_code, result.timed_out), result.exit_code, result.output
+        if result.timed_out:
+            tail = f"{tail}\n[timed out after {limit:g}s: the command and its children were killed]"
+    except asyncio.CancelledError:
+        # The loop is closing: the command's process group was killed; say so durably.
+        status, tail = "killed", "[killed: the agent loop closed while it ran]"
+        raise
+    except OSError as exc:
+        tail = f"[the command could not be started: {exc.strerror or exc}]"
+    except Exception as exc:  # anything else: recorded as failed, never left "running"
+        tail = f"[the command failed to run: {type(exc).__name__}: {exc}]"
+        log.exception("background command %s of %s failed to run", row.task_id, session_id)
+    finally:
+        try:
+            await asyncio.shield(
+                store.upsert_background_task_async(
+                    session_id, task_id=row.task_id, command=row.command, status=status, return_code=code,
+                    output_tail=tail,
+                )
+            )  # fmt: skip
+        except (Exception, asyncio.CancelledError):
+            # The store is gone (closing, a fault): the row stays "running" until a reaper
+            # finds no process runs it and marks it lost.
+            log.warning("could not record the end of background command %s of %s", row.task_id, session_id)
+        finally:
+            LIVE_COMMANDS.discard(session_id, row.task_id)
 
 
 def timer_args(

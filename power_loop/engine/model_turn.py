@@ -25,7 +25,7 @@ from .compaction import calibrate, request_estimate
 from .model_call import ModelCallResult, ask_model, usage_op
 from .outcome import CONTINUE, End, StepOutcome
 from .prepare import build_request, unique_call_ids
-from .projection import project_runtime
+from .projection import acknowledge_runtime, project_runtime
 from .state import Run, as_response, dicts, on_append
 from .structured import check_final_answer
 from .tool_round import round_end, tools_present
@@ -129,6 +129,7 @@ async def commit_turn(run: Run, reply: ModelCallResult) -> AssistantMessage | St
         ops.append(usage_op(run, reply))
     if assistant.tool_calls:
         await run.writer.write(ops)
+        await run.after_commit(acknowledge_runtime(run), "runtime projection acknowledgment")
         await tools_present(run, len(assistant.tool_calls))
         return assistant
     if run.response_format is not None and not stop_after:
@@ -137,6 +138,7 @@ async def commit_turn(run: Run, reply: ModelCallResult) -> AssistantMessage | St
             return rejected  # a corrective round follows, or the run ended degraded
     finish = run.finish_op("completed", drain_inbox=not stop_after, final_text=assistant.text)
     written = await run.writer.write([*ops, finish])
+    await run.after_commit(acknowledge_runtime(run), "runtime projection acknowledgment")
     if not written.finished:  # follow-ups arrived: go on with another round
         await tools_present(run, 0)
         await round_end(run, has_tools=False, text=assistant.text)

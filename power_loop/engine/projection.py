@@ -3,7 +3,9 @@ the run's start) and the runtime projection (computed every round).
 
 Invariants:
 
-* Nothing here is stored: both live in the run and end with it.
+* Nothing here is stored: both live in the run and end with it. What a projector showed is
+  acknowledged (``acknowledge``) only after the model's answer to that round is committed,
+  so an update is never marked seen by a model call that failed.
 * No file or database I/O on the event loop: the skills folder is read in a worker thread,
   a projector's sync ``project`` runs in one too; a projector's ``aproject`` is awaited.
 * A projector that reads runtime state (``reads_runtime_state``) is skipped for a session
@@ -22,7 +24,7 @@ from typing import Any
 from ..skills import SkillLoader
 from .state import Run
 
-__all__ = ["load_skills", "project_runtime"]
+__all__ = ["acknowledge_runtime", "load_skills", "project_runtime"]
 
 log = logging.getLogger("power_loop.engine")
 
@@ -52,6 +54,7 @@ async def project_runtime(run: Run) -> None:
         return
     store = run.rt.store
     context: dict[str, Any] = {"run_id": run.run_id, "scope": run.scope, "metadata": run.session.metadata}
+    run.projection_context = context
     blocks: list[str] = []
     for projector in projectors:
         if getattr(projector, "reads_runtime_state", False) and not run.runtime_used:
@@ -71,3 +74,15 @@ async def project_runtime(run: Run) -> None:
         if isinstance(block, str) and block.strip():
             blocks.append(block.strip())
     run.runtime_text = "\n\n".join(blocks) or None
+
+
+async def acknowledge_runtime(run: Run) -> None:
+    """Tell the projectors that the model's answer to this round's projection is stored
+    (``acknowledge``: the background projector marks the updates it showed as seen)."""
+    context, run.projection_context = run.projection_context, None
+    if context is None:
+        return
+    for projector in run.config.runtime_projectors:
+        acknowledge = getattr(projector, "acknowledge", None)
+        if acknowledge is not None:
+            await acknowledge(store=run.rt.store, session_id=run.session_id, context=context)

@@ -146,6 +146,8 @@ class Run:
         self.runtime_text: str | None = None
         # The session keeps runtime state: the runtime projectors read it every round.
         self.runtime_used = begin.runtime
+        # The context this round's projectors were given, until the answer is committed.
+        self.projection_context: dict[str, Any] | None = None
         # Structured output: the per-call format wins; the config's applies to main sessions.
         fmt = req.response_format
         if fmt is None and session.depth == 0 and self.config.response_format is not None:

@@ -18,7 +18,7 @@ import os
 import socket
 from typing import NamedTuple
 
-__all__ = ["Holder", "current_holder", "holder_is_dead"]
+__all__ = ["Holder", "current_holder", "holder_is_dead", "process_start"]
 
 
 class Holder(NamedTuple):
@@ -58,6 +58,11 @@ def _start_time(fields: list[str] | None) -> int | None:
         return int(fields[19]) if fields is not None else None
     except (IndexError, ValueError):
         return None
+
+
+def process_start(pid: int) -> int | None:
+    """When process ``pid`` started (clock ticks after boot), or None when there is none."""
+    return _start_time(_stat_fields(pid))
 
 
 def _host() -> str | None:

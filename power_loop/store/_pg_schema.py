@@ -215,6 +215,9 @@ CREATE TABLE background_tasks (
     holder_host  TEXT,
     holder_pid   BIGINT,
     holder_start BIGINT,
+    deadline_at  BIGINT,
+    child_pid    BIGINT,
+    child_start  BIGINT,
     created_at   BIGINT NOT NULL,
     updated_at   BIGINT NOT NULL,
     PRIMARY KEY (session, task_id)

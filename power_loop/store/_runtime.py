@@ -8,13 +8,13 @@ has an ``*_async`` twin that runs on the store's worker thread, declared once wi
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from . import _runtime_sql as _rt
 from ._twins import TxFn, store_op
 from .protocols import Tx
-from .rows import BackgroundTaskRow
+from .rows import BackgroundTaskRow, LostCommand
 
 T = TypeVar("T")
 
@@ -146,39 +146,72 @@ class RuntimeStateMethods:
     list_unseen_background_updates = list_unseen_background_updates_async.blocking()  # 0.11 API
 
     @store_op()
-    def mark_background_seen_async(self, session_id: str, task_ids: Iterable[str]) -> TxFn[int]:
-        """Mark these commands' latest change as shown to the model; how many changed.
+    def mark_background_seen_async(
+        self, session_id: str, task_ids: Iterable[str], *, statuses: Mapping[str, str] | None = None
+    ) -> TxFn[int]:
+        """Mark these commands' latest change as shown to the model; how many changed. With
+        ``statuses`` (task id → the status shown), a command that changed since stays unseen.
 
         Raises:
             SessionNotFoundError: Unknown session.
         """
         ids = [str(t) for t in task_ids]
-        return lambda c: _rt.mark_seen(c, session_id, ids)
+        shown = dict(statuses) if statuses is not None else None
+        return lambda c: _rt.mark_seen(c, session_id, ids, shown)
 
     mark_background_seen = mark_background_seen_async.blocking()  # 0.11 API
 
     @store_op()
-    def reap_lost_background_async(self, session_id: str) -> TxFn[int]:
-        """Mark ``lost`` the session's running commands whose process provably ended (a crash
-        or a restart on this machine); how many. Each becomes an unseen update.
+    def start_background_task_async(
+        self, session_id: str, *, task_id: str, command: str, deadline_at: int, max_running: int
+    ) -> TxFn[BackgroundTaskRow | list[BackgroundTaskRow]]:
+        """Record a command about to start in this process (``running``, already seen), or,
+        when the session runs ``max_running`` commands already, return those and write nothing.
+
+        Raises:
+            SessionNotFoundError: Unknown session.
+            ValueError: An empty ``task_id`` or ``command``.
+        """
+        for name, value in (("task_id", task_id), ("command", command)):
+            if not isinstance(value, str) or not value:
+                raise ValueError(f"start_background_task needs a non-empty str {name}")
+        return lambda c: _rt.start_background(
+            c, session_id, task_id=task_id, command=command, deadline_at=deadline_at, max_running=max_running
+        )
+
+    @store_op()
+    def set_background_child_async(self, session_id: str, task_id: str, pid: int, start: int | None) -> TxFn[None]:
+        """Record the process a running command started (its process group leader)."""
+        return lambda c: _rt.set_child(c, session_id, task_id, pid, start)
+
+    @store_op()
+    def reap_lost_background_async(
+        self, session_id: str, *, alive: Collection[str] | None = None
+    ) -> TxFn[list[LostCommand]]:
+        """Mark ``lost`` the session's running commands no process runs any more (see
+        :func:`._runtime_sql.reap_lost`; ``alive``: the commands this process runs, None when
+        unknown); return them. Each becomes an unseen update.
 
         Raises:
             SessionNotFoundError: Unknown session.
         """
-        return lambda c: _rt.reap_lost(c, session_id)
+        running_here = None if alive is None else frozenset(alive)
+        return lambda c: _rt.reap_lost(c, session_id, running_here)
 
     reap_lost_background = reap_lost_background_async.blocking()
 
     @store_op()
-    def take_background_updates_async(
-        self, session_id: str, *, mark_seen: bool = True
+    def background_updates_async(
+        self, session_id: str, *, alive: Collection[str] | None = None
     ) -> TxFn[list[BackgroundTaskRow]]:
-        """In one transaction: mark ``lost`` the commands whose process ended, then return the
-        updates the model has not been shown (oldest first), marked seen with ``mark_seen``.
+        """In one transaction: mark ``lost`` the commands no process runs any more, then return
+        the updates the model has not been shown, oldest first (not marked seen: mark them once
+        the model's answer is stored).
 
         Raises:
             SessionNotFoundError: Unknown session.
         """
-        return lambda c: _rt.take_unseen(c, session_id, mark=mark_seen)
+        running_here = None if alive is None else frozenset(alive)
+        return lambda c: _rt.unseen_updates(c, session_id, running_here)
 
-    take_background_updates = take_background_updates_async.blocking()
+    background_updates = background_updates_async.blocking()

@@ -50,8 +50,13 @@ def now_ms() -> int:
 
 def text(value: str | None) -> str | None:
     """Free text to store (a prompt, a note, an answer, an error): lone surrogates, which no
-    UTF-8 column accepts, become U+FFFD (see :func:`~power_loop.messages.scrub_surrogates`)."""
-    return None if value is None else scrub_surrogates(value)
+    UTF-8 column accepts, and NUL characters, which PostgreSQL's text refuses, become U+FFFD
+    (on every backend, so both keep the same text; see
+    :func:`~power_loop.messages.scrub_surrogates`)."""
+    if value is None:
+        return None
+    scrubbed = scrub_surrogates(value)
+    return scrubbed.replace("\x00", "\ufffd") if "\x00" in scrubbed else scrubbed
 
 
 SESSION_COLUMNS = (

@@ -28,7 +28,7 @@ adapter: a connection, a ``Tx`` over it and its transaction boundaries.
 
 from __future__ import annotations
 
-from collections.abc import Coroutine, Iterable, Mapping, Sequence
+from collections.abc import Collection, Coroutine, Iterable, Mapping, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 from ._timer_rows import MAX_DELAY_S, MAX_DUE_AT_MS, ClaimedTimer, Delivery, TimerBudgetExceeded
@@ -38,6 +38,7 @@ from .rows import (
     BeginOutcome,
     BeginRun,
     LeaseClaim,
+    LostCommand,
     PendingState,
     SessionRow,
     SessionStatsRow,
@@ -417,18 +418,33 @@ class RuntimeStore(Protocol):
         """Background commands whose latest change the model has not been shown."""
         ...
 
-    async def mark_background_seen_async(self, session_id: str, task_ids: Iterable[str]) -> int:
-        """Mark these commands' latest change shown; how many changed."""
+    async def mark_background_seen_async(
+        self, session_id: str, task_ids: Iterable[str], *, statuses: Mapping[str, str] | None = None
+    ) -> int:
+        """Mark these commands' latest change shown (only where the status is still the one
+        in ``statuses``, when given); how many changed."""
         ...
 
-    async def reap_lost_background_async(self, session_id: str) -> int:
-        """Mark ``lost`` the running commands whose process provably ended; how many."""
+    async def start_background_task_async(
+        self, session_id: str, *, task_id: str, command: str, deadline_at: int, max_running: int
+    ) -> BackgroundTaskRow | list[BackgroundTaskRow]:
+        """Record a command starting in this process, or return the running ones at the limit."""
         ...
 
-    async def take_background_updates_async(
-        self, session_id: str, *, mark_seen: bool = True
+    async def set_background_child_async(self, session_id: str, task_id: str, pid: int, start: int | None) -> None:
+        """Record the process a running command started."""
+        ...
+
+    async def reap_lost_background_async(
+        self, session_id: str, *, alive: Collection[str] | None = None
+    ) -> list[LostCommand]:
+        """Mark ``lost`` the running commands no process runs any more; return them."""
+        ...
+
+    async def background_updates_async(
+        self, session_id: str, *, alive: Collection[str] | None = None
     ) -> list[BackgroundTaskRow]:
-        """Reap lost commands, then the unseen updates (marked seen with ``mark_seen``)."""
+        """Reap lost commands, then the unseen updates (not marked seen)."""
         ...
 
 

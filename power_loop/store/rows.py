@@ -28,6 +28,7 @@ __all__ = [
     "DrainInbox",
     "FinishRun",
     "LeaseClaim",
+    "LostCommand",
     "LoadedHistory",
     "MessageRow",
     "MessageState",
@@ -312,6 +313,23 @@ class BackgroundTaskRow:
     def get(self, name: str, default: Any = None) -> Any:
         """A field by name, or ``default``."""
         return getattr(self, name, default)
+
+
+@dataclass(frozen=True)
+class LostCommand:
+    """A command marked ``lost``, with the process it had started (to stop it on this machine).
+
+    Attributes:
+        task_id: The command.
+        host: The machine of the process that ran it (see ``_holder``).
+        child_pid: The command's process (its process group leader), if recorded.
+        child_start: That process's start time, to tell a reused pid apart.
+    """
+
+    task_id: str
+    host: str | None
+    child_pid: int | None
+    child_start: int | None
 
 
 @dataclass(frozen=True)

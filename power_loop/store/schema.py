@@ -364,6 +364,9 @@ def _v9(conn: sqlite3.Connection) -> None:
             holder_host  TEXT,
             holder_pid   INTEGER,
             holder_start INTEGER,
+            deadline_at  INTEGER,
+            child_pid    INTEGER,
+            child_start  INTEGER,
             created_at   INTEGER NOT NULL,
             updated_at   INTEGER NOT NULL,
             PRIMARY KEY (session, task_id)
@@ -384,7 +387,10 @@ def _v9(conn: sqlite3.Connection) -> None:
             "INSERT INTO background_tasks (session, task_id, command, status, return_code, output_tail, "
             "output_path, seen, created_at, updated_at) "
             "SELECT s.id, b.task_id, b.command, CASE WHEN b.status = 'running' THEN 'lost' ELSE b.status END, "
-            "b.return_code, b.output_tail, b.output_path, b.status <> 'running' AND b.last_seen_at >= b.updated_at, "
+            "b.return_code, CASE WHEN b.status = 'running' THEN COALESCE(b.output_tail, '') || "
+            "'\n[lost: the process running it ended before it finished; its outcome is unknown]' "
+            "ELSE b.output_tail END, "
+            "b.output_path, b.status <> 'running' AND b.last_seen_at >= b.updated_at, "
             "b.created_at, b.updated_at FROM legacy011_background_tasks b "
             "JOIN sessions s ON s.session_id = b.session_id"
         )

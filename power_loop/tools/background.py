@@ -10,10 +10,15 @@ one command or all of them at any time.
 Invariants:
 
 * A command is recorded in the store before it starts, with the identity of the process
-  running it: after a crash or a restart it is reported ``lost``, never forgotten.
+  running it and its deadline: after a crash or a restart it is reported ``lost``, never
+  forgotten (and on the same machine its process group is stopped).
 * A command's process group is killed when its time limit passes or its loop closes
-  (recorded ``timed_out`` / ``killed``).
-* At most :data:`MAX_RUNNING_PER_SESSION` commands of a session run at once.
+  (recorded ``timed_out`` / ``killed``). A ``*_sync`` call, whose event loop ends with it,
+  refuses to start one.
+* At most :data:`MAX_RUNNING_PER_SESSION` commands of a session run at once: the count and
+  the insert are one transaction.
+* What ``check_background`` reports is marked seen only if the command has not changed
+  since it was read.
 * Outside a run of a ``StatefulAgentLoop``, or with no runtime environment bound, the tools
   answer with an error message, never an exception the model cannot read.
 """
@@ -74,15 +79,19 @@ async def background_run(command: str, timeout: int = 1800) -> str:
     if isinstance(ctx, str):
         return ctx
     workspace, backend = shell_target()
-    running = [t for t in await ctx.background.tasks() if t.status == "running"]
-    if len(running) >= MAX_RUNNING_PER_SESSION:
-        ids = ", ".join(t.task_id for t in running)
+    limit = min(max(int(timeout), 1), MAX_BACKGROUND_TIMEOUT_S)
+    try:
+        row = await ctx.background.start(
+            command, workspace_dir=str(workspace), backend=backend, timeout_s=limit, max_running=MAX_RUNNING_PER_SESSION
+        )
+    except (ValueError, RuntimeError) as exc:
+        return f"Error: {exc}"
+    if isinstance(row, list):
+        ids = ", ".join(t.task_id for t in row)
         return (
-            f"Error: {len(running)} background commands are already running ({ids}); wait for one to end "
+            f"Error: {len(row)} background commands are already running ({ids}); wait for one to end "
             "(check_background) before starting another."
         )
-    limit = min(max(int(timeout), 1), MAX_BACKGROUND_TIMEOUT_S)
-    row = await ctx.background.start(command, workspace_dir=str(workspace), backend=backend, timeout_s=limit)
     return (
         f"Started background command {row.task_id}: {command}\n"
         f"It runs for at most {limit}s. Its result is shown to you when it ends; "
@@ -105,12 +114,12 @@ async def check_background(task_id: str | None = None) -> str:
         if row is None:
             known = ", ".join(t.task_id for t in await ctx.background.tasks()) or "none"
             return f"Error: no background command {task_id!r} in this session (known: {known})."
-        await ctx.background.mark_seen([row.task_id])
+        await ctx.background.mark_seen([row])
         return _describe(row, full=True)
     rows = await ctx.background.tasks()
     if not rows:
         return "No background commands in this session."
-    await ctx.background.mark_seen([r.task_id for r in rows if r.status != "running"])
+    await ctx.background.mark_seen([r for r in rows if r.status != "running"])
     return "\n".join(_describe(r, full=False) for r in rows)
 
 

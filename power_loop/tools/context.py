@@ -134,12 +134,19 @@ class SessionBackground(Protocol):
         workspace_dir: str,
         backend: ShellBackend | None = None,
         timeout_s: float = 1800.0,
-    ) -> BackgroundTaskRow:
-        """Start ``command`` in ``workspace_dir`` through ``backend`` and return at once.
+        max_running: int = 8,
+    ) -> BackgroundTaskRow | list[BackgroundTaskRow]:
+        """Start ``command`` in ``workspace_dir`` through ``backend`` and return its row at
+        once; or, when the session already runs ``max_running`` commands, start nothing and
+        return those.
 
         The command's process group is killed when ``timeout_s`` passes or the loop closes.
         Its end (exit code, the tail of its output) is an unseen update the model is shown
         at its next round.
+
+        Raises:
+            ValueError: An empty command, one with a NUL character, or a bad ``timeout_s``.
+            RuntimeError: Called inside a ``*_sync`` call, whose event loop ends with it.
         """
         ...
 
@@ -151,9 +158,9 @@ class SessionBackground(Protocol):
         """One background command of the session, or None."""
         ...
 
-    async def mark_seen(self, task_ids: Sequence[str]) -> int:
-        """Mark these commands' latest change as shown to the model (the runtime projector
-        will not show it again); how many changed."""
+    async def mark_seen(self, rows: Sequence[BackgroundTaskRow]) -> int:
+        """Mark these rows' change as shown to the model (the runtime projector will not show
+        it again), unless the command changed since they were read; how many changed."""
         ...
 
 

@@ -26,7 +26,7 @@ import contextlib
 import os
 import shutil
 import signal
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -202,8 +202,11 @@ async def run_shell_command(
     backend: ShellBackend | None = None,
     timeout_s: float = 120.0,
     max_output_bytes: int = MAX_OUTPUT_BYTES,
+    on_start: Callable[[int], Awaitable[None]] | None = None,
 ) -> ShellResult:
     """Run ``command`` through ``backend`` for ``workspace_dir`` (see the module docstring).
+
+    ``on_start`` is awaited with the process id (its process group's) once it runs.
 
     Raises:
         ValueError: ``timeout_s`` is not positive.
@@ -242,6 +245,8 @@ async def run_shell_command(
     timed_out = False
     try:
         try:
+            if on_start is not None:
+                await on_start(proc.pid)
             await asyncio.wait_for(proc.wait(), timeout_s)
         except asyncio.TimeoutError:
             timed_out = True
@@ -249,8 +254,9 @@ async def run_shell_command(
             # Whatever happened (exit, time limit, cancellation), nothing of the group survives.
             _kill_group(proc.pid)
             if proc.returncode is None:
-                with contextlib.suppress(ProcessLookupError):
-                    proc.kill()
+                # Not proc.kill(): its poll() could reap the child behind asyncio's watcher.
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(proc.pid, signal.SIGKILL)
             # Reaped in every case, a cancelled call included: an unreaped child stays a
             # zombie, and its transport complains when it is collected. (SIGKILL was sent:
             # the wait is short.)
