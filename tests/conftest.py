@@ -1,4 +1,9 @@
-"""Shared fixtures: real SQLite files in tmp_path, the scripted server on 127.0.0.1."""
+"""Shared fixtures: real SQLite files in tmp_path, the scripted server on 127.0.0.1, and one
+throwaway PostgreSQL server for the session with a fresh schema per test (``pg_schema``).
+
+PostgreSQL tests fail, never skip, when the server cannot start: the message says what to
+install. ``POWER_LOOP_TEST_PG=0`` turns them into skips.
+"""
 
 from __future__ import annotations
 
@@ -11,11 +16,15 @@ import pytest
 
 from power_loop.providers.anthropic import AnthropicMessagesService
 from power_loop.providers.openai import OpenAIChatService
-from power_loop.testing import ScriptedServer
+from power_loop.testing import PostgresSchema, PostgresUnavailable, ScriptedServer, TemporaryPostgres
 
 pytest_plugins = ["power_loop.testing.pytest_plugin"]
 
 PROTOCOLS = ("openai", "anthropic")
+
+# Read at import: the autouse _clean_env fixture hides POWER_LOOP_* variables from tests.
+PG_ENABLED = os.environ.get("POWER_LOOP_TEST_PG") != "0"
+PG_BIN_DIR = os.environ.get("POWER_LOOP_PG_BIN") or None
 
 
 @pytest.fixture(autouse=True)
@@ -78,3 +87,34 @@ async def llm_factory() -> AsyncIterator[ServiceFactory]:
 def protocol(request: pytest.FixtureRequest) -> str:
     """Each wire protocol in turn."""
     return str(request.param)
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[TemporaryPostgres]:
+    """One throwaway PostgreSQL server for the whole session, stopped (and deleted) at its end."""
+    if not PG_ENABLED:
+        pytest.skip("PostgreSQL tests are off (POWER_LOOP_TEST_PG=0); unset it to run them on a throwaway server")
+    try:
+        import psycopg  # noqa: F401 - the tests talk to the server through it
+    except ImportError:
+        pytest.fail(
+            'PostgreSQL tests need psycopg: pip install -e ".[dev]" (or set POWER_LOOP_TEST_PG=0 to skip them)',
+            pytrace=False,
+        )
+    server = TemporaryPostgres(bin_dir=PG_BIN_DIR)
+    try:
+        server.start()
+    except PostgresUnavailable as exc:
+        pytest.fail(f"{exc}\n(POWER_LOOP_TEST_PG=0 skips the PostgreSQL tests)", pytrace=False)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def pg_schema(pg_server: TemporaryPostgres) -> Iterator[PostgresSchema]:
+    """A new, empty schema on the session's server (``url``, ``schema``, ``scoped_url``),
+    dropped with everything in it after the test."""
+    with pg_server.fresh_schema() as schema:
+        yield schema
