@@ -21,17 +21,15 @@ from power_loop.testing import PostgresSchema, PostgresUnavailable, ScriptedServ
 pytest_plugins = ["power_loop.testing.pytest_plugin"]
 
 PROTOCOLS = ("openai", "anthropic")
-
-# Read at import: the autouse _clean_env fixture hides POWER_LOOP_* variables from tests.
-PG_ENABLED = os.environ.get("POWER_LOOP_TEST_PG") != "0"
-PG_BIN_DIR = os.environ.get("POWER_LOOP_PG_BIN") or None
+# They describe the test machine, not a configuration of the code under test: tests see them.
+TEST_MACHINE_VARIABLES = ("POWER_LOOP_TEST_PG", "POWER_LOOP_PG_BIN")
 
 
 @pytest.fixture(autouse=True)
 def _clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: os.PathLike[str]) -> Iterator[None]:
     """No test sees the developer's provider configuration or a stray .env file."""
     for name in list(os.environ):
-        if name.startswith(("POWER_LOOP_", "OPENAI_COMPAT_")):
+        if name.startswith(("POWER_LOOP_", "OPENAI_COMPAT_")) and name not in TEST_MACHINE_VARIABLES:
             monkeypatch.delenv(name)
     monkeypatch.chdir(tmp_path)
     yield
@@ -92,20 +90,21 @@ def protocol(request: pytest.FixtureRequest) -> str:
 @pytest.fixture(scope="session")
 def pg_server() -> Iterator[TemporaryPostgres]:
     """One throwaway PostgreSQL server for the whole session, stopped (and deleted) at its end."""
-    if not PG_ENABLED:
+    if os.environ.get("POWER_LOOP_TEST_PG") == "0":
         pytest.skip("PostgreSQL tests are off (POWER_LOOP_TEST_PG=0); unset it to run them on a throwaway server")
+    problem = ""
     try:
         import psycopg  # noqa: F401 - the tests talk to the server through it
     except ImportError:
-        pytest.fail(
-            'PostgreSQL tests need psycopg: pip install -e ".[dev]" (or set POWER_LOOP_TEST_PG=0 to skip them)',
-            pytrace=False,
-        )
-    server = TemporaryPostgres(bin_dir=PG_BIN_DIR)
-    try:
-        server.start()
-    except PostgresUnavailable as exc:
-        pytest.fail(f"{exc}\n(POWER_LOOP_TEST_PG=0 skips the PostgreSQL tests)", pytrace=False)
+        problem = 'PostgreSQL tests need psycopg: pip install -e ".[dev]"'
+    server = TemporaryPostgres()
+    if not problem:
+        try:
+            server.start()
+        except PostgresUnavailable as exc:
+            problem = str(exc)
+    if problem:  # failed outside the except blocks: the message alone, no chained traceback
+        pytest.fail(f"{problem}\n(POWER_LOOP_TEST_PG=0 skips the PostgreSQL tests)", pytrace=False)
     try:
         yield server
     finally:

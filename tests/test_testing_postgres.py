@@ -17,15 +17,13 @@ from power_loop.errors import ConfigurationError
 from power_loop.testing import PostgresSchema, PostgresUnavailable, TemporaryPostgres
 from power_loop.testing.postgres import REQUIRED_BINARIES, _find_bin_dir
 
-from .conftest import PG_BIN_DIR
-
 ROOT = Path(__file__).resolve().parent.parent
 
 OWNER = """
 import os, signal, sys
 from power_loop.testing import TemporaryPostgres
 
-server = TemporaryPostgres(bin_dir=os.environ.get("POWER_LOOP_PG_BIN") or None).start()
+server = TemporaryPostgres().start()
 print(server.socket_dir, server.pid, flush=True)
 if sys.argv[1] == "kill":
     os.kill(os.getpid(), signal.SIGKILL)
@@ -107,7 +105,7 @@ def test_fresh_schema_drops_its_schema_and_contents(pg_server: TemporaryPostgres
 
 
 def test_a_second_server_runs_beside_the_first_and_stop_leaves_nothing(pg_server: TemporaryPostgres) -> None:
-    with TemporaryPostgres(database="other", durable=True, bin_dir=PG_BIN_DIR, settings={"work_mem": "7MB"}) as second:
+    with TemporaryPostgres(database="other", durable=True, settings={"work_mem": "7MB"}) as second:
         assert second.url != pg_server.url and second.socket_dir != pg_server.socket_dir
         assert fetch_one(second.url, "SELECT current_database(), current_setting('fsync')") == ("other", "on")
         assert fetch_one(second.url, "SHOW work_mem") == ("7MB",)
@@ -130,8 +128,6 @@ def test_a_second_server_runs_beside_the_first_and_stop_leaves_nothing(pg_server
 def test_an_owner_that_ends_without_stop_leaves_no_server(pg_server: TemporaryPostgres, end: str) -> None:
     """At exit the finalizer stops the server; after SIGKILL the guard process does."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    if PG_BIN_DIR:
-        env["POWER_LOOP_PG_BIN"] = PG_BIN_DIR
     owner = subprocess.run(
         [sys.executable, "-c", OWNER, end], env=env, capture_output=True, text=True, timeout=120, check=False
     )
