@@ -62,11 +62,10 @@ _MAX_SOCKET_PATH = 107
 _COMMAND_TIMEOUT_S = 120.0
 _SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 
-# The guard process: it blocks until its stdin reaches EOF, which happens when the owner
-# closes the pipe (stop()) or dies in any way; then it stops the server and removes its
-# directory, unless stop() already did. Standard library only, run with ``python -I``.
-# It runs as the owner (the server's user may not reach this interpreter) and drops to the
-# server's user for pg_ctl, as the owner does.
+# The guard process: it blocks until its stdin reaches EOF, which happens when its owner dies
+# in any way, then stops the server and removes its directory (stop() does both itself and
+# ends the guard). Standard library only, run with ``python -I``. It runs as the owner (the
+# server's user may not reach this interpreter) and drops to the server's user for pg_ctl.
 _GUARD = """\
 import os, shutil, subprocess, sys
 sys.stdin.buffer.read()
