@@ -28,6 +28,7 @@ PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 FRAGMENT = "# fragment:"
 _FENCE = re.compile(r"^(?P<indent> *)(?P<fence>`{3,}|~{3,})(?P<info>.*)$")
 _PROVIDER_PREFIXES = ("POWER_LOOP_", "OPENAI_", "ANTHROPIC_", "OPENAI_COMPAT_")
+_KEPT = ("POWER_LOOP_PG_BIN",)  # where PostgreSQL's binaries are: the machine, not a provider
 # Generous: a hang guard, not a speed bound. Every block stops by itself in about a second.
 _HANG_GUARD_S = 120.0
 
@@ -82,7 +83,7 @@ FRAGMENTS = [block for block in BLOCKS if block.is_fragment]
 
 
 def _offline_env(home: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(_PROVIDER_PREFIXES)}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(_PROVIDER_PREFIXES) or k in _KEPT}
     for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
         env[name] = "http://127.0.0.1:9"  # the discard port: nothing listens, a request fails at once
     env.pop("no_proxy", None)

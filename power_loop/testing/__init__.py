@@ -7,8 +7,11 @@
   :func:`hang_reply`.
 * A pytest plugin with a ``scripted_server`` fixture: add
   ``pytest_plugins = ["power_loop.testing.pytest_plugin"]`` to your ``conftest.py``.
+* :class:`TemporaryPostgres`: a throwaway PostgreSQL server on a Unix socket, with a fresh
+  schema per test (:class:`PostgresSchema`); the schema helpers need the ``postgres`` extra.
 """
 
+from .postgres import PostgresSchema, PostgresUnavailable, TemporaryPostgres
 from .script import (
     Rule,
     ScriptedReply,
@@ -23,12 +26,15 @@ from .scripted_llm import ScriptedLLM
 from .server import ScriptedServer, echo_rule, tool_round_trip_rule
 
 __all__ = [
+    "PostgresSchema",
+    "PostgresUnavailable",
     "Rule",
     "ScriptExhausted",
     "ScriptedLLM",
     "ScriptedReply",
     "ScriptedRequest",
     "ScriptedServer",
+    "TemporaryPostgres",
     "echo_rule",
     "error_reply",
     "hang_reply",
