@@ -1,8 +1,8 @@
 """The store contract: what every backend must do, whatever its SQL dialect and locking.
 
-Each test takes the ``store`` fixture, parametrized over the backends (only ``sqlite`` today;
-a new backend is one more parameter of ``BACKENDS`` with a factory that opens a fresh,
-empty store). The tests use only the consumer protocols in ``power_loop.store.protocols``
+Each test takes the ``store`` fixture, parametrized over the backends (``sqlite`` on a
+temporary file, ``postgres`` on a fresh schema of a throwaway server; a new backend is one
+more entry of ``BACKENDS`` with a factory that opens a fresh, empty store). The tests use only the consumer protocols in ``power_loop.store.protocols``
 and the row types, never a backend's SQL, so they state the rules, not an implementation:
 begin, lease, fence and refusal; seq allocation; pending answers; the inbox drained exactly
 once; the compaction base; timers claimed and delivered exactly once; session administration.
@@ -21,35 +21,30 @@ from power_loop.store import PostgresSessionStore, SQLiteSessionStore
 from power_loop.store.protocols import Delivery, RunStore, SessionAdmin, SessionStoreProtocol, TimerStore
 from power_loop.store.rows import Append, BeginRun, Compact, FinishRun, LeaseClaim
 
-BackendFactory = Callable[[str], Awaitable[SessionStoreProtocol]]
+BackendFactory = Callable[[pytest.FixtureRequest], Awaitable[SessionStoreProtocol]]
 
 
-async def _sqlite(tmp_dir: str) -> SessionStoreProtocol:
-    store = SQLiteSessionStore(os.path.join(tmp_dir, "contract.db"))
+async def _sqlite(request: pytest.FixtureRequest) -> SessionStoreProtocol:
+    tmp_path = request.getfixturevalue("tmp_path")
+    store = SQLiteSessionStore(os.path.join(tmp_path, "contract.db"))
     await store.open()
     return store
 
 
-_PG_URL = os.environ.get("POWER_LOOP_TEST_PG_URL", "")
-
-
-async def _postgres(tmp_dir: str) -> SessionStoreProtocol:
-    url = _PG_URL
-    schema = "t_" + os.urandom(6).hex()
-    store = PostgresSessionStore(url, schema=schema)
+async def _postgres(request: pytest.FixtureRequest) -> SessionStoreProtocol:
+    target = request.getfixturevalue("pg_schema")  # a fresh schema on the session's throwaway server
+    store = PostgresSessionStore(target.url, schema=target.schema)
     await store.open()
     return store
 
 
-BACKENDS: dict[str, BackendFactory] = {"sqlite": _sqlite}
-if _PG_URL:
-    BACKENDS["postgres"] = _postgres
+BACKENDS: dict[str, BackendFactory] = {"sqlite": _sqlite, "postgres": _postgres}
 
 
 @pytest.fixture(params=sorted(BACKENDS))
-async def store(request: pytest.FixtureRequest, tmp_path: os.PathLike[str]) -> AsyncIterator[SessionStoreProtocol]:
+async def store(request: pytest.FixtureRequest) -> AsyncIterator[SessionStoreProtocol]:
     """A fresh, open store of each backend."""
-    opened = await BACKENDS[request.param](str(tmp_path))
+    opened = await BACKENDS[request.param](request)
     try:
         yield opened
     finally:
