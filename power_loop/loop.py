@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
@@ -36,9 +37,10 @@ from .hooks import AgentHooks
 from .messages import message_to_dict
 from .providers.base import LLMService
 from .results import FollowUpQueued, StatefulResult, SubagentResult
+from .store.factory import DB_URL_ENV, open_store
 from .store.protocols import SessionStoreProtocol
 from .store.rows import PendingState, SessionStatsRow, StoredMessage
-from .store.sqlite import DEFAULT_DB_PATH, SQLiteSessionStore
+from .store.sqlite import DEFAULT_DB_PATH
 from .structured import ResponseFormatLike, resolve_response_format
 from .tools.context import current_tool_context
 from .tools.registry import ToolRegistry
@@ -111,7 +113,10 @@ class StatefulAgentLoop(TimerFacade):
     Args:
         llm: The model provider (see ``create_llm_service_from_env``).
         store: A session store; when None one is opened (and owned) at ``db_path``.
-        db_path: SQLite file of the owned store.
+        db_path: Where the owned store keeps its data: an SQLite file, or a database URL
+            (``postgresql://...``, ``sqlite:///...``; see :func:`~power_loop.open_store`).
+            Left at its default, the environment variable ``POWER_LOOP_DB_URL``, when set,
+            names it instead.
         config: Loop configuration.
         tool_registry: Tools the model may call (narrowed per call with ``tools=``).
         hooks: Hook handlers (each loop gets its own when None).
@@ -136,7 +141,11 @@ class StatefulAgentLoop(TimerFacade):
             raise TypeError("StatefulAgentLoop needs llm=...; see create_llm_service_from_env()")
         self.llm = llm
         self._owns_store = store is None
-        self.store: SessionStoreProtocol = store if store is not None else SQLiteSessionStore(db_path)
+        if store is None:
+            if db_path == DEFAULT_DB_PATH and os.environ.get(DB_URL_ENV):
+                db_path = os.environ[DB_URL_ENV]
+            store = open_store(db_path)
+        self.store: SessionStoreProtocol = store
         self.config = config or AgentLoopConfig()
         self.tool_registry = tool_registry
         self._hooks = hooks if hooks is not None else AgentHooks()

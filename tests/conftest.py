@@ -117,3 +117,14 @@ def pg_schema(pg_server: TemporaryPostgres) -> Iterator[PostgresSchema]:
     dropped with everything in it after the test."""
     with pg_server.fresh_schema() as schema:
         yield schema
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def shared_db(request: pytest.FixtureRequest, tmp_path: os.PathLike[str]) -> str:
+    """Where several processes keep one store, for each backend: an SQLite file, or a URL
+    naming a fresh schema of the session's throwaway PostgreSQL server (``?schema=``)."""
+    if request.param == "sqlite":
+        return os.path.join(tmp_path, "shared.db")
+    target: PostgresSchema = request.getfixturevalue("pg_schema")
+    separator = "&" if "?" in target.url else "?"
+    return f"{target.url}{separator}schema={target.schema}"

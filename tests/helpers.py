@@ -106,3 +106,34 @@ def registry(*extra: Any) -> ToolRegistry:
 
 async def messages_of(loop: StatefulAgentLoop, sid: str) -> list[dict[str, Any]]:
     return await loop.get_messages_async(sid)
+
+
+class RawDatabase:
+    """A plain connection to a store's database, for checks below the store's API: sqlite3
+    for a file, psycopg (with the store's schema on the search path) for a PostgreSQL URL.
+    ``execute`` takes ``?`` placeholders on both."""
+
+    def __init__(self, db: str) -> None:
+        self.postgres = db.startswith("postgresql://")
+        if self.postgres:
+            import psycopg
+
+            from power_loop.store.factory import _take_schema
+
+            url, schema = _take_schema(db)
+            self.conn: Any = psycopg.connect(url, autocommit=True)
+            self.conn.execute(f'SET search_path TO "{schema or "power_loop"}"')
+        else:
+            import sqlite3
+
+            self.conn = sqlite3.connect(db)
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        if self.postgres:
+            from power_loop.store._pg_tx import to_pg
+
+            return self.conn.execute(to_pg(sql), list(params)) if params else self.conn.execute(sql)
+        return self.conn.execute(sql, params)
+
+    def close(self) -> None:
+        self.conn.close()

@@ -1,4 +1,5 @@
-"""Two processes on one SQLite file: serialized runs, no interleaving, fenced stale writers."""
+"""Two processes on one store (an SQLite file, a PostgreSQL schema): serialized runs, no
+interleaving, fenced stale writers, dead holders taken over."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from power_loop import SQLiteSessionStore
+from power_loop import open_store
 
 from .helpers import history_is_valid
 
@@ -38,19 +39,25 @@ def finish(proc: subprocess.Popen[str], timeout: float = 120) -> str:
 
 
 async def create_session(db: str, sid: str) -> None:
-    async with SQLiteSessionStore(db) as store:
+    store = open_store(db)
+    try:
         await store.create_session(sid)
+    finally:
+        await store.close()
 
 
 async def history(db: str, sid: str) -> list[dict[str, object]]:
-    async with SQLiteSessionStore(db) as store:
+    store = open_store(db)
+    try:
         from power_loop import message_to_dict
 
         return [message_to_dict(m.message) for m in await store.load_messages(sid)]
+    finally:
+        await store.close()
 
 
-def test_two_processes_sending_to_one_session_never_interleave(tmp_path: Path) -> None:
-    db = str(tmp_path / "shared.db")
+def test_two_processes_sending_to_one_session_never_interleave(shared_db: str) -> None:
+    db = shared_db
     asyncio.run(create_session(db, "shared"))
     count = 12
     procs = [spawn("sender", db, "shared", label, str(count)) for label in ("A", "B")]
@@ -70,8 +77,8 @@ def test_two_processes_sending_to_one_session_never_interleave(tmp_path: Path) -
     assert history_is_valid(messages)
 
 
-def test_a_fenced_out_writer_is_refused(tmp_path: Path) -> None:
-    db = str(tmp_path / "fence.db")
+def test_a_fenced_out_writer_is_refused(tmp_path: Path, shared_db: str) -> None:
+    db = shared_db
     marker = tmp_path / "entered"
     asyncio.run(create_session(db, "fenced"))
     first = spawn("fenced", db, "fenced", str(marker))
@@ -97,8 +104,8 @@ def test_a_fenced_out_writer_is_refused(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("ttl", [1.0])
-def test_a_killed_process_frees_its_sessions_within_seconds(tmp_path: Path, ttl: float) -> None:
-    db = str(tmp_path / "killed.db")
+def test_a_killed_process_frees_its_sessions_within_seconds(tmp_path: Path, ttl: float, shared_db: str) -> None:
+    db = shared_db
     marker = tmp_path / "entered"
     asyncio.run(create_session(db, "orphan"))
     first = spawn("fenced", db, "orphan", str(marker))
@@ -114,8 +121,8 @@ def test_a_killed_process_frees_its_sessions_within_seconds(tmp_path: Path, ttl:
     assert finish(second).strip() == "took over"
 
 
-def test_the_run_of_a_killed_process_is_recorded_as_interrupted(tmp_path: Path) -> None:
-    db = str(tmp_path / "audit.db")
+def test_the_run_of_a_killed_process_is_recorded_as_interrupted(tmp_path: Path, shared_db: str) -> None:
+    db = shared_db
     marker = tmp_path / "entered"
     asyncio.run(create_session(db, "audited"))
     first = spawn("fenced", db, "audited", str(marker))
@@ -128,11 +135,14 @@ def test_the_run_of_a_killed_process_is_recorded_as_interrupted(tmp_path: Path) 
     assert finish(spawn("takeover", db, "audited")).strip() == "took over"
 
     async def statuses() -> list[str]:
-        async with SQLiteSessionStore(db) as store:
-            rows = await store.execute_fetchall(
+        store = open_store(db)
+        try:
+            rows = await store.execute_fetchall(  # type: ignore[attr-defined]
                 "SELECT status FROM runs "
                 "WHERE session = (SELECT id FROM sessions WHERE session_id = 'audited') ORDER BY started_at"
             )
             return [r[0] for r in rows]
+        finally:
+            await store.close()
 
     assert asyncio.run(statuses()) == ["interrupted", "completed"]

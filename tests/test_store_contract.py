@@ -1,11 +1,11 @@
-"""The store contract: what every backend must do, whatever its SQL dialect and locking.
-
-Each test takes the ``store`` fixture, parametrized over the backends (``sqlite`` on a
-temporary file, ``postgres`` on a fresh schema of a throwaway server; a new backend is one
-more entry of ``BACKENDS`` with a factory that opens a fresh, empty store). The tests use only the consumer protocols in ``power_loop.store.protocols``
-and the row types, never a backend's SQL, so they state the rules, not an implementation:
-begin, lease, fence and refusal; seq allocation; pending answers; the inbox drained exactly
-once; the compaction base; timers claimed and delivered exactly once; session administration.
+"""The store contract: what every backend must do, whatever its SQL dialect and locking. Each
+test takes the ``store`` fixture, parametrized over the backends (``sqlite`` on a temporary
+file, ``postgres`` on a fresh schema of a throwaway server; a new backend is one more entry
+of ``BACKENDS`` with a factory that opens a fresh, empty store). The tests use only the
+consumer protocols in ``power_loop.store.protocols`` and the row types, never a backend's
+SQL, so they state the rules, not an implementation: begin, lease, fence and refusal; seq
+allocation; pending answers; the inbox drained exactly once; the compaction base; timers
+claimed and delivered exactly once; session administration.
 """
 
 from __future__ import annotations

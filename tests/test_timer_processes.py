@@ -1,4 +1,5 @@
-"""Timer workers as real processes: SIGKILL mid-delivery, two workers on one file, the CLI."""
+"""Timer workers as real processes: SIGKILL mid-delivery, two workers on one store (an SQLite
+file, a PostgreSQL schema), the CLI."""
 
 from __future__ import annotations
 
@@ -58,8 +59,8 @@ def timer_texts(messages: list[dict[str, Any]]) -> list[str]:
     return [m["content"] for m in messages if m["role"] == "user" and str(m["content"]).startswith("<timer id=")]
 
 
-async def test_a_worker_killed_before_its_commit_loses_nothing(tmp_path: Path) -> None:
-    db = str(tmp_path / "t.db")
+async def test_a_worker_killed_before_its_commit_loses_nothing(tmp_path: Path, shared_db: str) -> None:
+    db = shared_db
     marker = tmp_path / "claimed"
     async with StatefulAgentLoop(llm=OfflineLLM(), db_path=db) as loop:
         sid = await loop.new_session_async()
@@ -82,8 +83,8 @@ async def test_a_worker_killed_before_its_commit_loses_nothing(tmp_path: Path) -
     assert messages[-1]["role"] == "assistant"
 
 
-async def test_a_worker_killed_after_its_commit_delivers_nothing_twice(tmp_path: Path) -> None:
-    db = str(tmp_path / "t.db")
+async def test_a_worker_killed_after_its_commit_delivers_nothing_twice(tmp_path: Path, shared_db: str) -> None:
+    db = shared_db
     marker = tmp_path / "committed"
     async with StatefulAgentLoop(llm=OfflineLLM(), db_path=db) as loop:
         sid = await loop.new_session_async()
@@ -106,8 +107,8 @@ async def test_a_worker_killed_after_its_commit_delivers_nothing_twice(tmp_path:
     assert [m["role"] for m in messages] == ["user", "assistant"]
 
 
-async def test_two_worker_processes_deliver_a_thousand_timers_exactly_once(tmp_path: Path) -> None:
-    db = str(tmp_path / "t.db")
+async def test_two_worker_processes_deliver_a_thousand_timers_exactly_once(tmp_path: Path, shared_db: str) -> None:
+    db = shared_db
     sessions, per_session = 100, 10
     async with StatefulAgentLoop(llm=OfflineLLM(), db_path=db) as loop:
         sids = [await loop.new_session_async(session_id=f"s{i:03d}") for i in range(sessions)]

@@ -1,8 +1,8 @@
 """The application the timer-worker tests run with ``power-loop worker timer_app:make_loop``.
 
-Environment: ``TIMER_DB`` (the SQLite file); ``TIMER_BLOCK_BEFORE_COMMIT`` / ``TIMER_BLOCK_AFTER_COMMIT``
-(a marker path: touch it and freeze the process before / after a delivery commits, so a test
-can SIGKILL it at that point).
+Environment: ``TIMER_DB`` (the SQLite file or database URL); ``TIMER_BLOCK_BEFORE_COMMIT`` /
+``TIMER_BLOCK_AFTER_COMMIT`` (a marker path: touch it and freeze the process before / after a
+delivery commits, so a test can SIGKILL it at that point).
 """
 
 from __future__ import annotations

@@ -2,7 +2,9 @@
 
 * ``postgresql://…`` / ``postgres://…`` (or a libpq ``key=value`` string with ``host=`` or
   ``dbname=``) → :class:`~power_loop.store.postgres.PostgresSessionStore` (psycopg is imported
-  when it first connects);
+  when it first connects); a ``schema=`` query parameter of the URL names the PostgreSQL schema
+  (``postgresql://host/db?schema=myapp``; the keyword argument wins), and is not passed on to
+  the server;
 * ``sqlite:///relative/path``, ``sqlite:////absolute/path`` or a plain path →
   :class:`~power_loop.store.SQLiteSessionStore`.
 
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import os
 from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from .postgres import PostgresSessionStore
 from .protocols import SessionStoreProtocol
@@ -32,6 +35,19 @@ def _is_postgres(url: str) -> bool:
     if url.startswith(("postgresql://", "postgres://")):
         return True
     return "://" not in url and ("dbname=" in url or "host=" in url) and "=" in url.split()[0]
+
+
+def _take_schema(url: str) -> tuple[str, str | None]:
+    """``url`` without its ``schema=`` query parameter, and that parameter's value."""
+    if "://" not in url:
+        return url, None
+    parts = urlsplit(url)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    schemas = [v for k, v in query if k == "schema"]
+    if not schemas:
+        return url, None
+    rest = urlencode([(k, v) for k, v in query if k != "schema"], safe="/")
+    return urlunsplit(parts._replace(query=rest)), schemas[-1]
 
 
 def open_store(url: str | os.PathLike[str], **options: Any) -> SessionStoreProtocol:
@@ -54,6 +70,9 @@ def open_store(url: str | os.PathLike[str], **options: Any) -> SessionStoreProto
         unknown = set(options) - _PG_OPTIONS
         if unknown:
             raise ValueError(f"PostgreSQL stores take no option {sorted(unknown)}; options: {sorted(_PG_OPTIONS)}")
+        text, schema = _take_schema(text)
+        if schema is not None:
+            options.setdefault("schema", schema)
         return PostgresSessionStore(text, **options)
     if text.startswith("sqlite://"):
         if not text.startswith("sqlite:///"):
