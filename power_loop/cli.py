@@ -1,12 +1,15 @@
 """The ``power-loop`` command.
 
-``power-loop demo``
-    A multi-turn session with a tool call on a SQLite file, printing the transcript, usage and
-    the file's path. Uses the provider configured by ``POWER_LOOP_*`` (or ``.env``); without
-    one, the built-in offline model (it says so).
-``power-loop worker APP``
+``power-loop demo [--db PATH|URL]``
+    A multi-turn session with a tool call, printing the transcript, usage and where it is
+    stored (an SQLite file by default; ``--db`` or ``POWER_LOOP_DB_URL`` name another file or
+    a ``postgresql://`` URL). Uses the provider configured by ``POWER_LOOP_*`` (or ``.env``);
+    without one, the built-in offline model (it says so).
+``power-loop worker APP [--db PATH|URL]``
     Deliver timers until SIGTERM / SIGINT. ``APP`` is ``module:attribute`` naming a
     ``StatefulAgentLoop`` or a factory returning one (see ``power_loop.timers.worker``).
+    ``--db`` sets ``POWER_LOOP_DB_URL`` before the APP is loaded: a loop created without
+    ``db_path`` (or ``store``) then uses that store.
 ``power-loop version``
     Print the version.
 
@@ -33,8 +36,12 @@ from typing import Any, NoReturn, TextIO
 
 from ._version import __version__
 from .errors import PowerLoopError
+from .store.factory import DB_URL_ENV
 
 __all__ = ["main"]
+
+DEMO_DB = "./power_loop_demo.db"
+"""Where ``power-loop demo`` stores its session unless told otherwise."""
 
 DEMO_TURNS = (
     "Hi! My favorite color is teal.",
@@ -96,8 +103,8 @@ def _describe(message: dict[str, Any]) -> str:
 
 
 async def run_demo(db_path: str, *, out: TextIO | None = None) -> int:
-    """Run the demo session; return the process exit code."""
-    shown_path = os.path.abspath(db_path)  # noqa: ASYNC240 - a string operation, done once
+    """Run the demo session on ``db_path`` (an SQLite file or a database URL); return the
+    process exit code."""
     from . import AgentLoopConfig, StatefulAgentLoop, ToolRegistry, create_llm_service_from_env
     from .providers.offline import OfflineLLM
 
@@ -135,6 +142,9 @@ async def run_demo(db_path: str, *, out: TextIO | None = None) -> int:
                 f"{stats.total_tokens} tokens",
                 file=out,
             )
+        shown_path = loop.store.path
+    if "://" not in shown_path:
+        shown_path = os.path.abspath(shown_path)  # noqa: ASYNC240 - a string operation, done once
     print(f"Sessions are stored in {shown_path}", file=out)
     return 0
 
@@ -194,7 +204,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     demo = sub.add_parser("demo", help="run a multi-turn demo session (offline without configuration)")
-    demo.add_argument("--db", default="./power_loop_demo.db", help="SQLite file (default: ./power_loop_demo.db)")
+    demo.add_argument(
+        "--db",
+        default=None,
+        help="SQLite file or database URL (default: $POWER_LOOP_DB_URL, else ./power_loop_demo.db)",
+    )
     worker = sub.add_parser("worker", help="deliver timers until SIGTERM (APP is module:attribute)")
     worker.add_argument(
         "app", metavar="APP", type=_app_spec, help="module:attribute naming a StatefulAgentLoop or a factory"
@@ -222,6 +236,11 @@ def _parser() -> argparse.ArgumentParser:
         help="seconds the runs still going get at shutdown (default 30)",
     )
     worker.add_argument("--log-level", type=_log_level, default="INFO", help="logging level (default INFO)")
+    worker.add_argument(
+        "--db",
+        default=None,
+        help="SQLite file or database URL for the APP's loop (sets POWER_LOOP_DB_URL before the APP loads)",
+    )
     sub.add_parser("version", help="print the version")
     return parser
 
@@ -243,7 +262,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "worker":
             return _worker(args)
-        return asyncio.run(run_demo(args.db))
+        return asyncio.run(run_demo(args.db or os.environ.get(DB_URL_ENV) or DEMO_DB))
     except KeyboardInterrupt:
         return 130
     except Exception as exc:  # every failure: one line, unless --traceback asks for the whole story
@@ -262,6 +281,8 @@ def _worker(args: argparse.Namespace) -> int:
     from .timers.worker import run_worker
 
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.db:
+        os.environ[DB_URL_ENV] = args.db
     asyncio.run(
         run_worker(
             args.app,

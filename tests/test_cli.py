@@ -13,6 +13,7 @@ import pytest
 
 from power_loop import __version__
 from power_loop.cli import calculate, main, run_demo
+from power_loop.testing import PostgresSchema
 
 
 async def test_demo_runs_offline_and_stores_the_session(tmp_path: Path) -> None:
@@ -169,3 +170,31 @@ def test_traceback_option_prints_the_whole_story(tmp_path: Path) -> None:
     assert done.returncode == 1
     assert "Traceback (most recent call last)" in done.stderr
     assert "StoreCorruptError" in done.stderr
+
+
+def test_demo_on_postgresql_by_flag_and_by_environment(tmp_path: Path, pg_schema: PostgresSchema) -> None:
+    shared_db = f"{pg_schema.url}{'&' if '?' in pg_schema.url else '?'}schema={pg_schema.schema}"
+    by_flag = _cli(["demo", "--db", shared_db], tmp_path)
+    assert by_flag.returncode == 0, by_flag.stderr
+    assert "Sessions are stored in postgresql://" in by_flag.stdout and "(schema " in by_flag.stdout
+    by_env = _cli(["demo"], tmp_path, POWER_LOOP_DB_URL=shared_db)
+    assert by_env.returncode == 0, by_env.stderr
+    assert "Sessions are stored in postgresql://" in by_env.stdout
+    assert not (tmp_path / "power_loop_demo.db").exists()
+
+
+def test_worker_db_option_points_the_app_at_the_store(tmp_path: Path) -> None:
+    (tmp_path / "plain_app.py").write_text(
+        "from power_loop import OfflineLLM, StatefulAgentLoop\nloop = StatefulAgentLoop(llm=OfflineLLM())\n"
+    )
+    (tmp_path / "junk.db").write_bytes(b"not a database\n" * 100)
+    done = _cli(["worker", "plain_app:loop", "--db", "junk.db", "--log-level", "ERROR"], tmp_path)
+    # The app's loop opened the store --db named (and found it unusable): not its default file.
+    _assert_one_line_error(done, 1, "is not a usable session store", "junk.db")
+    assert not (tmp_path / "power_loop_sessions.db").exists()
+
+
+def test_unreachable_postgresql_is_one_clear_line(tmp_path: Path) -> None:
+    url = f"postgresql://nobody@/nothing?host={tmp_path}&port=1"
+    done = _cli(["demo", "--db", url], tmp_path)
+    _assert_one_line_error(done, 1, "cannot connect to PostgreSQL at postgresql://nobody@/nothing")
