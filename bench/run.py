@@ -44,6 +44,7 @@ SCENARIOS = [
     "timers",
     "storage",
     "subagent_spawn",
+    "postgres",
 ]
 LEGACY_VENV = HERE / ".cache" / "venv-0.11"
 TIMEOUT_S = 600

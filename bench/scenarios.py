@@ -864,5 +864,15 @@ async def subagent_spawn(url: str, reps: int, quick: bool) -> dict[str, Any]:
 
 SCENARIOS["subagent_spawn"] = subagent_spawn
 
+
+async def postgres(url: str, reps: int, quick: bool) -> dict[str, Any]:
+    """P processes sharing one PostgreSQL store, and timers across two processes (pg_load.py)."""
+    import pg_load
+
+    return await pg_load.postgres(url, reps, quick)
+
+
+SCENARIOS["postgres"] = postgres
+
 if __name__ == "__main__":
     sys.exit(main())

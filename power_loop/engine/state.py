@@ -237,7 +237,8 @@ class Run:
             drain_inbox=drain_inbox,
             started_at=self.started_at,
             final_text=final_text,
-            deliver=deliver,
+            # Only a sub-agent's session can have a parent waiting for its answer.
+            deliver=deliver and self.session.depth > 0,
         )
 
     def totals(self) -> RunTotals:

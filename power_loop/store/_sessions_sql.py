@@ -239,31 +239,57 @@ def touch(tx: Tx, key: int, *, bump: bool, event_seq: int | None, now: int, last
 # --------------------------------------------------------------------------- stats
 
 
-def add_stats(tx: Tx, key: int, totals: RunTotals, *, started: int, now: int) -> None:
-    """Add a run's totals to the session's stats columns."""
+def add_stats(
+    tx: Tx,
+    key: int,
+    totals: RunTotals,
+    *,
+    started: int,
+    now: int,
+    release_owner: str | None = None,
+    touched: tuple[bool, int | None] | None = None,
+) -> None:
+    """Add a run's totals to the session's stats columns, in one statement with the rest of
+    the row's end-of-run changes: the lease released when ``release_owner`` still holds it,
+    and, with ``touched=(bump, event_seq)``, what :func:`touch` would write."""
     u = totals.usage
+    params: list[object] = [
+        int(totals.count_send),
+        totals.rounds,
+        totals.llm_calls,
+        totals.tool_calls,
+        u.prompt_tokens,
+        u.completion_tokens,
+        u.total_tokens,
+        u.cache_read_tokens,
+        u.reasoning_tokens,
+        started,
+        started,
+        now,
+    ]
+    extra = ""
+    if release_owner is not None:
+        # Both CASEs read the row as it was: the lease is released only if still this owner's.
+        extra += (
+            ", lease_owner = CASE WHEN lease_owner = ? THEN NULL ELSE lease_owner END"
+            ", lease_expires_at = CASE WHEN lease_owner = ? THEN 0 ELSE lease_expires_at END"
+        )
+        params += [release_owner, release_owner]
+    if touched is not None:
+        bump, event_seq = touched
+        seq = event_seq or 0
+        extra += (
+            ", version = version + ?, updated_at = ?, event_seq = CASE WHEN event_seq < ? THEN ? ELSE event_seq END"
+        )
+        params += [1 if bump else 0, now, seq, seq]
     # `activity` is a store-wide counter: ties of the millisecond clock cannot reorder sessions.
     tx.execute(
         "UPDATE sessions SET sends = sends + ?, rounds = rounds + ?, llm_calls = llm_calls + ?, "
         "tool_calls = tool_calls + ?, prompt_tokens = prompt_tokens + ?, completion_tokens = completion_tokens + ?, "
         "total_tokens = total_tokens + ?, cache_read_tokens = cache_read_tokens + ?, "
         "reasoning_tokens = reasoning_tokens + ?, first_send_at = COALESCE(first_send_at, ?), last_send_at = ?, "
-        "stats_at = ?, activity = (SELECT COALESCE(MAX(activity), 0) + 1 FROM sessions) WHERE id = ?",
-        (
-            int(totals.count_send),
-            totals.rounds,
-            totals.llm_calls,
-            totals.tool_calls,
-            u.prompt_tokens,
-            u.completion_tokens,
-            u.total_tokens,
-            u.cache_read_tokens,
-            u.reasoning_tokens,
-            started,
-            started,
-            now,
-            key,
-        ),
+        f"stats_at = ?, activity = (SELECT COALESCE(MAX(activity), 0) + 1 FROM sessions){extra} WHERE id = ?",
+        (*params, key),
     )
 
 

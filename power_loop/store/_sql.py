@@ -42,7 +42,7 @@ from ._history_sql import (
     update_tool_call,
 )
 from ._inbox_sql import drain_inbox, enqueue, inbox_depth, merge_follow_ups
-from ._leases import acquire_lease, check_lease, lease_is_live, release_lease
+from ._leases import acquire_lease, check_lease, lease_is_live
 from ._sessions_sql import (
     add_stats,
     create_session,
@@ -196,9 +196,9 @@ def _first_run_id(ops: Sequence[WriteOp]) -> str | None:
     return None
 
 
-def _finish_run(
-    tx: Tx, key: int, session_id: str, op: FinishRun, run: int | None, lease: LeaseClaim | None, now: int
-) -> str | None:
+def _finish_run(tx: Tx, key: int, session_id: str, op: FinishRun, run: int | None, now: int) -> tuple[str | None, int]:
+    """Close the run row (and deliver a background sub-agent's answer); return the parent
+    delivered to and the run's start, for the session row's own end-of-run update."""
     totals = op.totals
     tx.execute(
         "UPDATE runs SET status = ?, rounds = ?, ended_at = ?, error = ? WHERE session = ? AND run = ?",
@@ -208,12 +208,10 @@ def _finish_run(
     if started is None:
         row = tx.execute("SELECT started_at FROM runs WHERE session = ? AND run = ?", (key, run)).fetchone()
         started = int(row["started_at"]) if row else now
-    add_stats(tx, key, totals, started=started, now=now)
-    if op.release_lease and lease is not None:
-        release_lease(tx, key, lease.owner)
+    delivered = None
     if op.deliver and op.final_text is not None:
-        return deliver(tx, key, session_id, status=op.status, final_text=op.final_text, now=now)
-    return None
+        delivered = deliver(tx, key, session_id, status=op.status, final_text=op.final_text, now=now)
+    return delivered, started
 
 
 def write(
@@ -243,7 +241,8 @@ def write(
         check_lease(tx, key, session_id, lease, now, renew=not releasing)
     seqs: list[int] = []
     drained: list[StoredMessage] = []
-    finished = False
+    finished: FinishRun | None = None
+    started = now
     compacted = False
     delivered_to: str | None = None
     for op in ops:
@@ -272,14 +271,23 @@ def write(
             if more:
                 drained += more
             else:
-                delivered_to = _finish_run(tx, key, session_id, op, run, lease, now)
-                finished = True
+                delivered_to, started = _finish_run(tx, key, session_id, op, run, now)
+                finished = op
         else:  # pragma: no cover - guarded by the WriteOp union
             raise TypeError(f"unknown write operation {op!r}")
     bump = bool(seqs or drained or compacted)
-    touch(tx, key, bump=bump, event_seq=event_seq, now=now)
+    if finished is not None:
+        # The session row's end of run in one statement: stats, lease release, version.
+        owner = lease.owner if finished.release_lease and lease is not None else None
+        add_stats(tx, key, finished.totals, started=started, now=now, release_owner=owner, touched=(bump, event_seq))
+    else:
+        touch(tx, key, bump=bump, event_seq=event_seq, now=now)
     return WriteOutcome(
-        version=version + bump, seqs=tuple(seqs), drained=tuple(drained), finished=finished, delivered_to=delivered_to
+        version=version + bump,
+        seqs=tuple(seqs),
+        drained=tuple(drained),
+        finished=finished is not None,
+        delivered_to=delivered_to,
     )
 
 
