@@ -239,3 +239,10 @@ async def test_a_stale_timer_claim_is_taken_over_and_the_old_claimant_refused(st
     assert outcome == "delivered"
     assert await store.release_timer_claims("runner-b") == 0
     assert await store.next_timer_due_at() is None
+
+
+async def test_a_key_that_is_not_valid_text_is_refused_and_nothing_is_stored(store: SessionStoreProtocol) -> None:
+    with pytest.raises(ValueError, match="lone surrogate"):
+        await store.create_session("s\udce9", metadata={})
+    assert await store.get_session_async("s") is None
+    await _session(store)  # the store is still usable

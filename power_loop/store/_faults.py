@@ -21,7 +21,7 @@ from ..errors import (
     StoreReadOnlyError,
 )
 
-__all__ = ["FileId", "file_id", "gone_error", "path_changed", "store_error"]
+__all__ = ["FileId", "file_id", "gone_error", "path_changed", "store_error", "surrogate_error"]
 
 FileId = tuple[int, int]
 """(st_dev, st_ino) of the database file: what makes it *this* file, whatever its path."""
@@ -155,4 +155,18 @@ def store_error(exc: sqlite3.Error | OSError, path: str) -> StoreError:
     return StoreError(
         f"the session store {path} failed ({detail}); the failed transaction was rolled back.",
         path=path,
+    )
+
+
+def surrogate_error(exc: UnicodeEncodeError, where: str) -> ValueError:
+    """The error for a value that cannot be encoded as UTF-8 (its transaction rolled back).
+
+    Free text is scrubbed before it is bound (``_sessions_sql.text``); what is left is a key
+    (a session id, say) that holds a lone surrogate and cannot be changed silently.
+    """
+    text = exc.object if isinstance(exc.object, str) else str(exc.object)
+    return ValueError(
+        f"cannot store {text[max(0, exc.start - 20) : exc.end + 20]!r} in {where}: it "
+        "holds a lone surrogate (a half of a UTF-16 pair, e.g. from os.fsdecode of non-UTF-8 bytes), "
+        "which is not valid UTF-8. Use an id or key made of valid text; nothing was stored."
     )

@@ -38,7 +38,7 @@ from typing import Any, TypeVar
 import aiosqlite
 
 from ..errors import PowerLoopError, StoreError
-from ._faults import FileId, file_id, gone_error, path_changed, store_error
+from ._faults import FileId, file_id, gone_error, path_changed, store_error, surrogate_error
 from ._sqlite_tx import SQLiteTx, transaction
 from .schema import migrate, schema_version
 
@@ -192,14 +192,8 @@ class SQLiteFileStore:
                 raise gone_error(self._abs_path, how) from exc
             raise
         except UnicodeEncodeError as exc:
-            # Free text is scrubbed before it is bound (``_sql.text``); what is left is a key
-            # (a session id, say) that holds a lone surrogate and cannot be changed silently.
             # The transaction was rolled back.
-            raise ValueError(
-                f"cannot store {exc.object[max(0, exc.start - 20) : exc.end + 20]!r} in {self._abs_path}: it "
-                "holds a lone surrogate (a half of a UTF-16 pair, e.g. from os.fsdecode of non-UTF-8 bytes), "
-                "which is not valid UTF-8. Use an id or key made of valid text; nothing was stored."
-            ) from exc
+            raise surrogate_error(exc, self._abs_path) from exc
         self._check_file()
         return result
 

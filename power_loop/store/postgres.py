@@ -37,6 +37,7 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 from ..errors import PowerLoopError, StoreConnectionError, StoreError, StoreLockedError
+from ._faults import surrogate_error
 from ._operations import StoreOperations
 from ._pg_schema import check_schema_name, migrate
 from ._pg_tx import PgTx
@@ -240,6 +241,8 @@ class PostgresSessionStore(StoreOperations):
                     time.sleep(random.uniform(0.001, 0.005) * (attempt + 1))
                     continue
                 raise self._fault(exc, psycopg) from exc
+            except UnicodeEncodeError as exc:
+                raise surrogate_error(exc, self.path) from exc
             except psycopg_pool.PoolTimeout as exc:
                 raise StoreLockedError(
                     f"no free PostgreSQL connection within {self.connect_timeout_s:g}s (all {self.max_size} in use); "
