@@ -245,4 +245,6 @@ async def test_a_key_that_is_not_valid_text_is_refused_and_nothing_is_stored(sto
     with pytest.raises(ValueError, match="lone surrogate"):
         await store.create_session("s\udce9", metadata={})
     assert await store.get_session_async("s") is None
+    with pytest.raises(ValueError, match="NUL character"):
+        await store.create_session("s\x00", metadata={})
     await _session(store)  # the store is still usable

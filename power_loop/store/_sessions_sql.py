@@ -104,9 +104,12 @@ def create_session(
     """Insert a session row.
 
     Raises:
-        ValueError: The id exists already.
+        ValueError: The id exists already, or holds a NUL character (which no backend's text
+            keeps alike).
         SessionNotFoundError: The parent does not exist.
     """
+    if "\x00" in session_id:
+        raise ValueError(f"session id {session_id!r} holds a NUL character; use an id made of printable text")
     if parent_session_id is not None and get_session(tx, parent_session_id) is None:
         raise SessionNotFoundError(parent_session_id)
     now = now_ms()
