@@ -42,7 +42,7 @@ from ._history_sql import (
     update_tool_call,
 )
 from ._inbox_sql import drain_inbox, enqueue, inbox_depth, merge_follow_ups
-from ._leases import acquire_lease, check_lease, lease_is_live
+from ._leases import acquire_lease, lease_is_live, lease_lost
 from ._sessions_sql import (
     add_stats,
     create_session,
@@ -225,20 +225,33 @@ def write(
     """Apply ``ops`` for a run (inside the caller's transaction)."""
     now = now_ms()
     run_id = _first_run_id(ops)
-    # The session's key and the number of the run writing, in the statement that reads the
-    # version anyway; the run is nearly always the session's latest, found first.
-    row = tx.execute(
-        "SELECT id, version, (SELECT r.run FROM runs r WHERE r.session = sessions.id AND r.run_id = ? "
-        "ORDER BY r.run DESC LIMIT 1) AS run FROM sessions WHERE session_id = ?",
-        (run_id, session_id),
-    ).fetchone()
-    if row is None:
-        raise SessionNotFoundError(session_id)
+    # The session's key, its version and the number of the run writing in one statement; with
+    # a lease, that statement is also the fence check (and the renewal). The run is nearly
+    # always the session's latest, found first.
+    run_number = (
+        "(SELECT r.run FROM runs r WHERE r.session = sessions.id AND r.run_id = ? ORDER BY r.run DESC LIMIT 1) AS run"
+    )
+    if lease is None:
+        row = tx.execute(
+            f"SELECT id, version, {run_number} FROM sessions WHERE session_id = ?", (run_id, session_id)
+        ).fetchone()
+        if row is None:
+            raise SessionNotFoundError(session_id)
+    else:
+        releasing = any(isinstance(op, FinishRun) and op.release_lease for op in ops)
+        expires, renewal = ("lease_expires_at", ()) if releasing else ("?", (now + lease.ttl_ms,))
+        row = tx.execute(
+            f"UPDATE sessions SET lease_expires_at = {expires} WHERE session_id = ? AND lease_owner = ? AND fence = ? "
+            f"RETURNING id, version, {run_number}",
+            (*renewal, session_id, lease.owner, lease.fence, run_id),
+        ).fetchone()
+        if row is None:
+            held = tx.execute("SELECT lease_owner, fence FROM sessions WHERE session_id = ?", (session_id,)).fetchone()
+            if held is None:
+                raise SessionNotFoundError(session_id)
+            raise lease_lost(session_id, lease, held["lease_owner"], int(held["fence"]))
     key, version = int(row["id"]), int(row["version"])
     runs = RunNumbers(tx, key, {} if run_id is None else {run_id: row["run"]})
-    if lease is not None:
-        releasing = any(isinstance(op, FinishRun) and op.release_lease for op in ops)
-        check_lease(tx, key, session_id, lease, now, renew=not releasing)
     seqs: list[int] = []
     drained: list[StoredMessage] = []
     finished: FinishRun | None = None

@@ -49,15 +49,20 @@ class SQLiteTx:
         return cursor.execute(sql, params)
 
     def _update_returning(self, sql: str, params: Sequence[Any]) -> sqlite3.Cursor:
-        """``UPDATE t SET ... WHERE w RETURNING c`` as the update, then ``SELECT c FROM t WHERE w``."""
+        """``UPDATE t SET ... WHERE w RETURNING c`` as the update, then ``SELECT c FROM t WHERE w``
+        (the parameters of ``c``, then those of ``w``)."""
         update, columns = sql.rsplit(_RETURNING, 1)
         table = update.split()[1]
         where = update.rsplit(" WHERE ", 1)[1]
-        self.conn.execute(update, params)
-        where_params = list(params)[len(params) - where.count("?") :]
+        values = list(params)
+        in_columns = columns.count("?")
+        update_params = values[: len(values) - in_columns]
+        self.conn.execute(update, update_params)
+        where_params = update_params[len(update_params) - where.count("?") :]
         cursor = self.conn.cursor()
         cursor.row_factory = sqlite3.Row
-        return cursor.execute(f"SELECT {columns} FROM {table} WHERE {where}", where_params)
+        select_params = values[len(values) - in_columns :] + where_params if in_columns else where_params
+        return cursor.execute(f"SELECT {columns} FROM {table} WHERE {where}", select_params)
 
     def executemany(self, sql: str, params: Iterable[Sequence[Any]]) -> sqlite3.Cursor:
         """Run one statement once per parameter tuple."""
