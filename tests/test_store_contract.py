@@ -19,7 +19,7 @@ from power_loop import LeaseLostError
 from power_loop.messages import AssistantMessage, ToolCall, UserMessage
 from power_loop.store import PostgresSessionStore, SQLiteSessionStore
 from power_loop.store.protocols import Delivery, RunStore, SessionAdmin, SessionStoreProtocol, TimerStore
-from power_loop.store.rows import Append, BeginRun, Compact, FinishRun, LeaseClaim
+from power_loop.store.rows import Append, BeginRun, Compact, DrainInbox, FinishRun, LeaseClaim
 
 BackendFactory = Callable[[pytest.FixtureRequest], Awaitable[SessionStoreProtocol]]
 
@@ -142,6 +142,18 @@ async def test_appends_get_consecutive_seqs_across_transactions(store: SessionSt
         seqs += out.seqs
     assert seqs == list(range(1, 8))
     assert [m.seq for m in await store.load_messages(sid)] == seqs
+
+
+async def test_appends_and_drained_follow_ups_keep_the_order_of_the_operations(store: SessionStoreProtocol) -> None:
+    sid = await _session(store)
+    began = await store.begin_run(BeginRun(sid, "r", _claim("a/r"), messages=[UserMessage(content="u0")]))
+    lease = _claim("a/r", fence=began.fence)
+    await store.enqueue(sid, "steer", kind="follow_up")
+    answer = Append([AssistantMessage(content="after the follow-up")], run_id="r")
+    out = await store.write(sid, [DrainInbox(run_id="r"), answer], lease=lease)
+    texts = [m.message.text for m in await store.load_messages(sid)]
+    assert texts[0] == "u0" and texts[-1] == "after the follow-up" and "steer" in (texts[1] or "")
+    assert out.seqs == (3,)
 
 
 async def test_compaction_makes_the_summary_the_load_base(store: SessionStoreProtocol) -> None:

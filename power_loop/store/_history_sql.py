@@ -321,12 +321,15 @@ def allocate_seqs(tx: Tx, key: int, count: int) -> int:
     return int(row["last_seq"]) - count + 1
 
 
-def append_messages(tx: Tx, key: int, op: Append, now: int, *, run: int | None) -> list[StoredMessage]:
+def append_messages(
+    tx: Tx, key: int, op: Append, now: int, *, run: int | None, first_seq: int | None = None
+) -> list[StoredMessage]:
     """Apply an :class:`Append` (written by run number ``run``); return the stored messages
-    with their seqs."""
+    with their seqs. ``first_seq``: the seqs were allocated already by the caller, from this
+    one on (in the statement that checked the run's fence)."""
     if not op.messages:
         return []
-    seq = allocate_seqs(tx, key, len(op.messages))
+    seq = allocate_seqs(tx, key, len(op.messages)) if first_seq is None else first_seq
     stored: list[StoredMessage] = []
     for message in op.messages:
         tx.execute(

@@ -231,6 +231,7 @@ def write(
     run_number = (
         "(SELECT r.run FROM runs r WHERE r.session = sessions.id AND r.run_id = ? ORDER BY r.run DESC LIMIT 1) AS run"
     )
+    next_seq: int | None = None  # with a lease: the first seq allocated for this write's appends
     if lease is None:
         row = tx.execute(
             f"SELECT id, version, {run_number} FROM sessions WHERE session_id = ?", (run_id, session_id)
@@ -240,16 +241,23 @@ def write(
     else:
         releasing = any(isinstance(op, FinishRun) and op.release_lease for op in ops)
         expires, renewal = ("lease_expires_at", ()) if releasing else ("?", (now + lease.ttl_ms,))
+        # The seqs of the appended messages are allocated here too, unless a step that takes
+        # seqs of its own (an inbox drain, pending answers) comes before an append.
+        count = sum(len(op.messages) for op in ops if isinstance(op, Append))
+        appends_at = [i for i, op in enumerate(ops) if isinstance(op, Append)]
+        if appends_at and any(isinstance(op, (DrainInbox, AnswerPending)) for op in ops[: appends_at[-1]]):
+            count = 0
         row = tx.execute(
-            f"UPDATE sessions SET lease_expires_at = {expires} WHERE session_id = ? AND lease_owner = ? AND fence = ? "
-            f"RETURNING id, version, {run_number}",
-            (*renewal, session_id, lease.owner, lease.fence, run_id),
+            f"UPDATE sessions SET lease_expires_at = {expires}, last_seq = last_seq + ? "
+            f"WHERE session_id = ? AND lease_owner = ? AND fence = ? RETURNING id, version, last_seq, {run_number}",
+            (*renewal, count, session_id, lease.owner, lease.fence, run_id),
         ).fetchone()
         if row is None:
             held = tx.execute("SELECT lease_owner, fence FROM sessions WHERE session_id = ?", (session_id,)).fetchone()
             if held is None:
                 raise SessionNotFoundError(session_id)
             raise lease_lost(session_id, lease, held["lease_owner"], int(held["fence"]))
+        next_seq = int(row["last_seq"]) - count + 1 if count else None
     key, version = int(row["id"]), int(row["version"])
     runs = RunNumbers(tx, key, {} if run_id is None else {run_id: row["run"]})
     seqs: list[int] = []
@@ -260,7 +268,10 @@ def write(
     delivered_to: str | None = None
     for op in ops:
         if isinstance(op, Append):
-            seqs += [s.seq for s in append_messages(tx, key, op, now, run=runs(op.run_id))]
+            first = next_seq
+            if next_seq is not None:
+                next_seq += len(op.messages)
+            seqs += [s.seq for s in append_messages(tx, key, op, now, run=runs(op.run_id), first_seq=first)]
         elif isinstance(op, UpdateToolCall):
             update_tool_call(tx, key, op, now)
         elif isinstance(op, RecordLLMCall):
