@@ -354,3 +354,16 @@ async def test_a_command_of_a_killed_process_is_stopped_and_reported_lost(tmp_pa
         await asyncio.sleep(0.01)
     else:
         raise AssertionError("the lost command still runs")
+
+
+async def test_check_background_lists_the_latest_ended_commands(tmp_path: Path, db_path: str) -> None:
+    llm = by_text({"list": tool_reply(("check_background", {}))})
+    async with StatefulAgentLoop(llm=llm, db_path=db_path, tool_registry=tools(tmp_path, "check_background")) as loop:
+        sid = await loop.new_session_async()
+        for i in range(25):
+            await loop.store.upsert_background_task_async(
+                sid, task_id=f"t{i:02d}", command=f"job {i}", status="completed", return_code=0
+            )
+        listed = (await loop.send("list", session_id=sid)).final_text.splitlines()
+    assert listed[0].startswith("t05 (completed") and listed[19].startswith("t24 (completed")
+    assert listed[20] == "(5 older ended commands not listed; ask for one by its id)"

@@ -32,6 +32,7 @@ from .runtime_env import shell_target
 
 __all__ = [
     "MAX_BACKGROUND_TIMEOUT_S",
+    "LIST_ENDED",
     "MAX_RUNNING_PER_SESSION",
     "background_run",
     "background_tools",
@@ -42,6 +43,8 @@ MAX_BACKGROUND_TIMEOUT_S = 6 * 3600
 """The longest time limit a background command may ask for, in seconds."""
 MAX_RUNNING_PER_SESSION = 8
 """Background commands a session may have running at once."""
+LIST_ENDED = 20
+"""Ended commands ``check_background`` lists (the latest); older ones are counted."""
 
 
 def _context(tool: str) -> ToolContext | str:
@@ -119,8 +122,15 @@ async def check_background(task_id: str | None = None) -> str:
     rows = await ctx.background.tasks()
     if not rows:
         return "No background commands in this session."
-    await ctx.background.mark_seen([r for r in rows if r.status != "running"])
-    return "\n".join(_describe(r, full=False) for r in rows)
+    # The running ones and the latest ended ones; older ended ones are only counted.
+    running = [r for r in rows if r.status == "running"]
+    ended = [r for r in rows if r.status != "running"]
+    shown_ended = ended[-LIST_ENDED:]
+    await ctx.background.mark_seen(shown_ended)
+    lines = [_describe(r, full=False) for r in [*running, *shown_ended]]
+    if len(ended) > LIST_ENDED:
+        lines.append(f"({len(ended) - LIST_ENDED} older ended commands not listed; ask for one by its id)")
+    return "\n".join(lines)
 
 
 def background_tools() -> list[FunctionTool]:
