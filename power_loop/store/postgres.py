@@ -36,7 +36,7 @@ from functools import partial
 from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
-from ..errors import PowerLoopError, StoreConnectionError, StoreError, StoreLockedError
+from ..errors import StoreConnectionError, StoreError, StoreLockedError
 from ._faults import surrogate_error
 from ._operations import StoreOperations
 from ._pg_schema import check_schema_name, migrate
@@ -48,6 +48,7 @@ __all__ = ["PostgresSessionStore", "redact_url"]
 T = TypeVar("T")
 
 _RETRIED_SQLSTATES = frozenset({"40001", "40P01"})  # serialization failure, deadlock detected
+_RETRIES = 5
 _INSTALL = 'PostgreSQL stores need psycopg 3: pip install "power-loop[postgres]"'
 
 
@@ -224,21 +225,36 @@ class PostgresSessionStore(StoreOperations):
     # ------------------------------------------------------------------ execution
 
     def _run(self, fn: Callable[[Tx], T], tx: bool) -> T:
-        """Run one store operation with a pooled connection in the calling thread."""
+        """Run one store operation with a pooled connection in the calling thread.
+
+        Run again: a transaction PostgreSQL aborted as a deadlock or a serialization failure
+        (a few times), and a call that found its connection dead (the server restarted, a
+        proxy dropped it) before anything of it could commit: a read, or a transaction whose
+        ``BEGIN`` failed. A connection lost later, during the transaction, is reported.
+        """
         pool = self._ensure_open()
         psycopg, psycopg_pool = _psycopg()
-        for attempt in range(6):
+        aborted = dead = 0
+        while True:
+            conn: Any = None
+            begun = False
             try:
                 with pool.connection() as conn:
                     if not tx and not self.transaction_pooler:
                         return fn(PgTx(conn))
                     with conn.transaction():
+                        begun = True
                         if self.transaction_pooler:
                             conn.execute(f'SET LOCAL search_path TO "{self.schema}"')
                         return fn(PgTx(conn))
             except psycopg.Error as exc:
-                if getattr(exc, "sqlstate", None) in _RETRIED_SQLSTATES and attempt < 5:
-                    time.sleep(random.uniform(0.001, 0.005) * (attempt + 1))
+                if getattr(exc, "sqlstate", None) in _RETRIED_SQLSTATES and aborted < _RETRIES:
+                    aborted += 1
+                    time.sleep(random.uniform(0.001, 0.005) * aborted)
+                    continue
+                broken = conn is not None and bool(getattr(conn, "broken", False))
+                if broken and (not tx or not begun) and dead <= self.max_size:
+                    dead += 1  # the pool drops the dead connection; take another one
                     continue
                 raise self._fault(exc, psycopg) from exc
             except UnicodeEncodeError as exc:
@@ -248,9 +264,6 @@ class PostgresSessionStore(StoreOperations):
                     f"no free PostgreSQL connection within {self.connect_timeout_s:g}s (all {self.max_size} in use); "
                     "raise max_size or lower the load"
                 ) from exc
-            except PowerLoopError:
-                raise
-        raise AssertionError("unreachable")  # pragma: no cover
 
     def _fault(self, exc: Exception, psycopg: Any) -> StoreError:
         sqlstate = getattr(exc, "sqlstate", None)

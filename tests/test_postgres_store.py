@@ -1,0 +1,106 @@
+"""What is particular to the PostgreSQL store: URLs and options, the schema and its migration,
+dead connections, clear errors. (The rules themselves are the contract suite's.)"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import psycopg
+import pytest
+
+from power_loop import (
+    PostgresSessionStore,
+    SchemaVersionError,
+    SQLiteSessionStore,
+    StatefulAgentLoop,
+    StoreConnectionError,
+    open_store,
+)
+from power_loop.store.postgres import redact_url
+from power_loop.testing import PostgresSchema, ScriptedLLM, text_reply
+
+
+def with_schema(target: PostgresSchema) -> str:
+    return f"{target.url}{'&' if '?' in target.url else '?'}schema={target.schema}"
+
+
+def test_open_store_picks_the_backend_from_the_url(tmp_path: object, pg_schema: PostgresSchema) -> None:
+    pg = open_store(with_schema(pg_schema))
+    assert isinstance(pg, PostgresSessionStore) and pg.schema == pg_schema.schema
+    assert "schema=" not in pg.url  # ours, not passed on to the server
+    assert open_store(pg_schema.url, schema="other").schema == "other"  # type: ignore[attr-defined]
+    assert isinstance(open_store(f"sqlite:///{tmp_path}/a.db"), SQLiteSessionStore)
+    assert isinstance(open_store(f"{tmp_path}/b.db"), SQLiteSessionStore)
+    with pytest.raises(ValueError, match="unknown database URL scheme 'mysql'"):
+        open_store("mysql://x/y")
+    with pytest.raises(ValueError, match="take no option"):
+        open_store(pg_schema.url, busy_timeout_s=1)
+    with pytest.raises(ValueError, match="schema must be a lower-case identifier"):
+        PostgresSessionStore(pg_schema.url, schema='x"; DROP TABLE sessions; --')
+
+
+def test_passwords_stay_out_of_messages() -> None:
+    assert redact_url("postgresql://app:s3cret@db:5432/agents") == "postgresql://app:***@db:5432/agents"
+    store = PostgresSessionStore("postgresql://app:s3cret@db:5432/agents")
+    assert "s3cret" not in repr(store) and "s3cret" not in store.path
+
+
+async def test_an_unreachable_server_is_one_clear_error(tmp_path: object) -> None:
+    store = PostgresSessionStore(f"postgresql://nobody:pw@/db?host={tmp_path}&port=1", connect_timeout_s=2)
+    with pytest.raises(StoreConnectionError, match=r"cannot connect to PostgreSQL at postgresql://nobody:\*\*\*@/db"):
+        await store.get_session_async("s")
+
+
+async def test_processes_starting_at_once_migrate_once(pg_schema: PostgresSchema) -> None:
+    stores = [PostgresSessionStore(pg_schema.url, schema=pg_schema.schema) for _ in range(4)]
+    barrier = threading.Barrier(len(stores))
+
+    def open_at_once(store: PostgresSessionStore) -> None:
+        barrier.wait()
+        store._call_sync(lambda c: None)  # connects and migrates, in its own thread
+
+    await asyncio.gather(*(asyncio.to_thread(open_at_once, s) for s in stores))
+    with psycopg.connect(pg_schema.url) as conn:
+        rows = conn.execute(f'SELECT version FROM "{pg_schema.schema}".power_loop_schema').fetchall()
+    assert len(rows) == 1
+    for store in stores:
+        await store.aclose()
+
+
+async def test_a_schema_from_a_newer_version_is_refused(pg_schema: PostgresSchema) -> None:
+    store = PostgresSessionStore(pg_schema.url, schema=pg_schema.schema)
+    await store.open()
+    await store.aclose()
+    with psycopg.connect(pg_schema.url, autocommit=True) as conn:
+        conn.execute(f'UPDATE "{pg_schema.schema}".power_loop_schema SET version = 999')
+    with pytest.raises(SchemaVersionError, match="version 999"):
+        await PostgresSessionStore(pg_schema.url, schema=pg_schema.schema).open()
+
+
+async def test_dead_connections_are_replaced_without_failing_a_call(pg_schema: PostgresSchema) -> None:
+    store = PostgresSessionStore(pg_schema.url, schema=pg_schema.schema, min_size=3, max_size=3)
+    llm = ScriptedLLM(rule=lambda r: text_reply("ok"))
+    async with StatefulAgentLoop(llm=llm, store=store) as loop:
+        sid = await loop.new_session_async()
+        await asyncio.gather(*(loop.send(f"m{i}", session_id=sid) for i in range(3)))
+        with psycopg.connect(pg_schema.url, autocommit=True) as conn:  # as a server restart would
+            killed = conn.execute(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                "WHERE pid <> pg_backend_pid() AND backend_type = 'client backend' AND datname = current_database()"
+            ).fetchone()
+        assert killed is not None and killed[0] >= 1
+        result = await loop.send("after the restart", session_id=sid)
+        assert result.status == "completed"
+        assert len(await loop.get_messages_async(sid)) == 8
+    await store.aclose()
+
+
+def test_sync_twins_work_on_postgresql(pg_schema: PostgresSchema) -> None:
+    store = PostgresSessionStore(pg_schema.url, schema=pg_schema.schema)
+    store.create_session_sync("s", metadata={"tenant": "t1"})
+    assert store.get_session("s").metadata == {"tenant": "t1"}  # type: ignore[union-attr]
+    store.set_runtime_state("s", "todo", ["x"])
+    assert store.get_runtime_state("s", "todo") == ["x"]
+    assert [r.timer_id for r in [store.schedule_timer_sync("s", due_at=1, note="n")]] == [1]
+    store.close_nowait()
