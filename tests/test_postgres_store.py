@@ -104,3 +104,33 @@ def test_sync_twins_work_on_postgresql(pg_schema: PostgresSchema) -> None:
     assert store.get_runtime_state("s", "todo") == ["x"]
     assert [r.timer_id for r in [store.schedule_timer_sync("s", due_at=1, note="n")]] == [1]
     store.close_nowait()
+
+
+async def test_a_full_pool_and_a_closed_store_are_clear_errors(pg_schema: PostgresSchema) -> None:
+    from power_loop import StoreError, StoreLockedError
+
+    store = PostgresSessionStore(pg_schema.url, schema=pg_schema.schema, max_size=1, connect_timeout_s=1)
+    await store.create_session("s")
+    pool = store._ensure_open()
+    # The only connection is held elsewhere.
+    with pool.connection(), pytest.raises(StoreLockedError, match="no free PostgreSQL connection"):
+        await asyncio.to_thread(store.get_session, "s")
+    await store.aclose()
+    with pytest.raises(StoreError, match="is closed"):
+        await store.get_session_async("s")
+
+
+async def test_a_schema_it_cannot_create_is_a_store_error(pg_schema: PostgresSchema) -> None:
+    from power_loop import StoreError
+
+    with psycopg.connect(pg_schema.url, autocommit=True) as conn:
+        conn.execute(f'CREATE TABLE "{pg_schema.schema}".sessions (x int)')  # someone else's table
+    with pytest.raises(StoreError, match="PostgreSQL error"):
+        await PostgresSessionStore(pg_schema.url, schema=pg_schema.schema).open()
+
+
+def test_other_url_parameters_pass_through_unchanged(pg_schema: PostgresSchema) -> None:
+    url = f"{pg_schema.url}&options=-c%20statement_timeout%3D5000&schema=fx"
+    store = open_store(url)
+    assert isinstance(store, PostgresSessionStore) and store.schema == "fx"
+    assert "options=-c%20statement_timeout%3D5000" in store.url

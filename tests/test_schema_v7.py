@@ -244,6 +244,9 @@ async def test_the_rules_run_on_a_sqlite_without_returning(tmp_path: Path, monke
         )
         assert out.seqs == (2, 3)
         assert [(await store.schedule_timer("s", due_at=1, note=n)).timer_id for n in "xy"] == [1, 2]
+        note = await store.add_note_async("s", "remember")  # no INSERT/DELETE ... RETURNING needed
+        assert note.note_id == 1 and [n.content for n in await store.list_notes_async("s")] == ["remember"]
+        assert await store.delete_note_async("s", 1) is True and await store.delete_note_async("s", 1) is False
         claimed = await store.claim_due_timers("runner", lease_ms=60_000, limit=5)
         outcomes = await store.deliver_timers("runner", [Delivery(t, "deliver", "wake") for t in claimed])
         assert [o for o, _ in outcomes] == ["queued", "queued"]  # the run holds the session

@@ -19,7 +19,7 @@ from power_loop import LeaseLostError
 from power_loop.messages import AssistantMessage, ToolCall, UserMessage
 from power_loop.store import PostgresSessionStore, SQLiteSessionStore
 from power_loop.store.protocols import Delivery, RunStore, SessionAdmin, SessionStoreProtocol, TimerStore
-from power_loop.store.rows import Append, BeginRun, Compact, DrainInbox, FinishRun, LeaseClaim
+from power_loop.store.rows import Append, BeginRun, Compact, DrainInbox, FinishRun, LeaseClaim, RunTotals
 
 BackendFactory = Callable[[pytest.FixtureRequest], Awaitable[SessionStoreProtocol]]
 
@@ -154,6 +154,12 @@ async def test_appends_and_drained_follow_ups_keep_the_order_of_the_operations(s
     texts = [m.message.text for m in await store.load_messages(sid)]
     assert texts[0] == "u0" and texts[-1] == "after the follow-up" and "steer" in (texts[1] or "")
     assert out.seqs == (3,)
+    # A finish that drains comes before an append in the same write: the same order.
+    await store.enqueue(sid, "again", kind="follow_up")
+    late = Append([AssistantMessage(content="last")], run_id="r")
+    await store.write(sid, [FinishRun("r", "completed", RunTotals(), drain_inbox=True), late], lease=lease)
+    texts = [m.message.text for m in await store.load_messages(sid)]
+    assert "again" in (texts[-2] or "") and texts[-1] == "last"
 
 
 async def test_compaction_makes_the_summary_the_load_base(store: SessionStoreProtocol) -> None:

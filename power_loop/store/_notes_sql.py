@@ -89,12 +89,14 @@ def add_note(tx: Tx, session_id: str, content: str, *, pinned: bool, policy: Not
     if policy is not None:
         _make_room(tx, session_id, key, policy)
     now = now_ms()
-    row = tx.execute(
-        f"INSERT INTO notes (session, note_id, content, pinned, created_at, updated_at) "
-        f"SELECT ?, COALESCE(MAX(note_id), 0) + 1, ?, ?, ?, ? FROM notes WHERE session = ? RETURNING {_COLUMNS}",
-        (key, text, 1 if pinned else 0, now, now, key),
-    ).fetchone()
-    return _row(session_id, row)
+    # No INSERT ... RETURNING: SQLite before 3.35 has none (only UPDATE's is emulated).
+    row = tx.execute("SELECT COALESCE(MAX(note_id), 0) + 1 AS next FROM notes WHERE session = ?", (key,)).fetchone()
+    note_id = int(row["next"])
+    tx.execute(
+        "INSERT INTO notes (session, note_id, content, pinned, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?)",
+        (key, note_id, text, 1 if pinned else 0, now, now),
+    )
+    return NoteRow(session_id, note_id, text, bool(pinned), now, now)
 
 
 def update_note(
@@ -129,10 +131,8 @@ def delete_note(tx: Tx, session_id: str, note_id: int) -> bool:
         SessionNotFoundError: Unknown session.
     """
     key = session_ref(tx, session_id).key
-    gone = tx.execute(
-        "DELETE FROM notes WHERE session = ? AND note_id = ? RETURNING note_id", (key, int(note_id))
-    ).fetchall()
-    return bool(gone)
+    gone = tx.execute("DELETE FROM notes WHERE session = ? AND note_id = ?", (key, int(note_id))).rowcount
+    return gone == 1
 
 
 def list_notes(tx: Tx, session_id: str) -> list[NoteRow]:

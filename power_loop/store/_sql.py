@@ -242,10 +242,13 @@ def write(
         releasing = any(isinstance(op, FinishRun) and op.release_lease for op in ops)
         expires, renewal = ("lease_expires_at", ()) if releasing else ("?", (now + lease.ttl_ms,))
         # The seqs of the appended messages are allocated here too, unless a step that takes
-        # seqs of its own (an inbox drain, pending answers) comes before an append.
+        # seqs of its own (an inbox drain, pending answers, a finish that drains) comes first.
         count = sum(len(op.messages) for op in ops if isinstance(op, Append))
         appends_at = [i for i, op in enumerate(ops) if isinstance(op, Append)]
-        if appends_at and any(isinstance(op, (DrainInbox, AnswerPending)) for op in ops[: appends_at[-1]]):
+        if appends_at and any(
+            isinstance(op, (DrainInbox, AnswerPending)) or (isinstance(op, FinishRun) and op.drain_inbox)
+            for op in ops[: appends_at[-1]]
+        ):
             count = 0
         row = tx.execute(
             f"UPDATE sessions SET lease_expires_at = {expires}, last_seq = last_seq + ? "

@@ -43,6 +43,10 @@ class SQLiteTx:
     def execute(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Cursor:
         """Run one statement; its rows read by column name."""
         if not self.native_returning and _RETURNING in sql:
+            if not sql.lstrip().upper().startswith("UPDATE "):
+                raise sqlite3.NotSupportedError(
+                    f"SQLite {sqlite3.sqlite_version} has no RETURNING; only UPDATE ... RETURNING is emulated"
+                )
             return self._update_returning(sql, params)
         cursor = self.conn.cursor()
         cursor.row_factory = sqlite3.Row

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 from .postgres import PostgresSessionStore
 from .protocols import SessionStoreProtocol
@@ -46,7 +46,7 @@ def _take_schema(url: str) -> tuple[str, str | None]:
     schemas = [v for k, v in query if k == "schema"]
     if not schemas:
         return url, None
-    rest = urlencode([(k, v) for k, v in query if k != "schema"], safe="/")
+    rest = urlencode([(k, v) for k, v in query if k != "schema"], safe="/", quote_via=quote)
     return urlunsplit(parts._replace(query=rest)), schemas[-1]
 
 

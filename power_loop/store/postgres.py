@@ -26,6 +26,7 @@ Guarantees:
 from __future__ import annotations
 
 import asyncio
+import functools
 import random
 import threading
 import time
@@ -74,8 +75,13 @@ def _psycopg() -> tuple[Any, Any]:
     return psycopg, psycopg_pool
 
 
+def _set_search_path(schema: str, conn: Any) -> None:
+    conn.execute(f'SET search_path TO "{schema}"')
+
+
 def _close_pool(pool: Any, executor: ThreadPoolExecutor) -> None:
-    executor.shutdown(wait=False, cancel_futures=True)
+    # Calls already queued still run (and find the pool closed: a StoreError), none is cancelled.
+    executor.shutdown(wait=False)
     pool.close(timeout=5.0)
 
 
@@ -141,10 +147,6 @@ class PostgresSessionStore(StoreOperations):
 
     # ------------------------------------------------------------------ lifecycle
 
-    def _configure(self, conn: Any) -> None:
-        if not self.transaction_pooler:
-            conn.execute(f'SET search_path TO "{self.schema}"')
-
     def _ensure_open(self) -> Any:
         """The pool, opened (and the schema migrated) on first use; blocking."""
         pool = self._pool
@@ -161,14 +163,15 @@ class PostgresSessionStore(StoreOperations):
                     self.url, autocommit=True, connect_timeout=max(1, int(self.connect_timeout_s))
                 ) as c:
                     migrate(c, self.schema)
-            except psycopg.OperationalError as exc:
-                raise self._unreachable(exc) from exc
+            except psycopg.Error as exc:
+                raise self._fault(exc, psycopg) from exc
             pool = psycopg_pool.ConnectionPool(
                 self.url,
                 min_size=self.min_size,
                 max_size=self.max_size,
                 kwargs={"autocommit": True, "prepare_threshold": self.prepare_threshold},
-                configure=self._configure,
+                # Not a bound method: the pool must not keep the store alive.
+                configure=None if self.transaction_pooler else functools.partial(_set_search_path, self.schema),
                 timeout=self.connect_timeout_s,
                 open=False,
                 name=f"power_loop-{self.schema}",
@@ -204,10 +207,12 @@ class PostgresSessionStore(StoreOperations):
         await asyncio.to_thread(self.close_nowait)
 
     def close_nowait(self) -> None:
-        """Close from synchronous code."""
-        self._closed = True
-        finalizer, self._finalizer = self._finalizer, None
-        self._pool = None
+        """Close from synchronous code (calls already queued end with a ``StoreError``)."""
+        with self._lock:
+            self._closed = True
+            finalizer, self._finalizer = self._finalizer, None
+            self._pool = None
+            self._executor = None
         if finalizer is not None:
             finalizer()
 
@@ -247,6 +252,13 @@ class PostgresSessionStore(StoreOperations):
                         if self.transaction_pooler:
                             conn.execute(f'SET LOCAL search_path TO "{self.schema}"')
                         return fn(PgTx(conn))
+            except psycopg_pool.PoolTimeout as exc:  # before psycopg.Error: it is an OperationalError
+                raise StoreLockedError(
+                    f"no free PostgreSQL connection within {self.connect_timeout_s:g}s (all {self.max_size} in use); "
+                    "raise max_size or lower the load"
+                ) from exc
+            except psycopg_pool.PoolClosed as exc:
+                raise StoreError(f"{self!r} is closed; create a new store to reconnect") from exc
             except psycopg.Error as exc:
                 if getattr(exc, "sqlstate", None) in _RETRIED_SQLSTATES and aborted < _RETRIES:
                     aborted += 1
@@ -256,14 +268,15 @@ class PostgresSessionStore(StoreOperations):
                 if broken and (not tx or not begun) and dead <= self.max_size:
                     dead += 1  # the pool drops the dead connection; take another one
                     continue
+                if broken and tx and begun:
+                    raise StoreConnectionError(
+                        f"the connection to PostgreSQL at {redact_url(self.url)} was lost during a transaction: "
+                        f"{str(exc).strip() or type(exc).__name__}. If it was lost while committing, the "
+                        "transaction may have committed; read the session before doing it again"
+                    ) from exc
                 raise self._fault(exc, psycopg) from exc
             except UnicodeEncodeError as exc:
                 raise surrogate_error(exc, self.path) from exc
-            except psycopg_pool.PoolTimeout as exc:
-                raise StoreLockedError(
-                    f"no free PostgreSQL connection within {self.connect_timeout_s:g}s (all {self.max_size} in use); "
-                    "raise max_size or lower the load"
-                ) from exc
 
     def _fault(self, exc: Exception, psycopg: Any) -> StoreError:
         sqlstate = getattr(exc, "sqlstate", None)
@@ -275,6 +288,8 @@ class PostgresSessionStore(StoreOperations):
 
     async def _call(self, fn: Callable[[Tx], T], *, tx: bool = True) -> T:
         """Run ``fn`` in one transaction on a worker thread with a pooled connection."""
+        if self._closed:
+            raise StoreError(f"{self!r} is closed; create a new store to reconnect")
         if self._executor is None:
             await self.open()
         executor = self._executor
