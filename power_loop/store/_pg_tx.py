@@ -3,10 +3,11 @@ psycopg 3 connection.
 
 The rules write ``?`` for a parameter; psycopg takes ``%s``. :func:`to_pg` rewrites a
 statement once (cached): every ``?`` outside a quoted literal or identifier becomes ``%s`` and
-every ``%`` is doubled. It knows plain ``'...'`` and ``"..."`` quoting only: a statement with a
-comment, an ``E'...'`` string or a dollar-quoted string must not hold a ``?`` after it (the
-rules have none; write such SQL with ``%s`` placeholders and no ``?`` at all). Booleans are bound as integers (the schema keeps flags in ``BIGINT`` columns, as
-SQLite does). Rows read by column name and by position, like ``sqlite3.Row``.
+every ``%`` is doubled. It knows plain ``'...'`` and ``"..."`` quoting only: in a statement
+with a comment, an ``E'...'`` string or a dollar-quoted string, no ``?`` may follow one of
+them (the rules use none of these). Booleans are bound as integers (the schema keeps flags in
+``BIGINT`` columns, as SQLite does). Rows read by column name and by position, like
+``sqlite3.Row``.
 
 This module imports no psycopg: the connection is whatever the store hands it.
 """
