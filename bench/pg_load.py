@@ -7,7 +7,9 @@ per session per process, 50 sends in flight per process, while a TimerRunner in 
 delivers timers that come due during the run. Afterwards every session is checked: each
 question followed by its own answer, nothing lost, nothing twice, every timer delivered once.
 A second phase measures timer delivery alone: N timers due at one instant, 2 worker processes
-delivering them (each woken session runs one model call).
+delivering them with the ``TimerRunner`` defaults (each woken session runs one model call, at
+most ``max_runs`` runs at a time per process); it reports deliveries/s (every timer fired, its
+wake-up durable in the inbox) and when the woken runs had read every wake-up.
 
 A worker is this file run as a script: ``pg_load.py worker URL SCHEMA MODEL_URL P_INDEX ...``.
 It prints one JSON line with its measurements.
@@ -248,13 +250,24 @@ async def postgres(url: str, reps: int, quick: bool) -> dict[str, Any]:
         schema = "load_timers"
         await _setup(pg.url, schema, 1_000 if not quick else 100, burst, due_in_s=3.0, spread_s=0.0)
         due = time.time() + 3.0
-        procs = [_spawn("timers", pg.url, schema, url, "60") for _ in range(2)]
+        procs = [_spawn("timers", pg.url, schema, url, "300") for _ in range(2)]
         delivered_at = None
         while delivered_at is None and time.time() < due + 120:
             await asyncio.sleep(0.05)
             ((left,),) = await _rows(pg.url, schema, "SELECT COUNT(*) FROM timers WHERE status != 'fired'")
             if int(left) == 0 and time.time() >= due:
                 delivered_at = time.time()
+        # The runs those wake-ups start (a model call each, max_runs at a time per process)
+        # follow at their own pace: when was every wake-up read by its session?
+        read_at = None
+        while read_at is None and delivered_at is not None and time.time() < delivered_at + 300:
+            ((unread,),) = await _rows(
+                pg.url, schema, "SELECT COUNT(*) FROM inbox WHERE source = 'timer' AND consumed_at IS NULL"
+            )
+            if int(unread) == 0:
+                read_at = time.time()
+            else:
+                await asyncio.sleep(0.1)
         for proc in procs:
             proc.terminate()
         for proc in procs:
@@ -270,6 +283,7 @@ async def postgres(url: str, reps: int, quick: bool) -> dict[str, Any]:
             "deliveries_per_s": round(burst / (delivered_at - due), 1) if delivered_at else 0.0,
             "duplicates": int(refs) - int(distinct),
             "delivered": int(refs),
+            "all_read_after_s": round(read_at - due, 2) if read_at else None,
         }
     return out
 

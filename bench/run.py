@@ -252,6 +252,36 @@ def check_targets(results: dict[str, dict[str, Any]]) -> list[tuple[bool, str]]:
         )
     checks.extend(storage_checks(results))
     checks.extend(compare_transports(results))
+    checks.extend(postgres_checks(results))
+    return checks
+
+
+def postgres_checks(results: dict[str, dict[str, Any]]) -> list[tuple[bool, str]]:
+    """The PostgreSQL load test's targets: the idle text-round commit, the timer burst, and no
+    lost, duplicated or interleaved message under any number of processes."""
+    if "postgres" not in results:
+        return []
+    pg = results["postgres"]
+    commit, burst = pg["idle"]["commit_p50_ms"], pg["timer_burst"]
+    checks = [
+        (commit <= 1.5, f"postgres: text-round commit p50 {commit:.2f} ms with nothing else going on (target <= 1.5)"),
+        (
+            burst["deliveries_per_s"] >= 1000 and burst["duplicates"] == 0 and burst["delivered"] == burst["timers"],
+            f"postgres: timer burst {burst['deliveries_per_s']:.0f} deliveries/s across 2 processes, "
+            f"{burst['duplicates']} duplicates, {burst['delivered']} of {burst['timers']} delivered "
+            "(target >= 1,000, 0)",
+        ),
+    ]
+    for name in ("P1", "P2", "P4"):
+        p = pg[name]
+        bad = p["lost_messages"] + p["interleaved"] + p["duplicate_messages"] + p["timer_duplicates"]
+        checks.append(
+            (
+                bad == 0 and p["timers_fired_once"],
+                f"postgres {name}: {p['sends_per_s']:.0f} sends/s, {p['lost_messages']} lost, {p['interleaved']} "
+                f"interleaved, {p['duplicate_messages'] + p['timer_duplicates']} duplicated (target 0)",
+            )
+        )
     return checks
 
 

@@ -37,9 +37,10 @@ async def main() -> None:
         first_store, second_store = open_store(url), open_store(url)  # as two processes would
         llm = create_llm_service_from_env(offline_fallback=True)
         try:
-            async with StatefulAgentLoop(llm=llm, store=first_store) as first, StatefulAgentLoop(
-                llm=llm, store=second_store
-            ) as second:
+            async with (
+                StatefulAgentLoop(llm=llm, store=first_store) as first,
+                StatefulAgentLoop(llm=llm, store=second_store) as second,
+            ):
                 sid = await first.new_session_async()
                 replies = await asyncio.gather(
                     first.send("My name is Ada.", session_id=sid),

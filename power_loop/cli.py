@@ -230,6 +230,12 @@ def _parser() -> argparse.ArgumentParser:
         "--concurrency", type=_number(int, 1, inclusive=True), default=64, help="timers delivered at once (default 64)"
     )
     worker.add_argument(
+        "--max-runs",
+        type=_number(int, 1, inclusive=True),
+        default=32,
+        help="session runs started by deliveries going on at once; the others wait their turn (default 32)",
+    )
+    worker.add_argument(
         "--grace",
         type=_number(float, 0, inclusive=True),
         default=30.0,
@@ -289,6 +295,7 @@ def _worker(args: argparse.Namespace) -> int:
             scan_interval_s=args.scan_interval,
             stale_firing_s=args.stale_firing,
             concurrency=int(args.concurrency),
+            max_runs=int(args.max_runs),
             grace_s=args.grace,
         )
     )

@@ -4,6 +4,7 @@ dead connections, clear errors. (The rules themselves are the contract suite's.)
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 
 import psycopg
@@ -18,6 +19,7 @@ from power_loop import (
     open_store,
 )
 from power_loop.store.postgres import redact_url
+from power_loop.store.protocols import Delivery
 from power_loop.testing import PostgresSchema, ScriptedLLM, text_reply
 
 
@@ -134,3 +136,64 @@ def test_other_url_parameters_pass_through_unchanged(pg_schema: PostgresSchema) 
     store = open_store(url)
     assert isinstance(store, PostgresSessionStore) and store.schema == "fx"
     assert "options=-c%20statement_timeout%3D5000" in store.url
+
+
+async def test_timer_batches_are_applied_set_based_and_a_failing_one_timer_by_timer(
+    pg_schema: PostgresSchema, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = PostgresSessionStore(pg_schema.url, schema=pg_schema.schema)
+    for due, sid in enumerate(("a", "b"), start=1):
+        await store.create_session(sid)
+        for n in range(3):
+            await store.schedule_timer(sid, due_at=due, note=f"{sid}{n}")
+    first = await store.claim_due_timers("r", lease_ms=60_000, limit=3)
+    assert sorted(t.note for t in first) == ["a0", "a1", "a2"]
+    with caplog.at_level(logging.WARNING, logger="power_loop.store"):
+        outcomes = await store.deliver_timers("r", [Delivery(t, "deliver", t.note) for t in first])
+    assert [o for o, _ in outcomes] == ["delivered"] * 3 and not caplog.records  # no fallback taken
+    # A fault below the store refuses one wake-up message: the batch is undone and applied
+    # timer by timer, so only that timer fails (its claim is handed back by the runner).
+    with psycopg.connect(pg_schema.url, autocommit=True) as conn:
+        conn.execute(f'SET search_path TO "{pg_schema.schema}"')
+        conn.execute(
+            "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS "
+            "$$ BEGIN IF NEW.body LIKE '%b1%' THEN RAISE EXCEPTION 'refused'; END IF; RETURN NEW; END $$"
+        )
+        conn.execute("CREATE TRIGGER refuse BEFORE INSERT ON inbox FOR EACH ROW EXECUTE FUNCTION refuse()")
+    rest = await store.claim_due_timers("r", lease_ms=60_000, limit=10)
+    with caplog.at_level(logging.WARNING, logger="power_loop.store"):
+        outcomes = await store.deliver_timers("r", [Delivery(t, "deliver", t.note) for t in rest])
+    assert {t.note: o for t, (o, _) in zip(rest, outcomes, strict=True)} == {
+        "b0": "delivered",
+        "b1": "error",
+        "b2": "delivered",
+    }
+    assert "applying them one by one" in caplog.text
+    [left] = await store.list_timers("b", statuses=("claimed",))
+    assert left.note == "b1"
+    await store.aclose()
+
+
+async def test_a_follow_up_waits_for_a_finishing_run_instead_of_slipping_past_it(pg_schema: PostgresSchema) -> None:
+    """A run's end holds the session row until it commits; a follow-up queued meanwhile must see
+    that end (and be told to send instead), never be stored for a run that already looked."""
+    from power_loop.store.rows import BeginRun, LeaseClaim
+
+    store = PostgresSessionStore(pg_schema.url, schema=pg_schema.schema)
+    await store.create_session("s")
+    began = await store.begin_run(BeginRun("s", "r", LeaseClaim(owner="a/r", ttl_ms=60_000)))
+    assert began.status == "ok"
+    with psycopg.connect(pg_schema.url) as finishing:  # a run's end, not committed yet
+        finishing.execute(f'SET search_path TO "{pg_schema.schema}"')
+        finishing.execute("UPDATE sessions SET lease_owner = NULL, lease_expires_at = 0 WHERE session_id = 's'")
+        queued = asyncio.ensure_future(store.enqueue("s", "one more thing", only_if_busy=True))
+        with psycopg.connect(pg_schema.url, autocommit=True) as watcher:
+            while not watcher.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()"
+            ).fetchone()[0]:  # type: ignore[index]
+                assert not queued.done(), "the follow-up did not wait for the finishing run"
+                await asyncio.sleep(0.01)
+        finishing.commit()
+    assert await queued is None  # the session is idle now: the caller sends it itself
+    assert await store.inbox_depth("s") == 0
+    await store.aclose()

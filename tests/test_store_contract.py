@@ -259,6 +259,64 @@ async def test_a_stale_timer_claim_is_taken_over_and_the_old_claimant_refused(st
     assert await store.next_timer_due_at() is None
 
 
+async def test_a_batch_of_deliveries_applies_each_timer_by_the_same_rules(store: SessionStoreProtocol) -> None:
+    """One ``deliver_timers`` call with every kind of outcome (PostgreSQL applies a batch with
+    a few set-based statements, SQLite timer by timer: both must agree)."""
+    idle, busy, calls, gone = [await _session(store, sid) for sid in ("idle", "busy", "calls", "gone")]
+    # "taken": runner-a's claim went stale and runner-b took the timer over.
+    await store.schedule_timer(idle, due_at=1, note="taken")
+    [taken] = await store.claim_due_timers("runner-a", lease_ms=-1, limit=1)
+    assert len(await store.claim_due_timers("runner-b", lease_ms=60_000, limit=1)) == 1
+    await store.begin_run(BeginRun(busy, "r", _claim("a/r"), messages=[UserMessage(content="go")]))
+    call = ToolCall(id="c1", name="add", arguments="{}")
+    await store.write(calls, [Append([AssistantMessage(content="", tool_calls=(call,))])])
+    for note in ("once", "again", "skip", "cancel", "postpone"):
+        await store.schedule_timer(idle, due_at=1, note=note, every_ms=60_000 if note == "again" else None)
+    for sid in (busy, calls, gone):
+        await store.schedule_timer(sid, due_at=1, note=sid)
+    await store.schedule_timer(idle, due_at=1, note="until", every_ms=60_000, until_at=2)  # past its until_at
+    claimed = {t.note: t for t in await store.claim_due_timers("runner-a", lease_ms=60_000, limit=50)}
+    assert len(claimed) == 9
+    claimed["taken"] = taken  # runner-a delivers with a claim that is no longer its own
+    assert await store.delete_session(gone) >= 1  # and with a timer whose session is gone
+    action = {"skip": "skip", "cancel": "cancel", "postpone": "postpone"}
+    notes = ["once", "again", "skip", "cancel", "postpone", "busy", "calls", "gone", "until", "taken"]
+    deliveries = [
+        Delivery(claimed[n], action.get(n, "deliver"), f"wake {n}", 3_600_000 if n == "postpone" else 0) for n in notes
+    ]
+    outcomes = dict(zip(notes, await store.deliver_timers("runner-a", deliveries), strict=True))
+    assert {n: o for n, (o, _) in outcomes.items()} == {
+        "once": "delivered",
+        "again": "delivered",
+        "skip": "skipped",
+        "cancel": "cancelled",
+        "postpone": "postponed",
+        "busy": "queued",
+        "calls": "queued",
+        "gone": None,
+        "until": "skipped",
+        "taken": None,
+    }
+    idle_seqs = [outcomes[n][1] for n in ("once", "again", "skip", "cancel", "postpone", "until")]
+    assert idle_seqs == sorted(set(idle_seqs)) and idle_seqs[0] > 0  # one event seq each, in order
+    armed = {t.note: t for t in await store.list_timers(idle, statuses=("armed", "claimed"))}
+    assert set(armed) == {"again", "postpone", "taken"}
+    assert armed["again"].fire_count == 1 and armed["again"].due_at > 60_000
+    assert armed["postpone"].fire_count == 0 and armed["postpone"].due_at > 3_000_000
+    assert armed["taken"].status == "claimed"  # still runner-b's
+    ended = {t.note: t for t in await store.list_timers(idle, statuses=("fired", "cancelled"))}
+    assert {n: (t.status, t.last_outcome) for n, t in ended.items()} == {
+        "once": ("fired", "delivered"),
+        "skip": ("fired", "skipped"),
+        "cancel": ("cancelled", "cancelled"),
+        "until": ("fired", "skipped"),
+    }
+    began = await store.begin_run(BeginRun(idle, "w", _claim("a/w"), kind="wake"))
+    texts = [m.message.text for m in began.appended]  # type: ignore[union-attr]
+    assert texts == ["wake once", "wake again"]  # in delivery order; nothing of the others
+    assert [t.note for t in await store.list_timers(busy, statuses=("fired",))] == ["busy"]
+
+
 async def test_a_key_that_is_not_valid_text_is_refused_and_nothing_is_stored(store: SessionStoreProtocol) -> None:
     with pytest.raises(ValueError, match="lone surrogate"):
         await store.create_session("s\udce9", metadata={})

@@ -423,6 +423,77 @@ async def test_a_slow_run_never_delays_another_sessions_timer(db_path: str) -> N
     assert a_messages[-1] == {"role": "assistant", "content": "ok"}
 
 
+def _held_runs(limit_log: list[int]) -> tuple[Any, asyncio.Event, Any]:
+    """A tool that holds every run inside it until released, logging how many are inside."""
+    release = asyncio.Event()
+    inside = [0]
+
+    @tool
+    async def hold() -> str:
+        """Blocks until released."""
+        inside[0] += 1
+        limit_log.append(inside[0])
+        await release.wait()
+        inside[0] -= 1
+        return "held"
+
+    def rule(request: ScriptedRequest) -> ScriptedReply:
+        return text_reply("ok") if request.tool_results else tool_reply(("hold", {}))
+
+    return hold, release, rule
+
+
+async def test_max_runs_bounds_the_runs_a_burst_starts_and_never_the_deliveries(db_path: str) -> None:
+    inside: list[int] = []
+    hold, release, rule = _held_runs(inside)
+    async with StatefulAgentLoop(
+        llm=ScriptedLLM(rule=rule), db_path=db_path, tool_registry=ToolRegistry([hold])
+    ) as loop:
+        sids = [await loop.new_session_async() for _ in range(6)]
+        for sid in sids:
+            await loop.schedule_timer_async(sid, delay_s=0, note="burst")
+        async with TimerRunner(loop, scan_interval_s=0.05, max_runs=2) as runner:
+
+            async def all_fired() -> bool:
+                return [r[2] for r in await timer_rows(loop)] == ["fired"] * 6
+
+            await eventually(all_fired)  # every delivery committed while runs are held
+            await eventually(lambda: asyncio.sleep(0, len(inside) == 2))
+            assert max(inside) == 2  # two runs at a time; four wait for a slot
+            release.set()
+            await runner.drain()
+        for sid in sids:
+            assert (await loop.get_messages_async(sid))[-1] == {"role": "assistant", "content": "ok"}
+    assert max(inside) == 2 and len(inside) == 6
+
+
+async def test_stop_drops_runs_waiting_for_a_slot_and_the_next_runner_starts_them(db_path: str) -> None:
+    inside: list[int] = []
+    hold, release, rule = _held_runs(inside)
+    async with StatefulAgentLoop(
+        llm=ScriptedLLM(rule=rule), db_path=db_path, tool_registry=ToolRegistry([hold])
+    ) as loop:
+        sids = [await loop.new_session_async() for _ in range(3)]
+        for sid in sids:
+            await loop.schedule_timer_async(sid, delay_s=0, note="burst")
+        runner = TimerRunner(loop, scan_interval_s=0.05, max_runs=1)
+        await runner.start()
+        await eventually(lambda: asyncio.sleep(0, len(inside) == 1))
+        stopping = asyncio.ensure_future(runner.stop(grace_s=3600))
+        await eventually(lambda: asyncio.sleep(0, len(runner._queued) == 0))
+        assert not stopping.done()  # the run going on gets its grace; the queued ones are gone
+        release.set()
+        await stopping
+        assert len(inside) == 1
+        assert len(await loop.store.orphan_inboxes()) == 2  # their wake-ups wait in the inbox
+        later = TimerRunner(loop)
+        await later.scan_once()  # the next runner starts them
+        await later.drain()
+        for sid in sids:
+            assert (await loop.get_messages_async(sid))[-1] == {"role": "assistant", "content": "ok"}
+    assert len(inside) == 3
+
+
 async def test_stop_releases_claims_it_did_not_deliver(db_path: str) -> None:
     gate = asyncio.Event()
 

@@ -38,8 +38,13 @@ def lease_is_live(tx: Tx, key: int, now: int) -> tuple[str | None, int]:
 
     A lease is live until it expires, or until its holder is found dead on this machine.
     """
+    # Every caller acts on the answer in the same transaction (queue an item only while a run
+    # holds the session, refuse while one does): on a server database the row stays locked
+    # until the commit, so a run cannot end in between unseen. (SQLite's write transaction
+    # already excludes every other writer.)
+    lock = " FOR UPDATE" if tx.dialect == "postgresql" else ""
     row = tx.execute(
-        "SELECT lease_owner, lease_expires_at, holder_host, holder_pid, holder_start FROM sessions WHERE id = ?",
+        f"SELECT lease_owner, lease_expires_at, holder_host, holder_pid, holder_start FROM sessions WHERE id = ?{lock}",
         (key,),
     ).fetchone()
     return live_lease(row, now)

@@ -250,9 +250,18 @@ def write(
             for op in ops[: appends_at[-1]]
         ):
             count = 0
+        # A finish that drains learns here whether anything waits: usually nothing does, and
+        # its inbox read is skipped. (Whoever queues an item locks this row first, so nothing
+        # arrives between this statement and the commit.)
+        waiting = (
+            ", EXISTS (SELECT 1 FROM inbox i WHERE i.session = sessions.id AND i.consumed_at IS NULL) AS waiting"
+            if any(isinstance(op, FinishRun) and op.drain_inbox for op in ops)
+            else ""
+        )
         row = tx.execute(
             f"UPDATE sessions SET lease_expires_at = {expires}, last_seq = last_seq + ? "
-            f"WHERE session_id = ? AND lease_owner = ? AND fence = ? RETURNING id, version, last_seq, {run_number}",
+            f"WHERE session_id = ? AND lease_owner = ? AND fence = ? "
+            f"RETURNING id, version, last_seq, {run_number}{waiting}",
             (*renewal, count, session_id, lease.owner, lease.fence, run_id),
         ).fetchone()
         if row is None:
@@ -294,7 +303,8 @@ def write(
             )
         elif isinstance(op, FinishRun):
             run = runs(op.run_id)
-            more = drain_inbox(tx, key, session_id, now, run=run) if op.drain_inbox else []
+            inbox_waits = op.drain_inbox and (lease is None or bool(row["waiting"]))
+            more = drain_inbox(tx, key, session_id, now, run=run) if inbox_waits else []
             if more:
                 drained += more
             else:

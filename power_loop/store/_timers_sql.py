@@ -14,6 +14,7 @@ matches no row means the claim was lost and is rolled back.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from ..errors import ControlSignal
@@ -22,8 +23,11 @@ from ._inbox_sql import inbox_body
 from ._leases import live_lease
 from ._sessions_sql import now_ms, session_ref, text
 from ._timer_rows import MAX_DELAY_S, MAX_DUE_AT_MS, MAX_TIMER_ID, ClaimedTimer, Delivery, TimerBudgetExceeded
+from ._timers_batch import claim_locked, deliver_batch
 from .protocols import Tx
 from .rows import TimerRow
+
+log = logging.getLogger("power_loop.store")
 
 __all__ = [
     "MAX_DELAY_S",
@@ -201,27 +205,19 @@ def claim_due(tx: Tx, owner: str, *, lease_ms: int, limit: int, due_by: int | No
                 (cutoff, limit),
             ).fetchall(),
         ][:limit]
-    else:
-        rows = tx.execute(
-            "SELECT s.session_id, due.* FROM ("
-            f"SELECT {columns} FROM timers WHERE status = 'claimed' AND lease_expires_at < ? "
-            f"UNION ALL SELECT * FROM (SELECT {columns} FROM timers WHERE status = 'armed' AND due_at <= ? "
-            "ORDER BY due_at LIMIT ?) AS armed) AS due JOIN sessions s ON s.id = due.session",
-            (now, cutoff, limit),
-        ).fetchall()[:limit]
+        # The rows are locked by this transaction: one statement claims them all.
+        seqs = claim_locked(tx, owner, rows, now=now, lease_ms=lease_ms)
+        return [_claimed(r, seqs[key]) for r in rows if (key := (int(r["session"]), int(r["timer_id"]))) in seqs]
+    rows = tx.execute(
+        "SELECT s.session_id, due.* FROM ("
+        f"SELECT {columns} FROM timers WHERE status = 'claimed' AND lease_expires_at < ? "
+        f"UNION ALL SELECT * FROM (SELECT {columns} FROM timers WHERE status = 'armed' AND due_at <= ? "
+        "ORDER BY due_at LIMIT ?) AS armed) AS due JOIN sessions s ON s.id = due.session",
+        (now, cutoff, limit),
+    ).fetchall()[:limit]
     claimed: list[ClaimedTimer] = []
     for r in rows:
-        timer = ClaimedTimer(
-            session_id=r["session_id"],
-            timer_id=int(r["timer_id"]),
-            due_at=int(r["due_at"]),
-            note=r["note"],
-            every_ms=r["every_ms"],
-            remaining=r["remaining"],
-            until_at=r["until_at"],
-            claim_seq=int(r["claim_seq"]) + 1,
-            session_key=int(r["session"]),
-        )
+        timer = _claimed(r, int(r["claim_seq"]) + 1)
         won = tx.execute(
             "UPDATE timers SET status = 'claimed', owner = ?, lease_expires_at = ?, updated_at = ?, claim_seq = ? "
             "WHERE session = ? AND timer_id = ? AND claim_seq = ? AND status IN ('armed', 'claimed')",
@@ -230,6 +226,20 @@ def claim_due(tx: Tx, owner: str, *, lease_ms: int, limit: int, due_by: int | No
         if won == 1:
             claimed.append(timer)
     return claimed
+
+
+def _claimed(r: Any, claim_seq: int) -> ClaimedTimer:
+    return ClaimedTimer(
+        session_id=r["session_id"],
+        timer_id=int(r["timer_id"]),
+        due_at=int(r["due_at"]),
+        note=r["note"],
+        every_ms=r["every_ms"],
+        remaining=r["remaining"],
+        until_at=r["until_at"],
+        claim_seq=claim_seq,
+        session_key=int(r["session"]),
+    )
 
 
 _HELD = "status = 'claimed' AND owner = ? AND claim_seq = ?"
@@ -378,8 +388,20 @@ def deliver_many(tx: Tx, owner: str, deliveries: list[Delivery]) -> list[tuple[s
     outcome and the event seq reserved for its ``timer_fired`` event (0 when none).
 
     Each timer is applied under its own savepoint: one that fails, for whatever reason,
-    reports ``error`` (the caller hands its claim back) without undoing the others."""
-    outcomes: list[tuple[str | None, int]] = []
+    reports ``error`` (the caller hands its claim back) without undoing the others. On
+    PostgreSQL a batch is first applied set-based (:mod:`._timers_batch`), a few statements
+    for the whole batch; when that fails it is undone and applied timer by timer."""
+    if tx.dialect == "postgresql" and len(deliveries) > 1:
+        tx.execute("SAVEPOINT timer_batch")
+        try:
+            outcomes = deliver_batch(tx, owner, deliveries, now_ms())
+        except Exception as exc:  # one of them fails: apply them one by one, isolating the failure
+            log.warning("a batch of %d timer deliveries failed (%s); applying them one by one", len(deliveries), exc)
+            tx.execute("ROLLBACK TO SAVEPOINT timer_batch")
+        else:
+            tx.execute("RELEASE SAVEPOINT timer_batch")
+            return outcomes
+    outcomes = []
     for d in deliveries:
         try:
             outcomes.append(deliver(tx, d.timer, owner, action=d.action, message=d.message, postpone_ms=d.postpone_ms))

@@ -64,6 +64,12 @@ class TimerRunner:
             its last renewal. A failed delivery is retried this long after it failed.
         concurrency: Timers being delivered at the same time.
         batch: Most timers claimed per transaction.
+        max_runs: Session runs started by deliveries that go on at the same time; the others
+            wait for a slot (their wake-ups are already safe in the inbox) so a burst of due
+            timers never starves the deliveries themselves, nor floods the model provider or
+            the store's connection pool. Raise it when runs spend long waiting on a slow
+            model. A runner stopping drops the runs that have not started; the next runner
+            starts them.
     """
 
     def __init__(
@@ -74,14 +80,17 @@ class TimerRunner:
         stale_firing_s: float = 120.0,
         concurrency: int = 64,
         batch: int = 200,
+        max_runs: int = 32,
     ) -> None:
-        if scan_interval_s <= 0 or stale_firing_s <= 0 or concurrency < 1 or batch < 1:
-            raise ValueError("scan_interval_s and stale_firing_s must be > 0; concurrency and batch >= 1")
+        if scan_interval_s <= 0 or stale_firing_s <= 0 or concurrency < 1 or batch < 1 or max_runs < 1:
+            raise ValueError("scan_interval_s and stale_firing_s must be > 0; concurrency, batch and max_runs >= 1")
         self.loop: TimerHost = loop
         self.scan_interval_s = scan_interval_s
         self.stale_firing_s = stale_firing_s
         self.concurrency = concurrency
         self.batch = batch
+        self.max_runs = max_runs
+        self._run_slots: asyncio.Semaphore | None = None
         self.owner = f"runner-{os.getpid()}-{secrets.token_hex(4)}"
         self.delivered = 0
         """Timers this runner processed (delivered, queued, skipped, cancelled or postponed)."""
@@ -90,6 +99,8 @@ class TimerRunner:
         self._fires: set[asyncio.Task[str | None]] = set()
         self._after: set[asyncio.Task[None]] = set()
         self._wakes: set[asyncio.Task[None]] = set()
+        self._queued: dict[asyncio.Task[None], str] = {}
+        """Wakes waiting for a run slot (nothing started yet), with their session."""
         self._waking: set[str] = set()
         self._queue: list[tuple[Delivery, asyncio.Future[_Outcome]]] = []
         self._flusher: asyncio.Task[None] | None = None
@@ -110,6 +121,7 @@ class TimerRunner:
         await self.loop.store.open()
         aio = asyncio.get_running_loop()
         kick = self._kick = asyncio.Event()
+        self._run_slots = None  # made on first use, in this event loop
 
         def kick_fn() -> None:
             aio.call_soon_threadsafe(kick.set)
@@ -124,7 +136,9 @@ class TimerRunner:
 
         Deliveries whose hooks are still running are cancelled and their claims handed back;
         a delivery already committing completes (its event is published and its session run
-        started). Runs started by deliveries get ``grace_s`` seconds to finish, then they are
+        started, or queued for a run slot). Runs still waiting for a slot are dropped: their
+        wake-ups stay in the inbox and the next runner starts them (see ``max_runs``). Runs
+        going on get ``grace_s`` seconds to finish, then they are
         cancelled (a cancelled run leaves its session as a crash would: consistent, with any
         interrupted tool calls pending). Finally the remaining claims are released for the
         next runner.
@@ -144,6 +158,8 @@ class TimerRunner:
                 await self._flusher
         if self._after:
             await asyncio.gather(*self._after, return_exceptions=True)
+        for task in list(self._queued):
+            task.cancel()  # not started: its wake-up waits in the inbox for the next runner
         if self._wakes:
             _, late = await asyncio.wait(set(self._wakes), timeout=max(0.0, grace_s))
             if late:
@@ -372,7 +388,12 @@ class TimerRunner:
         self._waking.add(session_id)
 
         async def wake() -> None:
-            self._waking.discard(session_id)
+            async with self._slots():
+                del self._queued[task]
+                self._waking.discard(session_id)  # a wake-up delivered from now on needs a new run
+                await run()
+
+        async def run() -> None:
             try:
                 if resume:
                     await self.loop.resume(session_id)
@@ -386,5 +407,17 @@ class TimerRunner:
                 log.exception("run woken by a timer for session %s failed", session_id)
 
         task = asyncio.get_running_loop().create_task(wake())
+        self._queued[task] = session_id
         self._wakes.add(task)
-        task.add_done_callback(self._wakes.discard)
+        task.add_done_callback(self._wake_done)
+
+    def _wake_done(self, task: asyncio.Task[None]) -> None:
+        self._wakes.discard(task)
+        session_id = self._queued.pop(task, None)
+        if session_id is not None:  # cancelled before its run started
+            self._waking.discard(session_id)
+
+    def _slots(self) -> asyncio.Semaphore:
+        if self._run_slots is None:
+            self._run_slots = asyncio.Semaphore(self.max_runs)
+        return self._run_slots

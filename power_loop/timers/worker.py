@@ -78,6 +78,7 @@ async def run_worker(
     scan_interval_s: float = 2.0,
     stale_firing_s: float = 120.0,
     concurrency: int = 64,
+    max_runs: int = 32,
     grace_s: float = 30.0,
     stop: asyncio.Event | None = None,
 ) -> int:
@@ -90,7 +91,13 @@ async def run_worker(
     loop = await load_app(spec) if isinstance(spec, str) else spec
     stop = stop or asyncio.Event()
     aio = asyncio.get_running_loop()
-    runner = TimerRunner(loop, scan_interval_s=scan_interval_s, stale_firing_s=stale_firing_s, concurrency=concurrency)
+    runner = TimerRunner(
+        loop,
+        scan_interval_s=scan_interval_s,
+        stale_firing_s=stale_firing_s,
+        concurrency=concurrency,
+        max_runs=max_runs,
+    )
 
     def on_signal() -> None:
         if stop.is_set():
