@@ -35,6 +35,7 @@ from .errors import (
     SessionBusyError,
     SessionError,
     SessionNotFoundError,
+    SessionPausedError,
     SessionPendingError,
     SpecValidationError,
     StoreConnectionError,
@@ -67,6 +68,8 @@ from .events import (
     LoopCancelledPayload,
     MemoryFailedPayload,
     MemoryRecalledPayload,
+    NoProgressStatusPayload,
+    PausedStatusPayload,
     RoundCompletedPayload,
     RoundStartedPayload,
     RoundToolsPresentPayload,
@@ -90,6 +93,7 @@ from .events import (
     UsageUpdatedPayload,
     UserNotificationPayload,
 )
+from .guards import BudgetHit, NoProgressPolicy, Price
 from .hooks import (
     AgentHooks,
     BaseHookCtx,
@@ -286,6 +290,12 @@ __all__ = [
     "BaseEventPayload",
     "BaseHookCtx",
     "BudgetExceededStatusPayload",
+    "BudgetHit",
+    "NoProgressPolicy",
+    "NoProgressStatusPayload",
+    "PausedStatusPayload",
+    "Price",
+    "SessionPausedError",
     "CancellationLike",
     "CancellationRequested",
     "CancellationToken",

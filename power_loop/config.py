@@ -13,6 +13,7 @@ from typing import Any
 
 from ._types import MAX_SPAWN_DEPTH
 from .errors import ConfigurationError
+from .guards import NoProgressPolicy, Price
 from .projectors import default_runtime_projectors
 from .providers.retry import LLMRetryPolicy
 from .structured import resolve_response_format
@@ -45,8 +46,11 @@ class AgentLoopConfig:
         max_rounds: Rounds per run before ``hit_round_limit``.
         temperature: Sampling temperature of every model call.
         max_tokens: Completion cap per model call.
-        max_tokens_per_run: Token budget (prompt + completion) of one run; reaching it ends
-            the run ``budget_exceeded`` at the next round boundary. None = unlimited.
+        max_tokens_per_run: Token budget (prompt + completion) of one run, its sub-agents'
+            tokens included. Checked before every model call: the call's prompt estimate plus
+            its completion cap is reserved, the cap clamped to what is left, so the run never
+            goes past it; a call that cannot fit ends the run ``budget_exceeded`` first (see
+            ``StatefulResult.budget``). None = unlimited.
         compactor: Context compaction strategy; None disables compaction.
         retry_policy: Retry policy of model calls; None uses the provider's ``max_retries``.
         memory: A memory provider recalled at the start of each run.
@@ -88,6 +92,19 @@ class AgentLoopConfig:
         response_format: The structured output every run of a main session must give (a
             ``StructuredOutputSpec``, a pydantic model class or a JSON schema dict; see
             ``send(response_format=...)``, which wins). Sub-agents do not inherit it.
+        max_cost_usd_per_run: Cost budget of one run in US dollars, its sub-agents' calls
+            included, priced with ``pricing``; reserved and clamped before every model call as
+            ``max_tokens_per_run`` is. ``StatefulResult.usage["cost_usd"]`` reports the cost.
+        max_wall_s_per_run: Wall-clock budget of one run in seconds, checked before every
+            model call and every tool call. A run continued by ``resume``, ``submit_input`` or
+            ``approve`` counts the time its earlier parts took; a new ``send`` starts afresh.
+        max_tool_calls_per_run: Tool calls one run (with its sub-agents) may start; the call
+            that would cross it is answered without running and the run ends
+            ``budget_exceeded``.
+        pricing: Price of each model, by the model name the loop sends (``model``, else the
+            service's); needed for ``max_cost_usd_per_run`` and ``usage["cost_usd"]``.
+        no_progress: Stop (or nudge) a run that repeats the same tool call or keeps sending
+            invalid arguments (:class:`~power_loop.guards.NoProgressPolicy`). None = off.
     """
 
     system_prompt: str | None = None
@@ -119,6 +136,11 @@ class AgentLoopConfig:
     max_concurrent_subagents: int = 4
     llm_services: Mapping[str, Any] | None = None
     response_format: Any = None
+    max_cost_usd_per_run: float | None = None
+    max_wall_s_per_run: float | None = None
+    max_tool_calls_per_run: int | None = None
+    pricing: Mapping[str, Price] | None = None
+    no_progress: NoProgressPolicy | None = None
 
     def __post_init__(self) -> None:
         _positive("max_rounds", self.max_rounds)
@@ -161,6 +183,27 @@ class AgentLoopConfig:
                 raise ConfigurationError(f"AgentLoopConfig.response_format: {exc}") from None
         if not isinstance(self.runtime_projectors, tuple):
             object.__setattr__(self, "runtime_projectors", tuple(self.runtime_projectors))
+        self._check_guards()
+
+    def _check_guards(self) -> None:
+        for name in ("max_cost_usd_per_run", "max_wall_s_per_run", "max_tool_calls_per_run"):
+            if getattr(self, name) is not None:
+                _positive(name, getattr(self, name))
+        if self.max_tool_calls_per_run is not None and not isinstance(self.max_tool_calls_per_run, int):
+            raise ConfigurationError(
+                f"AgentLoopConfig.max_tool_calls_per_run must be an integer, got {self.max_tool_calls_per_run!r}"
+            )
+        if self.pricing is not None and not all(
+            isinstance(k, str) and k and isinstance(v, Price) for k, v in self.pricing.items()
+        ):
+            raise ConfigurationError("AgentLoopConfig.pricing must map model names to Price(...) values")
+        if self.max_cost_usd_per_run is not None and not self.pricing:
+            raise ConfigurationError(
+                "AgentLoopConfig.max_cost_usd_per_run needs pricing={model: Price(input_per_mtok=..., "
+                "output_per_mtok=...)} for the models the loop calls"
+            )
+        if self.no_progress is not None and not isinstance(self.no_progress, NoProgressPolicy):
+            raise ConfigurationError("AgentLoopConfig.no_progress must be a NoProgressPolicy or None")
 
 
 def _positive(name: str, value: float) -> None:

@@ -78,6 +78,7 @@ __all__ = [
     "SessionBusyError",
     "SessionError",
     "SessionNotFoundError",
+    "SessionPausedError",
     "SessionPendingError",
     "SpecValidationError",
     "StoreCorruptError",
@@ -164,6 +165,26 @@ class SessionPendingError(SessionError):
 
 class SessionBusyError(SessionError):
     """Another run (in this or another process) held the session longer than the wait allows."""
+
+
+class SessionPausedError(SessionError):
+    """The session is paused (``loop.pause``): nothing runs on it until ``loop.resume``.
+
+    Attributes:
+        session_id: The session concerned.
+        paused_at: When it was paused (ms since the epoch).
+    """
+
+    def __init__(self, session_id: str, *, paused_at: int) -> None:
+        from datetime import datetime, timezone
+
+        when = datetime.fromtimestamp(paused_at / 1000, timezone.utc).isoformat(timespec="seconds")
+        super().__init__(
+            f"Session {session_id!r} is paused (since {when}); nothing was stored. Call "
+            f"`await loop.resume({session_id!r})` to continue its run, then send again.",
+            session_id=session_id,
+        )
+        self.paused_at = paused_at
 
 
 class LeaseLostError(SessionError):

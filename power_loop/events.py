@@ -37,6 +37,8 @@ __all__ = [
     "AutoCompactStatusPayload",
     "BaseEventPayload",
     "BudgetExceededStatusPayload",
+    "NoProgressStatusPayload",
+    "PausedStatusPayload",
     "EventBusProtocol",
     "EventHandler",
     "HitRoundLimitStatusPayload",
@@ -325,6 +327,26 @@ class BudgetExceededStatusPayload(StatusChangedPayload):
 
 
 @dataclass(frozen=True)
+class PausedStatusPayload(StatusChangedPayload):
+    """The run stopped at a round boundary because the session was paused (kind ``paused``)."""
+
+    kind: str = "paused"
+    rounds: int = 0
+
+
+@dataclass(frozen=True)
+class NoProgressStatusPayload(StatusChangedPayload):
+    """The run repeated itself (kind ``no_progress``): ``reason`` is ``repeated_call`` or
+    ``invalid_arguments``; ``action`` is ``nudge`` (the model was told) or ``stop``."""
+
+    kind: str = "no_progress"
+    reason: str = ""
+    tool_name: str = ""
+    repeats: int = 0
+    action: str = "stop"
+
+
+@dataclass(frozen=True)
 class AutoCompactStatusPayload(StatusChangedPayload):
     """Context compaction (kind ``auto_compact``); ``phase`` is ``done``, ``skipped`` or ``failed``."""
 
@@ -498,6 +520,8 @@ _STATUS_KINDS: dict[str, type[StatusChangedPayload]] = {
     "hit_round_limit": HitRoundLimitStatusPayload,
     "budget_exceeded": BudgetExceededStatusPayload,
     "auto_compact": AutoCompactStatusPayload,
+    "paused": PausedStatusPayload,
+    "no_progress": NoProgressStatusPayload,
 }
 
 

@@ -471,8 +471,28 @@ class StatefulAgentLoop(TimerFacade):
 
     async def resume(self, session_id: str, *, stop_event: StopEventLike | None = None) -> StatefulResult:
         """Run the session's unanswered tool calls (reusing results of calls that finished),
-        then continue the run. With nothing pending, runs one more round."""
+        then continue the run. With nothing pending, runs one more round. On a paused session
+        (:meth:`pause`) it lifts the pause, in the same transaction that starts the run."""
+        self._rt.pauses.pop(session_id, None)
         return await execute_run(self._rt, RunRequest(session_id=session_id, kind="resume", stop_event=stop_event))
+
+    async def pause(self, session_id: str) -> bool:
+        """Pause a session, durably: a run going on (in this process or any other) ends with
+        status ``paused`` at its next round boundary, the history consistent, and until
+        :meth:`resume` nothing else runs it (``send``, ``submit_input`` and timer wake-ups
+        raise or wait with :class:`~power_loop.errors.SessionPausedError`; follow-ups and
+        wake-ups stay queued for the resumed run). Pausing a paused session changes nothing.
+
+        Returns:
+            True when a run held the session (it stops at its next round boundary), False
+            when it was idle.
+
+        Raises:
+            SessionNotFoundError: Unknown session.
+        """
+        running = await self.store.pause_session(session_id)
+        self._rt.pauses[session_id] = int(time.time() * 1000)
+        return running
 
     async def submit_input(
         self, session_id: str, interaction_id: str, value: Any, *, stop_event: StopEventLike | None = None

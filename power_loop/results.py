@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
 
+from .guards import BudgetHit
+
 __all__ = [
     "RUN_STATUSES",
     "AgentLoopResult",
@@ -27,6 +29,8 @@ RunStatus = Literal[
     "hit_round_limit",
     "budget_exceeded",
     "degraded",
+    "paused",
+    "no_progress",
 ]
 """How a run ended (``StatefulResult.status``)."""
 RUN_STATUSES: tuple[RunStatus, ...] = get_args(RunStatus)
@@ -46,7 +50,10 @@ class StatefulResult:
             ``max_rounds`` reached (a summary was requested). ``budget_exceeded``:
             ``max_tokens_per_run`` reached. ``degraded``: the model could not be reached (the
             session is usable once it can), or its final answer failed the requested
-            ``response_format`` twice (``[degraded: structured output ...]``).
+            ``response_format`` twice (``[degraded: structured output ...]``). ``paused``:
+            ``loop.pause`` stopped it at a round boundary (``loop.resume`` continues it).
+            ``no_progress``: it kept repeating a tool call or sending invalid arguments
+            (``AgentLoopConfig.no_progress``).
         final_text: The last answer, or a marker: ``[budget_exceeded]``,
             ``[hit_round_limit]\\n<summary>``, ``[cancelled by user]``, ``[degraded: ...]``.
         rounds: Rounds run (model calls made for rounds, the round-limit summary excluded).
@@ -56,7 +63,8 @@ class StatefulResult:
             ``tool_call_id``, ``tool_name``, ``kind``, ``prompt``, ``options``, ``metadata``).
         usage: Token usage summed over the run (``calls, prompt_tokens, completion_tokens,
             cache_read_tokens, reasoning_tokens, total_tokens``), every key present even when
-            the run made no model call (0.11 gave ``{}`` then).
+            the run made no model call (0.11 gave ``{}`` then); with
+            ``AgentLoopConfig.pricing``, also ``cost_usd`` (a float, sub-agents included).
         tool_calls: Tool calls this run handled, each counted once: executed ones, and ones
             answered with an error without running (unknown tool, invalid arguments). As in
             0.11, a call a hook skipped (``TOOL_BEFORE``, ``TOOLS_BATCH_BEFORE`` or
@@ -72,6 +80,8 @@ class StatefulResult:
         output: The parsed final answer of a run asked for structured output
             (``response_format``): the pydantic model instance when a model class was given,
             else the dict. None otherwise, and whenever the run did not end ``completed``.
+        budget: For ``budget_exceeded``: which limit stopped the run and by how much
+            (:class:`~power_loop.guards.BudgetHit`); None otherwise.
     """
 
     session_id: str
@@ -80,11 +90,12 @@ class StatefulResult:
     rounds: int = 0
     pending_tool_calls: list[dict[str, Any]] = field(default_factory=list)
     pending_interactions: list[dict[str, Any]] = field(default_factory=list)
-    usage: dict[str, int] = field(default_factory=dict)
+    usage: dict[str, Any] = field(default_factory=dict)
     tool_calls: int = 0
     run_id: str = ""
     post_commit_errors: list[str] = field(default_factory=list)
     output: Any = None
+    budget: BudgetHit | None = None
 
     @property
     def ok(self) -> bool:

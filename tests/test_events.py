@@ -108,8 +108,10 @@ async def test_stream_deltas_concatenate_to_the_final_text(
 
 
 async def test_budget_and_round_limit_status_kinds(db_path: str) -> None:
-    llm = ScriptedLLM([tool_reply(("add", {"a": 1, "b": 1}), usage=Usage.of_call(prompt_tokens=50))])
-    config = AgentLoopConfig(max_tokens_per_run=10)
+    # The first call fits; after it reports 5,000 tokens the second would not: the run ends
+    # before it.
+    llm = ScriptedLLM([tool_reply(("add", {"a": 1, "b": 1}), usage=Usage.of_call(prompt_tokens=5_000))])
+    config = AgentLoopConfig(max_tokens_per_run=5_050)
     async with StatefulAgentLoop(llm=llm, db_path=db_path, tool_registry=registry(), config=config) as loop:
         log = EventLog(loop.event_bus)
         sid = await loop.new_session_async()

@@ -250,7 +250,11 @@ async def test_a_child_cannot_spend_past_its_parents_budget(db_path: str) -> Non
     assert answer["status"] == "budget_exceeded"
     assert "parent budget" in answer["final_text"]
     assert result.usage["total_tokens"] >= 2 * heavy.total_tokens  # the children's tokens are the parent's
-    assert result.status == "completed"  # the parent itself ends at its next round boundary
+    # The parent's own next call does not fit in what is left either: it is never sent.
+    assert result.status == "budget_exceeded" and llm.requests[-1] is child_requests[-1]
+    assert result.budget is not None and result.budget.limit == "max_tokens_per_run"
+    assert result.budget.session_id == sid and result.budget.allowed == 2000
+    assert result.budget.spent <= 2000 < result.budget.spent + result.budget.needed
     assert log.of("subagent_completed")[0].payload["status"] == "budget_exceeded"
 
 

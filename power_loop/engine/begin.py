@@ -16,7 +16,7 @@ import logging
 from dataclasses import replace
 
 from .._types import RunKind
-from ..errors import SessionBusyError, SessionNotFoundError, SessionPendingError
+from ..errors import SessionBusyError, SessionNotFoundError, SessionPausedError, SessionPendingError
 from ..messages import UserMessage
 from ..store.rows import BeginOutcome, BeginRun, FinishRun, LeaseClaim, RunTotals
 from .history import Transcript
@@ -46,6 +46,7 @@ async def begin_run(
     Raises:
         SessionNotFoundError: Unknown session.
         SessionPendingError: Unanswered tool calls (``send`` without ``heal_pending``).
+        SessionPausedError: The session is paused and the run is no ``resume``.
         SessionBusyError: Another process's run kept the session past ``time_left``.
     """
     loop = asyncio.get_running_loop()
@@ -68,6 +69,9 @@ async def begin_run(
         if outcome.status == "not_found":
             rt.histories.drop(session_id)
             raise SessionNotFoundError(session_id)
+        if outcome.status == "paused":
+            assert outcome.paused_at is not None
+            raise SessionPausedError(session_id, paused_at=outcome.paused_at)
         if outcome.status == "pending":
             assert outcome.pending is not None
             raise SessionPendingError(

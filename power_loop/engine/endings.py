@@ -10,6 +10,7 @@ from collections.abc import Sequence
 
 from ..errors import LLMError, LLMRetryExhausted, LLMTimeout
 from ..events import AgentEventType, BudgetExceededStatusPayload, LlmDegradedPayload, LoopCancelledPayload
+from ..guards import BudgetHit
 from ..messages import AssistantMessage
 from ..store.rows import Append, WriteOp
 from .history import DEGRADED_NAME
@@ -53,14 +54,25 @@ async def degraded(run: Run, error: LLMError) -> End:
     return End("degraded", text, ops=[Append([marker], run_id=run.run_id)])
 
 
-async def budget_exceeded(run: Run, budget: int, *, reason: str = "") -> End:
-    """The token budget is spent: a ``status_changed`` event, then end ``budget_exceeded``.
-
-    ``reason`` says why when it is not the run's own spending (``"parent budget"``: what a
-    sub-agent's ancestors have left would not cover its next call)."""
+async def budget_exceeded(run: Run, hit: BudgetHit, ops: Sequence[WriteOp] = ()) -> End:
+    """A budget would be crossed by the next call: a ``status_changed`` event, then end
+    ``budget_exceeded`` (with ``ops``); ``StatefulResult.budget`` reports ``hit``."""
+    run.budget_hit = hit
+    tokens = run.config.max_tokens_per_run
     await run.emitter.emit(
         AgentEventType.STATUS_CHANGED,
-        BudgetExceededStatusPayload(budget_tokens=budget, spent_tokens=run.usage.total_tokens, rounds=run.rounds),
+        BudgetExceededStatusPayload(
+            budget_tokens=int(hit.allowed) if hit.limit == "max_tokens_per_run" else (tokens or 0),
+            spent_tokens=run.usage.total_tokens,
+            rounds=run.rounds,
+        ),
         round_index=run.round_index,
     )
-    return End("budget_exceeded", f"[budget_exceeded: {reason}]" if reason else "[budget_exceeded]")
+    own_tokens = hit.limit == "max_tokens_per_run" and hit.session_id == run.session_id
+    if own_tokens:
+        text = "[budget_exceeded]"
+    elif hit.session_id != run.session_id:
+        text = f"[budget_exceeded: parent budget ({hit.limit})]"
+    else:
+        text = f"[budget_exceeded: {hit.limit}]"
+    return End("budget_exceeded", text, ops=ops)

@@ -1,4 +1,4 @@
-"""The checks before every round: stop signal, token budget, round limit.
+"""The checks before every round: stop signal, budgets, round limit.
 
 Each returns the run's :class:`~.outcome.End` when it is hit, or None. The round limit still
 asks the model for a summary of what was done (one call without tools); that call can itself
@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from ..events import AgentEventType, HitRoundLimitStatusPayload
+from ..events import AgentEventType, HitRoundLimitStatusPayload, PausedStatusPayload
 from ..messages import UserMessage
 from ..store.rows import Append, WriteOp
+from .budgets import spent_budget
 from .endings import budget_exceeded, cancelled
 from .model_call import ask_model, usage_op
 from .outcome import End
@@ -26,18 +27,26 @@ ROUND_LIMIT_PROMPT = (
 
 
 async def check_limits(run: Run) -> End | None:
-    """The ending due before the next round, if any: stop → budget → round limit."""
+    """The ending due before the next round, if any: stop → pause → budget → round limit."""
     config = run.config
     if run.stop.is_set():
         return await cancelled(run)
-    if config.max_tokens_per_run is not None and run.usage.total_tokens >= config.max_tokens_per_run:
-        return await budget_exceeded(run, config.max_tokens_per_run)
-    left = run.tokens_left() if run.parent is not None else None
-    if left is not None and left <= 0:
-        return await budget_exceeded(run, config.max_tokens_per_run or 0, reason="parent budget")
+    if run.writer.paused or run.rt.pauses.get(run.session_id, -1) >= run.started_at:
+        return await paused(run)
+    spent = spent_budget(run)
+    if spent is not None:
+        return await budget_exceeded(run, spent)
     if run.rounds >= config.max_rounds:
         return await _round_limit(run)
     return None
+
+
+async def paused(run: Run) -> End:
+    """``loop.pause``: a ``status_changed`` event, then end ``paused`` (the session stays
+    paused: only ``resume`` runs it again)."""
+    payload = PausedStatusPayload(rounds=run.rounds)
+    await run.emitter.emit(AgentEventType.STATUS_CHANGED, payload, round_index=run.round_index)
+    return End("paused", "[paused]")
 
 
 async def _round_limit(run: Run) -> End:

@@ -13,11 +13,10 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime, timezone
 
 from ..cancellation import StopSignal
-from ..compaction import estimate_text_tokens, estimate_tokens
 from ..config import AgentLoopConfig
 from ..errors import CancellationRequested, LLMError, LLMResponseError, LLMRetryExhausted
 from ..events import (
@@ -29,10 +28,12 @@ from ..events import (
     StreamStartedPayload,
     UsageUpdatedPayload,
 )
+from ..guards import BudgetHit
 from ..messages import Usage
 from ..providers.base import LLMRequest, LLMResponse, LLMService, StreamCallbacks
 from ..providers.retry import LLMRetryPolicy, RetryNotice, complete_with_retry
 from ..store.rows import RecordLLMCall
+from .budgets import charge, release, reserve
 from .emit import Emitter
 from .endings import budget_exceeded, cancelled, degraded
 from .outcome import End
@@ -63,49 +64,40 @@ DEFAULT_MAX_RETRIES = 3
 async def ask_model(run: Run, request: LLMRequest, *, purpose: str = "round") -> ModelCallResult | End:
     """One model call of ``run``, counted in its usage; or the run's ending (``cancelled`` when
     the stop signal fired, ``degraded`` when the call failed for good, ``budget_exceeded``
-    when a sub-agent's call could overrun what its ancestors have left)."""
-    if run.parent is not None:
-        clamped = await clamp_to_budget(run, request)
-        if isinstance(clamped, End):
-            return clamped
-        request = clamped
-    await run.rt.gate.turn()  # encoding and sending the request is the heaviest step of a round
+    when the call could not fit in a budget of the run or of a run above it: see
+    :mod:`~.budgets`, which also clamps the call's completion cap)."""
+    reserved = reserve(run, request)
+    if isinstance(reserved, BudgetHit):
+        return await budget_exceeded(run, reserved)
+    request, held = reserved
     try:
-        reply = await call_model(
-            llm=run.llm,
-            request=request,
-            config=run.config,
-            emitter=run.emitter,
-            stop=run.stop,
-            round_index=run.round_index,
-            run_usage_before=run.usage,
-            purpose=purpose,
-        )
-    except CancellationRequested:
-        return await cancelled(run)
-    except LLMError as error:
-        inner = error.last_error if isinstance(error, LLMRetryExhausted) else error
-        if isinstance(inner, LLMResponseError) and inner.usage is not None:
-            run.add_usage(inner.usage)  # a malformed answer the provider still billed
-        return await degraded(run, error)
+        await run.rt.gate.turn()  # encoding and sending the request is the heaviest step of a round
+        try:
+            reply = await call_model(
+                llm=run.llm,
+                request=request,
+                config=run.config,
+                emitter=run.emitter,
+                stop=run.stop,
+                round_index=run.round_index,
+                run_usage_before=run.usage,
+                purpose=purpose,
+            )
+        except CancellationRequested:
+            return await cancelled(run)
+        except LLMError as error:
+            inner = error.last_error if isinstance(error, LLMRetryExhausted) else error
+            if isinstance(inner, LLMResponseError) and inner.usage is not None:
+                run.add_usage(inner.usage)  # a malformed answer the provider still billed
+                charge(run, inner.usage, held.model if held else None)
+            return await degraded(run, error)
+    finally:
+        release(held)
     run.add_usage(reply.response.usage)
+    charge(run, reply.response.usage, (held.model if held else None) or reply.response.model)
     run.llm_calls += 1
     await run.rt.gate.turn()  # then folding the response in and committing it
     return reply
-
-
-async def clamp_to_budget(run: Run, request: LLMRequest) -> LLMRequest | End:
-    """A sub-agent's request with its completion cap clamped to the tokens its ancestors have
-    left, or the ``budget_exceeded`` ending when even the prompt would not fit: a child never
-    spends past its parent's budget, however many siblings spend beside it."""
-    left = run.tokens_left()
-    if left is None:
-        return request
-    prompt = estimate_text_tokens(request.system_prompt) + estimate_tokens(request.messages)
-    if prompt + 1 > left:
-        return await budget_exceeded(run, run.config.max_tokens_per_run or 0, reason="parent budget")
-    cap = min(request.max_tokens or left - prompt, left - prompt)
-    return request if cap == request.max_tokens else replace(request, max_tokens=cap)
 
 
 def usage_op(run: Run, reply: ModelCallResult, purpose: str = "round") -> RecordLLMCall:

@@ -103,6 +103,9 @@ class Runtime:
         facade: The loop owning this runtime, handed to tools as ``ToolContext.loop`` (typed by
             the protocol tools may rely on, so the engine never imports the facade).
         timer_signal: Tells this process's ``TimerRunner`` when a timer is scheduled.
+        pauses: When each session was last paused through this loop (ms since the epoch): its
+            runs in this process that started before stop at their next round boundary
+            without waiting for their next write to see the stored pause.
 
     Every field is set by the constructor; a loop builds its runtime in one call. The loop's
     pool of threads for sync tool handlers (``config.tool_threads``) is created on first use by
@@ -124,6 +127,7 @@ class Runtime:
     token_ratio: float = 1.0
     facade: AgentLoopHandle | None = None
     timer_signal: TimerSignal = field(default_factory=TimerSignal)
+    pauses: dict[str, int] = field(default_factory=dict)
     _threads: ToolThreads | None = field(default=None, repr=False)
     _threads_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _tasks: set[asyncio.Task[None]] = field(default_factory=set, repr=False)

@@ -18,6 +18,7 @@ from .._types import RunKind, RunRowStatus
 from ..cancellation import StopEventLike, StopSignal
 from ..config import AgentLoopConfig
 from ..errors import HookError
+from ..guards import BudgetHit
 from ..hooks import HookPoint, MessageAppendCtx
 from ..messages import (
     AssistantMessage,
@@ -161,6 +162,18 @@ class Run:
         self.llm_calls = 0
         self.tool_calls = 0
         self.usage = Usage()
+        # Budgets (engine/budgets.py): what this run and its sub-agents spent in dollars, what
+        # calls in flight hold, tool calls started, and the wall-clock its earlier parts took.
+        self.cost_usd = 0.0
+        self.reserved_tokens = 0
+        self.reserved_cost = 0.0
+        self.tool_calls_started = 0
+        self.last_prompt_tokens = 0
+        self.started_monotonic = time.monotonic()
+        self.wall_carried_s = begin.wall_carried_ms / 1000
+        self.budget_hit: BudgetHit | None = None
+        # No-progress detection (engine/progress.py), made on the run's first tool round.
+        self.progress: Any = None
         self.post_commit_errors: list[str] = []
         # What the model sees when hooks replaced the history for this run: prefix + the
         # transcript from `prefix_from` on.
@@ -203,13 +216,18 @@ class Run:
             run = run.parent
 
     def tokens_left(self) -> int | None:
-        """What is left of the root run's ``max_tokens_per_run`` (None: no budget). Every
-        sub-agent's usage is already counted in the root run's."""
-        root = self
-        while root.parent is not None:
-            root = root.parent
-        budget = root.config.max_tokens_per_run
-        return None if budget is None else budget - root.usage.total_tokens
+        """The fewest tokens any ``max_tokens_per_run`` from this run up to the root has left,
+        calls in flight counted (None: no token budget). A sub-agent's usage is counted in
+        every run above it."""
+        left: int | None = None
+        run: Run | None = self
+        while run is not None:
+            budget = run.config.max_tokens_per_run
+            if budget is not None:
+                mine = budget - run.usage.total_tokens - run.reserved_tokens
+                left = mine if left is None else min(left, mine)
+            run = run.parent
+        return left
 
     def view(self) -> list[Message]:
         """The messages the model sees (hook projections applied)."""
@@ -267,12 +285,20 @@ class Run:
             rounds=self.rounds,
             pending_tool_calls=[c.to_dict() for c in pending],
             pending_interactions=list(interactions),
-            usage=self.usage.to_dict(),
+            usage=self.usage_dict(),
             tool_calls=self.tool_calls,
             run_id=self.run_id,
             post_commit_errors=list(self.post_commit_errors),
             output=self.output if status == "completed" else None,
+            budget=self.budget_hit if status == "budget_exceeded" else None,
         )
+
+    def usage_dict(self) -> dict[str, Any]:
+        """The result's ``usage``: the token counts, and ``cost_usd`` when the loop has pricing."""
+        usage: dict[str, Any] = dict(self.usage.to_dict())
+        if self.config.pricing:
+            usage["cost_usd"] = round(self.cost_usd, 9)
+        return usage
 
     async def after_commit(self, step: Awaitable[Any], where: str) -> None:
         """Run a step that follows the committed end of the run. Its failure is reported (log,

@@ -48,6 +48,7 @@ from ..store.rows import UpdateToolCall
 from ..tools.context import ToolContext, _reset_context, _set_context
 from ..tools.registry import RegisteredTool, bind_handler, format_tool_result, validation_message
 from ..tools.threads import ToolNotStarted, ToolRaisedBaseException, ToolTimeout
+from .budgets import check_tool_call
 from .state import Run
 from .subagents import RunSubagents
 
@@ -179,6 +180,11 @@ async def execute_call(run: Run, call: ToolCall) -> ToolOutcome:
     problem = parse_error or validation_message(tool.definition, args)
     if problem is not None:
         return await _finish(run, call, name, args, problem, failed=True, status="failed", started=started)
+    hit = check_tool_call(run)
+    if hit is not None:  # the run ends budget_exceeded at the round's end (limits.check_limits)
+        run.budget_hit = hit
+        note = f"[not run: budget exceeded: {hit.describe()}]"
+        return await _finish(run, call, name, args, note, failed=True, status="skipped", started=started)
     await run.writer.write([UpdateToolCall(call.id, "running")])
     output, failed, interaction, interrupt = await _invoke(run, call, tool, name, args)
     if interaction is not None:

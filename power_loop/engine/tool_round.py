@@ -16,9 +16,11 @@ from typing import Any
 from ..events import AgentEventType, RoundCompletedPayload, RoundToolsPresentPayload
 from ..hooks import HookDirective, HookPoint, RoundDecideCtx, RoundEndCtx, ToolsBatchAfterCtx, ToolsBatchBeforeCtx
 from ..messages import AssistantMessage, Message, ToolResultMessage
+from ..results import RunStatus
 from ..store.rows import Append, DrainInbox, OpenInteraction, PendingCall, UpdateToolCall, WriteOp
 from .endings import cancelled
 from .outcome import CONTINUE, End, StepOutcome
+from .progress import after_batch, before_batch
 from .state import Run, dicts, on_append
 from .tool_batch import ToolOutcome, counted_calls, run_tool_batch
 
@@ -54,16 +56,28 @@ async def run_tools(run: Run, assistant: AssistantMessage) -> StepOutcome:
         )
         if await hooks.run(HookPoint.TOOLS_BATCH_BEFORE, ctx2) is HookDirective.SKIP:
             outcomes = [ToolOutcome(c, str(ctx2.output), False, "skipped") for c in calls]
+    status: RunStatus = "completed"
     if outcomes is None:
-        outcomes = await run_tool_batch(run, calls)
+        answered, stop = await before_batch(run, calls)
+        rest = [c for c in calls if c.id not in answered]
+        ran = iter(await run_tool_batch(run, rest) if rest else ())
+        outcomes = [answered[c.id] if c.id in answered else next(ran) for c in calls]
+        if stop or await after_batch(run, outcomes):
+            ending, status = "no_progress", "no_progress"
     run.tool_calls += counted_calls(outcomes)
-    return await commit_results(run, assistant, outcomes, ending)
+    return await commit_results(run, assistant, outcomes, ending, status=status)
 
 
 async def commit_results(
-    run: Run, assistant: AssistantMessage, outcomes: Sequence[ToolOutcome], ending: str | None
+    run: Run,
+    assistant: AssistantMessage,
+    outcomes: Sequence[ToolOutcome],
+    ending: str | None,
+    *,
+    status: RunStatus = "completed",
 ) -> StepOutcome:
-    """TOOLS_BATCH_AFTER, then the results transaction (or the run's end holding them)."""
+    """TOOLS_BATCH_AFTER, then the results transaction (or the run's end holding them, with
+    ``status`` when ``ending`` is set)."""
     if run.rt.hooks.has(HookPoint.TOOLS_BATCH_AFTER):
         ctx = ToolsBatchAfterCtx(
             messages=dicts(run.transcript.messages), round_index=run.round_index, session_id=run.session_id
@@ -87,7 +101,8 @@ async def commit_results(
     await round_end(run, has_tools=True, text=assistant.text)
     if stopped:
         return await cancelled(run, ops)
-    return End("completed", assistant.text, reason=ending, ops=ops)
+    text = assistant.text if status == "completed" else f"[{status}]"
+    return End(status, text, reason=ending, ops=ops)
 
 
 def pause_for_input(run: Run, outcomes: Sequence[ToolOutcome]) -> End:

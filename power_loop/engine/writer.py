@@ -66,6 +66,8 @@ class RunWriter:
         self.emitter = emitter
         self._renewer: asyncio.Task[None] | None = None
         self.lost: LeaseLostError | None = None
+        # The session was found paused by one of this run's writes (loop.pause, any process).
+        self.paused = False
         self.finished = False
         self.end_status: str | None = None  # the status the run's end was committed with
         # The parent session that received this background sub-agent's answer with the end.
@@ -97,6 +99,7 @@ class RunWriter:
 
     def _applied(self, ops: Sequence[WriteOp], outcome: WriteOutcome) -> WriteOutcome:
         """Bring the transcript and the run's state up to a committed write."""
+        self.paused = self.paused or outcome.paused
         appended = [m for op in ops if isinstance(op, Append) for m in op.messages]
         self.transcript.messages.extend(appended)
         self.transcript.seqs.extend(outcome.seqs)

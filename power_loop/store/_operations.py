@@ -22,6 +22,7 @@ from collections.abc import Callable, Coroutine, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from . import _compat_sql, _leases, _sql
+from . import _sessions_sql as _sessions
 from . import _subagents_sql as _subagents
 from . import _timers_sql as _timers
 from ._compat import Store011Methods
@@ -255,6 +256,11 @@ class StoreOperations(Store011Methods, RuntimeStateMethods):
         return await self._call(
             lambda c: _sql.enqueue(c, session_id, kind=kind, content=content, ref=ref, only_if_busy=only_if_busy)
         )
+
+    async def pause_session(self, session_id: str) -> bool:
+        """Pause a session (``loop.pause``): its run stops at its next round boundary and
+        nothing but ``resume`` runs it again. Whether a run holds it now."""
+        return await self._call(lambda c: _sessions.pause_session(c, session_id, _sessions.now_ms()))
 
     async def inbox_depth(self, session_id: str) -> int:
         """Items waiting in a session's inbox."""

@@ -63,7 +63,9 @@ CREATE TABLE sessions (
     last_send_at      BIGINT,
     stats_at          BIGINT,
     activity          BIGINT NOT NULL DEFAULT 0,
-    runtime_rev       BIGINT NOT NULL DEFAULT 0
+    runtime_rev       BIGINT NOT NULL DEFAULT 0,
+    paused_at         BIGINT,
+    chain_wall_ms     BIGINT NOT NULL DEFAULT 0
 );
 CREATE INDEX sessions_parent ON sessions(parent_session_id) WHERE parent_session_id IS NOT NULL;
 CREATE INDEX sessions_activity ON sessions(activity);

@@ -26,6 +26,7 @@ from .rows import RunTotals, SessionRow, SessionStatsRow, session_kind, stored_k
 
 __all__ = [
     "SESSION_COLUMNS",
+    "pause_session",
     "SessionRef",
     "SessionState",
     "add_stats",
@@ -219,7 +220,8 @@ def session_state(tx: Tx, session_id: str) -> SessionState:
     """
     row = tx.execute(
         f"SELECT id, {SESSION_COLUMNS}, version, event_seq, last_run, lease_owner, fence, lease_expires_at, "
-        "holder_host, holder_pid, holder_start, runtime_rev FROM sessions WHERE session_id = ?",
+        "holder_host, holder_pid, holder_start, runtime_rev, paused_at, chain_wall_ms "
+        "FROM sessions WHERE session_id = ?",
         (session_id,),
     ).fetchone()
     if row is None:
@@ -227,11 +229,24 @@ def session_state(tx: Tx, session_id: str) -> SessionState:
     return SessionState(row)
 
 
-def touch(tx: Tx, key: int, *, bump: bool, event_seq: int | None, now: int, last_run: int | None = None) -> None:
+def touch(
+    tx: Tx,
+    key: int,
+    *,
+    bump: bool,
+    event_seq: int | None,
+    now: int,
+    last_run: int | None = None,
+    unpause: bool = False,
+    reset_wall: bool = False,
+) -> None:
     """Mark the session written: ``version`` + 1 when its history changed, ``updated_at``,
-    the event seq high-water mark, and (a run beginning) the run counter."""
+    the event seq high-water mark, and (a run beginning) the run counter; ``unpause`` clears
+    a pause, ``reset_wall`` the wall-clock a continued run carries (a new run starts)."""
     seq = event_seq or 0
     runs = "" if last_run is None else ", last_run = ?"
+    runs += ", paused_at = NULL" if unpause else ""
+    runs += ", chain_wall_ms = 0" if reset_wall else ""
     tx.execute(
         "UPDATE sessions SET version = version + ?, updated_at = ?, "
         f"event_seq = CASE WHEN event_seq < ? THEN ? ELSE event_seq END{runs} WHERE id = ?",
@@ -252,8 +267,9 @@ def add_stats(
     release_owner: str | None = None,
     touched: tuple[bool, int | None] | None = None,
 ) -> None:
-    """Add a run's totals to the session's stats columns, in one statement with the rest of
-    the row's end-of-run changes: the lease released when ``release_owner`` still holds it,
+    """Add a run's totals to the session's stats columns (and its time to the wall-clock a
+    continued run carries), in one statement with the rest of the row's end-of-run changes:
+    the lease released when ``release_owner`` still holds it,
     and, with ``touched=(bump, event_seq)``, what :func:`touch` would write."""
     u = totals.usage
     params: list[object] = [
@@ -291,8 +307,9 @@ def add_stats(
         "tool_calls = tool_calls + ?, prompt_tokens = prompt_tokens + ?, completion_tokens = completion_tokens + ?, "
         "total_tokens = total_tokens + ?, cache_read_tokens = cache_read_tokens + ?, "
         "reasoning_tokens = reasoning_tokens + ?, first_send_at = COALESCE(first_send_at, ?), last_send_at = ?, "
-        f"stats_at = ?, activity = (SELECT COALESCE(MAX(activity), 0) + 1 FROM sessions){extra} WHERE id = ?",
-        (*params, key),
+        "stats_at = ?, activity = (SELECT COALESCE(MAX(activity), 0) + 1 FROM sessions), "
+        f"chain_wall_ms = chain_wall_ms + ?{extra} WHERE id = ?",
+        (*params[:12], max(0, now - started), *params[12:], key),
     )
 
 
@@ -334,3 +351,24 @@ def list_stats(tx: Tx) -> list[SessionStatsRow]:
         f"SELECT {_STATS_COLUMNS} FROM sessions WHERE stats_at IS NOT NULL ORDER BY activity DESC"
     ).fetchall()
     return [_stats_row(r) for r in rows]
+
+
+def pause_session(tx: Tx, session_id: str, now: int) -> bool:
+    """Mark the session paused (kept when it already is); whether a run holds it now (that
+    run stops at its next round boundary).
+
+    Raises:
+        SessionNotFoundError: Unknown session.
+    """
+    row = tx.execute(
+        "UPDATE sessions SET paused_at = COALESCE(paused_at, ?) WHERE session_id = ? "
+        "RETURNING lease_owner, lease_expires_at, holder_host, holder_pid, holder_start",
+        (now, session_id),
+    ).fetchone()
+    if row is None:
+        raise SessionNotFoundError(session_id)
+    return (
+        row["lease_owner"] is not None
+        and int(row["lease_expires_at"]) > now
+        and not holder_is_dead(row["holder_host"], row["holder_pid"], row["holder_start"])
+    )

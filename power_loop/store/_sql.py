@@ -261,7 +261,7 @@ def write(
         row = tx.execute(
             f"UPDATE sessions SET lease_expires_at = {expires}, last_seq = last_seq + ? "
             f"WHERE session_id = ? AND lease_owner = ? AND fence = ? "
-            f"RETURNING id, version, last_seq, {run_number}{waiting}",
+            f"RETURNING id, version, last_seq, paused_at, {run_number}{waiting}",
             (*renewal, count, session_id, lease.owner, lease.fence, run_id),
         ).fetchone()
         if row is None:
@@ -325,7 +325,12 @@ def write(
         drained=tuple(drained),
         finished=finished is not None,
         delivered_to=delivered_to,
+        paused=lease is not None and row["paused_at"] is not None,
     )
+
+
+CONTINUING_KINDS = ("resume", "submit_input")
+"""Run kinds that continue the session's last run: its wall-clock budget goes on."""
 
 
 def begin_run(tx: Tx, b: BeginRun) -> BeginOutcome:
@@ -337,6 +342,8 @@ def begin_run(tx: Tx, b: BeginRun) -> BeginOutcome:
         return BeginOutcome(status="not_found")
     key = state.key
     session = state.session()
+    if state.row["paused_at"] is not None and b.kind != "resume":  # only resume lifts a pause
+        return BeginOutcome(status="paused", session=session, paused_at=int(state.row["paused_at"]))
     owner = state.live_owner(now)
     if owner is not None and owner != b.lease.owner:
         return BeginOutcome(status="busy", session=session, lease_owner=owner, lease_expires_at=state.expires_at)
@@ -371,7 +378,17 @@ def begin_run(tx: Tx, b: BeginRun) -> BeginOutcome:
         "INSERT INTO runs (session, run, run_id, kind, status, started_at) VALUES (?, ?, ?, ?, 'running', ?)",
         (key, run, b.run_id, b.kind, now),
     )
-    touch(tx, key, bump=bool(appended), event_seq=None, now=now, last_run=run)
+    continuing = b.kind in CONTINUING_KINDS
+    touch(
+        tx,
+        key,
+        bump=bool(appended),
+        event_seq=None,
+        now=now,
+        last_run=run,
+        unpause=state.row["paused_at"] is not None,
+        reset_wall=not continuing,
+    )
     version = version_before + bool(appended)
     history = None
     if b.cached_version is None or b.cached_version != version_before:
@@ -386,4 +403,5 @@ def begin_run(tx: Tx, b: BeginRun) -> BeginOutcome:
         pending=pending,
         event_seq=event_seq,
         runtime=int(state.row["runtime_rev"]) > 0,
+        wall_carried_ms=int(state.row["chain_wall_ms"]) if continuing else 0,
     )

@@ -128,11 +128,13 @@ def deliver(tx: Tx, key: int, session_id: str, *, status: str, final_text: str, 
 
 def orphan_children(tx: Tx, *, limit: int) -> list[str]:
     """Background children still ``running`` that nothing is running: no live lease, no task
-    waiting in their inbox (a waiting task is an orphan inbox, woken as such)."""
+    waiting in their inbox (a waiting task is an orphan inbox, woken as such), not paused
+    (only an explicit ``resume`` lifts a pause)."""
     now = now_ms()
     rows = tx.execute(
         "SELECT s.session_id, s.lease_owner, s.lease_expires_at, s.holder_host, s.holder_pid, s.holder_start "
         "FROM subagent_tasks t JOIN sessions s ON s.id = t.session WHERE t.status = 'running' "
+        "AND s.paused_at IS NULL "
         "AND NOT EXISTS (SELECT 1 FROM inbox i WHERE i.session = t.session AND i.consumed_at IS NULL) "
         "ORDER BY t.created_at LIMIT ?",
         (limit,),

@@ -439,7 +439,7 @@ def orphan_inboxes(tx: Tx, *, limit: int) -> list[str]:
     rows = tx.execute(
         "SELECT DISTINCT s.session_id FROM inbox i JOIN sessions s ON s.id = i.session "
         "WHERE i.consumed_at IS NULL AND i.source IN ('timer', 'task', 'subagent') "
-        "AND (s.lease_owner IS NULL OR s.lease_expires_at <= ?) "
+        "AND (s.lease_owner IS NULL OR s.lease_expires_at <= ?) AND s.paused_at IS NULL "
         "AND NOT EXISTS (SELECT 1 FROM tool_calls t WHERE t.session = i.session AND t.result_seq IS NULL) "
         "LIMIT ?",
         (now, limit),

@@ -243,6 +243,10 @@ class SessionAdmin(Protocol):
         """Close the store: ``await store.close()``."""
         ...
 
+    async def pause_session(self, session_id: str) -> bool:
+        """Pause a session durably; whether a run holds it now."""
+        ...
+
     def close_nowait(self) -> None:
         """Close from synchronous code."""
         ...

@@ -584,6 +584,8 @@ class WriteOutcome:
         finished: Whether a ``FinishRun`` ended the run (False: the inbox had items).
         delivered_to: The parent session whose inbox received this background sub-agent's
             answer in this write, else None.
+        paused: The session was paused (``loop.pause``, from any process) when the run wrote:
+            the run stops at its next round boundary.
     """
 
     version: int
@@ -591,6 +593,7 @@ class WriteOutcome:
     drained: tuple[StoredMessage, ...] = ()
     finished: bool = False
     delivered_to: str | None = None
+    paused: bool = False
 
 
 # --------------------------------------------------------------------------- run start
@@ -631,7 +634,8 @@ class BeginOutcome:
 
     Attributes:
         status: ``ok``; ``busy`` (another live run holds the lease); ``pending`` (unresolved
-            tool calls and neither healing nor allowed); ``not_found``.
+            tool calls and neither healing nor allowed); ``not_found``; ``paused`` (the
+            session is paused and the run is no ``resume``: nothing was written).
         session: The session row (None when not found).
         fence: The run's fencing number.
         version: History version after the begin transaction.
@@ -643,9 +647,13 @@ class BeginOutcome:
         event_seq: The session's event sequence high-water mark.
         runtime: The session keeps runtime state or background commands (the todo list, a
             ``background_run``): the run shows their projection to the model each round.
+        wall_carried_ms: Wall-clock the earlier parts of this run took, when it continues one
+            (``resume``, ``submit_input``, ``approve``): what ``max_wall_s_per_run`` counts
+            before this part's own time. 0 for a new ``send``.
+        paused_at: When the session was paused (``paused`` status).
     """
 
-    status: Literal["ok", "busy", "pending", "not_found"]
+    status: Literal["ok", "busy", "pending", "not_found", "paused"]
     session: SessionRow | None = None
     fence: int = 0
     version: int = 0
@@ -656,6 +664,8 @@ class BeginOutcome:
     lease_expires_at: int = 0
     event_seq: int = 0
     runtime: bool = False
+    wall_carried_ms: int = 0
+    paused_at: int | None = None
 
 
 def check_metadata(metadata: Mapping[str, Any] | None) -> dict[str, Any]:

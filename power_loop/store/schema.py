@@ -64,6 +64,10 @@ then version 7 rebuilds the tables, see ``_schema_v7.py``).
     died is reported ``lost``; ``seen`` marks updates already shown to the model.
     ``sessions.runtime_rev`` counts their writes: a run of a session that never used them
     reads nothing more.
+``sessions.paused_at`` and ``sessions.chain_wall_ms`` (version 10)
+    When the session was paused (``loop.pause``; NULL when it is not), and the wall-clock its
+    last run's earlier parts took, which a run continued by ``resume`` or ``submit_input``
+    counts against ``max_wall_s_per_run``.
 ``subagent_tasks`` (version 8)
     One row per sub-agent started in the background, keyed by the child's session, with its
     parent: ``running`` until the child's result is in the parent's inbox (``delivered``,
@@ -401,7 +405,30 @@ def _v9(conn: sqlite3.Connection) -> None:
     )
 
 
-MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_v1, _v2, _v3, _v4, _v5, _v6, _v7, _v8, _v9)
+def _v10(conn: sqlite3.Connection) -> None:
+    # Guards: a durable pause (loop.pause / loop.resume) and the wall-clock a run continued by
+    # resume / submit_input carries (max_wall_s_per_run).
+    _run_script(
+        conn,
+        """
+        ALTER TABLE sessions ADD COLUMN paused_at INTEGER;
+        ALTER TABLE sessions ADD COLUMN chain_wall_ms INTEGER NOT NULL DEFAULT 0
+        """,
+    )
+
+
+MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (
+    _v1,
+    _v2,
+    _v3,
+    _v4,
+    _v5,
+    _v6,
+    _v7,
+    _v8,
+    _v9,
+    _v10,
+)
 LATEST_VERSION = len(MIGRATIONS)
 
 

@@ -143,6 +143,9 @@ class ScriptedRequest:
         response_format: The structured-output request as the protocol carried it: Chat
             Completions' ``response_format``, Messages' ``output_config.format``, or the
             ``LLMRequest.response_format`` in process (None when none was sent).
+        max_tokens: The completion cap asked for (``max_tokens`` or
+            ``max_completion_tokens``; None when none was sent). A rule may honour it as a
+            provider does.
     """
 
     protocol: Literal["openai", "anthropic", "inprocess"]
@@ -155,6 +158,7 @@ class ScriptedRequest:
     headers: Mapping[str, str] = field(default_factory=dict)
     path: str = ""
     response_format: Mapping[str, Any] | None = None
+    max_tokens: int | None = None
 
     @property
     def last_user_text(self) -> str:
@@ -200,6 +204,7 @@ def request_from_openai(body: Mapping[str, Any], headers: Mapping[str, str], pat
         headers=headers,
         path=path,
         response_format=body.get("response_format"),
+        max_tokens=body.get("max_completion_tokens", body.get("max_tokens")),
     )
 
 
@@ -256,6 +261,7 @@ def request_from_anthropic(body: Mapping[str, Any], headers: Mapping[str, str], 
         headers=headers,
         path=path,
         response_format=(body.get("output_config") or {}).get("format"),
+        max_tokens=body.get("max_tokens"),
     )
 
 

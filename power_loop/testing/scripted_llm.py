@@ -119,4 +119,5 @@ def _as_scripted(request: LLMRequest) -> ScriptedRequest:
         model=request.model,
         stream=request.stream,
         response_format=request.response_format,
+        max_tokens=request.max_tokens,
     )

@@ -31,7 +31,7 @@ import time
 from collections.abc import Callable
 from typing import Literal
 
-from ..errors import PowerLoopError, SessionBusyError, SessionPendingError
+from ..errors import PowerLoopError, SessionBusyError, SessionPausedError, SessionPendingError
 from ..events import AgentEventType, TimerFiredPayload
 from ..hooks import HookDirective, HookPoint, TimerFireCtx
 from ..store.protocols import ClaimedTimer, Delivery
@@ -399,7 +399,7 @@ class TimerRunner:
                     await self.loop.resume(session_id)
                 else:
                     await self.loop.wake(session_id)
-            except (SessionBusyError, SessionPendingError):
+            except (SessionBusyError, SessionPendingError, SessionPausedError):
                 pass  # another run holds it (and drains the inbox), or it awaits resume
             except PowerLoopError as exc:
                 log.warning("run woken by a timer for session %s failed: %s", session_id, exc)

@@ -1,0 +1,212 @@
+"""Per-run budgets, checked before every model call and every tool call.
+
+A model call first **reserves** its worst case in its run and in every run above it (a
+sub-agent draws on its ancestors' budgets): the prompt estimate plus the completion cap, in
+tokens and, with ``pricing``, in dollars. The cap is clamped to what is left under every
+limit on the way up, so the call cannot overshoot even when sibling sub-agents call at the
+same time; the reservation is released when the call returns and the real usage counted. A
+call that cannot fit (its prompt plus one completion token) is refused: the run ends
+``budget_exceeded`` before it, with :class:`~power_loop.guards.BudgetHit` saying which limit
+and by how much. Tool calls count against ``max_tool_calls_per_run`` when they start, and
+``max_wall_s_per_run`` is checked before both kinds of call.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
+
+from ..compaction import estimate_text_tokens, estimate_tokens
+from ..errors import ConfigurationError
+from ..guards import BudgetHit, BudgetLimit, Price
+from ..messages import Usage
+from ..providers.base import LLMRequest
+
+if TYPE_CHECKING:
+    from .state import Run
+
+__all__ = [
+    "Reservation",
+    "charge",
+    "check_tool_call",
+    "check_wall",
+    "price_of",
+    "release",
+    "reserve",
+    "spent_budget",
+]
+
+
+@dataclass
+class Reservation:
+    """What a model call holds in its run and every run above it until it returns."""
+
+    runs: tuple[Run, ...]
+    tokens: int
+    cost: float
+    model: str | None
+
+
+def _chain(run: Run) -> tuple[Run, ...]:
+    chain: list[Run] = []
+    current: Run | None = run
+    while current is not None:
+        chain.append(current)
+        current = current.parent
+    return tuple(chain)
+
+
+def price_of(run: Run, model: str | None) -> Price | None:
+    """The price of ``model`` in the run's config (None when it has no pricing for it)."""
+    pricing = run.config.pricing
+    if not pricing or model is None:
+        return None
+    return pricing.get(model)
+
+
+def _model(run: Run, request: LLMRequest) -> str | None:
+    return request.model or run.config.model or getattr(run.llm, "model", None)
+
+
+def _hit(run: Run, limit: BudgetLimit, allowed: float, spent: float, needed: float) -> BudgetHit:
+    return BudgetHit(
+        limit=limit,
+        allowed=allowed,
+        spent=spent,
+        needed=needed,
+        over_by=max(0.0, spent + needed - allowed),
+        session_id=run.session_id,
+    )
+
+
+def check_wall(run: Run) -> BudgetHit | None:
+    """The wall-clock limit of the run or of a run above it, when it is reached."""
+    for r in _chain(run):
+        limit = r.config.max_wall_s_per_run
+        if limit is not None:
+            spent = r.wall_carried_s + (time.monotonic() - r.started_monotonic)
+            if spent >= limit:
+                return _hit(r, "max_wall_s_per_run", limit, round(spent, 3), 0)
+    return None
+
+
+def prompt_tokens(run: Run, request: LLMRequest) -> int:
+    """The prompt's size for a reservation: the estimate (messages, system text, tool
+    schemas) scaled by the provider's observed ratio, and never below the prompt the run's
+    previous call was billed for (a run's prompt only grows, short of a compaction)."""
+    raw = estimate_text_tokens(request.system_prompt) + estimate_tokens(request.messages)
+    raw += sum(estimate_text_tokens(json.dumps(t.to_openai_tool())) for t in request.tools)
+    return max(math.ceil(raw * max(1.0, run.rt.token_ratio)), run.last_prompt_tokens)
+
+
+def reserve(run: Run, request: LLMRequest) -> tuple[LLMRequest, Reservation | None] | BudgetHit:
+    """Reserve a model call's worst case; the request with its cap clamped to what every
+    budget on the way up has left, or the limit it cannot fit in.
+
+    Raises:
+        ConfigurationError: A cost budget applies and the model has no price.
+    """
+    chain = _chain(run)
+    wall = check_wall(run)
+    if wall is not None:
+        return wall
+    limited = [r for r in chain if r.config.max_tokens_per_run is not None or r.config.max_cost_usd_per_run is not None]
+    model = _model(run, request)
+    priced = any(r.config.pricing for r in chain)
+    if not limited:
+        return request, (Reservation(chain, 0, 0.0, model) if priced else None)
+    prompt = prompt_tokens(run, request)
+    cap = request.max_tokens if request.max_tokens is not None else run.config.max_tokens
+    hits: list[BudgetHit] = []
+    for r in limited:
+        tokens = r.config.max_tokens_per_run
+        if tokens is not None:
+            left = tokens - r.usage.total_tokens - r.reserved_tokens
+            if prompt + 1 > left:
+                hits.append(_hit(r, "max_tokens_per_run", tokens, r.usage.total_tokens + r.reserved_tokens, prompt + 1))
+                continue
+            cap = min(cap, left - prompt)
+        dollars = r.config.max_cost_usd_per_run
+        if dollars is not None:
+            price = price_of(r, model)
+            if price is None:
+                raise ConfigurationError(
+                    f"AgentLoopConfig.max_cost_usd_per_run is set but pricing has no Price for model {model!r}; "
+                    f"add pricing={{{model!r}: Price(input_per_mtok=..., output_per_mtok=...)}}"
+                )
+            left_usd = dollars - r.cost_usd - r.reserved_cost
+            floor = price.worst_case(prompt, 1)
+            if floor > left_usd:
+                hits.append(_hit(r, "max_cost_usd_per_run", dollars, r.cost_usd + r.reserved_cost, floor))
+                continue
+            if price.output_per_mtok > 0:
+                affordable = math.floor((left_usd - price.worst_case(prompt, 0)) * 1_000_000 / price.output_per_mtok)
+                cap = min(cap, max(1, affordable))
+    if hits:  # the tightest budget is reported; on a tie, the one furthest up
+        return max(reversed(hits), key=lambda h: h.over_by)
+    price = price_of(run, model)
+    worst_cost = price.worst_case(prompt, cap) if price is not None else 0.0
+    held = Reservation(chain, prompt + cap, worst_cost, model)
+    for r in chain:
+        r.reserved_tokens += held.tokens
+        r.reserved_cost += held.cost
+    if cap != request.max_tokens:
+        request = replace(request, max_tokens=cap)
+    return request, held
+
+
+def release(held: Reservation | None) -> None:
+    """Give a reservation back (the call returned, or failed)."""
+    if held is None:
+        return
+    for r in held.runs:
+        r.reserved_tokens -= held.tokens
+        r.reserved_cost -= held.cost
+
+
+def charge(run: Run, usage: Usage, model: str | None) -> None:
+    """Count a call's cost in the run and every run above it (tokens are counted by
+    ``Run.add_usage``), and remember the prompt it was billed for."""
+    run.last_prompt_tokens = max(run.last_prompt_tokens, usage.prompt_tokens)
+    price = price_of(run, model)
+    if price is None:
+        return
+    cost = price.cost(usage)
+    current: Run | None = run
+    while current is not None:
+        current.cost_usd += cost
+        current = current.parent
+
+
+def check_tool_call(run: Run) -> BudgetHit | None:
+    """Count a tool call about to start against ``max_tool_calls_per_run`` (of the run and
+    every run above it), or the limit it would cross (then nothing is counted)."""
+    chain = _chain(run)
+    wall = check_wall(run)
+    if wall is not None:
+        return wall
+    for r in chain:
+        limit = r.config.max_tool_calls_per_run
+        if limit is not None and r.tool_calls_started + 1 > limit:
+            return _hit(r, "max_tool_calls_per_run", limit, r.tool_calls_started, 1)
+    for r in chain:
+        r.tool_calls_started += 1
+    return None
+
+
+def spent_budget(run: Run) -> BudgetHit | None:
+    """At a round boundary: a limit already reached (a reported usage may pass the
+    estimate), or the one a refused tool call hit."""
+    if run.budget_hit is not None:
+        return run.budget_hit
+    for r in reversed(_chain(run)):  # a budget further up first: it binds the whole tree
+        tokens = r.config.max_tokens_per_run
+        if tokens is not None and r.usage.total_tokens >= tokens:
+            return _hit(r, "max_tokens_per_run", tokens, r.usage.total_tokens, 1)
+        dollars = r.config.max_cost_usd_per_run
+        if dollars is not None and r.cost_usd >= dollars:
+            return _hit(r, "max_cost_usd_per_run", dollars, r.cost_usd, 0)
+    return check_wall(run)
