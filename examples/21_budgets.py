@@ -11,7 +11,7 @@ import asyncio
 import tempfile
 from pathlib import Path
 
-from power_loop import AgentLoopConfig, Price, StatefulAgentLoop, ToolRegistry, tool
+from power_loop import AgentLoopConfig, Budget, Price, StatefulAgentLoop, ToolRegistry, tool
 from power_loop.messages import Usage
 from power_loop.testing import ScriptedLLM, text_reply, tool_reply
 from power_loop.testing.script import ScriptedReply, ScriptedRequest
@@ -56,6 +56,15 @@ async def main() -> None:
     async with StatefulAgentLoop(llm=llm, db_path=db, config=tight) as loop:
         result = await loop.send("One line, please.", session_id=sid)
         print("tokens:  ", result.status, result.usage["total_tokens"], "of 1000;", "cap", llm.requests[-1].max_tokens)
+
+    # A budget shared by every session of a tenant, kept in the store: runs in any process
+    # draw on the same ledger, and together they never pass it.
+    shared = AgentLoopConfig(max_tokens=100, budgets=[Budget(scope="tenant", tokens=300, window_s=3600)])
+    async with StatefulAgentLoop(llm=llm, db_path=db, config=shared) as loop:
+        alice = await loop.new_session_async(metadata={"tenant_id": "acme"})
+        bob = await loop.new_session_async(metadata={"tenant_id": "acme"})
+        statuses = [(await loop.send("hi", session_id=sid)).status for sid in (alice, bob) * 4]
+        print("tenant:  ", statuses)
 
 
 if __name__ == "__main__":

@@ -93,7 +93,7 @@ from .events import (
     UsageUpdatedPayload,
     UserNotificationPayload,
 )
-from .guards import BudgetHit, NoProgressPolicy, Price
+from .guards import Budget, BudgetHit, NoProgressPolicy, Price
 from .hooks import (
     AgentHooks,
     BaseHookCtx,
@@ -290,6 +290,7 @@ __all__ = [
     "BaseEventPayload",
     "BaseHookCtx",
     "BudgetExceededStatusPayload",
+    "Budget",
     "BudgetHit",
     "NoProgressPolicy",
     "NoProgressStatusPayload",

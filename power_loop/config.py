@@ -13,7 +13,7 @@ from typing import Any
 
 from ._types import MAX_SPAWN_DEPTH
 from .errors import ConfigurationError
-from .guards import NoProgressPolicy, Price
+from .guards import Budget, NoProgressPolicy, Price
 from .projectors import default_runtime_projectors
 from .providers.retry import LLMRetryPolicy
 from .structured import resolve_response_format
@@ -105,6 +105,11 @@ class AgentLoopConfig:
             service's); needed for ``max_cost_usd_per_run`` and ``usage["cost_usd"]``.
         no_progress: Stop (or nudge) a run that repeats the same tool call or keeps sending
             invalid arguments (:class:`~power_loop.guards.NoProgressPolicy`). None = off.
+        budgets: Budgets shared by many runs, per session, tenant or loop and per time
+            window (:class:`~power_loop.guards.Budget`), kept in the session store so runs in
+            every process draw on the same ones; checked and reserved before every model call.
+        tenant_key: The session-metadata key naming a session's tenant, for ``Budget(scope=
+            "tenant")`` (a sub-agent counts under its root session's tenant).
     """
 
     system_prompt: str | None = None
@@ -141,6 +146,8 @@ class AgentLoopConfig:
     max_tool_calls_per_run: int | None = None
     pricing: Mapping[str, Price] | None = None
     no_progress: NoProgressPolicy | None = None
+    budgets: Sequence[Budget] = ()
+    tenant_key: str = "tenant_id"
 
     def __post_init__(self) -> None:
         _positive("max_rounds", self.max_rounds)
@@ -202,6 +209,19 @@ class AgentLoopConfig:
                 "AgentLoopConfig.max_cost_usd_per_run needs pricing={model: Price(input_per_mtok=..., "
                 "output_per_mtok=...)} for the models the loop calls"
             )
+        if not isinstance(self.budgets, tuple):
+            object.__setattr__(self, "budgets", tuple(self.budgets))
+        if not all(isinstance(b, Budget) for b in self.budgets):
+            raise ConfigurationError("AgentLoopConfig.budgets must hold Budget(...) values")
+        keys = [b.key("") for b in self.budgets]
+        if len(set(keys)) != len(keys):
+            raise ConfigurationError(
+                "AgentLoopConfig.budgets has two budgets of the same scope and window; tell them apart with name="
+            )
+        if any(b.cost_usd is not None for b in self.budgets) and not self.pricing:
+            raise ConfigurationError("a Budget with cost_usd needs AgentLoopConfig.pricing={model: Price(...)}")
+        if not isinstance(self.tenant_key, str) or not self.tenant_key:
+            raise ConfigurationError("AgentLoopConfig.tenant_key must be a non-empty string")
         if self.no_progress is not None and not isinstance(self.no_progress, NoProgressPolicy):
             raise ConfigurationError("AgentLoopConfig.no_progress must be a NoProgressPolicy or None")
 

@@ -10,7 +10,9 @@ import pytest
 
 from power_loop import (
     AgentLoopConfig,
+    Budget,
     ConfigurationError,
+    HookPoint,
     NoProgressPolicy,
     Price,
     SessionPausedError,
@@ -279,3 +281,75 @@ async def test_rounds_of_invalid_arguments_stop_the_run(db_path: str) -> None:
     results = [m["content"] for m in messages if m["role"] == "tool"]
     assert "could not run" not in results[0] and "rounds in a row had tool calls that could not run" in results[1]
     assert history_is_valid(messages)
+
+
+# --------------------------------------------------------------------------- shared budgets
+
+
+def test_shared_budget_settings_are_checked() -> None:
+    with pytest.raises(ConfigurationError, match="tokens=..., cost_usd"):
+        Budget(scope="tenant")
+    with pytest.raises(ConfigurationError, match="scope"):
+        Budget(scope="planet", tokens=1)  # type: ignore[arg-type]
+    with pytest.raises(ConfigurationError, match="same scope and window"):
+        AgentLoopConfig(budgets=[Budget("tenant", tokens=1), Budget("tenant", tokens=2)])
+    with pytest.raises(ConfigurationError, match="pricing"):
+        AgentLoopConfig(budgets=[Budget("loop", cost_usd=1.0)])
+    assert Budget("tenant", tokens=1, window_s=3600).window_start(7_200_123) == 7_200_000
+
+
+async def test_concurrent_runs_never_pass_a_tenant_budget_together(shared_db: str) -> None:
+    """50 runs at once on one tenant's budget: each call holds its worst case in the store
+    before it is sent, so whatever the interleaving the tenant's total stays within it."""
+    inside = [0]
+    most = [0]
+
+    def honest(request: ScriptedRequest) -> ScriptedReply:
+        # Bills less than any estimate of its prompt, and never more than its cap: as a real
+        # provider, it cannot be billed past what was reserved.
+        billed = Usage.of_call(prompt_tokens=10, completion_tokens=min(150, request.max_tokens or 150))
+        return text_reply("ok", usage=billed)
+
+    async def hold_on(ctx: object) -> None:  # keep the call's hold in the store a moment
+        inside[0] += 1
+        most[0] = max(most[0], inside[0])
+        await asyncio.sleep(0.02)
+        inside[0] -= 1
+
+    limit = 4_000
+    config = AgentLoopConfig(max_tokens=200, budgets=[Budget("tenant", tokens=limit, window_s=3600)])
+    async with StatefulAgentLoop(llm=ScriptedLLM(rule=honest), db_path=shared_db, config=config) as loop:
+        loop.hooks.register(HookPoint.LLM_AFTER, hold_on)
+        acme = [await loop.new_session_async(metadata={"tenant_id": "acme"}) for _ in range(50)]
+        other = await loop.new_session_async(metadata={"tenant_id": "globex"})
+        results = await asyncio.gather(*(loop.send("go", session_id=sid) for sid in acme))
+        spent = sum(r.usage["total_tokens"] for r in results)
+        refused = [r for r in results if r.status == "budget_exceeded"]
+        ledger = await loop.store.budget_spent(
+            Budget("tenant", tokens=limit, window_s=3600).key("acme"),
+            Budget("tenant", tokens=1, window_s=3600).window_start(int(time.time() * 1000)),
+        )
+        # Another tenant's budget is its own.
+        assert (await loop.send("go", session_id=other)).status == "completed"
+    assert most[0] > 1  # the calls overlapped
+    assert refused and all(r.budget is not None and r.budget.scope == "tenant" for r in refused)
+    assert refused[0].budget is not None and refused[0].budget.subject == "acme"
+    assert spent == ledger[0] <= limit  # every billed token is in the ledger, and no more than the budget
+
+
+async def test_a_session_budget_holds_across_sends_and_restarts(db_path: str) -> None:
+    usage = Usage.of_call(prompt_tokens=10, completion_tokens=90)
+    config = AgentLoopConfig(max_tokens=100, budgets=[Budget("session", tokens=450)])
+    llm = ScriptedLLM(rule=lambda r: text_reply("ok", usage=usage))
+    async with StatefulAgentLoop(llm=llm, db_path=db_path, config=config) as loop:
+        sid = await loop.new_session_async()
+        first = [await loop.send(f"m{i}", session_id=sid) for i in range(3)]
+    async with StatefulAgentLoop(llm=llm, db_path=db_path, config=config) as loop:
+        later = [await loop.send(f"n{i}", session_id=sid) for i in range(3)]
+        fresh = await loop.send("hi", session_id=await loop.new_session_async())
+    statuses = [r.status for r in first + later]
+    assert statuses[:4] == ["completed"] * 4 and statuses[4:] == ["budget_exceeded"] * 2
+    hit = later[-1].budget
+    assert hit is not None and hit.limit == "tokens" and hit.scope == "session" and hit.spent == 400
+    assert "session budget" in hit.describe()
+    assert fresh.status == "completed"  # another session has its own

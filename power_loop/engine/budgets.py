@@ -21,9 +21,10 @@ from typing import TYPE_CHECKING
 
 from ..compaction import estimate_text_tokens, estimate_tokens
 from ..errors import ConfigurationError
-from ..guards import BudgetHit, BudgetLimit, Price
+from ..guards import Budget, BudgetHit, BudgetLimit, Price
 from ..messages import Usage
 from ..providers.base import LLMRequest
+from ..store.rows import BudgetClaim, BudgetHold, HeldBudget
 
 if TYPE_CHECKING:
     from .state import Run
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
 __all__ = [
     "Reservation",
     "charge",
+    "cost_nano",
     "check_tool_call",
     "check_wall",
     "price_of",
@@ -42,12 +44,14 @@ __all__ = [
 
 @dataclass
 class Reservation:
-    """What a model call holds in its run and every run above it until it returns."""
+    """What a model call holds in its run and every run above it until it returns, and its
+    holds on the shared budgets (settled with the call's record, or on their own)."""
 
     runs: tuple[Run, ...]
     tokens: int
     cost: float
     model: str | None
+    holds: tuple[HeldBudget, ...] = ()
 
 
 def _chain(run: Run) -> tuple[Run, ...]:
@@ -102,7 +106,7 @@ def prompt_tokens(run: Run, request: LLMRequest) -> int:
     return max(math.ceil(raw * max(1.0, run.rt.token_ratio)), run.last_prompt_tokens)
 
 
-def reserve(run: Run, request: LLMRequest) -> tuple[LLMRequest, Reservation | None] | BudgetHit:
+async def reserve(run: Run, request: LLMRequest) -> tuple[LLMRequest, Reservation | None] | BudgetHit:
     """Reserve a model call's worst case; the request with its cap clamped to what every
     budget on the way up has left, or the limit it cannot fit in.
 
@@ -116,7 +120,7 @@ def reserve(run: Run, request: LLMRequest) -> tuple[LLMRequest, Reservation | No
     limited = [r for r in chain if r.config.max_tokens_per_run is not None or r.config.max_cost_usd_per_run is not None]
     model = _model(run, request)
     priced = any(r.config.pricing for r in chain)
-    if not limited:
+    if not limited and not run.config.budgets:
         return request, (Reservation(chain, 0, 0.0, model) if priced else None)
     prompt = prompt_tokens(run, request)
     cap = request.max_tokens if request.max_tokens is not None else run.config.max_tokens
@@ -148,14 +152,100 @@ def reserve(run: Run, request: LLMRequest) -> tuple[LLMRequest, Reservation | No
     if hits:  # the tightest budget is reported; on a tie, the one furthest up
         return max(reversed(hits), key=lambda h: h.over_by)
     price = price_of(run, model)
+    holds: tuple[HeldBudget, ...] = ()
+    if run.config.budgets:
+        shared = await _hold_shared(run, prompt, cap, model, price)
+        if isinstance(shared, BudgetHit):
+            return shared
+        cap, holds = shared
     worst_cost = price.worst_case(prompt, cap) if price is not None else 0.0
-    held = Reservation(chain, prompt + cap, worst_cost, model)
+    held = Reservation(chain, prompt + cap, worst_cost, model, holds)
     for r in chain:
         r.reserved_tokens += held.tokens
         r.reserved_cost += held.cost
     if cap != request.max_tokens:
         request = replace(request, max_tokens=cap)
     return request, held
+
+
+HOLD_TTL_MS = 900_000
+"""How long a shared-budget hold counts when its call never settles it (its process died)."""
+
+
+def _root(run: Run) -> Run:
+    while run.parent is not None:
+        run = run.parent
+    return run
+
+
+def _subject(run: Run, budget: Budget) -> str | None:
+    """Whose budget ``budget`` is for this run: the root session, its tenant, or the loop
+    (None: the run is not covered, e.g. a session without a tenant)."""
+    root = _root(run)
+    if budget.scope == "session":
+        return root.session_id
+    if budget.scope == "tenant":
+        tenant = (root.session.metadata or {}).get(run.config.tenant_key)
+        return None if tenant in (None, "") else str(tenant)
+    return ""
+
+
+async def _hold_shared(
+    run: Run, prompt: int, cap: int, model: str | None, price: Price | None
+) -> tuple[int, tuple[HeldBudget, ...]] | BudgetHit:
+    """Take the call's holds on the shared budgets covering the run (one store transaction)."""
+    now = int(time.time() * 1000)
+    covered: list[tuple[Budget, str, BudgetClaim]] = []
+    for budget in run.config.budgets:
+        subject = _subject(run, budget)
+        if subject is None:
+            continue
+        if budget.cost_usd is not None and price is None:
+            raise ConfigurationError(
+                f"a Budget with cost_usd covers this run but pricing has no Price for model {model!r}; "
+                f"add pricing={{{model!r}: Price(input_per_mtok=..., output_per_mtok=...)}}"
+            )
+        claim = BudgetClaim(
+            key=budget.key(subject),
+            window_start=budget.window_start(now),
+            tokens_limit=budget.tokens,
+            cost_limit_nano=None if budget.cost_usd is None else round(budget.cost_usd * 1e9),
+        )
+        covered.append((budget, subject, claim))
+    if not covered:
+        return cap, ()
+    outcome = await run.rt.store.hold_budget(
+        BudgetHold(
+            claims=tuple(c for _, _, c in covered),
+            prompt_tokens=prompt,
+            cap=cap,
+            input_nano=price.input_per_mtok * 1000 if price is not None else 0.0,
+            output_nano=price.output_per_mtok * 1000 if price is not None else 0.0,
+            ttl_ms=HOLD_TTL_MS,
+        )
+    )
+    if outcome.refused is None:
+        return outcome.cap, outcome.holds
+    budget, subject, claim = next(c for c in covered if c[2] == outcome.refused)
+    limit: BudgetLimit = "tokens" if outcome.limit == "tokens" else "cost_usd"
+    allowed = float((budget.tokens if limit == "tokens" else budget.cost_usd) or 0)
+    return BudgetHit(
+        limit=limit,
+        allowed=allowed,
+        spent=outcome.spent,
+        needed=outcome.needed,
+        over_by=max(0.0, outcome.spent + outcome.needed - allowed),
+        session_id=_root(run).session_id,
+        scope=budget.scope,
+        subject=subject,
+        window_s=budget.window_s,
+    )
+
+
+def cost_nano(run: Run, usage: Usage, model: str | None) -> int:
+    """A call's cost in nano-dollars (0 when its model has no price)."""
+    price = price_of(run, model)
+    return 0 if price is None else round(price.cost(usage) * 1e9)
 
 
 def release(held: Reservation | None) -> None:

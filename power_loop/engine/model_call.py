@@ -11,9 +11,10 @@ the stop signal fired (``cancelled``) or the model could not be reached (``degra
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 
 from ..cancellation import StopSignal
@@ -32,8 +33,8 @@ from ..guards import BudgetHit
 from ..messages import Usage
 from ..providers.base import LLMRequest, LLMResponse, LLMService, StreamCallbacks
 from ..providers.retry import LLMRetryPolicy, RetryNotice, complete_with_retry
-from ..store.rows import RecordLLMCall
-from .budgets import charge, release, reserve
+from ..store.rows import HeldBudget, RecordLLMCall
+from .budgets import Reservation, charge, cost_nano, release, reserve
 from .emit import Emitter
 from .endings import budget_exceeded, cancelled, degraded
 from .outcome import End
@@ -41,13 +42,17 @@ from .state import Run
 
 __all__ = ["ModelCallResult", "ask_model", "call_model", "usage_op"]
 
+log = logging.getLogger("power_loop.engine")
+
 
 @dataclass(frozen=True)
 class ModelCallResult:
-    """A response and how long it took."""
+    """A response and how long it took (with the shared-budget holds its record settles)."""
 
     response: LLMResponse
     duration_ms: int
+    holds: tuple[HeldBudget, ...] = ()
+    cost_nano: int = 0
 
 
 def retry_policy_for(llm: LLMService, config: AgentLoopConfig) -> LLMRetryPolicy:
@@ -66,10 +71,13 @@ async def ask_model(run: Run, request: LLMRequest, *, purpose: str = "round") ->
     the stop signal fired, ``degraded`` when the call failed for good, ``budget_exceeded``
     when the call could not fit in a budget of the run or of a run above it: see
     :mod:`~.budgets`, which also clamps the call's completion cap)."""
-    reserved = reserve(run, request)
+    reserved = await reserve(run, request)
     if isinstance(reserved, BudgetHit):
         return await budget_exceeded(run, reserved)
     request, held = reserved
+    model = held.model if held is not None else None
+    billed: Usage | None = None  # usage of a failed call the provider still billed
+    reply: ModelCallResult | None = None
     try:
         await run.rt.gate.turn()  # encoding and sending the request is the heaviest step of a round
         try:
@@ -88,16 +96,31 @@ async def ask_model(run: Run, request: LLMRequest, *, purpose: str = "round") ->
         except LLMError as error:
             inner = error.last_error if isinstance(error, LLMRetryExhausted) else error
             if isinstance(inner, LLMResponseError) and inner.usage is not None:
-                run.add_usage(inner.usage)  # a malformed answer the provider still billed
-                charge(run, inner.usage, held.model if held else None)
+                billed = inner.usage  # a malformed answer the provider still billed
+                run.add_usage(billed)
+                charge(run, billed, model)
             return await degraded(run, error)
     finally:
         release(held)
-    run.add_usage(reply.response.usage)
-    charge(run, reply.response.usage, (held.model if held else None) or reply.response.model)
+        if reply is None and held is not None and held.holds:
+            await _settle_unrecorded(run, held, billed or Usage(), model)
+    usage = reply.response.usage
+    run.add_usage(usage)
+    charge(run, usage, model or reply.response.model)
     run.llm_calls += 1
     await run.rt.gate.turn()  # then folding the response in and committing it
+    if held is not None and held.holds:  # settled with the call's record (usage_op)
+        reply = replace(reply, holds=held.holds, cost_nano=cost_nano(run, usage, model or reply.response.model))
     return reply
+
+
+async def _settle_unrecorded(run: Run, held: Reservation, usage: Usage, model: str | None) -> None:
+    """Settle the shared-budget holds of a call that produced no record (failed, cancelled);
+    when that fails too, the holds expire on their own."""
+    try:
+        await run.rt.store.settle_budget(held.holds, usage.total_tokens, cost_nano(run, usage, model))
+    except Exception:
+        log.warning("settling the budget holds of a failed model call failed; they expire", exc_info=True)
 
 
 def usage_op(run: Run, reply: ModelCallResult, purpose: str = "round") -> RecordLLMCall:
@@ -110,6 +133,8 @@ def usage_op(run: Run, reply: ModelCallResult, purpose: str = "round") -> Record
         model=response.model,
         purpose=purpose,
         duration_ms=reply.duration_ms,
+        holds=reply.holds,
+        cost_nano=reply.cost_nano,
     )
 
 

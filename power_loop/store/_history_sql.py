@@ -27,6 +27,7 @@ from ..messages import (
     message_from_json,
     message_json,
 )
+from ._budgets_sql import settle as settle_budget
 from ._sessions_sql import text
 from .protocols import Tx
 from .rows import (
@@ -386,6 +387,8 @@ def record_llm_call(tx: Tx, key: int, op: RecordLLMCall, now: int, *, run: int |
             now,
         ),
     )
+    if op.holds:  # the shared budgets' holds of this call, settled with its record
+        settle_budget(tx, op.holds, u.total_tokens, op.cost_nano, now)
 
 
 # --------------------------------------------------------------------------- compaction

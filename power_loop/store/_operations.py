@@ -21,6 +21,7 @@ import json
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
+from . import _budgets_sql as _budgets
 from . import _compat_sql, _leases, _sql
 from . import _sessions_sql as _sessions
 from . import _subagents_sql as _subagents
@@ -33,6 +34,9 @@ from .rows import (
     BackgroundChild,
     BeginOutcome,
     BeginRun,
+    BudgetHold,
+    BudgetHoldOutcome,
+    HeldBudget,
     LeaseClaim,
     PendingState,
     SessionKind,
@@ -256,6 +260,24 @@ class StoreOperations(Store011Methods, RuntimeStateMethods):
         return await self._call(
             lambda c: _sql.enqueue(c, session_id, kind=kind, content=content, ref=ref, only_if_busy=only_if_busy)
         )
+
+    async def hold_budget(self, request: BudgetHold) -> BudgetHoldOutcome:
+        """Take a model call's holds on the shared budgets covering it (one transaction), or
+        say which budget cannot fit it."""
+        return await self._call(lambda c: _budgets.hold(c, request, _sessions.now_ms()))
+
+    async def settle_budget(self, holds: Sequence[HeldBudget], tokens: int, cost_nano: int) -> None:
+        """Settle holds on their own (a call that failed or was cancelled): its usage counts,
+        the holds go."""
+        if holds:
+            await self._call(lambda c: _budgets.settle(c, holds, tokens, cost_nano, _sessions.now_ms()))
+
+    async def budget_spent(self, key: str, window_start: int) -> tuple[int, float]:
+        """(tokens, US dollars) a shared budget window has spent, holds not included."""
+        rows = await self.execute_fetchall(
+            "SELECT tokens, cost_nano FROM budget_ledger WHERE key = ? AND window_start = ?", (key, window_start)
+        )
+        return (int(rows[0][0]), int(rows[0][1]) / 1e9) if rows else (0, 0.0)
 
     async def pause_session(self, session_id: str) -> bool:
         """Pause a session (``loop.pause``): its run stops at its next round boundary and

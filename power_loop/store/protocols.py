@@ -37,6 +37,9 @@ from .rows import (
     BackgroundTaskRow,
     BeginOutcome,
     BeginRun,
+    BudgetHold,
+    BudgetHoldOutcome,
+    HeldBudget,
     LeaseClaim,
     LostCommand,
     PendingState,
@@ -124,6 +127,14 @@ class RunStore(Protocol):
         event_seq: int | None = None,
     ) -> WriteOutcome:
         """Apply a step's operations in one transaction, checking the run's lease."""
+        ...
+
+    async def hold_budget(self, request: BudgetHold) -> BudgetHoldOutcome:
+        """Take a model call's holds on the shared budgets covering it, or refuse it."""
+        ...
+
+    async def settle_budget(self, holds: Sequence[HeldBudget], tokens: int, cost_nano: int) -> None:
+        """Settle holds of a call that recorded no usage through a write (failed, cancelled)."""
         ...
 
     async def renew_lease(self, session_id: str, lease: LeaseClaim) -> None:

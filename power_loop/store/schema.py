@@ -68,6 +68,10 @@ then version 7 rebuilds the tables, see ``_schema_v7.py``).
     When the session was paused (``loop.pause``; NULL when it is not), and the wall-clock its
     last run's earlier parts took, which a run continued by ``resume`` or ``submit_input``
     counts against ``max_wall_s_per_run``.
+``budget_ledger`` and ``budget_holds`` (version 10)
+    What each shared budget (``AgentLoopConfig.budgets``) spent per window, keyed by the
+    budget's key and the window's start, and the holds of model calls in flight (see
+    ``_budgets_sql.py``).
 ``subagent_tasks`` (version 8)
     One row per sub-agent started in the background, keyed by the child's session, with its
     parent: ``running`` until the child's result is in the parent's inbox (``delivered``,
@@ -406,13 +410,31 @@ def _v9(conn: sqlite3.Connection) -> None:
 
 
 def _v10(conn: sqlite3.Connection) -> None:
-    # Guards: a durable pause (loop.pause / loop.resume) and the wall-clock a run continued by
-    # resume / submit_input carries (max_wall_s_per_run).
+    # Guards: a durable pause (loop.pause / loop.resume), the wall-clock a run continued by
+    # resume / submit_input carries (max_wall_s_per_run), and the shared budgets' ledger and
+    # holds (AgentLoopConfig.budgets).
     _run_script(
         conn,
         """
         ALTER TABLE sessions ADD COLUMN paused_at INTEGER;
-        ALTER TABLE sessions ADD COLUMN chain_wall_ms INTEGER NOT NULL DEFAULT 0
+        ALTER TABLE sessions ADD COLUMN chain_wall_ms INTEGER NOT NULL DEFAULT 0;
+        CREATE TABLE budget_ledger (
+            key          TEXT NOT NULL,
+            window_start INTEGER NOT NULL,
+            tokens       INTEGER NOT NULL DEFAULT 0,
+            cost_nano    INTEGER NOT NULL DEFAULT 0,
+            updated_at   INTEGER NOT NULL,
+            PRIMARY KEY (key, window_start)
+        ) WITHOUT ROWID;
+        CREATE TABLE budget_holds (
+            id           INTEGER PRIMARY KEY AUTOINCREMENT,
+            key          TEXT NOT NULL,
+            window_start INTEGER NOT NULL,
+            tokens       INTEGER NOT NULL,
+            cost_nano    INTEGER NOT NULL,
+            expires_at   INTEGER NOT NULL
+        );
+        CREATE INDEX budget_holds_window ON budget_holds(key, window_start)
         """,
     )
 
