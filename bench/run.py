@@ -44,6 +44,7 @@ SCENARIOS = [
     "timers",
     "storage",
     "subagent_spawn",
+    "guards",
     "postgres",
 ]
 LEGACY_VENV = HERE / ".cache" / "venv-0.11"
@@ -253,6 +254,13 @@ def check_targets(results: dict[str, dict[str, Any]]) -> list[tuple[bool, str]]:
     checks.extend(storage_checks(results))
     checks.extend(compare_transports(results))
     checks.extend(postgres_checks(results))
+    if "guards" in results:
+        ratio = median(results["guards"], "ratio")
+        check(
+            ratio >= 0.95,
+            f"guards: every guard on (nothing exceeded) runs the concurrency load at {ratio:.3f}x plain "
+            "(target >= 0.95)",
+        )
     return checks
 
 

@@ -874,5 +874,78 @@ async def postgres(url: str, reps: int, quick: bool) -> dict[str, Any]:
 
 SCENARIOS["postgres"] = postgres
 
+
+def guard_configs() -> dict[str, Any]:
+    """The ``guards`` scenario's two settings: none, and every guard on with limits that are
+    never reached (per-run budgets in tokens, dollars, wall-clock and tool calls; a shared
+    tenant budget kept in the store; no-progress detection)."""
+    from power_loop import AgentLoopConfig, Budget, NoProgressPolicy, Price
+
+    prices = {"bench-model": Price(input_per_mtok=1.0, output_per_mtok=2.0)}
+    return {
+        "plain": AgentLoopConfig(system_prompt=SYSTEM_PROMPT),
+        "guarded": AgentLoopConfig(
+            system_prompt=SYSTEM_PROMPT,
+            pricing=prices,
+            max_tokens_per_run=1_000_000,
+            max_cost_usd_per_run=100.0,
+            max_wall_s_per_run=3600.0,
+            max_tool_calls_per_run=1_000,
+            no_progress=NoProgressPolicy(repeat_limit=5),
+            budgets=[Budget(scope="tenant", tokens=10**12, window_s=3600)],
+        ),
+    }
+
+
+async def guards(url: str, reps: int, quick: bool) -> dict[str, Any]:
+    """What the guards cost when nothing is exceeded: the ``concurrency`` load (50 sessions x
+    20 sends, all of one tenant) with no guard and with every guard on, interleaved (each
+    repetition runs both, in a rotating order). ``ratio``: guarded sends/s over plain's, per
+    repetition."""
+    from power_loop import StatefulAgentLoop
+
+    sessions, per_session = (20, 5) if quick else (50, 20)
+    configs = guard_configs()
+    out: dict[str, dict[str, list[float]]] = {name: {"sends_per_s": [], "p50_ms": []} for name in configs}
+    ratios: list[float] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        loops = {
+            name: StatefulAgentLoop(llm=new_llm(), db_path=os.path.join(tmp, f"{name}.db"), config=config)
+            for name, config in configs.items()
+        }
+        sids = {
+            name: [await loop.new_session_async(metadata={"tenant_id": "acme"}) for _ in range(sessions)]
+            for name, loop in loops.items()
+        }
+        for name, loop in loops.items():
+            await asyncio.gather(*(loop.send("warm-up", session_id=s) for s in sids[name]))
+        order = list(configs)
+        for rep in range(reps):
+            rates: dict[str, float] = {}
+            for name in order[rep % 2 :] + order[: rep % 2]:
+                loop = loops[name]
+                latencies: list[float] = []
+
+                async def worker(sid: str, loop: Any = loop, latencies: list[float] = latencies) -> None:
+                    for i in range(per_session):
+                        started = time.perf_counter()
+                        result = await loop.send(f"message {i}", session_id=sid)
+                        assert result.status == "completed", result.status
+                        latencies.append((time.perf_counter() - started) * 1000)
+
+                started = time.perf_counter()
+                await asyncio.gather(*(worker(s) for s in sids[name]))
+                rates[name] = sessions * per_session / (time.perf_counter() - started)
+                out[name]["sends_per_s"].append(rates[name])
+                out[name]["p50_ms"].append(pct(latencies, 0.5))
+            ratios.append(rates["guarded"] / rates["plain"])
+        for loop in loops.values():
+            await loop.aclose()
+    return {"sessions": sessions, "sends_per_session": per_session, **out, "ratio": ratios}
+
+
+SCENARIOS["guards"] = guards
+
+
 if __name__ == "__main__":
     sys.exit(main())

@@ -13,18 +13,20 @@ and by how much. Tool calls count against ``max_tool_calls_per_run`` when they s
 
 from __future__ import annotations
 
-import json
+import asyncio
 import math
 import time
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ..compaction import estimate_text_tokens, estimate_tokens
 from ..errors import ConfigurationError
 from ..guards import Budget, BudgetHit, BudgetLimit, Price
 from ..messages import Usage
+from ..providers._common import dumps, memo
 from ..providers.base import LLMRequest
-from ..store.rows import BudgetClaim, BudgetHold, HeldBudget
+from ..store.rows import BudgetClaim, BudgetHold, BudgetHoldOutcome, HeldBudget
+from ..tools.definition import ToolDefinition
 
 if TYPE_CHECKING:
     from .state import Run
@@ -102,8 +104,12 @@ def prompt_tokens(run: Run, request: LLMRequest) -> int:
     schemas) scaled by the provider's observed ratio, and never below the prompt the run's
     previous call was billed for (a run's prompt only grows, short of a compaction)."""
     raw = estimate_text_tokens(request.system_prompt) + estimate_tokens(request.messages)
-    raw += sum(estimate_text_tokens(json.dumps(t.to_openai_tool())) for t in request.tools)
+    raw += sum(_tool_tokens(t) for t in request.tools)
     return max(math.ceil(raw * max(1.0, run.rt.token_ratio)), run.last_prompt_tokens)
+
+
+def _tool_tokens(tool: ToolDefinition) -> int:
+    return memo(tool, "_power_loop_tool_tokens", lambda: estimate_text_tokens(dumps(tool.to_openai_tool()).decode()))
 
 
 async def reserve(run: Run, request: LLMRequest) -> tuple[LLMRequest, Reservation | None] | BudgetHit:
@@ -214,7 +220,7 @@ async def _hold_shared(
         covered.append((budget, subject, claim))
     if not covered:
         return cap, ()
-    outcome = await run.rt.store.hold_budget(
+    outcome = await _holds(run).take(
         BudgetHold(
             claims=tuple(c for _, _, c in covered),
             prompt_tokens=prompt,
@@ -240,6 +246,51 @@ async def _hold_shared(
         subject=subject,
         window_s=budget.window_s,
     )
+
+
+class HoldBatcher:
+    """Group commit of shared-budget holds: the holds asked for while a hold transaction is
+    in flight are taken together in the next one, each in turn (each sees the holds before
+    it), so a loop running many calls at once pays a fraction of a transaction per call."""
+
+    def __init__(self, store: Any) -> None:
+        self.store = store
+        self._queue: list[tuple[BudgetHold, asyncio.Future[BudgetHoldOutcome]]] = []
+        self._flusher: asyncio.Task[None] | None = None
+
+    async def take(self, request: BudgetHold) -> BudgetHoldOutcome:
+        """The outcome of ``request``, taken with whatever else is waiting."""
+        aio = asyncio.get_running_loop()
+        future: asyncio.Future[BudgetHoldOutcome] = aio.create_future()
+        self._queue.append((request, future))
+        if self._flusher is None or self._flusher.done():
+            self._flusher = aio.create_task(self._flush())
+        return await future
+
+    async def _flush(self) -> None:
+        while self._queue:
+            batch, self._queue = self._queue, []
+            try:
+                outcomes = await self.store.hold_budgets([r for r, _ in batch])
+            except BaseException as exc:
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(exc)
+                if not isinstance(exc, Exception):
+                    raise
+                continue
+            for (_, future), outcome in zip(batch, outcomes, strict=True):
+                if not future.done():
+                    future.set_result(outcome)
+                elif outcome.holds:  # its caller was cancelled meanwhile: give the holds back
+                    await self.store.settle_budget(outcome.holds, 0, 0)
+
+
+def _holds(run: Run) -> HoldBatcher:
+    rt = run.rt
+    if not isinstance(rt.hold_batcher, HoldBatcher):
+        rt.hold_batcher = HoldBatcher(rt.store)
+    return rt.hold_batcher
 
 
 def cost_nano(run: Run, usage: Usage, model: str | None) -> int:

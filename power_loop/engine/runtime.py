@@ -106,6 +106,8 @@ class Runtime:
         pauses: When each session was last paused through this loop (ms since the epoch): its
             runs in this process that started before stop at their next round boundary
             without waiting for their next write to see the stored pause.
+        hold_batcher: Takes the shared budgets' holds of this loop's model calls together
+            (``engine/budgets.py``); None until the first one.
 
     Every field is set by the constructor; a loop builds its runtime in one call. The loop's
     pool of threads for sync tool handlers (``config.tool_threads``) is created on first use by
@@ -128,6 +130,7 @@ class Runtime:
     facade: AgentLoopHandle | None = None
     timer_signal: TimerSignal = field(default_factory=TimerSignal)
     pauses: dict[str, int] = field(default_factory=dict)
+    hold_batcher: Any = None  # engine.budgets.HoldBatcher, made on the first shared-budget hold
     _threads: ToolThreads | None = field(default=None, repr=False)
     _threads_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _tasks: set[asyncio.Task[None]] = field(default_factory=set, repr=False)

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from .protocols import Tx
 from .rows import BudgetHold, BudgetHoldOutcome, HeldBudget
 
-__all__ = ["hold", "settle"]
+__all__ = ["hold", "hold_many", "settle"]
 
 
 def hold(tx: Tx, request: BudgetHold, now: int) -> BudgetHoldOutcome:
@@ -76,6 +76,11 @@ def hold(tx: Tx, request: BudgetHold, now: int) -> BudgetHoldOutcome:
         ).fetchone()
         ids.append(HeldBudget(int(row["id"]), claim.key, claim.window_start))
     return BudgetHoldOutcome(cap=cap, holds=tuple(ids))
+
+
+def hold_many(tx: Tx, requests: Sequence[BudgetHold], now: int) -> list[BudgetHoldOutcome]:
+    """:func:`hold` for several calls in one transaction, in order (group commit)."""
+    return [hold(tx, request, now) for request in requests]
 
 
 def settle(tx: Tx, holds: Sequence[HeldBudget], tokens: int, cost_nano: int, now: int) -> None:

@@ -266,6 +266,10 @@ class StoreOperations(Store011Methods, RuntimeStateMethods):
         say which budget cannot fit it."""
         return await self._call(lambda c: _budgets.hold(c, request, _sessions.now_ms()))
 
+    async def hold_budgets(self, requests: Sequence[BudgetHold]) -> list[BudgetHoldOutcome]:
+        """:meth:`hold_budget` for several calls in one transaction, in order."""
+        return await self._call(lambda c: _budgets.hold_many(c, requests, _sessions.now_ms()))
+
     async def settle_budget(self, holds: Sequence[HeldBudget], tokens: int, cost_nano: int) -> None:
         """Settle holds on their own (a call that failed or was cancelled): its usage counts,
         the holds go."""

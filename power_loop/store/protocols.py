@@ -133,6 +133,10 @@ class RunStore(Protocol):
         """Take a model call's holds on the shared budgets covering it, or refuse it."""
         ...
 
+    async def hold_budgets(self, requests: Sequence[BudgetHold]) -> list[BudgetHoldOutcome]:
+        """Take several calls' holds in one transaction, in order (each sees those before)."""
+        ...
+
     async def settle_budget(self, holds: Sequence[HeldBudget], tokens: int, cost_nano: int) -> None:
         """Settle holds of a call that recorded no usage through a write (failed, cancelled)."""
         ...
