@@ -88,6 +88,9 @@ class AgentLoopConfig:
         response_format: The structured output every run of a main session must give (a
             ``StructuredOutputSpec``, a pydantic model class or a JSON schema dict; see
             ``send(response_format=...)``, which wins). Sub-agents do not inherit it.
+        approval_ttl_s: How long an approval request stays valid, in seconds (a tool's own
+            ``approval_ttl_s`` wins). Approving it later answers the call as expired and
+            ends the run ``approval_expired``.
     """
 
     system_prompt: str | None = None
@@ -119,6 +122,7 @@ class AgentLoopConfig:
     max_concurrent_subagents: int = 4
     llm_services: Mapping[str, Any] | None = None
     response_format: Any = None
+    approval_ttl_s: float = 3600.0
 
     def __post_init__(self) -> None:
         _positive("max_rounds", self.max_rounds)
@@ -161,6 +165,7 @@ class AgentLoopConfig:
                 raise ConfigurationError(f"AgentLoopConfig.response_format: {exc}") from None
         if not isinstance(self.runtime_projectors, tuple):
             object.__setattr__(self, "runtime_projectors", tuple(self.runtime_projectors))
+        _positive("approval_ttl_s", self.approval_ttl_s)
 
 
 def _positive(name: str, value: float) -> None:

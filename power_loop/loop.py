@@ -21,6 +21,7 @@ import time
 from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
+from ._loop_approvals import ApprovalFacade
 from ._loop_timers import TimerFacade
 from .cancellation import StopEventLike
 from .compaction import resolve_compactor
@@ -107,7 +108,7 @@ def _message_dicts(stored: Sequence[StoredMessage]) -> list[dict[str, Any]]:
     return [message_to_dict(s.message) for s in stored]
 
 
-class StatefulAgentLoop(TimerFacade):
+class StatefulAgentLoop(TimerFacade, ApprovalFacade):
     """A durable, multi-session agent loop.
 
     Args:

@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
 
+from .approvals import ApprovalRequest
+
 __all__ = [
     "RUN_STATUSES",
     "AgentLoopResult",
@@ -27,6 +29,8 @@ RunStatus = Literal[
     "hit_round_limit",
     "budget_exceeded",
     "degraded",
+    "awaiting_approval",
+    "approval_expired",
 ]
 """How a run ended (``StatefulResult.status``)."""
 RUN_STATUSES: tuple[RunStatus, ...] = get_args(RunStatus)
@@ -47,6 +51,9 @@ class StatefulResult:
             ``max_tokens_per_run`` reached. ``degraded``: the model could not be reached (the
             session is usable once it can), or its final answer failed the requested
             ``response_format`` twice (``[degraded: structured output ...]``).
+            ``awaiting_approval``: a tool call needs a human's approval (``result.approvals``;
+            ``loop.approve``). ``approval_expired``: an approval came after its expiry; the
+            call was answered as expired and the run stopped (``resume`` lets the model react).
         final_text: The last answer, or a marker: ``[budget_exceeded]``,
             ``[hit_round_limit]\\n<summary>``, ``[cancelled by user]``, ``[degraded: ...]``.
         rounds: Rounds run (model calls made for rounds, the round-limit summary excluded).
@@ -72,6 +79,8 @@ class StatefulResult:
         output: The parsed final answer of a run asked for structured output
             (``response_format``): the pydantic model instance when a model class was given,
             else the dict. None otherwise, and whenever the run did not end ``completed``.
+        approvals: The approval requests still undecided when the run ended
+            (``awaiting_approval``, or listed alongside another ending); empty otherwise.
     """
 
     session_id: str
@@ -85,6 +94,7 @@ class StatefulResult:
     run_id: str = ""
     post_commit_errors: list[str] = field(default_factory=list)
     output: Any = None
+    approvals: list[ApprovalRequest] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:

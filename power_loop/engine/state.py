@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .._types import RunKind, RunRowStatus
+from ..approvals import ApprovalRequest
 from ..cancellation import StopEventLike, StopSignal
 from ..config import AgentLoopConfig
 from ..errors import HookError
@@ -258,6 +259,7 @@ class Run:
         *,
         pending: Sequence[PendingCall] = (),
         interactions: Sequence[dict[str, Any]] = (),
+        approvals: Sequence[ApprovalRequest] = (),
     ) -> StatefulResult:
         """The :class:`StatefulResult` of the run."""
         return StatefulResult(
@@ -272,6 +274,7 @@ class Run:
             run_id=self.run_id,
             post_commit_errors=list(self.post_commit_errors),
             output=self.output if status == "completed" else None,
+            approvals=list(approvals),
         )
 
     async def after_commit(self, step: Awaitable[Any], where: str) -> None:

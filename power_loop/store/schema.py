@@ -64,6 +64,10 @@ then version 7 rebuilds the tables, see ``_schema_v7.py``).
     died is reported ``lost``; ``seen`` marks updates already shown to the model.
     ``sessions.runtime_rev`` counts their writes: a run of a session that never used them
     reads nothing more.
+``approvals`` (version 10)
+    Approval requests of tool calls, keyed by their unguessable ``token``: the call, its tool
+    and arguments, ``status`` (``pending`` → ``approved`` | ``denied`` | ``expired`` |
+    ``superseded`` | ``aborted``), the reviewer's ``note``, ``expires_at`` and ``decided_at``.
 ``subagent_tasks`` (version 8)
     One row per sub-agent started in the background, keyed by the child's session, with its
     parent: ``running`` until the child's result is in the parent's inbox (``delivered``,
@@ -72,7 +76,7 @@ then version 7 rebuilds the tables, see ``_schema_v7.py``).
 History: version 1 created sessions, messages, tool_calls, runs, llm_calls, session_stats,
 session_leases, inbox, interactions; 2 compactions; 3 timers; 4 the lease holder's identity;
 5 notes; 6 the per-session counters; 7 the integer keys and the folded tables above; 8
-subagent_tasks; 9 runtime_state and background_tasks (0.11's kept rows move in).
+subagent_tasks; 9 runtime_state and background_tasks (0.11's kept rows move in); 10 approvals.
 """
 
 from __future__ import annotations
@@ -401,7 +405,43 @@ def _v9(conn: sqlite3.Connection) -> None:
     )
 
 
-MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_v1, _v2, _v3, _v4, _v5, _v6, _v7, _v8, _v9)
+def _v10(conn: sqlite3.Connection) -> None:
+    # Approval requests of tool calls, keyed by their token: written with the end of a run
+    # that pauses for approval, decided once (the decision is a conditional UPDATE on status).
+    _run_script(
+        conn,
+        """
+        CREATE TABLE approvals (
+            token        TEXT PRIMARY KEY,
+            session      INTEGER NOT NULL REFERENCES sessions(id) ON DELETE CASCADE,
+            tool_call_id TEXT NOT NULL,
+            tool_name    TEXT NOT NULL,
+            arguments    TEXT NOT NULL DEFAULT '{}',
+            status       TEXT NOT NULL DEFAULT 'pending',
+            reason       TEXT,
+            note         TEXT,
+            created_at   INTEGER NOT NULL,
+            expires_at   INTEGER NOT NULL,
+            decided_at   INTEGER
+        );
+        CREATE INDEX approvals_call ON approvals(session, tool_call_id);
+        CREATE INDEX approvals_undecided ON approvals(created_at) WHERE status = 'pending'
+        """,
+    )
+
+
+MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (
+    _v1,
+    _v2,
+    _v3,
+    _v4,
+    _v5,
+    _v6,
+    _v7,
+    _v8,
+    _v9,
+    _v10,
+)
 LATEST_VERSION = len(MIGRATIONS)
 
 
