@@ -101,6 +101,7 @@ def _pending_dict(state: PendingState | None) -> dict[str, Any] | None:
         "tool_calls": [c.to_dict() for c in state.calls],
         "statuses": {c.tool_call_id: c.status for c in state.calls},
         "pending_interactions": [dict(i) for i in state.interactions],
+        "approvals": [a.to_dict() for a in state.approvals],
     }
 
 
@@ -582,7 +583,8 @@ class StatefulAgentLoop(TimerFacade, ApprovalFacade):
 
     def get_pending(self, session_id: str) -> dict[str, Any] | None:
         """Unanswered tool calls (``assistant_seq``, ``round_index``, ``tool_call_ids``,
-        ``tool_calls``, ``statuses``, ``pending_interactions``), or None."""
+        ``tool_calls``, ``statuses``, ``pending_interactions``, ``approvals``: the undecided
+        approval requests as dicts), or None."""
         self._require(session_id)
         return _pending_dict(self.store.get_pending_sync(session_id))
 

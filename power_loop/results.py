@@ -55,7 +55,8 @@ class StatefulResult:
             ``loop.approve``). ``approval_expired``: an approval came after its expiry; the
             call was answered as expired and the run stopped (``resume`` lets the model react).
         final_text: The last answer, or a marker: ``[budget_exceeded]``,
-            ``[hit_round_limit]\\n<summary>``, ``[cancelled by user]``, ``[degraded: ...]``.
+            ``[hit_round_limit]\\n<summary>``, ``[cancelled by user]``, ``[degraded: ...]``,
+            ``[approval_expired: <tool>]``.
         rounds: Rounds run (model calls made for rounds, the round-limit summary excluded).
         pending_tool_calls: Unanswered calls as OpenAI ``tool_calls[]`` dicts (``id``,
             ``type``, ``function.name``, ``function.arguments``).

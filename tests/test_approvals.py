@@ -17,6 +17,7 @@ import pytest
 from power_loop import (
     AgentLoopConfig,
     ApprovalError,
+    SessionBusyError,
     ApprovalPendingError,
     ApprovalRequest,
     HookDirective,
@@ -27,8 +28,11 @@ from power_loop import (
     ToolContext,
     ToolDefinition,
     ToolRegistry,
+    open_store,
     tool,
 )
+from power_loop.messages import AssistantMessage, ToolCall, UserMessage
+from power_loop.store.rows import Append, BeginRun, FinishRun, LeaseClaim, OpenApproval, UpdateToolCall
 from power_loop.testing import ScriptedLLM
 from power_loop.testing.script import text_reply, tool_reply
 
@@ -286,6 +290,7 @@ async def test_requires_approval_as_a_callable_decides_per_call_in_a_mixed_batch
         pending = await loop.get_pending_async(sid)
         assert pending is not None
         assert pending["statuses"] == {"p1": "done", "p2": "awaiting_approval", "b1": "done"}
+        assert pending["approvals"] == [result.approvals[0].to_dict()]
 
         done = await loop.approve(sid, result.approvals[0].token)
         assert done.status == "completed" and done.tool_calls == 1
@@ -421,3 +426,67 @@ def test_tool_definitions_check_their_approval_settings() -> None:
         ToolDefinition(name="x", description="", precheck=42)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="approval_ttl_s"):
         AgentLoopConfig(approval_ttl_s=-1)
+
+
+# --------------------------------------------------------------------------- the store's rules
+
+
+def _request(token: str, call_id: str, *, expires_at: int) -> ApprovalRequest:
+    return ApprovalRequest(
+        token=token,
+        session_id="s",
+        tool_call_id=call_id,
+        tool_name="wipe",
+        arguments={"disk": call_id},
+        expires_at=expires_at,
+        created_at=1,
+    )
+
+
+async def test_store_rules_decide_once_wait_for_a_held_session_and_expire(shared_db: str) -> None:
+    store = open_store(shared_db)
+    await store.open()
+    try:
+        await store.create_session("s")
+        lease = LeaseClaim(owner="a/run_1", ttl_ms=60_000)
+        begin = await store.begin_run(BeginRun("s", "run_1", lease, messages=[UserMessage(content="wipe")]))
+        lease = LeaseClaim(owner=lease.owner, ttl_ms=lease.ttl_ms, fence=begin.fence)
+        calls = (ToolCall(id="c1", name="wipe", arguments="{}"), ToolCall(id="c2", name="wipe", arguments="{}"))
+        await store.write("s", [Append([AssistantMessage(content="", tool_calls=calls)], run_id="run_1")], lease=lease)
+        late = _request("tok-late", "c1", expires_at=1)  # a TTL in the past
+        first = _request("tok-first", "c2", expires_at=2**62)
+        fresh = _request("tok-fresh", "c2", expires_at=2**62)
+        ops = [UpdateToolCall(c.id, "awaiting_approval") for c in calls]
+        await store.write("s", [*ops, OpenApproval(late), OpenApproval(first)], lease=lease)
+        with pytest.raises(SessionBusyError):  # the run still holds the session
+            await store.decide_approval("s", "tok-late", approved=True)
+        await store.write("s", [OpenApproval(fresh), FinishRun("run_1", "awaiting_approval")], lease=lease)
+
+        assert await store.list_approvals() == [late, fresh]  # a fresh request supersedes the first
+        assert store.list_approvals_sync("s") == [late, fresh]
+        with pytest.raises(ApprovalError, match="replaced by a fresh request"):
+            await store.decide_approval("s", "tok-first", approved=True)
+        pending = await store.get_pending("s")
+        assert pending is not None and pending.approvals == (late, fresh)
+
+        expired = await store.decide_approval("s", "tok-late", approved=True, note="go")
+        assert (expired.outcome, expired.request, expired.remaining) == ("expired", late, (fresh,))
+        approved = await store.decide_approval("s", "tok-fresh", approved=True)
+        assert (approved.outcome, approved.remaining) == ("approved", ())
+        pending = await store.get_pending("s")
+        assert pending is not None and pending.approvals == ()
+        assert (pending.approved, pending.expired) == (frozenset({"c2"}), frozenset({"c1"}))
+        c1, c2 = pending.calls
+        assert (c1.status, c1.is_error) == ("skipped", True) and "approval expired" in str(c1.result)
+        assert (c2.status, c2.result) == ("pending", None)
+        for token in ("tok-late", "tok-fresh"):
+            with pytest.raises(ApprovalError, match="used already"):
+                await store.decide_approval("s", token, approved=False)
+        assert await store.list_approvals() == []
+
+        assert await store.abort_pending("s", "dropped") == 2  # answers the calls, drops the approval
+        assert await store.get_pending("s") is None
+        rows = await store.execute_fetchall("SELECT token, status FROM approvals ORDER BY token")
+        assert rows == [("tok-first", "superseded"), ("tok-fresh", "aborted"), ("tok-late", "expired")]
+    finally:
+        await store.close()

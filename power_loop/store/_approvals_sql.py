@@ -45,6 +45,12 @@ __all__ = [
 _COLUMNS = (
     "a.token, a.tool_call_id, a.tool_name, a.arguments, a.expires_at, a.reason, a.created_at, a.status, s.session_id"
 )
+# Requests issued together belong to one model turn: its call order breaks ties.
+_FROM = (
+    "approvals a JOIN sessions s ON s.id = a.session LEFT JOIN tool_calls t ON t.session = a.session "
+    "AND t.tool_call_id = a.tool_call_id AND t.result_seq IS NULL"
+)
+_ORDER = "ORDER BY a.created_at, a.session, t.assistant_seq, t.position, a.token"
 
 
 def denied_text(tool_name: str, note: str | None) -> str:
@@ -113,9 +119,9 @@ def approval_state(
         return (), frozenset(), frozenset()
     marks = ", ".join("?" for _ in ids)
     rows = tx.execute(
-        f"SELECT {_COLUMNS} FROM approvals a JOIN sessions s ON s.id = a.session "
+        f"SELECT {_COLUMNS} FROM {_FROM} "
         f"WHERE a.session = ? AND a.tool_call_id IN ({marks}) AND a.status IN ('pending', 'approved', 'expired') "
-        "ORDER BY a.created_at, a.token",
+        f"{_ORDER}",
         (key, *ids),
     ).fetchall()
     undecided = tuple(_request(r) for r in rows if r["status"] == "pending")
@@ -125,14 +131,14 @@ def approval_state(
 
 
 def list_pending(tx: Tx, session_id: str | None) -> list[ApprovalRequest]:
-    """Undecided requests (expired ones included), oldest first; of one session or all."""
+    """Undecided requests (expired ones included), oldest first (a model turn's in call
+    order); of one session or all."""
     where = "a.status = 'pending'"
     params: tuple[str, ...] = ()
     if session_id is not None:
         where, params = "a.status = 'pending' AND s.session_id = ?", (session_id,)
     rows = tx.execute(
-        f"SELECT {_COLUMNS} FROM approvals a JOIN sessions s ON s.id = a.session WHERE {where} "
-        "ORDER BY a.created_at, a.token",
+        f"SELECT {_COLUMNS} FROM {_FROM} WHERE {where} {_ORDER}",
         params,
     ).fetchall()
     return [_request(r) for r in rows]
