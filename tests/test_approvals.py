@@ -17,11 +17,11 @@ import pytest
 from power_loop import (
     AgentLoopConfig,
     ApprovalError,
-    SessionBusyError,
     ApprovalPendingError,
     ApprovalRequest,
     HookDirective,
     HookPoint,
+    SessionBusyError,
     SessionPendingError,
     StatefulAgentLoop,
     ToolBeforeCtx,
