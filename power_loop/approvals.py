@@ -17,7 +17,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["ApprovalRequest"]
+__all__ = ["MAX_APPROVAL_TTL_S", "ApprovalRequest"]
+
+MAX_APPROVAL_TTL_S = 100 * 365 * 86400.0
+"""The longest time to live of an approval request (100 years): expiry times stay within a
+64-bit column on every backend."""
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ._types import MAX_SPAWN_DEPTH
+from .approvals import MAX_APPROVAL_TTL_S
 from .errors import ConfigurationError
 from .projectors import default_runtime_projectors
 from .providers.retry import LLMRetryPolicy
@@ -166,6 +167,10 @@ class AgentLoopConfig:
         if not isinstance(self.runtime_projectors, tuple):
             object.__setattr__(self, "runtime_projectors", tuple(self.runtime_projectors))
         _positive("approval_ttl_s", self.approval_ttl_s)
+        if self.approval_ttl_s > MAX_APPROVAL_TTL_S:
+            raise ConfigurationError(
+                f"AgentLoopConfig.approval_ttl_s must be at most 100 years, got {self.approval_ttl_s}"
+            )
 
 
 def _positive(name: str, value: float) -> None:

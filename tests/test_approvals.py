@@ -425,7 +425,33 @@ def test_tool_definitions_check_their_approval_settings() -> None:
     with pytest.raises(ValueError, match="precheck"):
         ToolDefinition(name="x", description="", precheck=42)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="approval_ttl_s"):
+        ToolDefinition(name="x", description="", approval_ttl_s=1e30)
+    with pytest.raises(ValueError, match="approval_ttl_s"):
         AgentLoopConfig(approval_ttl_s=-1)
+    with pytest.raises(ValueError, match="approval_ttl_s"):
+        AgentLoopConfig(approval_ttl_s=1e30)
+
+
+async def test_resume_runs_a_call_approved_by_a_process_that_died_before_running_it(
+    db_path: str, tmp_path: Path
+) -> None:
+    effects = tmp_path / "effects.txt"
+    sid, request = await paused_transfer(db_path, effects)
+    store = open_store(db_path)  # the decision commits; its process dies before the run starts
+    await store.open()
+    try:
+        decision = await store.decide_approval(sid, request.token, approved=True)
+    finally:
+        await store.close()
+    assert decision.outcome == "approved"
+    llm = ScriptedLLM([text_reply("paid after all")])
+    async with StatefulAgentLoop(llm=llm, db_path=db_path, tool_registry=transfer_tool(effects)) as loop:
+        with pytest.raises(SessionPendingError) as refused:
+            await loop.send("hello", session_id=sid)
+        assert not isinstance(refused.value, ApprovalPendingError)  # nothing left to decide
+        done = await loop.resume(sid)  # runs the approved call without asking again
+        assert (done.status, done.final_text) == ("completed", "paid after all")
+    assert runs_of(effects) == ["transfer 500"]
 
 
 # --------------------------------------------------------------------------- the store's rules

@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, overload
 
+from ..approvals import MAX_APPROVAL_TTL_S
 from .schema import function_schema
 
 if TYPE_CHECKING:
@@ -78,9 +79,11 @@ class ToolDefinition:
         if self.approval_ttl_s is not None and (
             isinstance(self.approval_ttl_s, bool)
             or not isinstance(self.approval_ttl_s, (int, float))
-            or not self.approval_ttl_s > 0
+            or not 0 < self.approval_ttl_s <= MAX_APPROVAL_TTL_S
         ):
-            raise ValueError(f"tool {self.name!r}: approval_ttl_s must be > 0, got {self.approval_ttl_s!r}")
+            raise ValueError(
+                f"tool {self.name!r}: approval_ttl_s must be > 0 and at most 100 years, got {self.approval_ttl_s!r}"
+            )
         if self.precheck is not None and not callable(self.precheck):
             raise ValueError(f"tool {self.name!r}: precheck must be a callable (args, ctx) -> bool | str")
 
