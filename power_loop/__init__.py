@@ -10,11 +10,14 @@ from __future__ import annotations
 
 from ._version import __version__
 from .agent_runner import AgentRunner
+from .approvals import ApprovalRequest
 from .cancellation import CancellationLike, CancellationToken, StopSignal
 from .compaction import Compactor, DefaultCompactor, estimate_text_tokens, estimate_tokens, trim_history
 from .config import DEFAULT_SYSTEM_PROMPT, AgentLoopConfig
 from .errors import (
     AgentSpecError,
+    ApprovalError,
+    ApprovalPendingError,
     CancellationRequested,
     CompactionFailed,
     ConfigurationError,
@@ -284,6 +287,9 @@ __all__ = [
     "AgentRunner",
     "AgentSpec",
     "AgentSpecError",
+    "ApprovalError",
+    "ApprovalPendingError",
+    "ApprovalRequest",
     "AssistantMessage",
     "AsyncToolInSyncContext",
     "AutoCompactStatusPayload",

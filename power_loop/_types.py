@@ -26,8 +26,9 @@ __all__ = [
     "ToolOutcomeStatus",
 ]
 
-RunKind = Literal["send", "resume", "submit_input", "wake"]
-"""What started a run: ``send``, ``resume``, ``submit_input``, or a timer's ``wake``."""
+RunKind = Literal["send", "resume", "submit_input", "wake", "approve"]
+"""What started a run: ``send``, ``resume``, ``submit_input``, a timer's ``wake``, or
+``approve`` (the last decision on a paused run's approval requests)."""
 RUN_KINDS: tuple[RunKind, ...] = get_args(RunKind)
 
 RunRowStatus = Literal[RunStatus, "running", "failed", "interrupted"]
@@ -36,12 +37,13 @@ while it lives; ``failed`` when it raised; ``interrupted`` when its process died
 next run took the session over."""
 RUN_ROW_STATUSES: tuple[RunRowStatus, ...] = get_args(RunRowStatus)
 
-ToolOutcomeStatus = Literal["done", "failed", "skipped", "cancelled", "waiting_input"]
+ToolOutcomeStatus = Literal["done", "failed", "skipped", "cancelled", "waiting_input", "awaiting_approval"]
 """How the engine answered one tool call in a round."""
 
 ToolCallStatus = Literal[ToolOutcomeStatus, "pending", "running", "aborted"]
 """The lifecycle of a stored tool call: ``pending → running → done | failed``, or
-``aborted``, ``cancelled``, ``skipped``, ``waiting_input``."""
+``aborted``, ``cancelled``, ``skipped``, ``waiting_input``, ``awaiting_approval`` (back to
+``pending`` once approved; ``skipped`` with an explanation once denied or expired)."""
 TOOL_CALL_STATUSES: tuple[ToolCallStatus, ...] = get_args(ToolCallStatus)
 
 HttpTransport = Literal["native", "httpx", "aiohttp"]

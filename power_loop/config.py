@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ._types import MAX_SPAWN_DEPTH
+from .approvals import MAX_APPROVAL_TTL_S
 from .errors import ConfigurationError
 from .guards import Budget, NoProgressPolicy, Price
 from .projectors import default_runtime_projectors
@@ -110,6 +111,9 @@ class AgentLoopConfig:
             every process draw on the same ones; checked and reserved before every model call.
         tenant_key: The session-metadata key naming a session's tenant, for ``Budget(scope=
             "tenant")`` (a sub-agent counts under its root session's tenant).
+        approval_ttl_s: How long an approval request stays valid, in seconds (a tool's own
+            ``approval_ttl_s`` wins). Approving it later answers the call as expired and
+            ends the run ``approval_expired``.
     """
 
     system_prompt: str | None = None
@@ -148,6 +152,7 @@ class AgentLoopConfig:
     no_progress: NoProgressPolicy | None = None
     budgets: Sequence[Budget] = ()
     tenant_key: str = "tenant_id"
+    approval_ttl_s: float = 3600.0
 
     def __post_init__(self) -> None:
         _positive("max_rounds", self.max_rounds)
@@ -224,6 +229,11 @@ class AgentLoopConfig:
             raise ConfigurationError("AgentLoopConfig.tenant_key must be a non-empty string")
         if self.no_progress is not None and not isinstance(self.no_progress, NoProgressPolicy):
             raise ConfigurationError("AgentLoopConfig.no_progress must be a NoProgressPolicy or None")
+        _positive("approval_ttl_s", self.approval_ttl_s)
+        if self.approval_ttl_s > MAX_APPROVAL_TTL_S:
+            raise ConfigurationError(
+                f"AgentLoopConfig.approval_ttl_s must be at most 100 years, got {self.approval_ttl_s}"
+            )
 
 
 def _positive(name: str, value: float) -> None:

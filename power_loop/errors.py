@@ -11,6 +11,7 @@ original is kept as ``__cause__``.
     ├── SessionError                              something about one session
     │   ├── SessionNotFoundError (also KeyError)
     │   ├── SessionPendingError                   unanswered tool calls block a send
+    │   │   └── ApprovalPendingError              ... some of them wait for a human's approval
     │   ├── SessionBusyError                      another run holds the session too long
     │   └── LeaseLostError                        this run was fenced out by another process
     ├── StoreError                                the session store itself (``path``: the file)
@@ -38,6 +39,7 @@ original is kept as ``__cause__``.
     │   ├── ToolNotStarted (tools.threads)        no tool thread was free to start a sync call
     │   └── ToolRaisedBaseException (tools.threads)  a handler raised SystemExit, KeyboardInterrupt, ...
     ├── HookError                                 a hook raised or returned a directive its point does not honour
+    ├── ApprovalError (also ValueError)           an approval token is unknown, of another session, or used
     ├── AgentSpecError                            an agent spec could not be loaded or used (``field``)
     │   └── SpecValidationError (also ValueError) a spec's content is invalid: unknown key, bad value
     ├── StructuredOutputError (also ValueError) a final answer does not parse or match its schema
@@ -58,6 +60,8 @@ from typing import Any
 
 __all__ = [
     "AgentSpecError",
+    "ApprovalError",
+    "ApprovalPendingError",
     "CancellationRequested",
     "CompactionFailed",
     "ConfigurationError",
@@ -161,6 +165,32 @@ class SessionPendingError(SessionError):
         )
         self.assistant_seq = assistant_seq
         self.pending_tool_calls = list(pending_tool_calls)
+
+
+class ApprovalPendingError(SessionPendingError):
+    """A send found tool calls waiting for a human's approval.
+
+    Attributes:
+        tokens: The tokens of the undecided approval requests.
+    """
+
+    def __init__(
+        self,
+        session_id: str,
+        *,
+        assistant_seq: int,
+        pending_tool_calls: Sequence[dict[str, Any]],
+        tokens: Sequence[str],
+    ) -> None:
+        super().__init__(session_id, assistant_seq=assistant_seq, pending_tool_calls=pending_tool_calls)
+        self.tokens = list(tokens)
+        listed = ", ".join(self.tokens)
+        self.args = (
+            f"Session {session_id!r} has {len(self.tokens)} tool call(s) waiting for approval (tokens: {listed}). "
+            f"Decide each with `await loop.approve({session_id!r}, token, approved=True | False)` (the run then "
+            "goes on), list them with `await loop.list_approvals()`, or pass `heal_pending=True` to send() to "
+            "drop them (their calls are answered as aborted and the tokens stop working).",
+        )
 
 
 class SessionBusyError(SessionError):
@@ -450,6 +480,22 @@ class SubagentRefused(ToolError):
 
 class HookError(PowerLoopError):
     """A hook handler raised, or returned a directive its hook point does not honour."""
+
+
+class ApprovalError(PowerLoopError, ValueError):
+    """An approval could not be decided: the token is unknown, belongs to another session, or
+    was used already (a token decides once; a ``precheck`` that failed replaced it with a fresh
+    one, listed by ``loop.list_approvals()``).
+
+    Attributes:
+        token: The token given.
+        session_id: The session given.
+    """
+
+    def __init__(self, message: str, *, token: str, session_id: str) -> None:
+        super().__init__(message)
+        self.token = token
+        self.session_id = session_id
 
 
 class AgentSpecError(PowerLoopError):

@@ -21,7 +21,7 @@ LLM_BEFORE ``llm.before``         messages, system_prompt, tools (a subset    SH
 LLM_AFTER ``llm.after``           output                                      BREAK (tool calls dropped)
 ROUND_DECIDE ``round.decide``     output (the answer SKIP gives every call)    SKIP, BREAK
 TOOLS_BATCH_BEFORE                output (the answer SKIP gives every call)    SKIP
-TOOL_BEFORE ``tool.before``       tool_name, tool_args                        SKIP
+TOOL_BEFORE ``tool.before``       tool_name, tool_args                        SKIP, PAUSE (approval)
 TOOL_AFTER ``tool.after``         output, failed                              BREAK
 TOOL_ERROR ``tool.error``         output                                      SKIP, SHORT_CIRCUIT
 TOOLS_BATCH_AFTER, ROUND_END      read-only                                   —
@@ -105,6 +105,7 @@ class HookDirective(str, Enum):
     SKIP = "skip"
     BREAK = "break"
     SHORT_CIRCUIT = "short_circuit"
+    PAUSE = "pause"
 
 
 _D = HookDirective
@@ -116,7 +117,7 @@ HONOURED_DIRECTIVES: dict[HookPoint, frozenset[HookDirective]] = {
     HookPoint.LLM_AFTER: frozenset({_D.BREAK}),
     HookPoint.ROUND_DECIDE: frozenset({_D.SKIP, _D.BREAK}),
     HookPoint.TOOLS_BATCH_BEFORE: frozenset({_D.SKIP}),
-    HookPoint.TOOL_BEFORE: frozenset({_D.SKIP}),
+    HookPoint.TOOL_BEFORE: frozenset({_D.SKIP, _D.PAUSE}),
     HookPoint.TOOL_AFTER: frozenset({_D.BREAK}),
     HookPoint.TOOL_ERROR: frozenset({_D.SKIP, _D.SHORT_CIRCUIT}),
     HookPoint.TOOLS_BATCH_AFTER: frozenset(),
@@ -242,13 +243,18 @@ class ToolsBatchAfterCtx(BaseHookCtx):
 
 @dataclass
 class ToolBeforeCtx(BaseHookCtx):
-    """Before one tool call: change ``tool_name`` / ``tool_args``, or SKIP with ``output``
-    as the result (an approval gate)."""
+    """Before one tool call: change ``tool_name`` / ``tool_args``, SKIP with ``output`` as the
+    result, or PAUSE to make the call wait for a human's approval (the run ends
+    ``awaiting_approval``; see ``loop.approve``).
+
+    ``approved`` is True when a human approved this call and it is about to run: a PAUSE is
+    then ignored (the decision is made)."""
 
     tool_call: dict[str, Any] = field(default_factory=dict)
     tool_name: str = ""
     tool_args: dict[str, Any] = field(default_factory=dict)
     output: str = "[skipped by hook]"
+    approved: bool = False
 
 
 @dataclass

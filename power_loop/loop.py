@@ -21,6 +21,7 @@ import time
 from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
+from ._loop_approvals import ApprovalFacade
 from ._loop_timers import TimerFacade
 from .cancellation import StopEventLike
 from .compaction import resolve_compactor
@@ -100,6 +101,7 @@ def _pending_dict(state: PendingState | None) -> dict[str, Any] | None:
         "tool_calls": [c.to_dict() for c in state.calls],
         "statuses": {c.tool_call_id: c.status for c in state.calls},
         "pending_interactions": [dict(i) for i in state.interactions],
+        "approvals": [a.to_dict() for a in state.approvals],
     }
 
 
@@ -107,7 +109,7 @@ def _message_dicts(stored: Sequence[StoredMessage]) -> list[dict[str, Any]]:
     return [message_to_dict(s.message) for s in stored]
 
 
-class StatefulAgentLoop(TimerFacade):
+class StatefulAgentLoop(TimerFacade, ApprovalFacade):
     """A durable, multi-session agent loop.
 
     Args:
@@ -601,7 +603,8 @@ class StatefulAgentLoop(TimerFacade):
 
     def get_pending(self, session_id: str) -> dict[str, Any] | None:
         """Unanswered tool calls (``assistant_seq``, ``round_index``, ``tool_call_ids``,
-        ``tool_calls``, ``statuses``, ``pending_interactions``), or None."""
+        ``tool_calls``, ``statuses``, ``pending_interactions``, ``approvals``: the undecided
+        approval requests as dicts), or None."""
         self._require(session_id)
         return _pending_dict(self.store.get_pending_sync(session_id))
 

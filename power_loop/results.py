@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
 
+from .approvals import ApprovalRequest
 from .guards import BudgetHit
 
 __all__ = [
@@ -31,6 +32,8 @@ RunStatus = Literal[
     "degraded",
     "paused",
     "no_progress",
+    "awaiting_approval",
+    "approval_expired",
 ]
 """How a run ended (``StatefulResult.status``)."""
 RUN_STATUSES: tuple[RunStatus, ...] = get_args(RunStatus)
@@ -54,8 +57,13 @@ class StatefulResult:
             ``loop.pause`` stopped it at a round boundary (``loop.resume`` continues it).
             ``no_progress``: it kept repeating a tool call or sending invalid arguments
             (``AgentLoopConfig.no_progress``).
+            ``response_format`` twice (``[degraded: structured output ...]``).
+            ``awaiting_approval``: a tool call needs a human's approval (``result.approvals``;
+            ``loop.approve``). ``approval_expired``: an approval came after its expiry; the
+            call was answered as expired and the run stopped (``resume`` lets the model react).
         final_text: The last answer, or a marker: ``[budget_exceeded]``,
-            ``[hit_round_limit]\\n<summary>``, ``[cancelled by user]``, ``[degraded: ...]``.
+            ``[hit_round_limit]\\n<summary>``, ``[cancelled by user]``, ``[degraded: ...]``,
+            ``[approval_expired: <tool>]``.
         rounds: Rounds run (model calls made for rounds, the round-limit summary excluded).
         pending_tool_calls: Unanswered calls as OpenAI ``tool_calls[]`` dicts (``id``,
             ``type``, ``function.name``, ``function.arguments``).
@@ -82,6 +90,8 @@ class StatefulResult:
             else the dict. None otherwise, and whenever the run did not end ``completed``.
         budget: For ``budget_exceeded``: which limit stopped the run and by how much
             (:class:`~power_loop.guards.BudgetHit`); None otherwise.
+        approvals: The approval requests still undecided when the run ended
+            (``awaiting_approval``, or listed alongside another ending); empty otherwise.
     """
 
     session_id: str
@@ -96,6 +106,7 @@ class StatefulResult:
     post_commit_errors: list[str] = field(default_factory=list)
     output: Any = None
     budget: BudgetHit | None = None
+    approvals: list[ApprovalRequest] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:

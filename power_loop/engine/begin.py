@@ -16,7 +16,13 @@ import logging
 from dataclasses import replace
 
 from .._types import RunKind
-from ..errors import SessionBusyError, SessionNotFoundError, SessionPausedError, SessionPendingError
+from ..errors import (
+    ApprovalPendingError,
+    SessionBusyError,
+    SessionNotFoundError,
+    SessionPausedError,
+    SessionPendingError,
+)
 from ..messages import UserMessage
 from ..store.rows import BeginOutcome, BeginRun, FinishRun, LeaseClaim, RunTotals
 from .history import Transcript
@@ -59,7 +65,7 @@ async def begin_run(
         kind=kind,
         messages=(message,) if message is not None else (),
         heal_pending=heal_pending,
-        allow_pending=kind in ("resume", "submit_input"),
+        allow_pending=kind in ("resume", "submit_input", "approve"),
         cached_version=cached.version if cached is not None else None,
     )
     while True:
@@ -74,15 +80,16 @@ async def begin_run(
             raise SessionPausedError(session_id, paused_at=outcome.paused_at)
         if outcome.status == "pending":
             assert outcome.pending is not None
-            raise SessionPendingError(
-                session_id,
-                assistant_seq=outcome.pending.assistant_seq,
-                pending_tool_calls=[
-                    # 0.11's tool_calls[] shape, plus flat name/arguments and the status
-                    {**c.to_dict(), "name": c.name, "arguments": c.arguments, "status": c.status}
-                    for c in outcome.pending.calls
-                ],
-            )
+            calls = [
+                # 0.11's tool_calls[] shape, plus flat name/arguments and the status
+                {**c.to_dict(), "name": c.name, "arguments": c.arguments, "status": c.status}
+                for c in outcome.pending.calls
+            ]
+            seq = outcome.pending.assistant_seq
+            if outcome.pending.approvals:
+                tokens = [a.token for a in outcome.pending.approvals]
+                raise ApprovalPendingError(session_id, assistant_seq=seq, pending_tool_calls=calls, tokens=tokens)
+            raise SessionPendingError(session_id, assistant_seq=seq, pending_tool_calls=calls)
         if not wait_foreign or loop.time() + delay > deadline:
             raise SessionBusyError(
                 f"session {session_id!r} is held by another process's run ({outcome.lease_owner}) and "

@@ -41,7 +41,9 @@ async def finish(run: Run, end: End) -> StatefulResult:
     if end.announced:
         await _session_end(run, end.status, end.final_text, end.reason or end.status)
     wake_parent(run)
-    return run.result(end.status, end.final_text, pending=end.pending, interactions=end.interactions)
+    return run.result(
+        end.status, end.final_text, pending=end.pending, interactions=end.interactions, approvals=end.approvals
+    )
 
 
 def wake_parent(run: Run) -> None:

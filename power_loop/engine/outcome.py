@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
+from ..approvals import ApprovalRequest
 from ..results import RunStatus
 from ..store.rows import PendingCall, WriteOp
 
@@ -41,6 +42,7 @@ class End:
             run that found nothing to do, which never started the session either).
         pending: Unanswered calls reported in the result (``waiting_for_input``).
         interactions: Open questions reported in the result (``waiting_for_input``).
+        approvals: Undecided approval requests reported in the result (``awaiting_approval``).
     """
 
     status: RunStatus
@@ -51,6 +53,7 @@ class End:
     announced: bool = True
     pending: Sequence[PendingCall] = ()
     interactions: Sequence[dict[str, Any]] = ()
+    approvals: Sequence[ApprovalRequest] = ()
 
 
 StepOutcome = Continue | End

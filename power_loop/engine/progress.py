@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from ..events import AgentEventType, NoProgressStatusPayload
 from ..guards import NoProgressPolicy
@@ -121,5 +121,5 @@ async def after_batch(run: Run, outcomes: list[ToolOutcome]) -> bool:
     )
     for i in invalid:
         o = outcomes[i]
-        outcomes[i] = ToolOutcome(o.call, o.content + note, o.is_error, o.status, o.interaction, o.executed)
+        outcomes[i] = replace(o, content=o.content + note)
     return False

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .._types import RunKind, RunRowStatus
+from ..approvals import ApprovalRequest
 from ..cancellation import StopEventLike, StopSignal
 from ..config import AgentLoopConfig
 from ..errors import HookError
@@ -276,6 +277,7 @@ class Run:
         *,
         pending: Sequence[PendingCall] = (),
         interactions: Sequence[dict[str, Any]] = (),
+        approvals: Sequence[ApprovalRequest] = (),
     ) -> StatefulResult:
         """The :class:`StatefulResult` of the run."""
         return StatefulResult(
@@ -291,6 +293,7 @@ class Run:
             post_commit_errors=list(self.post_commit_errors),
             output=self.output if status == "completed" else None,
             budget=self.budget_hit if status == "budget_exceeded" else None,
+            approvals=list(approvals),
         )
 
     def usage_dict(self) -> dict[str, Any]:

@@ -19,6 +19,10 @@
   and ends the run ``failed``.
 * Once a handler has run, its result is recorded even when a ``tool.error`` or
   ``tool.after`` hook then raises and ends the run.
+* A valid call that needs a human's approval (its tool's ``requires_approval``, or a
+  ``TOOL_BEFORE`` ``PAUSE``) does not start: its outcome is ``awaiting_approval`` with a fresh
+  :class:`~power_loop.approvals.ApprovalRequest`. An approved call runs without asking again,
+  after its tool's ``precheck``; a failing precheck issues a fresh request instead.
 """
 
 from __future__ import annotations
@@ -27,12 +31,15 @@ import asyncio
 import contextvars
 import functools
 import inspect
+import logging
+import secrets
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from .._types import ToolCallStatus, ToolOutcomeStatus
+from ..approvals import ApprovalRequest
 from ..errors import LeaseLostError, PowerLoopError, StoreError
 from ..events import (
     AgentEventType,
@@ -54,6 +61,8 @@ from .subagents import RunSubagents
 
 __all__ = ["ToolOutcome", "counted_calls", "run_tool_batch"]
 
+log = logging.getLogger("power_loop.engine")
+
 
 @dataclass
 class ToolOutcome:
@@ -66,6 +75,7 @@ class ToolOutcome:
         status: ``done``, ``failed``, ``skipped``, ``cancelled`` or ``waiting_input`` (or the
             stored status of a call answered before a resume, e.g. ``aborted``).
         interaction: The open question when a tool asked the user (``waiting_input``).
+        approval: The approval request of a call that waits for one (``awaiting_approval``).
     """
 
     call: ToolCall
@@ -73,6 +83,7 @@ class ToolOutcome:
     is_error: bool = False
     status: ToolCallStatus = "done"
     interaction: dict[str, Any] | None = None
+    approval: ApprovalRequest | None = None
     executed: bool = False
     stop_batch: bool = field(default=False, repr=False)
     interrupt: BaseException | None = field(default=None, repr=False)
@@ -81,12 +92,16 @@ class ToolOutcome:
 def counted_calls(outcomes: Sequence[ToolOutcome]) -> int:
     """How many of ``outcomes`` count in ``StatefulResult.tool_calls`` and the session stats:
     as in 0.11, a call a hook skipped is not a call, nor is one a stop prevented from
-    starting. Failed calls (unknown tool, invalid arguments, exceptions) count."""
-    return sum(1 for o in outcomes if o.status not in ("skipped", "cancelled"))
+    starting. Failed calls (unknown tool, invalid arguments, exceptions) count; a call waiting
+    for approval counts once it runs."""
+    return sum(1 for o in outcomes if o.status not in ("skipped", "cancelled", "awaiting_approval"))
 
 
-async def run_tool_batch(run: Run, calls: Sequence[ToolCall]) -> list[ToolOutcome]:
-    """Execute ``calls``; return one outcome per call, in call order."""
+async def run_tool_batch(
+    run: Run, calls: Sequence[ToolCall], approved: frozenset[str] = frozenset()
+) -> list[ToolOutcome]:
+    """Execute ``calls``; return one outcome per call, in call order. Calls whose id is in
+    ``approved`` were approved by a human and do not ask again."""
     outcomes: list[ToolOutcome | None] = [None] * len(calls)
     stopped = asyncio.Event()
     interrupts: list[BaseException] = []
@@ -102,7 +117,7 @@ async def run_tool_batch(run: Run, calls: Sequence[ToolCall]) -> list[ToolOutcom
             if run.stop.is_set():
                 outcomes[index] = ToolOutcome(call, f"<cancelled: {run.stop.reason}>", True, "cancelled")
                 return
-            outcome = await execute_call(run, call)
+            outcome = await execute_call(run, call, approved=call.id in approved)
             outcomes[index] = outcome
             if outcome.stop_batch:
                 stopped.set()
@@ -133,12 +148,13 @@ async def run_tool_batch(run: Run, calls: Sequence[ToolCall]) -> list[ToolOutcom
     return [o for o in outcomes if o is not None]
 
 
-async def execute_call(run: Run, call: ToolCall) -> ToolOutcome:
-    """Run one call through hooks, validation, the handler and events."""
+async def execute_call(run: Run, call: ToolCall, *, approved: bool = False) -> ToolOutcome:
+    """Run one call through hooks, validation, the approval gate, the handler and events."""
     hooks = run.rt.hooks
     name = call.name
     args: Any
     parse_error: str | None = None
+    paused = False
     try:
         args = _parsed_arguments(call)
     except ValueError as exc:
@@ -153,18 +169,27 @@ async def execute_call(run: Run, call: ToolCall) -> ToolOutcome:
             tool_args=dict(args),
             round_index=run.round_index,
             session_id=run.session_id,
+            approved=approved,
         )
-        if await hooks.run(HookPoint.TOOL_BEFORE, before) is HookDirective.SKIP:
+        directive = await hooks.run(HookPoint.TOOL_BEFORE, before)
+        if directive is HookDirective.SKIP:
             await _started(run, call, name, args)
             return await _finish(
                 run, call, name, args, str(before.output), failed=False, status="skipped", started=time.monotonic()
             )
+        paused = directive is HookDirective.PAUSE
         if before.tool_args != args:
             parse_error = None
         name, args = before.tool_name, before.tool_args
+    tool = run.tools.get(name) if run.tools is not None and name in run.round_offered else None
+    problem = None if tool is None else parse_error or validation_message(tool.definition, args)
+    if tool is not None and problem is None and (paused or approved or tool.definition.requires_approval is not False):
+        # Only a valid call is worth a human's time; an invalid one gets its error at once.
+        waiting = await _approval_gate(run, call, tool, name, args, paused=paused, approved=approved)
+        if waiting is not None:
+            return waiting
     await _started(run, call, name, args)
     started = time.monotonic()
-    tool = run.tools.get(name) if run.tools is not None and name in run.round_offered else None
     if tool is None:
         available = ", ".join(run.tools.names()) if run.tools is not None and len(run.tools) else "none"
         return await _finish(
@@ -177,7 +202,6 @@ async def execute_call(run: Run, call: ToolCall) -> ToolOutcome:
             status="failed",
             started=started,
         )
-    problem = parse_error or validation_message(tool.definition, args)
     if problem is not None:
         return await _finish(run, call, name, args, problem, failed=True, status="failed", started=started)
     hit = check_tool_call(run)
@@ -202,6 +226,60 @@ async def execute_call(run: Run, call: ToolCall) -> ToolOutcome:
     )
     outcome.interrupt = interrupt
     return outcome
+
+
+async def _approval_gate(
+    run: Run, call: ToolCall, tool: RegisteredTool, name: str, args: dict[str, Any], *, paused: bool, approved: bool
+) -> ToolOutcome | None:
+    """The ``awaiting_approval`` outcome of a call that must wait for a human, or None when it
+    may run: an approved call passes once its tool's precheck agrees; another call waits when
+    a hook paused it or its tool requires approval (a predicate that raises counts as yes)."""
+    definition = tool.definition
+    reason: str | None = None
+    if approved:
+        if definition.precheck is None:
+            return None
+        try:
+            verdict = await _judged(definition.precheck, args, _tool_context(run, call, tool))
+        except Exception as exc:
+            log.warning("the precheck of tool %s raised; asking for approval again", name, exc_info=True)
+            verdict = f"the precheck raised {type(exc).__name__}: {exc}"
+        if not isinstance(verdict, str) and verdict:
+            return None
+        reason = verdict if isinstance(verdict, str) and verdict else "the tool's precheck no longer agrees"
+    elif not paused:
+        check = definition.requires_approval
+        if check is False:
+            return None
+        if check is not True:
+            try:
+                needed = bool(await _judged(check, args, _tool_context(run, call, tool)))
+            except Exception:
+                log.warning("requires_approval of tool %s raised; the call waits for approval", name, exc_info=True)
+                needed = True
+            if not needed:
+                return None
+    ttl_s = definition.approval_ttl_s or run.config.approval_ttl_s
+    now = int(time.time() * 1000)
+    request = ApprovalRequest(
+        token=secrets.token_urlsafe(24),
+        session_id=run.session_id,
+        tool_call_id=call.id,
+        tool_name=name,
+        arguments=dict(args),
+        expires_at=now + int(ttl_s * 1000),
+        reason=reason,
+        created_at=now,
+    )
+    return ToolOutcome(call, "", False, "awaiting_approval", approval=request)
+
+
+async def _judged(check: Callable[..., Any], args: dict[str, Any], context: ToolContext) -> Any:
+    """``check(args, ctx)``, awaited when it returns an awaitable."""
+    verdict = check(dict(args), context)
+    if inspect.isawaitable(verdict):
+        verdict = await verdict
+    return verdict
 
 
 def _parsed_arguments(call: ToolCall) -> Any:
@@ -322,8 +400,9 @@ class RunEvents:
         await self._run.emitter.emit(event_type, payload, round_index=self._run.round_index)
 
 
-async def _call_with_context(run: Run, call: ToolCall, tool: RegisteredTool, args: dict[str, Any]) -> Any:
-    context = ToolContext(
+def _tool_context(run: Run, call: ToolCall, tool: RegisteredTool) -> ToolContext:
+    """The :class:`ToolContext` of ``call`` in ``run``."""
+    return ToolContext(
         session_id=run.session_id,
         tool_call_id=call.id,
         tool_name=tool.name,
@@ -336,6 +415,10 @@ async def _call_with_context(run: Run, call: ToolCall, tool: RegisteredTool, arg
             events=RunEvents(run),
         ),
     )
+
+
+async def _call_with_context(run: Run, call: ToolCall, tool: RegisteredTool, args: dict[str, Any]) -> Any:
+    context = _tool_context(run, call, tool)
     token = _set_context(context)
     try:
         timeout = tool.timeout_s or run.config.tool_timeout_s

@@ -2,8 +2,10 @@
 
 * ``ROUND_DECIDE`` may skip every call (``SKIP``) or answer them and end the run (``BREAK``);
   ``TOOLS_BATCH_BEFORE`` may skip them; otherwise :func:`~.tool_batch.run_tool_batch` runs them.
-* A call that asked the user (``request_user_input``) pauses the run: :func:`pause_for_input`
-  returns the ``waiting_for_input`` ending holding every call's status and the question.
+* A call that asked the user (``request_user_input``) or waits for a human's approval pauses
+  the run: :func:`pause_for_input` returns the ``waiting_for_input`` (a question is open) or
+  ``awaiting_approval`` ending holding every call's status, the questions and the approval
+  requests, committed together with the end of the run.
 * Otherwise the results commit in call order, with the follow-ups that arrived meanwhile, and
   the run goes on; after a ``BREAK`` or a stop the results commit with the end of the run.
 """
@@ -13,11 +15,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from ..approvals import ApprovalRequest
 from ..events import AgentEventType, RoundCompletedPayload, RoundToolsPresentPayload
 from ..hooks import HookDirective, HookPoint, RoundDecideCtx, RoundEndCtx, ToolsBatchAfterCtx, ToolsBatchBeforeCtx
 from ..messages import AssistantMessage, Message, ToolResultMessage
 from ..results import RunStatus
-from ..store.rows import Append, DrainInbox, OpenInteraction, PendingCall, UpdateToolCall, WriteOp
+from ..store.rows import Append, DrainInbox, OpenApproval, OpenInteraction, PendingCall, UpdateToolCall, WriteOp
 from .endings import cancelled
 from .outcome import CONTINUE, End, StepOutcome
 from .progress import after_batch, before_batch
@@ -83,7 +86,7 @@ async def commit_results(
             messages=dicts(run.transcript.messages), round_index=run.round_index, session_id=run.session_id
         )
         await run.rt.hooks.run(HookPoint.TOOLS_BATCH_AFTER, ctx)
-    if any(o.status == "waiting_input" for o in outcomes):
+    if any(o.status in ("waiting_input", "awaiting_approval") for o in outcomes):
         return pause_for_input(run, outcomes)
     results: list[Message] = []
     statuses: dict[str, str] = {}
@@ -106,17 +109,24 @@ async def commit_results(
 
 
 def pause_for_input(run: Run, outcomes: Sequence[ToolOutcome]) -> End:
-    """A tool asked the user: the run ends ``waiting_for_input``, storing every other call's
-    result and the question with the end. The calls stay unanswered in the history until
-    ``submit_input``."""
+    """A tool asked the user, or a call waits for approval: the run ends ``waiting_for_input``
+    (when a question is open) or ``awaiting_approval``, storing every other call's result, the
+    questions and the approval requests with the end. The calls stay unanswered in the
+    history until ``submit_input`` / ``approve``."""
     ops: list[WriteOp] = []
     interactions: list[dict[str, Any]] = []
+    approvals: list[ApprovalRequest] = []
     for outcome in outcomes:
         if outcome.status == "waiting_input":
             assert outcome.interaction is not None
             interactions.append(outcome.interaction)
             ops.append(UpdateToolCall(outcome.call.id, "waiting_input"))
             ops.append(OpenInteraction(outcome.interaction))
+        elif outcome.status == "awaiting_approval":
+            assert outcome.approval is not None
+            approvals.append(outcome.approval)
+            ops.append(UpdateToolCall(outcome.call.id, "awaiting_approval"))
+            ops.append(OpenApproval(outcome.approval))
         else:
             ops.append(
                 UpdateToolCall(outcome.call.id, outcome.status, result=outcome.content, is_error=outcome.is_error)
@@ -125,7 +135,8 @@ def pause_for_input(run: Run, outcomes: Sequence[ToolOutcome]) -> End:
         PendingCall(tool_call_id=o.call.id, name=o.call.name, arguments=o.call.arguments, status=o.status, position=i)
         for i, o in enumerate(outcomes)
     ]
-    return End("waiting_for_input", "", ops=ops, pending=pending, interactions=interactions)
+    status: RunStatus = "waiting_for_input" if interactions else "awaiting_approval"
+    return End(status, "", ops=ops, pending=pending, interactions=interactions, approvals=approvals)
 
 
 async def tools_present(run: Run, count: int) -> None:

@@ -27,6 +27,7 @@ from ..messages import (
     message_from_json,
     message_json,
 )
+from ._approvals_sql import approval_state, drop_approvals
 from ._budgets_sql import settle as settle_budget
 from ._sessions_sql import text
 from .protocols import Tx
@@ -225,11 +226,15 @@ def pending_state(tx: Tx, key: int, session_id: str) -> PendingState | None:
             "ORDER BY id DESC LIMIT 1",
             (key, run),
         ).fetchone()
+    undecided, approved, expired = approval_state(tx, key, (c.tool_call_id for c in calls))
     return PendingState(
         assistant_seq=assistant_seq,
         calls=calls,
         interactions=tuple(open_interactions(tx, key, session_id)),
         round_index=int(found["round_index"]) if found else 0,
+        approvals=undecided,
+        approved=approved,
+        expired=expired,
     )
 
 
@@ -277,7 +282,7 @@ def answer_pending(
     pending: PendingState | None = None,
 ) -> list[StoredMessage]:
     """Answer every unresolved call: a call that finished gets its stored result, the others
-    ``text`` (status ``aborted``). Open questions on them are closed."""
+    ``text`` (status ``aborted``). Open questions and approval requests on them are closed."""
     pending = pending if pending is not None else pending_state(tx, key, session_id)
     if pending is None:
         return []
@@ -296,6 +301,8 @@ def answer_pending(
         statuses[c.tool_call_id] = c.status if finished else "aborted"
     stored = append_messages(tx, key, Append(results, statuses), now, run=run)
     close_interactions(tx, key, now)
+    if pending.approvals or pending.approved:
+        drop_approvals(tx, key, statuses, now)
     return stored
 
 

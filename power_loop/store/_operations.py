@@ -21,6 +21,8 @@ import json
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
+from ..approvals import ApprovalRequest
+from . import _approvals_sql as _approvals
 from . import _budgets_sql as _budgets
 from . import _compat_sql, _leases, _sql
 from . import _sessions_sql as _sessions
@@ -31,6 +33,7 @@ from ._runtime import RuntimeStateMethods
 from ._twins import TxFn, store_op
 from .protocols import Tx
 from .rows import (
+    ApprovalDecision,
     BackgroundChild,
     BeginOutcome,
     BeginRun,
@@ -217,6 +220,28 @@ class StoreOperations(Store011Methods, RuntimeStateMethods):
             ValueError: No open interaction has that id in the session.
         """
         return await self._call(lambda c: _sql.answer_interaction(c, session_id, interaction_id, value))
+
+    # ------------------------------------------------------------------ approvals
+
+    async def decide_approval(
+        self, session_id: str, token: str, *, approved: bool, note: str | None = None
+    ) -> ApprovalDecision:
+        """Decide an approval request once (approved, denied, or expired when it is too late).
+
+        Raises:
+            ApprovalError: No request has that token in the session, or it was decided already.
+            SessionBusyError: A run holds the session.
+            SessionNotFoundError: Unknown session.
+        """
+        return await self._call(lambda c: _approvals.decide(c, session_id, token, approved=approved, note=note))
+
+    @store_op(tx=False)
+    def list_approvals(self, session_id: str | None = None) -> TxFn[list[ApprovalRequest]]:
+        """Undecided approval requests (expired ones included), oldest first; of one session
+        or of every session."""
+        return lambda c: _approvals.list_pending(c, session_id)
+
+    list_approvals_sync = list_approvals.blocking()
 
     # ------------------------------------------------------------------ runs
 

@@ -240,7 +240,22 @@ CREATE TABLE background_tasks (
     created_at   BIGINT NOT NULL,
     updated_at   BIGINT NOT NULL,
     PRIMARY KEY (session, task_id)
-)
+);
+CREATE TABLE approvals (
+    token        TEXT PRIMARY KEY,
+    session      BIGINT NOT NULL REFERENCES sessions(id) ON DELETE CASCADE,
+    tool_call_id TEXT NOT NULL,
+    tool_name    TEXT NOT NULL,
+    arguments    TEXT NOT NULL DEFAULT '{}',
+    status       TEXT NOT NULL DEFAULT 'pending',
+    reason       TEXT,
+    note         TEXT,
+    created_at   BIGINT NOT NULL,
+    expires_at   BIGINT NOT NULL,
+    decided_at   BIGINT
+);
+CREATE INDEX approvals_call ON approvals(session, tool_call_id);
+CREATE INDEX approvals_undecided ON approvals(created_at) WHERE status = 'pending'
 """
 """The latest schema (version :data:`~power_loop.store.schema.LATEST_VERSION`)."""
 

@@ -29,6 +29,7 @@ from collections.abc import Sequence
 
 from ..errors import SessionBusyError, SessionNotFoundError
 from . import _history_sql as _history
+from ._approvals_sql import open_approval
 from ._history_sql import (
     RunNumbers,
     answer_pending,
@@ -68,6 +69,7 @@ from .rows import (
     FinishRun,
     LeaseClaim,
     LoadedHistory,
+    OpenApproval,
     OpenInteraction,
     PendingState,
     RecordLLMCall,
@@ -301,6 +303,8 @@ def write(
                 "VALUES (?, ?, ?, ?, ?)",
                 (key, op.body["interaction_id"], op.body["tool_call_id"], json.dumps(dict(op.body)), now),
             )
+        elif isinstance(op, OpenApproval):
+            open_approval(tx, key, op.request, now)
         elif isinstance(op, FinishRun):
             run = runs(op.run_id)
             inbox_waits = op.drain_inbox and (lease is None or bool(row["waiting"]))

@@ -31,8 +31,10 @@ from __future__ import annotations
 from collections.abc import Collection, Coroutine, Iterable, Mapping, Sequence
 from typing import Any, Protocol, runtime_checkable
 
+from ..approvals import ApprovalRequest
 from ._timer_rows import MAX_DELAY_S, MAX_DUE_AT_MS, ClaimedTimer, Delivery, TimerBudgetExceeded
 from .rows import (
+    ApprovalDecision,
     BackgroundChild,
     BackgroundTaskRow,
     BeginOutcome,
@@ -353,6 +355,21 @@ class SessionAdmin(Protocol):
         only_if_busy: bool = False,
     ) -> int | None:
         """Queue an inbox item; the depth, or None when ``only_if_busy`` and idle."""
+        ...
+
+    async def decide_approval(
+        self, session_id: str, token: str, *, approved: bool, note: str | None = None
+    ) -> ApprovalDecision:
+        """Decide an approval request once; ``ApprovalError`` for an unknown or used token,
+        ``SessionBusyError`` while a run holds the session."""
+        ...
+
+    async def list_approvals(self, session_id: str | None = None) -> list[ApprovalRequest]:
+        """Undecided approval requests (expired ones included), oldest first."""
+        ...
+
+    def list_approvals_sync(self, session_id: str | None = None) -> list[ApprovalRequest]:
+        """Blocking twin of :meth:`list_approvals`."""
         ...
 
     async def get_stats(self, session_id: str) -> SessionStatsRow | None:

@@ -13,11 +13,13 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Literal, Union
 
+from ..approvals import ApprovalRequest
 from ..messages import Message, Usage
 
 __all__ = [
     "AnswerPending",
     "Append",
+    "ApprovalDecision",
     "BackgroundChild",
     "BackgroundStatus",
     "BackgroundTaskRow",
@@ -32,6 +34,7 @@ __all__ = [
     "LoadedHistory",
     "MessageRow",
     "MessageState",
+    "OpenApproval",
     "OpenInteraction",
     "PendingCall",
     "PendingState",
@@ -50,7 +53,9 @@ __all__ = [
     "WriteOutcome",
 ]
 
-ToolStatus = Literal["pending", "running", "done", "failed", "aborted", "cancelled", "skipped", "waiting_input"]
+ToolStatus = Literal[
+    "pending", "running", "done", "failed", "aborted", "cancelled", "skipped", "waiting_input", "awaiting_approval"
+]
 RESOLVED_STATUSES: frozenset[str] = frozenset({"done", "failed", "aborted", "cancelled", "skipped"})
 
 
@@ -430,12 +435,19 @@ class PendingState:
         calls: The unanswered calls, in message order.
         interactions: Open ``request_user_input`` questions.
         round_index: The round (0-based, within its run) of the model turn that made the calls.
+        approvals: Undecided approval requests of these calls (expired ones included).
+        approved: Ids of calls a human approved that have not run to an answer yet: they
+            run without asking again (their tool's ``precheck`` first).
+        expired: Ids of calls answered as expired by a late approval.
     """
 
     assistant_seq: int
     calls: tuple[PendingCall, ...]
     interactions: tuple[Mapping[str, Any], ...] = ()
     round_index: int = 0
+    approvals: tuple[ApprovalRequest, ...] = ()
+    approved: frozenset[str] = frozenset()
+    expired: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -641,7 +653,34 @@ class OpenInteraction:
     body: Mapping[str, Any]
 
 
-WriteOp = Union[Append, UpdateToolCall, RecordLLMCall, DrainInbox, FinishRun, OpenInteraction, AnswerPending, Compact]
+@dataclass(frozen=True)
+class OpenApproval:
+    """Record an approval request. An earlier request of the same call that is still
+    undecided or approved (a ``precheck`` found the world changed) is superseded: its token
+    stops working."""
+
+    request: ApprovalRequest
+
+
+WriteOp = Union[
+    Append, UpdateToolCall, RecordLLMCall, DrainInbox, FinishRun, OpenInteraction, OpenApproval, AnswerPending, Compact
+]
+
+
+@dataclass(frozen=True)
+class ApprovalDecision:
+    """What deciding an approval did (``store.decide_approval``).
+
+    Attributes:
+        outcome: ``approved``, ``denied``, or ``expired`` (approving came too late: the call
+            was answered as expired, whatever the decision).
+        request: The request decided.
+        remaining: The session's approval requests still undecided.
+    """
+
+    outcome: Literal["approved", "denied", "expired"]
+    request: ApprovalRequest
+    remaining: tuple[ApprovalRequest, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -72,6 +72,10 @@ then version 7 rebuilds the tables, see ``_schema_v7.py``).
     What each shared budget (``AgentLoopConfig.budgets``) spent per window, keyed by the
     budget's key and the window's start, and the holds of model calls in flight (see
     ``_budgets_sql.py``).
+``approvals`` (version 10)
+    Approval requests of tool calls, keyed by their unguessable ``token``: the call, its tool
+    and arguments, ``status`` (``pending`` → ``approved`` | ``denied`` | ``expired`` |
+    ``superseded`` | ``aborted``), the reviewer's ``note``, ``expires_at`` and ``decided_at``.
 ``subagent_tasks`` (version 8)
     One row per sub-agent started in the background, keyed by the child's session, with its
     parent: ``running`` until the child's result is in the parent's inbox (``delivered``,
@@ -80,7 +84,7 @@ then version 7 rebuilds the tables, see ``_schema_v7.py``).
 History: version 1 created sessions, messages, tool_calls, runs, llm_calls, session_stats,
 session_leases, inbox, interactions; 2 compactions; 3 timers; 4 the lease holder's identity;
 5 notes; 6 the per-session counters; 7 the integer keys and the folded tables above; 8
-subagent_tasks; 9 runtime_state and background_tasks (0.11's kept rows move in).
+subagent_tasks; 9 runtime_state and background_tasks (0.11's kept rows move in); 10 approvals.
 """
 
 from __future__ import annotations
@@ -411,8 +415,10 @@ def _v9(conn: sqlite3.Connection) -> None:
 
 def _v10(conn: sqlite3.Connection) -> None:
     # Guards: a durable pause (loop.pause / loop.resume), the wall-clock a run continued by
-    # resume / submit_input carries (max_wall_s_per_run), and the shared budgets' ledger and
-    # holds (AgentLoopConfig.budgets).
+    # resume / submit_input carries (max_wall_s_per_run), the shared budgets' ledger and
+    # holds (AgentLoopConfig.budgets), and approval requests of tool calls, keyed by their
+    # token (written with the end of a run that pauses for approval, decided once by a
+    # conditional UPDATE on status).
     _run_script(
         conn,
         """
@@ -434,7 +440,22 @@ def _v10(conn: sqlite3.Connection) -> None:
             cost_nano    INTEGER NOT NULL,
             expires_at   INTEGER NOT NULL
         );
-        CREATE INDEX budget_holds_window ON budget_holds(key, window_start)
+        CREATE INDEX budget_holds_window ON budget_holds(key, window_start);
+        CREATE TABLE approvals (
+            token        TEXT PRIMARY KEY,
+            session      INTEGER NOT NULL REFERENCES sessions(id) ON DELETE CASCADE,
+            tool_call_id TEXT NOT NULL,
+            tool_name    TEXT NOT NULL,
+            arguments    TEXT NOT NULL DEFAULT '{}',
+            status       TEXT NOT NULL DEFAULT 'pending',
+            reason       TEXT,
+            note         TEXT,
+            created_at   INTEGER NOT NULL,
+            expires_at   INTEGER NOT NULL,
+            decided_at   INTEGER
+        );
+        CREATE INDEX approvals_call ON approvals(session, tool_call_id);
+        CREATE INDEX approvals_undecided ON approvals(created_at) WHERE status = 'pending'
         """,
     )
 

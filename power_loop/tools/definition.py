@@ -10,12 +10,24 @@ from __future__ import annotations
 import copy
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from typing import Any, overload
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any, overload
 
+from ..approvals import MAX_APPROVAL_TTL_S
 from .schema import function_schema
 
-__all__ = ["FunctionTool", "ToolDefinition", "tool"]
+if TYPE_CHECKING:
+    from .context import ToolContext
+
+__all__ = ["ApprovalCheck", "FunctionTool", "Precheck", "ToolDefinition", "tool"]
+
+ApprovalCheck = Callable[[Mapping[str, Any], "ToolContext"], Any]
+"""``requires_approval`` as a callable: ``(args, ctx) -> bool`` (or an awaitable of one)."""
+
+Precheck = Callable[[Mapping[str, Any], "ToolContext"], Any]
+"""``precheck(args, ctx) -> True | False | str`` (or an awaitable of one): run when an approved
+call is about to run; ``True`` lets it run, ``False`` or a string (what changed) issues a fresh
+approval request instead."""
 
 _NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
@@ -34,12 +46,23 @@ class ToolDefinition:
         input_schema: JSON schema of the arguments object.
         required_params: Extra required parameter names, merged into the schema's
             ``required`` list (0.11 compatibility).
+        requires_approval: The call waits for a human's approval before it runs: ``True``,
+            or a callable ``(args, ctx) -> bool`` deciding per call (sync or async; one that
+            raises counts as ``True``). The run then ends ``awaiting_approval``.
+        approval_ttl_s: How long this tool's approval requests stay valid (None: the loop's
+            ``AgentLoopConfig.approval_ttl_s``).
+        precheck: Re-validation when an approved call is about to run: ``(args, ctx)``
+            returning ``True`` to run it, or ``False`` / a string saying what changed to issue
+            a fresh approval request (new token, new expiry) instead.
     """
 
     name: str
     description: str
     input_schema: Mapping[str, Any] = field(default_factory=_empty_schema, hash=False)
     required_params: tuple[str, ...] = ()
+    requires_approval: bool | ApprovalCheck = field(default=False, hash=False, compare=False)
+    approval_ttl_s: float | None = None
+    precheck: Precheck | None = field(default=None, hash=False, compare=False)
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not _NAME.fullmatch(self.name):
@@ -51,6 +74,18 @@ class ToolDefinition:
             raise ValueError(f"tool {self.name!r}: input_schema must have type 'object', not {kind!r}")
         if not isinstance(self.required_params, tuple):
             object.__setattr__(self, "required_params", tuple(self.required_params))
+        if not isinstance(self.requires_approval, bool) and not callable(self.requires_approval):
+            raise ValueError(f"tool {self.name!r}: requires_approval must be a bool or a callable (args, ctx) -> bool")
+        if self.approval_ttl_s is not None and (
+            isinstance(self.approval_ttl_s, bool)
+            or not isinstance(self.approval_ttl_s, (int, float))
+            or not 0 < self.approval_ttl_s <= MAX_APPROVAL_TTL_S
+        ):
+            raise ValueError(
+                f"tool {self.name!r}: approval_ttl_s must be > 0 and at most 100 years, got {self.approval_ttl_s!r}"
+            )
+        if self.precheck is not None and not callable(self.precheck):
+            raise ValueError(f"tool {self.name!r}: precheck must be a callable (args, ctx) -> bool | str")
 
     @property
     def parameters(self) -> dict[str, Any]:
@@ -123,7 +158,13 @@ def tool(fn: Callable[..., Any], /) -> FunctionTool: ...
 
 @overload
 def tool(
-    *, name: str | None = None, description: str | None = None, timeout_s: float | None = None
+    *,
+    name: str | None = None,
+    description: str | None = None,
+    timeout_s: float | None = None,
+    requires_approval: bool | ApprovalCheck = False,
+    approval_ttl_s: float | None = None,
+    precheck: Precheck | None = None,
 ) -> Callable[[Callable[..., Any]], FunctionTool]: ...
 
 
@@ -134,6 +175,9 @@ def tool(
     name: str | None = None,
     description: str | None = None,
     timeout_s: float | None = None,
+    requires_approval: bool | ApprovalCheck = False,
+    approval_ttl_s: float | None = None,
+    precheck: Precheck | None = None,
 ) -> FunctionTool | Callable[[Callable[..., Any]], FunctionTool]:
     """Turn a function into a tool; the schema comes from its type hints and docstring.
 
@@ -145,10 +189,19 @@ def tool(
         name: Tool name; defaults to the function name.
         description: Tool description; defaults to the docstring's first paragraph.
         timeout_s: Per-call time limit; a call that exceeds it gets an error result.
+        requires_approval: ``True``, or ``(args, ctx) -> bool``: calls wait for a human's
+            approval (see :class:`ToolDefinition`).
+        approval_ttl_s: How long its approval requests stay valid (None: the loop's).
+        precheck: ``(args, ctx) -> True | False | str``, run when an approved call is about to
+            run; anything but ``True`` issues a fresh approval request instead.
     """
 
     def wrap(func: Callable[..., Any]) -> FunctionTool:
         definition = ToolDefinition.from_function(func, name=name, description=description)
+        if requires_approval is not False or approval_ttl_s is not None or precheck is not None:
+            definition = replace(
+                definition, requires_approval=requires_approval, approval_ttl_s=approval_ttl_s, precheck=precheck
+            )
         return FunctionTool(definition=definition, handler=func, timeout_s=timeout_s)
 
     return wrap(fn) if fn is not None else wrap
