@@ -1,5 +1,6 @@
 """The PostgreSQL schema: the same tables and columns as the SQLite schema's latest version, in
-one PostgreSQL schema (namespace) per application.
+one PostgreSQL schema (namespace) per application, created at a base version and upgraded
+one version at a time.
 
 Guarantees:
 
@@ -10,6 +11,9 @@ Guarantees:
 * The version lives in ``<schema>.power_loop_schema``; it counts as the SQLite file's
   ``user_version`` does, so both backends name a schema by the same number. A newer version
   than this code knows is refused with :class:`~power_loop.errors.SchemaVersionError`.
+* An empty schema gets :data:`TABLES` (version :data:`BASE_VERSION`) and then every entry
+  of :data:`UPGRADES`; an older schema gets the entries above its version, in the same
+  transaction.
 * Integers are ``BIGINT`` (epoch milliseconds overflow a 32-bit column); flags stay integers,
   as on SQLite, so the rules bind the same values on both. JSON is kept as text.
 """
@@ -26,6 +30,9 @@ from .schema import LATEST_VERSION
 __all__ = ["check_schema_name", "migrate"]
 
 _NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+
+BASE_VERSION = 9
+"""The version :data:`TABLES` creates; :data:`UPGRADES` take it from there to the latest."""
 
 TABLES = """
 CREATE TABLE sessions (
@@ -223,7 +230,33 @@ CREATE TABLE background_tasks (
     PRIMARY KEY (session, task_id)
 )
 """
-"""The latest schema (version :data:`~power_loop.store.schema.LATEST_VERSION`)."""
+"""The schema of version :data:`BASE_VERSION`, created in one go on an empty schema."""
+
+_EVENTS_V10 = """
+CREATE TABLE events (
+    session     BIGINT NOT NULL REFERENCES sessions(id) ON DELETE CASCADE,
+    seq         BIGINT NOT NULL,
+    type        TEXT NOT NULL,
+    ts          DOUBLE PRECISION NOT NULL,
+    round_index BIGINT,
+    stream_id   TEXT,
+    source      TEXT,
+    run_id      TEXT,
+    payload     TEXT NOT NULL,
+    PRIMARY KEY (session, seq)
+);
+CREATE INDEX events_run ON events(session, run_id) WHERE run_id IS NOT NULL
+"""
+
+UPGRADES: tuple[tuple[int, str], ...] = ((10, _EVENTS_V10),)
+"""The DDL that takes a schema from one version to the next, as ``(version, statements)``
+in order, from :data:`BASE_VERSION` + 1 to the latest; a new version is one more entry
+(the SQLite migration of the same number says what it adds)."""
+
+if BASE_VERSION + len(UPGRADES) != LATEST_VERSION or [v for v, _ in UPGRADES] != list(
+    range(BASE_VERSION + 1, LATEST_VERSION + 1)
+):  # pragma: no cover - a schema change made on one backend only
+    raise RuntimeError("the PostgreSQL schema upgrades do not reach the SQLite schema's latest version")
 
 
 def check_schema_name(name: str) -> str:
@@ -259,11 +292,17 @@ def migrate(conn: Any, schema: str) -> int:
             )
         if found == LATEST_VERSION:
             return found
-        if found != 0:  # pragma: no cover - no released version between 0 and the latest yet
+        if 0 < found < BASE_VERSION:  # pragma: no cover - no released schema before the base
             raise SchemaVersionError(f"PostgreSQL schema {schema!r} has version {found}, which cannot be migrated")
         conn.execute(f'SET LOCAL search_path TO "{schema}"')
-        for statement in TABLES.split(";"):
-            if statement.strip():
-                conn.execute(statement)
-        conn.execute(f'INSERT INTO "{schema}".power_loop_schema (version) VALUES (%s)', (LATEST_VERSION,))
+        steps = [TABLES] if found == 0 else []
+        steps += [ddl for version, ddl in UPGRADES if version > max(found, BASE_VERSION)]
+        for ddl in steps:
+            for statement in ddl.split(";"):
+                if statement.strip():
+                    conn.execute(statement)
+        if found == 0:
+            conn.execute(f'INSERT INTO "{schema}".power_loop_schema (version) VALUES (%s)', (LATEST_VERSION,))
+        else:
+            conn.execute(f'UPDATE "{schema}".power_loop_schema SET version = %s', (LATEST_VERSION,))
     return found

@@ -41,6 +41,7 @@ from ._history_sql import (
     record_llm_call,
     update_tool_call,
 )
+from ._events_sql import insert_events
 from ._inbox_sql import drain_inbox, enqueue, inbox_depth, merge_follow_ups
 from ._leases import acquire_lease, lease_is_live, lease_lost
 from ._sessions_sql import (
@@ -70,6 +71,7 @@ from .rows import (
     LoadedHistory,
     OpenInteraction,
     PendingState,
+    RecordEvents,
     RecordLLMCall,
     StoredMessage,
     UpdateToolCall,
@@ -295,6 +297,8 @@ def write(
             compacted = True
         elif isinstance(op, AnswerPending):
             drained += answer_pending(tx, key, session_id, op.text, run=runs(op.run_id), now=now)
+        elif isinstance(op, RecordEvents):
+            insert_events(tx, key, op.events)
         elif isinstance(op, OpenInteraction):
             tx.execute(
                 "INSERT INTO interactions (session, interaction_id, tool_call_id, body, created_at) "

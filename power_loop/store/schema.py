@@ -64,6 +64,10 @@ then version 7 rebuilds the tables, see ``_schema_v7.py``).
     died is reported ``lost``; ``seen`` marks updates already shown to the model.
     ``sessions.runtime_rev`` counts their writes: a run of a session that never used them
     reads nothing more.
+``events`` (version 10)
+    The event log, filled when ``AgentLoopConfig.persist_events`` is on: one row per event
+    keyed by ``(session, seq)`` with its name, time, round, stream, source, the publishing
+    ``run_id`` and the payload as JSON.
 ``subagent_tasks`` (version 8)
     One row per sub-agent started in the background, keyed by the child's session, with its
     parent: ``running`` until the child's result is in the parent's inbox (``delivered``,
@@ -72,7 +76,7 @@ then version 7 rebuilds the tables, see ``_schema_v7.py``).
 History: version 1 created sessions, messages, tool_calls, runs, llm_calls, session_stats,
 session_leases, inbox, interactions; 2 compactions; 3 timers; 4 the lease holder's identity;
 5 notes; 6 the per-session counters; 7 the integer keys and the folded tables above; 8
-subagent_tasks; 9 runtime_state and background_tasks (0.11's kept rows move in).
+subagent_tasks; 9 runtime_state and background_tasks (0.11's kept rows move in); 10 events.
 """
 
 from __future__ import annotations
@@ -401,7 +405,41 @@ def _v9(conn: sqlite3.Connection) -> None:
     )
 
 
-MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_v1, _v2, _v3, _v4, _v5, _v6, _v7, _v8, _v9)
+def _v10(conn: sqlite3.Connection) -> None:
+    # The event log (AgentLoopConfig.persist_events): a session's events by seq, deleted with
+    # the session; indexed by run for the report of a session's latest run.
+    _run_script(
+        conn,
+        """
+        CREATE TABLE events (
+            session      INTEGER NOT NULL REFERENCES sessions(id) ON DELETE CASCADE,
+            seq          INTEGER NOT NULL,
+            type         TEXT NOT NULL,
+            ts           REAL NOT NULL,
+            round_index  INTEGER,
+            stream_id    TEXT,
+            source       TEXT,
+            run_id       TEXT,
+            payload      TEXT NOT NULL,
+            PRIMARY KEY (session, seq)
+        ) WITHOUT ROWID;
+        CREATE INDEX events_run ON events(session, run_id) WHERE run_id IS NOT NULL
+        """,
+    )
+
+
+MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (
+    _v1,
+    _v2,
+    _v3,
+    _v4,
+    _v5,
+    _v6,
+    _v7,
+    _v8,
+    _v9,
+    _v10,
+)
 LATEST_VERSION = len(MIGRATIONS)
 
 
