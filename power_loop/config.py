@@ -88,6 +88,9 @@ class AgentLoopConfig:
         response_format: The structured output every run of a main session must give (a
             ``StructuredOutputSpec``, a pydantic model class or a JSON schema dict; see
             ``send(response_format=...)``, which wins). Sub-agents do not inherit it.
+        persist_events: Store every event of the loop's sessions (all but stream deltas)
+            in the session store, read back with ``loop.iter_events``; see
+            docs/events.md#the-event-log. Off by default: nothing is recorded then.
     """
 
     system_prompt: str | None = None
@@ -119,6 +122,7 @@ class AgentLoopConfig:
     max_concurrent_subagents: int = 4
     llm_services: Mapping[str, Any] | None = None
     response_format: Any = None
+    persist_events: bool = False
 
     def __post_init__(self) -> None:
         _positive("max_rounds", self.max_rounds)
@@ -161,6 +165,8 @@ class AgentLoopConfig:
                 raise ConfigurationError(f"AgentLoopConfig.response_format: {exc}") from None
         if not isinstance(self.runtime_projectors, tuple):
             object.__setattr__(self, "runtime_projectors", tuple(self.runtime_projectors))
+        if not isinstance(self.persist_events, bool):
+            raise ConfigurationError(f"AgentLoopConfig.persist_events must be a bool, got {self.persist_events!r}")
 
 
 def _positive(name: str, value: float) -> None:

@@ -24,6 +24,7 @@ from ..tools.context import AgentLoopHandle, ToolCapabilities
 from ..tools.registry import ToolRegistry
 from ..tools.threads import ToolThreads
 from .capabilities import TimerSignal, tool_capabilities
+from .eventlog import EventLog
 from .fairness import TickGate
 from .history import HistoryCache
 
@@ -103,6 +104,8 @@ class Runtime:
         facade: The loop owning this runtime, handed to tools as ``ToolContext.loop`` (typed by
             the protocol tools may rely on, so the engine never imports the facade).
         timer_signal: Tells this process's ``TimerRunner`` when a timer is scheduled.
+        event_log: Where events are stored (``AgentLoopConfig.persist_events``); None when
+            they are not.
 
     Every field is set by the constructor; a loop builds its runtime in one call. The loop's
     pool of threads for sync tool handlers (``config.tool_threads``) is created on first use by
@@ -124,6 +127,7 @@ class Runtime:
     token_ratio: float = 1.0
     facade: AgentLoopHandle | None = None
     timer_signal: TimerSignal = field(default_factory=TimerSignal)
+    event_log: EventLog | None = None
     _threads: ToolThreads | None = field(default=None, repr=False)
     _threads_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _tasks: set[asyncio.Task[None]] = field(default_factory=set, repr=False)
