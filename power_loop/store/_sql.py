@@ -29,6 +29,7 @@ from collections.abc import Sequence
 
 from ..errors import SessionBusyError, SessionNotFoundError
 from . import _history_sql as _history
+from ._events_sql import insert_events
 from ._history_sql import (
     RunNumbers,
     answer_pending,
@@ -41,7 +42,6 @@ from ._history_sql import (
     record_llm_call,
     update_tool_call,
 )
-from ._events_sql import insert_events
 from ._inbox_sql import drain_inbox, enqueue, inbox_depth, merge_follow_ups
 from ._leases import acquire_lease, lease_is_live, lease_lost
 from ._sessions_sql import (
