@@ -17,9 +17,10 @@ from power_loop import (
     ToolCallCompletedPayload,
     UsageUpdatedPayload,
 )
+from power_loop.store.schema import LATEST_VERSION
 from power_loop.testing import ScriptedLLM, text_reply, tool_reply
 
-from .helpers import EventLog, registry
+from .helpers import EventLog, RawDatabase, registry
 
 PERSIST = AgentLoopConfig(persist_events=True)
 
@@ -127,3 +128,23 @@ def test_persist_events_is_validated() -> None:
 
     with pytest.raises(ConfigurationError):
         AgentLoopConfig(persist_events="yes")  # type: ignore[arg-type]
+
+
+async def test_a_version_9_store_is_upgraded_in_place(shared_db: str) -> None:
+    llm = ScriptedLLM([text_reply("one"), text_reply("two")])
+    async with StatefulAgentLoop(llm=llm, db_path=shared_db) as loop:
+        sid = await loop.new_session_async()
+        await loop.send("1", sid)
+    raw = RawDatabase(shared_db)  # back to version 9: no event log
+    raw.execute("DROP TABLE events")
+    raw.execute("UPDATE power_loop_schema SET version = 9" if raw.postgres else "PRAGMA user_version = 9")
+    raw.close()
+    async with StatefulAgentLoop(llm=llm, db_path=shared_db, config=PERSIST) as loop:
+        await loop.send("2", sid)
+        events = await _replay(loop, sid)
+        assert len(await loop.get_messages_async(sid)) == 4  # the history is kept
+    assert [e.payload["final_text"] for e in events if e.type is AgentEventType.SESSION_ENDED] == ["two"]
+    raw = RawDatabase(shared_db)
+    version = raw.execute("SELECT version FROM power_loop_schema" if raw.postgres else "PRAGMA user_version")
+    assert version.fetchone()[0] == LATEST_VERSION
+    raw.close()
