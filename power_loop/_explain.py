@@ -155,7 +155,8 @@ def _why(facts: RunFacts) -> list[str]:
         lines.append(f"  stopped by: {cancelled.payload.get('reason')} (round {cancelled.payload.get('round_index')})")
     if run.last_message:
         lines.append(f"  last message: {_short(run.last_message)}")
-    return ["Why:", *lines] if lines else []
+    heading = "Answer:" if run.status == "completed" else "Why:"
+    return [heading, *lines] if lines else []
 
 
 def _work(facts: RunFacts) -> list[str]:
