@@ -150,6 +150,12 @@ def _why(facts: RunFacts) -> list[str]:
             f"  model: {p.get('reason')} after {p.get('attempts')} attempt(s): "
             f"{p.get('error_type')}: {_short(str(p.get('error_message', '')))}"
         )
+    status = facts.last(AgentEventType.STATUS_CHANGED)
+    if status is not None and status.payload.get("kind") == "budget_exceeded":
+        p = status.payload
+        lines.append(
+            f"  budget: {p.get('spent_tokens')} tokens spent of {p.get('budget_tokens')} after {p.get('rounds')} round(s)"
+        )
     cancelled = facts.last(AgentEventType.LOOP_CANCELLED)
     if cancelled is not None:
         lines.append(f"  stopped by: {cancelled.payload.get('reason')} (round {cancelled.payload.get('round_index')})")

@@ -117,11 +117,13 @@ async def test_a_run_that_hit_the_round_limit(db_path: str) -> None:
 async def test_a_run_over_its_token_budget(db_path: str) -> None:
     heavy = Usage.of_call(prompt_tokens=600, completion_tokens=10)
     llm = ScriptedLLM([tool_reply(("add", {"a": 2, "b": 2}), usage=heavy), text_reply("never")])
-    status, report, later = await _explained(db_path, llm, AgentLoopConfig(max_tokens_per_run=500))
+    config = AgentLoopConfig(max_tokens_per_run=500, persist_events=True)
+    status, report, later = await _explained(db_path, llm, config)
     assert status == "budget_exceeded"
     assert "ended budget_exceeded." in report
     assert _line(report, "tokens:").startswith("tokens: 610 (prompt 600, completion 10")
     assert _line(report, "max_tokens_per_run:") == "max_tokens_per_run: 610 of 500 tokens (reached)"
+    assert "budget: 610 tokens spent of 500 after 1 round(s)" in report  # the event log's detail
     assert _line(report, "Next") == (
         "Next (raise_budget, resumable): raise AgentLoopConfig.max_tokens_per_run (a loop with a larger budget), "
         "then `await loop.resume('s1')`"
