@@ -9,6 +9,8 @@ import pytest
 from power_loop import (
     AgentLoopConfig,
     CancellationToken,
+    HookError,
+    HookPoint,
     LLMRetryPolicy,
     SessionNotFoundError,
     StatefulAgentLoop,
@@ -165,3 +167,26 @@ def test_explain_sync(db_path: str) -> None:
         assert "ended completed." in loop.explain_sync(sid)
     finally:
         loop.close()
+
+
+async def test_a_failed_run_is_explained_and_its_last_events_are_stored(shared_db: str) -> None:
+    def broken(ctx: object) -> None:
+        raise RuntimeError("hook bug")
+
+    llm = ScriptedLLM([text_reply("never")])
+    async with StatefulAgentLoop(llm=llm, db_path=shared_db, config=PERSIST) as loop:
+        loop.hooks.register(HookPoint.ROUND_START, broken)
+        sid = await loop.new_session_async(session_id="s1")
+        with pytest.raises(HookError):
+            await loop.send("go", sid)
+    async with StatefulAgentLoop(llm=llm, db_path=shared_db) as reopened:
+        report = await reopened.explain(sid)
+        events = [e async for e in reopened.iter_events(sid)]
+    assert "ended failed." in report and "The run raised an error" in report
+    assert "error: HookError" in report
+    assert (
+        _line(report, "Next") == "Next (send, not resumable): `await loop.send(text, 's1')` continues the conversation"
+    )
+    # The failure path's events follow the run's last write: the event log still has them.
+    assert [e.type.value for e in events][-2:] == ["agent_error", "session_ended"]
+    assert events[-1].payload["status"] == "failed"

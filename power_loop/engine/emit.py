@@ -71,8 +71,10 @@ class Emitter:
         else:
             self._records.append(record)
 
-    def take_records(self) -> list[EventRecord]:
+    def take_records(self) -> Sequence[EventRecord]:
         """The records not stored yet (a write takes them along), removed from here."""
+        if not self._records:
+            return ()  # nothing recorded (always so without an event log): nothing allocated
         records, self._records = self._records, []
         return records
 
