@@ -5,6 +5,8 @@ when the option is off; a deleted session's events go with it."""
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from power_loop import (
@@ -19,6 +21,7 @@ from power_loop import (
 )
 from power_loop.store.schema import LATEST_VERSION
 from power_loop.testing import ScriptedLLM, text_reply, tool_reply
+from power_loop.timers import TimerRunner
 
 from .helpers import EventLog, RawDatabase, registry
 
@@ -148,3 +151,27 @@ async def test_a_version_9_store_is_upgraded_in_place(shared_db: str) -> None:
     version = raw.execute("SELECT version FROM power_loop_schema" if raw.postgres else "PRAGMA user_version")
     assert version.fetchone()[0] == LATEST_VERSION
     raw.close()
+
+
+async def test_a_timer_delivery_and_its_wake_run_are_in_the_log(shared_db: str) -> None:
+    llm = ScriptedLLM([text_reply("hi"), text_reply("the oven is done")])
+    async with StatefulAgentLoop(llm=llm, db_path=shared_db, config=PERSIST) as loop:
+        sid = await loop.new_session_async()
+        await loop.send("hello", sid)
+        await loop.schedule_timer_async(sid, due_at_ms=int(time.time() * 1000) - 1, note="check the oven")
+        runner = TimerRunner(loop)
+        assert await runner.scan_once() == 1
+        await runner.drain()
+    async with StatefulAgentLoop(llm=llm, db_path=shared_db) as reopened:
+        events = await _replay(reopened, sid)
+    seqs = [e.seq for e in events]
+    assert seqs == sorted(set(seqs))
+    fired = [e for e in events if e.type is AgentEventType.TIMER_FIRED]
+    assert (
+        len(fired) == 1
+        and fired[0].source == "timer"
+        and fired[0].data
+        == TimerFiredPayload(timer_id=1, note="check the oven", due_at=fired[0].payload["due_at"], outcome="delivered")
+    )
+    ended = [e.payload["final_text"] for e in events if e.type is AgentEventType.SESSION_ENDED]
+    assert ended == ["hi", "the oven is done"]  # the wake run's events too
