@@ -154,7 +154,8 @@ def _why(facts: RunFacts) -> list[str]:
     if status is not None and status.payload.get("kind") == "budget_exceeded":
         p = status.payload
         lines.append(
-            f"  budget: {p.get('spent_tokens')} tokens spent of {p.get('budget_tokens')} after {p.get('rounds')} round(s)"
+            f"  budget: {p.get('spent_tokens')} tokens spent of {p.get('budget_tokens')} "
+            f"after {p.get('rounds')} round(s)"
         )
     cancelled = facts.last(AgentEventType.LOOP_CANCELLED)
     if cancelled is not None:
