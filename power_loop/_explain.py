@@ -70,19 +70,34 @@ class Limit:
     """A limit the report compares the run with.
 
     Attributes:
-        field: The ``AgentLoopConfig`` field holding it (None or absent: unlimited).
+        field: The ``AgentLoopConfig`` field holding it (None: unlimited). A field the
+            config does not have is not reported.
         unit: What it counts (``rounds``, ``tokens``, ...).
-        used: How much of it the run used.
+        used: How much of it the run used, or None when the store does not tell.
     """
 
     field: str
     unit: str
-    used: Callable[[RunFacts], float]
+    used: Callable[[RunFacts], float | None]
+
+
+def _cost(facts: RunFacts) -> float | None:
+    spent = facts.last(AgentEventType.USAGE_UPDATED)
+    cost = spent.payload.get("run_usage", {}).get("cost_usd") if spent is not None else None
+    return float(cost) if isinstance(cost, (int, float)) else None
+
+
+def _seconds(facts: RunFacts) -> float | None:
+    run = facts.run
+    return None if run.ended_at is None else (run.ended_at - run.started_at) / 1000
 
 
 LIMITS: list[Limit] = [
     Limit("max_rounds", "rounds", lambda f: f.run.rounds),
     Limit("max_tokens_per_run", "tokens", lambda f: f.run.usage.get("total_tokens", 0)),
+    Limit("max_cost_usd_per_run", "USD", _cost),
+    Limit("max_wall_s_per_run", "s (this run)", _seconds),
+    Limit("max_tool_calls_per_run", "tool calls", lambda f: sum(f.run.tool_calls.values())),
 ]
 """The limits reported, in order; one more limit of ``AgentLoopConfig`` is one more entry."""
 
@@ -175,10 +190,9 @@ def _work(facts: RunFacts) -> list[str]:
         f"{usage.get('completion_tokens', 0)}, cache read {usage.get('cache_read_tokens', 0)}, reasoning "
         f"{usage.get('reasoning_tokens', 0)})",
     ]
-    spent = facts.last(AgentEventType.USAGE_UPDATED)
-    cost = spent.payload.get("run_usage", {}).get("cost") if spent is not None else None
+    cost = _cost(facts)
     if cost is not None:
-        lines.append(f"  cost: {cost}")
+        lines.append(f"  cost: {cost:g} USD")
     if run.tool_calls:
         lines.append("  tool calls: " + ", ".join(f"{n} {status}" for status, n in sorted(run.tool_calls.items())))
     else:
@@ -189,13 +203,16 @@ def _work(facts: RunFacts) -> list[str]:
 def _limits(facts: RunFacts) -> list[str]:
     lines = ["Limits (this loop's config):"]
     for limit in LIMITS:
-        bound = getattr(facts.config, limit.field, None)
+        if not hasattr(facts.config, limit.field):
+            continue
+        bound = getattr(facts.config, limit.field)
         used = limit.used(facts)
+        spent = "unknown" if used is None else f"{used:g}"
         if bound is None:
-            lines.append(f"  {limit.field}: {used:g} {limit.unit}, unlimited")
+            lines.append(f"  {limit.field}: {spent} {limit.unit}, unlimited")
         else:
-            reached = " (reached)" if used >= bound else ""
-            lines.append(f"  {limit.field}: {used:g} of {bound:g} {limit.unit}{reached}")
+            reached = " (reached)" if used is not None and used >= bound else ""
+            lines.append(f"  {limit.field}: {spent} of {bound:g} {limit.unit}{reached}")
     return lines
 
 

@@ -17,6 +17,7 @@ from power_loop import (
     request_user_input,
     tool,
 )
+from power_loop._explain import LIMITS
 from power_loop.messages import Usage
 from power_loop.testing import ScriptedLLM, error_reply, text_reply, tool_reply
 
@@ -60,6 +61,10 @@ async def test_a_completed_run(shared_db: str) -> None:
         == "Next (none, not resumable): nothing to do; the next message is `await loop.send(text, 's1')`"
     )
     assert later == report  # another loop, after a restart, tells the same
+    # One line per limit the config has, in LIMITS order.
+    fields = [limit.field for limit in LIMITS if hasattr(PERSIST, limit.field)]
+    section = report.split("Limits (this loop's config):\n")[1].splitlines()[: len(fields)]
+    assert [line.split(":")[0].strip() for line in section] == fields
 
 
 async def test_waiting_for_input_names_the_question_and_the_call(db_path: str) -> None:
