@@ -180,7 +180,16 @@ from .providers.factory import (
 )
 from .providers.offline import OfflineLLM
 from .providers.retry import LLMRetryPolicy, complete_with_retry, with_retry
-from .results import AgentLoopResult, FollowUpQueued, StatefulResult, SubagentResult
+from .results import (
+    STATUS_GUIDE,
+    AgentLoopResult,
+    FollowUpQueued,
+    RecommendedAction,
+    RunStatus,
+    StatefulResult,
+    StatusGuide,
+    SubagentResult,
+)
 from .skills import LOAD_SKILL_DEFINITION, SkillLoader, get_default_loader, register_skill_tools
 from .store.factory import open_store
 from .store.postgres import PostgresSessionStore
@@ -275,6 +284,10 @@ __all__ = [
     "RUN_AGENT_DEFINITION",
     "SPAWN_AGENT_DEFINITION",
     "STABLE_API",
+    "STATUS_GUIDE",
+    "RecommendedAction",
+    "RunStatus",
+    "StatusGuide",
     "AgentErrorPayload",
     "AgentEvent",
     "AgentEventBus",

@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from .engine.capabilities import timer_args
+from .engine.eventlog import UNSTORED_EVENTS, event_record
 from .engine.run import RunRequest, execute_run
 from .engine.runtime import Runtime
 from .events import AgentEvent, AgentEventBus, AgentEventType, BaseEventPayload
@@ -146,13 +147,20 @@ class TimerFacade:
 
         Its ``seq`` continues this loop's counter for the session and is at least ``min_seq``
         (a number reserved in the store, so events of several processes stay ordered). Nothing
-        is built when no subscriber wants ``event_type``.
+        is built when no subscriber wants ``event_type`` and the event log does not store it
+        (``AgentLoopConfig.persist_events``).
         """
         seq = max(self._rt.event_seqs.get(session_id, 0) + 1, min_seq)
         self._rt.event_seqs[session_id] = seq
-        if not self._bus.wants(event_type):
+        wanted = self._bus.wants(event_type)
+        event_log = self._rt.event_log if event_type not in UNSTORED_EVENTS else None
+        if not wanted and event_log is None:
             return
-        await self._bus.publish_async(AgentEvent(event_type, data=data, session_id=session_id, source=source, seq=seq))
+        event = AgentEvent(event_type, data=data, session_id=session_id, source=source, seq=seq)
+        if event_log is not None:
+            event_log.add(session_id, [event_record(event, None)])
+        if wanted:
+            await self._bus.publish_async(event)
 
     def tool_capabilities(self, session_id: str, tool_call_id: str) -> ToolCapabilities:
         """The capabilities (``ctx.timers``, ``ctx.inbox``, ``ctx.session``) a call

@@ -114,6 +114,9 @@ class AgentLoopConfig:
         approval_ttl_s: How long an approval request stays valid, in seconds (a tool's own
             ``approval_ttl_s`` wins). Approving it later answers the call as expired and
             ends the run ``approval_expired``.
+        persist_events: Store every event of the loop's sessions (all but stream deltas)
+            in the session store, read back with ``loop.iter_events``; see
+            docs/events.md#the-event-log. Off by default: nothing is recorded then.
     """
 
     system_prompt: str | None = None
@@ -153,6 +156,7 @@ class AgentLoopConfig:
     budgets: Sequence[Budget] = ()
     tenant_key: str = "tenant_id"
     approval_ttl_s: float = 3600.0
+    persist_events: bool = False
 
     def __post_init__(self) -> None:
         _positive("max_rounds", self.max_rounds)
@@ -234,6 +238,8 @@ class AgentLoopConfig:
             raise ConfigurationError(
                 f"AgentLoopConfig.approval_ttl_s must be at most 100 years, got {self.approval_ttl_s}"
             )
+        if not isinstance(self.persist_events, bool):
+            raise ConfigurationError(f"AgentLoopConfig.persist_events must be a bool, got {self.persist_events!r}")
 
 
 def _positive(name: str, value: float) -> None:

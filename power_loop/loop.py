@@ -22,11 +22,13 @@ from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
 from ._loop_approvals import ApprovalFacade
+from ._loop_events import EventsFacade
 from ._loop_timers import TimerFacade
 from .cancellation import StopEventLike
 from .compaction import resolve_compactor
 from .config import AgentLoopConfig
 from .engine.capabilities import TEMPORARY_LOOP
+from .engine.eventlog import EventLog
 from .engine.history import HistoryCache
 from .engine.prepare import normalize_input, resolve_system_prompt
 from .engine.run import RunRequest, execute_run
@@ -109,7 +111,7 @@ def _message_dicts(stored: Sequence[StoredMessage]) -> list[dict[str, Any]]:
     return [message_to_dict(s.message) for s in stored]
 
 
-class StatefulAgentLoop(TimerFacade, ApprovalFacade):
+class StatefulAgentLoop(TimerFacade, ApprovalFacade, EventsFacade):
     """A durable, multi-session agent loop.
 
     Args:
@@ -162,6 +164,7 @@ class StatefulAgentLoop(TimerFacade, ApprovalFacade):
             histories=HistoryCache(self.config.history_cache_size),
             compactor=resolve_compactor(self.config.compactor),
             facade=self,
+            event_log=EventLog(self.store) if self.config.persist_events else None,
         )
         self._warming: asyncio.Task[None] | None = None
 
@@ -200,7 +203,7 @@ class StatefulAgentLoop(TimerFacade, ApprovalFacade):
             await llm.warm_up()
 
     async def aclose(self) -> None:
-        """Close an owned store."""
+        """Store the event log's waiting events, then close an owned store."""
         warming, self._warming = self._warming, None
         if warming is not None and not warming.done():
             warming.cancel()  # the import itself finishes in its thread; only the wait stops
@@ -208,6 +211,7 @@ class StatefulAgentLoop(TimerFacade, ApprovalFacade):
                 with contextlib.suppress(asyncio.CancelledError):
                     await warming
         await self._rt.cancel_tasks()  # background sub-agents: resumed later, by any process
+        await self._flush_events()  # the ends of the runs just cancelled included
         self._rt.histories.clear()
         self._rt.close()  # the tool threads; never waits for a stuck sync handler
         if self._owns_store:
@@ -221,14 +225,21 @@ class StatefulAgentLoop(TimerFacade, ApprovalFacade):
         self._rt.cancel_tasks_nowait()
         self._rt.histories.clear()
         self._rt.close()
-        if not self._owns_store:
+        waiting = self._rt.event_log is not None and self._rt.event_log.waiting
+        if not self._owns_store and not waiting:
             return
         try:
             asyncio.get_running_loop()
         except RuntimeError:
-            asyncio.run(self.store.close())
+            asyncio.run(self._flush_then_close())
             return
-        self.store.close_nowait()
+        if self._owns_store:  # the event log's own task, on this running loop, stores what waits
+            self.store.close_nowait()
+
+    async def _flush_then_close(self) -> None:
+        await self._flush_events()
+        if self._owns_store:
+            await self.store.close()
 
     async def __aenter__(self) -> StatefulAgentLoop:
         return await self.open()
@@ -465,8 +476,10 @@ class StatefulAgentLoop(TimerFacade, ApprovalFacade):
         return _run_sync(self.follow_up(user_input, session_id, **kwargs), "follow_up", after=self._close_loop_clients)
 
     async def _close_loop_clients(self) -> None:
-        """Close the provider's HTTP client of the current (temporary) event loop, so its
-        connections do not outlive the loop (each ``*_sync`` call runs in a fresh one)."""
+        """Store the event log's waiting events and close the provider's HTTP client of the
+        current (temporary) event loop, so neither outlives the loop (each ``*_sync`` call runs
+        in a fresh one)."""
+        await self._flush_events()
         if isinstance(self.llm, _ClosableLLM):
             with contextlib.suppress(Exception):
                 await self.llm.aclose()
@@ -629,6 +642,10 @@ class StatefulAgentLoop(TimerFacade, ApprovalFacade):
     async def list_session_stats_async(self) -> list[SessionStatsRow]:
         """Async twin of :meth:`list_session_stats`."""
         return await self.store.list_stats()
+
+    def explain_sync(self, session_id: str) -> str:
+        """Blocking :meth:`explain` (raises inside a running event loop)."""
+        return _run_sync(self.explain(session_id), "explain")
 
     def _require(self, session_id: str) -> None:
         if self.store.get_session(session_id) is None:

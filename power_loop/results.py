@@ -6,18 +6,24 @@ is derived from it, so adding a status is one edit and mypy finds every place to
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal, get_args
+from types import MappingProxyType
+from typing import Any, Literal, NoReturn, get_args
 
 from .approvals import ApprovalRequest
 from .guards import BudgetHit
 
 __all__ = [
+    "RECOMMENDED_ACTIONS",
     "RUN_STATUSES",
+    "STATUS_GUIDE",
     "AgentLoopResult",
     "FollowUpQueued",
+    "RecommendedAction",
     "RunStatus",
     "StatefulResult",
+    "StatusGuide",
     "SubagentReceipt",
     "SubagentResult",
 ]
@@ -31,13 +37,95 @@ RunStatus = Literal[
     "budget_exceeded",
     "degraded",
     "paused",
-    "no_progress",
     "awaiting_approval",
     "approval_expired",
+    "no_progress",
 ]
-"""How a run ended (``StatefulResult.status``)."""
+"""How a run ended (``StatefulResult.status``); :data:`STATUS_GUIDE` says what each means and
+what to do next."""
 RUN_STATUSES: tuple[RunStatus, ...] = get_args(RunStatus)
 """Every :data:`RunStatus`, in declaration order."""
+
+
+# --------------------------------------------------------------------------- what to do next
+
+RecommendedAction = Literal["none", "resume", "submit_input", "approve", "raise_budget", "heal", "retry", "send"]
+"""What to do after a run (``StatefulResult.recommended_action``).
+
+``none``: nothing, the work is done. ``resume``: ``await loop.resume(sid)`` continues the run
+where it stopped. ``submit_input``: answer the open question (``loop.submit_input``).
+``approve``: decide the pending approvals. ``raise_budget``: give the run more budget, then
+``resume``. ``heal``: the session has unanswered calls no run will finish (a process died):
+``send(..., heal_pending=True)`` answers them aborted, ``resume`` runs them again.
+``retry``: once the cause is fixed (the model is reachable), ``resume`` runs the model again
+on the stored conversation. ``send``: the run is over; the next message continues the
+conversation.
+"""
+RECOMMENDED_ACTIONS: tuple[RecommendedAction, ...] = get_args(RecommendedAction)
+"""Every :data:`RecommendedAction`, in declaration order."""
+
+
+@dataclass(frozen=True)
+class StatusGuide:
+    """What a :data:`RunStatus` means and what to do next.
+
+    Attributes:
+        resumable: True when the work can go on without a new user message (``resume``,
+            ``submit_input``, an approval, a larger budget, a retry); exactly when
+            ``recommended_action`` is neither ``none`` nor ``send``.
+        recommended_action: The next step (a :data:`RecommendedAction`).
+        meaning: One sentence: what happened.
+    """
+
+    resumable: bool
+    recommended_action: RecommendedAction
+    meaning: str
+
+
+def _guide(status: RunStatus) -> StatusGuide:
+    """The guide of ``status``. A ``match`` over the Literal, so a status added to
+    :data:`RunStatus` without a guide fails mypy (``assert_never``) and the tests."""
+    match status:
+        case "completed":
+            return StatusGuide(False, "none", "The model gave its final answer.")
+        case "pending_tools":
+            return StatusGuide(
+                True, "resume", "Tool calls are unanswered (kept for 0.11; this version does not end a run so)."
+            )
+        case "waiting_for_input":
+            return StatusGuide(True, "submit_input", "A tool asked the user a question (request_user_input).")
+        case "cancelled":
+            return StatusGuide(False, "send", "A stop_event stopped the run; its open calls were answered.")
+        case "hit_round_limit":
+            return StatusGuide(False, "send", "The run reached max_rounds; the model summarized where it stands.")
+        case "budget_exceeded":
+            return StatusGuide(True, "raise_budget", "The run spent its token budget (max_tokens_per_run).")
+        case "degraded":
+            return StatusGuide(
+                True,
+                "retry",
+                "The model could not be reached, or its final answer failed the requested response_format twice.",
+            )
+        case "paused":
+            return StatusGuide(True, "resume", "The run was paused at a round boundary; nothing is lost.")
+        case "awaiting_approval":
+            return StatusGuide(True, "approve", "A tool call waits for a human approval.")
+        case "approval_expired":
+            return StatusGuide(False, "send", "An approval was not given in time; the call was not run.")
+        case "no_progress":
+            return StatusGuide(False, "send", "The run stopped because the model kept repeating itself.")
+        case _:  # pragma: no cover - mypy proves every status is handled
+            _unguided(status)
+
+
+def _unguided(status: NoReturn) -> NoReturn:
+    """Reached only by a status :func:`_guide` does not handle (mypy rejects the call then)."""
+    raise AssertionError(f"no StatusGuide for run status {status!r}")
+
+
+STATUS_GUIDE: Mapping[RunStatus, StatusGuide] = MappingProxyType({s: _guide(s) for s in RUN_STATUSES})
+"""Every :data:`RunStatus` with its :class:`StatusGuide` (read-only): whether the run can be
+continued without a new message, the recommended next step, and what the status means."""
 
 
 @dataclass
@@ -53,14 +141,10 @@ class StatefulResult:
             ``max_rounds`` reached (a summary was requested). ``budget_exceeded``:
             ``max_tokens_per_run`` reached. ``degraded``: the model could not be reached (the
             session is usable once it can), or its final answer failed the requested
-            ``response_format`` twice (``[degraded: structured output ...]``). ``paused``:
-            ``loop.pause`` stopped it at a round boundary (``loop.resume`` continues it).
-            ``no_progress``: it kept repeating a tool call or sending invalid arguments
-            (``AgentLoopConfig.no_progress``).
-            ``response_format`` twice (``[degraded: structured output ...]``).
-            ``awaiting_approval``: a tool call needs a human's approval (``result.approvals``;
-            ``loop.approve``). ``approval_expired``: an approval came after its expiry; the
-            call was answered as expired and the run stopped (``resume`` lets the model react).
+            ``response_format`` twice (``[degraded: structured output ...]``). ``paused``,
+            ``awaiting_approval``, ``approval_expired``, ``no_progress``: see
+            :data:`STATUS_GUIDE`, which also gives every status's ``resumable`` and
+            ``recommended_action`` (properties of this result).
         final_text: The last answer, or a marker: ``[budget_exceeded]``,
             ``[hit_round_limit]\\n<summary>``, ``[cancelled by user]``, ``[degraded: ...]``,
             ``[approval_expired: <tool>]``.
@@ -112,6 +196,16 @@ class StatefulResult:
     def ok(self) -> bool:
         """True when the run completed normally."""
         return self.status == "completed"
+
+    @property
+    def resumable(self) -> bool:
+        """True when the work can go on without a new user message (see :data:`STATUS_GUIDE`)."""
+        return STATUS_GUIDE[self.status].resumable
+
+    @property
+    def recommended_action(self) -> RecommendedAction:
+        """What to do next: a :data:`RecommendedAction` (see :data:`STATUS_GUIDE`)."""
+        return STATUS_GUIDE[self.status].recommended_action
 
 
 @dataclass(frozen=True)

@@ -15,11 +15,30 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 
-from power_loop import LeaseLostError
-from power_loop.messages import AssistantMessage, ToolCall, UserMessage
+from power_loop import LeaseLostError, SessionNotFoundError
+from power_loop.messages import AssistantMessage, ToolCall, Usage, UserMessage
 from power_loop.store import PostgresSessionStore, SQLiteSessionStore
-from power_loop.store.protocols import Delivery, RunStore, SessionAdmin, SessionStoreProtocol, TimerStore
-from power_loop.store.rows import Append, BeginRun, Compact, DrainInbox, FinishRun, LeaseClaim, RunTotals
+from power_loop.store.protocols import (
+    Delivery,
+    EventLogStore,
+    RunStore,
+    SessionAdmin,
+    SessionStoreProtocol,
+    TimerStore,
+)
+from power_loop.store.rows import (
+    AnswerPending,
+    Append,
+    BeginRun,
+    Compact,
+    DrainInbox,
+    EventRecord,
+    FinishRun,
+    LeaseClaim,
+    RecordEvents,
+    RecordLLMCall,
+    RunTotals,
+)
 
 BackendFactory = Callable[[pytest.FixtureRequest], Awaitable[SessionStoreProtocol]]
 
@@ -64,6 +83,7 @@ async def test_the_backend_implements_every_consumer_protocol(store: SessionStor
     assert isinstance(store, RunStore)
     assert isinstance(store, TimerStore)
     assert isinstance(store, SessionAdmin)
+    assert isinstance(store, EventLogStore)
 
 
 # --------------------------------------------------------------------------- sessions
@@ -324,3 +344,93 @@ async def test_a_key_that_is_not_valid_text_is_refused_and_nothing_is_stored(sto
     with pytest.raises(ValueError, match="NUL character"):
         await store.create_session("s\x00", metadata={})
     await _session(store)  # the store is still usable
+
+
+# --------------------------------------------------------------------------- the event log
+
+
+def _event(seq: int, kind: str = "round_started", run_id: str | None = "r") -> EventRecord:
+    return EventRecord(
+        seq=seq,
+        type=kind,
+        ts=1.5 + seq,
+        payload={"round_index": seq, "text": "\u00e9\x00"},
+        round_index=seq,
+        source="loop",
+        run_id=run_id,
+    )
+
+
+async def test_events_ride_along_a_write_and_are_read_in_seq_pages(store: SessionStoreProtocol) -> None:
+    sid = await _session(store)
+    began = await store.begin_run(BeginRun(sid, "r", _claim("a/r")))
+    lease = _claim("a/r", fence=began.fence)
+    await store.write(
+        sid, [Append([UserMessage(content="u")], run_id="r"), RecordEvents([_event(3), _event(1)])], lease=lease
+    )
+    await store.write(sid, [RecordEvents([_event(2), _event(1)])], lease=lease)  # a stored seq is skipped
+    page = await store.read_events(sid, after_seq=0, limit=2)
+    assert [e.seq for e in page] == [1, 2]
+    assert page[0] == _event(1)  # every field, the payload's NUL and non-ASCII text included
+    assert [e.seq for e in await store.read_events(sid, after_seq=2, limit=2)] == [3]
+    assert await store.read_events(sid, after_seq=3) == []
+    with pytest.raises(SessionNotFoundError):
+        await store.read_events("missing")
+
+
+async def test_events_written_outside_runs_raise_the_high_water_mark(store: SessionStoreProtocol) -> None:
+    sid = await _session(store)
+    offered = await store.append_events({sid: [_event(7, "timer_fired", None)], "gone": [_event(1)]})
+    assert offered == 1  # the events of a session that does not exist are dropped
+    assert [e.run_id for e in await store.read_events(sid)] == [None]
+    began = await store.begin_run(BeginRun(sid, "r", _claim("a/r")))
+    assert began.event_seq >= 7  # a run numbers its events above every stored one
+    assert [e.seq for e in await store.read_events(sid, run_id="r")] == []
+
+
+async def test_a_deleted_session_takes_its_events(store: SessionStoreProtocol) -> None:
+    sid = await _session(store)
+    await store.append_events({sid: [_event(1), _event(2)]})
+    await _session(store, "other")
+    await store.append_events({"other": [_event(1)]})
+    await store.delete_session(sid)
+    assert [e.seq for e in await store.read_events("other")] == [1]
+    await store.create_session(sid)
+    assert await store.read_events(sid) == []
+
+
+async def test_last_run_reports_the_latest_run(store: SessionStoreProtocol) -> None:
+    sid = await _session(store)
+    assert await store.last_run(sid) is None
+    with pytest.raises(SessionNotFoundError):
+        await store.last_run("missing")
+    for run_id in ("r1", "r2"):
+        began = await store.begin_run(BeginRun(sid, run_id, _claim(f"a/{run_id}"), messages=[UserMessage(content="q")]))
+        lease = _claim(f"a/{run_id}", fence=began.fence)
+        usage = Usage.of_call(prompt_tokens=10, completion_tokens=2)
+        call = ToolCall(id=f"c-{run_id}", name="add", arguments="{}")
+        ops = [
+            Append([AssistantMessage(content="", tool_calls=(call,))], run_id=run_id),
+            RecordLLMCall(run_id, 0, usage),
+            RecordEvents([_event(10 if run_id == "r1" else 20, run_id=run_id)]),
+        ]
+        await store.write(sid, ops, lease=lease)
+        if run_id == "r1":
+            await store.write(
+                sid,
+                [AnswerPending("[aborted]", run_id), FinishRun(run_id, "completed", totals=RunTotals(rounds=1))],
+                lease=lease,
+            )
+    report = await store.last_run(sid)
+    assert report is not None
+    assert (report.run_id, report.number, report.kind, report.status, report.ended_at) == (
+        "r2",
+        2,
+        "send",
+        "running",
+        None,
+    )
+    assert report.usage["calls"] == 1 and report.usage["total_tokens"] == 12
+    assert report.tool_calls == {"pending": 1}
+    assert report.pending is not None and [c.tool_call_id for c in report.pending.calls] == ["c-r2"]
+    assert report.events_stored == 1 and report.last_message == ""

@@ -1,10 +1,14 @@
-"""Publishing a run's events: sequence numbers, and no work when nobody listens."""
+"""Publishing a run's events: sequence numbers, the event log's records, and no work when
+nobody listens and nothing is stored."""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 
 from ..events import AgentEvent, AgentEventBus, AgentEventType, BaseEventPayload, SystemLogPayload
+from ..store.rows import EventRecord
+from .eventlog import UNSTORED_EVENTS, EventLog, event_record
 
 log = logging.getLogger("power_loop.engine")
 
@@ -16,6 +20,11 @@ class Emitter:
     (persisted with every write of the run) and only grows. With ``counters`` (the loop's
     per-session counters) the number is shared with every other publisher of the session in
     this loop (timer deliveries), so their events never reuse a number.
+
+    With ``log`` (the loop's :class:`~.eventlog.EventLog`, when ``persist_events`` is on),
+    every event but stream deltas is also recorded, subscribers or not: the run's writes take
+    the records along (:meth:`take_records`), and after :meth:`detach` (the run is over) they
+    go to the log directly.
     """
 
     def __init__(
@@ -26,12 +35,18 @@ class Emitter:
         seq: int = 0,
         source: str = "loop",
         counters: dict[str, int] | None = None,
+        log: EventLog | None = None,
+        run_id: str | None = None,
     ) -> None:
         self.bus = bus
         self.session_id = session_id
         self._counters = counters if counters is not None else {}
         self._counters[session_id] = max(seq, self._counters.get(session_id, 0))
         self.source = source
+        self.run_id = run_id
+        self._log = log
+        self._records: list[EventRecord] = []
+        self._detached = False
 
     @property
     def seq(self) -> int:
@@ -43,8 +58,35 @@ class Emitter:
         self._counters[self.session_id] = value
 
     def wants(self, event_type: AgentEventType) -> bool:
-        """True when a subscriber would receive ``event_type``."""
-        return self.bus.wants(event_type)
+        """True when a subscriber would receive ``event_type`` or the event log stores it."""
+        return self._stores(event_type) or self.bus.wants(event_type)
+
+    def _stores(self, event_type: AgentEventType) -> bool:
+        return self._log is not None and event_type not in UNSTORED_EVENTS
+
+    def _record(self, event: AgentEvent) -> None:
+        record = event_record(event, self.run_id)
+        if self._detached and self._log is not None:
+            self._log.add(self.session_id, [record])
+        else:
+            self._records.append(record)
+
+    def take_records(self) -> Sequence[EventRecord]:
+        """The records not stored yet (a write takes them along), removed from here."""
+        if not self._records:
+            return ()  # nothing recorded (always so without an event log): nothing allocated
+        records, self._records = self._records, []
+        return records
+
+    def restore_records(self, records: Sequence[EventRecord]) -> None:
+        """Give back records a failed write did not store (they go with a later one)."""
+        self._records[:0] = records
+
+    def detach(self) -> None:
+        """The run is over: hand what is left to the event log, and every later record too."""
+        self._detached = True
+        if self._log is not None:
+            self._log.add(self.session_id, self.take_records())
 
     def _event(
         self, event_type: AgentEventType, data: BaseEventPayload, round_index: int | None, stream_id: str | None
@@ -68,9 +110,14 @@ class Emitter:
         round_index: int | None = None,
         stream_id: str | None = None,
     ) -> None:
-        """Publish, awaiting async subscribers."""
-        if self.bus.wants(event_type):
-            await self.bus.publish_async(self._event(event_type, data, round_index, stream_id))
+        """Publish, awaiting async subscribers (and record it for the event log)."""
+        wanted = self.bus.wants(event_type)
+        if wanted or self._stores(event_type):
+            event = self._event(event_type, data, round_index, stream_id)
+            if self._stores(event_type):
+                self._record(event)
+            if wanted:
+                await self.bus.publish_async(event)
 
     def emit_nowait(
         self,
@@ -82,8 +129,13 @@ class Emitter:
     ) -> None:
         """Publish from synchronous code (stream callbacks); async subscribers become tracked
         tasks the bus drains later."""
-        if self.bus.wants(event_type):
-            self.bus.publish(self._event(event_type, data, round_index, stream_id))
+        wanted = self.bus.wants(event_type)
+        if wanted or self._stores(event_type):
+            event = self._event(event_type, data, round_index, stream_id)
+            if self._stores(event_type):
+                self._record(event)
+            if wanted:
+                self.bus.publish(event)
 
 
 async def report_after_commit(emitter: Emitter, errors: list[str], run_id: str, where: str, exc: Exception) -> None:

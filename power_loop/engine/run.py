@@ -96,7 +96,7 @@ async def _execute(rt: Runtime, req: RunRequest, tools: ToolRegistry | None) -> 
                     tools = tools.subset(allowed)
         transcript = transcript_after_begin(rt, req.session_id, cached, begin)
         seq = max(begin.event_seq, rt.event_seqs.get(req.session_id, 0))
-        emitter = Emitter(rt.bus, req.session_id, seq=seq, counters=rt.event_seqs)
+        emitter = Emitter(rt.bus, req.session_id, seq=seq, counters=rt.event_seqs, log=rt.event_log, run_id=run_id)
         writer = RunWriter(rt.store, req.session_id, replace(lease, fence=begin.fence), transcript, emitter)
         run = Run(
             rt,
@@ -126,6 +126,7 @@ async def drive(run: Run) -> StatefulResult:
         raise
     finally:
         await run.writer.stop_renewal()
+        run.emitter.detach()  # the event log stores what no write of the run took along
 
 
 async def _steps(run: Run, begin: BeginOutcome) -> End:

@@ -24,6 +24,7 @@ from ..tools.context import AgentLoopHandle, ToolCapabilities
 from ..tools.registry import ToolRegistry
 from ..tools.threads import ToolThreads
 from .capabilities import TimerSignal, tool_capabilities
+from .eventlog import EventLog
 from .fairness import TickGate
 from .history import HistoryCache
 
@@ -108,6 +109,8 @@ class Runtime:
             without waiting for their next write to see the stored pause.
         hold_batcher: Takes the shared budgets' holds of this loop's model calls together
             (``engine/budgets.py``); None until the first one.
+        event_log: Where events are stored (``AgentLoopConfig.persist_events``); None when
+            they are not.
 
     Every field is set by the constructor; a loop builds its runtime in one call. The loop's
     pool of threads for sync tool handlers (``config.tool_threads``) is created on first use by
@@ -131,6 +134,7 @@ class Runtime:
     timer_signal: TimerSignal = field(default_factory=TimerSignal)
     pauses: dict[str, int] = field(default_factory=dict)
     hold_batcher: Any = None  # engine.budgets.HoldBatcher, made on the first shared-budget hold
+    event_log: EventLog | None = None
     _threads: ToolThreads | None = field(default=None, repr=False)
     _threads_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _tasks: set[asyncio.Task[None]] = field(default_factory=set, repr=False)

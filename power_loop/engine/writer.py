@@ -15,7 +15,7 @@ from typing import TypeVar
 
 from ..errors import LeaseLostError
 from ..store.protocols import RunStore
-from ..store.rows import Append, FinishRun, LeaseClaim, WriteOp, WriteOutcome
+from ..store.rows import Append, FinishRun, LeaseClaim, RecordEvents, WriteOp, WriteOutcome
 from .emit import Emitter
 from .history import Transcript
 
@@ -82,6 +82,11 @@ class RunWriter:
         """
         if self.lost is not None:
             raise self.lost
+        # The event log's records ride along (no transaction of their own); a write that does
+        # not commit gives them back for the next one.
+        records = self.emitter.take_records()
+        if records:
+            ops = [*ops, RecordEvents(records)]
         # Events still follow the run's last write (round_completed, session_ended, ...): the
         # stored high-water mark reserves room for them, so a loop opened later starts above
         # every seq this run can publish.
@@ -94,6 +99,12 @@ class RunWriter:
             late = await settle(task)
             if late is not None:
                 self._applied(ops, late)
+            elif records:
+                self.emitter.restore_records(records)
+            raise
+        except BaseException:
+            if records:
+                self.emitter.restore_records(records)
             raise
         return self._applied(ops, outcome)
 

@@ -15,10 +15,12 @@ from .factory import DB_URL_ENV, open_store
 from .postgres import PostgresSessionStore
 from .rows import (
     CompactionRow,
+    EventRecord,
     MessageRow,
     MessageState,
     PendingCall,
     PendingState,
+    RunRecord,
     SessionKind,
     SessionRow,
     SessionStateRow,
@@ -36,6 +38,7 @@ __all__ = [
     "DEFAULT_DB_PATH",
     "LATEST_VERSION",
     "CompactionRow",
+    "EventRecord",
     "MessageRow",
     "MessageSink",
     "MessageState",
@@ -43,6 +46,7 @@ __all__ = [
     "PendingCall",
     "PendingState",
     "PostgresSessionStore",
+    "RunRecord",
     "SQLiteSessionStore",
     "SQLiteSink",
     "SessionKind",

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, overload
 from ..approvals import ApprovalRequest
 from . import _approvals_sql as _approvals
 from . import _budgets_sql as _budgets
-from . import _compat_sql, _leases, _sql
+from . import _compat_sql, _events_sql, _leases, _sql
 from . import _sessions_sql as _sessions
 from . import _subagents_sql as _subagents
 from . import _timers_sql as _timers
@@ -39,9 +39,11 @@ from .rows import (
     BeginRun,
     BudgetHold,
     BudgetHoldOutcome,
+    EventRecord,
     HeldBudget,
     LeaseClaim,
     PendingState,
+    RunRecord,
     SessionKind,
     SessionRow,
     SessionStatsRow,
@@ -460,6 +462,37 @@ class StoreOperations(Store011Methods, RuntimeStateMethods):
     async def orphan_subagents(self, *, limit: int = 100) -> list[str]:
         """Background sub-agents still running that no process runs (their process died)."""
         return await self._call(lambda c: _subagents.orphan_children(c, limit=limit), tx=False)
+
+    # ------------------------------------------------------------------ event log
+
+    async def append_events(self, batches: Mapping[str, Sequence[EventRecord]]) -> int:
+        """Store events of several sessions (text id → records) in one transaction; a seq
+        stored already is skipped, a session that no longer exists is skipped. Returns how
+        many records were offered for existing sessions."""
+        return await self._call(lambda c: _events_sql.append_events(c, batches))
+
+    async def read_events(
+        self, session_id: str, *, after_seq: int = 0, limit: int = 500, run_id: str | None = None
+    ) -> list[EventRecord]:
+        """Up to ``limit`` stored events of the session after ``after_seq``, in seq order
+        (only those of ``run_id`` when given).
+
+        Raises:
+            SessionNotFoundError: Unknown session.
+        """
+        return await self._call(
+            lambda c: _events_sql.read_events(c, session_id, after_seq=after_seq, limit=limit, run_id=run_id),
+            tx=False,
+        )
+
+    async def last_run(self, session_id: str) -> RunRecord | None:
+        """The session's latest run (status, rounds, usage, tool calls, last message) and its
+        pending calls; None before its first run.
+
+        Raises:
+            SessionNotFoundError: Unknown session.
+        """
+        return await self._call(lambda c: _events_sql.last_run(c, session_id), tx=False)
 
     async def execute_fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         """Run a read-only query (for diagnostics and tests)."""

@@ -30,6 +30,7 @@ from collections.abc import Sequence
 from ..errors import SessionBusyError, SessionNotFoundError
 from . import _history_sql as _history
 from ._approvals_sql import open_approval
+from ._events_sql import insert_events
 from ._history_sql import (
     RunNumbers,
     answer_pending,
@@ -72,6 +73,7 @@ from .rows import (
     OpenApproval,
     OpenInteraction,
     PendingState,
+    RecordEvents,
     RecordLLMCall,
     StoredMessage,
     UpdateToolCall,
@@ -297,6 +299,8 @@ def write(
             compacted = True
         elif isinstance(op, AnswerPending):
             drained += answer_pending(tx, key, session_id, op.text, run=runs(op.run_id), now=now)
+        elif isinstance(op, RecordEvents):
+            insert_events(tx, key, op.events)
         elif isinstance(op, OpenInteraction):
             tx.execute(
                 "INSERT INTO interactions (session, interaction_id, tool_call_id, body, created_at) "

@@ -11,7 +11,9 @@ Consumers see protocols, never a backend class:
   pending calls; follow-ups; the store's lifecycle).
 * :class:`RuntimeStore`: the todo and background tools and the runtime projectors
   (per-session runtime state, background commands).
-* :class:`SessionStoreProtocol`: all four, what ``StatefulAgentLoop(store=...)`` accepts.
+* :class:`EventLogStore`: the event log and the report of a session's latest run
+  (``AgentLoopConfig.persist_events``, ``loop.iter_events``, ``loop.explain``).
+* :class:`SessionStoreProtocol`: all five, what ``StatefulAgentLoop(store=...)`` accepts.
 
 Below them, the rules (``_sql.py`` for runs, ``_sessions_sql.py``, ``_history_sql.py``,
 ``_inbox_sql.py``, ``_leases.py``, ``_timers_sql.py``, ``_runtime_sql.py``) run inside one transaction through
@@ -41,10 +43,12 @@ from .rows import (
     BeginRun,
     BudgetHold,
     BudgetHoldOutcome,
+    EventRecord,
     HeldBudget,
     LeaseClaim,
     LostCommand,
     PendingState,
+    RunRecord,
     SessionRow,
     SessionStatsRow,
     StoredMessage,
@@ -59,6 +63,7 @@ __all__ = [
     "ClaimedTimer",
     "Cursor",
     "Delivery",
+    "EventLogStore",
     "RunStore",
     "RuntimeStore",
     "SessionAdmin",
@@ -485,5 +490,25 @@ class RuntimeStore(Protocol):
 
 
 @runtime_checkable
-class SessionStoreProtocol(RunStore, TimerStore, SessionAdmin, RuntimeStore, Protocol):
+class EventLogStore(Protocol):
+    """The event log and the report of a session's latest run."""
+
+    async def append_events(self, batches: Mapping[str, Sequence[EventRecord]]) -> int:
+        """Store events of several sessions (text id → records) in one transaction; seqs
+        stored already and sessions that no longer exist are skipped."""
+        ...
+
+    async def read_events(
+        self, session_id: str, *, after_seq: int = 0, limit: int = 500, run_id: str | None = None
+    ) -> list[EventRecord]:
+        """Stored events of the session after ``after_seq``, in seq order, at most ``limit``."""
+        ...
+
+    async def last_run(self, session_id: str) -> RunRecord | None:
+        """The session's latest run and its pending calls; None before its first run."""
+        ...
+
+
+@runtime_checkable
+class SessionStoreProtocol(RunStore, TimerStore, SessionAdmin, RuntimeStore, EventLogStore, Protocol):
     """Everything a loop uses: what ``StatefulAgentLoop(store=...)`` accepts."""

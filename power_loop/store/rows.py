@@ -15,6 +15,7 @@ from typing import Any, Literal, Union
 
 from ..approvals import ApprovalRequest
 from ..messages import Message, Usage
+from ._event_rows import EventRecord, RecordEvents
 
 __all__ = [
     "AnswerPending",
@@ -28,6 +29,7 @@ __all__ = [
     "Compact",
     "CompactionRow",
     "DrainInbox",
+    "EventRecord",
     "FinishRun",
     "LeaseClaim",
     "LostCommand",
@@ -38,7 +40,9 @@ __all__ = [
     "OpenInteraction",
     "PendingCall",
     "PendingState",
+    "RecordEvents",
     "RecordLLMCall",
+    "RunRecord",
     "RunTotals",
     "SessionKind",
     "SessionRow",
@@ -663,7 +667,16 @@ class OpenApproval:
 
 
 WriteOp = Union[
-    Append, UpdateToolCall, RecordLLMCall, DrainInbox, FinishRun, OpenInteraction, OpenApproval, AnswerPending, Compact
+    Append,
+    UpdateToolCall,
+    RecordLLMCall,
+    DrainInbox,
+    FinishRun,
+    OpenInteraction,
+    OpenApproval,
+    AnswerPending,
+    Compact,
+    RecordEvents,
 ]
 
 
@@ -681,6 +694,45 @@ class ApprovalDecision:
     outcome: Literal["approved", "denied", "expired"]
     request: ApprovalRequest
     remaining: tuple[ApprovalRequest, ...] = ()
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """A session's latest run as the store knows it (what ``loop.explain`` reports).
+
+    Attributes:
+        run_id: The run's id.
+        number: The run's number in its session (1 for the first).
+        kind: What started it (``send``, ``resume``, ``submit_input``, ``wake``).
+        status: Its run-row status: a ``RunStatus`` once ended, else ``running``, ``failed``
+            or ``interrupted``.
+        rounds: Rounds it ran (recorded when it ended).
+        started_at: When it started (epoch ms).
+        ended_at: When it ended (epoch ms), or None.
+        error: The error of a failed or cancelled run, or None.
+        usage: Token usage of its model calls (``calls``, ``prompt_tokens``,
+            ``completion_tokens``, ``cache_read_tokens``, ``reasoning_tokens``,
+            ``total_tokens``).
+        tool_calls: Its tool calls by status (``done``, ``failed``, ``pending``, ...).
+        last_message: The text of the last message it stored (its answer or the marker of
+            its ending), or None.
+        pending: The session's unanswered calls and open questions, or None.
+        events_stored: How many of its events the event log holds.
+    """
+
+    run_id: str
+    number: int
+    kind: str
+    status: str
+    rounds: int
+    started_at: int
+    ended_at: int | None
+    error: str | None
+    usage: Mapping[str, int] = field(default_factory=dict)
+    tool_calls: Mapping[str, int] = field(default_factory=dict)
+    last_message: str | None = None
+    pending: PendingState | None = None
+    events_stored: int = 0
 
 
 @dataclass(frozen=True)

@@ -76,6 +76,10 @@ then version 7 rebuilds the tables, see ``_schema_v7.py``).
     Approval requests of tool calls, keyed by their unguessable ``token``: the call, its tool
     and arguments, ``status`` (``pending`` → ``approved`` | ``denied`` | ``expired`` |
     ``superseded`` | ``aborted``), the reviewer's ``note``, ``expires_at`` and ``decided_at``.
+``events`` (version 10)
+    The event log, filled when ``AgentLoopConfig.persist_events`` is on: one row per event
+    keyed by ``(session, seq)`` with its name, time, round, stream, source, the publishing
+    ``run_id`` and the payload as JSON.
 ``subagent_tasks`` (version 8)
     One row per sub-agent started in the background, keyed by the child's session, with its
     parent: ``running`` until the child's result is in the parent's inbox (``delivered``,
@@ -84,7 +88,8 @@ then version 7 rebuilds the tables, see ``_schema_v7.py``).
 History: version 1 created sessions, messages, tool_calls, runs, llm_calls, session_stats,
 session_leases, inbox, interactions; 2 compactions; 3 timers; 4 the lease holder's identity;
 5 notes; 6 the per-session counters; 7 the integer keys and the folded tables above; 8
-subagent_tasks; 9 runtime_state and background_tasks (0.11's kept rows move in); 10 approvals.
+subagent_tasks; 9 runtime_state and background_tasks (0.11's kept rows move in); 10 guards, approvals
+and the event log.
 """
 
 from __future__ import annotations
@@ -418,7 +423,8 @@ def _v10(conn: sqlite3.Connection) -> None:
     # resume / submit_input carries (max_wall_s_per_run), the shared budgets' ledger and
     # holds (AgentLoopConfig.budgets), and approval requests of tool calls, keyed by their
     # token (written with the end of a run that pauses for approval, decided once by a
-    # conditional UPDATE on status).
+    # conditional UPDATE on status), and the event log (AgentLoopConfig.persist_events):
+    # a session's events by seq, deleted with the session, indexed by run.
     _run_script(
         conn,
         """
@@ -455,7 +461,20 @@ def _v10(conn: sqlite3.Connection) -> None:
             decided_at   INTEGER
         );
         CREATE INDEX approvals_call ON approvals(session, tool_call_id);
-        CREATE INDEX approvals_undecided ON approvals(created_at) WHERE status = 'pending'
+        CREATE INDEX approvals_undecided ON approvals(created_at) WHERE status = 'pending';
+        CREATE TABLE events (
+            session      INTEGER NOT NULL REFERENCES sessions(id) ON DELETE CASCADE,
+            seq          INTEGER NOT NULL,
+            type         TEXT NOT NULL,
+            ts           REAL NOT NULL,
+            round_index  INTEGER,
+            stream_id    TEXT,
+            source       TEXT,
+            run_id       TEXT,
+            payload      TEXT NOT NULL,
+            PRIMARY KEY (session, seq)
+        ) WITHOUT ROWID;
+        CREATE INDEX events_run ON events(session, run_id) WHERE run_id IS NOT NULL
         """,
     )
 
