@@ -195,3 +195,68 @@ async def test_a_failed_run_is_explained_and_its_last_events_are_stored(shared_d
     # The failure path's events follow the run's last write: the event log still has them.
     assert [e.type.value for e in events][-2:] == ["agent_error", "session_ended"]
     assert events[-1].payload["status"] == "failed"
+
+
+async def test_a_run_that_stopped_for_no_progress(db_path: str) -> None:
+    from power_loop import NoProgressPolicy
+
+    llm = ScriptedLLM(rule=lambda r: tool_reply(("add", {"a": 1, "b": 1})))
+    config = AgentLoopConfig(no_progress=NoProgressPolicy(repeat_limit=2), persist_events=True)
+    status, report, _ = await _explained(db_path, llm, config)
+    assert status == "no_progress" and "ended no_progress." in report
+    assert _line(report, "Next").startswith("Next (send, not resumable)")
+
+
+async def test_a_paused_run(db_path: str) -> None:
+    async with StatefulAgentLoop(llm=ScriptedLLM([text_reply("never")]), db_path=db_path) as loop:
+        sid = await loop.new_session_async(session_id="s1")
+
+        @tool
+        async def stop_here() -> str:
+            """Pauses its own session."""
+            await loop.pause(sid)
+            return "paused myself"
+
+        llm = ScriptedLLM([tool_reply(("stop_here", {}))])
+    async with StatefulAgentLoop(llm=llm, db_path=db_path, tool_registry=registry(stop_here)) as loop:
+        result = await loop.send("go", sid)
+        report = await loop.explain(sid)
+    assert result.status == "paused" and "ended paused." in report
+    assert _line(report, "Next") == "Next (resume, resumable): `await loop.resume('s1')`"
+
+
+async def test_a_run_awaiting_approval_names_the_call_to_make(db_path: str) -> None:
+    @tool(requires_approval=True)
+    def wire(amount: int) -> str:
+        """Wires money."""
+        return f"wired {amount}"
+
+    llm = ScriptedLLM([tool_reply(("wire", {"amount": 5}, "w1")), text_reply("done")])
+    async with StatefulAgentLoop(llm=llm, db_path=db_path, tool_registry=registry(wire)) as loop:
+        sid = await loop.new_session_async(session_id="s1")
+        result = await loop.send("pay", sid)
+        report = await loop.explain(sid)
+    [request] = result.approvals
+    assert result.status == "awaiting_approval" and "ended awaiting_approval." in report
+    assert f"approval {request.token} for wire (w1): expires" in report
+    assert f"`await loop.approve('s1', {request.token!r})`" in _line(report, "Next (approve, resumable)")
+
+
+async def test_a_run_whose_approval_came_too_late(db_path: str) -> None:
+    import asyncio
+
+    @tool(requires_approval=True, approval_ttl_s=0.001)
+    def wire(amount: int) -> str:
+        """Wires money."""
+        return f"wired {amount}"
+
+    llm = ScriptedLLM([tool_reply(("wire", {"amount": 5}, "w1")), text_reply("done")])
+    async with StatefulAgentLoop(llm=llm, db_path=db_path, tool_registry=registry(wire)) as loop:
+        sid = await loop.new_session_async(session_id="s1")
+        [request] = (await loop.send("pay", sid)).approvals
+        while not request.expired:  # until the clock has passed it (whole ms, as the store decides)
+            await asyncio.sleep(0.005)
+        late = await loop.approve(sid, request.token)
+        report = await loop.explain(sid)
+    assert late.status == "approval_expired" and "ended approval_expired." in report
+    assert _line(report, "Next").startswith("Next (send, not resumable)")
