@@ -13,7 +13,8 @@ from .agent_runner import AgentRunner
 from .approvals import ApprovalRequest
 from .cancellation import CancellationLike, CancellationToken, StopSignal
 from .compaction import Compactor, DefaultCompactor, estimate_text_tokens, estimate_tokens, trim_history
-from .config import DEFAULT_SYSTEM_PROMPT, AgentLoopConfig
+from .config import DEFAULT_SYSTEM_PROMPT, AgentLoopConfig, PriorityKey, RateClock, RateLimit
+from .engine.admission import AdmissionView
 from .errors import (
     AgentSpecError,
     ApprovalError,
@@ -515,4 +516,8 @@ __all__ = [
     "tag_as_memory",
     "note_tools",
     "register_note_tools",
+    "AdmissionView",
+    "PriorityKey",
+    "RateClock",
+    "RateLimit",
 ]

@@ -6,10 +6,11 @@ variants.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import math
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, Union, runtime_checkable
 
 from ._types import MAX_SPAWN_DEPTH
 from .approvals import MAX_APPROVAL_TTL_S
@@ -19,7 +20,7 @@ from .projectors import default_runtime_projectors
 from .providers.retry import LLMRetryPolicy
 from .structured import resolve_response_format
 
-__all__ = ["DEFAULT_SYSTEM_PROMPT", "AgentLoopConfig"]
+__all__ = ["DEFAULT_SYSTEM_PROMPT", "AgentLoopConfig", "PriorityKey", "RateClock", "RateLimit"]
 
 DEFAULT_SYSTEM_PROMPT = (
     "You are a helpful, precise assistant. Answer concisely. Use the available tools when they "
@@ -117,6 +118,16 @@ class AgentLoopConfig:
         persist_events: Store every event of the loop's sessions (all but stream deltas)
             in the session store, read back with ``loop.iter_events``; see
             docs/events.md#the-event-log. Off by default: nothing is recorded then.
+        max_concurrent_runs: At most this many runs of this loop go on at once; the others
+            wait in a queue, holding no session lease (None: no limit). A sub-agent run, or
+            any run started from inside a run's task, shares its caller's place. See
+            docs/admission.md.
+        rate_limit: A :class:`RateLimit` on the model requests of every run of this loop,
+            sub-agents' included (None: no limit).
+        priority_key: The order of the runs waiting for ``max_concurrent_runs``: the name of
+            a session-metadata key holding a number, or a callable
+            ``(session_id, metadata) -> number`` (sync or async). Higher first, first come
+            first served within one priority; None: first come first served.
     """
 
     system_prompt: str | None = None
@@ -157,6 +168,9 @@ class AgentLoopConfig:
     tenant_key: str = "tenant_id"
     approval_ttl_s: float = 3600.0
     persist_events: bool = False
+    max_concurrent_runs: int | None = None
+    rate_limit: RateLimit | None = None
+    priority_key: PriorityKey | None = None
 
     def __post_init__(self) -> None:
         _positive("max_rounds", self.max_rounds)
@@ -200,6 +214,7 @@ class AgentLoopConfig:
         if not isinstance(self.runtime_projectors, tuple):
             object.__setattr__(self, "runtime_projectors", tuple(self.runtime_projectors))
         self._check_guards()
+        self._check_admission()
 
     def _check_guards(self) -> None:
         for name in ("max_cost_usd_per_run", "max_wall_s_per_run", "max_tool_calls_per_run"):
@@ -241,7 +256,100 @@ class AgentLoopConfig:
         if not isinstance(self.persist_events, bool):
             raise ConfigurationError(f"AgentLoopConfig.persist_events must be a bool, got {self.persist_events!r}")
 
+    def _check_admission(self) -> None:
+        limit = self.max_concurrent_runs
+        if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 1):
+            raise ConfigurationError(
+                f"AgentLoopConfig.max_concurrent_runs must be an integer >= 1 or None, got {limit!r}"
+            )
+        if self.rate_limit is not None and not isinstance(self.rate_limit, RateLimit):
+            raise ConfigurationError(
+                "AgentLoopConfig.rate_limit must be a RateLimit(requests_per_s=..., tokens_per_min=..., burst=...) "
+                f"or None, got {type(self.rate_limit).__name__}"
+            )
+        key = self.priority_key
+        if key is None:
+            return
+        if isinstance(key, str):
+            if not key:
+                raise ConfigurationError("AgentLoopConfig.priority_key must be a non-empty metadata key")
+        elif not callable(key):
+            raise ConfigurationError(
+                "AgentLoopConfig.priority_key must be a session-metadata key (str) or a callable "
+                f"(session_id, metadata) -> number, got {type(key).__name__}"
+            )
+        if limit is None:
+            raise ConfigurationError(
+                "AgentLoopConfig.priority_key orders the runs waiting for max_concurrent_runs; "
+                "set max_concurrent_runs too"
+            )
+
 
 def _positive(name: str, value: float) -> None:
     if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
         raise ConfigurationError(f"AgentLoopConfig.{name} must be > 0, got {value!r}")
+
+
+PriorityKey = Union[str, Callable[[str, Mapping[str, Any]], Union[float, Awaitable[float]]]]
+"""What ``AgentLoopConfig.priority_key`` accepts: a session-metadata key, or a callable
+``(session_id, metadata) -> number`` (or an awaitable of one)."""
+
+
+@runtime_checkable
+class RateClock(Protocol):
+    """The time a :class:`RateLimit` reads and sleeps on (a test may pass its own)."""
+
+    def now(self) -> float:
+        """Seconds on a monotonic clock."""
+        ...
+
+    async def sleep(self, seconds: float) -> None:
+        """Return after ``seconds`` on this clock."""
+        ...
+
+
+@dataclass(frozen=True)
+class RateLimit:
+    """The pace of the model requests of one loop (``AgentLoopConfig.rate_limit``).
+
+    Attributes:
+        requests_per_s: Requests that may start per second, on average. With ``burst`` it
+            is a token bucket of capacity ``burst`` refilled at this rate: no one-second
+            window sees more than ``requests_per_s + burst`` requests start. None: no
+            request limit.
+        tokens_per_min: Tokens per minute: each request reserves its estimated prompt tokens
+            plus its completion cap (``max_tokens``) from a bucket of this capacity refilled
+            at ``tokens_per_min / 60`` a second, and waits while the bucket cannot cover
+            it; once answered, the reservation is corrected to the tokens the provider
+            reports. None: no token limit.
+        burst: Requests that may start at once after a quiet spell (an integer >= 1; it
+            applies to ``requests_per_s``).
+        clock: The clock the limits read and sleep on (None: ``time.monotonic`` and
+            ``asyncio.sleep``). Tests pass a clock of their own to run without waiting.
+
+    At least one of ``requests_per_s`` and ``tokens_per_min`` must be given.
+    """
+
+    requests_per_s: float | None = None
+    tokens_per_min: int | None = None
+    burst: int = 1
+    clock: RateClock | None = field(default=None, compare=False)
+
+    def __post_init__(self) -> None:
+        rps = self.requests_per_s
+        if rps is not None and (
+            not isinstance(rps, (int, float)) or isinstance(rps, bool) or not math.isfinite(rps) or rps <= 0
+        ):
+            raise ConfigurationError(f"RateLimit.requests_per_s must be a finite number > 0 or None, got {rps!r}")
+        tpm = self.tokens_per_min
+        if tpm is not None and (not isinstance(tpm, int) or isinstance(tpm, bool) or tpm < 1):
+            raise ConfigurationError(f"RateLimit.tokens_per_min must be an integer >= 1 or None, got {tpm!r}")
+        if rps is None and tpm is None:
+            raise ConfigurationError("RateLimit needs requests_per_s, tokens_per_min or both")
+        burst = self.burst
+        if not isinstance(burst, int) or isinstance(burst, bool) or burst < 1:
+            raise ConfigurationError(f"RateLimit.burst must be an integer >= 1, got {burst!r}")
+        if rps is None and burst != 1:
+            raise ConfigurationError("RateLimit.burst applies to requests_per_s; set requests_per_s too")
+        if self.clock is not None and not isinstance(self.clock, RateClock):
+            raise ConfigurationError("RateLimit.clock must have now() and an async sleep(seconds)")

@@ -27,6 +27,7 @@ from ._loop_timers import TimerFacade
 from .cancellation import StopEventLike
 from .compaction import resolve_compactor
 from .config import AgentLoopConfig
+from .engine.admission import Admission, AdmissionView
 from .engine.capabilities import TEMPORARY_LOOP
 from .engine.eventlog import EventLog
 from .engine.history import HistoryCache
@@ -165,6 +166,7 @@ class StatefulAgentLoop(TimerFacade, ApprovalFacade, EventsFacade):
             compactor=resolve_compactor(self.config.compactor),
             facade=self,
             event_log=EventLog(self.store) if self.config.persist_events else None,
+            admission=Admission.from_config(self.config),
         )
         self._warming: asyncio.Task[None] | None = None
 
@@ -180,6 +182,11 @@ class StatefulAgentLoop(TimerFacade, ApprovalFacade, EventsFacade):
     def event_bus(self) -> AgentEventBus:
         """This loop's event bus."""
         return self._bus
+
+    @property
+    def admission(self) -> AdmissionView:
+        """What waits for this loop's ``max_concurrent_runs`` and ``rate_limit`` (live counts)."""
+        return AdmissionView(self._rt.admission)
 
     # ------------------------------------------------------------------ lifecycle
 

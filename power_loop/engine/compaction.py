@@ -42,6 +42,7 @@ from ..providers.base import LLMRequest, LLMResponse, LLMService
 from ..providers.retry import complete_with_retry
 from ..store.rows import Compact, RecordLLMCall, WriteOp
 from ..tools.definition import ToolDefinition
+from .admission import metered
 from .endings import cancelled
 from .history import without_hidden
 from .model_call import retry_notifier, retry_policy_for
@@ -215,6 +216,9 @@ async def _summary_call(run: Run, llm: LLMService, request: LLMRequest) -> tuple
     policy = retry_policy_for(llm, config)
     request = replace(request, stream=request.stream and config.stream)
     on_retry = retry_notifier(emitter, run.round_index)
+    limiter = run.rt.admission.limiter
+    if limiter is not None:  # the loop's rate limit covers summary calls too
+        llm = await metered(limiter, llm, request, run.stop)
     started = time.monotonic()
     response = await complete_with_retry(llm, request, policy=policy, callbacks=None, stop=run.stop, on_retry=on_retry)
     duration_ms = int((time.monotonic() - started) * 1000)

@@ -34,6 +34,7 @@ from ..messages import Usage
 from ..providers.base import LLMRequest, LLMResponse, LLMService, StreamCallbacks
 from ..providers.retry import LLMRetryPolicy, RetryNotice, complete_with_retry
 from ..store.rows import HeldBudget, RecordLLMCall
+from .admission import RateLimiter, metered
 from .budgets import Reservation, charge, cost_nano, release, reserve
 from .emit import Emitter
 from .endings import budget_exceeded, cancelled, degraded
@@ -90,6 +91,7 @@ async def ask_model(run: Run, request: LLMRequest, *, purpose: str = "round") ->
                 round_index=run.round_index,
                 run_usage_before=run.usage,
                 purpose=purpose,
+                limiter=run.rt.admission.limiter,
             )
         except CancellationRequested:
             return await cancelled(run)
@@ -167,13 +169,17 @@ async def call_model(
     round_index: int,
     run_usage_before: Usage,
     purpose: str = "round",
+    limiter: RateLimiter | None = None,
 ) -> ModelCallResult:
     """Make one logical model call (retries included) and publish its events.
 
     Raises:
         LLMError: The call failed for good (after retries).
-        CancellationRequested: The stop signal fired during the call or a backoff sleep.
+        CancellationRequested: The stop signal fired during the call, a backoff sleep or the
+            wait for ``limiter`` (the loop's rate limit, which every request passes).
     """
+    if limiter is not None:
+        llm = await metered(limiter, llm, request, stop)
     policy = retry_policy_for(llm, config)
     callbacks = _stream_callbacks(emitter, round_index)
     on_retry = retry_notifier(emitter, round_index)

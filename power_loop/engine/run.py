@@ -2,6 +2,7 @@
 
 ::
 
+    admission (AgentLoopConfig.max_concurrent_runs): wait for a run slot, holding no lease
     begin (one transaction: lease, pending check, inbox, user input)
     SESSION_START, memory recall, the skills section
     resume / submit_input: answer the pending calls first
@@ -67,50 +68,62 @@ async def execute_run(rt: Runtime, req: RunRequest) -> StatefulResult:
 
 async def _execute(rt: Runtime, req: RunRequest, tools: ToolRegistry | None) -> StatefulResult:
     async with rt.locks.hold(req.session_id, timeout=rt.config.session_wait_s) as time_left:
-        run_id = "run_" + secrets.token_hex(8)
-        lease = LeaseClaim(owner=f"{rt.owner}/{run_id}", ttl_ms=int(rt.config.lease_ttl_s * 1000))
-        cached = rt.histories.get(req.session_id)
-        message = await on_append(rt, req.session_id, 0, req.message) if req.message is not None else None
-        begin = await begin_run(
-            rt,
-            session_id=req.session_id,
-            kind=req.kind,
-            run_id=run_id,
-            lease=lease,
-            cached=cached,
-            message=message,
-            heal_pending=req.heal_pending,
-            wait_foreign=req.wait_foreign,
-            time_left=time_left,
-        )
-        assert begin.session is not None
-        # No await from here to drive()'s try: a cancellation cannot land in between.
-        if req.child is None:
-            # A sub-agent run no parent started (a background child, or one resumed after a
-            # crash) takes the settings it was started with; its tools are never widened.
-            stored = stored_child(rt, begin.session)
-            if stored is not None:
-                link, allowed = stored
-                req = replace(req, child=link)
-                if allowed is not None and tools is not None and not isinstance(req.tools, ToolRegistry):
-                    tools = tools.subset(allowed)
-        transcript = transcript_after_begin(rt, req.session_id, cached, begin)
-        seq = max(begin.event_seq, rt.event_seqs.get(req.session_id, 0))
-        emitter = Emitter(rt.bus, req.session_id, seq=seq, counters=rt.event_seqs, log=rt.event_log, run_id=run_id)
-        writer = RunWriter(rt.store, req.session_id, replace(lease, fence=begin.fence), transcript, emitter)
-        run = Run(
-            rt,
-            req,
-            run_id=run_id,
-            begin=begin,
-            session=begin.session,
-            transcript=transcript,
-            writer=writer,
-            emitter=emitter,
-            tools=tools,
-            execute=execute_run,
-        )
-        return await drive(run)
+        admission = rt.admission
+        if admission.slots is None or admission.shares_slot(req.kind):
+            return await _begin_and_drive(rt, req, tools, time_left)
+        # Admission comes before the begin transaction: a waiting run holds no lease.
+        async with admission.slot(req.session_id, StopSignal(req.stop_event), rt.store):
+            return await _begin_and_drive(rt, req, tools, time_left)
+
+
+async def _begin_and_drive(
+    rt: Runtime, req: RunRequest, tools: ToolRegistry | None, time_left: float
+) -> StatefulResult:
+    """The begin transaction, then the run to its end."""
+    run_id = "run_" + secrets.token_hex(8)
+    lease = LeaseClaim(owner=f"{rt.owner}/{run_id}", ttl_ms=int(rt.config.lease_ttl_s * 1000))
+    cached = rt.histories.get(req.session_id)
+    message = await on_append(rt, req.session_id, 0, req.message) if req.message is not None else None
+    begin = await begin_run(
+        rt,
+        session_id=req.session_id,
+        kind=req.kind,
+        run_id=run_id,
+        lease=lease,
+        cached=cached,
+        message=message,
+        heal_pending=req.heal_pending,
+        wait_foreign=req.wait_foreign,
+        time_left=time_left,
+    )
+    assert begin.session is not None
+    # No await from here to drive()'s try: a cancellation cannot land in between.
+    if req.child is None:
+        # A sub-agent run no parent started (a background child, or one resumed after a
+        # crash) takes the settings it was started with; its tools are never widened.
+        stored = stored_child(rt, begin.session)
+        if stored is not None:
+            link, allowed = stored
+            req = replace(req, child=link)
+            if allowed is not None and tools is not None and not isinstance(req.tools, ToolRegistry):
+                tools = tools.subset(allowed)
+    transcript = transcript_after_begin(rt, req.session_id, cached, begin)
+    seq = max(begin.event_seq, rt.event_seqs.get(req.session_id, 0))
+    emitter = Emitter(rt.bus, req.session_id, seq=seq, counters=rt.event_seqs, log=rt.event_log, run_id=run_id)
+    writer = RunWriter(rt.store, req.session_id, replace(lease, fence=begin.fence), transcript, emitter)
+    run = Run(
+        rt,
+        req,
+        run_id=run_id,
+        begin=begin,
+        session=begin.session,
+        transcript=transcript,
+        writer=writer,
+        emitter=emitter,
+        tools=tools,
+        execute=execute_run,
+    )
+    return await drive(run)
 
 
 async def drive(run: Run) -> StatefulResult:

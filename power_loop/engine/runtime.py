@@ -23,6 +23,7 @@ from ..store.protocols import SessionStoreProtocol
 from ..tools.context import AgentLoopHandle, ToolCapabilities
 from ..tools.registry import ToolRegistry
 from ..tools.threads import ToolThreads
+from .admission import Admission
 from .capabilities import TimerSignal, tool_capabilities
 from .eventlog import EventLog
 from .fairness import TickGate
@@ -111,6 +112,8 @@ class Runtime:
             (``engine/budgets.py``); None until the first one.
         event_log: Where events are stored (``AgentLoopConfig.persist_events``); None when
             they are not.
+        admission: The loop's run slots and model-request rate limit (see
+            :mod:`power_loop.engine.admission`; both None when not configured).
 
     Every field is set by the constructor; a loop builds its runtime in one call. The loop's
     pool of threads for sync tool handlers (``config.tool_threads``) is created on first use by
@@ -135,6 +138,7 @@ class Runtime:
     pauses: dict[str, int] = field(default_factory=dict)
     hold_batcher: Any = None  # engine.budgets.HoldBatcher, made on the first shared-budget hold
     event_log: EventLog | None = None
+    admission: Admission = field(default_factory=Admission)
     _threads: ToolThreads | None = field(default=None, repr=False)
     _threads_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _tasks: set[asyncio.Task[None]] = field(default_factory=set, repr=False)
