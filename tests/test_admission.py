@@ -8,6 +8,7 @@ import json
 import sqlite3
 import time
 from collections.abc import Callable
+from itertools import pairwise
 from typing import Any
 
 import pytest
@@ -373,7 +374,7 @@ async def test_a_sub_agent_of_the_run_holding_the_only_slot_completes(db_path: s
     # The child's requests went through the loop's rate limit: one request a second.
     assert [who for _, who in starts[:3]] == ["parent", "child", "parent"]
     times = [t for t, _ in starts]
-    assert all(later - earlier >= 1.0 - 1e-9 for earlier, later in zip(times, times[1:]))
+    assert all(later - earlier >= 1.0 - 1e-9 for earlier, later in pairwise(times))
 
 
 # --------------------------------------------------------------------------- rate_limit
@@ -544,4 +545,4 @@ async def test_the_limits_cover_compaction_summaries(db_path: str) -> None:
     kinds = [k for _, k in starts]
     assert "summary" in kinds
     times = [t for t, _ in starts]
-    assert all(later - earlier >= 1.0 - 1e-9 for earlier, later in zip(times, times[1:]))
+    assert all(later - earlier >= 1.0 - 1e-9 for earlier, later in pairwise(times))
