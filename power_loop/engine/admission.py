@@ -243,8 +243,9 @@ class _Bucket:
             self.stamp = now
 
     def shortfall_s(self, need: float) -> float:
-        """Seconds until ``need`` is in the bucket (0: it is)."""
-        return 0.0 if self.level >= need else (need - self.level) / self.rate
+        """Seconds until ``need`` is in the bucket (0: it is). At least a microsecond when it is
+        not: a shortfall of a rounding error must still move a clock forward."""
+        return 0.0 if self.level >= need else max((need - self.level) / self.rate, 1e-6)
 
 
 @dataclass(frozen=True)
