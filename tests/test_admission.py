@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
+import threading
 import time
 from collections.abc import Callable
 from itertools import pairwise
@@ -312,6 +313,51 @@ async def test_a_slot_granted_to_a_waiter_cancelled_at_that_moment_goes_to_the_n
         assert (slots.running, slots.waiting) == (1, 0)
         slots.release()
     assert slots.running == 0
+
+
+def test_runs_of_send_sync_in_several_threads_share_the_slots(db_path: str) -> None:
+    entered, release = threading.Event(), threading.Event()
+    lock = threading.Lock()
+    inside = [0, 0]  # now, most
+
+    @tool
+    async def hold() -> str:
+        """Blocks until released."""
+        with lock:
+            inside[0] += 1
+            inside[1] = max(inside[1], inside[0])
+        entered.set()
+        await asyncio.to_thread(release.wait)
+        with lock:
+            inside[0] -= 1
+        return "held"
+
+    config = AgentLoopConfig(max_concurrent_runs=1)
+    loop = StatefulAgentLoop(
+        llm=ScriptedLLM(rule=hold_rule), db_path=db_path, config=config, tool_registry=ToolRegistry([hold])
+    )
+    try:
+        sids = [loop.new_session(), loop.new_session()]
+        results: list[str] = []
+        threads = [
+            threading.Thread(target=lambda s=sid: results.append(loop.send_sync("hold", s).status)) for sid in sids
+        ]
+        threads[0].start()
+        assert entered.wait(60)
+        threads[1].start()
+        deadline = time.monotonic() + 60  # a hang guard
+        while loop.admission.waiting != 1:
+            assert time.monotonic() < deadline, "the second thread's run never queued"
+            time.sleep(0.005)
+        assert inside[0] == 1
+        release.set()
+        for thread in threads:
+            thread.join(60)
+        assert results == ["completed", "completed"]
+        assert inside[1] == 1  # never two at once, across event loops
+        assert (loop.admission.running, loop.admission.waiting) == (0, 0)
+    finally:
+        loop.close()
 
 
 @tool
