@@ -19,6 +19,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from typing import Any
 
 SYSTEM_PROMPT = "You are a concise assistant."
@@ -876,38 +877,48 @@ SCENARIOS["postgres"] = postgres
 
 
 def guard_configs() -> dict[str, Any]:
-    """The ``guards`` scenario's two settings: none, and every guard on with limits that are
-    never reached (per-run budgets in tokens, dollars, wall-clock and tool calls; a shared
-    tenant budget kept in the store; no-progress detection)."""
-    from power_loop import AgentLoopConfig, Budget, NoProgressPolicy, Price
+    """The ``guards`` scenario's settings: ``plain`` (none); ``guarded``: every guard the loop
+    checks in memory, with limits never reached (per-run budgets in tokens, dollars,
+    wall-clock and tool calls; no-progress detection; admission control: run slots and a
+    request rate); ``shared``: ``guarded`` plus a shared tenant budget kept in the store (one
+    hold per model call, group-committed, settled with the call's record)."""
+    from power_loop import AgentLoopConfig, Budget, NoProgressPolicy, Price, RateLimit
 
     prices = {"bench-model": Price(input_per_mtok=1.0, output_per_mtok=2.0)}
+    guarded = AgentLoopConfig(
+        system_prompt=SYSTEM_PROMPT,
+        pricing=prices,
+        max_tokens_per_run=1_000_000,
+        max_cost_usd_per_run=100.0,
+        max_wall_s_per_run=3600.0,
+        max_tool_calls_per_run=1_000,
+        no_progress=NoProgressPolicy(repeat_limit=5),
+        max_concurrent_runs=1_000,
+        rate_limit=RateLimit(requests_per_s=100_000, burst=1_000),
+    )
     return {
         "plain": AgentLoopConfig(system_prompt=SYSTEM_PROMPT),
-        "guarded": AgentLoopConfig(
-            system_prompt=SYSTEM_PROMPT,
-            pricing=prices,
-            max_tokens_per_run=1_000_000,
-            max_cost_usd_per_run=100.0,
-            max_wall_s_per_run=3600.0,
-            max_tool_calls_per_run=1_000,
-            no_progress=NoProgressPolicy(repeat_limit=5),
-            budgets=[Budget(scope="tenant", tokens=10**12, window_s=3600)],
-        ),
+        "guarded": guarded,
+        "shared": replace(guarded, budgets=[Budget(scope="tenant", tokens=10**12, window_s=3600)]),
     }
 
 
 async def guards(url: str, reps: int, quick: bool) -> dict[str, Any]:
     """What the guards cost when nothing is exceeded: the ``concurrency`` load (50 sessions x
     20 sends, all of one tenant) with no guard and with every guard on, interleaved (each
-    repetition runs both, in a rotating order). ``ratio``: guarded sends/s over plain's, per
-    repetition."""
+    repetition runs both, in a rotating order). Per repetition: sends/s and this process's
+    CPU time per send (its threads included: the event loop and the store's), which the
+    machine's other load disturbs much less than throughput. ``ratio``: guarded sends/s over
+    plain's; ``cpu_ratio``: guarded CPU per send over plain's; ``shared_*``: the same for
+    ``shared``."""
     from power_loop import StatefulAgentLoop
 
     sessions, per_session = (20, 5) if quick else (50, 20)
     configs = guard_configs()
-    out: dict[str, dict[str, list[float]]] = {name: {"sends_per_s": [], "p50_ms": []} for name in configs}
-    ratios: list[float] = []
+    out: dict[str, dict[str, list[float]]] = {
+        name: {"sends_per_s": [], "p50_ms": [], "cpu_ms_per_send": []} for name in configs
+    }
+    ratios: dict[str, list[float]] = {"ratio": [], "cpu_ratio": [], "shared_ratio": [], "shared_cpu_ratio": []}
     with tempfile.TemporaryDirectory() as tmp:
         loops = {
             name: StatefulAgentLoop(llm=new_llm(), db_path=os.path.join(tmp, f"{name}.db"), config=config)
@@ -922,7 +933,8 @@ async def guards(url: str, reps: int, quick: bool) -> dict[str, Any]:
         order = list(configs)
         for rep in range(reps):
             rates: dict[str, float] = {}
-            for name in order[rep % 2 :] + order[: rep % 2]:
+            cpu: dict[str, float] = {}
+            for name in order[rep % len(order) :] + order[: rep % len(order)]:
                 loop = loops[name]
                 latencies: list[float] = []
 
@@ -933,15 +945,26 @@ async def guards(url: str, reps: int, quick: bool) -> dict[str, Any]:
                         assert result.status == "completed", result.status
                         latencies.append((time.perf_counter() - started) * 1000)
 
-                started = time.perf_counter()
+                gc.collect()
+                started, cpu_started = time.perf_counter(), time.process_time()
                 await asyncio.gather(*(worker(s) for s in sids[name]))
-                rates[name] = sessions * per_session / (time.perf_counter() - started)
+                sends = sessions * per_session
+                rates[name] = sends / (time.perf_counter() - started)
+                cpu[name] = (time.process_time() - cpu_started) * 1000 / sends
                 out[name]["sends_per_s"].append(rates[name])
                 out[name]["p50_ms"].append(pct(latencies, 0.5))
-            ratios.append(rates["guarded"] / rates["plain"])
+                out[name]["cpu_ms_per_send"].append(cpu[name])
+            for prefix, name in (("", "guarded"), ("shared_", "shared")):
+                ratios[f"{prefix}ratio"].append(rates[name] / rates["plain"])
+                ratios[f"{prefix}cpu_ratio"].append(cpu[name] / cpu["plain"])
         for loop in loops.values():
             await loop.aclose()
-    return {"sessions": sessions, "sends_per_session": per_session, **out, "ratio": ratios}
+    return {
+        "sessions": sessions,
+        "sends_per_session": per_session,
+        **out,
+        **ratios,
+    }
 
 
 SCENARIOS["guards"] = guards

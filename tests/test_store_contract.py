@@ -434,3 +434,26 @@ async def test_last_run_reports_the_latest_run(store: SessionStoreProtocol) -> N
     assert report.tool_calls == {"pending": 1}
     assert report.pending is not None and [c.tool_call_id for c in report.pending.calls] == ["c-r2"]
     assert report.events_stored == 1 and report.last_message == ""
+
+
+# --------------------------------------------------------------------------- shared budgets
+
+
+async def test_budget_holds_see_each_other_settle_and_expire(store: SessionStoreProtocol) -> None:
+    from power_loop.store.rows import BudgetClaim, BudgetHold
+
+    claim = BudgetClaim(key="tenant|acme||", window_start=0, tokens_limit=1_000, cost_limit_nano=None)
+    ask = BudgetHold(claims=(claim,), prompt_tokens=100, cap=500)
+    first, second, third = await store.hold_budgets([ask, ask, ask])  # one transaction, in order
+    assert (first.cap, second.cap) == (500, 300)  # the second sees the first's 600 held
+    assert third.refused == claim and third.limit == "tokens" and third.spent == 1_000 and third.needed == 101
+    await store.settle_budget(first.holds, 150, 0)  # the real usage replaces the hold
+    [after] = await store.hold_budgets([ask])
+    assert after.cap == 1_000 - 150 - 400 - 100
+    await store.settle_budget(second.holds, 0, 0)
+    await store.settle_budget(after.holds, 0, 0)
+    # A hold whose process died stops counting once it expires.
+    [stale] = await store.hold_budgets([BudgetHold(claims=(claim,), prompt_tokens=100, cap=700, ttl_ms=-1)])
+    assert stale.cap == 700
+    [fresh] = await store.hold_budgets([ask])
+    assert fresh.cap == 500

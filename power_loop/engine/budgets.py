@@ -103,9 +103,22 @@ def prompt_tokens(run: Run, request: LLMRequest) -> int:
     """The prompt's size for a reservation: the estimate (messages, system text, tool
     schemas) scaled by the provider's observed ratio, and never below the prompt the run's
     previous call was billed for (a run's prompt only grows, short of a compaction)."""
-    raw = estimate_text_tokens(request.system_prompt) + estimate_tokens(request.messages)
+    raw = estimate_text_tokens(request.system_prompt) + _messages_tokens(run, request)
     raw += sum(_tool_tokens(t) for t in request.tools)
     return max(math.ceil(raw * max(1.0, run.rt.token_ratio)), run.last_prompt_tokens)
+
+
+def _messages_tokens(run: Run, request: LLMRequest) -> int:
+    """The request's messages' estimate. A request showing the run's history (plus messages
+    after it, as the round-limit prompt) takes the transcript's running estimate instead of
+    walking the whole history every call (it counts kernel markers too: never less)."""
+    messages = request.messages
+    if run.prefix is None:
+        shown = run.transcript.for_model()
+        n = len(shown)
+        if n and len(messages) >= n and messages[n - 1] is shown[-1]:
+            return run.transcript.token_estimate() + estimate_tokens(messages[n:])
+    return estimate_tokens(messages)
 
 
 def _tool_tokens(tool: ToolDefinition) -> int:

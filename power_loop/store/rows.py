@@ -560,7 +560,7 @@ class BudgetHold:
 class HeldBudget:
     """A hold taken on one budget window."""
 
-    hold_id: int
+    hold_id: str
     key: str
     window_start: int
 

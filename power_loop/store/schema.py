@@ -439,7 +439,7 @@ def _v10(conn: sqlite3.Connection) -> None:
             PRIMARY KEY (key, window_start)
         ) WITHOUT ROWID;
         CREATE TABLE budget_holds (
-            id           INTEGER PRIMARY KEY AUTOINCREMENT,
+            id           TEXT PRIMARY KEY,
             key          TEXT NOT NULL,
             window_start INTEGER NOT NULL,
             tokens       INTEGER NOT NULL,
