@@ -759,3 +759,28 @@ async def test_the_wakeup_tool_schedules_once_per_call(db_path: str) -> None:
         timers = await loop.list_timers_async(sid)
     assert first == again == "Wake-up #1 scheduled in 60s. You'll receive your note."
     assert [t.timer_id for t in timers] == [1]
+
+
+async def test_during_a_burst_the_deliveries_go_before_the_runs_they_start(db_path: str) -> None:
+    fired_when_first_run_asked: list[int] = []
+
+    def rule(request: ScriptedRequest) -> ScriptedReply:
+        if not fired_when_first_run_asked:  # a plain reader of the file, beside the store
+            with contextlib.closing(sqlite3.connect(db_path)) as reader:
+                (fired,) = reader.execute("SELECT COUNT(*) FROM timers WHERE status = 'fired'").fetchone()
+            fired_when_first_run_asked.append(int(fired))
+        return text_reply("ok")
+
+    async with StatefulAgentLoop(llm=ScriptedLLM(rule=rule), db_path=db_path) as loop:
+        sids = [await loop.new_session_async() for _ in range(12)]
+        for sid in sids:
+            await loop.schedule_timer_async(sid, delay_s=0, note="burst")
+        async with TimerRunner(loop, scan_interval_s=0.05, concurrency=3, batch=3) as runner:
+
+            async def all_answered() -> bool:
+                answers = [(await loop.get_messages_async(s))[-1:] for s in sids]
+                return all(a == [{"role": "assistant", "content": "ok"}] for a in answers)
+
+            await eventually(all_answered)
+            await runner.drain()
+    assert fired_when_first_run_asked == [12]  # every due timer was delivered before any run began

@@ -43,6 +43,10 @@ log = logging.getLogger("power_loop.timers")
 
 _Outcome = tuple[str | None, int]
 
+RUN_DEFER_S = 1.0
+"""Longest a run started by a delivery waits for the runner to catch up with a burst of due
+timers before it takes a run slot."""
+
 TimerAction = Literal["deliver", "skip", "cancel", "postpone"]
 """What a delivery does with its timer, as decided by the ``TIMER_FIRE`` hook."""
 
@@ -68,8 +72,9 @@ class TimerRunner:
             wait for a slot (their wake-ups are already safe in the inbox) so a burst of due
             timers never starves the deliveries themselves, nor floods the model provider or
             the store's connection pool. Raise it when runs spend long waiting on a slow
-            model. A runner stopping drops the runs that have not started; the next runner
-            starts them.
+            model. During a burst (a claim that filled every free delivery slot) a run also
+            waits until the runner has caught up, :data:`RUN_DEFER_S` at most. A runner
+            stopping drops the runs that have not started; the next runner starts them.
     """
 
     def __init__(
@@ -91,6 +96,8 @@ class TimerRunner:
         self.batch = batch
         self.max_runs = max_runs
         self._run_slots: asyncio.Semaphore | None = None
+        self._caught_up: asyncio.Event | None = None
+        """Set while the last claim left nothing due behind it: runs wait (a little) for it."""
         self.owner = f"runner-{os.getpid()}-{secrets.token_hex(4)}"
         self.delivered = 0
         """Timers this runner processed (delivered, queued, skipped, cancelled or postponed)."""
@@ -122,6 +129,7 @@ class TimerRunner:
         aio = asyncio.get_running_loop()
         kick = self._kick = asyncio.Event()
         self._run_slots = None  # made on first use, in this event loop
+        self._caught_up = None
 
         def kick_fn() -> None:
             aio.call_soon_threadsafe(kick.set)
@@ -218,6 +226,11 @@ class TimerRunner:
             return []
         lease_ms = int(self.stale_firing_s * 1000)
         claimed = await self.loop.store.claim_due_timers(self.owner, lease_ms=lease_ms, limit=room, due_by=due_by)
+        caught_up = self._caught_up_event()
+        if len(claimed) < room:
+            caught_up.set()
+        else:
+            caught_up.clear()  # more may be due: deliveries go before the runs they start
         aio = asyncio.get_running_loop()
         started = []
         for timer in claimed:
@@ -388,6 +401,10 @@ class TimerRunner:
         self._waking.add(session_id)
 
         async def wake() -> None:
+            # During a burst, the deliveries go first: a run waits until the runner has caught
+            # up with what is due, or RUN_DEFER_S at most (runs never starve).
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._caught_up_event().wait(), RUN_DEFER_S)
             async with self._slots():
                 del self._queued[task]
                 self._waking.discard(session_id)  # a wake-up delivered from now on needs a new run
@@ -416,6 +433,12 @@ class TimerRunner:
         session_id = self._queued.pop(task, None)
         if session_id is not None:  # cancelled before its run started
             self._waking.discard(session_id)
+
+    def _caught_up_event(self) -> asyncio.Event:
+        if self._caught_up is None:
+            self._caught_up = asyncio.Event()
+            self._caught_up.set()
+        return self._caught_up
 
     def _slots(self) -> asyncio.Semaphore:
         if self._run_slots is None:
