@@ -491,12 +491,18 @@ class StatefulAgentLoop(TimerFacade, ApprovalFacade, EventsFacade):
             with contextlib.suppress(Exception):
                 await self.llm.aclose()
 
-    async def resume(self, session_id: str, *, stop_event: StopEventLike | None = None) -> StatefulResult:
+    async def resume(
+        self, session_id: str, *, stop_event: StopEventLike | None = None, lift_pause: bool = True
+    ) -> StatefulResult:
         """Run the session's unanswered tool calls (reusing results of calls that finished),
         then continue the run. With nothing pending, runs one more round. On a paused session
-        (:meth:`pause`) it lifts the pause, in the same transaction that starts the run."""
-        self._rt.pauses.pop(session_id, None)
-        return await execute_run(self._rt, RunRequest(session_id=session_id, kind="resume", stop_event=stop_event))
+        (:meth:`pause`) it lifts the pause, in the same transaction that starts the run; with
+        ``lift_pause=False`` (what ``TimerRunner`` does for a background sub-agent whose
+        process died) a paused session raises ``SessionPausedError`` instead."""
+        if lift_pause:
+            self._rt.pauses.pop(session_id, None)
+        request = RunRequest(session_id=session_id, kind="resume", stop_event=stop_event, lift_pause=lift_pause)
+        return await execute_run(self._rt, request)
 
     async def pause(self, session_id: str) -> bool:
         """Pause a session, durably: a run going on (in this process or any other) ends with

@@ -592,3 +592,22 @@ async def test_a_degraded_runs_note_is_not_summarized(db_path: str) -> None:
     assert compactor.folded, "the test must compact"
     assert any(text.startswith("first ") for text in compactor.seen)
     assert not any("[degraded" in text for text in compactor.seen)
+
+
+async def test_summary_calls_are_priced_and_held_in_shared_budgets(db_path: str) -> None:
+    from power_loop import Budget, Price
+
+    def billed(request: ScriptedRequest) -> ScriptedReply:
+        reply = summarizing(request)
+        return ScriptedReply(text=reply.text, usage=Usage.of_call(prompt_tokens=1_000, completion_tokens=10))
+
+    prices = {"scripted-model": Price(input_per_mtok=1.0, output_per_mtok=1.0)}
+    budget = Budget("session", tokens=10**9)
+    async with compacting_loop(db_path, ScriptedLLM(rule=billed), pricing=prices, budgets=[budget]) as loop:
+        sid = await loop.new_session_async()
+        results = [await loop.send(f"turn {i} {LONG}", session_id=sid) for i in range(4)]
+        spent = await loop.store.budget_spent(budget.key(sid), 0)
+    calls = sum(r.usage["calls"] for r in results)
+    assert calls > 4  # the sends' own calls plus at least one summary
+    assert spent[0] == 1_010 * calls  # every call, the summaries included, is in the ledger
+    assert sum(r.usage["cost_usd"] for r in results) == pytest.approx(1_010 * calls / 1e6)

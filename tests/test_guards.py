@@ -353,3 +353,41 @@ async def test_a_session_budget_holds_across_sends_and_restarts(db_path: str) ->
     assert hit is not None and hit.limit == "tokens" and hit.scope == "session" and hit.spent == 400
     assert "session budget" in hit.describe()
     assert fresh.status == "completed"  # another session has its own
+
+
+async def test_answers_and_approvals_wait_for_resume_on_a_paused_session(db_path: str) -> None:
+    @tool
+    def ask() -> str:
+        """Asks the user."""
+        request_user_input(prompt="go on?")
+        return ""
+
+    @tool(requires_approval=True)
+    def wire(amount: int) -> str:
+        """Wires money."""
+        return f"wired {amount}"
+
+    def rule(request: ScriptedRequest) -> ScriptedReply:
+        if "pay" in request.last_user_text and not request.tool_results:
+            return tool_reply(("wire", {"amount": 5}, "w1"))
+        if not request.tool_results:
+            return tool_reply(("ask", {}, "q1"))
+        return text_reply("done")
+
+    tools = ToolRegistry([ask, wire])
+    async with StatefulAgentLoop(llm=ScriptedLLM(rule=rule), db_path=db_path, tool_registry=tools) as loop:
+        asking = await loop.new_session_async()
+        [question] = (await loop.send("start", session_id=asking)).pending_interactions
+        paying = await loop.new_session_async()
+        [request] = (await loop.send("pay", session_id=paying)).approvals
+        for sid in (asking, paying):
+            await loop.pause(sid)
+        with pytest.raises(SessionPausedError):
+            await loop.submit_input(asking, question["interaction_id"], "yes")
+        with pytest.raises(SessionPausedError):
+            await loop.approve(paying, request.token)
+        # Nothing was stored: the same answer and the same token work once resumed.
+        assert (await loop.resume(asking)).status == "waiting_for_input"
+        assert (await loop.submit_input(asking, question["interaction_id"], "yes")).status == "completed"
+        assert (await loop.resume(paying)).status == "awaiting_approval"
+        assert (await loop.approve(paying, request.token)).status == "completed"

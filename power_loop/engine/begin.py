@@ -44,6 +44,7 @@ async def begin_run(
     cached: Transcript | None,
     message: UserMessage | None,
     heal_pending: bool,
+    lift_pause: bool = True,
     wait_foreign: bool,
     time_left: float,
 ) -> BeginOutcome:
@@ -66,6 +67,7 @@ async def begin_run(
         messages=(message,) if message is not None else (),
         heal_pending=heal_pending,
         allow_pending=kind in ("resume", "submit_input", "approve"),
+        lift_pause=lift_pause,
         cached_version=cached.version if cached is not None else None,
     )
     while True:

@@ -14,8 +14,10 @@ and by how much. Tool calls count against ``max_tool_calls_per_run`` when they s
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import time
+import weakref
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
@@ -31,6 +33,8 @@ from ..tools.definition import ToolDefinition
 if TYPE_CHECKING:
     from .state import Run
 
+log = logging.getLogger("power_loop.engine")
+
 __all__ = [
     "Reservation",
     "charge",
@@ -40,6 +44,7 @@ __all__ = [
     "price_of",
     "release",
     "reserve",
+    "settle_unrecorded",
     "spent_budget",
 ]
 
@@ -171,17 +176,26 @@ async def reserve(run: Run, request: LLMRequest) -> tuple[LLMRequest, Reservatio
     if hits:  # the tightest budget is reported; on a tie, the one furthest up
         return max(reversed(hits), key=lambda h: h.over_by)
     price = price_of(run, model)
-    holds: tuple[HeldBudget, ...] = ()
+    # Held in every run of the chain before anything is awaited: sibling sub-agents reserving
+    # at the same time see each other's reservations.
+    held = Reservation(chain, prompt + cap, price.worst_case(prompt, cap) if price is not None else 0.0, model)
+    _hold_in_chain(held, +1)
     if run.config.budgets:
-        shared = await _hold_shared(run, prompt, cap, model, price)
+        try:
+            shared = await _hold_shared(run, prompt, cap, model, price)
+        except BaseException:
+            _hold_in_chain(held, -1)
+            raise
         if isinstance(shared, BudgetHit):
+            _hold_in_chain(held, -1)
             return shared
-        cap, holds = shared
-    worst_cost = price.worst_case(prompt, cap) if price is not None else 0.0
-    held = Reservation(chain, prompt + cap, worst_cost, model, holds)
-    for r in chain:
-        r.reserved_tokens += held.tokens
-        r.reserved_cost += held.cost
+        if shared[0] != cap:  # a shared budget left less: shrink the reservation to it
+            _hold_in_chain(held, -1)
+            cap = shared[0]
+            held.tokens = prompt + cap
+            held.cost = price.worst_case(prompt, cap) if price is not None else 0.0
+            _hold_in_chain(held, +1)
+        held.holds = shared[1]
     if cap != request.max_tokens:
         request = replace(request, max_tokens=cap)
     return request, held
@@ -292,18 +306,41 @@ class HoldBatcher:
                 if not isinstance(exc, Exception):
                     raise
                 continue
+            orphaned: list[HeldBudget] = []
             for (_, future), outcome in zip(batch, outcomes, strict=True):
                 if not future.done():
                     future.set_result(outcome)
-                elif outcome.holds:  # its caller was cancelled meanwhile: give the holds back
-                    await self.store.settle_budget(outcome.holds, 0, 0)
+                else:  # its caller was cancelled meanwhile: give the holds back
+                    orphaned += outcome.holds
+            if orphaned:
+                try:
+                    await self.store.settle_budget(orphaned, 0, 0)
+                except Exception:
+                    log.warning("giving back the holds of cancelled calls failed; they expire", exc_info=True)
 
 
 def _holds(run: Run) -> HoldBatcher:
+    """The loop's batcher for the running event loop (``send_sync`` in several threads runs
+    several event loops: each batches its own calls)."""
     rt = run.rt
-    if not isinstance(rt.hold_batcher, HoldBatcher):
-        rt.hold_batcher = HoldBatcher(rt.store)
-    return rt.hold_batcher
+    if not isinstance(rt.hold_batcher, weakref.WeakKeyDictionary):
+        rt.hold_batcher = weakref.WeakKeyDictionary()
+    aio = asyncio.get_running_loop()
+    batcher = rt.hold_batcher.get(aio)
+    if batcher is None:
+        batcher = rt.hold_batcher[aio] = HoldBatcher(rt.store)
+    return batcher
+
+
+async def settle_unrecorded(run: Run, held: Reservation, usage: Usage, model: str | None) -> None:
+    """Settle the shared-budget holds of a call that produced no record (failed, cancelled);
+    when that fails too, the holds expire on their own."""
+    if not held.holds:
+        return
+    try:
+        await run.rt.store.settle_budget(held.holds, usage.total_tokens, cost_nano(run, usage, model))
+    except Exception:
+        log.warning("settling the budget holds of a failed model call failed; they expire", exc_info=True)
 
 
 def cost_nano(run: Run, usage: Usage, model: str | None) -> int:
@@ -312,13 +349,16 @@ def cost_nano(run: Run, usage: Usage, model: str | None) -> int:
     return 0 if price is None else round(price.cost(usage) * 1e9)
 
 
+def _hold_in_chain(held: Reservation, sign: int) -> None:
+    for r in held.runs:
+        r.reserved_tokens += sign * held.tokens
+        r.reserved_cost += sign * held.cost
+
+
 def release(held: Reservation | None) -> None:
     """Give a reservation back (the call returned, or failed)."""
-    if held is None:
-        return
-    for r in held.runs:
-        r.reserved_tokens -= held.tokens
-        r.reserved_cost -= held.cost
+    if held is not None:
+        _hold_in_chain(held, -1)
 
 
 def charge(run: Run, usage: Usage, model: str | None) -> None:

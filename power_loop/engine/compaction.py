@@ -35,14 +35,16 @@ from ..compaction import (
 )
 from ..errors import CancellationRequested, CompactionFailed, LLMError
 from ..events import AgentEventType, AutoCompactStatusPayload, UsageUpdatedPayload
+from ..guards import BudgetHit
 from ..hooks import CompactAfterCtx, CompactBeforeCtx, HookDirective, HookPoint
-from ..messages import Message, SystemMessage, ToolResultMessage, message_to_dict
+from ..messages import Message, SystemMessage, ToolResultMessage, Usage, message_to_dict
 from ..providers._common import dumps, memo
 from ..providers.base import LLMRequest, LLMResponse, LLMService
 from ..providers.retry import complete_with_retry
 from ..store.rows import Compact, RecordLLMCall, WriteOp
 from ..tools.definition import ToolDefinition
 from .admission import metered
+from .budgets import Reservation, charge, cost_nano, release, reserve, settle_unrecorded
 from .endings import cancelled
 from .history import without_hidden
 from .model_call import retry_notifier, retry_policy_for
@@ -132,7 +134,8 @@ async def maybe_compact(run: Run, view: list[Message]) -> list[Message] | End:
     async def complete(request: LLMRequest) -> LLMResponse:
         # Not a member of the Compactor protocol: DefaultCompactor's optional summary model.
         llm = getattr(compactor, "summary_llm", None) or run.llm
-        response, duration_ms = await _summary_call(run, llm, request)
+        response, duration_ms, held = await _summary_call(run, llm, request)
+        model = (held.model if held is not None else None) or response.model
         usage_ops.append(
             RecordLLMCall(
                 run.run_id,
@@ -141,6 +144,8 @@ async def maybe_compact(run: Run, view: list[Message]) -> list[Message] | End:
                 model=response.model,
                 purpose="compaction",
                 duration_ms=duration_ms,
+                holds=held.holds if held is not None else (),
+                cost_nano=cost_nano(run, response.usage, model) if held is not None and held.holds else 0,
             )
         )
         return response
@@ -179,6 +184,7 @@ async def maybe_compact(run: Run, view: list[Message]) -> list[Message] | End:
     after = int(after_raw * run.rt.token_ratio)
     await run.writer.write([Compact(through_seq, summary, before, after, run.run_id), *usage_ops])
     run.transcript.replace([head, *tail_messages], [through_seq, *tail_seqs])
+    run.last_prompt_tokens = 0  # the next prompt is the compacted one: no floor from before
     if run.rt.hooks.has(HookPoint.COMPACT_AFTER):
         ctx_after = CompactAfterCtx(
             messages=[message_to_dict(m) for m in run.transcript.messages],
@@ -203,8 +209,10 @@ async def _not_applied(run: Run, usage_ops: list[WriteOp], before: int) -> list[
     return run.transcript.messages
 
 
-async def _summary_call(run: Run, llm: LLMService, request: LLMRequest) -> tuple[LLMResponse, int]:
-    """One summary model call through the retry layer, counted in the run's usage.
+async def _summary_call(run: Run, llm: LLMService, request: LLMRequest) -> tuple[LLMResponse, int, Reservation | None]:
+    """One summary model call through the retry layer, counted in the run's usage and, like
+    a round's call, reserved in its budgets first (:mod:`~.budgets`; one that does not fit
+    fails the compaction, and the round's own call then meets the budget).
 
     Unlike a round's call it installs no stream callbacks (the summary is not the answer:
     nothing reaches ``stream_*`` subscribers) and publishes no ``round_usage`` status, only
@@ -216,14 +224,27 @@ async def _summary_call(run: Run, llm: LLMService, request: LLMRequest) -> tuple
     policy = retry_policy_for(llm, config)
     request = replace(request, stream=request.stream and config.stream)
     on_retry = retry_notifier(emitter, run.round_index)
-    limiter = run.rt.admission.limiter
-    if limiter is not None:  # the loop's rate limit covers summary calls too
-        llm = await metered(limiter, llm, request, run.stop)
-    started = time.monotonic()
-    response = await complete_with_retry(llm, request, policy=policy, callbacks=None, stop=run.stop, on_retry=on_retry)
+    reserved = await reserve(run, request)
+    if isinstance(reserved, BudgetHit):
+        raise CompactionFailed(f"the summary call does not fit the budget: {reserved.describe()}")
+    request, held = reserved
+    response: LLMResponse | None = None
+    try:
+        limiter = run.rt.admission.limiter
+        if limiter is not None:  # the loop's rate limit covers summary calls too
+            llm = await metered(limiter, llm, request, run.stop)
+        started = time.monotonic()
+        response = await complete_with_retry(
+            llm, request, policy=policy, callbacks=None, stop=run.stop, on_retry=on_retry
+        )
+    finally:
+        release(held)
+        if response is None and held is not None:
+            await settle_unrecorded(run, held, Usage(), held.model)
     duration_ms = int((time.monotonic() - started) * 1000)
     usage_before = run.usage
     run.add_usage(response.usage)
+    charge(run, response.usage, (held.model if held is not None else None) or response.model)
     run.llm_calls += 1
     if emitter.wants(AgentEventType.USAGE_UPDATED):
         await emitter.emit(
@@ -235,7 +256,7 @@ async def _summary_call(run: Run, llm: LLMService, request: LLMRequest) -> tuple
             ),
             round_index=run.round_index,
         )
-    return response, duration_ms
+    return response, duration_ms, held
 
 
 async def _status(run: Run, phase: str, before: int, after: int) -> None:

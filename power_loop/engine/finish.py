@@ -18,7 +18,7 @@ import asyncio
 import logging
 from typing import Any
 
-from ..errors import SessionBusyError, SessionNotFoundError, SessionPendingError
+from ..errors import SessionBusyError, SessionNotFoundError, SessionPausedError, SessionPendingError
 from ..events import AgentErrorPayload, AgentEventType, SessionEndedPayload
 from ..hooks import HookPoint, SessionEndCtx
 from ..results import StatefulResult
@@ -62,8 +62,8 @@ def wake_parent(run: Run) -> None:
                 run.rt.histories.drop(run.session_id)
                 await run.rt.store.delete_session(run.session_id, cascade=True)
             await execute(run.rt, RunRequest(session_id=parent, kind="wake", wait_foreign=False))
-        except (SessionBusyError, SessionPendingError, SessionNotFoundError):
-            pass  # a run holds it and drains the inbox, it awaits resume, or it is gone
+        except (SessionBusyError, SessionPendingError, SessionNotFoundError, SessionPausedError):
+            pass  # a run holds it and drains the inbox, it awaits resume (or is paused), or it is gone
         except Exception:
             log.exception("the run woken by a sub-agent's answer in session %s failed", parent)
 

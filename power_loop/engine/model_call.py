@@ -35,7 +35,7 @@ from ..providers.base import LLMRequest, LLMResponse, LLMService, StreamCallback
 from ..providers.retry import LLMRetryPolicy, RetryNotice, complete_with_retry
 from ..store.rows import HeldBudget, RecordLLMCall
 from .admission import RateLimiter, metered
-from .budgets import Reservation, charge, cost_nano, release, reserve
+from .budgets import charge, cost_nano, release, reserve, settle_unrecorded
 from .emit import Emitter
 from .endings import budget_exceeded, cancelled, degraded
 from .outcome import End
@@ -105,7 +105,7 @@ async def ask_model(run: Run, request: LLMRequest, *, purpose: str = "round") ->
     finally:
         release(held)
         if reply is None and held is not None and held.holds:
-            await _settle_unrecorded(run, held, billed or Usage(), model)
+            await settle_unrecorded(run, held, billed or Usage(), model)
     usage = reply.response.usage
     run.add_usage(usage)
     charge(run, usage, model or reply.response.model)
@@ -114,15 +114,6 @@ async def ask_model(run: Run, request: LLMRequest, *, purpose: str = "round") ->
     if held is not None and held.holds:  # settled with the call's record (usage_op)
         reply = replace(reply, holds=held.holds, cost_nano=cost_nano(run, usage, model or reply.response.model))
     return reply
-
-
-async def _settle_unrecorded(run: Run, held: Reservation, usage: Usage, model: str | None) -> None:
-    """Settle the shared-budget holds of a call that produced no record (failed, cancelled);
-    when that fails too, the holds expire on their own."""
-    try:
-        await run.rt.store.settle_budget(held.holds, usage.total_tokens, cost_nano(run, usage, model))
-    except Exception:
-        log.warning("settling the budget holds of a failed model call failed; they expire", exc_info=True)
 
 
 def usage_op(run: Run, reply: ModelCallResult, purpose: str = "round") -> RecordLLMCall:

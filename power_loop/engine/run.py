@@ -93,6 +93,7 @@ async def _begin_and_drive(
         cached=cached,
         message=message,
         heal_pending=req.heal_pending,
+        lift_pause=req.lift_pause,
         wait_foreign=req.wait_foreign,
         time_left=time_left,
     )

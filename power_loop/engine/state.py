@@ -79,6 +79,8 @@ class RunRequest:
         wait_foreign: Wait while another process's run holds the session (``wake`` does not:
             that run drains the inbox itself).
         response_format: The structured output this call asks for (None: the config's).
+        lift_pause: A ``resume`` lifts a pause of the session (False: a continuation the
+            kernel starts on its own, which a pause stops like any other run).
     """
 
     session_id: str
@@ -91,6 +93,7 @@ class RunRequest:
     wait_foreign: bool = True
     child: ChildLink | None = None
     response_format: ResponseFormat | None = None
+    lift_pause: bool = True
 
 
 Executor = Callable[["Runtime", RunRequest], Awaitable[StatefulResult]]

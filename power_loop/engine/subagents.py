@@ -209,6 +209,7 @@ async def _run_child(spawn: _Spawn, child: ChildTask, sid: str) -> SubagentResul
             stop_event=spawn.parent.req.stop_event if spawn.parent is not None else None,
             tools=spawn.tools,
             child=ChildLink(parent=spawn.parent, config=spawn.config, llm=spawn.llm),
+            lift_pause=False,  # a child paused by hand stays paused
         ),
     )
     outcome = SubagentResult(

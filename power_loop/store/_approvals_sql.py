@@ -28,7 +28,7 @@ from typing import Any, Literal
 from ..approvals import ApprovalRequest
 from ..errors import ApprovalError, CorruptRecordError, SessionBusyError
 from ._leases import lease_is_live
-from ._sessions_sql import now_ms, session_ref, text
+from ._sessions_sql import now_ms, refuse_if_paused, session_ref, text
 from .protocols import Tx
 from .rows import ApprovalDecision
 
@@ -165,6 +165,7 @@ def decide(tx: Tx, session_id: str, token: str, *, approved: bool, note: str | N
         SessionNotFoundError: Unknown session.
         ApprovalError: No request has that token in this session, or it was decided already.
         SessionBusyError: A run holds the session.
+        SessionPausedError: The session is paused (nothing is decided).
     """
     key = session_ref(tx, session_id).key
     row = tx.execute(
@@ -181,6 +182,7 @@ def decide(tx: Tx, session_id: str, token: str, *, approved: bool, note: str | N
     status = str(row["status"])
     if status != "pending":
         raise ApprovalError(_decided_message(session_id, status), token=token, session_id=session_id)
+    refuse_if_paused(tx, key, session_id)  # nothing decided: the token stays usable after resume
     now = now_ms()
     owner = lease_is_live(tx, key, now)[0]
     if owner is not None:

@@ -18,7 +18,7 @@ import time
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
-from ..errors import SessionNotFoundError
+from ..errors import SessionNotFoundError, SessionPausedError
 from ..messages import scrub_surrogates
 from ._holder import holder_is_dead
 from .protocols import Tx
@@ -27,6 +27,7 @@ from .rows import RunTotals, SessionRow, SessionStatsRow, session_kind, stored_k
 __all__ = [
     "SESSION_COLUMNS",
     "pause_session",
+    "refuse_if_paused",
     "SessionRef",
     "SessionState",
     "add_stats",
@@ -372,3 +373,11 @@ def pause_session(tx: Tx, session_id: str, now: int) -> bool:
         and int(row["lease_expires_at"]) > now
         and not holder_is_dead(row["holder_host"], row["holder_pid"], row["holder_start"])
     )
+
+
+def refuse_if_paused(tx: Tx, key: int, session_id: str) -> None:
+    """Raise :class:`~power_loop.errors.SessionPausedError` when the session is paused
+    (before anything is written: only ``resume`` goes on with a paused session)."""
+    row = tx.execute("SELECT paused_at FROM sessions WHERE id = ?", (key,)).fetchone()
+    if row is not None and row["paused_at"] is not None:
+        raise SessionPausedError(session_id, paused_at=int(row["paused_at"]))

@@ -53,6 +53,7 @@ from ._sessions_sql import (
     get_stats,
     list_stats,
     now_ms,
+    refuse_if_paused,
     session_ref,
     session_state,
     text,
@@ -139,8 +140,10 @@ def answer_interaction(tx: Tx, session_id: str, interaction_id: str, value: str)
     Raises:
         ValueError: No open interaction has that id in this session.
         SessionBusyError: A run holds the session.
+        SessionPausedError: The session is paused (nothing is stored).
     """
     key = session_ref(tx, session_id).key
+    refuse_if_paused(tx, key, session_id)
     owner = lease_is_live(tx, key, now_ms())[0]
     if owner is not None:
         raise SessionBusyError(
@@ -337,7 +340,7 @@ def write(
     )
 
 
-CONTINUING_KINDS = ("resume", "submit_input")
+CONTINUING_KINDS = ("resume", "submit_input", "approve")
 """Run kinds that continue the session's last run: its wall-clock budget goes on."""
 
 
@@ -350,7 +353,7 @@ def begin_run(tx: Tx, b: BeginRun) -> BeginOutcome:
         return BeginOutcome(status="not_found")
     key = state.key
     session = state.session()
-    if state.row["paused_at"] is not None and b.kind != "resume":  # only resume lifts a pause
+    if state.row["paused_at"] is not None and not (b.kind == "resume" and b.lift_pause):  # only resume lifts it
         return BeginOutcome(status="paused", session=session, paused_at=int(state.row["paused_at"]))
     owner = state.live_owner(now)
     if owner is not None and owner != b.lease.owner:

@@ -775,6 +775,8 @@ class BeginRun:
             finished, ``heal_text`` otherwise).
         heal_text: Result text for calls that never finished.
         allow_pending: Start even with unresolved calls (resume, submit_input).
+        lift_pause: A ``resume`` on a paused session lifts the pause (False: refused as
+            ``paused`` like any other kind).
         cached_version: Version of the caller's cached history; the history is returned only
             when the stored version differs.
     """
@@ -788,6 +790,7 @@ class BeginRun:
     heal_text: str = "<aborted: auto-healed by send(heal_pending=True)>"
     allow_pending: bool = False
     cached_version: int | None = None
+    lift_pause: bool = True
 
 
 @dataclass(frozen=True)

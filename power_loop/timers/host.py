@@ -38,9 +38,10 @@ class TimerHost(Protocol):
         holds it and ``SessionPendingError`` when it awaits ``resume``."""
         ...
 
-    async def resume(self, session_id: str) -> StatefulResult:
+    async def resume(self, session_id: str, *, lift_pause: bool = True) -> StatefulResult:
         """Run the session's unanswered tool calls, then continue it (a background sub-agent
-        whose process died); raise ``SessionBusyError`` when another run holds it."""
+        whose process died); raise ``SessionBusyError`` when another run holds it, and (with
+        ``lift_pause=False``) ``SessionPausedError`` when it is paused."""
         ...
 
     async def publish_session_event(

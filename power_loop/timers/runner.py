@@ -413,7 +413,7 @@ class TimerRunner:
         async def run() -> None:
             try:
                 if resume:
-                    await self.loop.resume(session_id)
+                    await self.loop.resume(session_id, lift_pause=False)  # a pause by hand holds
                 else:
                     await self.loop.wake(session_id)
             except (SessionBusyError, SessionPendingError, SessionPausedError):
