@@ -391,3 +391,37 @@ async def test_answers_and_approvals_wait_for_resume_on_a_paused_session(db_path
         assert (await loop.submit_input(asking, question["interaction_id"], "yes")).status == "completed"
         assert (await loop.resume(paying)).status == "awaiting_approval"
         assert (await loop.approve(paying, request.token)).status == "completed"
+
+
+async def test_background_sub_agents_spend_their_root_tenants_budget(db_path: str) -> None:
+    from .test_background_subagents import is_child, last, measure
+    from .test_background_subagents import registry as spawn_registry
+
+    billed = Usage.of_call(prompt_tokens=50, completion_tokens=50)
+
+    def rule(request: ScriptedRequest) -> ScriptedReply:
+        if is_child(request):
+            return text_reply("child done", usage=billed)
+        if last(request).startswith("<subagent ") or request.messages[-1].role == "tool":
+            return text_reply("noted", usage=billed)
+        spawns = [("spawn_agent", {"task": f"t{i}", "background": True}, f"c{i}") for i in range(3)]
+        return tool_reply(*spawns, usage=billed)
+
+    budget = Budget("tenant", tokens=10_000, window_s=3600)
+    config = AgentLoopConfig(max_tokens=100, budgets=[budget])
+    async with StatefulAgentLoop(
+        llm=ScriptedLLM(rule=rule), db_path=db_path, config=config, tool_registry=spawn_registry(measure)
+    ) as loop:
+        sid = await loop.new_session_async(metadata={"tenant_id": "acme"})
+        await loop.send("go", session_id=sid)
+        deadline = time.monotonic() + 30
+        while True:  # the children (and the parent woken by their answers) run as tasks
+            [(calls, tokens)] = await loop.store.execute_fetchall(
+                "SELECT COUNT(*), COALESCE(SUM(total_tokens), 0) FROM llm_calls"
+            )
+            spent = await loop.store.budget_spent(budget.key("acme"), budget.window_start(int(time.time() * 1000)))
+            if int(calls) >= 5 and spent[0] == int(tokens):
+                break
+            assert time.monotonic() < deadline, (calls, tokens, spent)
+            await asyncio.sleep(0.05)
+    assert int(calls) >= 5  # the parent's calls and the three children's

@@ -18,6 +18,7 @@ import logging
 import math
 import time
 import weakref
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
@@ -211,16 +212,41 @@ def _root(run: Run) -> Run:
     return run
 
 
-def _subject(run: Run, budget: Budget) -> str | None:
-    """Whose budget ``budget`` is for this run: the root session, its tenant, or the loop
-    (None: the run is not covered, e.g. a session without a tenant)."""
+MAX_TREE_HOPS = 64
+"""Most parent links followed to find a sub-agent tree's root session."""
+
+
+async def _tree_root(run: Run) -> tuple[str, Mapping[str, Any]]:
+    """The session at the root of the run's sub-agent tree and its metadata: the root run's
+    own, or, when that run is itself a sub-agent no parent run started (a background child,
+    or one resumed after a crash), the ancestor found through the sessions' parent links
+    (read once per run)."""
     root = _root(run)
+    if root.budget_root is None:
+        session_id, metadata = root.session_id, root.session.metadata or {}
+        parent = root.session.parent_session_id
+        for _ in range(MAX_TREE_HOPS):
+            if not parent:
+                break
+            row = await run.rt.store.get_session_async(parent)
+            if row is None:
+                break
+            session_id, metadata, parent = row.session_id, row.metadata or {}, row.parent_session_id
+        root.budget_root = (session_id, metadata)
+    return root.budget_root
+
+
+async def _subject(run: Run, budget: Budget) -> str | None:
+    """Whose budget ``budget`` is for this run: the tree's root session, its tenant, or the
+    loop (None: the run is not covered, e.g. a session without a tenant). A sub-agent, in
+    the foreground or the background, spends its root session's and its root's tenant's."""
+    if budget.scope == "loop":
+        return ""
+    session_id, metadata = await _tree_root(run)
     if budget.scope == "session":
-        return root.session_id
-    if budget.scope == "tenant":
-        tenant = (root.session.metadata or {}).get(run.config.tenant_key)
-        return None if tenant in (None, "") else str(tenant)
-    return ""
+        return session_id
+    tenant = metadata.get(run.config.tenant_key)
+    return None if tenant in (None, "") else str(tenant)
 
 
 async def _hold_shared(
@@ -230,7 +256,7 @@ async def _hold_shared(
     now = int(time.time() * 1000)
     covered: list[tuple[Budget, str, BudgetClaim]] = []
     for budget in run.config.budgets:
-        subject = _subject(run, budget)
+        subject = await _subject(run, budget)
         if subject is None:
             continue
         if budget.cost_usd is not None and price is None:
@@ -268,7 +294,7 @@ async def _hold_shared(
         spent=outcome.spent,
         needed=outcome.needed,
         over_by=max(0.0, outcome.spent + outcome.needed - allowed),
-        session_id=_root(run).session_id,
+        session_id=(await _tree_root(run))[0],
         scope=budget.scope,
         subject=subject,
         window_s=budget.window_s,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -176,6 +176,8 @@ class Run:
         self.started_monotonic = time.monotonic()
         self.wall_carried_s = begin.wall_carried_ms / 1000
         self.budget_hit: BudgetHit | None = None
+        # The sub-agent tree's root session and its metadata, for shared budgets (read once).
+        self.budget_root: tuple[str, Mapping[str, Any]] | None = None
         # No-progress detection (engine/progress.py), made on the run's first tool round.
         self.progress: Any = None
         self.post_commit_errors: list[str] = []
