@@ -111,13 +111,9 @@ class Emitter:
         stream_id: str | None = None,
     ) -> None:
         """Publish, awaiting async subscribers (and record it for the event log)."""
-        wanted = self.bus.wants(event_type)
-        if wanted or self._stores(event_type):
-            event = self._event(event_type, data, round_index, stream_id)
-            if self._stores(event_type):
-                self._record(event)
-            if wanted:
-                await self.bus.publish_async(event)
+        event = self._built(event_type, data, round_index, stream_id)
+        if event is not None:
+            await self.bus.publish_async(event)
 
     def emit_nowait(
         self,
@@ -129,13 +125,23 @@ class Emitter:
     ) -> None:
         """Publish from synchronous code (stream callbacks); async subscribers become tracked
         tasks the bus drains later."""
+        event = self._built(event_type, data, round_index, stream_id)
+        if event is not None:
+            self.bus.publish(event)
+
+    def _built(
+        self, event_type: AgentEventType, data: BaseEventPayload, round_index: int | None, stream_id: str | None
+    ) -> AgentEvent | None:
+        """The event to publish (recorded for the event log when it keeps this type), or None
+        when no subscriber wants it; nothing is built when neither wants it."""
         wanted = self.bus.wants(event_type)
-        if wanted or self._stores(event_type):
-            event = self._event(event_type, data, round_index, stream_id)
-            if self._stores(event_type):
-                self._record(event)
-            if wanted:
-                self.bus.publish(event)
+        stores = self._stores(event_type)
+        if not (wanted or stores):
+            return None
+        event = self._event(event_type, data, round_index, stream_id)
+        if stores:
+            self._record(event)
+        return event if wanted else None
 
 
 async def report_after_commit(emitter: Emitter, errors: list[str], run_id: str, where: str, exc: Exception) -> None:
