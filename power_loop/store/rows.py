@@ -15,9 +15,14 @@ from typing import Any, Literal, Union
 
 from ..approvals import ApprovalRequest
 from ..messages import Message, Usage
+from ._budget_rows import BudgetClaim, BudgetHold, BudgetHoldOutcome, HeldBudget
 from ._event_rows import EventRecord, RecordEvents
 
 __all__ = [
+    "BudgetClaim",
+    "BudgetHold",
+    "BudgetHoldOutcome",
+    "HeldBudget",
     "AnswerPending",
     "Append",
     "ApprovalDecision",
@@ -516,74 +521,6 @@ class RecordLLMCall:
     duration_ms: int = 0
     holds: tuple[HeldBudget, ...] = ()
     cost_nano: int = 0
-
-
-@dataclass(frozen=True)
-class BudgetClaim:
-    """One shared budget window a model call must fit in.
-
-    Attributes:
-        key: The budget's ledger key (``Budget.key``).
-        window_start: Start of the current window (ms since the epoch; 0: no window).
-        tokens_limit: Tokens allowed in the window (None: not limited).
-        cost_limit_nano: Nano-dollars allowed in the window (None: not limited).
-    """
-
-    key: str
-    window_start: int
-    tokens_limit: int | None
-    cost_limit_nano: int | None
-
-
-@dataclass(frozen=True)
-class BudgetHold:
-    """What a model call asks of the shared budgets before it is sent.
-
-    Attributes:
-        claims: The budget windows covering it.
-        prompt_tokens: Its prompt (estimated).
-        cap: The completion cap it would like (clamped by the holds).
-        input_nano: Price of a prompt token in nano-dollars (0: unpriced).
-        output_nano: Price of a completion token in nano-dollars.
-        ttl_ms: How long the hold counts if it is never settled (its process died).
-    """
-
-    claims: tuple[BudgetClaim, ...]
-    prompt_tokens: int
-    cap: int
-    input_nano: float = 0.0
-    output_nano: float = 0.0
-    ttl_ms: int = 900_000
-
-
-@dataclass(frozen=True)
-class HeldBudget:
-    """A hold taken on one budget window."""
-
-    hold_id: str
-    key: str
-    window_start: int
-
-
-@dataclass(frozen=True)
-class BudgetHoldOutcome:
-    """The holds taken (``cap``: the clamped completion cap), or the budget that refused.
-
-    Attributes:
-        cap: The completion cap every budget allows (0 when refused).
-        holds: The holds taken, one per claim.
-        refused: The budget window that cannot fit the call (None: holds taken).
-        limit: ``"tokens"`` or ``"cost_usd"``: what it cannot fit.
-        spent: What that window had spent and held (tokens, or US dollars).
-        needed: What the call needed at the least (tokens, or US dollars).
-    """
-
-    cap: int
-    holds: tuple[HeldBudget, ...] = ()
-    refused: BudgetClaim | None = None
-    limit: str = ""
-    spent: float = 0.0
-    needed: float = 0.0
 
 
 @dataclass(frozen=True)
