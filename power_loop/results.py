@@ -99,7 +99,7 @@ def _guide(status: RunStatus) -> StatusGuide:
         case "hit_round_limit":
             return StatusGuide(False, "send", "The run reached max_rounds; the model summarized where it stands.")
         case "budget_exceeded":
-            return StatusGuide(True, "raise_budget", "The run spent its token budget (max_tokens_per_run).")
+            return StatusGuide(True, "raise_budget", "The next call would cross a budget (result.budget says which).")
         case "degraded":
             return StatusGuide(
                 True,
