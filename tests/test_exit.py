@@ -134,3 +134,42 @@ def test_a_run_in_flight_at_exit_is_cancelled_and_the_session_continues(tmp_path
     )
     assert follow.returncode == 0, follow.stderr
     assert follow.stdout.split() == ["1", "completed", "continued"]
+
+
+def test_send_sync_from_several_threads_shares_one_store_and_exits(tmp_path: Path) -> None:
+    # One loop, one store, six threads each running send_sync (one event loop per call):
+    # the store's first opening is shared across those event loops instead of tying it to
+    # whichever loop came first, and the program exits with every answer stored.
+    done = run_program(
+        tmp_path,
+        """
+        import threading
+        from power_loop import AgentLoopConfig, OfflineLLM, StatefulAgentLoop
+
+        loop = StatefulAgentLoop(llm=OfflineLLM(), db_path="./threads.db",
+                                 config=AgentLoopConfig(persist_events=True, max_concurrent_runs=2))
+        sids = [loop.new_session() for _ in range(6)]
+        errors = []
+        start = threading.Barrier(len(sids))
+
+        def work(sid):
+            start.wait()
+            try:
+                for i in range(3):
+                    assert loop.send_sync(f"hello {i}", session_id=sid).status == "completed"
+            except BaseException as exc:
+                errors.append(repr(exc))
+
+        threads = [threading.Thread(target=work, args=(sid,)) for sid in sids]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        print("errors", errors)
+        print("messages", sorted(len(loop.get_messages(sid)) for sid in sids))
+        """,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "errors []" in done.stdout
+    assert "messages [6, 6, 6, 6, 6, 6]" in done.stdout
+    assert "Traceback" not in done.stderr

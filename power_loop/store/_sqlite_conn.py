@@ -24,6 +24,7 @@ Guarantees:
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import os
 import sqlite3
 import threading
@@ -95,7 +96,10 @@ class SQLiteFileStore:
         # Pinned at construction, so a later chdir cannot point the store at another file.
         self._abs_path = os.path.abspath(self.path)
         self._db: aiosqlite.Connection | None = None
-        self._open_lock: asyncio.Lock | None = None
+        # The opening in progress, shared by every event loop: ``send_sync`` from several
+        # threads runs one event loop per thread against this one store.
+        self._opening: concurrent.futures.Future[None] | None = None
+        self._opening_guard = threading.Lock()
         self._file_id: FileId | None = None  # set by the first opening, then checked
         self._first_open_lock = threading.Lock()
         self._closed = False
@@ -198,37 +202,68 @@ class SQLiteFileStore:
         return result
 
     async def _open_async(self: S) -> S:
-        """Open the writer connection and migrate the schema (idempotent): ``await store.open()``."""
-        if self._db is not None:
-            return self
-        if self._closed:
-            raise StoreError(f"{self!r} is closed; create a new store to reopen the file")
-        if self._open_lock is None:
-            self._open_lock = asyncio.Lock()
-        async with self._open_lock:
-            if self._db is not None:
-                return self
-            # The whole opening (directory, file, pragmas, migrations) runs on the
-            # connection's worker thread, off the event loop.
-            db = aiosqlite.Connection(self._connect, 64)
-            worker = worker_thread(db)
-            # A daemon thread: a program that never closes its loop (or raises with one open)
-            # still exits. Every store call is one transaction, so exiting loses nothing that
-            # was committed; the finalizer below closes the connection at exit when it can.
-            worker.daemon = True
+        """Open the writer connection and migrate the schema (idempotent): ``await store.open()``.
+
+        One opening at a time across threads and event loops: callers on other event loops
+        (``send_sync`` from several threads) wait for it and share the connection it opens.
+        """
+        while self._db is None:
+            if self._closed:
+                raise StoreError(f"{self!r} is closed; create a new store to reopen the file")
+            with self._opening_guard:
+                opening = self._opening
+                lead = opening is None
+                if lead:
+                    opening = self._opening = concurrent.futures.Future()
+            assert opening is not None
+            if lead:
+                await self._lead_opening(opening)
+                continue
             try:
-                await db
-            except Exception:
-                # aiosqlite stops its worker thread on a failed connect; let it finish while
-                # this event loop still runs, so it does not outlive the loop.
-                for _ in range(1000):
-                    if not (isinstance(worker, threading.Thread) and worker.is_alive()):
-                        break
-                    await asyncio.sleep(0.001)
+                await asyncio.wrap_future(opening)
+            except asyncio.CancelledError:
+                if opening.cancelled():
+                    continue  # the leader was cancelled; open again
                 raise
-            self._db = db
-            self._finalizer = weakref.finalize(self, stop_worker, db, worker, _EXIT_CLOSE_WAIT_S)
         return self
+
+    async def _lead_opening(self, opening: concurrent.futures.Future[None]) -> None:
+        """Open the connection for every waiting caller and report the outcome to them."""
+        try:
+            await self._connect_writer()
+        except asyncio.CancelledError:
+            opening.cancel()
+            raise
+        except BaseException as exc:
+            opening.set_exception(exc)
+            raise
+        else:
+            opening.set_result(None)
+        finally:
+            with self._opening_guard:
+                self._opening = None
+
+    async def _connect_writer(self) -> None:
+        # The whole opening (directory, file, pragmas, migrations) runs on the connection's
+        # worker thread, off the event loop.
+        db = aiosqlite.Connection(self._connect, 64)
+        worker = worker_thread(db)
+        # A daemon thread: a program that never closes its loop (or raises with one open)
+        # still exits. Every store call is one transaction, so exiting loses nothing that
+        # was committed; the finalizer below closes the connection at exit when it can.
+        worker.daemon = True
+        try:
+            await db
+        except Exception:
+            # aiosqlite stops its worker thread on a failed connect; let it finish while
+            # this event loop still runs, so it does not outlive the loop.
+            for _ in range(1000):
+                if not (isinstance(worker, threading.Thread) and worker.is_alive()):
+                    break
+                await asyncio.sleep(0.001)
+            raise
+        self._db = db
+        self._finalizer = weakref.finalize(self, stop_worker, db, worker, _EXIT_CLOSE_WAIT_S)
 
     def close(self) -> Coroutine[Any, Any, None]:
         """Close the writer connection (pending store calls finish first): ``await store.close()``.
