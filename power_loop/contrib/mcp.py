@@ -173,10 +173,10 @@ def _make_handler(session: ClientSession, server_name: str, timeout_s: float | N
         try:
             result = await session.call_tool(server_name, arguments, read_timeout_seconds=timeout_s)
         except MCPError as exc:
-            raise MCPToolError(f"MCP tool {server_name!r}: the server could not run the call: {exc}") from exc
+            raise MCPToolError(f"MCP tool {server_name!r} could not be called: {exc}") from exc
         except Exception as exc:  # a closed session, a broken transport, an unexpected result kind
-            reason = str(exc) or type(exc).__name__
-            raise MCPToolError(f"MCP tool {server_name!r}: the call could not be made: {reason}") from exc
+            reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+            raise MCPToolError(f"MCP tool {server_name!r} could not be called: {reason}") from exc
         text = render_mcp_result(result)
         if result.is_error:
             raise MCPToolError(f"MCP tool {server_name!r} failed: {text}")
