@@ -119,7 +119,7 @@ async def test_a_loop_calls_an_mcp_tool(
     registry = ToolRegistry()
     async with open_session(transport, request) as session:
         names = await register_mcp_tools(registry, session, prefix="mcp_")
-        assert names == ["mcp_add", "mcp_echo", "mcp_fail", "mcp_picture", "mcp_pid", "mcp_crash"]
+        assert names == ["mcp_add", "mcp_echo", "mcp_fail", "mcp_picture", "mcp_slow", "mcp_pid", "mcp_crash"]
         result, messages = await run_loop(registry, llm_factory(protocol, scripted_server), db_path, "Add 2 and 3")
 
     assert result.status == "completed"
@@ -210,6 +210,27 @@ async def test_a_dead_server_is_a_tool_error_not_a_hang(
     assert results[-1]["content"] == "Error: MCP tool 'add' could not be called: Connection closed"
 
 
+async def test_the_sdk_timeout_is_a_tool_error(
+    transport: str,
+    request: pytest.FixtureRequest,
+    scripted_server: ScriptedServer,
+    llm_factory: ServiceFactory,
+    db_path: str,
+) -> None:
+    # The call would take an hour; the SDK's read timeout ends it and the run goes on.
+    scripted_server.push(tool_reply(("slow", {"seconds": 3600})), text_reply("It took too long."))
+    registry = ToolRegistry()
+    async with open_session(transport, request) as session:
+        await register_mcp_tools(registry, session, include=["slow", "echo"], timeout_s=0.2)
+        result, messages = await run_loop(registry, llm_factory("openai", scripted_server), db_path)
+        # The session is still usable afterwards.
+        assert await registry.invoke_async("echo", {"text": "still here"}) == "still here"
+    assert result.final_text == "It took too long."
+    assert messages[2]["is_error"] is True
+    assert messages[2]["content"].startswith("Error: MCP tool 'slow' could not be called: ")
+    assert "timed out" in messages[2]["content"]
+
+
 async def test_a_call_after_the_session_closed_is_a_tool_error(request: pytest.FixtureRequest) -> None:
     registry = ToolRegistry()
     async with open_session("stdio", request) as session:
@@ -252,7 +273,7 @@ async def test_include_and_prefix(request: pytest.FixtureRequest) -> None:
         with pytest.raises(ValueError, match="Tool already registered: fs_echo"):
             await register_mcp_tools(taken, session, prefix="fs_")
         assert taken.names() == ["fs_echo"]
-        assert len(await register_mcp_tools(taken, session, prefix="fs_", overwrite=True)) == 6
+        assert len(await register_mcp_tools(taken, session, prefix="fs_", overwrite=True)) == 7
         assert await taken.invoke_async("fs_echo", {"text": "from the server"}) == "from the server"
 
 

@@ -15,6 +15,7 @@ Its tools:
 * ``echo(text)``: the text back.
 * ``fail(message)``: a tool error (the result has ``isError`` set).
 * ``picture()``: a one-pixel PNG image and a caption.
+* ``slow(seconds)``: answers after ``seconds`` (to test timeouts).
 * ``pid()``: the server's process id, so a test can kill the process from outside.
 * ``crash()``: the process exits at once, in the middle of the call.
 
@@ -47,6 +48,7 @@ _PIXEL_PNG = base64.b64decode(
 def build_server() -> MCPServer:
     """The test server with its tools registered (raises ImportError without the ``mcp`` extra)."""
     try:
+        import anyio
         from mcp.server.mcpserver import Image, MCPServer
         from mcp.server.mcpserver.exceptions import ToolError
     except ImportError as exc:  # pragma: no cover - depends on the environment
@@ -73,6 +75,12 @@ def build_server() -> MCPServer:
     def picture() -> list[object]:
         """A one-pixel PNG with a caption."""
         return ["a transparent pixel", Image(data=_PIXEL_PNG, format="png")]
+
+    @server.tool()
+    async def slow(seconds: float) -> str:
+        """Answer after ``seconds``."""
+        await anyio.sleep(seconds)
+        return f"slept {seconds}s"
 
     @server.tool()
     def pid() -> int:
