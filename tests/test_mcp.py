@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
@@ -13,8 +14,9 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import httpx2
 import pytest
-from mcp import ClientSession
+from mcp import ClientSession, MCPError
 from mcp.types import (
     CallToolResult,
     EmbeddedResource,
@@ -238,6 +240,23 @@ async def test_a_call_after_the_session_closed_is_a_tool_error(request: pytest.F
         assert await registry.invoke_async("echo", {"text": "hi"}) == "hi"
     with pytest.raises(MCPToolError, match="MCP tool 'echo'"):
         await registry.invoke_async("echo", {"text": "hi"})
+
+
+async def test_a_failed_opening_raises_from_the_block() -> None:
+    with pytest.raises(FileNotFoundError):
+        async with open_stdio_session(str(ROOT / "no-such-server")):
+            pass
+    # A process that exits before the handshake.
+    with pytest.raises(MCPError, match="Connection closed"):
+        async with open_stdio_session(sys.executable, ["-c", "pass"], read_timeout_s=READ_TIMEOUT_S):
+            pass
+    # Nothing listens on the port any more.
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    with pytest.raises(httpx2.ConnectError):
+        async with open_http_session(f"http://127.0.0.1:{port}/mcp", read_timeout_s=READ_TIMEOUT_S):
+            pass
 
 
 async def test_include_and_prefix(request: pytest.FixtureRequest) -> None:

@@ -302,14 +302,15 @@ async def _hold_session(
             opened.set_result(session)
             await release.wait()
     except BaseException as exc:
-        if not opened.done():
+        if not opened.done():  # the opening failed: the host's ``async with`` raises it
             if isinstance(exc, asyncio.CancelledError):
                 opened.cancel()
                 raise
             opened.set_exception(_sole_exception(exc))
             return
-        if isinstance(exc, asyncio.CancelledError) and release.is_set():
+        if not isinstance(exc, Exception):  # cancelled from outside, KeyboardInterrupt, SystemExit
             raise
+        # The connection broke while open; its calls already failed as tool errors.
         logger.warning("MCP session ended with an error: %r", exc)
 
 
