@@ -113,7 +113,9 @@ def _serve_http(server: MCPServer, port: int) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry: serve over stdio, or over streamable HTTP with ``--http PORT``."""
-    parser = argparse.ArgumentParser(prog="python -m power_loop.testing.mcp_server", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m power_loop.testing.mcp_server", description="A small MCP server for tests and examples."
+    )
     parser.add_argument("--http", type=int, metavar="PORT", help="serve streamable HTTP on 127.0.0.1:PORT (0: free)")
     args = parser.parse_args(argv)
     server = build_server()
