@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from power_loop import SessionNotFoundError, StatefulAgentLoop
+from power_loop import SessionNotFoundError, StatefulAgentLoop, request_user_input, tool
 from power_loop.messages import AssistantMessage, ToolCall, UserMessage
 from power_loop.store import (
     PostgresSessionStore,
@@ -287,3 +287,27 @@ async def test_an_import_failing_in_the_database_leaves_nothing(store: Store) ->
     with pytest.raises(ValueError):
         await store.import_session(records, session_id="dst")
     assert await store.get_session_async("dst") is None
+
+
+async def test_a_session_waiting_for_a_person_is_no_finding(
+    store: Store, shared_db: str, scripted_server: ScriptedServer, llm_factory: ServiceFactory
+) -> None:
+    @tool
+    def confirm(amount: int) -> str:
+        """Ask the user to confirm.
+
+        Args:
+            amount: Cents.
+        """
+        request_user_input(prompt=f"Pay {amount} cents?", kind="confirm", options=["yes", "no"])
+        return "unreachable"
+
+    scripted_server.push(tool_reply(("confirm", {"amount": 500}, "q1")))
+    llm = llm_factory("openai", scripted_server)
+    async with StatefulAgentLoop(llm=llm, db_path=shared_db, tool_registry=registry(confirm)) as loop:
+        await loop.new_session_async(session_id="asks")
+        result = await loop.send("pay", "asks")
+    assert result.status == "waiting_for_input"
+    overview = (await store.list_sessions())[0]
+    assert overview.pending_calls == 1 and overview.last_status == "waiting_for_input"
+    assert (await store.health_report()).findings == []

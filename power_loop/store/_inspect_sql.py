@@ -352,13 +352,17 @@ def health_report(tx: Tx, *, now: int, overdue_ms: int, db: str) -> HealthReport
     sessions = int(tx.execute("SELECT COUNT(*) AS n FROM sessions").fetchone()["n"])
     findings, busy = _lease_findings(tx, now)
     stuck = {f.session_id for f in findings}
+    # Calls waiting on a person (an open question, an approval) and paused sessions are no
+    # problem: they wait for submit_input, an approval decision or loop.resume on purpose.
     pending = tx.execute(
-        "SELECT s.id, s.session_id, COUNT(*) AS n FROM tool_calls t JOIN sessions s ON s.id = t.session "
-        "WHERE t.result_seq IS NULL GROUP BY s.id, s.session_id ORDER BY s.session_id"
+        "SELECT s.id, s.session_id, COUNT(*) AS n, "
+        "SUM(CASE WHEN t.status IN ('waiting_input', 'awaiting_approval') THEN 1 ELSE 0 END) AS waiting "
+        "FROM tool_calls t JOIN sessions s ON s.id = t.session "
+        "WHERE t.result_seq IS NULL AND s.paused_at IS NULL GROUP BY s.id, s.session_id ORDER BY s.session_id"
     ).fetchall()
     for r in pending:
         sid = r["session_id"]
-        if int(r["id"]) in busy or sid in stuck:
+        if int(r["id"]) in busy or sid in stuck or int(r["waiting"]):
             continue
         findings.append(
             HealthFinding(
