@@ -566,6 +566,12 @@ def run_command(args: argparse.Namespace, *, prog: str, out: TextIO | None = Non
         return asyncio.run(_dispatch(args, out or sys.stdout))
     except KeyboardInterrupt:
         return 0 if getattr(args, "follow", False) else 130
+    except BrokenPipeError:  # the reader went away (``| head``): done, quietly
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError):
+            pass
+        return 0
     except (InspectError, SessionNotFoundError, StoreError) as exc:
         if args.traceback:
             raise

@@ -186,6 +186,13 @@ async def test_the_health_report_finds_each_problem_with_its_fix(store: Store) -
     assert "loop.resume('r')" in fixes["stuck_run"]
     assert fixes["overdue_timer"].startswith("power-loop worker APP --db DB")
     assert not report.healthy and report.to_dict()["healthy"] is False
+    # A finished run whose lease was never released (its process died right after the end).
+    await store.create_session("d")
+    began = await store.begin_run(BeginRun("d", "run-d", LeaseClaim(owner="w/run-d", ttl_ms=1_000)))
+    fenced = LeaseClaim(owner="w/run-d", ttl_ms=1_000, fence=began.fence)
+    await store.write("d", [FinishRun("run-d", "completed", release_lease=False)], lease=fenced)
+    late = await store.health_report(now_ms=now + 3_600_000)
+    assert ("dead_lease", "d") in {(f.kind, f.session_id) for f in late.findings}
     # While the run's lease is live, the run is no finding (nor is its session's state).
     live = await store.health_report(now_ms=now)
     assert ("stuck_run", "r") not in {(f.kind, f.session_id) for f in live.findings}
