@@ -506,7 +506,8 @@ async def _import(store: Store, args: argparse.Namespace, out: TextIO) -> int:
 
 
 async def _doctor(store: Store, args: argparse.Namespace, db: str, out: TextIO) -> int:
-    report = await store.health_report(overdue_ms=int(args.overdue * 1000), db=db)
+    shown_db = redact_url(db) if isinstance(store, PostgresSessionStore) else db  # no password in a fix
+    report = await store.health_report(overdue_ms=int(args.overdue * 1000), db=shown_db)
     if args.json:
         _dump(report.to_dict(), out)
         return 0 if report.healthy else 1

@@ -339,7 +339,8 @@ def _lease_findings(tx: Tx, now: int) -> tuple[list[HealthFinding], set[int]]:
                 HealthFinding(
                     "dead_lease",
                     sid,
-                    f"the session is still leased to {r['lease_owner']}, whose process ended without releasing it",
+                    f"the session is still leased to {r['lease_owner']}, which ended or stopped renewing the lease "
+                    "without releasing it",
                     f"await loop.resume({sid!r})  # or any next send: it takes the dead lease over",
                 )
             )
