@@ -253,6 +253,10 @@ async def _summary_call(run: Run, llm: LLMService, request: LLMRequest) -> tuple
                 usage=response.usage.to_dict(),
                 run_usage=(usage_before + response.usage).to_dict(),
                 purpose="compaction",
+                provider=str(getattr(llm, "provider", "") or ""),
+                request_model=request.model or str(getattr(llm, "model", "") or ""),
+                response_model=response.model or "",
+                duration_ms=duration_ms,
             ),
             round_index=run.round_index,
         )
