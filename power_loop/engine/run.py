@@ -172,7 +172,9 @@ async def session_start(run: Run) -> None:
             run_id=run.run_id,
             run_kind=run.req.kind,
             parent_session_id=run.session.parent_session_id or "",
-            spawn_tool_call_id=run.session.spawn_tool_call_id or "",
+            spawn_tool_call_id=(run.req.child.spawn_tool_call_id if run.req.child is not None else "")
+            or run.session.spawn_tool_call_id
+            or "",
             parent_run_id=run.parent.run_id if run.parent is not None else "",
         ),
     )
