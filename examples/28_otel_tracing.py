@@ -38,7 +38,8 @@ def print_tree(spans: tuple[ReadableSpan, ...]) -> None:
 
     def show(span: ReadableSpan, depth: int) -> None:
         attrs = span.attributes or {}
-        keys = ("gen_ai.usage.input_tokens", "gen_ai.usage.output_tokens", "gen_ai.tool.call.id", "power_loop.run.status")
+        keys = ("gen_ai.usage.input_tokens", "gen_ai.usage.output_tokens", "gen_ai.tool.call.id")
+        keys += ("power_loop.run.status",)
         extra = ", ".join(f"{key.split('.')[-1]}={attrs[key]}" for key in keys if key in attrs)
         print("  " * depth + f"{span.name}" + (f"  [{extra}]" if extra else ""))
         for child in sorted(children.get(span.context.span_id, []), key=lambda s: s.start_time or 0):
@@ -68,9 +69,13 @@ async def main() -> None:
     data = reader.get_metrics_data()
     assert data is not None
     for metric in data.resource_metrics[0].scope_metrics[0].metrics:
-        total = sum(point.sum for point in metric.data.data_points)  # type: ignore[union-attr]
-        print(f"{metric.name}: {total:g} {metric.unit}")
-    print(f"the loop counted {result.usage['prompt_tokens']} input and {result.usage['completion_tokens']} output tokens")
+        for point in metric.data.data_points:
+            label = dict(point.attributes or {}).get("gen_ai.token.type", "")
+            name = f"{metric.name} ({label})" if label else metric.name
+            total, count = point.sum, point.count  # type: ignore[union-attr]
+            print(f"{name}: {total:g} {metric.unit} over {count} records")
+    usage = result.usage
+    print(f"the loop counted {usage['prompt_tokens']} input and {usage['completion_tokens']} output tokens")
 
 
 asyncio.run(main())

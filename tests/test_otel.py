@@ -216,9 +216,7 @@ async def test_metrics_equal_the_usage_the_loop_reports(
     assert tools.count == 2 and dict(tools.attributes or {})["gen_ai.tool.name"] == "get_weather"
 
 
-async def test_content_is_recorded_only_with_capture_content(
-    db_path: str, llm_factory: Any, otel: Telemetry
-) -> None:
+async def test_content_is_recorded_only_with_capture_content(db_path: str, llm_factory: Any, otel: Telemetry) -> None:
     with ScriptedServer(rule=weather_rule) as server:
         llm = llm_factory("openai", server)
         async with StatefulAgentLoop(llm=llm, db_path=db_path, tool_registry=ToolRegistry([get_weather])) as loop:
