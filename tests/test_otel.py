@@ -6,6 +6,7 @@ in-memory exporter and metrics from its in-memory reader.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import StatusCode
 
 from power_loop import (
+    AgentEvent,
     AgentLoopConfig,
     StatefulAgentLoop,
     TimerRunner,
@@ -429,16 +431,39 @@ async def test_a_foreground_sub_agent_runs_under_its_spawning_tool_call(
 async def test_a_background_sub_agent_is_a_trace_of_its_own_linked_to_its_spawn(
     db_path: str, llm_factory: Any, otel: Telemetry
 ) -> None:
-    registry = register_spawn_agent(ToolRegistry(), include_run_agent=False)
-    with ScriptedServer(rule=delegating_rule(background=True)) as server:
+    release = asyncio.Event()
+
+    @tool
+    async def hold() -> str:
+        """Wait until the test lets the child answer (so its parent is idle by then)."""
+        await release.wait()
+        return "released"
+
+    def rule(request: ScriptedRequest) -> ScriptedReply:
+        if CHILD_MARK in (request.system_prompt or ""):
+            if request.tool_results:
+                return text_reply("child done")
+            return tool_reply(("hold", {}, "call_hold"))
+        return delegating_rule(background=True)(request)
+
+    registry = register_spawn_agent(ToolRegistry([hold]), include_run_agent=False)
+    with ScriptedServer(rule=rule) as server:
         llm = llm_factory("openai", server)
         async with StatefulAgentLoop(llm=llm, db_path=db_path, tool_registry=registry) as loop:
             instrumented(loop, otel)
             sid = await loop.new_session_async()
+            ended: list[str] = []
+            parent_woken = asyncio.Event()
+
+            def on_end(event: AgentEvent) -> None:
+                ended.append(event.session_id or "")
+                if ended.count(sid) == 2:
+                    parent_woken.set()
+
+            loop.event_bus.subscribe("session_ended", on_end)
             await loop.send("delegate it", session_id=sid)
-            async with TimerRunner(loop) as runner:
-                await runner.drain()
-            # The loop's own tasks (the child, the parent's wake-up) end before it closes.
+            release.set()  # the parent is idle: the child's answer wakes it
+            await asyncio.wait_for(parent_woken.wait(), timeout=60)  # a hang guard only
         spans = otel.spans()
 
     (spawn,) = otel.named("execute_tool spawn_agent")
@@ -449,6 +474,17 @@ async def test_a_background_sub_agent_is_a_trace_of_its_own_linked_to_its_spawn(
     assert child.context.trace_id != spawn.context.trace_id  # type: ignore[union-attr]
     assert [(link.context.span_id, dict(link.attributes or {})) for link in child.links] == [
         (span_id(spawn), {"power_loop.link": "spawned_by"})
+    ]
+    # The parent, woken by the child's answer, runs in a trace of its own linked to the child's run.
+    parent_runs = sorted(
+        (r for r in otel.named("invoke_agent") if attrs(r)["gen_ai.conversation.id"] == sid),
+        key=lambda s: s.start_time or 0,
+    )
+    assert [attrs(r)["power_loop.run.kind"] for r in parent_runs] == ["send", "wake"]
+    woken = parent_runs[1]
+    assert woken.parent is None
+    assert [(link.context.span_id, dict(link.attributes or {})) for link in woken.links] == [
+        (span_id(child), {"power_loop.link": "subagent_answer"})
     ]
 
 
@@ -470,9 +506,10 @@ async def test_a_timer_wake_up_run_links_to_the_run_that_scheduled_it(
             instrumented(loop, otel)
             sid = await loop.new_session_async()
             await loop.send("remind me", session_id=sid)
-            runner = TimerRunner(loop)
-            assert await runner.scan_once() == 1
-            await runner.drain()
+            with otel.tracer_provider.get_tracer("host").start_as_current_span("worker"):
+                runner = TimerRunner(loop)
+                assert await runner.scan_once() == 1
+                await runner.drain()
             messages = await loop.get_messages_async(sid)
 
     assert messages[-1]["content"] == "I woke up"
@@ -480,6 +517,7 @@ async def test_a_timer_wake_up_run_links_to_the_run_that_scheduled_it(
     assert attrs(first)["power_loop.run.kind"] == "send"
     w = attrs(woken)
     assert w["power_loop.run.kind"] == "wake"
+    assert woken.parent is None  # nobody waits for a wake-up run: a trace of its own, linked
     assert w["power_loop.timer.id"] == 1
     assert "power_loop.timer.note" not in w  # content is off
     assert [(link.context.span_id, dict(link.attributes or {})) for link in woken.links] == [

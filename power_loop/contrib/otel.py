@@ -79,7 +79,8 @@ log = logging.getLogger("power_loop.contrib.otel")
 SCOPE_NAME = "power_loop"
 DEFAULT_AGENT_NAME = "power_loop"
 MAX_REMEMBERED = 4096
-"""Ended tool spans remembered for sub-agent parentage (oldest forgotten first)."""
+"""Entries kept per table of things remembered for later runs (ended tool spans, timers and
+answers waiting for a wake-up run, ...); the oldest are forgotten first."""
 
 _EVENTS = (
     AgentEventType.SESSION_STARTED,
@@ -131,6 +132,7 @@ class _Run:
     retries: list[tuple[int, dict[str, Any]]] = field(default_factory=list)
     error_type: str | None = None
     inputs: list[str] = field(default_factory=list)
+    answers_to: str = ""  # a background child's parent session, woken by its answer
 
 
 @dataclass
@@ -163,6 +165,19 @@ def _detach(attached: _Attached | None) -> None:
         task = None
     if task is attached.task:  # a token is only valid in the context that made it
         otel_context.detach(attached.token)  # type: ignore[arg-type]
+
+
+def _remember(table: dict[str, list[Any]], key: str, value: Any) -> None:
+    """Append ``value`` under ``key``, forgetting the oldest keys past :data:`MAX_REMEMBERED`
+    (what a run in another process would have taken)."""
+    table.setdefault(key, []).append(value)
+    _trim(table)
+
+
+def _trim(table: dict[str, Any]) -> None:
+    """Forget the oldest keys past :data:`MAX_REMEMBERED`."""
+    while len(table) > MAX_REMEMBERED:
+        del table[next(iter(table))]
 
 
 def _messages(role: str, texts: list[str], finish_reason: str | None = None) -> str:
@@ -216,6 +231,7 @@ class OtelInstrumentation:
         self._agent_names: dict[str, str] = {}
         self._scheduled_by: dict[str, SpanContext] = {}
         self._wake_ups: dict[str, list[_WakeUp]] = {}
+        self._answers: dict[str, list[SpanContext]] = {}
         self._pending_inputs: dict[str, list[str]] = {}
         self._lock = threading.Lock()
         self._installed = True
@@ -272,6 +288,7 @@ class OtelInstrumentation:
                 session_id, run_context = found
                 with self._lock:
                     self._scheduled_by[session_id] = run_context
+                    _trim(self._scheduled_by)
         except Exception:
             log.exception("OpenTelemetry instrumentation failed on a scheduled timer")
 
@@ -284,7 +301,7 @@ class OtelInstrumentation:
             if run is not None:
                 run.inputs.append(message["content"])
             elif ctx.session_id:
-                self._pending_inputs.setdefault(ctx.session_id, []).append(message["content"])
+                _remember(self._pending_inputs, ctx.session_id, message["content"])
         except Exception:
             log.exception("OpenTelemetry instrumentation failed on a stored message")
 
@@ -320,11 +337,17 @@ class OtelInstrumentation:
                 run.error_type = data.error_type or None
         elif kind is AgentEventType.SUBAGENT_TASK_START and isinstance(data, SubagentTaskStartPayload):
             self._agent_names[data.sub_session_id] = data.preset
-        elif isinstance(data, TimerFiredPayload) and data.outcome in ("delivered", "queued"):
+            _trim(self._agent_names)
+        elif isinstance(data, TimerFiredPayload):
+            self._timer_fired(sid, data)
+
+    def _timer_fired(self, sid: str, data: TimerFiredPayload) -> None:
+        if data.outcome == "delivered":  # an idle session: the runner starts a wake-up run
             with self._lock:
                 scheduled_by = self._scheduled_by.get(sid)
-            wake = _WakeUp(data.timer_id, data.due_at, data.note, scheduled_by)
-            self._wake_ups.setdefault(sid, []).append(wake)
+            _remember(self._wake_ups, sid, _WakeUp(data.timer_id, data.due_at, data.note, scheduled_by))
+        elif data.outcome == "queued" and sid in self._runs:  # the run going on reads it
+            self._runs[sid].span.add_event("power_loop.timer.queued", {"power_loop.timer.id": data.timer_id})
 
     # ------------------------------------------------------------------ runs and rounds
 
@@ -352,6 +375,11 @@ class OtelInstrumentation:
                 if spawner is not None:
                     links.append(Link(spawner, {"power_loop.link": "spawned_by"}))
         if data.run_kind == "wake":
+            # Nobody waits for a wake-up run: it starts a trace of its own, whatever context
+            # the task that started it had, linked to what caused it when that is known.
+            parent = otel_context.Context()
+            for answer in self._answers.pop(sid, []):
+                links.append(Link(answer, {"power_loop.link": "subagent_answer"}))
             wake_ups = self._wake_ups.pop(sid, [])
             if wake_ups:
                 attrs["power_loop.timer.id"] = wake_ups[0].timer_id
@@ -380,6 +408,8 @@ class OtelInstrumentation:
             agent=agent,
             attached=_attach(span),
         )
+        if data.spawn_tool_call_id and not data.parent_run_id:
+            run.answers_to = data.parent_session_id
         if self.capture_content:
             run.inputs.extend(self._pending_inputs.pop(sid, []))
         self._runs[sid] = run
@@ -408,6 +438,8 @@ class OtelInstrumentation:
         _detach(run.round_attached)
         _detach(run.attached)
         span.end()
+        if run.answers_to:
+            _remember(self._answers, run.answers_to, span.get_span_context())
         attrs = {
             "power_loop.run.status": data.status,
             "power_loop.run.kind": run.kind,
