@@ -1,58 +1,21 @@
-"""OpenTelemetry traces and metrics from a loop's events (``pip install "power-loop[otel]"``).
-
-    from power_loop.contrib.otel import instrument
-
-    handle = instrument(loop, tracer_provider=provider, meter_provider=meters)
-    ...
-    handle.uninstrument()
-
-The instrumentation is an event subscriber (plus, with ``capture_content``, a
-``MESSAGE_APPEND`` hook and a timer listener): it turns the typed events of every run into
-spans that follow the OpenTelemetry GenAI semantic conventions.
-
-Span tree::
-
-    invoke_agent {agent}          one per run (the caller's current span is its parent)
-      round {i}                   one per round
-        chat {model}              one per model call (made from its usage_updated or
-                                  llm_degraded event, timed by the call's duration)
-        execute_tool {name}       one per tool call
-          invoke_agent {agent}    a foreground sub-agent's run
-
-A background sub-agent's run is a root span with a Link to the spawning tool call's span; a
-run started by a timer's wake-up has a Link to the run that scheduled the timer, when a tool
-of a run instrumented in this process scheduled it.
-
-Guarantees: span work is in memory and synchronous (exporting is the span processor's
-business, which the host chooses); no error of the tracer, the meter or this module ever
-reaches a run (it is logged on ``power_loop.contrib.otel``); message content (user input,
-final text, tool arguments and results, error texts) is recorded only with
-``capture_content=True``. While a run or a tool call goes on, its span is the current span of
-the task running it, so spans the host's own code starts there (in a tool, in an HTTP
-client) nest under it.
-"""
+"""The subscriber turning a loop's events into spans and metrics (see the package docstring)."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import threading
 import time
 from collections import OrderedDict
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-try:
-    from opentelemetry import context as otel_context
-    from opentelemetry import trace
-    from opentelemetry.metrics import Histogram, MeterProvider, get_meter_provider
-    from opentelemetry.trace import Link, Span, SpanContext, SpanKind, Status, StatusCode, TracerProvider
-except ImportError as exc:  # pragma: no cover - exercised only without the extra
-    raise ImportError('power_loop.contrib.otel needs the OpenTelemetry API: pip install "power-loop[otel]"') from exc
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.metrics import Histogram, MeterProvider, get_meter_provider
+from opentelemetry.trace import Link, Span, SpanContext, SpanKind, Status, StatusCode, TracerProvider
 
-from .._version import __version__
-from ..events import (
+from ..._version import __version__
+from ...events import (
     AgentErrorPayload,
     AgentEvent,
     AgentEventType,
@@ -67,127 +30,30 @@ from ..events import (
     ToolCallStartedPayload,
     UsageUpdatedPayload,
 )
-from ..hooks import HookPoint, MessageAppendCtx
-
-if TYPE_CHECKING:
-    from ..loop import StatefulAgentLoop
-
-__all__ = ["OtelInstrumentation", "instrument"]
-
-log = logging.getLogger("power_loop.contrib.otel")
-
-SCOPE_NAME = "power_loop"
-DEFAULT_AGENT_NAME = "power_loop"
-MAX_REMEMBERED = 4096
-"""Entries kept per table of things remembered for later runs (ended tool spans, timers and
-answers waiting for a wake-up run, ...); the oldest are forgotten first."""
-
-_EVENTS = (
-    AgentEventType.SESSION_STARTED,
-    AgentEventType.SESSION_ENDED,
-    AgentEventType.ROUND_STARTED,
-    AgentEventType.ROUND_COMPLETED,
-    AgentEventType.USAGE_UPDATED,
-    AgentEventType.LLM_RETRY_ATTEMPTED,
-    AgentEventType.LLM_DEGRADED,
-    AgentEventType.TOOL_CALL_STARTED,
-    AgentEventType.TOOL_CALL_COMPLETED,
-    AgentEventType.TOOL_CALL_FAILED,
-    AgentEventType.AGENT_ERROR,
-    AgentEventType.SUBAGENT_TASK_START,
-    AgentEventType.TIMER_FIRED,
+from ...hooks import HookPoint, MessageAppendCtx
+from ._parts import (
+    EVENTS,
+    MAX_REMEMBERED,
+    SCOPE_NAME,
+    SECONDS_BUCKETS,
+    TOKEN_BUCKETS,
+    RunSpans,
+    ToolSpan,
+    WakeUp,
+    attach,
+    detach,
+    messages_json,
+    now_ns,
+    remember,
+    trim,
 )
 
-# GenAI histogram buckets recommended by the semantic conventions.
-_TOKEN_BUCKETS = [1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304, 16777216, 67108864]
-_SECONDS_BUCKETS = [0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92]
+if TYPE_CHECKING:
+    from ...loop import StatefulAgentLoop
 
+__all__ = ["OtelInstrumentation"]
 
-@dataclass
-class _Attached:
-    """A span made current in a task, to be undone in that same task."""
-
-    token: object
-    task: asyncio.Task[Any] | None
-
-
-@dataclass
-class _Tool:
-    span: Span
-    attached: _Attached | None
-
-
-@dataclass
-class _Run:
-    run_id: str
-    span: Span
-    started: float
-    kind: str
-    scope: str
-    agent: str
-    attached: _Attached | None
-    round: Span | None = None
-    round_attached: _Attached | None = None
-    tools: dict[str, _Tool] = field(default_factory=dict)
-    retries: list[tuple[int, dict[str, Any]]] = field(default_factory=list)
-    error_type: str | None = None
-    inputs: list[str] = field(default_factory=list)
-    answers_to: str = ""  # a background child's parent session, woken by its answer
-
-
-@dataclass
-class _WakeUp:
-    timer_id: int
-    due_at: int
-    note: str
-    scheduled_by: SpanContext | None
-
-
-def _ns() -> int:
-    return time.time_ns()
-
-
-def _attach(span: Span) -> _Attached:
-    token = otel_context.attach(trace.set_span_in_context(span))
-    try:
-        task = asyncio.current_task()
-    except RuntimeError:
-        task = None
-    return _Attached(token, task)
-
-
-def _detach(attached: _Attached | None) -> None:
-    if attached is None:
-        return
-    try:
-        task = asyncio.current_task()
-    except RuntimeError:
-        task = None
-    if task is attached.task:  # a token is only valid in the context that made it
-        otel_context.detach(attached.token)  # type: ignore[arg-type]
-
-
-def _remember(table: dict[str, list[Any]], key: str, value: Any) -> None:
-    """Append ``value`` under ``key``, forgetting the oldest keys past :data:`MAX_REMEMBERED`
-    (what a run in another process would have taken)."""
-    table.setdefault(key, []).append(value)
-    _trim(table)
-
-
-def _trim(table: dict[str, Any]) -> None:
-    """Forget the oldest keys past :data:`MAX_REMEMBERED`."""
-    while len(table) > MAX_REMEMBERED:
-        del table[next(iter(table))]
-
-
-def _messages(role: str, texts: list[str], finish_reason: str | None = None) -> str:
-    out: list[dict[str, Any]] = []
-    for text in texts:
-        message: dict[str, Any] = {"role": role, "parts": [{"type": "text", "content": text}]}
-        if finish_reason is not None:
-            message["finish_reason"] = finish_reason
-        out.append(message)
-    return json.dumps(out, ensure_ascii=False)
+log = logging.getLogger("power_loop.contrib.otel")
 
 
 class OtelInstrumentation:
@@ -211,13 +77,13 @@ class OtelInstrumentation:
             "gen_ai.client.token.usage",
             unit="{token}",
             description="Tokens used by a model call, by gen_ai.token.type (input, output).",
-            explicit_bucket_boundaries_advisory=_TOKEN_BUCKETS,
+            explicit_bucket_boundaries_advisory=TOKEN_BUCKETS,
         )
         self._call_duration: Histogram = meter.create_histogram(
             "gen_ai.client.operation.duration",
             unit="s",
             description="Duration of a model call, retries included.",
-            explicit_bucket_boundaries_advisory=_SECONDS_BUCKETS,
+            explicit_bucket_boundaries_advisory=SECONDS_BUCKETS,
         )
         self._run_duration: Histogram = meter.create_histogram(
             "power_loop.run.duration", unit="s", description="Duration of a run, by its status."
@@ -225,17 +91,17 @@ class OtelInstrumentation:
         self._tool_duration: Histogram = meter.create_histogram(
             "power_loop.tool.duration", unit="s", description="Duration of a tool call."
         )
-        self._runs: dict[str, _Run] = {}
+        self._runs: dict[str, RunSpans] = {}
         self._tool_spans: OrderedDict[tuple[str, str], SpanContext] = OrderedDict()
         self._live_tools: dict[int, tuple[str, SpanContext]] = {}
         self._agent_names: dict[str, str] = {}
         self._scheduled_by: dict[str, SpanContext] = {}
-        self._wake_ups: dict[str, list[_WakeUp]] = {}
+        self._wake_ups: dict[str, list[WakeUp]] = {}
         self._answers: dict[str, list[SpanContext]] = {}
         self._pending_inputs: dict[str, list[str]] = {}
         self._lock = threading.Lock()
         self._installed = True
-        for event_type in _EVENTS:
+        for event_type in EVENTS:
             loop.event_bus.subscribe(event_type, self._on_event, priority=1000)
         loop.add_timer_listener(self._on_timer_scheduled)
         if capture_content:
@@ -288,7 +154,7 @@ class OtelInstrumentation:
                 session_id, run_context = found
                 with self._lock:
                     self._scheduled_by[session_id] = run_context
-                    _trim(self._scheduled_by)
+                    trim(self._scheduled_by)
         except Exception:
             log.exception("OpenTelemetry instrumentation failed on a scheduled timer")
 
@@ -301,7 +167,7 @@ class OtelInstrumentation:
             if run is not None:
                 run.inputs.append(message["content"])
             elif ctx.session_id:
-                _remember(self._pending_inputs, ctx.session_id, message["content"])
+                remember(self._pending_inputs, ctx.session_id, message["content"])
         except Exception:
             log.exception("OpenTelemetry instrumentation failed on a stored message")
 
@@ -324,7 +190,7 @@ class OtelInstrumentation:
             run = self._runs.get(sid)
             if run is not None:
                 attrs = {"power_loop.llm.attempt": data.attempt, "error.type": data.error_type}
-                run.retries.append((_ns(), attrs))
+                run.retries.append((now_ns(), attrs))
         elif kind is AgentEventType.LLM_DEGRADED and isinstance(data, LlmDegradedPayload):
             self._model_call_failed(sid, event.round_index, data)
         elif kind is AgentEventType.TOOL_CALL_STARTED and isinstance(data, ToolCallStartedPayload):
@@ -337,7 +203,7 @@ class OtelInstrumentation:
                 run.error_type = data.error_type or None
         elif kind is AgentEventType.SUBAGENT_TASK_START and isinstance(data, SubagentTaskStartPayload):
             self._agent_names[data.sub_session_id] = data.preset
-            _trim(self._agent_names)
+            trim(self._agent_names)
         elif isinstance(data, TimerFiredPayload):
             self._timer_fired(sid, data)
 
@@ -345,7 +211,7 @@ class OtelInstrumentation:
         if data.outcome == "delivered":  # an idle session: the runner starts a wake-up run
             with self._lock:
                 scheduled_by = self._scheduled_by.get(sid)
-            _remember(self._wake_ups, sid, _WakeUp(data.timer_id, data.due_at, data.note, scheduled_by))
+            remember(self._wake_ups, sid, WakeUp(data.timer_id, data.due_at, data.note, scheduled_by))
         elif data.outcome == "queued" and sid in self._runs:  # the run going on reads it
             self._runs[sid].span.add_event("power_loop.timer.queued", {"power_loop.timer.id": data.timer_id})
 
@@ -368,8 +234,9 @@ class OtelInstrumentation:
         if data.spawn_tool_call_id:
             attrs["power_loop.spawn.tool_call_id"] = data.spawn_tool_call_id
             spawner = self._tool_spans.get((data.parent_session_id, data.spawn_tool_call_id))
-            if data.parent_run_id and spawner is not None:
-                parent = trace.set_span_in_context(trace.NonRecordingSpan(spawner))
+            if data.parent_run_id:  # a foreground child: under the call that waits for it
+                if spawner is not None:
+                    parent = trace.set_span_in_context(trace.NonRecordingSpan(spawner))
             else:  # a background child (or one resumed later): its own trace, linked
                 parent = otel_context.Context()
                 if spawner is not None:
@@ -399,14 +266,14 @@ class OtelInstrumentation:
         span = self._tracer.start_span(
             f"invoke_agent {agent}", context=parent, kind=SpanKind.INTERNAL, attributes=attrs, links=links
         )
-        run = _Run(
+        run = RunSpans(
             run_id=data.run_id,
             span=span,
             started=time.monotonic(),
             kind=data.run_kind,
             scope=data.scope,
             agent=agent,
-            attached=_attach(span),
+            attached=attach(span),
         )
         if data.spawn_tool_call_id and not data.parent_run_id:
             run.answers_to = data.parent_session_id
@@ -429,17 +296,17 @@ class OtelInstrumentation:
         span.set_attribute("power_loop.run.reason", data.reason)
         if self.capture_content:
             if run.inputs:
-                span.set_attribute("gen_ai.input.messages", _messages("user", run.inputs))
+                span.set_attribute("gen_ai.input.messages", messages_json("user", run.inputs))
             if data.final_text:
-                span.set_attribute("gen_ai.output.messages", _messages("assistant", [data.final_text], data.reason))
+                span.set_attribute("gen_ai.output.messages", messages_json("assistant", [data.final_text], data.reason))
         if error_type is not None:
             span.set_attribute("error.type", error_type)
             span.set_status(Status(StatusCode.ERROR, f"run ended {data.status} ({data.reason})"))
-        _detach(run.round_attached)
-        _detach(run.attached)
+        detach(run.round_attached)
+        detach(run.attached)
         span.end()
         if run.answers_to:
-            _remember(self._answers, run.answers_to, span.get_span_context())
+            remember(self._answers, run.answers_to, span.get_span_context())
         attrs = {
             "power_loop.run.status": data.status,
             "power_loop.run.kind": run.kind,
@@ -461,23 +328,23 @@ class OtelInstrumentation:
         run.round = self._tracer.start_span(
             f"round {label}", context=trace.set_span_in_context(run.span), attributes=attrs
         )
-        run.round_attached = _attach(run.round)
+        run.round_attached = attach(run.round)
 
     def _round_ended(self, sid: str) -> None:
         run = self._runs.get(sid)
         if run is not None and run.round is not None:
             self._end_round(run, None)
 
-    def _end_round(self, run: _Run, error_type: str | None) -> None:
+    def _end_round(self, run: RunSpans, error_type: str | None) -> None:
         assert run.round is not None
         if error_type is not None:
             run.round.set_attribute("error.type", error_type)
             run.round.set_status(Status(StatusCode.ERROR))
-        _detach(run.round_attached)
+        detach(run.round_attached)
         run.round.end()
         run.round, run.round_attached = None, None
 
-    def _parent_of_step(self, run: _Run) -> otel_context.Context:
+    def _parent_of_step(self, run: RunSpans) -> otel_context.Context:
         return trace.set_span_in_context(run.round if run.round is not None else run.span)
 
     # ------------------------------------------------------------------ model calls
@@ -527,7 +394,7 @@ class OtelInstrumentation:
             attrs["gen_ai.response.model"] = response_model
         return attrs
 
-    def _step_attrs(self, sid: str, run: _Run, round_index: int | None) -> dict[str, Any]:
+    def _step_attrs(self, sid: str, run: RunSpans, round_index: int | None) -> dict[str, Any]:
         attrs: dict[str, Any] = {"gen_ai.conversation.id": sid, "power_loop.run.id": run.run_id}
         if round_index is not None:
             attrs["power_loop.round.index"] = round_index
@@ -535,13 +402,13 @@ class OtelInstrumentation:
 
     def _call_span(
         self,
-        run: _Run,
+        run: RunSpans,
         model: str,
         duration_ms: int,
         attrs: dict[str, Any],
         error: tuple[str, str] | None,
     ) -> None:
-        end = _ns()
+        end = now_ns()
         start = end - max(0, duration_ms) * 1_000_000
         name = f"chat {model}" if model else "chat"
         span = self._tracer.start_span(
@@ -557,7 +424,7 @@ class OtelInstrumentation:
 
     # ------------------------------------------------------------------ tool calls
 
-    def _tool_attrs(self, sid: str, run: _Run, round_index: int | None, name: str, call_id: str) -> dict[str, Any]:
+    def _tool_attrs(self, sid: str, run: RunSpans, round_index: int | None, name: str, call_id: str) -> dict[str, Any]:
         attrs = self._step_attrs(sid, run, round_index)
         attrs.update(
             {
@@ -580,9 +447,9 @@ class OtelInstrumentation:
             f"execute_tool {data.name}", context=self._parent_of_step(run), kind=SpanKind.INTERNAL, attributes=attrs
         )
         self._remember_tool(sid, data.tool_call_id, span, run)
-        run.tools[data.tool_call_id] = _Tool(span, _attach(span))
+        run.tools[data.tool_call_id] = ToolSpan(span, attach(span))
 
-    def _remember_tool(self, sid: str, call_id: str, span: Span, run: _Run) -> None:
+    def _remember_tool(self, sid: str, call_id: str, span: Span, run: RunSpans) -> None:
         context = span.get_span_context()
         self._tool_spans[(sid, call_id)] = context
         self._tool_spans.move_to_end((sid, call_id))
@@ -604,7 +471,7 @@ class OtelInstrumentation:
         tool = run.tools.pop(data.tool_call_id, None)
         if tool is None:  # failed before it started (unknown tool, invalid arguments)
             attrs = self._tool_attrs(sid, run, round_index, data.name, data.tool_call_id)
-            end = _ns()
+            end = now_ns()
             span = self._tracer.start_span(
                 f"execute_tool {data.name}",
                 context=self._parent_of_step(run),
@@ -617,53 +484,21 @@ class OtelInstrumentation:
                 span.set_attribute(
                     "gen_ai.tool.call.arguments", json.dumps(dict(data.tool_input), ensure_ascii=False, default=str)
                 )
-            tool = _Tool(span, None)
+            tool = ToolSpan(span, None)
         span = tool.span
         if self.capture_content:
             span.set_attribute("gen_ai.tool.call.result", data.output)
         if failed:
             span.set_attribute("error.type", "tool_error")
             span.set_status(Status(StatusCode.ERROR, data.output if self.capture_content else "tool call failed"))
-        _detach(tool.attached)
+        detach(tool.attached)
         self._live_tools.pop(span.get_span_context().span_id, None)
         span.end()
 
-    def _end_tool_span(self, run: _Run, call_id: str, tool: _Tool, error_type: str) -> None:
+    def _end_tool_span(self, run: RunSpans, call_id: str, tool: ToolSpan, error_type: str) -> None:
         run.tools.pop(call_id, None)
         tool.span.set_attribute("error.type", error_type)
         tool.span.set_status(Status(StatusCode.ERROR, "the run ended before the tool call did"))
-        _detach(tool.attached)
+        detach(tool.attached)
         self._live_tools.pop(tool.span.get_span_context().span_id, None)
         tool.span.end()
-
-
-def instrument(
-    loop: StatefulAgentLoop,
-    *,
-    tracer_provider: TracerProvider | None = None,
-    meter_provider: MeterProvider | None = None,
-    capture_content: bool = False,
-    agent_name: str = DEFAULT_AGENT_NAME,
-) -> OtelInstrumentation:
-    """Trace ``loop``'s runs and record their metrics with OpenTelemetry.
-
-    Args:
-        loop: The loop to observe (its event bus, hooks and timer listeners).
-        tracer_provider: Where spans go (default: the global tracer provider).
-        meter_provider: Where metrics go (default: the global meter provider).
-        capture_content: Also record message content: the runs' user input and final text,
-            tool arguments and results, error texts. Off by default: content may hold
-            personal data.
-        agent_name: ``gen_ai.agent.name`` of main sessions' runs (sub-agents' runs carry
-            their spec's name).
-
-    Returns:
-        The installed instrumentation; ``handle.uninstrument()`` removes it.
-    """
-    return OtelInstrumentation(
-        loop,
-        tracer_provider=tracer_provider,
-        meter_provider=meter_provider,
-        capture_content=capture_content,
-        agent_name=agent_name,
-    )
