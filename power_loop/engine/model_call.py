@@ -185,6 +185,7 @@ async def call_model(
         CancellationRequested: The stop signal fired during the call, a backoff sleep or the
             wait for ``limiter`` (the loop's rate limit, which every request passes).
     """
+    provider, default_model = provider_name(llm), model_name(llm)  # of the service, not its limiter wrapper
     if limiter is not None:
         llm = await metered(limiter, llm, request, stop)
     policy = retry_policy_for(llm, config)
@@ -217,8 +218,8 @@ async def call_model(
                 usage=usage.to_dict(),
                 run_usage=(run_usage_before + usage).to_dict(),
                 purpose=purpose,
-                provider=provider_name(llm),
-                request_model=request.model or model_name(llm),
+                provider=provider,
+                request_model=request.model or default_model,
                 response_model=response.model or "",
                 duration_ms=duration_ms,
             ),
