@@ -24,6 +24,7 @@ from opentelemetry.trace import StatusCode
 from power_loop import (
     AgentEvent,
     AgentLoopConfig,
+    RateLimit,
     StatefulAgentLoop,
     TimerRunner,
     TimerToolLimits,
@@ -193,9 +194,11 @@ async def test_a_run_is_a_tree_of_rounds_model_calls_and_tool_calls(
 async def test_metrics_equal_the_usage_the_loop_reports(
     db_path: str, llm_factory: Any, protocol: str, otel: Telemetry
 ) -> None:
+    config = AgentLoopConfig(rate_limit=RateLimit(requests_per_s=1000.0))  # the service is wrapped by a limiter
+    registry = ToolRegistry([get_weather])
     with ScriptedServer(rule=weather_rule) as server:
         llm = llm_factory(protocol, server)
-        async with StatefulAgentLoop(llm=llm, db_path=db_path, tool_registry=ToolRegistry([get_weather])) as loop:
+        async with StatefulAgentLoop(llm=llm, db_path=db_path, tool_registry=registry, config=config) as loop:
             instrumented(loop, otel)
             sid = await loop.new_session_async()
             first = await loop.send("Weather in Paris?", session_id=sid)
