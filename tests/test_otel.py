@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -526,3 +528,16 @@ async def test_a_timer_wake_up_run_links_to_the_run_that_scheduled_it(
     assert [(link.context.span_id, dict(link.attributes or {})) for link in woken.links] == [
         (span_id(first), {"power_loop.link": "timer", "power_loop.timer.id": 1})
     ]
+
+
+def test_without_the_api_the_import_error_names_the_extra() -> None:
+    code = (
+        "import sys\n"
+        "sys.modules['opentelemetry'] = None\n"
+        "try:\n"
+        "    import power_loop.contrib.otel\n"
+        "except ImportError as exc:\n"
+        "    print(exc)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert 'pip install "power-loop[otel]"' in done.stdout
