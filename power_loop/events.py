@@ -143,10 +143,20 @@ def _plain(value: Any) -> Any:
 
 @dataclass(frozen=True)
 class SessionStartedPayload(BaseEventPayload):
-    """A run started. ``scope`` is ``main`` or ``subagent``; ``run_id`` identifies the run."""
+    """A run started. ``scope`` is ``main`` or ``subagent``; ``run_id`` identifies the run.
+
+    ``run_kind`` says what started it (``send``, ``resume``, ``submit_input`` or ``wake``: a
+    timer's or a background child's message read from the inbox). A sub-agent's run names its
+    parent session and the tool call that spawned it; ``parent_run_id`` is the spawning run
+    when that run started this one and waits for it (a foreground child), else empty.
+    """
 
     scope: str = "main"
     run_id: str = ""
+    run_kind: str = "send"
+    parent_session_id: str = ""
+    spawn_tool_call_id: str = ""
+    parent_run_id: str = ""
 
 
 @dataclass(frozen=True)
@@ -196,12 +206,16 @@ class LlmRetryAttemptedPayload(BaseEventPayload):
 
 @dataclass(frozen=True)
 class LlmDegradedPayload(BaseEventPayload):
-    """The model could not be reached; the run ends ``degraded``."""
+    """The model could not be reached; the run ends ``degraded``. ``provider``,
+    ``request_model`` and ``duration_ms`` (retries included) describe the failed call."""
 
     reason: str = ""
     attempts: int = 0
     error_type: str = ""
     error_message: str = ""
+    provider: str = ""
+    request_model: str = ""
+    duration_ms: int = 0
 
 
 @dataclass(frozen=True)
@@ -383,12 +397,18 @@ class UsageUpdatedPayload(BaseEventPayload):
 
     Both dicts carry ``calls, prompt_tokens, completion_tokens, cache_read_tokens,
     reasoning_tokens, total_tokens`` and 0.11's aliases ``input``, ``output``, ``cache_read``
-    and ``reasoning`` (added on construction).
+    and ``reasoning`` (added on construction). ``provider`` and ``request_model`` name the
+    service and the model asked, ``response_model`` the model that answered (when reported),
+    ``duration_ms`` the call's time, retries included.
     """
 
     usage: Mapping[str, int] = field(default_factory=dict)
     run_usage: Mapping[str, int] = field(default_factory=dict)
     purpose: str = "round"
+    provider: str = ""
+    request_model: str = ""
+    response_model: str = ""
+    duration_ms: int = 0
 
     def __post_init__(self) -> None:
         # 0.11 programs and log readers use the short keys; the dataclass is frozen, hence

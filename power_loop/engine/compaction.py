@@ -47,7 +47,7 @@ from .admission import metered
 from .budgets import Reservation, charge, cost_nano, release, reserve, settle_unrecorded
 from .endings import cancelled
 from .history import without_hidden
-from .model_call import retry_notifier, retry_policy_for
+from .model_call import model_name, provider_name, retry_notifier, retry_policy_for
 from .outcome import End
 from .state import Run
 
@@ -228,6 +228,7 @@ async def _summary_call(run: Run, llm: LLMService, request: LLMRequest) -> tuple
     if isinstance(reserved, BudgetHit):
         raise CompactionFailed(f"the summary call does not fit the budget: {reserved.describe()}")
     request, held = reserved
+    provider, default_model = provider_name(llm), model_name(llm)  # of the service, not its limiter wrapper
     response: LLMResponse | None = None
     try:
         limiter = run.rt.admission.limiter
@@ -253,6 +254,10 @@ async def _summary_call(run: Run, llm: LLMService, request: LLMRequest) -> tuple
                 usage=response.usage.to_dict(),
                 run_usage=(usage_before + response.usage).to_dict(),
                 purpose="compaction",
+                provider=provider,
+                request_model=request.model or default_model,
+                response_model=response.model or "",
+                duration_ms=duration_ms,
             ),
             round_index=run.round_index,
         )

@@ -7,6 +7,7 @@ writes that commit together with the end of the run); it commits nothing itself.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from ..errors import LLMError, LLMRetryExhausted, LLMTimeout
 from ..events import AgentEventType, BudgetExceededStatusPayload, LlmDegradedPayload, LoopCancelledPayload
@@ -17,7 +18,7 @@ from .history import DEGRADED_NAME
 from .outcome import End
 from .state import Run, on_append
 
-__all__ = ["budget_exceeded", "cancelled", "degraded"]
+__all__ = ["FailedCall", "budget_exceeded", "cancelled", "degraded"]
 
 
 async def cancelled(run: Run, ops: Sequence[WriteOp] = ()) -> End:
@@ -30,9 +31,19 @@ async def cancelled(run: Run, ops: Sequence[WriteOp] = ()) -> End:
     return End("cancelled", "[cancelled by user]", ops=ops)
 
 
-async def degraded(run: Run, error: LLMError) -> End:
+@dataclass(frozen=True)
+class FailedCall:
+    """What ``llm_degraded`` says about the model call that failed."""
+
+    provider: str = ""
+    request_model: str = ""
+    duration_ms: int = 0
+
+
+async def degraded(run: Run, error: LLMError, call: FailedCall | None = None) -> End:
     """The model could not be reached: ``llm_degraded``, a kernel note in the history, end
     ``degraded``. The session is usable again once the model is."""
+    call = call or FailedCall()
     inner = error.last_error if isinstance(error, LLMRetryExhausted) else error
     reason = (
         "timeout"
@@ -45,7 +56,15 @@ async def degraded(run: Run, error: LLMError) -> End:
     text = f"[degraded: LLM {reason} — {type(inner).__name__}: {str(inner)[:200]}]"
     await run.emitter.emit(
         AgentEventType.LLM_DEGRADED,
-        LlmDegradedPayload(reason=reason, attempts=attempts, error_type=type(inner).__name__, error_message=str(inner)),
+        LlmDegradedPayload(
+            reason=reason,
+            attempts=attempts,
+            error_type=type(inner).__name__,
+            error_message=str(inner),
+            provider=call.provider,
+            request_model=call.request_model,
+            duration_ms=call.duration_ms,
+        ),
         round_index=run.round_index,
     )
     # Named, so it stays in the history for the application but out of every model request.

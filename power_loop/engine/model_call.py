@@ -37,11 +37,11 @@ from ..store.rows import HeldBudget, RecordLLMCall
 from .admission import RateLimiter, metered
 from .budgets import charge, cost_nano, release, reserve, settle_unrecorded
 from .emit import Emitter
-from .endings import budget_exceeded, cancelled, degraded
+from .endings import FailedCall, budget_exceeded, cancelled, degraded
 from .outcome import End
 from .state import Run
 
-__all__ = ["ModelCallResult", "ask_model", "call_model", "usage_op"]
+__all__ = ["ModelCallResult", "ask_model", "call_model", "model_name", "provider_name", "usage_op"]
 
 log = logging.getLogger("power_loop.engine")
 
@@ -79,6 +79,7 @@ async def ask_model(run: Run, request: LLMRequest, *, purpose: str = "round") ->
     model = held.model if held is not None else None
     billed: Usage | None = None  # usage of a failed call the provider still billed
     reply: ModelCallResult | None = None
+    started = time.monotonic()
     try:
         await run.rt.gate.turn()  # encoding and sending the request is the heaviest step of a round
         try:
@@ -101,7 +102,12 @@ async def ask_model(run: Run, request: LLMRequest, *, purpose: str = "round") ->
                 billed = inner.usage  # a malformed answer the provider still billed
                 run.add_usage(billed)
                 charge(run, billed, model)
-            return await degraded(run, error)
+            failed_call = FailedCall(
+                provider=provider_name(run.llm),
+                request_model=request.model or model_name(run.llm),
+                duration_ms=int((time.monotonic() - started) * 1000),
+            )
+            return await degraded(run, error, failed_call)
     finally:
         release(held)
         if reply is None and held is not None and held.holds:
@@ -129,6 +135,16 @@ def usage_op(run: Run, reply: ModelCallResult, purpose: str = "round") -> Record
         holds=reply.holds,
         cost_nano=reply.cost_nano,
     )
+
+
+def provider_name(llm: LLMService) -> str:
+    """The service's provider name ("" for a hand-written model object that has none)."""
+    return str(getattr(llm, "provider", "") or "")
+
+
+def model_name(llm: LLMService) -> str:
+    """The service's default model ("" when it has none)."""
+    return str(getattr(llm, "model", "") or "")
 
 
 def retry_notifier(emitter: Emitter, round_index: int) -> Callable[[RetryNotice], Awaitable[None]]:
@@ -169,6 +185,7 @@ async def call_model(
         CancellationRequested: The stop signal fired during the call, a backoff sleep or the
             wait for ``limiter`` (the loop's rate limit, which every request passes).
     """
+    provider, default_model = provider_name(llm), model_name(llm)  # of the service, not its limiter wrapper
     if limiter is not None:
         llm = await metered(limiter, llm, request, stop)
     policy = retry_policy_for(llm, config)
@@ -197,7 +214,15 @@ async def call_model(
     if emitter.wants(AgentEventType.USAGE_UPDATED):
         await emitter.emit(
             AgentEventType.USAGE_UPDATED,
-            UsageUpdatedPayload(usage=usage.to_dict(), run_usage=(run_usage_before + usage).to_dict(), purpose=purpose),
+            UsageUpdatedPayload(
+                usage=usage.to_dict(),
+                run_usage=(run_usage_before + usage).to_dict(),
+                purpose=purpose,
+                provider=provider,
+                request_model=request.model or default_model,
+                response_model=response.model or "",
+                duration_ms=duration_ms,
+            ),
             round_index=round_index,
         )
     return ModelCallResult(response=response, duration_ms=duration_ms)

@@ -165,7 +165,19 @@ async def session_start(run: Run) -> None:
     """``session_started``, SESSION_START (which may project the history), memory recall,
     the skills section."""
     # The event comes first: whatever happens next, session_ended will close it.
-    await run.emitter.emit(AgentEventType.SESSION_STARTED, SessionStartedPayload(scope=run.scope, run_id=run.run_id))
+    await run.emitter.emit(
+        AgentEventType.SESSION_STARTED,
+        SessionStartedPayload(
+            scope=run.scope,
+            run_id=run.run_id,
+            run_kind=run.req.kind,
+            parent_session_id=run.session.parent_session_id or "",
+            spawn_tool_call_id=(run.req.child.spawn_tool_call_id if run.req.child is not None else "")
+            or run.session.spawn_tool_call_id
+            or "",
+            parent_run_id=run.parent.run_id if run.parent is not None else "",
+        ),
+    )
     hooks = run.rt.hooks
     if hooks.has(HookPoint.SESSION_START):
         original = dicts(run.transcript.messages)

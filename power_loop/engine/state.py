@@ -57,11 +57,13 @@ class ChildLink:
             None for a child started outside a run (``run_agent_spec`` from host code).
         config: The child's config: the loop's, with the spec's limits.
         llm: The model service of the child (the loop's, or one named by the spec).
+        spawn_tool_call_id: The tool call that spawned the child, when the spawner knows it.
     """
 
     parent: Run | None
     config: AgentLoopConfig
     llm: LLMService
+    spawn_tool_call_id: str = ""
 
 
 @dataclass

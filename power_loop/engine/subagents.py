@@ -208,7 +208,9 @@ async def _run_child(spawn: _Spawn, child: ChildTask, sid: str) -> SubagentResul
             message=UserMessage(content=child.task) if kind == "send" else None,
             stop_event=spawn.parent.req.stop_event if spawn.parent is not None else None,
             tools=spawn.tools,
-            child=ChildLink(parent=spawn.parent, config=spawn.config, llm=spawn.llm),
+            child=ChildLink(
+                parent=spawn.parent, config=spawn.config, llm=spawn.llm, spawn_tool_call_id=spawn.tool_call_id or ""
+            ),
             lift_pause=False,  # a child paused by hand stays paused
         ),
     )
@@ -394,7 +396,9 @@ class RunSubagents:
                 kind="wake",  # the run takes the task from the child's inbox
                 wait_foreign=False,
                 tools=offered,
-                child=ChildLink(parent=None, config=plan.config, llm=plan.llm),
+                child=ChildLink(
+                    parent=None, config=plan.config, llm=plan.llm, spawn_tool_call_id=self.tool_call_id or ""
+                ),
             )
             parent.rt.spawn_task(run_in_background(parent.rt, plan.execute, request), name=background_task_name(sid))
         return SubagentReceipt(session_id=sid, name=child.name, started=created)
