@@ -351,6 +351,41 @@ async def test_a_provider_500_marks_the_model_call_and_the_run_as_errors(
     assert dict(runs.attributes or {})["power_loop.run.status"] == "degraded"
 
 
+async def test_a_run_that_waits_is_no_error_and_one_that_hits_a_limit_is(
+    db_path: str, llm_factory: Any, otel: Telemetry
+) -> None:
+    @tool(requires_approval=True)
+    def wire_money(amount: int) -> str:
+        """Send money.
+
+        Args:
+            amount: How much.
+        """
+        return f"sent {amount}"
+
+    def rule(request: ScriptedRequest) -> ScriptedReply:
+        return tool_reply(("wire_money", {"amount": 5}, f"call_{len(request.messages)}"))
+
+    with ScriptedServer(rule=rule) as server:
+        llm = llm_factory("openai", server)
+        registry = ToolRegistry([wire_money, get_weather])
+        async with StatefulAgentLoop(llm=llm, db_path=db_path, tool_registry=registry) as loop:
+            handle = instrumented(loop, otel)
+            waiting = await loop.send("pay", session_id=await loop.new_session_async())
+            handle.uninstrument()
+        config = AgentLoopConfig(max_rounds=1)
+        async with StatefulAgentLoop(llm=llm, db_path=db_path, tool_registry=registry, config=config) as loop:
+            instrumented(loop, otel)
+            limited = await loop.send("pay", session_id=await loop.new_session_async(), tools=["get_weather"])
+
+    assert (waiting.status, limited.status) == ("awaiting_approval", "hit_round_limit")
+    by_status = {attrs(s)["power_loop.run.status"]: s for s in otel.named("invoke_agent")}
+    assert by_status["awaiting_approval"].status.status_code is StatusCode.UNSET
+    assert "error.type" not in attrs(by_status["awaiting_approval"])
+    assert by_status["hit_round_limit"].status.status_code is StatusCode.ERROR
+    assert attrs(by_status["hit_round_limit"])["error.type"] == "hit_round_limit"
+
+
 async def test_a_raising_tracer_never_breaks_a_run(db_path: str, llm_factory: Any, otel: Telemetry) -> None:
     class BrokenTracer(trace.Tracer):
         def start_span(self, *args: Any, **kwargs: Any) -> trace.Span:

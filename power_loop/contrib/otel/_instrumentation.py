@@ -56,6 +56,11 @@ __all__ = ["OtelInstrumentation"]
 log = logging.getLogger("power_loop.contrib.otel")
 
 
+_NOT_ERRORS = frozenset({"completed", "waiting_for_input", "awaiting_approval", "paused", "pending_tools"})
+"""Run endings that are no failure: completed, or suspended until a person (or ``resume``)
+continues the session."""
+
+
 class OtelInstrumentation:
     """What :func:`instrument` installs on a loop; :meth:`uninstrument` removes it."""
 
@@ -285,7 +290,7 @@ class OtelInstrumentation:
         run = self._runs.pop(sid, None)
         if run is None:
             return
-        failed = data.status != "completed"
+        failed = data.status not in _NOT_ERRORS
         error_type = (run.error_type or data.status) if failed else None
         for call_id, tool in list(run.tools.items()):
             self._end_tool_span(run, call_id, tool, error_type or "interrupted")
