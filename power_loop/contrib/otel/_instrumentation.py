@@ -376,6 +376,8 @@ class OtelInstrumentation:
         self._call_duration.record(data.duration_ms / 1000, common)
 
     def _model_call_failed(self, sid: str, round_index: int | None, data: LlmDegradedPayload) -> None:
+        if data.reason == "invalid_output":
+            return  # the calls answered (their spans exist); only the run failed, and its span says so
         run = self._runs.get(sid)
         common = self._model_attrs(data.provider, data.request_model, "")
         error_type = data.error_type or "degraded"
