@@ -386,6 +386,23 @@ async def test_a_run_that_waits_is_no_error_and_one_that_hits_a_limit_is(
     assert attrs(by_status["hit_round_limit"])["error.type"] == "hit_round_limit"
 
 
+async def test_invalid_structured_output_fails_the_run_not_a_model_call(
+    db_path: str, llm_factory: Any, otel: Telemetry
+) -> None:
+    schema = {"type": "object", "properties": {"name": {"type": "string"}}, "required": ["name"]}
+    with ScriptedServer([text_reply("not json"), text_reply("[1]")]) as server:
+        async with StatefulAgentLoop(llm=llm_factory("openai", server), db_path=db_path) as loop:
+            instrumented(loop, otel)
+            result = await loop.send("Which city?", await loop.new_session_async(), response_format=schema)
+
+    assert result.status == "degraded"
+    chats = otel.named("chat")
+    assert len(chats) == 2  # the two calls that answered, nothing for the give-up
+    assert all(c.status.status_code is StatusCode.UNSET for c in chats)
+    (run,) = otel.named("invoke_agent")
+    assert run.status.status_code is StatusCode.ERROR and attrs(run)["error.type"] == "degraded"
+
+
 async def test_a_raising_tracer_never_breaks_a_run(db_path: str, llm_factory: Any, otel: Telemetry) -> None:
     class BrokenTracer(trace.Tracer):
         def start_span(self, *args: Any, **kwargs: Any) -> trace.Span:
