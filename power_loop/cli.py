@@ -37,6 +37,7 @@ from typing import Any, NoReturn, TextIO
 from ._version import __version__
 from .errors import PowerLoopError
 from .store.factory import DB_URL_ENV
+from .viewer import add_serve_parser, run_serve
 
 __all__ = ["main"]
 
@@ -248,6 +249,7 @@ def _parser() -> argparse.ArgumentParser:
         help="SQLite file or database URL for the APP's loop (sets POWER_LOOP_DB_URL before the APP loads)",
     )
     sub.add_parser("version", help="print the version")
+    add_serve_parser(sub)
     return parser
 
 
@@ -268,6 +270,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "worker":
             return _worker(args)
+        if args.command == "serve":
+            return run_serve(args)
         return asyncio.run(run_demo(args.db or os.environ.get(DB_URL_ENV) or DEMO_DB))
     except KeyboardInterrupt:
         return 130
