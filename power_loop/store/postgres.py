@@ -39,6 +39,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from ..errors import StoreConnectionError, StoreError, StoreLockedError
 from ._faults import surrogate_error
+from ._inspect_sql import InspectMethods
 from ._operations import StoreOperations
 from ._pg_schema import check_schema_name, migrate
 from ._pg_tx import PgTx
@@ -85,7 +86,7 @@ def _close_pool(pool: Any, executor: ThreadPoolExecutor) -> None:
     pool.close(timeout=5.0)
 
 
-class PostgresSessionStore(StoreOperations):
+class PostgresSessionStore(StoreOperations, InspectMethods):
     """Sessions, history, leases, timers and runtime state in one PostgreSQL schema.
 
     Args:

@@ -14,6 +14,9 @@ Consumers see protocols, never a backend class:
 * :class:`EventLogStore`: the event log and the report of a session's latest run
   (``AgentLoopConfig.persist_events``, ``loop.iter_events``, ``loop.explain``).
 * :class:`SessionStoreProtocol`: all five, what ``StatefulAgentLoop(store=...)`` accepts.
+* :class:`InspectStore`: the read layer of the ``power-loop`` inspector commands and of
+  session viewers (overviews, runs, transcripts, timers, health; prune, export, import).
+  Both built-in stores implement it; it is not required of a store handed to a loop.
 
 Below them, the rules (``_sql.py`` for runs, ``_sessions_sql.py``, ``_history_sql.py``,
 ``_inbox_sql.py``, ``_leases.py``, ``_timers_sql.py``, ``_runtime_sql.py``) run inside one transaction through
@@ -44,15 +47,21 @@ from .rows import (
     BudgetHold,
     BudgetHoldOutcome,
     EventRecord,
+    HealthReport,
     HeldBudget,
     LeaseClaim,
     LostCommand,
     PendingState,
+    PruneReport,
+    RunOverview,
     RunRecord,
+    SessionOverview,
     SessionRow,
     SessionStatsRow,
     StoredMessage,
     TimerRow,
+    TimersReport,
+    TranscriptEntry,
     WriteOp,
     WriteOutcome,
 )
@@ -64,6 +73,7 @@ __all__ = [
     "Cursor",
     "Delivery",
     "EventLogStore",
+    "InspectStore",
     "RunStore",
     "RuntimeStore",
     "SessionAdmin",
@@ -512,3 +522,74 @@ class EventLogStore(Protocol):
 @runtime_checkable
 class SessionStoreProtocol(RunStore, TimerStore, SessionAdmin, RuntimeStore, EventLogStore, Protocol):
     """Everything a loop uses: what ``StatefulAgentLoop(store=...)`` accepts."""
+
+
+@runtime_checkable
+class InspectStore(Protocol):
+    """What the inspector commands (``power-loop sessions``, ``show``, ``timers``, ``doctor``,
+    ``prune``, ``export``, ``import``) and session viewers read through. Every method but
+    :meth:`prune` and :meth:`import_session` only reads. Times are epoch milliseconds."""
+
+    async def list_sessions(
+        self,
+        *,
+        kind: str | None = None,
+        metadata: Mapping[str, str] | None = None,
+        active_since_ms: int | None = None,
+        search: str | None = None,
+        order: str = "last_active",
+        limit: int = 50,
+        offset: int = 0,
+    ) -> list[SessionOverview]:
+        """Every session matching the filters, one page; ``order`` is ``last_active``,
+        ``created``, ``id`` or ``tokens`` (``ValueError`` otherwise)."""
+        ...
+
+    async def count_sessions(
+        self,
+        *,
+        kind: str | None = None,
+        metadata: Mapping[str, str] | None = None,
+        active_since_ms: int | None = None,
+        search: str | None = None,
+    ) -> int:
+        """How many sessions :meth:`list_sessions` finds with these filters."""
+        ...
+
+    async def list_runs(self, session_id: str, *, limit: int = 100) -> list[RunOverview]:
+        """The session's latest ``limit`` runs, oldest first."""
+        ...
+
+    async def read_transcript(
+        self, session_id: str, *, after_seq: int = 0, limit: int = 1000, include_compacted: bool = True
+    ) -> list[TranscriptEntry]:
+        """Message rows after ``after_seq`` (compaction summaries marked), in seq order."""
+        ...
+
+    async def list_all_timers(
+        self,
+        session_id: str | None = None,
+        *,
+        statuses: Sequence[str] = ("armed", "firing", "claimed"),
+        recent: int = 20,
+    ) -> TimersReport:
+        """Active timers soonest first and the latest fired or cancelled ones."""
+        ...
+
+    async def health_report(
+        self, *, now_ms: int | None = None, overdue_ms: int = 300_000, db: str | None = None
+    ) -> HealthReport:
+        """Schema version, integrity and the problems found, each with its fix."""
+        ...
+
+    async def prune(self, *, dry_run: bool, older_than_ms: int | None = None) -> PruneReport:
+        """Remove folded message rows and ended ephemeral sub-agent sessions."""
+        ...
+
+    async def export_session(self, session_id: str) -> list[dict[str, Any]]:
+        """The session as versioned JSON-ready records (header first)."""
+        ...
+
+    async def import_session(self, records: Iterable[Mapping[str, Any]], *, session_id: str) -> int:
+        """Store exported records as a new session; all or nothing."""
+        ...

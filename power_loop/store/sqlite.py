@@ -25,6 +25,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any, Generic, TypeVar, overload
 
 from ..errors import StoreError
+from ._inspect_sql import InspectMethods
 from ._operations import StoreOperations
 from ._sqlite_conn import SQLiteFileStore, connection_file
 from ._sqlite_tx import transaction
@@ -60,7 +61,7 @@ def _open_sync(cls: type[S], path: str | os.PathLike[str] = DEFAULT_DB_PATH) -> 
     return store
 
 
-class SQLiteSessionStore(SQLiteFileStore, StoreOperations):
+class SQLiteSessionStore(SQLiteFileStore, StoreOperations, InspectMethods):
     """Sessions, messages, tool calls, usage, stats, leases and inbox in one SQLite file.
 
     Args:
