@@ -324,14 +324,16 @@ async def test_stopping_the_server_ends_open_live_views(filled_db: str) -> None:
     viewer = ViewerServer(filled_db)
     viewer.start()
     names: list[str] = []
-    async with httpx.AsyncClient(base_url=viewer.url, trust_env=False, timeout=None) as http:
-        async with http.stream("GET", "/api/live?id=calc-alice") as response:
-            async for name, _ in _events(response):
-                names.append(name)
-                if name == "timers":
-                    await asyncio.to_thread(viewer.stop)  # returns although the stream is open
-                if name == "closed":
-                    break
+    async with (
+        httpx.AsyncClient(base_url=viewer.url, trust_env=False, timeout=None) as http,
+        http.stream("GET", "/api/live?id=calc-alice") as response,
+    ):
+        async for name, _ in _events(response):
+            names.append(name)
+            if name == "timers":
+                await asyncio.to_thread(viewer.stop)  # returns although the stream is open
+            if name == "closed":
+                break
     assert names[-1] == "closed" and "runs" in names
 
 

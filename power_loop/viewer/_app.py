@@ -146,19 +146,31 @@ def _event(name: str, data: object) -> str:
 
 async def _live_events(state: _ViewerState, sid: str, after_seq: int) -> AsyncIterator[str]:
     """New transcript entries, then the runs and timers whenever they change, until the
-    server closes or the client goes away (Starlette cancels the stream then)."""
+    server closes or the client goes away (Starlette cancels the stream then).
+
+    A compaction adds a summary *before* rows already sent and folds them, which entries after
+    ``after_seq`` cannot show: when the head of the live context changes, a ``compacted``
+    event tells the page to read the transcript again.
+    """
     reader: InspectReader = state.store
     last = after_seq
     seen: dict[str, str] = {}
+    head: str | None = None
     quiet = 0
     yield "retry: 2000\n\n"
     while not state.closing.is_set():
         sent = False
         entries = await reader.read_transcript(sid, after_seq=last, limit=_LIVE_BATCH)
         for entry in entries:
-            last = max(last, int(entry.seq))
+            last = max(last, entry.seq)
             yield _event("message", entry)
             sent = True
+        first = await reader.read_transcript(sid, after_seq=0, limit=1, include_compacted=False)
+        now_head = json.dumps([[e.seq, e.is_summary, len(e.content or "")] for e in first])
+        if head is not None and now_head != head:
+            yield _event("compacted", {"head": now_head})
+            sent = True
+        head = now_head
         report = await reader.list_all_timers(sid)
         snapshots = {
             "runs": await reader.list_runs(sid),

@@ -1,8 +1,9 @@
 """What the viewer reads from a store and how it becomes JSON.
 
-The viewer reads through the store's inspection methods (``list_sessions``,
-``count_sessions``, ``list_runs``, ``read_transcript``, ``list_all_timers``) and nothing else
-but ``get_session_async``; :class:`InspectReader` names that surface. Rows are frozen
+The viewer reads through the store's inspection methods
+(:class:`~power_loop.store.protocols.InspectStore`: ``list_sessions``, ``count_sessions``,
+``list_runs``, ``read_transcript``, ``list_all_timers``) and nothing else but
+``get_session_async``; :class:`InspectReader` names that surface. Rows are frozen
 dataclasses; :func:`jsonable` turns them (and what they hold) into JSON values.
 """
 
@@ -12,8 +13,11 @@ import dataclasses
 import enum
 import re
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any, Protocol
+
+from ..store.protocols import InspectStore
+from ..store.rows import SessionRow
 
 __all__ = ["InspectReader", "jsonable", "parse_duration_ms", "parse_filters", "session_detail"]
 
@@ -22,27 +26,11 @@ _UNIT_MS = {"s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000, "w": 604_80
 ORDERS = ("last_active", "created", "id", "tokens")
 
 
-class InspectReader(Protocol):
-    """The store methods the viewer calls (all read-only)."""
+class InspectReader(InspectStore, Protocol):
+    """The store methods the viewer calls (all read-only): the inspection read layer and the
+    session row."""
 
-    async def list_sessions(self, **filters: Any) -> Sequence[Any]:
-        """Session overviews matching ``filters``."""
-
-    async def count_sessions(self, **filters: Any) -> int:
-        """How many sessions match ``filters``."""
-
-    async def list_runs(self, session_id: str) -> Sequence[Any]:
-        """The session's runs, oldest first."""
-
-    async def read_transcript(
-        self, session_id: str, *, after_seq: int = 0, limit: int = 1000, include_compacted: bool = True
-    ) -> Sequence[Any]:
-        """The session's message rows after ``after_seq``."""
-
-    async def list_all_timers(self, session_id: str | None = None) -> Any:
-        """Active and recent timers (``.active``, ``.recent``)."""
-
-    async def get_session_async(self, session_id: str) -> Any:
+    async def get_session_async(self, session_id: str) -> SessionRow | None:
         """The session row, or None."""
 
 

@@ -185,16 +185,18 @@
     const live = el("span", { class: "live", id: "live" }, "connecting…");
     const header = el("div", { id: "session-head" });
     const showCompacted = el("input", { type: "checkbox", id: "show-compacted", checked: true });
-    const transcript = el("ol", { class: "transcript", id: "transcript" });
+    let transcript = el("ol", { class: "transcript", id: "transcript" });
     const runs = el("div", { id: "runs" });
     const chart = el("div", { class: "chart", id: "chart" });
     const timers = el("div", { id: "timers" });
 
-    showCompacted.addEventListener("change", () => transcript.classList.toggle("hide-compacted", !showCompacted.checked));
+    showCompacted.addEventListener("change", () => document.getElementById("transcript").classList.toggle("hide-compacted", !showCompacted.checked));
 
     function addEntry(entry) {
-      if (seen.has(entry.seq)) return;
-      seen.add(entry.seq);
+      // A compaction summary carries the seq of the last message it folds.
+      const key = (entry.is_summary ? "summary-" : "message-") + entry.seq;
+      if (seen.has(key)) return;
+      seen.add(key);
       lastSeq = Math.max(lastSeq, entry.seq);
       if (entry.role === "tool" && entry.tool_call_id && calls.has(entry.tool_call_id)) {
         const slot = calls.get(entry.tool_call_id);
@@ -208,7 +210,7 @@
       const classes = ["role-" + String(entry.role).replace(/[^a-z_-]/gi, "")];
       if (entry.compacted) classes.push("compacted");
       if (entry.is_summary) classes.push("summary");
-      const item = el("li", { class: classes.join(" "), "data-seq": entry.seq, id: "m" + entry.seq },
+      const item = el("li", { class: classes.join(" "), "data-seq": entry.seq, id: key },
         el("div", { class: "entry-head" },
           el("span", { class: "role" }, entry.role === "tool" ? "tool result" + (entry.name ? " · " + entry.name : "") : entry.role),
           el("span", {}, "#" + entry.seq), el("span", {}, time(entry.created_at)), badges),
@@ -225,6 +227,22 @@
             el("div", { class: "label" }, "Result"), result)));
       }
       transcript.append(item);
+    }
+
+    // The whole transcript again (after a compaction folded rows already shown), or the rest.
+    async function loadTranscript(again) {
+      let after = again ? 0 : lastSeq;
+      const fresh = again ? el("ol", { class: transcript.className, id: "transcript" }) : transcript;
+      if (again) { seen.clear(); calls.clear(); }
+      const target = transcript;
+      if (again) transcript = fresh;
+      for (;;) {
+        const page = await getJSON("api/transcript?id=" + encodeURIComponent(sid) + "&after_seq=" + after + "&limit=500");
+        page.entries.forEach(addEntry);
+        if (page.entries.length < 500) break;
+        after = page.entries[page.entries.length - 1].seq;
+      }
+      if (again) target.replaceWith(fresh);
     }
 
     function renderHeader(session) {
@@ -281,6 +299,7 @@
       source.addEventListener("message", (e) => addEntry(JSON.parse(e.data)));
       source.addEventListener("runs", (e) => renderRuns(JSON.parse(e.data)));
       source.addEventListener("timers", (e) => renderTimers(JSON.parse(e.data)));
+      source.addEventListener("compacted", () => loadTranscript(true));
       source.addEventListener("closed", () => { source.close(); setLive(false, "server stopped"); });
       source.addEventListener("error", () => {
         if (source.readyState === EventSource.CLOSED) return;
@@ -309,11 +328,7 @@
         renderHeader(detail.session);
         renderRuns(detail.runs);
         renderTimers(detail.timers);
-        for (;;) {
-          const page = await getJSON("api/transcript?id=" + encodeURIComponent(sid) + "&after_seq=" + lastSeq + "&limit=500");
-          page.entries.forEach(addEntry);
-          if (page.entries.length < 500) break;
-        }
+        await loadTranscript(false);
         connect();
       } catch (error) {
         showError(app, error);
