@@ -221,7 +221,7 @@
         const result = el("pre", { class: "result muted" }, "(no result yet)");
         if (call.id) calls.set(call.id, result);
         item.append(el("details", { class: "tool-call", "data-call-id": call.id || "" },
-          el("summary", {}, "🔧 " + call.name),
+          el("summary", {}, "tool call · " + call.name),
           el("div", {},
             el("div", { class: "label" }, "Arguments"), el("pre", { class: "arguments" }, prettyArguments(call.arguments)),
             el("div", { class: "label" }, "Result"), result)));
