@@ -12,6 +12,11 @@
     ``db_path`` (or ``store``) then uses that store.
 ``power-loop version``
     Print the version.
+``power-loop sessions | show SID | timers [SID] | export SID | import FILE | doctor | prune``
+    Inspect a store (``--db PATH|URL``, default ``POWER_LOOP_DB_URL``; ``--json`` for
+    machine output): see :mod:`power_loop._inspect_cli` and docs/operating.md. Their
+    problems (no such file or session, a locked database, an unreachable server) exit 2;
+    ``doctor`` exits 1 when it finds something to fix.
 
 A failure prints one line, ``power-loop: error: <what is wrong>``, on stderr and exits with 2
 for a usage error (a bad argument or option) and 1 for anything else (a store that cannot be
@@ -34,6 +39,8 @@ from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
 from typing import Any, NoReturn, TextIO
 
+from ._inspect_cli import COMMANDS as INSPECT_COMMANDS
+from ._inspect_cli import add_commands, run_command
 from ._version import __version__
 from .errors import PowerLoopError
 from .store.factory import DB_URL_ENV
@@ -249,6 +256,7 @@ def _parser() -> argparse.ArgumentParser:
         help="SQLite file or database URL for the APP's loop (sets POWER_LOOP_DB_URL before the APP loads)",
     )
     sub.add_parser("version", help="print the version")
+    add_commands(sub)
     add_serve_parser(sub)
     return parser
 
@@ -267,6 +275,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "version":
         print(__version__)
         return 0
+    if args.command in INSPECT_COMMANDS:
+        return _inspect(args)
     try:
         if args.command == "worker":
             return _worker(args)
@@ -280,6 +290,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             traceback.print_exc()
         else:
             # Our errors and OS errors say what to do; anything else may be a bug worth a traceback.
+            hint = "" if isinstance(exc, (PowerLoopError, OSError)) else " (run with --traceback for details)"
+            print(f"{PROG}: error: {_one_line(exc)}{hint}", file=sys.stderr)
+        return FAILURE
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    try:
+        return run_command(args, prog=PROG)
+    except Exception as exc:  # not a problem of the user's input: one line with its type, as above
+        if args.traceback:
+            traceback.print_exc()
+        else:
             hint = "" if isinstance(exc, (PowerLoopError, OSError)) else " (run with --traceback for details)"
             print(f"{PROG}: error: {_one_line(exc)}{hint}", file=sys.stderr)
         return FAILURE

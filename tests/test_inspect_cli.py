@@ -1,0 +1,388 @@
+"""The inspector commands: ``power-loop sessions``, ``show`` (and ``--follow``), ``timers``,
+``export``, ``import``, ``doctor`` and ``prune``, called in-process through
+``power_loop.cli.main`` and as ``python -m power_loop`` subprocesses, on real stores (an
+SQLite file and a fresh PostgreSQL schema) filled by real runs through the real SDKs and the
+scripted server. Each problem ``doctor`` reports is made for real (a SIGKILLed process
+holding a run, an unanswered call, an expired timer claim)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from power_loop import StatefulAgentLoop
+from power_loop.cli import main
+from power_loop.messages import AssistantMessage, ToolCall, UserMessage
+from power_loop.store import open_store
+from power_loop.store.rows import Append, Compact
+from power_loop.testing import ScriptedServer, text_reply, tool_reply
+
+from .conftest import make_service
+from .helpers import registry
+
+ROOT = Path(__file__).resolve().parent.parent
+LEASE_WORKER = Path(__file__).with_name("lease_worker.py")
+LONG = "x" * 500
+
+
+def _fill(db: str, server: ScriptedServer) -> None:
+    """ "alpha": a run with a tool call and a long answer; "beta": never ran."""
+
+    async def fill() -> None:
+        server.push(tool_reply(("add", {"a": 2, "b": 3}, "call-1")), text_reply(f"It is 5. {LONG}"))
+        llm = make_service("openai", server)
+        try:
+            async with StatefulAgentLoop(llm=llm, db_path=db, tool_registry=registry()) as loop:
+                await loop.new_session_async(session_id="alpha", metadata={"team": "red"})
+                await loop.send("add 2 and 3", "alpha")
+                await loop.new_session_async(session_id="beta", metadata={"team": "blue"})
+        finally:
+            await llm.aclose()
+
+    asyncio.run(fill())
+
+
+def _store_do(db: str, action: Any) -> Any:
+    async def go() -> Any:
+        store = open_store(db)
+        await store.open()
+        try:
+            return await action(store)
+        finally:
+            await store.close()
+
+    return asyncio.run(go())
+
+
+def _run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def _json(capsys: pytest.CaptureFixture[str], *argv: str) -> Any:
+    code, out, err = _run(capsys, *argv, "--json")
+    assert code == 0, err
+    return json.loads(out)
+
+
+def test_sessions_lists_and_filters(shared_db: str, scripted_server: ScriptedServer, capsys: Any) -> None:
+    _fill(shared_db, scripted_server)
+    code, out, err = _run(capsys, "sessions", "--db", shared_db)
+    assert code == 0 and err == ""
+    header = out.splitlines()[0].split()
+    assert header[:3] == ["ID", "KIND", "PARENT"] and "TOKENS" in header and "PENDING" in header
+    assert "alpha" in out and "beta" in out and "2 session(s)" in out
+    listed = _json(capsys, "sessions", "--db", shared_db, "--sort", "id")
+    assert [s["session_id"] for s in listed["sessions"]] == ["alpha", "beta"] and listed["total"] == 2
+    alpha = listed["sessions"][0]
+    assert (alpha["runs"], alpha["last_status"], alpha["messages"], alpha["pending_calls"]) == (1, "completed", 4, 0)
+    assert alpha["input_tokens"] > 0 and alpha["metadata"] == {"team": "red"}
+    assert [
+        s["session_id"] for s in _json(capsys, "sessions", "--db", shared_db, "--metadata", "team=blue")["sessions"]
+    ] == ["beta"]
+    assert [s["session_id"] for s in _json(capsys, "sessions", "--db", shared_db, "--search", "LPH")["sessions"]] == [
+        "alpha"
+    ]
+    recent = _json(capsys, "sessions", "--db", shared_db, "--active-since", "1h")
+    assert [s["session_id"] for s in recent["sessions"]] == ["alpha"]
+    paged = _json(capsys, "sessions", "--db", shared_db, "--sort", "id", "--limit", "1", "--page", "2")
+    assert [s["session_id"] for s in paged["sessions"]] == ["beta"] and paged["offset"] == 1
+    with pytest.raises(SystemExit) as exited:
+        main(["sessions", "--db", shared_db, "--active-since", "yesterday-ish"])
+    assert exited.value.code == 2 and "expected an ISO time or a duration" in capsys.readouterr().err
+
+
+def test_show_prints_the_transcript_runs_and_usage(
+    shared_db: str, scripted_server: ScriptedServer, capsys: Any
+) -> None:
+    _fill(shared_db, scripted_server)
+    code, out, _ = _run(capsys, "show", "alpha", "--db", shared_db)
+    assert code == 0
+    lines = out.splitlines()
+    assert lines[0] == "Session alpha (main)"
+    assert "#1 user: add 2 and 3" in lines
+    assert '#2 assistant → add({"a": 2, "b": 3})  [call-1]' in lines
+    assert "#3 tool add[call-1]: 5" in lines
+    answer = next(line for line in lines if line.startswith("#4 assistant: It is 5."))
+    assert answer.endswith("… (209 more chars, --full to show)")
+    run_line = next(line for line in lines if line.startswith("── run 1 (send) completed"))
+    assert lines.index(run_line) == lines.index(answer) + 1 and "2 model call(s)" in run_line
+    assert lines[-1].startswith("Usage: 1 run(s), 2 model call(s), ")
+    _, full, _ = _run(capsys, "show", "alpha", "--db", shared_db, "--full")
+    assert LONG in full and "--full to show" not in full
+    shown = _json(capsys, "show", "alpha", "--db", shared_db)
+    assert [e["seq"] for e in shown["transcript"]] == [1, 2, 3, 4]
+    assert shown["runs"][0]["status"] == "completed" and shown["usage"]["llm_calls"] == 2
+    assert shown["session"]["kind"] == "main"
+
+
+def test_show_marks_compaction_summaries_and_folded_rows(db_path: str, capsys: Any) -> None:
+    async def fill(store: Any) -> None:
+        await store.create_session("c")
+        out = await store.write("c", [Append([UserMessage(content=f"m{i}") for i in range(4)])])
+        await store.write("c", [Compact(through_seq=out.seqs[1], summary="the first two")])
+
+    _store_do(db_path, fill)
+    _, out, _ = _run(capsys, "show", "c", "--db", db_path)
+    assert "#1 user [folded]: m0" in out
+    assert "#2 ≡ compaction summary (folds messages up to #2): " in out
+    assert "the first two" in out and "#3 user: m2" in out
+
+
+def test_export_import_round_trip(shared_db: str, scripted_server: ScriptedServer, capsys: Any, tmp_path: Path) -> None:
+    _fill(shared_db, scripted_server)
+    exported = tmp_path / "alpha.jsonl"
+    code, _, _ = _run(capsys, "export", "alpha", "--db", shared_db, "-o", str(exported))
+    assert code == 0
+    code, out, _ = _run(capsys, "import", str(exported), "--db", shared_db, "--session-id", "alpha-2")
+    assert (code, out.strip()) == (0, "alpha-2")
+    code, again, _ = _run(capsys, "export", "alpha-2", "--db", shared_db)
+    assert code == 0
+
+    def comparable(text: str) -> list[dict[str, Any]]:
+        records = [json.loads(line) for line in text.splitlines()]
+        for r in records:
+            r.pop("run_id", None)  # an imported session has no runs
+            if r["type"] == "session":
+                for k in ("session_id", "created_at", "exported_at"):
+                    r.pop(k)
+        return records
+
+    assert comparable(again) == comparable(exported.read_text())
+    code, out, _ = _run(capsys, "import", str(exported), "--db", shared_db)
+    assert code == 0 and out.strip().startswith("sess_")
+    code, _, err = _run(capsys, "import", str(exported), "--db", shared_db, "--session-id", "alpha-2")
+    assert code == 2 and "already exists" in err and "Traceback" not in err
+    broken = tmp_path / "broken.jsonl"
+    lines = exported.read_text().splitlines()
+    broken.write_text("\n".join([lines[0], lines[1], lines[3]]) + "\n")
+    code, _, err = _run(capsys, "import", str(broken), "--db", shared_db, "--session-id", "bad")
+    assert code == 2 and err.startswith("power-loop: error: line 3: tool result for call 'call-1'")
+    assert len(err.strip().splitlines()) == 1
+    broken.write_text(lines[0] + "\n{not json\n")
+    code, _, err = _run(capsys, "import", str(broken), "--db", shared_db, "--session-id", "bad")
+    assert code == 2 and "line 2: not JSON" in err
+    assert _json(capsys, "sessions", "--db", shared_db, "--search", "bad")["total"] == 0
+
+
+def test_doctor_is_quiet_on_a_healthy_store(shared_db: str, scripted_server: ScriptedServer, capsys: Any) -> None:
+    _fill(shared_db, scripted_server)
+    code, out, _ = _run(capsys, "doctor", "--db", shared_db)
+    assert code == 0
+    assert "Schema version: " in out and "Integrity: ok" in out and out.strip().endswith("No problems found.")
+    report = _json(capsys, "doctor", "--db", shared_db)
+    assert report["healthy"] is True and report["findings"] == []
+
+
+def test_doctor_finds_a_run_left_by_a_killed_process(shared_db: str, capsys: Any) -> None:
+    _store_do(shared_db, lambda s: s.create_session("held"))
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    worker = subprocess.Popen(
+        [sys.executable, str(LEASE_WORKER), shared_db, "held"], stdout=subprocess.PIPE, text=True, env=env
+    )
+    try:
+        assert worker.stdout is not None
+        assert worker.stdout.readline().strip() == "holding held"
+        code, out, _ = _run(capsys, "doctor", "--db", shared_db)
+        assert code == 0, out  # the run is going on: nothing to fix
+    finally:
+        worker.kill()
+        worker.communicate()
+    code, out, _ = _run(capsys, "doctor", "--db", shared_db)
+    assert code == 1
+    assert "[stuck_run] session held:" in out and "fix: await loop.resume('held')" in out
+    code, text, _ = _run(capsys, "doctor", "--db", shared_db, "--json")
+    assert code == 1 and [f["kind"] for f in json.loads(text)["findings"]] == ["stuck_run"]
+
+
+def test_doctor_finds_pending_calls_and_stuck_timers(db_path: str, capsys: Any) -> None:
+    async def fill(store: Any) -> None:
+        await store.create_session("p")
+        call = ToolCall(id="c1", name="add", arguments="{}")
+        await store.write("p", [Append([UserMessage(content="go"), AssistantMessage(content="", tool_calls=(call,))])])
+        await store.create_session("t")
+        await store.schedule_timer("t", due_at=1, note="claimed long ago")
+        assert len(await store.claim_due_timers("gone-runner", lease_ms=1, limit=1)) == 1
+        await store.schedule_timer("t", due_at=2, note="never delivered")
+
+    _store_do(db_path, fill)
+    code, out, _ = _run(capsys, "doctor", "--db", db_path)
+    assert code == 1
+    assert "[pending_calls] session p: 1 tool call(s) have no result" in out
+    assert "fix: await loop.resume('p')" in out and "abort_pending_async('p')" in out
+    assert "[expired_timer_claim] session t: timer 1 was claimed by gone-runner" in out
+    assert "[overdue_timer] session t: timer 2" in out
+    assert f"fix: power-loop worker APP --db {db_path}" in out
+
+
+def test_timers_across_sessions(db_path: str, capsys: Any) -> None:
+    now = int(time.time() * 1000)
+
+    async def fill(store: Any) -> None:
+        for sid in ("a", "b"):
+            await store.create_session(sid)
+        await store.schedule_timer("a", due_at=now + 3_600_000, note="check the build")
+        gone = await store.schedule_timer("b", due_at=now + 60_000, note="cancel me")
+        await store.cancel_timer("b", gone.timer_id)
+
+    _store_do(db_path, fill)
+    code, out, _ = _run(capsys, "timers", "--db", db_path)
+    assert code == 0 and "Armed and in flight (1):" in out and "check the build" in out
+    assert "Recent (1):" in out and "cancel me" in out
+    report = _json(capsys, "timers", "b", "--db", db_path)
+    assert report["active"] == [] and report["recent"][0]["status"] == "cancelled"
+
+
+def test_prune_dry_run_then_prune(db_path: str, capsys: Any) -> None:
+    async def fill(store: Any) -> None:
+        await store.create_session("c")
+        out = await store.write("c", [Append([UserMessage(content=f"m{i}") for i in range(4)])])
+        await store.write("c", [Compact(through_seq=out.seqs[2], summary="three")])
+
+    _store_do(db_path, fill)
+    code, out, _ = _run(capsys, "prune", "--dry-run", "--db", db_path)
+    assert code == 0 and "Would delete 3 folded message row(s)." in out
+    assert _json(capsys, "prune", "--db", db_path)["folded_messages"] == 3
+    assert _json(capsys, "prune", "--dry-run", "--db", db_path)["folded_messages"] == 0
+
+
+def test_problems_are_one_line_with_exit_status_2(db_path: str, capsys: Any, tmp_path: Path) -> None:
+    missing = str(tmp_path / "missing.db")
+    for argv in (["sessions"], ["doctor"], ["show", "x"], ["prune"]):
+        code, out, err = _run(capsys, *argv, "--db", missing)
+        assert (
+            code == 2
+            and out == ""
+            and err == f"power-loop: error: no such database file: {missing} (nothing was created)\n"
+        )
+    assert not os.path.exists(missing)
+    _store_do(db_path, lambda s: s.create_session("s"))
+    code, _, err = _run(capsys, "show", "nope", "--db", db_path)
+    assert (code, err) == (2, "power-loop: error: no session 'nope' in this store\n")
+    code, _, err = _run(capsys, "export", "nope", "--db", db_path)
+    assert (code, err) == (2, "power-loop: error: no session 'nope' in this store\n")
+    code, _, err = _run(capsys, "sessions")
+    assert code == 2 and "no database: pass --db PATH|URL or set POWER_LOOP_DB_URL" in err
+    not_db = tmp_path / "notes.txt"
+    not_db.write_text("hello, not a database" * 100)
+    code, _, err = _run(capsys, "sessions", "--db", str(not_db))
+    assert code == 2 and "is not a power_loop SQLite database" in err
+
+
+def test_the_database_url_comes_from_the_environment(db_path: str, capsys: Any, monkeypatch: Any) -> None:
+    _store_do(db_path, lambda s: s.create_session("from-env"))
+    monkeypatch.setenv("POWER_LOOP_DB_URL", db_path)
+    assert [s["session_id"] for s in _json(capsys, "sessions")["sessions"]] == ["from-env"]
+
+
+def test_a_locked_database(db_path: str, capsys: Any) -> None:
+    _store_do(db_path, lambda s: s.create_session("s"))
+    holder = sqlite3.connect(db_path, isolation_level=None)
+    try:
+        holder.execute("BEGIN EXCLUSIVE")
+        code, _, err = _run(capsys, "prune", "--db", db_path, "--busy-timeout", "0")
+        assert code == 2 and err.startswith("power-loop: error: the session store") and "locked" in err
+        assert len(err.splitlines()) == 1
+        code, out, _ = _run(capsys, "sessions", "--db", db_path)  # readers still read (WAL)
+        assert code == 0 and "s " in out
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+
+
+def test_a_postgres_url_that_does_not_connect(capsys: Any) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    code, out, err = _run(capsys, "sessions", "--db", f"postgresql://user:secret@127.0.0.1:{port}/db")
+    assert code == 2 and out == "" and len(err.splitlines()) == 1
+    assert err.startswith(
+        f"power-loop: error: cannot connect to PostgreSQL at postgresql://user:***@127.0.0.1:{port}/db"
+    )
+    assert "secret" not in err
+
+
+def test_an_empty_postgres_schema_is_not_created(pg_schema: Any, capsys: Any) -> None:
+    url = f"{pg_schema.url}{'&' if '?' in pg_schema.url else '?'}schema=nothing_here"
+    code, _, err = _run(capsys, "sessions", "--db", url)
+    assert code == 2 and "PostgreSQL schema 'nothing_here'" in err and "holds no power_loop store" in err
+
+
+def test_follow_tails_a_session_another_process_writes(
+    shared_db: str, scripted_server: ScriptedServer, tmp_path: Path
+) -> None:
+    _fill(shared_db, scripted_server)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    follower = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "power_loop",
+            "show",
+            "alpha",
+            "--follow",
+            "--json",
+            "--interval",
+            "0.1",
+            "--db",
+            shared_db,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+    )
+    assert follower.stdout is not None
+    try:
+        seen: list[dict[str, Any]] = []
+        while not (seen and seen[-1].get("type") == "run"):
+            seen.append(json.loads(follower.stdout.readline()))
+        assert [r.get("seq") for r in seen if r["type"] == "message"] == [1, 2, 3, 4]
+
+        async def more() -> None:
+            scripted_server.push(text_reply("Still 5."))
+            llm = make_service("openai", scripted_server)
+            try:
+                async with StatefulAgentLoop(llm=llm, db_path=shared_db) as loop:
+                    await loop.send("and now?", "alpha")
+            finally:
+                await llm.aclose()
+
+        asyncio.run(more())
+        later: list[dict[str, Any]] = []
+        while not (later and later[-1].get("type") == "run"):
+            later.append(json.loads(follower.stdout.readline()))
+        assert [(r["seq"], r["content"]) for r in later if r["type"] == "message"] == [(5, "and now?"), (6, "Still 5.")]
+        assert later[-1]["number"] == 2 and later[-1]["status"] == "completed"
+    finally:
+        follower.send_signal(signal.SIGINT)
+        _, err = follower.communicate()
+    assert follower.returncode == 0, err
+
+
+def test_python_dash_m_power_loop_sessions(db_path: str, tmp_path: Path) -> None:
+    _store_do(db_path, lambda s: s.create_session("sub"))
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run(
+        [sys.executable, "-m", "power_loop", "sessions", "--db", db_path, "--json"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert [s["session_id"] for s in json.loads(done.stdout)["sessions"]] == ["sub"]
