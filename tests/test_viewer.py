@@ -8,6 +8,9 @@ import asyncio
 import json
 import os
 import re
+import signal
+import subprocess
+import sys
 import warnings
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -269,6 +272,28 @@ def test_serve_needs_an_existing_database(tmp_path: Path, capsys: pytest.Capture
     with pytest.raises(ViewerConfigError):
         create_app(f"sqlite:///{missing}")
     assert not missing.exists()
+
+
+def test_serve_runs_until_interrupted(filled_db: str, tmp_path: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    command = [sys.executable, "-m", "power_loop", "serve", "--db", filled_db, "--port", "0"]
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) as process:
+        assert process.stdout is not None and process.stderr is not None
+        first = process.stdout.readline()  # printed once the port is bound
+        match = re.search(r"at (http://127\.0\.0\.1:\d+/) \(read-only", first)
+        assert match, first
+        with httpx.Client(base_url=match.group(1), trust_env=False) as http:
+            assert http.get("/api/sessions").json()["total"] == 3
+            assert http.post("/api/sessions").status_code == 405
+        process.send_signal(signal.SIGINT)
+        assert process.wait() == 130  # Ctrl-C, as the other commands
+        assert process.stderr.read() == ""
+
+
+def test_serve_reports_a_store_it_cannot_open(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["serve", "--db", "postgresql://viewer@127.0.0.1:1/nothing"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("power-loop: error: cannot connect to PostgreSQL"), err
 
 
 def test_serve_is_listed_by_the_command(capsys: pytest.CaptureFixture[str]) -> None:

@@ -312,6 +312,11 @@ def run_serve(args: argparse.Namespace) -> int:
     except (ViewerConfigError, ImportError) as exc:
         return _error(str(exc))
     try:
+        asyncio.run(_probe(db))
+    except Exception as exc:  # the store cannot be opened: one line, as the other commands do
+        print(f"{_PROG}: error: {' '.join(str(exc).split()) or type(exc).__name__}", file=sys.stderr)
+        return 1
+    try:
         sock = _bind(args.host, args.port)
     except OSError as exc:
         print(f"{_PROG}: error: cannot listen on {args.host}:{args.port}: {exc.strerror or exc}", file=sys.stderr)
@@ -324,6 +329,19 @@ def run_serve(args: argparse.Namespace) -> int:
     server = _make_uvicorn_server(app, log_level="warning")
     try:
         asyncio.run(server.serve(sockets=[sock]))
+    except SystemExit:  # uvicorn's answer to a failed startup (it logged why)
+        return 1
     finally:
         sock.close()
     return 0 if server.started else 1
+
+
+async def _probe(db: str) -> None:
+    """Open and close the store, so that one that cannot be opened is reported before serving."""
+    from ..store.factory import open_store
+
+    store = open_store(db)
+    try:
+        await store.open()
+    finally:
+        await store.close()
