@@ -296,6 +296,22 @@ def test_serve_reports_a_store_it_cannot_open(capsys: pytest.CaptureFixture[str]
     assert err.count("\n") == 1 and err.startswith("power-loop: error: cannot connect to PostgreSQL"), err
 
 
+def test_the_command_works_without_the_web_extra(filled_db: str, tmp_path: Path) -> None:
+    # Nothing imports Starlette or uvicorn until the viewer is used; then the error names the extra.
+    script = (
+        "import sys\n"
+        "sys.modules['starlette'] = None\n"
+        "import power_loop, power_loop.cli, power_loop.viewer\n"
+        "assert 'uvicorn' not in sys.modules\n"
+        f"sys.exit(power_loop.cli.main(['serve', '--db', {filled_db!r}]))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 2, done.stderr
+    expected = 'power-loop: error: the session viewer needs Starlette and uvicorn: pip install "power-loop[web]"\n'
+    assert done.stderr == expected
+
+
 def test_serve_is_listed_by_the_command(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
         main(["serve", "--help"])
