@@ -506,7 +506,8 @@ async def _import(store: Store, args: argparse.Namespace, out: TextIO) -> int:
 
 
 async def _doctor(store: Store, args: argparse.Namespace, db: str, out: TextIO) -> int:
-    report = await store.health_report(overdue_ms=int(args.overdue * 1000), db=db)
+    shown_db = redact_url(db) if isinstance(store, PostgresSessionStore) else db  # no password in a fix
+    report = await store.health_report(overdue_ms=int(args.overdue * 1000), db=shown_db)
     if args.json:
         _dump(report.to_dict(), out)
         return 0 if report.healthy else 1
@@ -566,6 +567,12 @@ def run_command(args: argparse.Namespace, *, prog: str, out: TextIO | None = Non
         return asyncio.run(_dispatch(args, out or sys.stdout))
     except KeyboardInterrupt:
         return 0 if getattr(args, "follow", False) else 130
+    except BrokenPipeError:  # the reader went away (``| head``): done, quietly
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError):
+            pass
+        return 0
     except (InspectError, SessionNotFoundError, StoreError) as exc:
         if args.traceback:
             raise

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from power_loop import SessionNotFoundError, StatefulAgentLoop
+from power_loop import SessionNotFoundError, StatefulAgentLoop, request_user_input, tool
 from power_loop.messages import AssistantMessage, ToolCall, UserMessage
 from power_loop.store import (
     PostgresSessionStore,
@@ -186,6 +186,13 @@ async def test_the_health_report_finds_each_problem_with_its_fix(store: Store) -
     assert "loop.resume('r')" in fixes["stuck_run"]
     assert fixes["overdue_timer"].startswith("power-loop worker APP --db DB")
     assert not report.healthy and report.to_dict()["healthy"] is False
+    # A finished run whose lease was never released (its process died right after the end).
+    await store.create_session("d")
+    began = await store.begin_run(BeginRun("d", "run-d", LeaseClaim(owner="w/run-d", ttl_ms=1_000)))
+    fenced = LeaseClaim(owner="w/run-d", ttl_ms=1_000, fence=began.fence)
+    await store.write("d", [FinishRun("run-d", "completed", release_lease=False)], lease=fenced)
+    late = await store.health_report(now_ms=now + 3_600_000)
+    assert ("dead_lease", "d") in {(f.kind, f.session_id) for f in late.findings}
     # While the run's lease is live, the run is no finding (nor is its session's state).
     live = await store.health_report(now_ms=now)
     assert ("stuck_run", "r") not in {(f.kind, f.session_id) for f in live.findings}
@@ -287,3 +294,27 @@ async def test_an_import_failing_in_the_database_leaves_nothing(store: Store) ->
     with pytest.raises(ValueError):
         await store.import_session(records, session_id="dst")
     assert await store.get_session_async("dst") is None
+
+
+async def test_a_session_waiting_for_a_person_is_no_finding(
+    store: Store, shared_db: str, scripted_server: ScriptedServer, llm_factory: ServiceFactory
+) -> None:
+    @tool
+    def confirm(amount: int) -> str:
+        """Ask the user to confirm.
+
+        Args:
+            amount: Cents.
+        """
+        request_user_input(prompt=f"Pay {amount} cents?", kind="confirm", options=["yes", "no"])
+        return "unreachable"
+
+    scripted_server.push(tool_reply(("confirm", {"amount": 500}, "q1")))
+    llm = llm_factory("openai", scripted_server)
+    async with StatefulAgentLoop(llm=llm, db_path=shared_db, tool_registry=registry(confirm)) as loop:
+        await loop.new_session_async(session_id="asks")
+        result = await loop.send("pay", "asks")
+    assert result.status == "waiting_for_input"
+    overview = (await store.list_sessions())[0]
+    assert overview.pending_calls == 1 and overview.last_status == "waiting_for_input"
+    assert (await store.health_report()).findings == []

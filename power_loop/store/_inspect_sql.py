@@ -1,11 +1,11 @@
 """The inspection read layer, written once over :class:`~.protocols.Tx` for every backend:
-session overviews, runs, transcripts, timers across sessions, the health report, pruning,
-and the export / import of a session.
+session overviews, runs, transcripts, timers across sessions and the health report; pruning
+and the export / import of a session are in :mod:`._inspect_io`.
 
 Invariants:
 
-* Everything but :func:`prune` (with ``dry_run=False``) and :func:`import_session` only
-  reads; they run as one transaction each, and an import is all or nothing.
+* Everything here only reads, each call in one transaction (or one read-only statement
+  series); the writes (``prune``, ``import_session``) are all or nothing.
 * The SQL is portable like the other rules (no JSON functions: the metadata filter narrows
   with ``LIKE`` and is decided in Python).
 * :class:`InspectMethods` offers the rules as store methods (and ``*_sync`` twins) to a
@@ -20,10 +20,11 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..messages import AssistantMessage, ToolResultMessage, content_text, message_from_dict
 from . import _history_sql as _history
+from . import _inspect_io as _io
 from . import _sessions_sql as _sessions
 from ._compat_sql import timer_statuses
+from ._inspect_io import decode_metadata as _decode_metadata
 from ._inspect_rows import (
-    EXPORT_FORMAT,
     HealthFinding,
     HealthReport,
     PruneReport,
@@ -37,7 +38,7 @@ from ._timers_sql import COLUMNS as TIMER_COLUMNS
 from ._timers_sql import timer_row
 from ._twins import TxFn, store_op
 from .protocols import Tx
-from .rows import TimerRow, check_metadata
+from .rows import TimerRow
 
 __all__ = ["ORDERS", "InspectMethods"]
 
@@ -89,14 +90,6 @@ def _filters(
         where.append("LOWER(s.metadata) LIKE ? ESCAPE '\\' AND LOWER(s.metadata) LIKE ? ESCAPE '\\'")
         params += [_like(json.dumps(str(key))), _like(str(value))]
     return (" WHERE " + " AND ".join(where)) if where else "", params
-
-
-def _decode_metadata(raw: str | None) -> dict[str, Any]:
-    try:
-        value = json.loads(raw) if raw else {}
-    except ValueError:
-        return {"_corrupt_metadata": raw}
-    return value if isinstance(value, dict) else {"_corrupt_metadata": raw}
 
 
 def _metadata_matches(found: Mapping[str, Any], wanted: Mapping[str, str]) -> bool:
@@ -317,7 +310,7 @@ def _version_and_integrity(tx: Tx) -> tuple[int, str]:
     return version, "ok" if int(tables["n"]) == 5 else "tables missing from the schema"
 
 
-def _lease_findings(tx: Tx, now: int, db: str) -> tuple[list[HealthFinding], set[int]]:
+def _lease_findings(tx: Tx, now: int) -> tuple[list[HealthFinding], set[int]]:
     findings: list[HealthFinding] = []
     busy: set[int] = set()
     rows = tx.execute(
@@ -346,7 +339,8 @@ def _lease_findings(tx: Tx, now: int, db: str) -> tuple[list[HealthFinding], set
                 HealthFinding(
                     "dead_lease",
                     sid,
-                    f"the session is still leased to {r['lease_owner']}, whose process ended without releasing it",
+                    f"the session is still leased to {r['lease_owner']}, which ended or stopped renewing the lease "
+                    "without releasing it",
                     f"await loop.resume({sid!r})  # or any next send: it takes the dead lease over",
                 )
             )
@@ -357,15 +351,19 @@ def health_report(tx: Tx, *, now: int, overdue_ms: int, db: str) -> HealthReport
     """The schema version, the integrity check and the problems found, each with its fix."""
     version, integrity = _version_and_integrity(tx)
     sessions = int(tx.execute("SELECT COUNT(*) AS n FROM sessions").fetchone()["n"])
-    findings, busy = _lease_findings(tx, now, db)
+    findings, busy = _lease_findings(tx, now)
     stuck = {f.session_id for f in findings}
+    # Calls waiting on a person (an open question, an approval) and paused sessions are no
+    # problem: they wait for submit_input, an approval decision or loop.resume on purpose.
     pending = tx.execute(
-        "SELECT s.id, s.session_id, COUNT(*) AS n FROM tool_calls t JOIN sessions s ON s.id = t.session "
-        "WHERE t.result_seq IS NULL GROUP BY s.id, s.session_id ORDER BY s.session_id"
+        "SELECT s.id, s.session_id, COUNT(*) AS n, "
+        "SUM(CASE WHEN t.status IN ('waiting_input', 'awaiting_approval') THEN 1 ELSE 0 END) AS waiting "
+        "FROM tool_calls t JOIN sessions s ON s.id = t.session "
+        "WHERE t.result_seq IS NULL AND s.paused_at IS NULL GROUP BY s.id, s.session_id ORDER BY s.session_id"
     ).fetchall()
     for r in pending:
         sid = r["session_id"]
-        if int(r["id"]) in busy or sid in stuck:
+        if int(r["id"]) in busy or sid in stuck or int(r["waiting"]):
             continue
         findings.append(
             HealthFinding(
@@ -393,226 +391,6 @@ def health_report(tx: Tx, *, now: int, overdue_ms: int, db: str) -> HealthReport
     return HealthReport(
         backend=tx.dialect, schema_version=version, integrity=integrity, sessions=sessions, findings=findings
     )
-
-
-# --------------------------------------------------------------------------- prune
-
-
-def _ended_ephemeral(tx: Tx, now: int, older_than_ms: int | None) -> list[Any]:
-    # Ended: its runs are over, nothing of it is unanswered, no background task of it is
-    # running, and its parent has no open call (a parent resumed after a crash reads a
-    # finished child's stored answer: that child must stay until the parent has it).
-    older = "" if older_than_ms is None else " AND s.updated_at < ?"
-    rows = tx.execute(
-        "SELECT s.id, s.session_id, s.lease_owner, s.lease_expires_at, s.holder_host, s.holder_pid, s.holder_start "
-        "FROM sessions s WHERE s.kind = 'subagent' AND s.lifecycle = 'ephemeral' AND s.last_run > 0"
-        f"{older} AND NOT EXISTS (SELECT 1 FROM runs r WHERE r.session = s.id AND r.ended_at IS NULL) "
-        "AND NOT EXISTS (SELECT 1 FROM tool_calls t WHERE t.session = s.id AND t.result_seq IS NULL) "
-        "AND NOT EXISTS (SELECT 1 FROM subagent_tasks b WHERE b.session = s.id AND b.status = 'running') "
-        "AND NOT EXISTS (SELECT 1 FROM tool_calls t JOIN sessions p ON p.id = t.session "
-        "WHERE p.session_id = s.parent_session_id AND t.result_seq IS NULL) ORDER BY s.session_id",
-        () if older_than_ms is None else (older_than_ms,),
-    ).fetchall()
-    return [r for r in rows if live_lease(r, now)[0] is None]
-
-
-def prune(tx: Tx, *, dry_run: bool, older_than_ms: int | None, now: int) -> PruneReport:
-    """Remove folded message rows (the rule of ``prune_compacted``) and ended ephemeral
-    sub-agent sessions; with ``dry_run`` only count them."""
-    sessions = [r["session_id"] for r in _ended_ephemeral(tx, now, older_than_ms)]
-    if dry_run:
-        older = "" if older_than_ms is None else " AND created_at < ?"
-        row = tx.execute(
-            f"SELECT COUNT(*) AS n FROM messages WHERE compacted = 1{older}",
-            () if older_than_ms is None else (older_than_ms,),
-        ).fetchone()
-        return PruneReport(dry_run=True, folded_messages=int(row["n"]), sessions=sessions)
-    for sid in sessions:
-        _sessions.delete_session(tx, sid, cascade=True)
-    folded = _history.prune_compacted(tx, None, older_than_ms=older_than_ms, keep_last=None)
-    return PruneReport(dry_run=False, folded_messages=folded, sessions=sessions)
-
-
-# --------------------------------------------------------------------------- export / import
-
-
-def export_session(tx: Tx, session_id: str, *, now: int) -> list[dict[str, Any]]:
-    """The session as records: a ``session`` header, then its ``message`` rows in seq order,
-    then its ``compaction`` summaries."""
-    row = tx.execute(
-        "SELECT id, session_id, kind, lifecycle, parent_session_id, depth, metadata, system_prompt, created_at "
-        "FROM sessions WHERE session_id = ?",
-        (session_id,),
-    ).fetchone()
-    if row is None:
-        from ..errors import SessionNotFoundError
-
-        raise SessionNotFoundError(session_id)
-    key = int(row["id"])
-    records: list[dict[str, Any]] = [
-        {
-            "type": "session",
-            "format": EXPORT_FORMAT,
-            "session_id": session_id,
-            "kind": row["kind"],
-            "lifecycle": row["lifecycle"],
-            "parent_session_id": row["parent_session_id"],
-            "depth": int(row["depth"]),
-            "metadata": _decode_metadata(row["metadata"]),
-            "system_prompt": row["system_prompt"],
-            "created_at": int(row["created_at"]),
-            "exported_at": now,
-        }
-    ]
-    rows = tx.execute(
-        "SELECT m.seq, m.body, m.compacted, m.created_at, r.run_id FROM messages m "
-        "LEFT JOIN runs r ON r.session = m.session AND r.run = m.run WHERE m.session = ? ORDER BY m.seq",
-        (key,),
-    ).fetchall()
-    for r in rows:
-        try:
-            message = json.loads(r["body"])
-        except ValueError:
-            _history.decode_message(session_id, int(r["seq"]), r["body"])
-            raise
-        records.append(
-            {
-                "type": "message",
-                "seq": int(r["seq"]),
-                "message": message,
-                "compacted": bool(r["compacted"]),
-                "run_id": r["run_id"],
-                "created_at": int(r["created_at"]),
-            }
-        )
-    for c in tx.execute(
-        "SELECT through_seq, summary, before_tokens, after_tokens, created_at FROM compactions "
-        "WHERE session = ? ORDER BY id",
-        (key,),
-    ).fetchall():
-        records.append(
-            {
-                "type": "compaction",
-                "through_seq": int(c["through_seq"]),
-                "summary": c["summary"],
-                "before_tokens": int(c["before_tokens"]),
-                "after_tokens": int(c["after_tokens"]),
-                "created_at": int(c["created_at"]),
-            }
-        )
-    return records
-
-
-def _bad(line: int, why: str) -> ValueError:
-    return ValueError(f"line {line}: {why}; nothing was imported")
-
-
-def _check_records(records: Sequence[Mapping[str, Any]]) -> tuple[Mapping[str, Any], list[tuple[int, Any]]]:
-    """The header and the messages (line number, message), validated; ValueError naming the
-    first bad line (records count from line 1)."""
-    if not records:
-        raise _bad(1, "empty input: expected a session record first")
-    head = records[0]
-    if not isinstance(head, Mapping) or head.get("type") != "session":
-        raise _bad(1, 'the first record must be {"type": "session", ...}')
-    if head.get("format") != EXPORT_FORMAT:
-        raise _bad(1, f"unknown format {head.get('format')!r} (this power_loop reads format {EXPORT_FORMAT})")
-    messages: list[tuple[int, Any]] = []
-    open_calls: dict[str, int] = {}
-    last_seq = 0
-    for line, rec in enumerate(records[1:], start=2):
-        if not isinstance(rec, Mapping) or rec.get("type") not in ("message", "compaction"):
-            raise _bad(line, "expected a record of type 'message' or 'compaction'")
-        if rec["type"] == "compaction":
-            if not isinstance(rec.get("summary"), str) or not isinstance(rec.get("through_seq"), int):
-                raise _bad(line, "a compaction needs 'through_seq' (int) and 'summary' (text)")
-            continue
-        seq = rec.get("seq")
-        if not isinstance(seq, int) or isinstance(seq, bool) or seq <= last_seq:
-            raise _bad(line, f"'seq' must be an integer greater than the previous one ({last_seq}), not {seq!r}")
-        last_seq = seq
-        try:
-            message = message_from_dict(rec.get("message") or {})
-        except (ValueError, TypeError, AttributeError) as exc:
-            raise _bad(line, f"not a valid message ({exc})") from None
-        if isinstance(message, ToolResultMessage):
-            if message.tool_call_id not in open_calls:
-                raise _bad(line, f"tool result for call {message.tool_call_id!r}, which no earlier message made")
-            del open_calls[message.tool_call_id]
-        elif isinstance(message, AssistantMessage):
-            for call in message.tool_calls:
-                if call.id in open_calls:
-                    raise _bad(line, f"tool call id {call.id!r} is used twice")
-                open_calls[call.id] = line
-        messages.append((line, rec))
-    for line, rec in enumerate(records[1:], start=2):
-        if rec.get("type") == "compaction" and rec["through_seq"] > last_seq:
-            raise _bad(line, "a compaction folds messages the file does not hold")
-    return head, messages
-
-
-def import_session(tx: Tx, records: Sequence[Mapping[str, Any]], *, session_id: str, now: int) -> int:
-    """Create ``session_id`` from exported records (a top-level session with the header's
-    metadata and system prompt) and store its messages, tool-call rows and compaction
-    summaries; return the number of messages. All or nothing (the caller's transaction).
-
-    Raises:
-        ValueError: The records are invalid (the message names the line), or the id exists.
-    """
-    head, messages = _check_records(records)
-    meta = check_metadata(head.get("metadata") or {})
-    prompt = head.get("system_prompt")
-    _sessions.create_session(
-        tx,
-        session_id,
-        metadata=meta,
-        system_prompt=prompt if isinstance(prompt, str) else None,
-        parent_session_id=None,
-        kind="main",
-        lifecycle=None,
-        depth=0,
-    )
-    key = _sessions.session_ref(tx, session_id).key
-    answered: dict[str, tuple[int, bool]] = {}
-    for _, rec in messages:
-        message = message_from_dict(rec["message"])
-        if isinstance(message, ToolResultMessage):
-            answered[message.tool_call_id] = (int(rec["seq"]), message.is_error)
-    for _, rec in messages:
-        seq = int(rec["seq"])
-        message = message_from_dict(rec["message"])
-        created = rec.get("created_at")
-        created = int(created) if isinstance(created, int) else now
-        tx.execute(
-            "INSERT INTO messages (session, seq, body, run, created_at, compacted) VALUES (?, ?, ?, NULL, ?, ?)",
-            (key, seq, _history.encode_message(message), created, int(bool(rec.get("compacted")))),
-        )
-        if isinstance(message, AssistantMessage):
-            for i, call in enumerate(message.tool_calls):
-                result = answered.get(call.id)
-                status = "pending" if result is None else ("failed" if result[1] else "done")
-                tx.execute(
-                    "INSERT INTO tool_calls (session, assistant_seq, tool_call_id, position, status, is_error, "
-                    "result_seq, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    (key, seq, call.id, i, status, int(bool(result and result[1])), result and result[0], created),
-                )
-    last = int(messages[-1][1]["seq"]) if messages else 0
-    for rec in records[1:]:
-        if rec.get("type") == "compaction":
-            tx.execute(
-                "INSERT INTO compactions (session, through_seq, summary, before_tokens, after_tokens, run, created_at) "
-                "VALUES (?, ?, ?, ?, ?, NULL, ?)",
-                (
-                    key,
-                    int(rec["through_seq"]),
-                    _sessions.text(str(rec["summary"])),
-                    int(rec.get("before_tokens") or 0),
-                    int(rec.get("after_tokens") or 0),
-                    int(rec.get("created_at") or now),
-                ),
-            )
-    tx.execute("UPDATE sessions SET last_seq = ?, version = version + 1, updated_at = ? WHERE id = ?", (last, now, key))
-    return len(messages)
 
 
 # --------------------------------------------------------------------------- the methods
@@ -736,7 +514,7 @@ class InspectMethods:
         """Delete folded (compacted) message rows and ended ephemeral sub-agent sessions
         (older than ``older_than_ms``, epoch ms, when given); ``dry_run`` only counts them."""
         now = _sessions.now_ms()
-        return lambda c: prune(c, dry_run=dry_run, older_than_ms=older_than_ms, now=now)
+        return lambda c: _io.prune(c, dry_run=dry_run, older_than_ms=older_than_ms, now=now)
 
     @store_op(tx=False)
     def export_session(self, session_id: str) -> TxFn[list[dict[str, Any]]]:
@@ -744,7 +522,7 @@ class InspectMethods:
         one ``{"type": "message", "seq", "message", "compacted", "run_id", "created_at"}``
         per row, then ``{"type": "compaction", ...}`` per summary."""
         now = _sessions.now_ms()
-        return lambda c: export_session(c, session_id, now=now)
+        return lambda c: _io.export_session(c, session_id, now=now)
 
     @store_op()
     def import_session(self, records: Iterable[Mapping[str, Any]], *, session_id: str) -> TxFn[int]:
@@ -755,6 +533,6 @@ class InspectMethods:
             ValueError: Invalid records (the message names the line) or the id exists.
         """
         rows = list(records)
-        _check_records(rows)  # in the caller: bad input never reaches the database
+        _io.check_records(rows)  # in the caller: bad input never reaches the database
         now = _sessions.now_ms()
-        return lambda c: import_session(c, rows, session_id=session_id, now=now)
+        return lambda c: _io.import_session(c, rows, session_id=session_id, now=now)
