@@ -180,7 +180,9 @@ def test_a_session_shows_its_runs_timers_and_tool_calls(client: TestClient) -> N
     later = client.get("/api/transcript", params={"id": "calc-alice", "after_seq": entries[3]["seq"]}).json()
     assert [e["role"] for e in later["entries"]] == ["user", "assistant"]
 
-    assert client.get("/api/session", params={"id": "nobody"}).status_code == 404
+    for path in ("/api/session", "/api/transcript", "/api/runs", "/api/timers", "/api/live"):
+        unknown = client.get(path, params={"id": "nobody"})
+        assert unknown.status_code == 404 and unknown.json() == {"error": "no session 'nobody'"}, path
     assert client.get("/api/session").status_code == 400
     assert client.get("/api/transcript", params={"id": "calc-alice", "after_seq": "-1"}).status_code == 400
 
@@ -400,3 +402,25 @@ def test_the_viewer_reads_postgresql(pg_schema: object) -> None:
         assert entries[1]["tool_calls"][0]["name"] == "calculate"
         assert client.get("/api/transcript", params={"id": "xss-mallory"}).json()["entries"][0]["content"] == XSS
     assert os.environ.get("POWER_LOOP_DB_URL") is None
+
+
+async def test_a_live_view_of_a_deleted_session_ends(tmp_path: Path) -> None:
+    db = str(tmp_path / "gone.db")
+    with ScriptedServer(rule=model_rule) as model:
+        llm = _llm(model)
+        async with StatefulAgentLoop(llm=llm, db_path=db) as loop:
+            sid = await loop.new_session_async(session_id="short-lived")
+            await loop.send("Hello.", session_id=sid)
+            with ViewerServer(db, poll_interval_s=0.05) as viewer:
+                async with (
+                    httpx.AsyncClient(base_url=viewer.url, trust_env=False, timeout=None) as http,
+                    http.stream("GET", f"/api/live?id={sid}") as response,
+                ):
+                    closed: object = None
+                    async for name, data in _events(response):
+                        if name == "runs":
+                            await loop.close_session_async(sid)
+                        if name == "closed":
+                            closed = data
+        await llm.aclose()
+    assert closed == {"reason": "session deleted"}  # and the stream ended there

@@ -22,6 +22,7 @@ from starlette.responses import FileResponse, JSONResponse, Response, StreamingR
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from ..errors import SessionNotFoundError
 from ..store.factory import open_store
 from ._data import (
     InspectReader,
@@ -71,7 +72,10 @@ def _int_param(request: Request, name: str, default: int, *, low: int = 0, high:
     raw = request.query_params.get(name)
     if raw is None or raw == "":
         return default
-    value = int(raw)  # ValueError: answered 400 by the caller
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValueError(f"{name} must be an integer, not {raw!r}") from None
     if value < low or (high is not None and value > high):
         raise ValueError(f"{name} must be between {low} and {high}")
     return value
@@ -139,6 +143,10 @@ async def _timers(request: Request) -> Response:
     return JSONResponse(jsonable({"active": report.active, "recent": report.recent}))
 
 
+async def _no_session(request: Request, exc: Exception) -> Response:
+    return JSONResponse({"error": f"no session {request.query_params.get('id', '')!r}"}, status_code=404)
+
+
 def _event(name: str, data: object) -> str:
     text = json.dumps(jsonable(data), separators=(",", ":"))
     return f"event: {name}\ndata: {text}\n\n"
@@ -153,11 +161,22 @@ async def _live_events(state: _ViewerState, sid: str, after_seq: int) -> AsyncIt
     event tells the page to read the transcript again.
     """
     reader: InspectReader = state.store
+    yield "retry: 2000\n\n"
+    try:
+        async for event in _changes(state, reader, sid, after_seq):
+            yield event
+    except SessionNotFoundError:  # deleted while watched
+        yield _event("closed", {"reason": "session deleted"})
+        return
+    yield _event("closed", {"reason": "server stopping"})
+
+
+async def _changes(state: _ViewerState, reader: InspectReader, sid: str, after_seq: int) -> AsyncIterator[str]:
+    """The live view's poll loop (see :func:`_live_events`)."""
     last = after_seq
     seen: dict[str, str] = {}
     head: str | None = None
     quiet = 0
-    yield "retry: 2000\n\n"
     while not state.closing.is_set():
         sent = False
         entries = await reader.read_transcript(sid, after_seq=last, limit=_LIVE_BATCH)
@@ -191,7 +210,6 @@ async def _live_events(state: _ViewerState, sid: str, after_seq: int) -> AsyncIt
                 await asyncio.wait_for(state.closing.wait(), timeout=state.poll_interval_s)
             except asyncio.TimeoutError:
                 pass
-    yield _event("closed", {"reason": "server stopping"})
 
 
 async def _live(request: Request) -> Response:
@@ -200,6 +218,8 @@ async def _live(request: Request) -> Response:
         after_seq = _int_param(request, "after_seq", 0)
     except ValueError as exc:
         return _bad_request(str(exc))
+    if await _reader(request).get_session_async(sid) is None:
+        raise SessionNotFoundError(sid)
     return StreamingResponse(
         _live_events(_state(request), sid, after_seq),
         media_type="text/event-stream",
@@ -241,7 +261,7 @@ def build_app(
         Route("/api/live", _live, methods=["GET"]),
         Mount("/static", app=StaticFiles(directory=STATIC_DIR), name="static"),
     ]
-    app = Starlette(routes=routes, lifespan=lifespan)
+    app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={SessionNotFoundError: _no_session})
     app.state.viewer = state
     app.add_middleware(ViewerGuard, token=token, allowed_hosts=allowed_hosts)
     return app

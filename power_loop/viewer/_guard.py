@@ -21,7 +21,7 @@ import hashlib
 import hmac
 from collections.abc import Sequence
 from http.cookies import SimpleCookie
-from urllib.parse import parse_qsl, urlencode
+from urllib.parse import parse_qsl, quote, urlencode
 
 from starlette.datastructures import Headers
 from starlette.responses import PlainTextResponse, RedirectResponse, Response
@@ -131,7 +131,7 @@ class ViewerGuard:
                 headers={"WWW-Authenticate": 'Bearer realm="power-loop viewer"'},
             )
         rest = urlencode([(k, v) for k, v in query if k != "token"])
-        target = scope.get("root_path", "") + scope["path"] + (f"?{rest}" if rest else "")
+        target = quote(scope.get("root_path", "") + scope["path"]) + (f"?{rest}" if rest else "")
         response: Response = RedirectResponse(target, status_code=303)
         response.set_cookie(COOKIE_NAME, self.cookie, httponly=True, samesite="strict", path="/")
         return response

@@ -300,7 +300,7 @@
       source.addEventListener("runs", (e) => renderRuns(JSON.parse(e.data)));
       source.addEventListener("timers", (e) => renderTimers(JSON.parse(e.data)));
       source.addEventListener("compacted", () => loadTranscript(true));
-      source.addEventListener("closed", () => { source.close(); setLive(false, "server stopped"); });
+      source.addEventListener("closed", (e) => { source.close(); setLive(false, JSON.parse(e.data).reason); });
       source.addEventListener("error", () => {
         if (source.readyState === EventSource.CLOSED) return;
         source.close();
