@@ -28,9 +28,8 @@ from power_loop import AgentLoopConfig, DefaultCompactor, StatefulAgentLoop, Too
 from power_loop.cli import main
 from power_loop.providers.openai import OpenAIChatService
 from power_loop.testing import ScriptedRequest, ScriptedServer, text_reply, tool_reply
-from power_loop.viewer import ViewerServer, create_app
+from power_loop.viewer import ViewerConfigError, ViewerServer, create_app
 from power_loop.viewer._guard import COOKIE_NAME
-from power_loop.viewer._serve import ViewerConfigError
 
 XSS = 'Look: <script>window.__pwned = 1</script><img src=x onerror="window.__pwned = 2"> & done'
 LOCAL = "http://127.0.0.1"

@@ -25,6 +25,7 @@ __all__ = [
     "DEFAULT_HOST",
     "DEFAULT_PORT",
     "TOKEN_ENV",
+    "ViewerConfigError",
     "ViewerServer",
     "add_serve_parser",
     "create_app",
