@@ -138,7 +138,7 @@ def add_commands(sub: Any) -> None:
 # --------------------------------------------------------------------------- opening
 
 
-def _check_sqlite(path: str, create: bool) -> None:
+def check_sqlite(path: str, create: bool) -> None:
     """Refuse what opening would create or migrate (runs in a worker thread)."""
     if create and not os.path.exists(path):
         return  # import: a new file is what was asked for
@@ -159,7 +159,7 @@ def _check_sqlite(path: str, create: bool) -> None:
         raise InspectError(f"{path} has schema version {version}, this power_loop reads {LATEST_VERSION}: {hint}")
 
 
-def _check_postgres(store: PostgresSessionStore) -> None:
+def check_postgres(store: PostgresSessionStore) -> None:
     """The server answers and the schema holds power_loop's tables (runs in a worker thread)."""
     try:
         import psycopg
@@ -192,9 +192,9 @@ async def _opened(args: argparse.Namespace, *, create: bool = False) -> Any:
         raise InspectError(str(exc)) from None
     if isinstance(store, PostgresSessionStore):
         if not create:
-            await asyncio.to_thread(_check_postgres, store)
+            await asyncio.to_thread(check_postgres, store)
     else:
-        await asyncio.to_thread(_check_sqlite, store.path, create)
+        await asyncio.to_thread(check_sqlite, store.path, create)
     try:
         await store.open()
         yield store, db

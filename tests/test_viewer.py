@@ -8,6 +8,7 @@ import asyncio
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -292,9 +293,21 @@ def test_serve_runs_until_interrupted(filled_db: str, tmp_path: Path) -> None:
 
 
 def test_serve_reports_a_store_it_cannot_open(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["serve", "--db", "postgresql://viewer@127.0.0.1:1/nothing"]) == 1
+    assert main(["serve", "--db", "postgresql://viewer@127.0.0.1:1/nothing"]) == 2  # as the inspector commands
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("power-loop: error: cannot connect to PostgreSQL"), err
+
+
+def test_serve_never_migrates_a_store(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    old = tmp_path / "old.db"
+    shutil.copy(Path(__file__).parent / "fixtures" / "power_loop_011.db", old)
+    before = old.read_bytes()
+    assert main(["serve", "--db", str(old)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "open it once with this power_loop to migrate" in err, err
+    assert old.read_bytes() == before
+    wal = tmp_path / "old.db-wal"
+    assert not wal.exists() or wal.stat().st_size == 0  # a read-only look wrote nothing
 
 
 def test_the_command_works_without_the_web_extra(filled_db: str, tmp_path: Path) -> None:

@@ -37,6 +37,14 @@ from collections.abc import Collection, Coroutine, Iterable, Mapping, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 from ..approvals import ApprovalRequest
+from ._inspect_rows import (
+    HealthReport,
+    PruneReport,
+    RunOverview,
+    SessionOverview,
+    TimersReport,
+    TranscriptEntry,
+)
 from ._timer_rows import MAX_DELAY_S, MAX_DUE_AT_MS, ClaimedTimer, Delivery, TimerBudgetExceeded
 from .rows import (
     ApprovalDecision,
@@ -47,21 +55,15 @@ from .rows import (
     BudgetHold,
     BudgetHoldOutcome,
     EventRecord,
-    HealthReport,
     HeldBudget,
     LeaseClaim,
     LostCommand,
     PendingState,
-    PruneReport,
-    RunOverview,
     RunRecord,
-    SessionOverview,
     SessionRow,
     SessionStatsRow,
     StoredMessage,
     TimerRow,
-    TimersReport,
-    TranscriptEntry,
     WriteOp,
     WriteOutcome,
 )

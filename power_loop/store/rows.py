@@ -17,24 +17,8 @@ from ..approvals import ApprovalRequest
 from ..messages import Message, Usage
 from ._budget_rows import BudgetClaim, BudgetHold, BudgetHoldOutcome, HeldBudget
 from ._event_rows import EventRecord, RecordEvents
-from ._inspect_rows import (
-    HealthFinding,
-    HealthReport,
-    PruneReport,
-    RunOverview,
-    SessionOverview,
-    TimersReport,
-    TranscriptEntry,
-)
 
 __all__ = [
-    "HealthFinding",
-    "HealthReport",
-    "PruneReport",
-    "RunOverview",
-    "SessionOverview",
-    "TimersReport",
-    "TranscriptEntry",
     "BudgetClaim",
     "BudgetHold",
     "BudgetHoldOutcome",

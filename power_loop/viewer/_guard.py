@@ -27,7 +27,7 @@ from starlette.datastructures import Headers
 from starlette.responses import PlainTextResponse, RedirectResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ._serve import is_loopback
+from ._net import is_loopback
 
 __all__ = ["COOKIE_NAME", "SECURITY_HEADERS", "ViewerGuard"]
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import ipaddress
 import os
 import socket
 import sys
@@ -16,7 +15,9 @@ import threading
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from .._inspect_cli import InspectError, check_postgres, check_sqlite
 from ..store.factory import DB_URL_ENV
+from ._net import is_loopback
 
 if TYPE_CHECKING:
     from starlette.applications import Starlette
@@ -79,16 +80,6 @@ def check_database(url: str) -> str:
     if not os.path.isfile(path):
         raise ViewerConfigError(f"no database file at {path!r} (the viewer does not create one)")
     return url
-
-
-def is_loopback(host: str) -> bool:
-    """Whether ``host`` names this machine only (``localhost``, 127.0.0.0/8, ``::1``)."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 def check_bind(host: str, *, allow_remote: bool, token: str | None) -> None:
@@ -314,6 +305,8 @@ def run_serve(args: argparse.Namespace) -> int:
         return _error(str(exc))
     try:
         asyncio.run(_probe(db))
+    except InspectError as exc:  # missing, not a store, another schema version, locked
+        return _error(str(exc))
     except Exception as exc:  # the store cannot be opened: one line, as the other commands do
         print(f"{_PROG}: error: {' '.join(str(exc).split()) or type(exc).__name__}", file=sys.stderr)
         return 1
@@ -338,10 +331,17 @@ def run_serve(args: argparse.Namespace) -> int:
 
 
 async def _probe(db: str) -> None:
-    """Open and close the store, so that one that cannot be opened is reported before serving."""
+    """Check the store as the inspector commands do (it exists, at this power_loop's schema
+    version, so that serving never creates or migrates it), then open and close it, so that
+    one that cannot be opened is reported before serving."""
     from ..store.factory import open_store
+    from ..store.postgres import PostgresSessionStore
 
     store = open_store(db)
+    if isinstance(store, PostgresSessionStore):
+        await asyncio.to_thread(check_postgres, store)
+    else:
+        await asyncio.to_thread(check_sqlite, store.path, False)
     try:
         await store.open()
     finally:
