@@ -1,5 +1,6 @@
 """The value types of durable timers shared by the store's rules and the timer runner:
-a claim, a delivery, the limits on due times, and the "too many timers" signal.
+a claim, a delivery, the limits on due times, and the "too many timers" signal (the
+calendar computation is in ``_timer_calendar.py``).
 
 Nothing here touches a database, so the runner and the timer tools import it without
 importing any backend.
@@ -42,14 +43,27 @@ class ClaimedTimer:
     until_at: int | None
     claim_seq: int = 0
     session_key: int = 0
+    cron: str | None = None
+    tz: str | None = None
+    misfire: str | None = None
+
+    @property
+    def calendar(self) -> bool:
+        """Whether it is a calendar timer (a ``cron`` schedule in zone ``tz``)."""
+        return self.cron is not None and self.tz is not None
 
 
 @dataclass(frozen=True)
 class Delivery:
     """What to do with one claimed timer: ``action`` is ``deliver`` (into the session's
-    inbox), ``skip``, ``cancel`` or ``postpone`` (by ``postpone_ms``)."""
+    inbox), ``skip``, ``cancel`` or ``postpone`` (by ``postpone_ms``).
+
+    ``covered_until`` (epoch ms) is, for a calendar timer, the instant up to which this firing
+    stands for the schedule's occurrences (when the deliverer counted them); the series is
+    re-armed at the first occurrence after it. None: the delivery's own time."""
 
     timer: ClaimedTimer
     action: str
     message: str
     postpone_ms: int = 0
+    covered_until: int | None = None
