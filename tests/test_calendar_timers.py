@@ -19,8 +19,11 @@ import pytest
 from power_loop import (
     AgentEventType,
     AgentLoopConfig,
+    HookDirective,
+    HookPoint,
     OfflineLLM,
     StatefulAgentLoop,
+    TimerFireCtx,
     TimerRunner,
     TimerToolLimits,
     ToolRegistry,
@@ -335,6 +338,35 @@ async def test_count_and_until_end_a_calendar_series(shared_db: str) -> None:
         "until": (2, "delivered"),
     }
     assert counted.remaining == 2
+
+
+async def test_timer_fire_hooks_act_on_one_occurrence_or_the_series(shared_db: str) -> None:
+    clock = Clock(at(PARIS, 2026, 12, 1, 8))
+    loop, sid, row = await _calendar_loop(shared_db, clock, "0 9 * * *", PARIS)
+    seen: list[tuple[int, str]] = []
+
+    def hook(ctx: TimerFireCtx) -> HookDirective | None:
+        seen.append((ctx.due_at, ctx.message.splitlines()[1]))
+        return [HookDirective.SKIP, None, HookDirective.BREAK][len(seen) - 1]
+
+    loop.hooks.register(HookPoint.TIMER_FIRE, hook)
+    try:
+        runner = TimerRunner(loop, clock=clock)
+        for day in (1, 2, 4):  # skipped; delivered; then, late, the series is cancelled
+            clock.ms = at(PARIS, 2026, 12, day, 9) + 1_000
+            assert await runner.scan_once() == 1
+            await runner.drain()
+        texts = timer_texts(await loop.get_messages_async(sid))
+        [ended] = await loop.store.list_timers(sid, statuses=("cancelled",))
+    finally:
+        await loop.__aexit__(None, None, None)
+    assert [due for due, _ in seen] == [at(PARIS, 2026, 12, d, 9) for d in (1, 2, 3)]
+    assert seen[2][1] == (
+        "Your scheduled wake-up has fired (missed 1 occurrence since 2026-12-03T09:00+01:00). "
+        "Your note to yourself was:"
+    )
+    assert texts == [wake_up_message(row.timer_id, "send the digest")]
+    assert (ended.fire_count, ended.last_outcome) == (2, "cancelled")
 
 
 # --------------------------------------------------------------------------- the store contract
