@@ -32,7 +32,8 @@ class TimerBudgetExceeded(PowerLoopError):
 @dataclass(frozen=True)
 class ClaimedTimer:
     """A due timer claimed by a runner; ``claim_seq`` identifies this claim and
-    ``session_key`` is the session's key inside the store that claimed it."""
+    ``session_key`` is the session's key inside the store that claimed it. A calendar timer
+    carries its schedule (``cron`` in zone ``tz``) and its ``misfire`` rule."""
 
     session_id: str
     timer_id: int
@@ -46,11 +47,6 @@ class ClaimedTimer:
     cron: str | None = None
     tz: str | None = None
     misfire: str | None = None
-
-    @property
-    def calendar(self) -> bool:
-        """Whether it is a calendar timer (a ``cron`` schedule in zone ``tz``)."""
-        return self.cron is not None and self.tz is not None
 
 
 @dataclass(frozen=True)

@@ -331,29 +331,13 @@ class TimerRunner:
     async def _fire(self, timer: ClaimedTimer) -> str | None:
         """Run the hook and commit the outcome; the outcome, None when the claim was lost."""
         loop = self.loop
-        covered_until = None
-        missed = ""
-        if timer.cron is not None and timer.tz is not None:
-            # What this firing stands for is counted now; the series resumes after this instant.
-            covered_until = self._now_ms()
-            plan = plan_firing(
-                timer.cron,
-                timer.tz,
-                timer.misfire or "once",
-                due_at=timer.due_at,
-                now=covered_until,
-                grace_ms=int(self.misfire_grace_s * 1000),
-            )
-            missed = plan.describe(timer.tz)
-            if not plan.deliver:  # every occurrence it stands for was missed, and the rule is skip
-                message = wake_up_message(timer.timer_id, timer.note, missed)
-                outcome, _ = await self._commit(Delivery(timer, "skip", message, covered_until=covered_until))
-                return outcome
-        message = wake_up_message(timer.timer_id, timer.note, missed)
         action: TimerAction = "deliver"
         postpone_ms = 0
         try:
-            if loop.hooks.has(HookPoint.TIMER_FIRE):
+            message, covered_until, on_time = self._calendar_firing(timer)
+            if not on_time:  # every occurrence it stands for was missed, and the rule is skip
+                action = "skip"
+            elif loop.hooks.has(HookPoint.TIMER_FIRE):
                 ctx = TimerFireCtx(
                     session_id=timer.session_id,
                     timer_id=timer.timer_id,
@@ -376,6 +360,24 @@ class TimerRunner:
             return "error"
         outcome, _ = await self._commit(Delivery(timer, action, message, postpone_ms, covered_until))
         return outcome
+
+    def _calendar_firing(self, timer: ClaimedTimer) -> tuple[str, int | None, bool]:
+        """The wake-up message of a firing, the instant up to which a calendar timer's firing
+        stands for its occurrences (None for other timers), and whether it delivers (False:
+        every occurrence it stands for was missed and the rule is ``skip``)."""
+        if timer.cron is None or timer.tz is None:
+            return wake_up_message(timer.timer_id, timer.note), None, True
+        # What this firing stands for is counted now; the series resumes after this instant.
+        now = self._now_ms()
+        plan = plan_firing(
+            timer.cron,
+            timer.tz,
+            timer.misfire or "once",
+            due_at=timer.due_at,
+            now=now,
+            grace_ms=int(self.misfire_grace_s * 1000),
+        )
+        return wake_up_message(timer.timer_id, timer.note, plan.describe(timer.tz)), now, plan.deliver
 
     async def _failed(self, timer: ClaimedTimer, exc: BaseException | str) -> None:
         """A delivery failed: hand the claim back, due ``stale_firing_s`` later, and say so."""
