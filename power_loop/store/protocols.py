@@ -212,8 +212,11 @@ class TimerStore(Protocol):
         until_at: int | None = None,
         max_live: int | None = None,
         origin: str | None = None,
+        cron: str | None = None,
+        tz: str | None = None,
+        misfire: str | None = None,
     ) -> TimerRow:
-        """Arm a timer (idempotent per ``origin``)."""
+        """Arm a timer (idempotent per ``origin``); with ``cron``, a calendar timer."""
         ...
 
     async def cancel_timer(self, session_id: str, timer_id: int) -> bool:
@@ -225,12 +228,12 @@ class TimerStore(Protocol):
         ...
 
     async def claim_due_timers(
-        self, owner: str, *, lease_ms: int, limit: int, due_by: int | None = None
+        self, owner: str, *, lease_ms: int, limit: int, due_by: int | None = None, now: int | None = None
     ) -> list[ClaimedTimer]:
-        """Claim due timers (and stale claims) for ``owner``."""
+        """Claim due timers (and stale claims) for ``owner``; ``now``: the runner's clock."""
         ...
 
-    async def renew_timer_claims(self, owner: str, *, lease_ms: int) -> int:
+    async def renew_timer_claims(self, owner: str, *, lease_ms: int, now: int | None = None) -> int:
         """Extend ``owner``'s claims."""
         ...
 
@@ -238,11 +241,15 @@ class TimerStore(Protocol):
         """Give back ``owner``'s claims."""
         ...
 
-    async def deliver_timers(self, owner: str, deliveries: list[Delivery]) -> list[tuple[str | None, int]]:
+    async def deliver_timers(
+        self, owner: str, deliveries: list[Delivery], *, now: int | None = None
+    ) -> list[tuple[str | None, int]]:
         """Apply claimed timers' outcomes (each exactly once) in one transaction."""
         ...
 
-    async def retry_timer_later(self, timer: ClaimedTimer, owner: str, *, delay_ms: int) -> bool:
+    async def retry_timer_later(
+        self, timer: ClaimedTimer, owner: str, *, delay_ms: int, now: int | None = None
+    ) -> bool:
         """Give back a claim whose delivery failed, due again ``delay_ms`` later."""
         ...
 
@@ -414,6 +421,9 @@ class SessionAdmin(Protocol):
         every_ms: int | None = None,
         count: int | None = None,
         until_at: int | None = None,
+        cron: str | None = None,
+        tz: str | None = None,
+        misfire: str | None = None,
     ) -> TimerRow:
         """Blocking twin of ``schedule_timer``."""
         ...
