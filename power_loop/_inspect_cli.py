@@ -35,6 +35,7 @@ from .store._inspect_rows import RunOverview, TranscriptEntry
 from .store._inspect_sql import ORDERS
 from .store.factory import DB_URL_ENV, open_store
 from .store.postgres import PostgresSessionStore, redact_url
+from .store.rows import TimerRow
 from .store.schema import LATEST_VERSION
 from .store.sqlite import SQLiteSessionStore
 
@@ -427,6 +428,13 @@ async def _follow(store: Store, args: argparse.Namespace, after: int, shown: set
                 break
 
 
+def _schedule(t: TimerRow) -> str:
+    """How a timer repeats: its cron expression and zone, its period, or ``-`` (once)."""
+    if t.cron:
+        return f"{t.cron} ({t.tz or 'UTC'})"
+    return f"every {t.every_s:g}s" if t.every_s else "-"
+
+
 async def _timers(store: Store, args: argparse.Namespace, out: TextIO) -> int:
     report = await store.list_all_timers(args.session_id, recent=args.recent)
     if args.json:
@@ -439,11 +447,8 @@ async def _timers(store: Store, args: argparse.Namespace, out: TextIO) -> int:
         return f"{_time(due)} ({'in ' + str(delta) if delta >= 0 else str(-delta) + ' late'}s)"
 
     print(f"Armed and in flight ({len(report.active)}):", file=out)
-    active = [
-        (t.session_id, str(t.timer_id), t.status, when(t.due_at), f"{t.every_s:g}s" if t.every_s else "-", t.note)
-        for t in report.active
-    ]
-    _table(active, ("SESSION", "TIMER", "STATUS", "DUE (UTC)", "EVERY", "NOTE"), out)
+    active = [(t.session_id, str(t.timer_id), t.status, when(t.due_at), _schedule(t), t.note) for t in report.active]
+    _table(active, ("SESSION", "TIMER", "STATUS", "DUE (UTC)", "SCHEDULE", "NOTE"), out)
     print(f"\nRecent ({len(report.recent)}):", file=out)
     recent = [
         (t.session_id, str(t.timer_id), t.status, _time(t.fired_at), str(t.fire_count), t.last_outcome or "-", t.note)

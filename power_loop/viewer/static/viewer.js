@@ -279,10 +279,11 @@
     function renderTimers(report) {
       const table = (rows, id) => {
         if (!rows.length) return el("p", { class: "muted", id: id }, "None.");
-        const head = el("tr", {}, ["Timer", "Status", "Due", "Every", "Fired", "Last outcome", "Note"].map((h) => el("th", {}, h)));
+        const head = el("tr", {}, ["Timer", "Status", "Due", "Schedule", "Fired", "Last outcome", "Note"].map((h) => el("th", {}, h)));
         return el("table", { id: id }, el("thead", {}, head), el("tbody", {}, rows.map((t) => el("tr", {},
           el("td", {}, "#" + t.timer_id), el("td", {}, status(t.status)), el("td", {}, time(t.due_at)),
-          el("td", {}, t.every_s ? t.every_s + " s" : ""), el("td", { class: "num" }, num(t.fire_count)),
+          el("td", {}, t.cron ? t.cron + " (" + (t.tz || "UTC") + ")" : t.every_s ? "every " + t.every_s + " s" : ""),
+          el("td", { class: "num" }, num(t.fire_count)),
           el("td", {}, t.last_outcome || ""), el("td", {}, t.note)))));
       };
       timers.replaceChildren(el("h3", {}, "Active"), table(report.active, "timers-active"), el("h3", {}, "Recent"), table(report.recent, "timers-recent"));
