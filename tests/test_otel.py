@@ -27,6 +27,7 @@ from power_loop import (
     AgentEvent,
     AgentLoopConfig,
     RateLimit,
+    SessionPausedError,
     StatefulAgentLoop,
     TimerRunner,
     TimerToolLimits,
@@ -439,6 +440,95 @@ async def test_uninstrument_stops_spans_and_is_idempotent(db_path: str, llm_fact
             await loop.send("Weather in Paris?", session_id=sid)
 
     assert before == 6 and len(otel.spans()) == before
+
+
+def holding_tool(started: asyncio.Event, release: asyncio.Event) -> Any:
+    @tool
+    async def hold() -> str:
+        """Wait until the test releases the call."""
+        started.set()
+        await release.wait()
+        return "held"
+
+    return hold
+
+
+def hold_rule(request: ScriptedRequest) -> ScriptedReply:
+    if request.tool_results:
+        return text_reply("done")
+    return tool_reply(("hold", {}, f"call_{len(request.messages)}"))
+
+
+async def test_uninstrument_while_a_run_goes_on_leaves_no_span_current_in_its_caller(
+    db_path: str, llm_factory: Any, otel: Telemetry
+) -> None:
+    started, release = asyncio.Event(), asyncio.Event()
+    registry = ToolRegistry([holding_tool(started, release)])
+    with ScriptedServer(rule=hold_rule) as server:
+        async with StatefulAgentLoop(
+            llm=llm_factory("openai", server), db_path=db_path, tool_registry=registry
+        ) as loop:
+            handle = instrumented(loop, otel)
+            sid = await loop.new_session_async()
+
+            async def caller() -> trace.Span:
+                await loop.send("go", session_id=sid)
+                return trace.get_current_span()
+
+            task = asyncio.ensure_future(caller())
+            await started.wait()
+            handle.uninstrument()  # the run's spans end here, while its tool call waits
+            release.set()
+            current = await task
+
+    assert not current.get_span_context().is_valid, current
+    assert {s.name for s in otel.spans()} == {
+        "invoke_agent power_loop",
+        "round 0",
+        "chat test-model",
+        "execute_tool hold",
+    }
+
+
+async def test_a_second_instrument_on_one_loop_is_refused(db_path: str, llm_factory: Any, otel: Telemetry) -> None:
+    with ScriptedServer(rule=weather_rule) as server:
+        llm = llm_factory("openai", server)
+        async with StatefulAgentLoop(llm=llm, db_path=db_path, tool_registry=ToolRegistry([get_weather])) as loop:
+            first = instrumented(loop, otel)
+            with pytest.raises(RuntimeError, match="instrumented already"):
+                instrumented(loop, otel)
+            sid = await loop.new_session_async()
+            await loop.send("Weather in Paris?", session_id=sid)
+            assert not trace.get_current_span().get_span_context().is_valid
+            first.uninstrument()
+            instrumented(loop, otel)  # once uninstrumented, the loop takes a new one
+            await loop.send("Weather in Paris?", session_id=sid)
+            assert not trace.get_current_span().get_span_context().is_valid
+
+    runs = otel.named("invoke_agent")
+    assert len(runs) == 2 and all(r.parent is None for r in runs)
+
+
+async def test_the_input_of_a_refused_send_is_no_later_runs_input(
+    db_path: str, llm_factory: Any, otel: Telemetry
+) -> None:
+    with ScriptedServer(rule=lambda request: text_reply("ok")) as server:
+        async with StatefulAgentLoop(llm=llm_factory("openai", server), db_path=db_path) as loop:
+            instrumented(loop, otel, capture_content=True)
+            sid = await loop.new_session_async()
+            await loop.pause(sid)
+            with pytest.raises(SessionPausedError):
+                await loop.send("refused text", session_id=sid)
+            await loop.resume(sid)  # a run of its own, with no input
+            await loop.send("hello", session_id=sid)
+            messages = await loop.get_messages_async(sid)
+
+    assert "refused text" not in json.dumps(messages)
+    inputs = {
+        attrs(r)["power_loop.run.kind"]: attrs(r).get("gen_ai.input.messages") for r in otel.named("invoke_agent")
+    }
+    assert inputs["resume"] is None
+    assert json.loads(inputs["send"]) == [{"role": "user", "parts": [{"type": "text", "content": "hello"}]}]
 
 
 # --------------------------------------------------------------------------- sub-agents and timers

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import threading
 import time
+import weakref
 from collections import OrderedDict
 from typing import TYPE_CHECKING, Any
 
@@ -56,6 +58,11 @@ __all__ = ["OtelInstrumentation"]
 log = logging.getLogger("power_loop.contrib.otel")
 
 
+_INSTALLED: weakref.WeakKeyDictionary[StatefulAgentLoop, OtelInstrumentation] = weakref.WeakKeyDictionary()
+"""The installed instrumentation of each loop. One at most: each makes a run's span current in
+the run's task and undoes that at the run's end; two would undo each other's out of order and
+leave a run's span current in the caller's task after ``send`` returned."""
+
 _NOT_ERRORS = frozenset({"completed", "waiting_for_input", "awaiting_approval", "paused", "pending_tools"})
 """Run endings that are no failure: completed, or suspended until a person (or ``resume``)
 continues the session."""
@@ -73,6 +80,9 @@ class OtelInstrumentation:
         capture_content: bool,
         agent_name: str,
     ) -> None:
+        installed = _INSTALLED.get(loop)
+        if installed is not None and installed.installed:
+            raise RuntimeError("this loop is instrumented already: call uninstrument() on its instrumentation first")
         self.loop = loop
         self.capture_content = capture_content
         self.agent_name = agent_name
@@ -103,9 +113,11 @@ class OtelInstrumentation:
         self._scheduled_by: dict[str, SpanContext] = {}
         self._wake_ups: dict[str, list[WakeUp]] = {}
         self._answers: dict[str, list[SpanContext]] = {}
-        self._pending_inputs: dict[str, list[str]] = {}
+        self._pending_inputs: dict[str, tuple[weakref.ref[asyncio.Task[Any]] | None, str]] = {}
+        self._unwinding: dict[str, RunSpans] = {}
         self._lock = threading.Lock()
         self._installed = True
+        _INSTALLED[loop] = self
         for event_type in EVENTS:
             loop.event_bus.subscribe(event_type, self._on_event, priority=1000)
         loop.add_timer_listener(self._on_timer_scheduled)
@@ -128,6 +140,8 @@ class OtelInstrumentation:
         self.loop.remove_timer_listener(self._on_timer_scheduled)
         if self.capture_content:
             self.loop.hooks.unregister(HookPoint.MESSAGE_APPEND, self._on_append)
+        if _INSTALLED.get(self.loop) is self:
+            del _INSTALLED[self.loop]
         runs, self._runs = self._runs, {}
         for run in runs.values():
             try:
@@ -138,6 +152,26 @@ class OtelInstrumentation:
                 run.span.end()
             except Exception:
                 log.exception("could not end the spans of run %s", run.run_id)
+        if runs:
+            # Their spans are still current in the tasks running them: each run's end, in its
+            # own task, is the one place that can undo it.
+            self._unwinding = runs
+            self.loop.event_bus.subscribe(AgentEventType.SESSION_ENDED, self._unwind, priority=1000)
+
+    def _unwind(self, event: AgentEvent) -> None:
+        """After :meth:`uninstrument`: a run that was going on ended; the task that ran it
+        gets back the context it had before the run."""
+        try:
+            run = self._unwinding.get(event.session_id or "")
+            data = event.data
+            if run is None or not isinstance(data, SessionEndedPayload) or data.run_id != run.run_id:
+                return
+            del self._unwinding[event.session_id or ""]
+            detach(run.attached)  # back to the context before the run, the inner spans' too
+            if not self._unwinding:
+                self.loop.event_bus.unsubscribe(AgentEventType.SESSION_ENDED, self._unwind)
+        except Exception:
+            log.exception("OpenTelemetry instrumentation failed on %s", event.type.value)
 
     # ------------------------------------------------------------------ entry points
 
@@ -172,7 +206,11 @@ class OtelInstrumentation:
             if run is not None:
                 run.inputs.append(message["content"])
             elif ctx.session_id:
-                remember(self._pending_inputs, ctx.session_id, message["content"])
+                # A send's input, stored before its run starts, in this task, or the send is
+                # refused (busy, paused): only a send's run started in this task takes it.
+                task = asyncio.current_task()
+                self._pending_inputs[ctx.session_id] = (weakref.ref(task) if task else None, message["content"])
+                trim(self._pending_inputs)
         except Exception:
             log.exception("OpenTelemetry instrumentation failed on a stored message")
 
@@ -282,8 +320,11 @@ class OtelInstrumentation:
         )
         if data.spawn_tool_call_id and not data.parent_run_id:
             run.answers_to = data.parent_session_id
-        if self.capture_content:
-            run.inputs.extend(self._pending_inputs.pop(sid, []))
+        pending = self._pending_inputs.pop(sid, None)
+        if pending is not None and data.run_kind == "send":  # the one kind of run with an input
+            recorded_by = pending[0]() if pending[0] is not None else None
+            if recorded_by is asyncio.current_task():  # not the input of a send refused earlier
+                run.inputs.append(pending[1])
         self._runs[sid] = run
 
     def _run_ended(self, sid: str, data: SessionEndedPayload) -> None:
