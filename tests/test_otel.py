@@ -34,6 +34,7 @@ from power_loop import (
     ToolRegistry,
     register_spawn_agent,
     register_timer_tools,
+    request_user_input,
     tool,
 )
 from power_loop.contrib.otel import instrument
@@ -385,6 +386,32 @@ async def test_a_run_that_waits_is_no_error_and_one_that_hits_a_limit_is(
     assert "error.type" not in attrs(by_status["awaiting_approval"])
     assert by_status["hit_round_limit"].status.status_code is StatusCode.ERROR
     assert attrs(by_status["hit_round_limit"])["error.type"] == "hit_round_limit"
+
+
+async def test_a_tool_call_that_asks_the_user_is_no_error(db_path: str, llm_factory: Any, otel: Telemetry) -> None:
+    @tool
+    def ask_user() -> str:
+        """Ask the user which account to use."""
+        request_user_input(prompt="Which account?")
+
+    def rule(request: ScriptedRequest) -> ScriptedReply:
+        if request.tool_results:
+            return text_reply(f"Using {request.tool_results[0].text}.")
+        return tool_reply(("ask_user", {}, "call_ask"))
+
+    with ScriptedServer(rule=rule) as server:
+        async with StatefulAgentLoop(
+            llm=llm_factory("openai", server), db_path=db_path, tool_registry=ToolRegistry([ask_user])
+        ) as loop:
+            instrumented(loop, otel)
+            sid = await loop.new_session_async()
+            waiting = await loop.send("pay the bill", session_id=sid)
+
+    assert waiting.status == "waiting_for_input"
+    (tool_span,) = otel.named("execute_tool ask_user")
+    assert tool_span.status.status_code is StatusCode.UNSET
+    assert "error.type" not in attrs(tool_span)
+    assert all(s.status.status_code is StatusCode.UNSET for s in otel.spans())
 
 
 async def test_invalid_structured_output_fails_the_run_not_a_model_call(

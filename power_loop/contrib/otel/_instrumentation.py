@@ -334,7 +334,9 @@ class OtelInstrumentation:
         failed = data.status not in _NOT_ERRORS
         error_type = (run.error_type or data.status) if failed else None
         for call_id, tool in list(run.tools.items()):
-            self._end_tool_span(run, call_id, tool, error_type or "interrupted")
+            # A call the run ends without (cancelled, failed) is an error; one that asked the
+            # user (request_user_input) waits with its run, which is no error.
+            self._end_tool_span(run, call_id, tool, error_type)
         if run.round is not None:
             self._end_round(run, error_type)
         span = run.span
@@ -543,10 +545,11 @@ class OtelInstrumentation:
         self._live_tools.pop(span.get_span_context().span_id, None)
         span.end()
 
-    def _end_tool_span(self, run: RunSpans, call_id: str, tool: ToolSpan, error_type: str) -> None:
+    def _end_tool_span(self, run: RunSpans, call_id: str, tool: ToolSpan, error_type: str | None) -> None:
         run.tools.pop(call_id, None)
-        tool.span.set_attribute("error.type", error_type)
-        tool.span.set_status(Status(StatusCode.ERROR, "the run ended before the tool call did"))
+        if error_type is not None:
+            tool.span.set_attribute("error.type", error_type)
+            tool.span.set_status(Status(StatusCode.ERROR, "the run ended before the tool call did"))
         detach(tool.attached)
         self._live_tools.pop(tool.span.get_span_context().span_id, None)
         tool.span.end()
