@@ -7,6 +7,7 @@ in-memory exporter and metrics from its in-memory reader.
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import subprocess
 import sys
@@ -27,6 +28,7 @@ from power_loop import (
     AgentEvent,
     AgentLoopConfig,
     RateLimit,
+    SessionNotFoundError,
     SessionPausedError,
     StatefulAgentLoop,
     TimerRunner,
@@ -556,6 +558,41 @@ async def test_the_input_of_a_refused_send_is_no_later_runs_input(
     }
     assert inputs["resume"] is None
     assert json.loads(inputs["send"]) == [{"role": "user", "parts": [{"type": "text", "content": "hello"}]}]
+
+
+async def test_many_sessions_leave_nothing_behind(db_path: str, llm_factory: Any, otel: Telemetry) -> None:
+    with ScriptedServer(rule=weather_rule) as server:
+        llm = llm_factory("openai", server)
+        async with StatefulAgentLoop(llm=llm, db_path=db_path, tool_registry=ToolRegistry([get_weather])) as loop:
+            handle = instrumented(loop, otel, capture_content=True)
+
+            async def one() -> None:
+                sid = await loop.new_session_async()
+                await loop.send("Weather in Paris?", session_id=sid)
+
+            async def refused(index: int) -> None:
+                with pytest.raises(SessionNotFoundError):
+                    await loop.send(f"a long input {index} " * 100, session_id=f"sess_unknown_{index}")
+
+            for _ in range(10):
+                await asyncio.gather(*(one() for _ in range(20)), *(refused(i) for i in range(20)))
+            await asyncio.sleep(0)  # the event loop lets go of the last tasks
+            gc.collect()
+            # White-box on purpose: what the instrumentation keeps once every run has ended.
+            assert handle._runs == {} and handle._live_tools == {} and handle._agent_names == {}
+            assert len(handle._pending_inputs) == 0  # no input of a refused send is kept
+            assert len(handle._tool_spans) == 200  # bounded (MAX_REMEMBERED), for late children
+
+    # Concurrent runs never mix: every trace holds one run of one session, with its 5 children.
+    runs = otel.named("invoke_agent")
+    assert len(runs) == 200
+    by_trace: dict[int, list[ReadableSpan]] = {}
+    for s in otel.spans():
+        by_trace.setdefault(s.context.trace_id, []).append(s)  # type: ignore[union-attr]
+    assert len(by_trace) == 200
+    for spans in by_trace.values():
+        assert len(spans) == 6
+        assert len({attrs(s).get("gen_ai.conversation.id") for s in spans} - {None}) == 1
 
 
 # --------------------------------------------------------------------------- sub-agents and timers

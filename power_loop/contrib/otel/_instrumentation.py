@@ -113,7 +113,11 @@ class OtelInstrumentation:
         self._scheduled_by: dict[str, SpanContext] = {}
         self._wake_ups: dict[str, list[WakeUp]] = {}
         self._answers: dict[str, list[SpanContext]] = {}
-        self._pending_inputs: dict[str, tuple[weakref.ref[asyncio.Task[Any]] | None, str]] = {}
+        # (session, text) of the input of a send whose run has not started, by the task
+        # running it: one at most per task, gone with the task.
+        self._pending_inputs: weakref.WeakKeyDictionary[asyncio.Task[Any], tuple[str, str]] = (
+            weakref.WeakKeyDictionary()
+        )
         self._unwinding: dict[str, RunSpans] = {}
         self._lock = threading.Lock()
         self._installed = True
@@ -209,8 +213,8 @@ class OtelInstrumentation:
                 # A send's input, stored before its run starts, in this task, or the send is
                 # refused (busy, paused): only a send's run started in this task takes it.
                 task = asyncio.current_task()
-                self._pending_inputs[ctx.session_id] = (weakref.ref(task) if task else None, message["content"])
-                trim(self._pending_inputs)
+                if task is not None:
+                    self._pending_inputs[task] = (ctx.session_id, message["content"])
         except Exception:
             log.exception("OpenTelemetry instrumentation failed on a stored message")
 
@@ -320,11 +324,10 @@ class OtelInstrumentation:
         )
         if data.spawn_tool_call_id and not data.parent_run_id:
             run.answers_to = data.parent_session_id
-        pending = self._pending_inputs.pop(sid, None)
-        if pending is not None and data.run_kind == "send":  # the one kind of run with an input
-            recorded_by = pending[0]() if pending[0] is not None else None
-            if recorded_by is asyncio.current_task():  # not the input of a send refused earlier
-                run.inputs.append(pending[1])
+        task = asyncio.current_task()
+        pending = self._pending_inputs.pop(task, None) if task is not None else None
+        if pending is not None and pending[0] == sid and data.run_kind == "send":  # the kind with an input
+            run.inputs.append(pending[1])
         self._runs[sid] = run
 
     def _run_ended(self, sid: str, data: SessionEndedPayload) -> None:
