@@ -322,6 +322,39 @@ async def test_a_raising_tool_marks_its_span_as_an_error(db_path: str, llm_facto
     assert dict(tools.attributes or {})["error.type"] == "tool_error"
 
 
+@pytest.mark.parametrize("capture_content", [False, True])
+async def test_a_tool_name_the_model_made_up_is_no_span_name_or_metric_series(
+    db_path: str, llm_factory: Any, otel: Telemetry, capture_content: bool
+) -> None:
+    def rule(request: ScriptedRequest) -> ScriptedReply:
+        if request.tool_results:
+            return text_reply("sorry")
+        return tool_reply(("lookup_customer_jane_doe", {}, "call_u"), ("get_weather", {"city": "Rome"}, "call_w"))
+
+    with ScriptedServer(rule=rule) as server:
+        async with StatefulAgentLoop(
+            llm=llm_factory("openai", server), db_path=db_path, tool_registry=ToolRegistry([get_weather])
+        ) as loop:
+            instrumented(loop, otel, capture_content=capture_content)
+            result = await loop.send("go", await loop.new_session_async())
+
+    assert result.status == "completed"
+    spans = {attrs(s)["gen_ai.tool.call.id"]: s for s in otel.named("execute_tool")}
+    made_up, known = spans["call_u"], spans["call_w"]
+    assert known.name == "execute_tool get_weather"
+    assert made_up.status.status_code is StatusCode.ERROR and attrs(made_up)["error.type"] == "tool_error"
+    metrics = {dict(p.attributes or {})["gen_ai.tool.name"] for p in otel.points("power_loop.tool.duration")}
+    assert metrics == {"get_weather", "_OTHER"}
+    if capture_content:
+        assert made_up.name == "execute_tool lookup_customer_jane_doe"
+    else:
+        assert made_up.name == "execute_tool"
+        assert attrs(made_up)["gen_ai.tool.name"] == "_OTHER"
+        assert "jane_doe" not in "".join(s.to_json() for s in otel.spans())
+    data = otel.reader.get_metrics_data()
+    assert data is not None and "jane_doe" not in data.to_json()
+
+
 async def test_a_provider_500_marks_the_model_call_and_the_run_as_errors(
     db_path: str, llm_factory: Any, protocol: str, otel: Telemetry
 ) -> None:

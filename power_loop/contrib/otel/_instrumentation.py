@@ -58,6 +58,9 @@ __all__ = ["OtelInstrumentation"]
 log = logging.getLogger("power_loop.contrib.otel")
 
 
+OTHER_TOOL = "_OTHER"
+"""``gen_ai.tool.name`` of a call to a tool the run does not have (a name the model made up)."""
+
 _INSTALLED: weakref.WeakKeyDictionary[StatefulAgentLoop, OtelInstrumentation] = weakref.WeakKeyDictionary()
 """The installed instrumentation of each loop. One at most: each makes a run's span current in
 the run's task and undoes that at the run's end; two would undo each other's out of order and
@@ -515,7 +518,10 @@ class OtelInstrumentation:
     ) -> None:
         failed = isinstance(data, ToolCallFailedPayload) or data.failed
         run = self._runs.get(sid)
-        metric_attrs: dict[str, Any] = {"gen_ai.tool.name": data.name}
+        # A name the model made up is model output: no metric series, no span name of its own
+        # (unless content is captured).
+        unknown = failed and data.output.startswith(f"Unknown tool: {data.name} (")
+        metric_attrs: dict[str, Any] = {"gen_ai.tool.name": OTHER_TOOL if unknown else data.name}
         if failed:
             metric_attrs["error.type"] = "tool_error"
         self._tool_duration.record(data.duration_ms / 1000, metric_attrs)
@@ -539,6 +545,9 @@ class OtelInstrumentation:
                 )
             tool = ToolSpan(span, None)
         span = tool.span
+        if unknown and not self.capture_content:
+            span.update_name("execute_tool")
+            span.set_attribute("gen_ai.tool.name", OTHER_TOOL)
         if self.capture_content:
             span.set_attribute("gen_ai.tool.call.result", data.output)
         if failed:
