@@ -769,6 +769,36 @@ async def test_a_timer_wake_up_run_links_to_the_run_that_scheduled_it(
     ]
 
 
+async def test_a_wake_up_read_by_another_run_is_no_later_wake_up_runs(
+    db_path: str, llm_factory: Any, otel: Telemetry
+) -> None:
+    def rule(request: ScriptedRequest) -> ScriptedReply:
+        return text_reply(f"read {request.last_user_text[:40]}")
+
+    with ScriptedServer(rule=rule) as server:
+        async with StatefulAgentLoop(llm=llm_factory("openai", server), db_path=db_path) as loop:
+            instrumented(loop, otel)
+            sid = await loop.new_session_async()
+            runner = TimerRunner(loop)
+            # Delivered to an idle but paused session: its wake-up run is refused, and the run
+            # that lifts the pause reads the timer's message.
+            await loop.pause(sid)
+            first = (await loop.schedule_timer_async(sid, delay_s=0, note="first")).timer_id
+            assert await runner.scan_once() == 1
+            await runner.drain()
+            resumed = await loop.resume(sid)
+            second = (await loop.schedule_timer_async(sid, delay_s=0, note="second")).timer_id
+            assert await runner.scan_once() == 1
+            await runner.drain()
+
+    assert f"<timer id={first}>" in resumed.final_text  # the resumed run read the first timer
+    runs = sorted(otel.named("invoke_agent"), key=lambda s: s.start_time or 0)
+    assert [attrs(r)["power_loop.run.kind"] for r in runs] == ["resume", "wake"]
+    woken = attrs(runs[1])
+    assert (woken["power_loop.timer.id"], list(woken["power_loop.timer.ids"])) == (second, [second])
+    assert first != second
+
+
 def test_without_the_api_the_import_error_names_the_extra() -> None:
     code = (
         "import sys\n"

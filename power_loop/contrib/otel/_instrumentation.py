@@ -291,13 +291,16 @@ class OtelInstrumentation:
                 parent = otel_context.Context()
                 if spawner is not None:
                     links.append(Link(spawner, {"power_loop.link": "spawned_by"}))
+        # Every run reads the session's inbox: the answers and timers waiting there are this
+        # run's, whatever its kind (a send may read them before the wake-up run starts).
+        answers = self._answers.pop(sid, [])
+        wake_ups = self._wake_ups.pop(sid, [])
         if data.run_kind == "wake":
             # Nobody waits for a wake-up run: it starts a trace of its own, whatever context
             # the task that started it had, linked to what caused it when that is known.
             parent = otel_context.Context()
-            for answer in self._answers.pop(sid, []):
+            for answer in answers:
                 links.append(Link(answer, {"power_loop.link": "subagent_answer"}))
-            wake_ups = self._wake_ups.pop(sid, [])
             if wake_ups:
                 attrs["power_loop.timer.id"] = wake_ups[0].timer_id
                 attrs["power_loop.timer.ids"] = [w.timer_id for w in wake_ups]
