@@ -19,7 +19,7 @@ import pytest
 from opentelemetry import trace
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import HistogramDataPoint, InMemoryMetricReader
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import StatusCode
@@ -486,6 +486,44 @@ async def test_a_raising_tracer_never_breaks_a_run(db_path: str, llm_factory: An
             result = await loop.send("Weather in Paris?", session_id=sid)
 
     assert result.status == "completed" and result.final_text == "It is sunny in Paris."
+
+
+async def test_a_raising_span_processor_leaves_no_span_open_or_current(
+    db_path: str, llm_factory: Any, otel: Telemetry
+) -> None:
+    class BrokenProcessor(SpanProcessor):
+        def on_end(self, span: ReadableSpan) -> None:
+            raise RuntimeError("processor down")
+
+    otel.tracer_provider.add_span_processor(BrokenProcessor())  # after the exporter's: it sees every span
+    started, release = asyncio.Event(), asyncio.Event()
+    registry = ToolRegistry([holding_tool(started, release)])
+    with ScriptedServer(rule=hold_rule) as server:
+        async with StatefulAgentLoop(
+            llm=llm_factory("openai", server), db_path=db_path, tool_registry=registry
+        ) as loop:
+            instrumented(loop, otel)
+            sid = await loop.new_session_async()
+
+            async def caller() -> trace.Span:
+                with pytest.raises(asyncio.CancelledError):
+                    await loop.send("go", session_id=sid)
+                return trace.get_current_span()
+
+            task = asyncio.ensure_future(caller())
+            await started.wait()
+            task.cancel()  # the run ends with its tool call open
+            current = await task
+
+    assert not current.get_span_context().is_valid, current
+    assert sorted(s.name for s in otel.spans()) == [
+        "chat test-model",
+        "execute_tool hold",
+        "invoke_agent power_loop",
+        "round 0",
+    ]
+    (runs,) = otel.points("power_loop.run.duration")
+    assert dict(runs.attributes or {})["power_loop.run.status"] == "cancelled"
 
 
 async def test_uninstrument_stops_spans_and_is_idempotent(db_path: str, llm_factory: Any, otel: Telemetry) -> None:

@@ -44,6 +44,7 @@ from ._parts import (
     WakeUp,
     attach,
     detach,
+    end,
     messages_json,
     now_ns,
     remember,
@@ -153,10 +154,10 @@ class OtelInstrumentation:
         for run in runs.values():
             try:
                 for tool in run.tools.values():
-                    tool.span.end()
+                    end(tool.span)
                 if run.round is not None:
-                    run.round.end()
-                run.span.end()
+                    end(run.round)
+                end(run.span)
             except Exception:
                 log.exception("could not end the spans of run %s", run.run_id)
         if runs:
@@ -315,7 +316,7 @@ class OtelInstrumentation:
                     links.append(Link(origin, {"power_loop.link": "timer", "power_loop.timer.id": wake.timer_id}))
         stale = self._runs.pop(sid, None)
         if stale is not None:  # a run whose end was never published (its task was killed)
-            stale.span.end()
+            end(stale.span)
         span = self._tracer.start_span(
             f"invoke_agent {agent}", context=parent, kind=SpanKind.INTERNAL, attributes=attrs, links=links
         )
@@ -342,6 +343,26 @@ class OtelInstrumentation:
             return
         failed = data.status not in _NOT_ERRORS
         error_type = (run.error_type or data.status) if failed else None
+        try:
+            self._close_run(run, data, error_type)
+        finally:
+            # Whatever failed above, the task that ran the run gets its context back.
+            detach(run.round_attached)
+            detach(run.attached)
+            run.round_attached = run.attached = None
+        span = run.span
+        if run.answers_to:
+            remember(self._answers, run.answers_to, span.get_span_context())
+        attrs = {
+            "power_loop.run.status": data.status,
+            "power_loop.run.kind": run.kind,
+            "power_loop.session.scope": run.scope,
+            "gen_ai.agent.name": run.agent,
+        }
+        self._run_duration.record(time.monotonic() - run.started, attrs)
+
+    def _close_run(self, run: RunSpans, data: SessionEndedPayload, error_type: str | None) -> None:
+        """End the run's open tool calls, its round and its span, with what its end says."""
         for call_id, tool in list(run.tools.items()):
             # A call the run ends without (cancelled, failed) is an error; one that asked the
             # user (request_user_input) waits with its run, which is no error.
@@ -359,18 +380,7 @@ class OtelInstrumentation:
         if error_type is not None:
             span.set_attribute("error.type", error_type)
             span.set_status(Status(StatusCode.ERROR, f"run ended {data.status} ({data.reason})"))
-        detach(run.round_attached)
-        detach(run.attached)
-        span.end()
-        if run.answers_to:
-            remember(self._answers, run.answers_to, span.get_span_context())
-        attrs = {
-            "power_loop.run.status": data.status,
-            "power_loop.run.kind": run.kind,
-            "power_loop.session.scope": run.scope,
-            "gen_ai.agent.name": run.agent,
-        }
-        self._run_duration.record(time.monotonic() - run.started, attrs)
+        end(span)
 
     def _round_started(self, sid: str, index: int | None) -> None:
         run = self._runs.get(sid)
@@ -398,8 +408,8 @@ class OtelInstrumentation:
             run.round.set_attribute("error.type", error_type)
             run.round.set_status(Status(StatusCode.ERROR))
         detach(run.round_attached)
-        run.round.end()
-        run.round, run.round_attached = None, None
+        round_span, run.round, run.round_attached = run.round, None, None
+        end(round_span)
 
     def _parent_of_step(self, run: RunSpans) -> otel_context.Context:
         return trace.set_span_in_context(run.round if run.round is not None else run.span)
@@ -467,8 +477,8 @@ class OtelInstrumentation:
         attrs: dict[str, Any],
         error: tuple[str, str] | None,
     ) -> None:
-        end = now_ns()
-        start = end - max(0, duration_ms) * 1_000_000
+        finished = now_ns()
+        start = finished - max(0, duration_ms) * 1_000_000
         name = f"chat {model}" if model else "chat"
         span = self._tracer.start_span(
             name, context=self._parent_of_step(run), kind=SpanKind.CLIENT, attributes=attrs, start_time=start
@@ -479,7 +489,7 @@ class OtelInstrumentation:
         if error is not None:
             span.set_attribute("error.type", error[0])
             span.set_status(Status(StatusCode.ERROR, error[1]))
-        span.end(end_time=end)
+        end(span, end_time=finished)
 
     # ------------------------------------------------------------------ tool calls
 
@@ -533,13 +543,13 @@ class OtelInstrumentation:
         tool = run.tools.pop(data.tool_call_id, None)
         if tool is None:  # failed before it started (unknown tool, invalid arguments)
             attrs = self._tool_attrs(sid, run, round_index, data.name, data.tool_call_id)
-            end = now_ns()
+            finished = now_ns()
             span = self._tracer.start_span(
                 f"execute_tool {data.name}",
                 context=self._parent_of_step(run),
                 kind=SpanKind.INTERNAL,
                 attributes=attrs,
-                start_time=end - max(0, data.duration_ms) * 1_000_000,
+                start_time=finished - max(0, data.duration_ms) * 1_000_000,
             )
             self._remember_tool(sid, data.tool_call_id, span, run)
             if self.capture_content:
@@ -558,7 +568,7 @@ class OtelInstrumentation:
             span.set_status(Status(StatusCode.ERROR, data.output if self.capture_content else "tool call failed"))
         detach(tool.attached)
         self._live_tools.pop(span.get_span_context().span_id, None)
-        span.end()
+        end(span)
 
     def _end_tool_span(self, run: RunSpans, call_id: str, tool: ToolSpan, error_type: str | None) -> None:
         run.tools.pop(call_id, None)
@@ -567,4 +577,4 @@ class OtelInstrumentation:
             tool.span.set_status(Status(StatusCode.ERROR, "the run ended before the tool call did"))
         detach(tool.attached)
         self._live_tools.pop(tool.span.get_span_context().span_id, None)
-        tool.span.end()
+        end(tool.span)
