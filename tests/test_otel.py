@@ -225,6 +225,11 @@ async def test_metrics_equal_the_usage_the_loop_reports(
     assert runs.count == 2 and dict(runs.attributes or {})["power_loop.run.status"] == "completed"
     (tools,) = otel.points("power_loop.tool.duration")
     assert tools.count == 2 and dict(tools.attributes or {})["gen_ai.tool.name"] == "get_weather"
+    # No per-session or per-run values in metric attributes: their series stay few.
+    data = otel.reader.get_metrics_data()
+    assert data is not None
+    exported = data.to_json()
+    assert sid not in exported and first.run_id not in exported and "call_w" not in exported
 
 
 async def test_content_is_recorded_only_with_capture_content(db_path: str, llm_factory: Any, otel: Telemetry) -> None:
