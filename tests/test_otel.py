@@ -27,6 +27,7 @@ from opentelemetry.trace import StatusCode
 from power_loop import (
     AgentEvent,
     AgentLoopConfig,
+    LLMRetryPolicy,
     RateLimit,
     SessionNotFoundError,
     SessionPausedError,
@@ -363,8 +364,6 @@ async def test_a_tool_name_the_model_made_up_is_no_span_name_or_metric_series(
 async def test_a_provider_500_marks_the_model_call_and_the_run_as_errors(
     db_path: str, llm_factory: Any, protocol: str, otel: Telemetry
 ) -> None:
-    from power_loop import LLMRetryPolicy
-
     config = AgentLoopConfig(retry_policy=LLMRetryPolicy(max_attempts=2, backoff_initial=0.01, backoff_max=0.01))
     with ScriptedServer([error_reply(500, "upstream down"), error_reply(500, "upstream down")]) as server:
         llm = llm_factory(protocol, server)
@@ -840,6 +839,62 @@ async def test_a_wake_up_read_by_another_run_is_no_later_wake_up_runs(
     woken = attrs(runs[1])
     assert (woken["power_loop.timer.id"], list(woken["power_loop.timer.ids"])) == (second, [second])
     assert first != second
+
+
+async def test_without_capture_content_no_content_is_exported_anywhere(
+    db_path: str, llm_factory: Any, otel: Telemetry
+) -> None:
+    secret = "SECRET-7f3a"
+
+    @tool
+    def lookup(key: str) -> str:
+        """Always fails, naming its input.
+
+        Args:
+            key: The key.
+        """
+        raise RuntimeError(f"no record for {key}")
+
+    def rule(request: ScriptedRequest) -> ScriptedReply:
+        if CHILD_MARK in (request.system_prompt or ""):
+            return text_reply(f"child found {secret}")
+        if request.last_user_text.startswith("<timer "):
+            return error_reply(500, f"upstream failed on {secret}")
+        if request.tool_results:
+            return text_reply(f"final answer {secret}")
+        return tool_reply(
+            ("lookup", {"key": secret}, "call_l"),
+            ("spawn_agent", {"task": f"find {secret}"}, "call_s"),
+            ("schedule_wakeup", {"delay_seconds": 0, "note": f"remember {secret}"}, "call_t"),
+        )
+
+    registry = register_timer_tools(
+        register_spawn_agent(ToolRegistry([lookup]), include_run_agent=False), limits=TimerToolLimits(min_delay_s=0)
+    )
+    config = AgentLoopConfig(
+        system_prompt=f"You serve {secret}.",
+        retry_policy=LLMRetryPolicy(max_attempts=2, backoff_initial=0.01, backoff_max=0.01),
+    )
+    with ScriptedServer(rule=rule) as server:
+        llm = llm_factory("openai", server)
+        async with StatefulAgentLoop(llm=llm, db_path=db_path, tool_registry=registry, config=config) as loop:
+            instrumented(loop, otel)
+            sid = await loop.new_session_async(metadata={"user": secret})
+            first = await loop.send(f"look up {secret}", session_id=sid)
+            runner = TimerRunner(loop)
+            assert await runner.scan_once() == 1
+            await runner.drain()
+            messages = await loop.get_messages_async(sid)
+
+    assert first.final_text == f"final answer {secret}"
+    assert messages[-1]["content"].startswith("[degraded")  # the wake-up run's model call failed
+    assert {s.name for s in otel.named("invoke_agent")} == {"invoke_agent power_loop", "invoke_agent subagent"}
+    # Names, statuses, attributes, events and links of every span, and every metric.
+    exported = "".join(s.to_json() for s in otel.spans())
+    assert len(otel.spans()) >= 10 and "ERROR" in exported
+    assert secret not in exported
+    data = otel.reader.get_metrics_data()
+    assert data is not None and secret not in data.to_json()
 
 
 def test_without_the_api_the_import_error_names_the_extra() -> None:
