@@ -11,6 +11,7 @@ import gc
 import json
 import subprocess
 import sys
+import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -611,6 +612,23 @@ async def test_a_second_instrument_on_one_loop_is_refused(db_path: str, llm_fact
 
     runs = otel.named("invoke_agent")
     assert len(runs) == 2 and all(r.parent is None for r in runs)
+
+
+async def test_an_instrumented_loop_is_not_kept_alive(db_path: str, llm_factory: Any, otel: Telemetry) -> None:
+    with ScriptedServer(rule=weather_rule) as server:
+        llm = llm_factory("openai", server)
+        refs = []
+        # The first loop imports the SDK, after which power_loop freezes what exists (gc.freeze):
+        # only the loops after it can be collected.
+        for with_instrumentation in (False, False, True):
+            async with StatefulAgentLoop(llm=llm, db_path=db_path, tool_registry=ToolRegistry([get_weather])) as loop:
+                if with_instrumentation:
+                    instrumented(loop, otel)  # never uninstrumented: it goes with its loop
+                await loop.send("Weather in Paris?", session_id=await loop.new_session_async())
+            refs.append(weakref.ref(loop))
+            del loop
+    gc.collect()
+    assert [ref() for ref in refs[1:]] == [None, None]
 
 
 async def test_the_input_of_a_refused_send_is_no_later_runs_input(

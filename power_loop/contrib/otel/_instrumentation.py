@@ -62,10 +62,11 @@ log = logging.getLogger("power_loop.contrib.otel")
 OTHER_TOOL = "_OTHER"
 """``gen_ai.tool.name`` of a call to a tool the run does not have (a name the model made up)."""
 
-_INSTALLED: weakref.WeakKeyDictionary[StatefulAgentLoop, OtelInstrumentation] = weakref.WeakKeyDictionary()
-"""The installed instrumentation of each loop. One at most: each makes a run's span current in
-the run's task and undoes that at the run's end; two would undo each other's out of order and
-leave a run's span current in the caller's task after ``send`` returned."""
+_INSTALLED: weakref.WeakKeyDictionary[StatefulAgentLoop, weakref.ref[OtelInstrumentation]] = weakref.WeakKeyDictionary()
+"""The installed instrumentation of each loop, held weakly both ways (an instrumentation goes
+with its loop). One at most: each makes a run's span current in the run's task and undoes
+that at the run's end; two would undo each other's out of order and leave a run's span current
+in the caller's task after ``send`` returned."""
 
 _NOT_ERRORS = frozenset({"completed", "waiting_for_input", "awaiting_approval", "paused", "pending_tools"})
 """Run endings that are no failure: completed, or suspended until a person (or ``resume``)
@@ -84,7 +85,8 @@ class OtelInstrumentation:
         capture_content: bool,
         agent_name: str,
     ) -> None:
-        installed = _INSTALLED.get(loop)
+        held = _INSTALLED.get(loop)
+        installed = held() if held is not None else None
         if installed is not None and installed.installed:
             raise RuntimeError("this loop is instrumented already: call uninstrument() on its instrumentation first")
         self.loop = loop
@@ -125,7 +127,7 @@ class OtelInstrumentation:
         self._unwinding: dict[str, RunSpans] = {}
         self._lock = threading.Lock()
         self._installed = True
-        _INSTALLED[loop] = self
+        _INSTALLED[loop] = weakref.ref(self)
         for event_type in EVENTS:
             loop.event_bus.subscribe(event_type, self._on_event, priority=1000)
         loop.add_timer_listener(self._on_timer_scheduled)
@@ -148,7 +150,8 @@ class OtelInstrumentation:
         self.loop.remove_timer_listener(self._on_timer_scheduled)
         if self.capture_content:
             self.loop.hooks.unregister(HookPoint.MESSAGE_APPEND, self._on_append)
-        if _INSTALLED.get(self.loop) is self:
+        held = _INSTALLED.get(self.loop)
+        if held is not None and held() is self:
             del _INSTALLED[self.loop]
         runs, self._runs = self._runs, {}
         for run in runs.values():
