@@ -30,9 +30,11 @@ from power_loop import (
     AgentLoopConfig,
     LLMRetryPolicy,
     RateLimit,
+    SessionBusyError,
     SessionNotFoundError,
     SessionPausedError,
     StatefulAgentLoop,
+    StoreError,
     TimerRunner,
     TimerToolLimits,
     ToolRegistry,
@@ -593,6 +595,38 @@ async def test_uninstrument_while_a_run_goes_on_leaves_no_span_current_in_its_ca
         "chat test-model",
         "execute_tool hold",
     }
+
+
+async def test_a_busy_session_or_a_store_fault_leaves_no_span_open_or_current(
+    db_path: str, llm_factory: Any, otel: Telemetry
+) -> None:
+    started, release = asyncio.Event(), asyncio.Event()
+    registry = ToolRegistry([holding_tool(started, release)])
+    with ScriptedServer(rule=hold_rule) as server:
+        llm = llm_factory("openai", server)
+        holder = StatefulAgentLoop(llm=llm, db_path=db_path, tool_registry=registry)
+        other = StatefulAgentLoop(llm=llm, db_path=db_path, config=AgentLoopConfig(session_wait_s=0.0))
+        async with holder, other:
+            instrumented(holder, otel)
+            handle = instrumented(other, otel, capture_content=True)
+            sid = await holder.new_session_async()
+            running = asyncio.ensure_future(holder.send("go", session_id=sid))
+            await started.wait()
+            with pytest.raises(SessionBusyError):  # another loop's run holds the session
+                await other.send("me too", session_id=sid)
+            assert not trace.get_current_span().get_span_context().is_valid
+            assert handle._runs == {}
+            await holder.aclose()  # the store closes under the run: its next write fails
+            release.set()
+            with pytest.raises(StoreError):
+                await running
+            assert not trace.get_current_span().get_span_context().is_valid
+
+    (run,) = otel.named("invoke_agent")
+    assert attrs(run)["power_loop.run.status"] == "failed" and attrs(run)["error.type"] == "StoreError"
+    (tool_span,) = otel.named("execute_tool")
+    assert tool_span.status.status_code is StatusCode.ERROR
+    assert len(otel.spans()) == 4  # the run, its round, its model call and its tool call: all ended
 
 
 async def test_a_second_instrument_on_one_loop_is_refused(db_path: str, llm_factory: Any, otel: Telemetry) -> None:
