@@ -145,8 +145,8 @@ def _plain(value: Any) -> Any:
 class SessionStartedPayload(BaseEventPayload):
     """A run started. ``scope`` is ``main`` or ``subagent``; ``run_id`` identifies the run.
 
-    ``run_kind`` says what started it (``send``, ``resume``, ``submit_input`` or ``wake``: a
-    timer's or a background child's message read from the inbox). A sub-agent's run names its
+    ``run_kind`` says what started it (``send``, ``resume``, ``submit_input``, ``approve`` or
+    ``wake``: a timer's or a background child's message read from the inbox). A sub-agent's run names its
     parent session and the tool call that spawned it; ``parent_run_id`` is the spawning run
     when that run started this one and waits for it (a foreground child), else empty.
     """

@@ -4,6 +4,8 @@ StatefulAgentLoop whose model traffic goes through the real SDKs to the scripted
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
 import signal
 import socket
@@ -17,15 +19,20 @@ from typing import Any
 import httpx2
 import pytest
 from mcp import ClientSession, MCPError
+from mcp.server import Server
+from mcp.shared.memory import create_client_server_memory_streams
 from mcp.types import (
+    CallToolRequestParams,
     CallToolResult,
     EmbeddedResource,
+    ListToolsResult,
     ResourceLink,
     TextContent,
     TextResourceContents,
+    Tool,
 )
 
-from power_loop import StatefulAgentLoop, ToolRegistry, tool
+from power_loop import AgentEventType, AgentLoopConfig, StatefulAgentLoop, ToolRegistry, ToolValidationError, tool
 from power_loop.contrib.mcp import (
     MCPToolError,
     mcp_tool_name,
@@ -382,6 +389,138 @@ def test_render_mcp_result() -> None:
     mirrored = CallToolResult(content=[TextContent(type="text", text='{"total": 3}')], structured_content={"total": 3})
     assert render_mcp_result(mirrored) == '{"total": 3}'
     assert render_mcp_result(CallToolResult(content=[])) == "[no content]"
+
+
+@asynccontextmanager
+async def in_memory_session(tools: list[Tool], call: Any = None) -> AsyncIterator[ClientSession]:
+    """A session to an in-process low-level SDK server offering ``tools`` (any schema); its
+    calls answer ``{"tool": name, "args": arguments}`` unless ``call`` answers them."""
+
+    async def list_tools(ctx: Any, params: Any) -> ListToolsResult:
+        return ListToolsResult(tools=tools)
+
+    async def echo_call(ctx: Any, params: CallToolRequestParams) -> CallToolResult:
+        text = json.dumps({"tool": params.name, "args": params.arguments})
+        return CallToolResult(content=[TextContent(type="text", text=text)])
+
+    server = Server("in-memory", on_list_tools=list_tools, on_call_tool=call or echo_call)
+    async with create_client_server_memory_streams() as (client_streams, server_streams):
+        serving = asyncio.ensure_future(server.run(*server_streams, server.create_initialization_options()))
+        try:
+            async with ClientSession(*client_streams) as session:
+                await session.initialize()
+                yield session
+        finally:
+            serving.cancel()
+            await asyncio.gather(serving, return_exceptions=True)
+
+
+async def test_schemas_with_defs_and_names_that_collide() -> None:
+    point = {"type": "object", "properties": {"x": {"type": "integer"}}, "required": ["x"]}
+    tools = [
+        Tool(name="files.read", input_schema={"type": "object"}),
+        Tool(name="files_read", input_schema={"type": "object"}),
+        Tool(
+            name="move",
+            input_schema={
+                "type": "object",
+                "properties": {"to": {"$ref": "#/$defs/Point"}, "a-b": {"type": "string"}, "ctx": {"type": "string"}},
+                "required": ["to"],
+                "$defs": {"Point": point},
+            },
+        ),
+    ]
+    async with in_memory_session(tools) as session:
+        registry = ToolRegistry()
+        with pytest.raises(ValueError, match="'files.read' and 'files_read' both map to the tool name 'files_read'"):
+            await register_mcp_tools(registry, session)
+        assert len(registry) == 0
+        assert await register_mcp_tools(registry, session, include=["files_read", "move"]) == ["files_read", "move"]
+        # $defs travel with the schema; arguments are checked through the $ref.
+        assert registry.get("move").definition.parameters["$defs"] == {"Point": point}  # type: ignore[union-attr]
+        with pytest.raises(ToolValidationError, match=r"to.x: expected integer, got string"):
+            await registry.invoke_async("move", {"to": {"x": "far"}})
+        # Argument names that are no Python names (or are ours elsewhere) reach the server as given.
+        answer = await registry.invoke_async("move", {"to": {"x": 1}, "a-b": "y", "ctx": "z"})
+        assert json.loads(answer) == {"tool": "move", "args": {"to": {"x": 1}, "a-b": "y", "ctx": "z"}}
+
+
+async def test_cancelling_a_send_cancels_its_mcp_call_on_the_server(
+    scripted_server: ScriptedServer, llm_factory: ServiceFactory, db_path: str
+) -> None:
+    handler_started, handler_cancelled = asyncio.Event(), asyncio.Event()
+
+    async def hang(ctx: Any, params: CallToolRequestParams) -> CallToolResult:
+        handler_started.set()
+        try:
+            await asyncio.Event().wait()  # never answers
+        except asyncio.CancelledError:
+            handler_cancelled.set()
+            raise
+        raise AssertionError("unreachable")
+
+    scripted_server.push(tool_reply(("hang", {}, "call_hang")))
+    async with in_memory_session([Tool(name="hang", input_schema={"type": "object"})], hang) as session:
+        registry = ToolRegistry()
+        await register_mcp_tools(registry, session)
+        async with StatefulAgentLoop(
+            llm=llm_factory("openai", scripted_server), db_path=db_path, tool_registry=registry
+        ) as loop:
+            sid = await loop.new_session_async()
+            sending = asyncio.ensure_future(loop.send("go", session_id=sid))
+            await handler_started.wait()
+            sending.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await sending
+            await asyncio.wait_for(handler_cancelled.wait(), timeout=60)  # a hang guard only
+            # The call's result is unknown: the next send answers it, once.
+            scripted_server.push(text_reply("after"))
+            result = await loop.send("again", session_id=sid, heal_pending=True)
+            messages = await loop.get_messages_async(sid)
+    assert result.final_text == "after"
+    assert history_is_valid(messages)
+    assert [m["tool_call_id"] for m in messages if m["role"] == "tool"] == ["call_hang"]
+
+
+async def test_concurrent_calls_share_one_session(
+    transport: str,
+    request: pytest.FixtureRequest,
+    scripted_server: ScriptedServer,
+    llm_factory: ServiceFactory,
+    db_path: str,
+) -> None:
+    calls = [("slow", {"seconds": 0.2}, "call_slow")]
+    calls += [("add", {"a": i, "b": 1}, f"call_add_{i}") for i in range(8)]
+    calls += [("echo", {"text": f"text {i}"}, f"call_echo_{i}") for i in range(8)]
+    scripted_server.push(tool_reply(*calls), text_reply("done"))
+    registry = ToolRegistry()
+    async with open_session(transport, request) as session:
+        await register_mcp_tools(registry, session)
+        config = AgentLoopConfig(tool_concurrency=len(calls))
+        llm = llm_factory("openai", scripted_server)
+        async with StatefulAgentLoop(llm=llm, db_path=db_path, tool_registry=registry, config=config) as loop:
+            in_flight: list[str] = []
+            loop.event_bus.subscribe(AgentEventType.TOOL_CALL_STARTED, lambda e: in_flight.append(e.data.tool_call_id))
+            sid = await loop.new_session_async()
+            await loop.send("go", session_id=sid)
+            results = {
+                m["tool_call_id"]: m["content"] for m in await loop.get_messages_async(sid) if m["role"] == "tool"
+            }
+    assert len(in_flight) == len(calls)
+    assert results["call_slow"] == "slept 0.2s"
+    assert all(results[f"call_add_{i}"] == str(i + 1) for i in range(8))
+    assert all(results[f"call_echo_{i}"] == f"text {i}" for i in range(8))
+
+
+async def test_the_server_process_ends_when_the_block_raises() -> None:
+    registry = ToolRegistry()
+    with pytest.raises(RuntimeError, match="the host failed"):
+        async with open_stdio_session(sys.executable, SERVER_ARGS, env=SERVER_ENV, read_timeout_s=READ_TIMEOUT_S) as s:
+            await register_mcp_tools(registry, s, include=["pid"])
+            pid = int(await registry.invoke_async("pid", {}))
+            raise RuntimeError("the host failed")
+    # Ended and reaped: neither running nor a zombie.
+    assert not Path(f"/proc/{pid}").exists()
 
 
 def test_power_loop_imports_without_the_mcp_sdk(tmp_path: Path) -> None:

@@ -7,9 +7,11 @@ in-memory exporter and metrics from its in-memory reader.
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import subprocess
 import sys
+import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -18,7 +20,7 @@ import pytest
 from opentelemetry import trace
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import HistogramDataPoint, InMemoryMetricReader
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import StatusCode
@@ -26,13 +28,19 @@ from opentelemetry.trace import StatusCode
 from power_loop import (
     AgentEvent,
     AgentLoopConfig,
+    LLMRetryPolicy,
     RateLimit,
+    SessionBusyError,
+    SessionNotFoundError,
+    SessionPausedError,
     StatefulAgentLoop,
+    StoreError,
     TimerRunner,
     TimerToolLimits,
     ToolRegistry,
     register_spawn_agent,
     register_timer_tools,
+    request_user_input,
     tool,
 )
 from power_loop.contrib.otel import instrument
@@ -221,6 +229,11 @@ async def test_metrics_equal_the_usage_the_loop_reports(
     assert runs.count == 2 and dict(runs.attributes or {})["power_loop.run.status"] == "completed"
     (tools,) = otel.points("power_loop.tool.duration")
     assert tools.count == 2 and dict(tools.attributes or {})["gen_ai.tool.name"] == "get_weather"
+    # No per-session or per-run values in metric attributes: their series stay few.
+    data = otel.reader.get_metrics_data()
+    assert data is not None
+    exported = data.to_json()
+    assert sid not in exported and first.run_id not in exported and "call_w" not in exported
 
 
 async def test_content_is_recorded_only_with_capture_content(db_path: str, llm_factory: Any, otel: Telemetry) -> None:
@@ -318,11 +331,42 @@ async def test_a_raising_tool_marks_its_span_as_an_error(db_path: str, llm_facto
     assert dict(tools.attributes or {})["error.type"] == "tool_error"
 
 
+@pytest.mark.parametrize("capture_content", [False, True])
+async def test_a_tool_name_the_model_made_up_is_no_span_name_or_metric_series(
+    db_path: str, llm_factory: Any, otel: Telemetry, capture_content: bool
+) -> None:
+    def rule(request: ScriptedRequest) -> ScriptedReply:
+        if request.tool_results:
+            return text_reply("sorry")
+        return tool_reply(("lookup_customer_jane_doe", {}, "call_u"), ("get_weather", {"city": "Rome"}, "call_w"))
+
+    with ScriptedServer(rule=rule) as server:
+        async with StatefulAgentLoop(
+            llm=llm_factory("openai", server), db_path=db_path, tool_registry=ToolRegistry([get_weather])
+        ) as loop:
+            instrumented(loop, otel, capture_content=capture_content)
+            result = await loop.send("go", await loop.new_session_async())
+
+    assert result.status == "completed"
+    spans = {attrs(s)["gen_ai.tool.call.id"]: s for s in otel.named("execute_tool")}
+    made_up, known = spans["call_u"], spans["call_w"]
+    assert known.name == "execute_tool get_weather"
+    assert made_up.status.status_code is StatusCode.ERROR and attrs(made_up)["error.type"] == "tool_error"
+    metrics = {dict(p.attributes or {})["gen_ai.tool.name"] for p in otel.points("power_loop.tool.duration")}
+    assert metrics == {"get_weather", "_OTHER"}
+    if capture_content:
+        assert made_up.name == "execute_tool lookup_customer_jane_doe"
+    else:
+        assert made_up.name == "execute_tool"
+        assert attrs(made_up)["gen_ai.tool.name"] == "_OTHER"
+        assert "jane_doe" not in "".join(s.to_json() for s in otel.spans())
+    data = otel.reader.get_metrics_data()
+    assert data is not None and "jane_doe" not in data.to_json()
+
+
 async def test_a_provider_500_marks_the_model_call_and_the_run_as_errors(
     db_path: str, llm_factory: Any, protocol: str, otel: Telemetry
 ) -> None:
-    from power_loop import LLMRetryPolicy
-
     config = AgentLoopConfig(retry_policy=LLMRetryPolicy(max_attempts=2, backoff_initial=0.01, backoff_max=0.01))
     with ScriptedServer([error_reply(500, "upstream down"), error_reply(500, "upstream down")]) as server:
         llm = llm_factory(protocol, server)
@@ -386,6 +430,32 @@ async def test_a_run_that_waits_is_no_error_and_one_that_hits_a_limit_is(
     assert attrs(by_status["hit_round_limit"])["error.type"] == "hit_round_limit"
 
 
+async def test_a_tool_call_that_asks_the_user_is_no_error(db_path: str, llm_factory: Any, otel: Telemetry) -> None:
+    @tool
+    def ask_user() -> str:
+        """Ask the user which account to use."""
+        request_user_input(prompt="Which account?")
+
+    def rule(request: ScriptedRequest) -> ScriptedReply:
+        if request.tool_results:
+            return text_reply(f"Using {request.tool_results[0].text}.")
+        return tool_reply(("ask_user", {}, "call_ask"))
+
+    with ScriptedServer(rule=rule) as server:
+        async with StatefulAgentLoop(
+            llm=llm_factory("openai", server), db_path=db_path, tool_registry=ToolRegistry([ask_user])
+        ) as loop:
+            instrumented(loop, otel)
+            sid = await loop.new_session_async()
+            waiting = await loop.send("pay the bill", session_id=sid)
+
+    assert waiting.status == "waiting_for_input"
+    (tool_span,) = otel.named("execute_tool ask_user")
+    assert tool_span.status.status_code is StatusCode.UNSET
+    assert "error.type" not in attrs(tool_span)
+    assert all(s.status.status_code is StatusCode.UNSET for s in otel.spans())
+
+
 async def test_invalid_structured_output_fails_the_run_not_a_model_call(
     db_path: str, llm_factory: Any, otel: Telemetry
 ) -> None:
@@ -425,6 +495,44 @@ async def test_a_raising_tracer_never_breaks_a_run(db_path: str, llm_factory: An
     assert result.status == "completed" and result.final_text == "It is sunny in Paris."
 
 
+async def test_a_raising_span_processor_leaves_no_span_open_or_current(
+    db_path: str, llm_factory: Any, otel: Telemetry
+) -> None:
+    class BrokenProcessor(SpanProcessor):
+        def on_end(self, span: ReadableSpan) -> None:
+            raise RuntimeError("processor down")
+
+    otel.tracer_provider.add_span_processor(BrokenProcessor())  # after the exporter's: it sees every span
+    started, release = asyncio.Event(), asyncio.Event()
+    registry = ToolRegistry([holding_tool(started, release)])
+    with ScriptedServer(rule=hold_rule) as server:
+        async with StatefulAgentLoop(
+            llm=llm_factory("openai", server), db_path=db_path, tool_registry=registry
+        ) as loop:
+            instrumented(loop, otel)
+            sid = await loop.new_session_async()
+
+            async def caller() -> trace.Span:
+                with pytest.raises(asyncio.CancelledError):
+                    await loop.send("go", session_id=sid)
+                return trace.get_current_span()
+
+            task = asyncio.ensure_future(caller())
+            await started.wait()
+            task.cancel()  # the run ends with its tool call open
+            current = await task
+
+    assert not current.get_span_context().is_valid, current
+    assert sorted(s.name for s in otel.spans()) == [
+        "chat test-model",
+        "execute_tool hold",
+        "invoke_agent power_loop",
+        "round 0",
+    ]
+    (runs,) = otel.points("power_loop.run.duration")
+    assert dict(runs.attributes or {})["power_loop.run.status"] == "cancelled"
+
+
 async def test_uninstrument_stops_spans_and_is_idempotent(db_path: str, llm_factory: Any, otel: Telemetry) -> None:
     with ScriptedServer(rule=weather_rule) as server:
         llm = llm_factory("openai", server)
@@ -439,6 +547,179 @@ async def test_uninstrument_stops_spans_and_is_idempotent(db_path: str, llm_fact
             await loop.send("Weather in Paris?", session_id=sid)
 
     assert before == 6 and len(otel.spans()) == before
+
+
+def holding_tool(started: asyncio.Event, release: asyncio.Event) -> Any:
+    @tool
+    async def hold() -> str:
+        """Wait until the test releases the call."""
+        started.set()
+        await release.wait()
+        return "held"
+
+    return hold
+
+
+def hold_rule(request: ScriptedRequest) -> ScriptedReply:
+    if request.tool_results:
+        return text_reply("done")
+    return tool_reply(("hold", {}, f"call_{len(request.messages)}"))
+
+
+async def test_uninstrument_while_a_run_goes_on_leaves_no_span_current_in_its_caller(
+    db_path: str, llm_factory: Any, otel: Telemetry
+) -> None:
+    started, release = asyncio.Event(), asyncio.Event()
+    registry = ToolRegistry([holding_tool(started, release)])
+    with ScriptedServer(rule=hold_rule) as server:
+        async with StatefulAgentLoop(
+            llm=llm_factory("openai", server), db_path=db_path, tool_registry=registry
+        ) as loop:
+            handle = instrumented(loop, otel)
+            sid = await loop.new_session_async()
+
+            async def caller() -> trace.Span:
+                await loop.send("go", session_id=sid)
+                return trace.get_current_span()
+
+            task = asyncio.ensure_future(caller())
+            await started.wait()
+            handle.uninstrument()  # the run's spans end here, while its tool call waits
+            release.set()
+            current = await task
+
+    assert not current.get_span_context().is_valid, current
+    assert {s.name for s in otel.spans()} == {
+        "invoke_agent power_loop",
+        "round 0",
+        "chat test-model",
+        "execute_tool hold",
+    }
+
+
+async def test_a_busy_session_or_a_store_fault_leaves_no_span_open_or_current(
+    db_path: str, llm_factory: Any, otel: Telemetry
+) -> None:
+    started, release = asyncio.Event(), asyncio.Event()
+    registry = ToolRegistry([holding_tool(started, release)])
+    with ScriptedServer(rule=hold_rule) as server:
+        llm = llm_factory("openai", server)
+        holder = StatefulAgentLoop(llm=llm, db_path=db_path, tool_registry=registry)
+        other = StatefulAgentLoop(llm=llm, db_path=db_path, config=AgentLoopConfig(session_wait_s=0.0))
+        async with holder, other:
+            instrumented(holder, otel)
+            handle = instrumented(other, otel, capture_content=True)
+            sid = await holder.new_session_async()
+            running = asyncio.ensure_future(holder.send("go", session_id=sid))
+            await started.wait()
+            with pytest.raises(SessionBusyError):  # another loop's run holds the session
+                await other.send("me too", session_id=sid)
+            assert not trace.get_current_span().get_span_context().is_valid
+            assert handle._runs == {}
+            await holder.aclose()  # the store closes under the run: its next write fails
+            release.set()
+            with pytest.raises(StoreError):
+                await running
+            assert not trace.get_current_span().get_span_context().is_valid
+
+    (run,) = otel.named("invoke_agent")
+    assert attrs(run)["power_loop.run.status"] == "failed" and attrs(run)["error.type"] == "StoreError"
+    (tool_span,) = otel.named("execute_tool")
+    assert tool_span.status.status_code is StatusCode.ERROR
+    assert len(otel.spans()) == 4  # the run, its round, its model call and its tool call: all ended
+
+
+async def test_a_second_instrument_on_one_loop_is_refused(db_path: str, llm_factory: Any, otel: Telemetry) -> None:
+    with ScriptedServer(rule=weather_rule) as server:
+        llm = llm_factory("openai", server)
+        async with StatefulAgentLoop(llm=llm, db_path=db_path, tool_registry=ToolRegistry([get_weather])) as loop:
+            first = instrumented(loop, otel)
+            with pytest.raises(RuntimeError, match="instrumented already"):
+                instrumented(loop, otel)
+            sid = await loop.new_session_async()
+            await loop.send("Weather in Paris?", session_id=sid)
+            assert not trace.get_current_span().get_span_context().is_valid
+            first.uninstrument()
+            instrumented(loop, otel)  # once uninstrumented, the loop takes a new one
+            await loop.send("Weather in Paris?", session_id=sid)
+            assert not trace.get_current_span().get_span_context().is_valid
+
+    runs = otel.named("invoke_agent")
+    assert len(runs) == 2 and all(r.parent is None for r in runs)
+
+
+async def test_an_instrumented_loop_is_not_kept_alive(db_path: str, llm_factory: Any, otel: Telemetry) -> None:
+    with ScriptedServer(rule=weather_rule) as server:
+        llm = llm_factory("openai", server)
+        refs = []
+        # The first loop imports the SDK, after which power_loop freezes what exists (gc.freeze):
+        # only the loops after it can be collected.
+        for with_instrumentation in (False, False, True):
+            async with StatefulAgentLoop(llm=llm, db_path=db_path, tool_registry=ToolRegistry([get_weather])) as loop:
+                if with_instrumentation:
+                    instrumented(loop, otel)  # never uninstrumented: it goes with its loop
+                await loop.send("Weather in Paris?", session_id=await loop.new_session_async())
+            refs.append(weakref.ref(loop))
+            del loop
+    gc.collect()
+    assert [ref() for ref in refs[1:]] == [None, None]
+
+
+async def test_the_input_of_a_refused_send_is_no_later_runs_input(
+    db_path: str, llm_factory: Any, otel: Telemetry
+) -> None:
+    with ScriptedServer(rule=lambda request: text_reply("ok")) as server:
+        async with StatefulAgentLoop(llm=llm_factory("openai", server), db_path=db_path) as loop:
+            instrumented(loop, otel, capture_content=True)
+            sid = await loop.new_session_async()
+            await loop.pause(sid)
+            with pytest.raises(SessionPausedError):
+                await loop.send("refused text", session_id=sid)
+            await loop.resume(sid)  # a run of its own, with no input
+            await loop.send("hello", session_id=sid)
+            messages = await loop.get_messages_async(sid)
+
+    assert "refused text" not in json.dumps(messages)
+    inputs = {
+        attrs(r)["power_loop.run.kind"]: attrs(r).get("gen_ai.input.messages") for r in otel.named("invoke_agent")
+    }
+    assert inputs["resume"] is None
+    assert json.loads(inputs["send"]) == [{"role": "user", "parts": [{"type": "text", "content": "hello"}]}]
+
+
+async def test_many_sessions_leave_nothing_behind(db_path: str, llm_factory: Any, otel: Telemetry) -> None:
+    with ScriptedServer(rule=weather_rule) as server:
+        llm = llm_factory("openai", server)
+        async with StatefulAgentLoop(llm=llm, db_path=db_path, tool_registry=ToolRegistry([get_weather])) as loop:
+            handle = instrumented(loop, otel, capture_content=True)
+
+            async def one() -> None:
+                sid = await loop.new_session_async()
+                await loop.send("Weather in Paris?", session_id=sid)
+
+            async def refused(index: int) -> None:
+                with pytest.raises(SessionNotFoundError):
+                    await loop.send(f"a long input {index} " * 100, session_id=f"sess_unknown_{index}")
+
+            for _ in range(10):
+                await asyncio.gather(*(one() for _ in range(20)), *(refused(i) for i in range(20)))
+            await asyncio.sleep(0)  # the event loop lets go of the last tasks
+            gc.collect()
+            # White-box on purpose: what the instrumentation keeps once every run has ended.
+            assert handle._runs == {} and handle._live_tools == {} and handle._agent_names == {}
+            assert len(handle._pending_inputs) == 0  # no input of a refused send is kept
+            assert len(handle._tool_spans) == 200  # bounded (MAX_REMEMBERED), for late children
+
+    # Concurrent runs never mix: every trace holds one run of one session, with its 5 children.
+    runs = otel.named("invoke_agent")
+    assert len(runs) == 200
+    by_trace: dict[int, list[ReadableSpan]] = {}
+    for s in otel.spans():
+        by_trace.setdefault(s.context.trace_id, []).append(s)  # type: ignore[union-attr]
+    assert len(by_trace) == 200
+    for spans in by_trace.values():
+        assert len(spans) == 6
+        assert len({attrs(s).get("gen_ai.conversation.id") for s in spans} - {None}) == 1
 
 
 # --------------------------------------------------------------------------- sub-agents and timers
@@ -580,6 +861,92 @@ async def test_a_timer_wake_up_run_links_to_the_run_that_scheduled_it(
     assert [(link.context.span_id, dict(link.attributes or {})) for link in woken.links] == [
         (span_id(first), {"power_loop.link": "timer", "power_loop.timer.id": 1})
     ]
+
+
+async def test_a_wake_up_read_by_another_run_is_no_later_wake_up_runs(
+    db_path: str, llm_factory: Any, otel: Telemetry
+) -> None:
+    def rule(request: ScriptedRequest) -> ScriptedReply:
+        return text_reply(f"read {request.last_user_text[:40]}")
+
+    with ScriptedServer(rule=rule) as server:
+        async with StatefulAgentLoop(llm=llm_factory("openai", server), db_path=db_path) as loop:
+            instrumented(loop, otel)
+            sid = await loop.new_session_async()
+            runner = TimerRunner(loop)
+            # Delivered to an idle but paused session: its wake-up run is refused, and the run
+            # that lifts the pause reads the timer's message.
+            await loop.pause(sid)
+            first = (await loop.schedule_timer_async(sid, delay_s=0, note="first")).timer_id
+            assert await runner.scan_once() == 1
+            await runner.drain()
+            resumed = await loop.resume(sid)
+            second = (await loop.schedule_timer_async(sid, delay_s=0, note="second")).timer_id
+            assert await runner.scan_once() == 1
+            await runner.drain()
+
+    assert f"<timer id={first}>" in resumed.final_text  # the resumed run read the first timer
+    runs = sorted(otel.named("invoke_agent"), key=lambda s: s.start_time or 0)
+    assert [attrs(r)["power_loop.run.kind"] for r in runs] == ["resume", "wake"]
+    woken = attrs(runs[1])
+    assert (woken["power_loop.timer.id"], list(woken["power_loop.timer.ids"])) == (second, [second])
+    assert first != second
+
+
+async def test_without_capture_content_no_content_is_exported_anywhere(
+    db_path: str, llm_factory: Any, otel: Telemetry
+) -> None:
+    secret = "SECRET-7f3a"
+
+    @tool
+    def lookup(key: str) -> str:
+        """Always fails, naming its input.
+
+        Args:
+            key: The key.
+        """
+        raise RuntimeError(f"no record for {key}")
+
+    def rule(request: ScriptedRequest) -> ScriptedReply:
+        if CHILD_MARK in (request.system_prompt or ""):
+            return text_reply(f"child found {secret}")
+        if request.last_user_text.startswith("<timer "):
+            return error_reply(500, f"upstream failed on {secret}")
+        if request.tool_results:
+            return text_reply(f"final answer {secret}")
+        return tool_reply(
+            ("lookup", {"key": secret}, "call_l"),
+            ("spawn_agent", {"task": f"find {secret}"}, "call_s"),
+            ("schedule_wakeup", {"delay_seconds": 0, "note": f"remember {secret}"}, "call_t"),
+        )
+
+    registry = register_timer_tools(
+        register_spawn_agent(ToolRegistry([lookup]), include_run_agent=False), limits=TimerToolLimits(min_delay_s=0)
+    )
+    config = AgentLoopConfig(
+        system_prompt=f"You serve {secret}.",
+        retry_policy=LLMRetryPolicy(max_attempts=2, backoff_initial=0.01, backoff_max=0.01),
+    )
+    with ScriptedServer(rule=rule) as server:
+        llm = llm_factory("openai", server)
+        async with StatefulAgentLoop(llm=llm, db_path=db_path, tool_registry=registry, config=config) as loop:
+            instrumented(loop, otel)
+            sid = await loop.new_session_async(metadata={"user": secret})
+            first = await loop.send(f"look up {secret}", session_id=sid)
+            runner = TimerRunner(loop)
+            assert await runner.scan_once() == 1
+            await runner.drain()
+            messages = await loop.get_messages_async(sid)
+
+    assert first.final_text == f"final answer {secret}"
+    assert messages[-1]["content"].startswith("[degraded")  # the wake-up run's model call failed
+    assert {s.name for s in otel.named("invoke_agent")} == {"invoke_agent power_loop", "invoke_agent subagent"}
+    # Names, statuses, attributes, events and links of every span, and every metric.
+    exported = "".join(s.to_json() for s in otel.spans())
+    assert len(otel.spans()) >= 10 and "ERROR" in exported
+    assert secret not in exported
+    data = otel.reader.get_metrics_data()
+    assert data is not None and secret not in data.to_json()
 
 
 def test_without_the_api_the_import_error_names_the_extra() -> None:

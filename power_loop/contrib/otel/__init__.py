@@ -76,6 +76,9 @@ def instrument(
 
     Returns:
         The installed instrumentation; ``handle.uninstrument()`` removes it.
+
+    Raises:
+        RuntimeError: ``loop`` is instrumented already (one instrumentation per loop).
     """
     return OtelInstrumentation(
         loop,

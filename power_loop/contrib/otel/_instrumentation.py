@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import threading
 import time
+import weakref
 from collections import OrderedDict
 from typing import TYPE_CHECKING, Any
 
@@ -42,6 +44,7 @@ from ._parts import (
     WakeUp,
     attach,
     detach,
+    end,
     messages_json,
     now_ns,
     remember,
@@ -55,6 +58,15 @@ __all__ = ["OtelInstrumentation"]
 
 log = logging.getLogger("power_loop.contrib.otel")
 
+
+OTHER_TOOL = "_OTHER"
+"""``gen_ai.tool.name`` of a call to a tool the run does not have (a name the model made up)."""
+
+_INSTALLED: weakref.WeakKeyDictionary[StatefulAgentLoop, weakref.ref[OtelInstrumentation]] = weakref.WeakKeyDictionary()
+"""The installed instrumentation of each loop, held weakly both ways (an instrumentation goes
+with its loop). One at most: each makes a run's span current in the run's task and undoes
+that at the run's end; two would undo each other's out of order and leave a run's span current
+in the caller's task after ``send`` returned."""
 
 _NOT_ERRORS = frozenset({"completed", "waiting_for_input", "awaiting_approval", "paused", "pending_tools"})
 """Run endings that are no failure: completed, or suspended until a person (or ``resume``)
@@ -73,6 +85,10 @@ class OtelInstrumentation:
         capture_content: bool,
         agent_name: str,
     ) -> None:
+        held = _INSTALLED.get(loop)
+        installed = held() if held is not None else None
+        if installed is not None and installed.installed:
+            raise RuntimeError("this loop is instrumented already: call uninstrument() on its instrumentation first")
         self.loop = loop
         self.capture_content = capture_content
         self.agent_name = agent_name
@@ -103,9 +119,15 @@ class OtelInstrumentation:
         self._scheduled_by: dict[str, SpanContext] = {}
         self._wake_ups: dict[str, list[WakeUp]] = {}
         self._answers: dict[str, list[SpanContext]] = {}
-        self._pending_inputs: dict[str, list[str]] = {}
+        # (session, text) of the input of a send whose run has not started, by the task
+        # running it: one at most per task, gone with the task.
+        self._pending_inputs: weakref.WeakKeyDictionary[asyncio.Task[Any], tuple[str, str]] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._unwinding: dict[str, RunSpans] = {}
         self._lock = threading.Lock()
         self._installed = True
+        _INSTALLED[loop] = weakref.ref(self)
         for event_type in EVENTS:
             loop.event_bus.subscribe(event_type, self._on_event, priority=1000)
         loop.add_timer_listener(self._on_timer_scheduled)
@@ -128,16 +150,39 @@ class OtelInstrumentation:
         self.loop.remove_timer_listener(self._on_timer_scheduled)
         if self.capture_content:
             self.loop.hooks.unregister(HookPoint.MESSAGE_APPEND, self._on_append)
+        held = _INSTALLED.get(self.loop)
+        if held is not None and held() is self:
+            del _INSTALLED[self.loop]
         runs, self._runs = self._runs, {}
         for run in runs.values():
             try:
                 for tool in run.tools.values():
-                    tool.span.end()
+                    end(tool.span)
                 if run.round is not None:
-                    run.round.end()
-                run.span.end()
+                    end(run.round)
+                end(run.span)
             except Exception:
                 log.exception("could not end the spans of run %s", run.run_id)
+        if runs:
+            # Their spans are still current in the tasks running them: each run's end, in its
+            # own task, is the one place that can undo it.
+            self._unwinding = runs
+            self.loop.event_bus.subscribe(AgentEventType.SESSION_ENDED, self._unwind, priority=1000)
+
+    def _unwind(self, event: AgentEvent) -> None:
+        """After :meth:`uninstrument`: a run that was going on ended; the task that ran it
+        gets back the context it had before the run."""
+        try:
+            run = self._unwinding.get(event.session_id or "")
+            data = event.data
+            if run is None or not isinstance(data, SessionEndedPayload) or data.run_id != run.run_id:
+                return
+            del self._unwinding[event.session_id or ""]
+            detach(run.attached)  # back to the context before the run, the inner spans' too
+            if not self._unwinding:
+                self.loop.event_bus.unsubscribe(AgentEventType.SESSION_ENDED, self._unwind)
+        except Exception:
+            log.exception("OpenTelemetry instrumentation failed on %s", event.type.value)
 
     # ------------------------------------------------------------------ entry points
 
@@ -172,7 +217,11 @@ class OtelInstrumentation:
             if run is not None:
                 run.inputs.append(message["content"])
             elif ctx.session_id:
-                remember(self._pending_inputs, ctx.session_id, message["content"])
+                # A send's input, stored before its run starts, in this task, or the send is
+                # refused (busy, paused): only a send's run started in this task takes it.
+                task = asyncio.current_task()
+                if task is not None:
+                    self._pending_inputs[task] = (ctx.session_id, message["content"])
         except Exception:
             log.exception("OpenTelemetry instrumentation failed on a stored message")
 
@@ -246,13 +295,16 @@ class OtelInstrumentation:
                 parent = otel_context.Context()
                 if spawner is not None:
                     links.append(Link(spawner, {"power_loop.link": "spawned_by"}))
+        # Every run reads the session's inbox: the answers and timers waiting there are this
+        # run's, whatever its kind (a send may read them before the wake-up run starts).
+        answers = self._answers.pop(sid, [])
+        wake_ups = self._wake_ups.pop(sid, [])
         if data.run_kind == "wake":
             # Nobody waits for a wake-up run: it starts a trace of its own, whatever context
             # the task that started it had, linked to what caused it when that is known.
             parent = otel_context.Context()
-            for answer in self._answers.pop(sid, []):
+            for answer in answers:
                 links.append(Link(answer, {"power_loop.link": "subagent_answer"}))
-            wake_ups = self._wake_ups.pop(sid, [])
             if wake_ups:
                 attrs["power_loop.timer.id"] = wake_ups[0].timer_id
                 attrs["power_loop.timer.ids"] = [w.timer_id for w in wake_ups]
@@ -267,7 +319,7 @@ class OtelInstrumentation:
                     links.append(Link(origin, {"power_loop.link": "timer", "power_loop.timer.id": wake.timer_id}))
         stale = self._runs.pop(sid, None)
         if stale is not None:  # a run whose end was never published (its task was killed)
-            stale.span.end()
+            end(stale.span)
         span = self._tracer.start_span(
             f"invoke_agent {agent}", context=parent, kind=SpanKind.INTERNAL, attributes=attrs, links=links
         )
@@ -282,8 +334,10 @@ class OtelInstrumentation:
         )
         if data.spawn_tool_call_id and not data.parent_run_id:
             run.answers_to = data.parent_session_id
-        if self.capture_content:
-            run.inputs.extend(self._pending_inputs.pop(sid, []))
+        task = asyncio.current_task()
+        pending = self._pending_inputs.pop(task, None) if task is not None else None
+        if pending is not None and pending[0] == sid and data.run_kind == "send":  # the kind with an input
+            run.inputs.append(pending[1])
         self._runs[sid] = run
 
     def _run_ended(self, sid: str, data: SessionEndedPayload) -> None:
@@ -292,8 +346,30 @@ class OtelInstrumentation:
             return
         failed = data.status not in _NOT_ERRORS
         error_type = (run.error_type or data.status) if failed else None
+        try:
+            self._close_run(run, data, error_type)
+        finally:
+            # Whatever failed above, the task that ran the run gets its context back.
+            detach(run.round_attached)
+            detach(run.attached)
+            run.round_attached = run.attached = None
+        span = run.span
+        if run.answers_to:
+            remember(self._answers, run.answers_to, span.get_span_context())
+        attrs = {
+            "power_loop.run.status": data.status,
+            "power_loop.run.kind": run.kind,
+            "power_loop.session.scope": run.scope,
+            "gen_ai.agent.name": run.agent,
+        }
+        self._run_duration.record(time.monotonic() - run.started, attrs)
+
+    def _close_run(self, run: RunSpans, data: SessionEndedPayload, error_type: str | None) -> None:
+        """End the run's open tool calls, its round and its span, with what its end says."""
         for call_id, tool in list(run.tools.items()):
-            self._end_tool_span(run, call_id, tool, error_type or "interrupted")
+            # A call the run ends without (cancelled, failed) is an error; one that asked the
+            # user (request_user_input) waits with its run, which is no error.
+            self._end_tool_span(run, call_id, tool, error_type)
         if run.round is not None:
             self._end_round(run, error_type)
         span = run.span
@@ -307,18 +383,7 @@ class OtelInstrumentation:
         if error_type is not None:
             span.set_attribute("error.type", error_type)
             span.set_status(Status(StatusCode.ERROR, f"run ended {data.status} ({data.reason})"))
-        detach(run.round_attached)
-        detach(run.attached)
-        span.end()
-        if run.answers_to:
-            remember(self._answers, run.answers_to, span.get_span_context())
-        attrs = {
-            "power_loop.run.status": data.status,
-            "power_loop.run.kind": run.kind,
-            "power_loop.session.scope": run.scope,
-            "gen_ai.agent.name": run.agent,
-        }
-        self._run_duration.record(time.monotonic() - run.started, attrs)
+        end(span)
 
     def _round_started(self, sid: str, index: int | None) -> None:
         run = self._runs.get(sid)
@@ -346,8 +411,8 @@ class OtelInstrumentation:
             run.round.set_attribute("error.type", error_type)
             run.round.set_status(Status(StatusCode.ERROR))
         detach(run.round_attached)
-        run.round.end()
-        run.round, run.round_attached = None, None
+        round_span, run.round, run.round_attached = run.round, None, None
+        end(round_span)
 
     def _parent_of_step(self, run: RunSpans) -> otel_context.Context:
         return trace.set_span_in_context(run.round if run.round is not None else run.span)
@@ -415,8 +480,8 @@ class OtelInstrumentation:
         attrs: dict[str, Any],
         error: tuple[str, str] | None,
     ) -> None:
-        end = now_ns()
-        start = end - max(0, duration_ms) * 1_000_000
+        finished = now_ns()
+        start = finished - max(0, duration_ms) * 1_000_000
         name = f"chat {model}" if model else "chat"
         span = self._tracer.start_span(
             name, context=self._parent_of_step(run), kind=SpanKind.CLIENT, attributes=attrs, start_time=start
@@ -427,7 +492,7 @@ class OtelInstrumentation:
         if error is not None:
             span.set_attribute("error.type", error[0])
             span.set_status(Status(StatusCode.ERROR, error[1]))
-        span.end(end_time=end)
+        end(span, end_time=finished)
 
     # ------------------------------------------------------------------ tool calls
 
@@ -469,7 +534,10 @@ class OtelInstrumentation:
     ) -> None:
         failed = isinstance(data, ToolCallFailedPayload) or data.failed
         run = self._runs.get(sid)
-        metric_attrs: dict[str, Any] = {"gen_ai.tool.name": data.name}
+        # A name the model made up is model output: no metric series, no span name of its own
+        # (unless content is captured).
+        unknown = failed and data.output.startswith(f"Unknown tool: {data.name} (")
+        metric_attrs: dict[str, Any] = {"gen_ai.tool.name": OTHER_TOOL if unknown else data.name}
         if failed:
             metric_attrs["error.type"] = "tool_error"
         self._tool_duration.record(data.duration_ms / 1000, metric_attrs)
@@ -478,13 +546,13 @@ class OtelInstrumentation:
         tool = run.tools.pop(data.tool_call_id, None)
         if tool is None:  # failed before it started (unknown tool, invalid arguments)
             attrs = self._tool_attrs(sid, run, round_index, data.name, data.tool_call_id)
-            end = now_ns()
+            finished = now_ns()
             span = self._tracer.start_span(
                 f"execute_tool {data.name}",
                 context=self._parent_of_step(run),
                 kind=SpanKind.INTERNAL,
                 attributes=attrs,
-                start_time=end - max(0, data.duration_ms) * 1_000_000,
+                start_time=finished - max(0, data.duration_ms) * 1_000_000,
             )
             self._remember_tool(sid, data.tool_call_id, span, run)
             if self.capture_content:
@@ -493,6 +561,9 @@ class OtelInstrumentation:
                 )
             tool = ToolSpan(span, None)
         span = tool.span
+        if unknown and not self.capture_content:
+            span.update_name("execute_tool")
+            span.set_attribute("gen_ai.tool.name", OTHER_TOOL)
         if self.capture_content:
             span.set_attribute("gen_ai.tool.call.result", data.output)
         if failed:
@@ -500,12 +571,13 @@ class OtelInstrumentation:
             span.set_status(Status(StatusCode.ERROR, data.output if self.capture_content else "tool call failed"))
         detach(tool.attached)
         self._live_tools.pop(span.get_span_context().span_id, None)
-        span.end()
+        end(span)
 
-    def _end_tool_span(self, run: RunSpans, call_id: str, tool: ToolSpan, error_type: str) -> None:
+    def _end_tool_span(self, run: RunSpans, call_id: str, tool: ToolSpan, error_type: str | None) -> None:
         run.tools.pop(call_id, None)
-        tool.span.set_attribute("error.type", error_type)
-        tool.span.set_status(Status(StatusCode.ERROR, "the run ended before the tool call did"))
+        if error_type is not None:
+            tool.span.set_attribute("error.type", error_type)
+            tool.span.set_status(Status(StatusCode.ERROR, "the run ended before the tool call did"))
         detach(tool.attached)
         self._live_tools.pop(tool.span.get_span_context().span_id, None)
-        tool.span.end()
+        end(tool.span)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,6 +18,8 @@ from opentelemetry import trace
 from opentelemetry.trace import Span, SpanContext
 
 from ...events import AgentEventType
+
+log = logging.getLogger("power_loop.contrib.otel")
 
 SCOPE_NAME = "power_loop"
 DEFAULT_AGENT_NAME = "power_loop"
@@ -117,6 +120,15 @@ def detach(attached: Attached | None) -> None:
         task = None
     if task is attached.task:  # a token is only valid in the context that made it
         otel_context.detach(attached.token)  # type: ignore[arg-type]
+
+
+def end(span: Span, end_time: int | None = None) -> None:
+    """End ``span``; an error of a span processor (the host's code, called by ``end``) is
+    logged, so it never keeps the instrumentation from ending the other spans."""
+    try:
+        span.end(end_time=end_time)
+    except Exception:
+        log.exception("a span processor failed on the end of a span")
 
 
 def remember(table: dict[str, list[Any]], key: str, value: Any) -> None:
