@@ -547,3 +547,14 @@ def test_the_test_server_is_not_imported_by_power_loop(tmp_path: Path) -> None:
         [sys.executable, "-c", code], cwd=tmp_path, env={**os.environ, **SERVER_ENV}, capture_output=True, text=True
     )
     assert done.stdout.strip() == "False", done.stderr
+
+
+def test_a_media_payloads_size_is_read_from_its_length() -> None:
+    import base64
+
+    from power_loop.contrib.mcp import _decoded_size
+
+    for size in range(12):
+        assert _decoded_size(base64.b64encode(b"x" * size).decode()) == size
+    assert _decoded_size(base64.encodebytes(b"y" * 1000).decode()) == 1000  # wrapped lines
+    assert _decoded_size("abc") is None  # not whole base64: no size claimed
