@@ -44,6 +44,9 @@ COMMANDS = ("sessions", "show", "timers", "export", "import", "doctor", "prune")
 USAGE_ERROR = 2
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+# What a terminal would act on rather than show: C0 controls but tab and line feed, DEL, C1
+# controls, and the bidirectional overrides that reorder what is shown.
+_CONTROLS = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
 
 Store = SQLiteSessionStore | PostgresSessionStore
 
@@ -228,8 +231,32 @@ def _fold(text: str, args: argparse.Namespace) -> str:
     return f"{text[:limit]}… ({len(text) - limit} more chars, --full to show)"
 
 
+def _visible(text: str) -> str:
+    """Text from the store as a terminal should show it: controls written as escapes."""
+    return _CONTROLS.sub(lambda m: f"\\x{ord(m[0]):02x}" if ord(m[0]) < 0x100 else f"\\u{ord(m[0]):04x}", text)
+
+
+def _json_text(value: Any) -> str:
+    """One JSON document on one line; characters a terminal acts on are ``\\u`` escapes."""
+    text = json.dumps(value, ensure_ascii=False, default=str)
+    return _CONTROLS.sub(lambda m: f"\\u{ord(m[0]):04x}", text)  # only inside strings: the same value
+
+
 def _dump(value: Any, out: TextIO) -> None:
-    print(json.dumps(value, ensure_ascii=False, default=str), file=out)
+    print(_json_text(value), file=out)
+
+
+class _Terminal:
+    """A text stream that writes what the commands print with :func:`_visible` applied."""
+
+    def __init__(self, out: TextIO) -> None:
+        self._out = out
+
+    def write(self, text: str) -> int:
+        return self._out.write(_visible(text))
+
+    def flush(self) -> None:
+        self._out.flush()
 
 
 # --------------------------------------------------------------------------- the commands
@@ -315,7 +342,7 @@ def _print_entries(
         run = runs.get(e.run_id or "")
         if run is not None and later != run.run_id and run.ended_at is not None and run.run_id not in shown:
             shown.add(run.run_id)
-            print(json.dumps({"type": "run", **run.to_dict()}) if args.json else _run_line(run), file=out)
+            print(_json_text({"type": "run", **run.to_dict()}) if args.json else _run_line(run), file=out)
 
 
 async def _show(store: Store, args: argparse.Namespace, out: TextIO) -> int:
@@ -418,7 +445,7 @@ async def _follow(store: Store, args: argparse.Namespace, after: int, shown: set
             for r in fresh:  # ended without a message after the ones already shown
                 if r.run_id not in shown:
                     shown.add(r.run_id)
-                    print(json.dumps({"type": "run", **r.to_dict()}) if args.json else _run_line(r), file=out)
+                    print(_json_text({"type": "run", **r.to_dict()}) if args.json else _run_line(r), file=out)
             after = entries[-1].seq if entries else after
             out.flush()
         else:
@@ -457,7 +484,7 @@ async def _export(store: Store, args: argparse.Namespace, out: TextIO) -> int:
     if await store.get_session_async(args.session_id) is None:
         raise InspectError(f"no session {args.session_id!r} in this store")
     records = await store.export_session(args.session_id)
-    text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+    text = "".join(_json_text(r) + "\n" for r in records)
     if args.output:
         await asyncio.to_thread(_write_text, args.output, text)
         print(f"wrote {len(records) - 1} record(s) of session {args.session_id} to {args.output}", file=sys.stderr)
@@ -544,6 +571,8 @@ async def _prune(store: Store, args: argparse.Namespace, out: TextIO) -> int:
 
 
 async def _dispatch(args: argparse.Namespace, out: TextIO) -> int:
+    if not args.json and args.command != "export":  # export writes JSON lines
+        out = _Terminal(out)  # type: ignore[assignment]
     async with _opened(args, create=args.command == "import") as (store, db):
         if args.command == "doctor":
             return await _doctor(store, args, db, out)
@@ -576,7 +605,7 @@ def run_command(args: argparse.Namespace, *, prog: str, out: TextIO | None = Non
     except (InspectError, SessionNotFoundError, StoreError) as exc:
         if args.traceback:
             raise
-        text = " ".join(str(exc).split())
+        text = _visible(" ".join(str(exc).split()))
         if isinstance(exc, SessionNotFoundError):
             text = f"no session {exc.args[0]!r} in this store" if exc.args else "no such session"
         print(f"{prog}: error: {text}", file=sys.stderr)

@@ -386,3 +386,30 @@ def test_python_dash_m_power_loop_sessions(db_path: str, tmp_path: Path) -> None
     )
     assert done.returncode == 0, done.stderr
     assert [s["session_id"] for s in json.loads(done.stdout)["sessions"]] == ["sub"]
+
+
+HOSTILE = "hi\x1b[2J\x1b]0;owned\x07 \x9b31m red\rOVER\u202eevil"
+
+
+def test_untrusted_text_never_reaches_the_terminal_raw(db_path: str, capsys: Any) -> None:
+    async def fill(store: Any) -> None:
+        await store.create_session("evil", metadata={"k": HOSTILE})
+        await store.write("evil", [Append([UserMessage(content=HOSTILE), AssistantMessage(content="multi\nline")])])
+        await store.schedule_timer("evil", due_at=int(time.time() * 1000) + 60_000, note=HOSTILE)
+
+    _store_do(db_path, fill)
+    raw = ("\x1b", "\x07", "\x9b", "\r", "\u202e")
+    for argv in (["show", "evil"], ["timers"], ["sessions", "--search", "evil"]):
+        code, out, _ = _run(capsys, *argv, "--db", db_path)
+        assert code == 0 and not any(c in out for c in raw), (argv, out)
+    _, out, _ = _run(capsys, "show", "evil", "--db", db_path)
+    assert "#1 user: hi\\x1b[2J\\x1b]0;owned\\x07 \\x9b31m red\\x0dOVER\\u202eevil" in out
+    assert "#2 assistant: multi\nline" in out  # line breaks stay line breaks
+    parsed = []
+    for argv in (["show", "evil", "--json"], ["timers", "--json"], ["export", "evil"]):
+        code, out, _ = _run(capsys, *argv, "--db", db_path)
+        assert code == 0 and not any(c in out for c in raw), (argv, out)
+        parsed.append([json.loads(line) for line in out.splitlines()])
+    assert parsed[0][0]["transcript"][0]["content"] == HOSTILE  # the same text, escaped as JSON
+    assert parsed[1][0]["active"][0]["note"] == HOSTILE
+    assert parsed[2][1]["message"]["content"] == HOSTILE
