@@ -318,3 +318,56 @@ async def test_a_session_waiting_for_a_person_is_no_finding(
     overview = (await store.list_sessions())[0]
     assert overview.pending_calls == 1 and overview.last_status == "waiting_for_input"
     assert (await store.health_report()).findings == []
+
+
+_HEAD = {"type": "session", "format": 1, "session_id": "x", "metadata": {}, "system_prompt": None}
+
+
+def _msg(seq: Any, message: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    return {"type": "message", "seq": seq, "message": message, **extra}
+
+
+def _user(seq: Any, **extra: Any) -> dict[str, Any]:
+    return _msg(seq, {"role": "user", "content": f"u{seq}"}, **extra)
+
+
+def _calls(seq: int, *ids: str) -> dict[str, Any]:
+    calls = [{"id": i, "type": "function", "function": {"name": "add", "arguments": "{}"}} for i in ids]
+    return _msg(seq, {"role": "assistant", "content": "", "tool_calls": calls})
+
+
+def _result(seq: int, call_id: str) -> dict[str, Any]:
+    return _msg(seq, {"role": "tool", "tool_call_id": call_id, "content": "ok"})
+
+
+def _fold(through: Any, **extra: Any) -> dict[str, Any]:
+    return {"type": "compaction", "through_seq": through, "summary": "s", **extra}
+
+
+@pytest.mark.parametrize(
+    ("records", "message"),
+    [
+        (
+            [_HEAD, _user(1), _calls(2, "c1"), _result(3, "c1"), _calls(4, "c1"), _result(5, "c1")],
+            "line 5: tool call id",
+        ),
+        ([_HEAD, _user(2**63)], "line 2: 'seq' must be"),
+        ([{**_HEAD, "format": True}, _user(1)], "line 1: unknown format True"),
+        ([{**_HEAD, "metadata": [1]}, _user(1)], "line 1: 'metadata'"),
+        ([{**_HEAD, "system_prompt": 3}, _user(1)], "line 1: 'system_prompt'"),
+        ([_HEAD, _user(1, compacted="no")], "line 2: 'compacted'"),
+        ([_HEAD, _user(1, created_at="noon")], "line 2: 'created_at'"),
+        ([_HEAD, _user(1), _fold(0)], "line 3: a compaction needs"),
+        ([_HEAD, _user(1), _fold(True)], "line 3: a compaction needs"),
+        ([_HEAD, _user(1), _fold(1, before_tokens="x")], "line 3: 'before_tokens'"),
+        ([_HEAD, _user(1, compacted=True), _user(2, compacted=True), _fold(2), _fold(1)], "line 5: a compaction"),
+        ([_HEAD, _user(1, compacted=True), _user(2)], "line 2: message 1 is marked folded"),
+        ([_HEAD, _user(1), _user(2), _fold(1)], "line 2: message 1 is folded"),
+    ],
+)
+async def test_hostile_imports_name_the_line_and_write_nothing(
+    store: Store, records: list[dict[str, Any]], message: str
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        await store.import_session(records, session_id="new")
+    assert await store.get_session_async("new") is None
