@@ -166,7 +166,7 @@ def _check_head(head: Any, line: int) -> None:
 
 
 def _check_compaction(rec: Mapping[str, Any], line: int, last_through: int) -> int:
-    through = rec.get("through_seq")
+    through: Any = rec.get("through_seq")
     if not _is_int(through, 1) or not isinstance(rec.get("summary"), str):
         raise _bad(line, "a compaction needs 'through_seq' (an integer >= 1) and 'summary' (text)")
     if through <= last_through:
@@ -178,7 +178,7 @@ def _check_compaction(rec: Mapping[str, Any], line: int, last_through: int) -> i
 
 
 def _check_message(rec: Mapping[str, Any], line: int, last_seq: int) -> Any:
-    seq = rec.get("seq")
+    seq: Any = rec.get("seq")
     if not _is_int(seq) or seq <= last_seq:
         raise _bad(line, f"'seq' must be an integer greater than the previous one ({last_seq}), not {seq!r}")
     if not isinstance(rec.get("compacted", False), bool):
