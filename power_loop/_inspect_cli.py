@@ -95,6 +95,16 @@ def _positive(text: str) -> int:
     return value
 
 
+def _non_negative(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, not {text!r}")
+    return value
+
+
 def add_commands(sub: Any) -> None:
     """Add the inspector commands to the ``power-loop`` parser's subcommands."""
     common = argparse.ArgumentParser(add_help=False)
@@ -112,7 +122,7 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--limit", type=_positive, default=50, help="sessions per page (default 50)")
     page = p.add_mutually_exclusive_group()
     page.add_argument("--page", type=_positive, default=1, help="page number, from 1")
-    page.add_argument("--offset", type=int, default=None, help="sessions to skip (instead of --page)")
+    page.add_argument("--offset", type=_non_negative, default=None, help="sessions to skip (instead of --page)")
     p = sub.add_parser("show", parents=[common], help="print a session's transcript, runs and usage")
     p.add_argument("session_id", metavar="SID")
     p.add_argument("--full", action="store_true", help="do not fold long texts")
@@ -124,7 +134,7 @@ def add_commands(sub: Any) -> None:
     )
     p = sub.add_parser("timers", parents=[common], help="armed, in-flight and recent timers across sessions")
     p.add_argument("session_id", metavar="SID", nargs="?", help="only this session")
-    p.add_argument("--recent", type=int, default=20, help="recent deliveries shown (20)")
+    p.add_argument("--recent", type=_non_negative, default=20, help="recent deliveries shown (20)")
     p = sub.add_parser("export", parents=[common], help="write a session as JSON lines")
     p.add_argument("session_id", metavar="SID")
     p.add_argument("-o", "--output", metavar="FILE", help="file to write (default: stdout)")
@@ -494,34 +504,47 @@ async def _export(store: Store, args: argparse.Namespace, out: TextIO) -> int:
 
 
 def _write_text(path: str, text: str) -> None:
-    with open(path, "w", encoding="utf-8") as f:
-        f.write(text)
+    try:
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(text)
+    except OSError as exc:
+        raise InspectError(f"cannot write {path}: {exc.strerror or exc}") from None
 
 
-def _read_records(path: str) -> list[Any]:
-    if path == "-":
-        lines = sys.stdin.read().splitlines()
-    else:
-        if not os.path.exists(path):
-            raise InspectError(f"no such file: {path}")
-        with open(path, encoding="utf-8") as f:
-            lines = f.read().splitlines()
-    records = []
-    for n, line in enumerate(lines, start=1):
+def _read_records(path: str) -> tuple[list[Any], list[int]]:
+    """The records of a JSON lines file and the line each came from (blank lines skipped)."""
+    try:
+        if path == "-":
+            data = sys.stdin.buffer.read()
+        else:
+            with open(path, "rb") as f:
+                data = f.read()
+    except OSError as exc:
+        raise InspectError(f"cannot read {path}: {exc.strerror or exc}") from None
+    records: list[Any] = []
+    numbers: list[int] = []
+    for n, raw in enumerate(data.split(b"\n"), start=1):
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise InspectError(f"line {n}: not UTF-8 text; nothing was imported") from None
         if line.strip():
             try:
                 records.append(json.loads(line))
             except ValueError as exc:
                 raise InspectError(f"line {n}: not JSON ({exc}); nothing was imported") from None
-    return records
+            numbers.append(n)
+    return records, numbers
 
 
 async def _import(store: Store, args: argparse.Namespace, out: TextIO) -> int:
     from .store._compat import new_session_id
+    from .store._inspect_io import check_records
 
-    records = await asyncio.to_thread(_read_records, args.file)
+    records, lines = await asyncio.to_thread(_read_records, args.file)
     sid = args.session_id or new_session_id()
     try:
+        check_records(records, lines=lines)  # errors name the file's lines, blank ones counted
         count = await store.import_session(records, session_id=sid)
     except ValueError as exc:
         raise InspectError(str(exc)) from None

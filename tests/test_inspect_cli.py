@@ -413,3 +413,33 @@ def test_untrusted_text_never_reaches_the_terminal_raw(db_path: str, capsys: Any
     assert parsed[0][0]["transcript"][0]["content"] == HOSTILE  # the same text, escaped as JSON
     assert parsed[1][0]["active"][0]["note"] == HOSTILE
     assert parsed[2][1]["message"]["content"] == HOSTILE
+
+
+def test_import_and_export_file_problems_are_one_line_naming_the_file_line(
+    db_path: str, capsys: Any, tmp_path: Path
+) -> None:
+    _store_do(db_path, lambda s: s.create_session("s"))
+    head = json.dumps({"type": "session", "format": 1, "session_id": "s", "metadata": {}})
+    user = json.dumps({"type": "message", "seq": 1, "message": {"role": "user", "content": "hi"}})
+    orphan = json.dumps({"type": "message", "seq": 2, "message": {"role": "tool", "tool_call_id": "c", "content": "x"}})
+    spaced = tmp_path / "spaced.jsonl"
+    spaced.write_text(f"{head}\n\n{user}\n\n\n{orphan}\n")
+    code, _, err = _run(capsys, "import", str(spaced), "--db", db_path)
+    assert code == 2 and err.startswith("power-loop: error: line 6: tool result for call 'c'"), err
+    binary = tmp_path / "binary.jsonl"
+    binary.write_bytes(head.encode() + b"\n\xff\xfe\n")
+    code, _, err = _run(capsys, "import", str(binary), "--db", db_path)
+    assert code == 2 and err.startswith("power-loop: error: line 2: not UTF-8 text"), err
+    for argv in (["import", str(tmp_path)], ["export", "s", "-o", str(tmp_path)], ["export", "s", "-o", "/no/dir/x"]):
+        code, out, err = _run(capsys, *argv, "--db", db_path)
+        assert code == 2 and out == "" and len(err.splitlines()) == 1, (argv, err)
+        assert err.startswith("power-loop: error: cannot ") and "Error:" not in err, err
+    assert _json(capsys, "sessions", "--db", db_path)["total"] == 1
+
+
+@pytest.mark.parametrize("argv", [["sessions", "--offset", "-1"], ["timers", "--recent", "-1"]])
+def test_negative_counts_are_refused_as_arguments(db_path: str, capsys: Any, argv: list[str]) -> None:
+    _store_do(db_path, lambda s: s.create_session("s"))
+    with pytest.raises(SystemExit) as exited:
+        main([*argv, "--db", db_path])
+    assert exited.value.code == 2 and "expected a whole number >= 0" in capsys.readouterr().err
