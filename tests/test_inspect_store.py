@@ -371,3 +371,19 @@ async def test_hostile_imports_name_the_line_and_write_nothing(
     with pytest.raises(ValueError, match=message):
         await store.import_session(records, session_id="new")
     assert await store.get_session_async("new") is None
+
+
+async def test_filters_match_quotes_backslashes_and_any_script(store: Store) -> None:
+    await store.create_session("ÉCOLE", metadata={"t": 'a"b', "u": "é", "p": "C:\\tmp", "Équipe": "x=y"})
+    await store.create_session("plain", metadata={"t": "ab", "n": 3, "tags": ["x", "y"]})
+    assert [o.session_id for o in await store.list_sessions(metadata={"t": 'a"b'})] == ["ÉCOLE"]
+    assert [o.session_id for o in await store.list_sessions(metadata={"u": "é"})] == ["ÉCOLE"]
+    assert [o.session_id for o in await store.list_sessions(metadata={"p": "C:\\tmp"})] == ["ÉCOLE"]
+    assert [o.session_id for o in await store.list_sessions(metadata={"Équipe": "x=y"})] == ["ÉCOLE"]
+    assert [o.session_id for o in await store.list_sessions(metadata={"n": "3", "tags": '["x", "y"]'})] == ["plain"]
+    assert await store.count_sessions(metadata={"u": "é"}) == 1
+    for text in ("école", "ÉCO", 'a"b', "c:\\TMP", "É", "équipe"):
+        assert [o.session_id for o in await store.list_sessions(search=text)] == ["ÉCOLE"], text
+        assert await store.count_sessions(search=text) == 1, text
+    assert await store.list_sessions(search="%") == [] and await store.list_sessions(search="_") == []
+    assert {o.session_id for o in await store.list_sessions(search="'")} == set()

@@ -72,6 +72,13 @@ def _like(text: str) -> str:
     return f"%{escaped.lower()}%"
 
 
+def _search_in_sql(search: str | None) -> bool:
+    """Whether SQL alone decides ``search``: ASCII text the stored JSON holds as typed (no
+    quote or backslash, which JSON escapes), compared case-blind the same way by both
+    databases' ``LOWER``. Other text is decided by :func:`_decided_in_python`."""
+    return not search or (search.isascii() and search.isprintable() and '"' not in search and "\\" not in search)
+
+
 def _filters(
     kind: str | None, metadata: Mapping[str, str] | None, active_since_ms: int | None, search: str | None
 ) -> tuple[str, list[Any]]:
@@ -83,22 +90,35 @@ def _filters(
     if active_since_ms is not None:
         where.append("(s.last_seq > 0 OR s.last_run > 0) AND s.updated_at >= ?")
         params.append(int(active_since_ms))
-    if search:
+    if search and _search_in_sql(search):
         where.append("(LOWER(s.session_id) LIKE ? ESCAPE '\\' OR LOWER(s.metadata) LIKE ? ESCAPE '\\')")
         params += [_like(search), _like(search)]
-    for key, value in (metadata or {}).items():  # narrowed here, decided by _metadata_matches
-        where.append("LOWER(s.metadata) LIKE ? ESCAPE '\\' AND LOWER(s.metadata) LIKE ? ESCAPE '\\'")
-        params += [_like(json.dumps(str(key))), _like(str(value))]
+    for key in metadata or {}:  # narrowed by the key as stored (JSON text); decided by _matches
+        where.append("LOWER(s.metadata) LIKE ? ESCAPE '\\'")
+        params.append(_like(json.dumps(str(key))))
     return (" WHERE " + " AND ".join(where)) if where else "", params
 
 
-def _metadata_matches(found: Mapping[str, Any], wanted: Mapping[str, str]) -> bool:
-    for key, value in wanted.items():
+def _decided_in_python(metadata: Mapping[str, str] | None, search: str | None) -> bool:
+    return bool(metadata) or not _search_in_sql(search)
+
+
+def _text(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+
+
+def _matches(session_id: str, found: Mapping[str, Any], wanted: Mapping[str, str] | None, search: str | None) -> bool:
+    """The filters SQL could only narrow: metadata values, and a search SQL cannot decide."""
+    for key, value in (wanted or {}).items():
         if key not in found:
             return False
         have = found[key]
         if not (have == value or (not isinstance(have, str) and json.dumps(have) == value)):
             return False
+    if search and not _search_in_sql(search):
+        needle = search.casefold()
+        texts = [session_id, json.dumps(dict(found), ensure_ascii=False), *found, *map(_text, found.values())]
+        return any(needle in t.casefold() for t in texts)
     return True
 
 
@@ -136,10 +156,14 @@ def list_sessions(
     """Session overviews matching the filters, in ``order``, one page."""
     where, params = _filters(kind, metadata, active_since_ms, search)
     sql = f"SELECT * FROM ({_OVERVIEW}{where}) o ORDER BY {ORDERS[order]}"
-    if not metadata:
+    if not _decided_in_python(metadata, search):
         rows = tx.execute(f"{sql} LIMIT ? OFFSET ?", (*params, limit, offset)).fetchall()
         return [_overview(r) for r in rows]
-    found = [o for o in map(_overview, tx.execute(sql, params).fetchall()) if _metadata_matches(o.metadata, metadata)]
+    found = [
+        o
+        for o in map(_overview, tx.execute(sql, params).fetchall())
+        if _matches(o.session_id, o.metadata, metadata, search)
+    ]
     return found[offset : offset + limit]
 
 
@@ -153,10 +177,10 @@ def count_sessions(
 ) -> int:
     """How many sessions match the filters."""
     where, params = _filters(kind, metadata, active_since_ms, search)
-    if not metadata:
+    if not _decided_in_python(metadata, search):
         return int(tx.execute(f"SELECT COUNT(*) AS n FROM sessions s{where}", params).fetchone()["n"])
-    rows = tx.execute(f"SELECT s.metadata FROM sessions s{where}", params).fetchall()
-    return sum(1 for r in rows if _metadata_matches(_decode_metadata(r["metadata"]), metadata))
+    rows = tx.execute(f"SELECT s.session_id, s.metadata FROM sessions s{where}", params).fetchall()
+    return sum(1 for r in rows if _matches(r["session_id"], _decode_metadata(r["metadata"]), metadata, search))
 
 
 def list_runs(tx: Tx, session_id: str, *, limit: int) -> list[RunOverview]:
