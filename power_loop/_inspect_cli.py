@@ -153,27 +153,50 @@ def add_commands(sub: Any) -> None:
 
 def _check_sqlite(path: str, create: bool) -> None:
     """Refuse what opening would create or migrate (runs in a worker thread)."""
-    if create and not os.path.exists(path):
+    from .store._legacy import is_011
+
+    if create and (not os.path.exists(path) or os.path.getsize(path) == 0):
         return  # import: a new file is what was asked for
     if not os.path.exists(path):
         raise InspectError(f"no such database file: {path} (nothing was created)")
+    if os.path.isdir(path):
+        raise InspectError(f"{path} is a directory, not an SQLite database file")
+    if os.path.getsize(path) == 0:
+        raise InspectError(f"{path} is not a power_loop SQLite database (it is empty)")
     try:
         conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=1.0)
         try:
             version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+            old = version == 0 and is_011(conn)
+            tables = [] if version else [str(r[0]) for r in conn.execute("SELECT name FROM sqlite_master")]
         finally:
             conn.close()
     except sqlite3.DatabaseError as exc:
         if "locked" in str(exc) or "busy" in str(exc):
             raise InspectError(f"the database {path} is locked by another connection; retry later") from None
         raise InspectError(f"{path} is not a power_loop SQLite database ({exc})") from None
+    if old:  # migrating writes the file (after a backup): a loop does it, not an inspector
+        raise InspectError(
+            f"{path} is a power-loop 0.11 database: open it once with StatefulAgentLoop(db_path=...) of this "
+            "power_loop, which migrates it in place and keeps a backup, then inspect it"
+        )
+    if version == 0 and not (create and not tables):
+        shown = ", ".join(sorted(tables)[:6]) + (", ..." if len(tables) > 6 else "")
+        held = f"it holds other tables: {shown}" if tables else "it holds no tables"
+        raise InspectError(f"{path} is not a power_loop SQLite database ({held})")
+    if version:
+        _refuse_version(path, version)
+
+
+def _refuse_version(where: str, version: int) -> None:
     if version != LATEST_VERSION:
         hint = "upgrade power_loop" if version > LATEST_VERSION else "open it once with this power_loop to migrate"
-        raise InspectError(f"{path} has schema version {version}, this power_loop reads {LATEST_VERSION}: {hint}")
+        raise InspectError(f"{where} has schema version {version}, this power_loop reads {LATEST_VERSION}: {hint}")
 
 
-def _check_postgres(store: PostgresSessionStore) -> None:
-    """The server answers and the schema holds power_loop's tables (runs in a worker thread)."""
+def _check_postgres(store: PostgresSessionStore, create: bool) -> None:
+    """The server answers and the schema holds power_loop's tables at this version (runs in a
+    worker thread); ``create`` (import) accepts a schema without them."""
     try:
         import psycopg
     except ImportError:
@@ -185,11 +208,18 @@ def _check_postgres(store: PostgresSessionStore) -> None:
                 "SELECT 1 FROM information_schema.tables WHERE table_schema = %s AND table_name = 'power_loop_schema'",
                 (store.schema,),
             ).fetchone()
+            row = None
+            if found is not None:
+                row = conn.execute(f'SELECT MAX(version) FROM "{store.schema}".power_loop_schema').fetchone()
     except psycopg.Error as exc:
         detail = " ".join(str(exc).split()) or type(exc).__name__
         raise InspectError(f"cannot connect to PostgreSQL at {where}: {detail}") from None
     if found is None:
+        if create:
+            return  # import: a new store is what was asked for
         raise InspectError(f"PostgreSQL schema {store.schema!r} at {where} holds no power_loop store")
+    # Opening a store of another version would migrate it (or fail halfway): refuse first.
+    _refuse_version(f"PostgreSQL schema {store.schema!r}", int(row[0] or 0) if row else 0)
 
 
 @asynccontextmanager
@@ -204,8 +234,7 @@ async def _opened(args: argparse.Namespace, *, create: bool = False) -> Any:
     except ValueError as exc:
         raise InspectError(str(exc)) from None
     if isinstance(store, PostgresSessionStore):
-        if not create:
-            await asyncio.to_thread(_check_postgres, store)
+        await asyncio.to_thread(_check_postgres, store, create)
     else:
         await asyncio.to_thread(_check_sqlite, store.path, create)
     try:

@@ -443,3 +443,50 @@ def test_negative_counts_are_refused_as_arguments(db_path: str, capsys: Any, arg
     with pytest.raises(SystemExit) as exited:
         main([*argv, "--db", db_path])
     assert exited.value.code == 2 and "expected a whole number >= 0" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("step", "hint"), [(-1, "open it once with this power_loop to migrate"), (1, "upgrade")])
+def test_a_postgres_schema_of_another_version_is_refused_unchanged(
+    pg_schema: Any, capsys: Any, tmp_path: Path, step: int, hint: str
+) -> None:
+    import psycopg
+
+    from power_loop.store.schema import LATEST_VERSION
+
+    url = f"{pg_schema.url}{'&' if '?' in pg_schema.url else '?'}schema={pg_schema.schema}"
+    _store_do(url, lambda s: s.create_session("s"))
+    table = f'"{pg_schema.schema}".power_loop_schema'
+    with psycopg.connect(pg_schema.url, autocommit=True) as conn:
+        conn.execute(f"UPDATE {table} SET version = %s", (LATEST_VERSION + step,))
+    exported = tmp_path / "s.jsonl"
+    exported.write_text(json.dumps({"type": "session", "format": 1, "session_id": "s"}) + "\n")
+    for argv in (["sessions"], ["doctor"], ["prune", "--dry-run"], ["import", str(exported)]):
+        code, out, err = _run(capsys, *argv, "--db", url)
+        assert code == 2 and out == "" and len(err.splitlines()) == 1, (argv, err)
+        assert f"has schema version {LATEST_VERSION + step}, this power_loop reads {LATEST_VERSION}" in err
+        assert hint in err
+    with psycopg.connect(pg_schema.url, autocommit=True) as conn:
+        assert conn.execute(f"SELECT version FROM {table}").fetchone() == (LATEST_VERSION + step,)
+
+
+def test_files_that_are_no_store_of_this_version_are_named_for_what_they_are(capsys: Any, tmp_path: Path) -> None:
+    import shutil
+
+    old = tmp_path / "old.db"
+    shutil.copyfile(ROOT / "tests" / "fixtures" / "power_loop_011.db", old)
+    before = old.read_bytes()
+    code, out, err = _run(capsys, "sessions", "--db", str(old))
+    assert code == 2 and out == "" and "is a power-loop 0.11 database" in err
+    assert "StatefulAgentLoop" in err and old.read_bytes() == before
+    empty = tmp_path / "empty.db"
+    empty.write_bytes(b"")
+    code, _, err = _run(capsys, "doctor", "--db", str(empty))
+    assert code == 2 and f"{empty} is not a power_loop SQLite database (it is empty)" in err
+    foreign = tmp_path / "foreign.db"
+    with sqlite3.connect(foreign) as conn:
+        conn.execute("CREATE TABLE invoices (id INTEGER)")
+    conn.close()
+    code, _, err = _run(capsys, "prune", "--db", str(foreign))
+    assert code == 2 and "is not a power_loop SQLite database (it holds other tables: invoices)" in err
+    code, _, err = _run(capsys, "sessions", "--db", str(tmp_path))
+    assert code == 2 and f"{tmp_path} is a directory, not an SQLite database file" in err
