@@ -387,3 +387,16 @@ async def test_filters_match_quotes_backslashes_and_any_script(store: Store) -> 
         assert await store.count_sessions(search=text) == 1, text
     assert await store.list_sessions(search="%") == [] and await store.list_sessions(search="_") == []
     assert {o.session_id for o in await store.list_sessions(search="'")} == set()
+
+
+async def test_prune_keeps_ended_children_that_will_run_again(store: Store) -> None:
+    await store.create_session("parent")
+    await _ended_child(store, "parent", "woken", "ephemeral")
+    await store.schedule_timer("woken", due_at=int(time.time() * 1000) + 60_000, note="check back")
+    await _ended_child(store, "parent", "queued", "ephemeral")
+    await store.enqueue("queued", "one more thing")
+    await _ended_child(store, "parent", "done", "ephemeral")
+    assert (await store.prune(dry_run=True)).sessions == ["done"]
+    assert (await store.prune(dry_run=False)).sessions == ["done"]
+    assert {o.session_id for o in await store.list_sessions()} == {"parent", "woken", "queued"}
+    assert [t.note for t in (await store.list_all_timers("woken")).active] == ["check back"]

@@ -42,8 +42,9 @@ def decode_metadata(raw: str | None) -> dict[str, Any]:
 
 def _ended_ephemeral(tx: Tx, now: int, older_than_ms: int | None) -> list[Any]:
     # Ended: its runs are over, nothing of it is unanswered, no background task of it is
-    # running, and its parent has no open call (a parent resumed after a crash reads a
-    # finished child's stored answer: that child must stay until the parent has it).
+    # running, no timer or inbox item of it waits to start another run, and its parent has no
+    # open call (a parent resumed after a crash reads a finished child's stored answer: that
+    # child must stay until the parent has it).
     older = "" if older_than_ms is None else " AND s.updated_at < ?"
     rows = tx.execute(
         "SELECT s.id, s.session_id, s.lease_owner, s.lease_expires_at, s.holder_host, s.holder_pid, s.holder_start "
@@ -51,6 +52,8 @@ def _ended_ephemeral(tx: Tx, now: int, older_than_ms: int | None) -> list[Any]:
         f"{older} AND NOT EXISTS (SELECT 1 FROM runs r WHERE r.session = s.id AND r.ended_at IS NULL) "
         "AND NOT EXISTS (SELECT 1 FROM tool_calls t WHERE t.session = s.id AND t.result_seq IS NULL) "
         "AND NOT EXISTS (SELECT 1 FROM subagent_tasks b WHERE b.session = s.id AND b.status = 'running') "
+        "AND NOT EXISTS (SELECT 1 FROM timers w WHERE w.session = s.id AND w.status IN ('armed', 'claimed')) "
+        "AND NOT EXISTS (SELECT 1 FROM inbox q WHERE q.session = s.id AND q.consumed_at IS NULL) "
         "AND NOT EXISTS (SELECT 1 FROM tool_calls t JOIN sessions p ON p.id = t.session "
         "WHERE p.session_id = s.parent_session_id AND t.result_seq IS NULL) ORDER BY s.session_id",
         () if older_than_ms is None else (older_than_ms,),
