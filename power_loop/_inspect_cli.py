@@ -426,7 +426,8 @@ async def _show(store: Store, args: argparse.Namespace, out: TextIO) -> int:
             file=out,
         )
     if args.follow:
-        await _follow(store, args, entries[-1].seq if entries else 0, shown, out)
+        summaries = {_summary_key(e) for e in entries if e.is_summary}
+        await _follow(store, args, entries[-1].seq if entries else 0, shown, summaries, out)
     return 0
 
 
@@ -459,7 +460,28 @@ async def _all_entries(store: Store, sid: str, after: int = 0) -> list[Transcrip
         after = page[-1].seq
 
 
-async def _follow(store: Store, args: argparse.Namespace, after: int, shown: set[str], out: TextIO) -> None:
+def _summary_key(e: TranscriptEntry) -> tuple[int, int, str]:
+    return e.seq, e.created_at, e.content or ""
+
+
+async def _new_summaries(store: Store, sid: str, seen: set[tuple[int, int, str]]) -> list[TranscriptEntry]:
+    """Compaction summaries not shown yet, those folding rows shown already among them.
+
+    A compaction folds every row up to its seq, so the first live row after the furthest
+    summary seen lies past any newer summary: one read of one row brings them all."""
+    after = max((key[0] for key in seen), default=0)
+    page = await store.read_transcript(sid, after_seq=after, limit=1, include_compacted=False)
+    return [e for e in page if e.is_summary and _summary_key(e) not in seen]
+
+
+async def _follow(
+    store: Store,
+    args: argparse.Namespace,
+    after: int,
+    shown: set[str],
+    summaries: set[tuple[int, int, str]],
+    out: TextIO,
+) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     try:
@@ -475,8 +497,13 @@ async def _follow(store: Store, args: argparse.Namespace, after: int, shown: set
             break
         except asyncio.TimeoutError:
             pass
-        entries = await _all_entries(store, args.session_id, after)
+        # Runs first: a run seen ended has all its messages stored, so its ending never shows
+        # before its last message.
         runs = {r.run_id: r for r in await store.list_runs(args.session_id, limit=50)}
+        folds = [e for e in await _new_summaries(store, args.session_id, summaries) if e.seq <= after]
+        entries = await _all_entries(store, args.session_id, after)
+        entries = folds + [e for e in entries if not (e.is_summary and _summary_key(e) in summaries)]
+        summaries.update(_summary_key(e) for e in entries if e.is_summary)
         fresh = [r for r in runs.values() if r.ended_at is not None and r.run_id not in shown]
         if entries or fresh:
             idle = 0.0
@@ -485,7 +512,7 @@ async def _follow(store: Store, args: argparse.Namespace, after: int, shown: set
                 if r.run_id not in shown:
                     shown.add(r.run_id)
                     print(_json_text({"type": "run", **r.to_dict()}) if args.json else _run_line(r), file=out)
-            after = entries[-1].seq if entries else after
+            after = max([after, *(e.seq for e in entries if not e.is_summary)])
             out.flush()
         else:
             idle += args.interval

@@ -490,3 +490,40 @@ def test_files_that_are_no_store_of_this_version_are_named_for_what_they_are(cap
     assert code == 2 and "is not a power_loop SQLite database (it holds other tables: invoices)" in err
     code, _, err = _run(capsys, "sessions", "--db", str(tmp_path))
     assert code == 2 and f"{tmp_path} is a directory, not an SQLite database file" in err
+
+
+def test_follow_shows_a_compaction_of_rows_already_shown(db_path: str, tmp_path: Path) -> None:
+    _store_do(db_path, lambda s: s.create_session("c"))
+    _store_do(db_path, lambda s: s.write("c", [Append([UserMessage(content=f"m{i}") for i in range(4)])]))
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    argv = ["show", "c", "--follow", "--json", "--interval", "0.05", "--db", db_path]
+    follower = subprocess.Popen(
+        [sys.executable, "-m", "power_loop", *argv], stdout=subprocess.PIPE, text=True, env=env, cwd=tmp_path
+    )
+    assert follower.stdout is not None
+    try:
+        seen = [json.loads(follower.stdout.readline()) for _ in range(4)]
+        assert [r["seq"] for r in seen] == [1, 2, 3, 4]
+        _store_do(db_path, lambda s: s.write("c", [Compact(through_seq=3, summary="the first three")]))
+        _store_do(db_path, lambda s: s.write("c", [Append([UserMessage(content="m4")])]))
+        later: list[dict[str, Any]] = []
+        while not (later and later[-1].get("seq") == 5):
+            later.append(json.loads(follower.stdout.readline()))
+        assert [(r["type"], r["seq"]) for r in later] == [("summary", 3), ("message", 5)]
+        assert "the first three" in later[0]["content"]
+        more = [Append([UserMessage(content="m5"), UserMessage(content="m6")]), Compact(through_seq=6, summary="six")]
+        _store_do(db_path, lambda s: s.write("c", more))
+        _store_do(db_path, lambda s: s.write("c", [Append([UserMessage(content="m7")])]))
+        last: list[dict[str, Any]] = []
+        while not (last and last[-1].get("seq") == 8):
+            last.append(json.loads(follower.stdout.readline()))
+        assert [(r["type"], r["seq"]) for r in last] == [
+            ("message", 6),
+            ("message", 7),
+            ("summary", 6),
+            ("message", 8),
+        ] or [(r["type"], r["seq"]) for r in last] == [("message", 6), ("summary", 6), ("message", 7), ("message", 8)]
+    finally:
+        follower.send_signal(signal.SIGINT)
+        follower.communicate()
+    assert follower.returncode == 0
