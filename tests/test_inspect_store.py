@@ -400,3 +400,40 @@ async def test_prune_keeps_ended_children_that_will_run_again(store: Store) -> N
     assert (await store.prune(dry_run=False)).sessions == ["done"]
     assert {o.session_id for o in await store.list_sessions()} == {"parent", "woken", "queued"}
     assert [t.note for t in (await store.list_all_timers("woken")).active] == ["check back"]
+
+
+class _CompactsBeforeSummariesAreRead:
+    """A transaction interface passing statements through; before the first statement that
+    reads compaction summaries, a compaction commits from another connection (a service
+    compacting the session while it is exported)."""
+
+    def __init__(self, tx: Any, compact: Any) -> None:
+        self.tx, self.compact, self.dialect = tx, compact, tx.dialect
+
+    def execute(self, sql: str, params: Any = ()) -> Any:
+        if "FROM compactions" in sql and self.compact is not None:
+            self.compact, compact = None, self.compact
+            compact()
+        return self.tx.execute(sql, params)
+
+
+async def test_an_export_is_one_snapshot_while_the_session_is_compacted(store: Store) -> None:
+    from power_loop.store import _history_sql, _inspect_io, _sessions_sql
+
+    await store.create_session("c")
+    await store.write("c", [Append([UserMessage(content=f"m{i}") for i in range(4)])])
+
+    def compact() -> None:
+        def fold(c: Any) -> None:
+            key = _sessions_sql.session_ref(c, "c").key
+            _history_sql.apply_compaction(c, key, Compact(through_seq=2, summary="two"), 0, run=None)
+
+        store._call_sync(fold)
+
+    records = await store._call(
+        lambda c: _inspect_io.export_session(_CompactsBeforeSummariesAreRead(c, compact), "c", now=0), tx=False
+    )
+    folded = [r["seq"] for r in records if r["type"] == "message" and r["compacted"]]
+    summaries = [r["through_seq"] for r in records if r["type"] == "compaction"]
+    assert (folded, summaries) in (([], []), ([1, 2], [2]))
+    assert await store.import_session(records, session_id="copy") == 4

@@ -107,40 +107,42 @@ def export_session(tx: Tx, session_id: str, *, now: int) -> list[dict[str, Any]]
             "exported_at": now,
         }
     ]
+    # One statement, so one snapshot on both databases: a compaction committing meanwhile is
+    # in the export with the rows it marks folded, or not at all.
     rows = tx.execute(
-        "SELECT m.seq, m.body, m.compacted, m.created_at, r.run_id FROM messages m "
-        "LEFT JOIN runs r ON r.session = m.session AND r.run = m.run WHERE m.session = ? ORDER BY m.seq",
-        (key,),
+        "SELECT 0 AS part, m.seq AS n, m.body AS text, m.compacted AS folded, m.created_at AS created, "
+        "r.run_id AS run_id, 0 AS before_tokens, 0 AS after_tokens FROM messages m "
+        "LEFT JOIN runs r ON r.session = m.session AND r.run = m.run WHERE m.session = ? "
+        "UNION ALL SELECT 1, c.id, c.summary, c.through_seq, c.created_at, NULL, c.before_tokens, c.after_tokens "
+        "FROM compactions c WHERE c.session = ? ORDER BY part, n",
+        (key, key),
     ).fetchall()
     for r in rows:
+        if int(r["part"]) == 1:
+            records.append(
+                {
+                    "type": "compaction",
+                    "through_seq": int(r["folded"]),
+                    "summary": r["text"],
+                    "before_tokens": int(r["before_tokens"]),
+                    "after_tokens": int(r["after_tokens"]),
+                    "created_at": int(r["created"]),
+                }
+            )
+            continue
         try:
-            message = json.loads(r["body"])
+            message = json.loads(r["text"])
         except ValueError:
-            _history.decode_message(session_id, int(r["seq"]), r["body"])
+            _history.decode_message(session_id, int(r["n"]), r["text"])
             raise
         records.append(
             {
                 "type": "message",
-                "seq": int(r["seq"]),
+                "seq": int(r["n"]),
                 "message": message,
-                "compacted": bool(r["compacted"]),
+                "compacted": bool(r["folded"]),
                 "run_id": r["run_id"],
-                "created_at": int(r["created_at"]),
-            }
-        )
-    for c in tx.execute(
-        "SELECT through_seq, summary, before_tokens, after_tokens, created_at FROM compactions "
-        "WHERE session = ? ORDER BY id",
-        (key,),
-    ).fetchall():
-        records.append(
-            {
-                "type": "compaction",
-                "through_seq": int(c["through_seq"]),
-                "summary": c["summary"],
-                "before_tokens": int(c["before_tokens"]),
-                "after_tokens": int(c["after_tokens"]),
-                "created_at": int(c["created_at"]),
+                "created_at": int(r["created"]),
             }
         )
     return records
