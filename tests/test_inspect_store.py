@@ -437,3 +437,18 @@ async def test_an_export_is_one_snapshot_while_the_session_is_compacted(store: S
     summaries = [r["through_seq"] for r in records if r["type"] == "compaction"]
     assert (folded, summaries) in (([], []), ([1, 2], [2]))
     assert await store.import_session(records, session_id="copy") == 4
+
+
+async def test_page_sizes_out_of_range_are_refused_alike_on_every_backend(store: Store) -> None:
+    await store.create_session("c")
+    await store.write("c", [Append([UserMessage(content="m")])])
+    for call in (
+        lambda: store.read_transcript("c", limit=0),
+        lambda: store.read_transcript("c", limit=-1),
+        lambda: store.list_runs("c", limit=-1),
+        lambda: store.list_all_timers(recent=-1),
+        lambda: store.list_sessions(limit=-1),
+    ):
+        with pytest.raises(ValueError, match=">= "):
+            await call()
+    assert await store.list_runs("c", limit=0) == [] and (await store.list_all_timers(recent=0)).recent == []

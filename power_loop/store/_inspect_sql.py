@@ -420,6 +420,13 @@ def health_report(tx: Tx, *, now: int, overdue_ms: int, db: str) -> HealthReport
 # --------------------------------------------------------------------------- the methods
 
 
+def _at_least(low: int, **counts: int) -> None:
+    """Refuse a page size both databases would not read alike (SQLite reads LIMIT -1 as no limit)."""
+    for name, value in counts.items():
+        if value < low:
+            raise ValueError(f"{name} must be >= {low}, not {value}")
+
+
 class InspectMethods:
     """The :class:`~.protocols.InspectStore` methods, over the backend's ``_call`` /
     ``_call_sync`` (mixed into both store classes)."""
@@ -463,8 +470,7 @@ class InspectMethods:
         """
         if order not in ORDERS:
             raise ValueError(f"unknown order {order!r}; use one of {', '.join(ORDERS)}")
-        if limit < 0 or offset < 0:
-            raise ValueError("limit and offset must be >= 0")
+        _at_least(0, limit=limit, offset=offset)
         return lambda c: list_sessions(
             c,
             kind=kind,
@@ -493,7 +499,8 @@ class InspectMethods:
     @store_op(tx=False)
     def list_runs(self, session_id: str, *, limit: int = 100) -> TxFn[list[RunOverview]]:
         """The session's latest ``limit`` runs, oldest first, with usage (SessionNotFoundError
-        for an unknown session)."""
+        for an unknown session; ValueError for a negative ``limit``)."""
+        _at_least(0, limit=limit)
         return lambda c: list_runs(c, session_id, limit=limit)
 
     @store_op(tx=False)
@@ -502,7 +509,9 @@ class InspectMethods:
     ) -> TxFn[list[TranscriptEntry]]:
         """Message rows after ``after_seq`` in seq order (at most ``limit``), compaction
         summaries marked and placed after the last message they fold; poll with the last seq
-        seen to follow a live session (SessionNotFoundError for an unknown session)."""
+        seen to follow a live session (SessionNotFoundError for an unknown session; ValueError
+        for a ``limit`` below 1)."""
+        _at_least(1, limit=limit)
         return lambda c: read_transcript(
             c, session_id, after_seq=after_seq, limit=limit, include_compacted=include_compacted
         )
@@ -518,7 +527,9 @@ class InspectMethods:
         recent: int = 20,
     ) -> TxFn[TimersReport]:
         """Armed and in-flight timers (soonest first) and the ``recent`` latest fired or
-        cancelled ones (latest first), across sessions or of ``session_id``."""
+        cancelled ones (latest first), across sessions or of ``session_id`` (ValueError for a
+        negative ``recent``)."""
+        _at_least(0, recent=recent)
         return lambda c: list_all_timers(c, session_id, statuses=statuses, recent=recent)
 
     @store_op(tx=False)
