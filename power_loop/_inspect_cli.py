@@ -142,7 +142,13 @@ def add_commands(sub: Any) -> None:
     p.add_argument("file", metavar="FILE", help="JSON lines written by export ('-': stdin)")
     p.add_argument("--session-id", metavar="NEW", help="the new session's id (default: a fresh one)")
     p = sub.add_parser("doctor", parents=[common], help="check the store; exit 1 when something needs fixing")
-    p.add_argument("--overdue", type=_duration_s, default=300.0, metavar="D", help="armed timers late by D (5m)")
+    p.add_argument(
+        "--overdue",
+        type=_duration_s,
+        default=300.0,
+        metavar="D",
+        help="armed timers and wake-ups waiting longer than D (5m)",
+    )
     p = sub.add_parser("prune", parents=[common], help="delete folded messages and ended ephemeral sub-agents")
     p.add_argument("--dry-run", action="store_true", help="only report what would be deleted")
     p.add_argument("--older-than", type=_duration_s, metavar="D", help="only what is older than D (e.g. 30d)")

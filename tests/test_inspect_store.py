@@ -452,3 +452,15 @@ async def test_page_sizes_out_of_range_are_refused_alike_on_every_backend(store:
         with pytest.raises(ValueError, match=">= "):
             await call()
     assert await store.list_runs("c", limit=0) == [] and (await store.list_all_timers(recent=0)).recent == []
+
+
+async def test_a_wake_up_no_worker_delivers_is_a_finding(store: Store) -> None:
+    await store.create_session("w")
+    await store.enqueue("w", "the timer fired: check the build", kind="timer")
+    await store.create_session("f")
+    await store.enqueue("f", "a follow-up, left for the next send")
+    now = int(time.time() * 1000)
+    assert (await store.health_report(now_ms=now)).findings == []  # not late yet
+    late = await store.health_report(now_ms=now + 3_600_000, db="DB")
+    assert [(f.kind, f.session_id) for f in late.findings] == [("undelivered_wakeup", "w")]
+    assert late.findings[0].fix.startswith("power-loop worker APP --db DB")

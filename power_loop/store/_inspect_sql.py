@@ -412,6 +412,20 @@ def health_report(tx: Tx, *, now: int, overdue_ms: int, db: str) -> HealthReport
         else:
             detail = f"timer {t['timer_id']} is {late}s overdue: no timer worker is delivering"
             findings.append(HealthFinding("overdue_timer", t["session_id"], detail, worker))
+    # A wake-up (a timer's, a background task's or sub-agent's) delivered into an inbox that no
+    # run drained: its process died before running the session; a timer worker recovers it.
+    waiting = tx.execute(
+        "SELECT s.id, s.session_id, COUNT(*) AS n FROM inbox i JOIN sessions s ON s.id = i.session "
+        "WHERE i.consumed_at IS NULL AND i.source IN ('timer', 'task', 'subagent') AND i.created_at < ? "
+        "AND s.paused_at IS NULL "
+        "AND NOT EXISTS (SELECT 1 FROM tool_calls t WHERE t.session = s.id AND t.result_seq IS NULL) "
+        "GROUP BY s.id, s.session_id ORDER BY s.session_id",
+        (now - overdue_ms,),
+    ).fetchall()
+    for r in waiting:
+        if int(r["id"]) not in busy:
+            detail = f"{r['n']} wake-up(s) wait in its inbox and no run reads them: no timer worker is delivering"
+            findings.append(HealthFinding("undelivered_wakeup", r["session_id"], detail, worker))
     return HealthReport(
         backend=tx.dialect, schema_version=version, integrity=integrity, sessions=sessions, findings=findings
     )
@@ -538,7 +552,8 @@ class InspectMethods:
     ) -> TxFn[HealthReport]:
         """Schema version, integrity check and the problems ``power-loop doctor`` reports:
         dead leases, runs left running, unanswered calls with no run going on, timer claims
-        that expired and timers overdue by more than ``overdue_ms``; each with its fix
+        that expired, timers and delivered wake-ups waiting longer than ``overdue_ms``; each
+        with its fix
         (``db`` names the store in a fix's command; default: the store's path)."""
         now = _sessions.now_ms() if now_ms is None else now_ms
         where = db or self.path
