@@ -464,3 +464,15 @@ async def test_a_wake_up_no_worker_delivers_is_a_finding(store: Store) -> None:
     late = await store.health_report(now_ms=now + 3_600_000, db="DB")
     assert [(f.kind, f.session_id) for f in late.findings] == [("undelivered_wakeup", "w")]
     assert late.findings[0].fix.startswith("power-loop worker APP --db DB")
+
+
+async def test_a_dry_run_counts_what_the_prune_deletes(store: Store) -> None:
+    await store.create_session("parent")
+    await _ended_child(store, "parent", "eph", "ephemeral")
+    await store.write("eph", [Append([UserMessage(content=f"m{i}") for i in range(3)])])
+    await store.write("eph", [Compact(through_seq=2, summary="two")])
+    out = await store.write("parent", [Append([UserMessage(content=f"p{i}") for i in range(2)])])
+    await store.write("parent", [Compact(through_seq=out.seqs[0], summary="one")])
+    dry = await store.prune(dry_run=True)
+    done = await store.prune(dry_run=False)
+    assert (dry.folded_messages, dry.sessions) == (done.folded_messages, done.sessions) == (1, ["eph"])

@@ -64,12 +64,15 @@ def _ended_ephemeral(tx: Tx, now: int, older_than_ms: int | None) -> list[Any]:
 def prune(tx: Tx, *, dry_run: bool, older_than_ms: int | None, now: int) -> PruneReport:
     """Remove folded message rows (the rule of ``prune_compacted``) and ended ephemeral
     sub-agent sessions; with ``dry_run`` only count them."""
-    sessions = [r["session_id"] for r in _ended_ephemeral(tx, now, older_than_ms)]
-    if dry_run:
+    ended = _ended_ephemeral(tx, now, older_than_ms)
+    sessions = [r["session_id"] for r in ended]
+    if dry_run:  # the count the prune reports: folded rows of the sessions it keeps
         older = "" if older_than_ms is None else " AND created_at < ?"
+        keys = [int(r["id"]) for r in ended]
+        kept = f" AND session NOT IN ({','.join('?' * len(keys))})" if keys else ""
         row = tx.execute(
-            f"SELECT COUNT(*) AS n FROM messages WHERE compacted = 1{older}",
-            () if older_than_ms is None else (older_than_ms,),
+            f"SELECT COUNT(*) AS n FROM messages WHERE compacted = 1{older}{kept}",
+            (*(() if older_than_ms is None else (older_than_ms,)), *keys),
         ).fetchone()
         return PruneReport(dry_run=True, folded_messages=int(row["n"]), sessions=sessions)
     for sid in sessions:
