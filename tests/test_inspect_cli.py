@@ -527,3 +527,23 @@ def test_follow_shows_a_compaction_of_rows_already_shown(db_path: str, tmp_path:
         follower.send_signal(signal.SIGINT)
         follower.communicate()
     assert follower.returncode == 0
+
+
+def test_the_json_of_every_command_is_one_document_with_the_documented_keys(
+    shared_db: str, scripted_server: ScriptedServer, capsys: Any, tmp_path: Path
+) -> None:
+    _fill(shared_db, scripted_server)
+    exported = tmp_path / "alpha.jsonl"
+    assert _run(capsys, "export", "alpha", "--db", shared_db, "-o", str(exported))[0] == 0
+    expected = {
+        ("sessions",): {"total", "offset", "sessions"},
+        ("show", "alpha"): {"session", "runs", "transcript", "usage"},
+        ("timers",): {"active", "recent"},
+        ("import", str(exported)): {"session_id", "messages"},
+        ("doctor",): {"backend", "schema_version", "integrity", "sessions", "healthy", "findings"},
+        ("prune", "--dry-run"): {"dry_run", "folded_messages", "sessions"},
+    }
+    for argv, keys in expected.items():
+        assert set(_json(capsys, *argv, "--db", shared_db)) == keys, argv
+    code, out, _ = _run(capsys, "export", "alpha", "--db", shared_db, "--json")
+    assert code == 0 and [json.loads(line)["type"] for line in out.splitlines()][0] == "session"
