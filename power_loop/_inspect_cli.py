@@ -45,8 +45,9 @@ USAGE_ERROR = 2
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 # What a terminal would act on rather than show: C0 controls but tab and line feed, DEL, C1
-# controls, and the bidirectional overrides that reorder what is shown.
-_CONTROLS = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+# controls, and the bidirectional overrides that reorder what is shown; and lone surrogates,
+# which no UTF-8 output can encode.
+_CONTROLS = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
 
 Store = SQLiteSessionStore | PostgresSessionStore
 

@@ -547,3 +547,21 @@ def test_the_json_of_every_command_is_one_document_with_the_documented_keys(
         assert set(_json(capsys, *argv, "--db", shared_db)) == keys, argv
     code, out, _ = _run(capsys, "export", "alpha", "--db", shared_db, "--json")
     assert code == 0 and [json.loads(line)["type"] for line in out.splitlines()][0] == "session"
+
+
+def test_lone_surrogates_in_stored_text_are_shown_escaped(db_path: str, capsys: Any, tmp_path: Path) -> None:
+    head = {"type": "session", "format": 1, "session_id": "x", "metadata": {"k": "\ud800"}}
+    user = {"type": "message", "seq": 1, "message": {"role": "user", "content": "bad \udc00 half"}}
+    source = tmp_path / "s.jsonl"
+    source.write_text(f"{json.dumps(head)}\n{json.dumps(user)}\n")  # ASCII: the file itself is valid UTF-8
+    assert _run(capsys, "import", str(source), "--db", db_path, "--session-id", "sur")[0] == 0
+    code, out, err = _run(capsys, "show", "sur", "--db", db_path)
+    assert code == 0 and "#1 user: bad " in out and 'metadata {"k": "\\ud800"}' in out, err
+    out.encode("utf-8")  # printable on a UTF-8 terminal
+    shown = _json(capsys, "show", "sur", "--db", db_path)
+    assert shown["session"]["metadata"] == {"k": "\ud800"} and shown["transcript"][0]["message"]["content"] in (
+        "bad \udc00 half",
+        "bad \ufffd half",
+    )
+    code, out, err = _run(capsys, "export", "sur", "--db", db_path)
+    assert code == 0 and json.loads(out.splitlines()[0])["metadata"] == {"k": "\ud800"}, err
