@@ -208,7 +208,7 @@ def _check_postgres(store: PostgresSessionStore, create: bool) -> None:
         import psycopg
     except ImportError:
         raise InspectError('PostgreSQL stores need psycopg 3: pip install "power-loop[postgres]"') from None
-    where = redact_url(store.url)
+    where = _hide_passwords(redact_url(store.url))
     try:
         with psycopg.connect(store.url, connect_timeout=max(1, int(store.connect_timeout_s))) as conn:
             found = conn.execute(
@@ -219,7 +219,7 @@ def _check_postgres(store: PostgresSessionStore, create: bool) -> None:
             if found is not None:
                 row = conn.execute(f'SELECT MAX(version) FROM "{store.schema}".power_loop_schema').fetchone()
     except psycopg.Error as exc:
-        detail = " ".join(str(exc).split()) or type(exc).__name__
+        detail = _hide_passwords(" ".join(str(exc).split())) or type(exc).__name__
         raise InspectError(f"cannot connect to PostgreSQL at {where}: {detail}") from None
     if found is None:
         if create:
@@ -275,6 +275,15 @@ def _fold(text: str, args: argparse.Namespace) -> str:
     if args.full or len(text) <= limit:
         return text
     return f"{text[:limit]}… ({len(text) - limit} more chars, --full to show)"
+
+
+_PASSWORD = re.compile(r"(?i)(password\s*=\s*)('(?:[^'\\]|\\.)*'|[^\s&]*)")
+
+
+def _hide_passwords(text: str) -> str:
+    """``text`` with the password of a connection string (``password=...`` as a key or a URL
+    parameter) replaced; :func:`redact_url` hides the one in a URL's user part."""
+    return _PASSWORD.sub(r"\1***", text)
 
 
 def _visible(text: str) -> str:
@@ -619,12 +628,14 @@ async def _import(store: Store, args: argparse.Namespace, out: TextIO) -> int:
 
 
 async def _doctor(store: Store, args: argparse.Namespace, db: str, out: TextIO) -> int:
-    shown_db = redact_url(db) if isinstance(store, PostgresSessionStore) else db  # no password in a fix
+    pg = isinstance(store, PostgresSessionStore)
+    shown_db = _hide_passwords(redact_url(db)) if pg else db  # no password in a fix or on screen
+    where = _hide_passwords(store.path) if pg else store.path
     report = await store.health_report(overdue_ms=int(args.overdue * 1000), db=shown_db)
     if args.json:
         _dump(report.to_dict(), out)
         return 0 if report.healthy else 1
-    print(f"Store: {store.path} ({report.backend}), {report.sessions} session(s)", file=out)
+    print(f"Store: {where} ({report.backend}), {report.sessions} session(s)", file=out)
     print(f"Schema version: {report.schema_version}", file=out)
     print(f"Integrity: {report.integrity}", file=out)
     if not report.findings:
@@ -691,7 +702,7 @@ def run_command(args: argparse.Namespace, *, prog: str, out: TextIO | None = Non
     except (InspectError, SessionNotFoundError, StoreError) as exc:
         if args.traceback:
             raise
-        text = _visible(" ".join(str(exc).split()))
+        text = _visible(_hide_passwords(" ".join(str(exc).split())))
         if isinstance(exc, SessionNotFoundError):
             text = f"no session {exc.args[0]!r} in this store" if exc.args else "no such session"
         print(f"{prog}: error: {text}", file=sys.stderr)

@@ -565,3 +565,20 @@ def test_lone_surrogates_in_stored_text_are_shown_escaped(db_path: str, capsys: 
     )
     code, out, err = _run(capsys, "export", "sur", "--db", db_path)
     assert code == 0 and json.loads(out.splitlines()[0])["metadata"] == {"k": "\ud800"}, err
+
+
+def test_no_password_of_a_connection_string_is_printed(pg_schema: Any, capsys: Any) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    for db in (
+        f"host=127.0.0.1 port={port} password=hunter2 dbname=db user=u",
+        f"postgresql://u@127.0.0.1:{port}/db?password=hunter2",
+    ):
+        code, out, err = _run(capsys, "sessions", "--db", db)
+        assert code == 2 and "cannot connect to PostgreSQL" in err and "hunter2" not in err + out, err
+    url = f"{pg_schema.url}&schema={pg_schema.schema}&password=hunter2"  # trust auth ignores it
+    _store_do(url, lambda s: s.create_session("s"))
+    _store_do(url, lambda s: s.schedule_timer("s", due_at=1, note="late"))
+    code, out, err = _run(capsys, "doctor", "--db", url)
+    assert code == 1 and "[overdue_timer]" in out and "hunter2" not in out + err, out
