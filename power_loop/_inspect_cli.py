@@ -106,6 +106,16 @@ def _non_negative(text: str) -> int:
     return value
 
 
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not 0 < value < float("inf"):  # NaN fails too: a poll every 0 s would spin
+        raise argparse.ArgumentTypeError(f"expected a number of seconds > 0, not {text!r}")
+    return value
+
+
 def add_commands(sub: Any) -> None:
     """Add the inspector commands to the ``power-loop`` parser's subcommands."""
     common = argparse.ArgumentParser(add_help=False)
@@ -129,7 +139,7 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--full", action="store_true", help="do not fold long texts")
     p.add_argument("--fold", type=_positive, default=300, metavar="N", help="fold texts after N chars (300)")
     p.add_argument("--follow", "-f", action="store_true", help="keep printing new messages until Ctrl-C")
-    p.add_argument("--interval", type=float, default=0.5, metavar="S", help="seconds between polls (0.5)")
+    p.add_argument("--interval", type=_seconds, default=0.5, metavar="S", help="seconds between polls (0.5)")
     p.add_argument(
         "--max-wait", type=float, default=None, metavar="S", help="with --follow: stop after S seconds with nothing new"
     )

@@ -437,12 +437,20 @@ def test_import_and_export_file_problems_are_one_line_naming_the_file_line(
     assert _json(capsys, "sessions", "--db", db_path)["total"] == 1
 
 
-@pytest.mark.parametrize("argv", [["sessions", "--offset", "-1"], ["timers", "--recent", "-1"]])
-def test_negative_counts_are_refused_as_arguments(db_path: str, capsys: Any, argv: list[str]) -> None:
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["sessions", "--offset", "-1"], "expected a whole number >= 0"),
+        (["timers", "--recent", "-1"], "expected a whole number >= 0"),
+        (["show", "s", "--follow", "--interval", "0"], "expected a number of seconds > 0"),
+        (["show", "s", "--follow", "--interval", "nan"], "expected a number of seconds > 0"),
+    ],
+)
+def test_out_of_range_arguments_are_refused(db_path: str, capsys: Any, argv: list[str], message: str) -> None:
     _store_do(db_path, lambda s: s.create_session("s"))
     with pytest.raises(SystemExit) as exited:
         main([*argv, "--db", db_path])
-    assert exited.value.code == 2 and "expected a whole number >= 0" in capsys.readouterr().err
+    assert exited.value.code == 2 and message in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(("step", "hint"), [(-1, "open it once with this power_loop to migrate"), (1, "upgrade")])
