@@ -42,6 +42,7 @@ __all__ = ["COMMANDS", "add_commands", "run_command"]
 
 COMMANDS = ("sessions", "show", "timers", "export", "import", "doctor", "prune")
 USAGE_ERROR = 2
+_MAX_COUNT = 2**62  # page sizes and offsets both databases take as integers
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 # What a terminal would act on rather than show: C0 controls but tab and line feed, DEL, C1
@@ -91,7 +92,7 @@ def _positive(text: str) -> int:
         value = int(text)
     except ValueError:
         value = 0
-    if value < 1:
+    if not 1 <= value <= _MAX_COUNT:
         raise argparse.ArgumentTypeError(f"expected a whole number >= 1, not {text!r}")
     return value
 
@@ -101,7 +102,7 @@ def _non_negative(text: str) -> int:
         value = int(text)
     except ValueError:
         value = -1
-    if value < 0:
+    if not 0 <= value <= _MAX_COUNT:
         raise argparse.ArgumentTypeError(f"expected a whole number >= 0, not {text!r}")
     return value
 
@@ -328,7 +329,7 @@ class _Terminal:
 
 
 async def _sessions(store: Store, args: argparse.Namespace, out: TextIO) -> int:
-    offset = args.offset if args.offset is not None else (args.page - 1) * args.limit
+    offset = args.offset if args.offset is not None else min((args.page - 1) * args.limit, _MAX_COUNT)
     filters: dict[str, Any] = {
         "kind": args.kind,
         "metadata": dict(args.metadata) or None,
@@ -623,10 +624,17 @@ async def _import(store: Store, args: argparse.Namespace, out: TextIO) -> int:
     from .store._compat import new_session_id
     from .store._inspect_io import check_records
 
-    records, lines = await asyncio.to_thread(_read_records, args.file)
+    def read() -> list[Any]:  # in a worker thread: reading and checking a big file takes a while
+        records, lines = _read_records(args.file)
+        try:
+            check_records(records, lines=lines)  # errors name the file's lines, blank ones counted
+        except ValueError as exc:
+            raise InspectError(str(exc)) from None
+        return records
+
+    records = await asyncio.to_thread(read)
     sid = args.session_id or new_session_id()
     try:
-        check_records(records, lines=lines)  # errors name the file's lines, blank ones counted
         count = await store.import_session(records, session_id=sid)
     except ValueError as exc:
         raise InspectError(str(exc)) from None

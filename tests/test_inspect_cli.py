@@ -98,6 +98,8 @@ def test_sessions_lists_and_filters(shared_db: str, scripted_server: ScriptedSer
     recent = _json(capsys, "sessions", "--db", shared_db, "--active-since", "1h")
     assert [s["session_id"] for s in recent["sessions"]] == ["alpha"]
     paged = _json(capsys, "sessions", "--db", shared_db, "--sort", "id", "--limit", "1", "--page", "2")
+    far = _json(capsys, "sessions", "--db", shared_db, "--limit", str(2**62), "--page", str(2**62))
+    assert (far["sessions"], far["total"]) == ([], 2)
     assert [s["session_id"] for s in paged["sessions"]] == ["beta"] and paged["offset"] == 1
     with pytest.raises(SystemExit) as exited:
         main(["sessions", "--db", shared_db, "--active-since", "yesterday-ish"])
@@ -442,6 +444,8 @@ def test_import_and_export_file_problems_are_one_line_naming_the_file_line(
     [
         (["sessions", "--offset", "-1"], "expected a whole number >= 0"),
         (["timers", "--recent", "-1"], "expected a whole number >= 0"),
+        (["sessions", "--offset", str(2**64)], "expected a whole number >= 0"),
+        (["sessions", "--limit", str(2**64)], "expected a whole number >= 1"),
         (["show", "s", "--follow", "--interval", "0"], "expected a number of seconds > 0"),
         (["show", "s", "--follow", "--interval", "nan"], "expected a number of seconds > 0"),
     ],
