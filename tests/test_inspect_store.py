@@ -448,6 +448,7 @@ async def test_page_sizes_out_of_range_are_refused_alike_on_every_backend(store:
         lambda: store.list_runs("c", limit=-1),
         lambda: store.list_all_timers(recent=-1),
         lambda: store.list_sessions(limit=-1),
+        lambda: store.list_sessions(offset=2**63),
     ):
         with pytest.raises(ValueError, match=">= "):
             await call()

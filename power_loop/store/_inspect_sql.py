@@ -437,8 +437,8 @@ def health_report(tx: Tx, *, now: int, overdue_ms: int, db: str) -> HealthReport
 def _at_least(low: int, **counts: int) -> None:
     """Refuse a page size both databases would not read alike (SQLite reads LIMIT -1 as no limit)."""
     for name, value in counts.items():
-        if value < low:
-            raise ValueError(f"{name} must be >= {low}, not {value}")
+        if not low <= value < 2**63:
+            raise ValueError(f"{name} must be >= {low} and < 2**63, not {value}")
 
 
 class InspectMethods:
