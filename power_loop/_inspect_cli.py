@@ -442,8 +442,9 @@ async def _show(store: Store, args: argparse.Namespace, out: TextIO) -> int:
         print("", file=out)
     _print_entries(entries, {r.run_id: r for r in runs}, shown, args, out)
     if not args.json:
+        wrote = {e.run_id for e in entries}
         for r in runs:  # runs that wrote no message, and runs still going
-            if r.run_id not in shown and (r.ended_at is None or not any(e.run_id == r.run_id for e in entries)):
+            if r.run_id not in shown and (r.ended_at is None or r.run_id not in wrote):
                 print(_run_line(r), file=out)
                 shown.add(r.run_id)
         u = _usage(runs)
