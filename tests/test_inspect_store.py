@@ -477,3 +477,42 @@ async def test_a_dry_run_counts_what_the_prune_deletes(store: Store) -> None:
     dry = await store.prune(dry_run=True)
     done = await store.prune(dry_run=False)
     assert (dry.folded_messages, dry.sessions) == (done.folded_messages, done.sessions) == (1, ["eph"])
+
+
+class _RunsBeforeCallsAreRead:
+    """Passes statements through; before the first statement reading unanswered tool calls, a
+    run starts from another connection and stores a model turn calling a tool (a busy
+    service, between the report's statements)."""
+
+    def __init__(self, tx: Any, start_run: Any) -> None:
+        self.tx, self.start_run, self.dialect = tx, start_run, tx.dialect
+
+    def execute(self, sql: str, params: Any = ()) -> Any:
+        if "FROM tool_calls t JOIN sessions s" in sql and self.start_run is not None:
+            self.start_run, start_run = None, self.start_run
+            start_run()
+        return self.tx.execute(sql, params)
+
+
+async def test_the_health_report_is_one_snapshot_of_a_busy_store(store: Store) -> None:
+    from power_loop.store import _inspect_sql, _sql
+
+    await store.create_session("busy")
+    call = ToolCall(id="c1", name="add", arguments="{}")
+
+    def start_run() -> None:
+        lease = LeaseClaim(owner="w/run-b", ttl_ms=600_000)
+        began = store._call_sync(lambda c: _sql.begin_run(c, BeginRun("busy", "run-b", lease)))
+        fenced = LeaseClaim(owner="w/run-b", ttl_ms=600_000, fence=began.fence)
+        turn = [Append([UserMessage(content="go"), AssistantMessage(content="", tool_calls=(call,))])]
+        store._call_sync(lambda c: _sql.write(c, "busy", turn, lease=fenced, event_seq=None))
+
+    now = int(time.time() * 1000)
+    report = await store._call(
+        lambda c: _inspect_sql.health_report(
+            _RunsBeforeCallsAreRead(c, start_run), now=now, overdue_ms=300_000, db="DB"
+        ),
+        tx=False,
+    )
+    assert report.findings == []  # the run going on is no problem, seen before or after it began
+    assert (await store.health_report()).findings == []

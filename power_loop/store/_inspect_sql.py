@@ -371,8 +371,31 @@ def _lease_findings(tx: Tx, now: int) -> tuple[list[HealthFinding], set[int]]:
     return findings, busy
 
 
-def health_report(tx: Tx, *, now: int, overdue_ms: int, db: str) -> HealthReport:
-    """The schema version, the integrity check and the problems found, each with its fix."""
+def _read_snapshot(tx: Tx, fn: Callable[[], T], *, in_transaction: bool) -> T:
+    """``fn()`` with every statement reading one snapshot, taking no write lock: a deferred
+    transaction on SQLite (a WAL reader), ``REPEATABLE READ, READ ONLY`` on PostgreSQL.
+    ``in_transaction``: the backend already began one (a transaction pooler's)."""
+    if tx.dialect != "sqlite" and in_transaction:
+        tx.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        return fn()
+    tx.execute("BEGIN" if tx.dialect == "sqlite" else "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+    try:
+        result = fn()
+    except BaseException:
+        tx.execute("ROLLBACK")
+        raise
+    tx.execute("COMMIT")
+    return result
+
+
+def health_report(tx: Tx, *, now: int, overdue_ms: int, db: str, in_transaction: bool = False) -> HealthReport:
+    """The schema version, the integrity check and the problems found, each with its fix, read
+    from one snapshot: a run that begins or ends meanwhile is seen whole or not at all, never
+    as its unanswered calls without its lease."""
+    return _read_snapshot(tx, lambda: _health_report(tx, now, overdue_ms, db), in_transaction=in_transaction)
+
+
+def _health_report(tx: Tx, now: int, overdue_ms: int, db: str) -> HealthReport:
     version, integrity = _version_and_integrity(tx)
     sessions = int(tx.execute("SELECT COUNT(*) AS n FROM sessions").fetchone()["n"])
     findings, busy = _lease_findings(tx, now)
@@ -557,7 +580,8 @@ class InspectMethods:
         (``db`` names the store in a fix's command; default: the store's path)."""
         now = _sessions.now_ms() if now_ms is None else now_ms
         where = db or self.path
-        return lambda c: health_report(c, now=now, overdue_ms=overdue_ms, db=where)
+        pooled = bool(getattr(self, "transaction_pooler", False))  # its reads run in a transaction
+        return lambda c: health_report(c, now=now, overdue_ms=overdue_ms, db=where, in_transaction=pooled)
 
     @store_op()
     def prune(self, *, dry_run: bool, older_than_ms: int | None = None) -> TxFn[PruneReport]:
