@@ -35,6 +35,7 @@ from .store._inspect_rows import RunOverview, TranscriptEntry
 from .store._inspect_sql import ORDERS
 from .store.factory import DB_URL_ENV, open_store
 from .store.postgres import PostgresSessionStore, redact_url
+from .store.rows import TimerRow
 from .store.schema import LATEST_VERSION
 from .store.sqlite import SQLiteSessionStore
 
@@ -169,7 +170,7 @@ def add_commands(sub: Any) -> None:
 # --------------------------------------------------------------------------- opening
 
 
-def _check_sqlite(path: str, create: bool) -> None:
+def check_sqlite(path: str, create: bool) -> None:
     """Refuse what opening would create or migrate (runs in a worker thread)."""
     from .store._legacy import is_011
 
@@ -195,8 +196,8 @@ def _check_sqlite(path: str, create: bool) -> None:
         raise InspectError(f"{path} is not a power_loop SQLite database ({exc})") from None
     if old:  # migrating writes the file (after a backup): a loop does it, not an inspector
         raise InspectError(
-            f"{path} is a power-loop 0.11 database: open it once with StatefulAgentLoop(db_path=...) of this "
-            "power_loop, which migrates it in place and keeps a backup, then inspect it"
+            f"{path} is a power-loop 0.11 database: open it once with this power_loop to migrate it "
+            "(StatefulAgentLoop(db_path=...) migrates it in place and keeps a backup), then inspect it"
         )
     if version == 0 and not (create and not tables):
         shown = ", ".join(sorted(tables)[:6]) + (", ..." if len(tables) > 6 else "")
@@ -212,7 +213,7 @@ def _refuse_version(where: str, version: int) -> None:
         raise InspectError(f"{where} has schema version {version}, this power_loop reads {LATEST_VERSION}: {hint}")
 
 
-def _check_postgres(store: PostgresSessionStore, create: bool) -> None:
+def check_postgres(store: PostgresSessionStore, create: bool = False) -> None:
     """The server answers and the schema holds power_loop's tables at this version (runs in a
     worker thread); ``create`` (import) accepts a schema without them."""
     try:
@@ -252,9 +253,9 @@ async def _opened(args: argparse.Namespace, *, create: bool = False) -> Any:
     except ValueError as exc:
         raise InspectError(str(exc)) from None
     if isinstance(store, PostgresSessionStore):
-        await asyncio.to_thread(_check_postgres, store, create)
+        await asyncio.to_thread(check_postgres, store, create)
     else:
-        await asyncio.to_thread(_check_sqlite, store.path, create)
+        await asyncio.to_thread(check_sqlite, store.path, create)
     try:
         await store.open()
         yield store, db
@@ -548,6 +549,13 @@ async def _follow(
                 break
 
 
+def _schedule(t: TimerRow) -> str:
+    """How a timer repeats: its cron expression and zone, its period, or ``-`` (once)."""
+    if t.cron:
+        return f"{t.cron} ({t.tz or 'UTC'})"
+    return f"every {t.every_s:g}s" if t.every_s else "-"
+
+
 async def _timers(store: Store, args: argparse.Namespace, out: TextIO) -> int:
     report = await store.list_all_timers(args.session_id, recent=args.recent)
     if args.json:
@@ -560,11 +568,8 @@ async def _timers(store: Store, args: argparse.Namespace, out: TextIO) -> int:
         return f"{_time(due)} ({'in ' + str(delta) if delta >= 0 else str(-delta) + ' late'}s)"
 
     print(f"Armed and in flight ({len(report.active)}):", file=out)
-    active = [
-        (t.session_id, str(t.timer_id), t.status, when(t.due_at), f"{t.every_s:g}s" if t.every_s else "-", t.note)
-        for t in report.active
-    ]
-    _table(active, ("SESSION", "TIMER", "STATUS", "DUE (UTC)", "EVERY", "NOTE"), out)
+    active = [(t.session_id, str(t.timer_id), t.status, when(t.due_at), _schedule(t), t.note) for t in report.active]
+    _table(active, ("SESSION", "TIMER", "STATUS", "DUE (UTC)", "SCHEDULE", "NOTE"), out)
     print(f"\nRecent ({len(report.recent)}):", file=out)
     recent = [
         (t.session_id, str(t.timer_id), t.status, _time(t.fired_at), str(t.fire_count), t.last_outcome or "-", t.note)

@@ -11,6 +11,7 @@ stays readable; it reaches the engine the way the loop does.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Literal
 
 from .engine.capabilities import timer_args
 from .engine.eventlog import UNSTORED_EVENTS, event_record
@@ -42,6 +43,9 @@ class TimerFacade:
         every_s: float | None = None,
         count: int | None = None,
         until_ms: int | None = None,
+        cron: str | None = None,
+        tz: str | None = None,
+        misfire: Literal["once", "skip"] = "once",
     ) -> TimerRow:
         """Arm a durable timer that wakes the session (a ``TimerRunner`` delivers it).
 
@@ -50,19 +54,26 @@ class TimerFacade:
 
         Args:
             session_id: The session to wake.
-            delay_s: Seconds from now (exactly one of ``delay_s`` / ``due_at_ms``).
+            delay_s: Seconds from now (exactly one of ``delay_s`` / ``due_at_ms`` / ``cron``).
             due_at_ms: Absolute due time, epoch milliseconds.
             note: Why the session should wake up (shown to the model); required.
             every_s: Make it recurring: re-arm this many seconds after each firing.
-            count: With ``every_s``: total number of firings.
-            until_ms: With ``every_s``: no firing after this epoch-ms time.
+            count: With ``every_s`` or ``cron``: total number of firings.
+            until_ms: With ``every_s`` or ``cron``: no firing after this epoch-ms time.
+            cron: Make it a calendar timer: due at each occurrence of this cron expression
+                (``"0 9 * * MON-FRI"``), read in zone ``tz``; one timer id for the series.
+            tz: The IANA zone of ``cron`` (``"Europe/Paris"``); default ``"UTC"``.
+            misfire: What a firing after a downtime does with the occurrences missed:
+                ``"once"`` delivers one wake-up saying how many were missed and since when,
+                ``"skip"`` drops them; the series then resumes on its calendar.
 
         Raises:
-            ValueError: Both or neither of ``delay_s`` / ``due_at_ms``, an empty note, or a bad
-                recurrence.
+            ValueError: Both or neither of ``delay_s`` / ``due_at_ms`` (or ``cron`` with
+                either, or with ``every_s``), an empty note, a bad recurrence, or a schedule
+                or zone that is not valid (the message names the field).
             SessionNotFoundError: Unknown session.
         """
-        args = timer_args(delay_s, due_at_ms, note, every_s, count, until_ms)
+        args = timer_args(delay_s, due_at_ms, note, every_s, count, until_ms, cron=cron, tz=tz, misfire=misfire)
         row = self.store.schedule_timer_sync(session_id, **args)
         self._kick_timers()
         return row
@@ -77,15 +88,18 @@ class TimerFacade:
         every_s: float | None = None,
         count: int | None = None,
         until_ms: int | None = None,
+        cron: str | None = None,
+        tz: str | None = None,
+        misfire: Literal["once", "skip"] = "once",
     ) -> TimerRow:
         """Async twin of :meth:`schedule_timer`."""
-        args = timer_args(delay_s, due_at_ms, note, every_s, count, until_ms)
+        args = timer_args(delay_s, due_at_ms, note, every_s, count, until_ms, cron=cron, tz=tz, misfire=misfire)
         row = await self.store.schedule_timer(session_id, **args)
         self._kick_timers()
         return row
 
     def cancel_timer(self, session_id: str, timer_id: int) -> bool:
-        """Cancel an armed timer (a recurring one: the whole series); False when it is unknown,
+        """Cancel an armed timer (a recurring or calendar one: the whole series); False when it is unknown,
         already fired or already cancelled. Raises ``SessionNotFoundError`` for an unknown
         session."""
         return self.store.cancel_timer_sync(session_id, int(timer_id))

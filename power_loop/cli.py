@@ -44,6 +44,7 @@ from ._inspect_cli import add_commands, run_command
 from ._version import __version__
 from .errors import PowerLoopError
 from .store.factory import DB_URL_ENV
+from .viewer import add_serve_parser, run_serve
 
 __all__ = ["main"]
 
@@ -256,6 +257,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     sub.add_parser("version", help="print the version")
     add_commands(sub)
+    add_serve_parser(sub)
     return parser
 
 
@@ -278,6 +280,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "worker":
             return _worker(args)
+        if args.command == "serve":
+            return run_serve(args)
         return asyncio.run(run_demo(args.db or os.environ.get(DB_URL_ENV) or DEMO_DB))
     except KeyboardInterrupt:
         return 130

@@ -22,7 +22,7 @@ pytest_plugins = ["power_loop.testing.pytest_plugin"]
 
 PROTOCOLS = ("openai", "anthropic")
 # They describe the test machine, not a configuration of the code under test: tests see them.
-TEST_MACHINE_VARIABLES = ("POWER_LOOP_TEST_PG", "POWER_LOOP_PG_BIN")
+TEST_MACHINE_VARIABLES = ("POWER_LOOP_TEST_PG", "POWER_LOOP_PG_BIN", "POWER_LOOP_TEST_BROWSER")
 
 
 @pytest.fixture(autouse=True)

@@ -94,7 +94,9 @@ def test_a_sync_session_runs_the_hooks_and_events_in_the_loops_order() -> None:
     start = trace.contexts[0]
     assert isinstance(start, SessionStartCtx) and start.session_id == sid and start.scope == "main"
     assert_closed(trace, sid, "completed", "completed")
-    assert trace.events[0].payload == {"scope": "main", "run_id": trace.events[1].payload["run_id"]}
+    started = trace.events[0].payload
+    assert started["scope"] == "main" and started["run_id"] == trace.events[1].payload["run_id"]
+    assert started["parent_session_id"] == "" and started["spawn_tool_call_id"] == ""  # no sub-agent
 
 
 def test_ids_are_fresh_unless_given() -> None:

@@ -138,11 +138,13 @@ async def test_a_version_9_store_is_upgraded_in_place(shared_db: str) -> None:
     async with StatefulAgentLoop(llm=llm, db_path=shared_db) as loop:
         sid = await loop.new_session_async()
         await loop.send("1", sid)
-    raw = RawDatabase(shared_db)  # back to version 9: nothing of version 10
+    raw = RawDatabase(shared_db)  # back to version 9: nothing of versions 10 and 11
     for table in ("events", "approvals", "budget_holds", "budget_ledger"):
         raw.execute(f"DROP TABLE {table}")
     for column in ("paused_at", "chain_wall_ms"):
         raw.execute(f"ALTER TABLE sessions DROP COLUMN {column}")
+    for column in ("cron", "tz", "misfire"):
+        raw.execute(f"ALTER TABLE timers DROP COLUMN {column}")
     raw.execute("UPDATE power_loop_schema SET version = 9" if raw.postgres else "PRAGMA user_version = 9")
     raw.close()
     async with StatefulAgentLoop(llm=llm, db_path=shared_db, config=PERSIST) as loop:

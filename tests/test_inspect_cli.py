@@ -236,15 +236,21 @@ def test_timers_across_sessions(db_path: str, capsys: Any) -> None:
         for sid in ("a", "b"):
             await store.create_session(sid)
         await store.schedule_timer("a", due_at=now + 3_600_000, note="check the build")
+        await store.schedule_timer(
+            "a", due_at=now + 7_200_000, note="digest", cron="0 9 * * MON-FRI", tz="Europe/Paris", misfire="once"
+        )
         gone = await store.schedule_timer("b", due_at=now + 60_000, note="cancel me")
         await store.cancel_timer("b", gone.timer_id)
 
     _store_do(db_path, fill)
     code, out, _ = _run(capsys, "timers", "--db", db_path)
-    assert code == 0 and "Armed and in flight (1):" in out and "check the build" in out
+    assert code == 0 and "Armed and in flight (2):" in out and "check the build" in out
+    assert "0 9 * * MON-FRI (Europe/Paris)" in out and "SCHEDULE" in out
     assert "Recent (1):" in out and "cancel me" in out
     report = _json(capsys, "timers", "b", "--db", db_path)
     assert report["active"] == [] and report["recent"][0]["status"] == "cancelled"
+    (calendar,) = [t for t in _json(capsys, "timers", "a", "--db", db_path)["active"] if t["cron"]]
+    assert (calendar["cron"], calendar["tz"], calendar["misfire"]) == ("0 9 * * MON-FRI", "Europe/Paris", "once")
 
 
 def test_prune_dry_run_then_prune(db_path: str, capsys: Any) -> None:

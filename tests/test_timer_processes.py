@@ -150,6 +150,58 @@ async def test_two_worker_processes_deliver_a_thousand_timers_exactly_once(tmp_p
         assert all(s[1] == "fired" and s[2] in ("delivered", "queued") and s[3] == 1 for s in states)
 
 
+async def test_two_worker_processes_fire_each_calendar_occurrence_exactly_once(tmp_path: Path, shared_db: str) -> None:
+    """Calendar timers whose occurrence came due during a downtime (their first due time is in
+    the past): each fires exactly once across two workers, and its next occurrence is armed in
+    the same transaction, never twice."""
+    from power_loop.store._timer_calendar import next_occurrence
+
+    db = shared_db
+    sessions, per_session = 40, 5
+    now = int(time.time() * 1000)
+    cron, tz = "0 9 * * *", "Europe/Paris"
+    first = next_occurrence(cron, tz, now - 2 * 86_400_000)  # missed twice by now
+    following = next_occurrence(cron, tz, now)
+    assert first is not None and following is not None
+    async with StatefulAgentLoop(llm=OfflineLLM(), db_path=db) as loop:
+        sids = [await loop.new_session_async(session_id=f"c{i:03d}") for i in range(sessions)]
+        for sid in sids:
+            for k in range(per_session):
+                await loop.store.schedule_timer(sid, due_at=first, note=f"{sid} #{k + 1}", cron=cron, tz=tz)
+        workers = [start_worker(tmp_path, db, "--concurrency", "8") for _ in range(2)]
+        try:
+            deadline = time.monotonic() + 120
+            while True:
+                (left,) = (
+                    await loop.store.execute_fetchall(
+                        "SELECT (SELECT COUNT(*) FROM timers WHERE fire_count = 0 OR status = 'claimed') "
+                        "+ (SELECT COUNT(*) FROM inbox WHERE consumed_at IS NULL)"
+                    )
+                )[0]
+                if left == 0:
+                    break
+                assert time.monotonic() < deadline, f"{left} timers or inbox items still waiting"
+                assert all(w.poll() is None for w in workers), "a worker died"
+                await asyncio.sleep(0.2)
+        finally:
+            for w in workers:
+                w.send_signal(signal.SIGTERM)
+            logs = [w.communicate(timeout=60)[1] for w in workers]
+        assert [w.returncode for w in workers] == [0, 0], logs
+        processed = [int(re.search(r"\((\d+) timers processed\)", log).group(1)) for log in logs]  # type: ignore[union-attr]
+        assert sum(processed) == sessions * per_session, processed
+        refs = await loop.store.execute_fetchall("SELECT session, ref FROM inbox WHERE source = 'timer'")
+        assert len(refs) == sessions * per_session and len(set(refs)) == len(refs)
+        for sid in sids:
+            rows = await loop.list_timers_async(sid)
+            assert {(t.status, t.fire_count, t.due_at, t.cron) for t in rows} == {("armed", 1, following, cron)}
+            texts = timer_texts(await loop.get_messages_async(sid))
+            assert Counter(int(re.match(r"<timer id=(\d+)>", t).group(1)) for t in texts) == Counter(  # type: ignore[union-attr]
+                range(1, per_session + 1)
+            )
+            assert all("(missed " in t for t in texts)
+
+
 def test_worker_cli_rejects_a_bad_app(tmp_path: Path) -> None:
     (tmp_path / "broken_app.py").write_text("def make():\n    raise RuntimeError('no database configured')\n")
     cases = (  # exit 2: a usage error; 1: an APP that cannot be loaded

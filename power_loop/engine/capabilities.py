@@ -29,6 +29,7 @@ from typing import TypedDict
 from ..errors import SessionNotFoundError
 from ..messages import Message
 from ..store._holder import process_start
+from ..store._timer_calendar import MISFIRE_RULES, check_schedule, next_occurrence
 from ..store.protocols import MAX_DELAY_S, MAX_DUE_AT_MS, SessionStoreProtocol
 from ..store.rows import BackgroundTaskRow, TimerRow
 from ..tools.context import ToolCapabilities
@@ -63,6 +64,9 @@ class TimerArgs(TypedDict):
     every_ms: int | None
     count: int | None
     until_at: int | None
+    cron: str | None
+    tz: str | None
+    misfire: str | None
 
 
 class TimerSignal:
@@ -105,9 +109,17 @@ class StoreTimers:
     session_id: str
     origin: str
 
-    async def schedule(self, *, delay_s: float, note: str, max_live: int | None = None) -> TimerRow:
+    async def schedule(
+        self,
+        *,
+        delay_s: float | None = None,
+        note: str,
+        max_live: int | None = None,
+        cron: str | None = None,
+        tz: str | None = None,
+    ) -> TimerRow:
         """See :meth:`power_loop.tools.context.SessionTimers.schedule`."""
-        args = timer_args(delay_s, None, note, None, None, None)
+        args = timer_args(delay_s, None, note, None, None, None, cron=cron, tz=tz)
         row = await self.store.schedule_timer(self.session_id, **args, max_live=max_live, origin=self.origin)
         self.signal.notify()
         return row
@@ -351,12 +363,17 @@ def timer_args(
     every_s: float | None,
     count: int | None,
     until_ms: int | None,
+    *,
+    cron: str | None = None,
+    tz: str | None = None,
+    misfire: str = "once",
 ) -> TimerArgs:
     """Check the arguments of ``schedule_timer`` and return the store's keyword arguments.
 
     Raises:
-        ValueError: Both or neither of ``delay_s`` / ``due_at_ms``, an empty note, an
-            out-of-range time, or a bad recurrence.
+        ValueError: Both or neither of ``delay_s`` / ``due_at_ms`` (or ``cron`` with either,
+            or with ``every_s``), an empty note, an out-of-range time, a bad recurrence, or a
+            calendar schedule that is not valid (the message names the field).
     """
 
     def seconds(value: object) -> bool:
@@ -370,6 +387,12 @@ def timer_args(
     def epoch_ms(value: object) -> bool:
         return not isinstance(value, bool) and isinstance(value, int) and 0 <= value <= MAX_DUE_AT_MS
 
+    if cron is not None:
+        return _calendar_args(delay_s, due_at_ms, note, every_s, count, until_ms, cron, tz, misfire)
+    if tz is not None:
+        raise ValueError("tz applies to calendar timers: pass cron as well")
+    if misfire != "once":
+        raise ValueError("misfire applies to calendar timers: pass cron as well")
     if (delay_s is None) == (due_at_ms is None):
         raise ValueError("provide exactly one of delay_s / due_at_ms")
     if not isinstance(note, str) or not note.strip():
@@ -389,12 +412,68 @@ def timer_args(
             raise ValueError(f"every_s must be a positive number of seconds up to 100 years, not {every_s!r}")
         every_ms = max(1, int(every_s * 1000))
     elif count is not None or until_ms is not None:
-        raise ValueError("count and until_ms apply to recurring timers: pass every_s as well")
+        raise ValueError("count and until_ms apply to recurring timers: pass every_s (or cron) as well")
+    _check_series(count, until_ms, due_at)
+    return {
+        "due_at": due_at,
+        "note": note,
+        "every_ms": every_ms,
+        "count": count,
+        "until_at": until_ms,
+        "cron": None,
+        "tz": None,
+        "misfire": None,
+    }
+
+
+def _check_series(count: int | None, until_ms: int | None, due_at: int) -> None:
     if count is not None and (isinstance(count, bool) or not isinstance(count, int) or count < 1):
         raise ValueError(f"count must be an int >= 1, not {count!r}")
-    if until_ms is not None and (not epoch_ms(until_ms) or until_ms < due_at):
+    if until_ms is not None and (
+        isinstance(until_ms, bool) or not isinstance(until_ms, int) or not 0 <= until_ms <= MAX_DUE_AT_MS
+    ):
+        raise ValueError(f"until_ms must be epoch milliseconds (an int up to year 9999), not {until_ms!r}")
+    if until_ms is not None and until_ms < due_at:
         raise ValueError("until_ms must be epoch milliseconds no earlier than the first due time")
-    return {"due_at": due_at, "note": note, "every_ms": every_ms, "count": count, "until_at": until_ms}
+
+
+def _calendar_args(
+    delay_s: float | None,
+    due_at_ms: int | None,
+    note: str,
+    every_s: float | None,
+    count: int | None,
+    until_ms: int | None,
+    cron: str,
+    tz: str | None,
+    misfire: str,
+) -> TimerArgs:
+    """:func:`timer_args` of a calendar timer: the first due time is the schedule's next
+    occurrence."""
+    if delay_s is not None or due_at_ms is not None or every_s is not None:
+        raise ValueError(
+            "cron cannot be combined with delay_s, due_at_ms or every_s: a calendar timer is due at its "
+            "schedule's occurrences"
+        )
+    if not isinstance(note, str) or not note.strip():
+        raise ValueError("note is required — the agent needs to know why it woke up")
+    now = int(time.time() * 1000)
+    cron, zone = check_schedule(cron, "UTC" if tz is None else tz, now_ms=now)
+    if misfire not in MISFIRE_RULES:
+        raise ValueError(f"misfire must be 'once' or 'skip', not {misfire!r}")
+    due_at = next_occurrence(cron, zone, now)
+    assert due_at is not None  # check_schedule refuses a schedule that never comes due
+    _check_series(count, until_ms, due_at)
+    return {
+        "due_at": due_at,
+        "note": note,
+        "every_ms": None,
+        "count": count,
+        "until_at": until_ms,
+        "cron": cron,
+        "tz": zone,
+        "misfire": misfire,
+    }
 
 
 def tool_capabilities(

@@ -11,30 +11,32 @@ enums and the message sinks are here too.
 from __future__ import annotations
 
 from ._compat import UnsupportedStoreCallError
+from ._inspect_rows import (
+    HealthFinding,
+    HealthReport,
+    PruneReport,
+    RunOverview,
+    SessionOverview,
+    TimersReport,
+    TranscriptEntry,
+)
 from .factory import DB_URL_ENV, open_store
 from .postgres import PostgresSessionStore
 from .rows import (
     CompactionRow,
     EventRecord,
-    HealthFinding,
-    HealthReport,
     MessageRow,
     MessageState,
     PendingCall,
     PendingState,
-    PruneReport,
-    RunOverview,
     RunRecord,
     SessionKind,
-    SessionOverview,
     SessionRow,
     SessionStateRow,
     SessionStatsRow,
     SessionStatus,
     StoredMessage,
     TimerRow,
-    TimersReport,
-    TranscriptEntry,
 )
 from .schema import LATEST_VERSION
 from .sinks import MessageSink, NullSink, SQLiteSink

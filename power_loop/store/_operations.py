@@ -333,9 +333,13 @@ class StoreOperations(Store011Methods, RuntimeStateMethods):
         until_at: int | None = None,
         max_live: int | None = None,
         origin: str | None = None,
+        cron: str | None = None,
+        tz: str | None = None,
+        misfire: str | None = None,
     ) -> TxFn[TimerRow]:
         """Arm a timer (see ``StatefulAgentLoop.schedule_timer``); with ``origin``, return the
-        timer armed earlier with the same origin instead of arming another."""
+        timer armed earlier with the same origin instead of arming another. With ``cron``
+        (and ``tz``, ``misfire``) a calendar timer whose first occurrence is ``due_at``."""
         return lambda c: _timers.schedule_timer(
             c,
             session_id,
@@ -346,6 +350,9 @@ class StoreOperations(Store011Methods, RuntimeStateMethods):
             until_at=until_at,
             max_live=max_live,
             origin=origin,
+            cron=cron,
+            tz=tz,
+            misfire=misfire,
         )
 
     schedule_timer_sync = schedule_timer.blocking()
@@ -369,27 +376,35 @@ class StoreOperations(Store011Methods, RuntimeStateMethods):
     list_timers_sync = list_timers.blocking()
 
     async def claim_due_timers(
-        self, owner: str, *, lease_ms: int, limit: int, due_by: int | None = None
+        self, owner: str, *, lease_ms: int, limit: int, due_by: int | None = None, now: int | None = None
     ) -> list[_timers.ClaimedTimer]:
-        """Claim timers due by ``due_by`` (default now), and stale claims, for ``owner``."""
-        return await self._call(lambda c: _timers.claim_due(c, owner, lease_ms=lease_ms, limit=limit, due_by=due_by))
+        """Claim timers due by ``due_by`` (default now), and stale claims, for ``owner``;
+        ``now`` (epoch ms) is the runner's clock (default: the wall clock)."""
+        return await self._call(
+            lambda c: _timers.claim_due(c, owner, lease_ms=lease_ms, limit=limit, due_by=due_by, now=now)
+        )
 
-    async def renew_timer_claims(self, owner: str, *, lease_ms: int) -> int:
+    async def renew_timer_claims(self, owner: str, *, lease_ms: int, now: int | None = None) -> int:
         """Extend ``owner``'s claims."""
-        return await self._call(lambda c: _timers.renew_claims(c, owner, lease_ms=lease_ms))
+        return await self._call(lambda c: _timers.renew_claims(c, owner, lease_ms=lease_ms, now=now))
 
     async def release_timer_claims(self, owner: str) -> int:
         """Give back ``owner``'s claims."""
         return await self._call(lambda c: _timers.release_claims(c, owner))
 
-    async def deliver_timers(self, owner: str, deliveries: list[_timers.Delivery]) -> list[tuple[str | None, int]]:
+    async def deliver_timers(
+        self, owner: str, deliveries: list[_timers.Delivery], *, now: int | None = None
+    ) -> list[tuple[str | None, int]]:
         """Apply claimed timers' outcomes in one transaction; per timer the outcome (None when
-        its claim was lost, ``error`` when its write failed) and the event seq reserved for it."""
-        return await self._call(lambda c: _timers.deliver_many(c, owner, deliveries))
+        its claim was lost, ``error`` when its write failed) and the event seq reserved for it.
+        A recurring timer's next occurrence is armed in the same transaction."""
+        return await self._call(lambda c: _timers.deliver_many(c, owner, deliveries, now=now))
 
-    async def retry_timer_later(self, timer: _timers.ClaimedTimer, owner: str, *, delay_ms: int) -> bool:
+    async def retry_timer_later(
+        self, timer: _timers.ClaimedTimer, owner: str, *, delay_ms: int, now: int | None = None
+    ) -> bool:
         """Give back a claim whose delivery failed; the timer is due again ``delay_ms`` later."""
-        return await self._call(lambda c: _timers.retry_later(c, timer, owner, delay_ms=delay_ms))
+        return await self._call(lambda c: _timers.retry_later(c, timer, owner, delay_ms=delay_ms, now=now))
 
     async def next_timer_due_at(self, owner: str | None = None) -> int | None:
         """When a runner next has work: the earliest armed due time, or the expiry of a claim

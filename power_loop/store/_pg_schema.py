@@ -284,7 +284,14 @@ CREATE INDEX events_run ON events(session, run_id) WHERE run_id IS NOT NULL
 """Version 10: the guards (pause, the wall-clock a continued run carries, the shared
 budgets' ledger and holds), approval requests, and the event log."""
 
-UPGRADES: tuple[tuple[int, str], ...] = ((10, _V10),)
+_V11 = """
+ALTER TABLE timers ADD COLUMN cron TEXT;
+ALTER TABLE timers ADD COLUMN tz TEXT;
+ALTER TABLE timers ADD COLUMN misfire TEXT
+"""
+"""Version 11: calendar timers (the cron expression, its IANA zone, the misfire rule)."""
+
+UPGRADES: tuple[tuple[int, str], ...] = ((10, _V10), (11, _V11))
 """The DDL that takes a schema from one version to the next, as ``(version, statements)``
 in order, from :data:`BASE_VERSION` + 1 to the latest; a new version is one more entry
 (the SQLite migration of the same number says what it adds)."""

@@ -1,5 +1,6 @@
 """The value types of durable timers shared by the store's rules and the timer runner:
-a claim, a delivery, the limits on due times, and the "too many timers" signal.
+a claim, a delivery, the limits on due times, and the "too many timers" signal (the
+calendar computation is in ``_timer_calendar.py``).
 
 Nothing here touches a database, so the runner and the timer tools import it without
 importing any backend.
@@ -31,7 +32,8 @@ class TimerBudgetExceeded(PowerLoopError):
 @dataclass(frozen=True)
 class ClaimedTimer:
     """A due timer claimed by a runner; ``claim_seq`` identifies this claim and
-    ``session_key`` is the session's key inside the store that claimed it."""
+    ``session_key`` is the session's key inside the store that claimed it. A calendar timer
+    carries its schedule (``cron`` in zone ``tz``) and its ``misfire`` rule."""
 
     session_id: str
     timer_id: int
@@ -42,14 +44,22 @@ class ClaimedTimer:
     until_at: int | None
     claim_seq: int = 0
     session_key: int = 0
+    cron: str | None = None
+    tz: str | None = None
+    misfire: str | None = None
 
 
 @dataclass(frozen=True)
 class Delivery:
     """What to do with one claimed timer: ``action`` is ``deliver`` (into the session's
-    inbox), ``skip``, ``cancel`` or ``postpone`` (by ``postpone_ms``)."""
+    inbox), ``skip``, ``cancel`` or ``postpone`` (by ``postpone_ms``).
+
+    ``covered_until`` (epoch ms) is, for a calendar timer, the instant up to which this firing
+    stands for the schedule's occurrences (when the deliverer counted them); the series is
+    re-armed at the first occurrence after it. None: the delivery's own time."""
 
     timer: ClaimedTimer
     action: str
     message: str
     postpone_ms: int = 0
+    covered_until: int | None = None

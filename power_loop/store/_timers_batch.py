@@ -9,7 +9,9 @@ Outcomes are exactly those of the per-timer rules: a timer whose claim was lost 
 taken over, its session deleted) is left untouched and reported ``(None, 0)``; the others are
 applied, each delivery's wake-up message written in the same transaction that marks its timer
 fired or re-arms it. Session rows are locked in key order, so two runners' batches that share
-sessions wait for each other instead of deadlocking.
+sessions wait for each other instead of deadlocking. A calendar timer's next occurrence is
+computed here too (in Python, by the rule the per-timer path uses) and written by the same
+set-based update that marks this one fired.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ from typing import Any
 
 from ._inbox_sql import inbox_body
 from ._leases import live_lease
+from ._sessions_sql import now_ms
+from ._timer_calendar import following_due
 from ._timer_rows import ClaimedTimer, Delivery
 from .protocols import Tx
 
@@ -57,6 +61,7 @@ def deliver_batch(tx: Tx, owner: str, deliveries: list[Delivery], now: int) -> l
         ).fetchall()
     }
     next_seq = {k: int(r["event_seq"]) - counts[k] + 1 for k, r in sessions.items()}
+    wall = now_ms()  # session leases are written by runs on the wall clock, whatever ``now`` is
     planned: list[tuple[Delivery, str, int, bool] | None] = []  # (delivery, outcome, seq, writes a message)
     columns: list[list[Any]] = [[] for _ in range(8)]
     for d in deliveries:
@@ -67,7 +72,7 @@ def deliver_batch(tx: Tx, owner: str, deliveries: list[Delivery], now: int) -> l
             continue
         seq = next_seq[t.session_key]
         next_seq[t.session_key] = seq + 1
-        outcome, status, due_at, remaining, fired, message = _plan(t, d, session, now)
+        outcome, status, due_at, remaining, fired, message = _plan(t, d, session, now, wall)
         planned.append((d, outcome, seq, message))
         for column, value in zip(
             columns, (t.session_key, t.timer_id, t.claim_seq, status, due_at, remaining, fired, outcome), strict=True
@@ -110,7 +115,9 @@ def deliver_batch(tx: Tx, owner: str, deliveries: list[Delivery], now: int) -> l
     return outcomes
 
 
-def _plan(t: ClaimedTimer, d: Delivery, session: Any, now: int) -> tuple[str, str, int, int | None, int, bool]:
+def _plan(
+    t: ClaimedTimer, d: Delivery, session: Any, now: int, wall: int
+) -> tuple[str, str, int, int | None, int, bool]:
     """(outcome, new status, due_at, remaining, fired 0/1, writes a message) of one delivery,
     as :func:`~._timers_sql._apply` and :func:`~._timers_sql._advance` decide them."""
     if d.action == "postpone":
@@ -121,10 +128,10 @@ def _plan(t: ClaimedTimer, d: Delivery, session: Any, now: int) -> tuple[str, st
     delivering = d.action == "deliver" and not expired
     outcome = "skipped"
     if delivering:
-        busy = live_lease(session, now)[0] is not None
+        busy = live_lease(session, wall)[0] is not None
         outcome = "queued" if busy or session["open_calls"] else "delivered"
     remaining = None if t.remaining is None else t.remaining - 1
-    next_due = now + t.every_ms if t.every_ms and not expired else None
+    next_due = None if expired else following_due(t, now=now, covered_until=d.covered_until)
     if next_due is not None and (remaining is None or remaining > 0) and (t.until_at is None or next_due <= t.until_at):
         return outcome, "armed", next_due, remaining, 1, delivering
     return outcome, "fired", t.due_at, remaining, 1, delivering

@@ -22,6 +22,7 @@ from ._history_sql import has_open_calls
 from ._inbox_sql import inbox_body
 from ._leases import live_lease
 from ._sessions_sql import now_ms, session_ref, text
+from ._timer_calendar import MISFIRE_RULES, check_schedule, following_due
 from ._timer_rows import MAX_DELAY_S, MAX_DUE_AT_MS, MAX_TIMER_ID, ClaimedTimer, Delivery, TimerBudgetExceeded
 from ._timers_batch import claim_locked, deliver_batch
 from .protocols import Tx
@@ -51,7 +52,7 @@ __all__ = [
 
 COLUMNS = (
     "timer_id, due_at, note, status, every_ms, remaining, until_at, fire_count, last_outcome, "
-    "created_at, fired_at, updated_at"
+    "created_at, fired_at, updated_at, cron, tz, misfire"
 )
 
 
@@ -71,6 +72,9 @@ def timer_row(session_id: str, r: Any) -> TimerRow:
         created_at=int(r["created_at"]),
         fired_at=r["fired_at"],
         updated_at=int(r["updated_at"]),
+        cron=r["cron"],
+        tz=r["tz"],
+        misfire=r["misfire"],
     )
 
 
@@ -89,16 +93,34 @@ def schedule_timer(
     until_at: int | None,
     max_live: int | None = None,
     origin: str | None = None,
+    cron: str | None = None,
+    tz: str | None = None,
+    misfire: str | None = None,
 ) -> TimerRow:
     """Arm a timer (ids count from 1 per session).
 
     With ``origin`` (e.g. a tool call's idempotency key) scheduling is idempotent: a timer
-    armed earlier with the same origin is returned instead of arming another.
+    armed earlier with the same origin is returned instead of arming another. With ``cron``
+    it is a calendar timer: ``due_at`` is its first occurrence, and each firing re-arms the
+    next one of ``cron`` in zone ``tz`` (default ``UTC``); ``misfire`` (``once``, the default,
+    or ``skip``) says what a firing after a downtime does with the missed occurrences.
 
     Raises:
         SessionNotFoundError: Unknown session.
         TimerBudgetExceeded: ``max_live`` armed timers exist already.
+        ValueError: A calendar schedule that is not valid (the message names the field), or
+            combined with ``every_ms``.
     """
+    now = now_ms()
+    if cron is not None:
+        if every_ms is not None:
+            raise ValueError("cron cannot be combined with every_s: a timer recurs on one schedule")
+        cron, tz = check_schedule(cron, "UTC" if tz is None else tz, now_ms=now)
+        misfire = "once" if misfire is None else misfire
+        if misfire not in MISFIRE_RULES:
+            raise ValueError(f"misfire must be 'once' or 'skip', not {misfire!r}")
+    elif tz is not None or misfire is not None:
+        raise ValueError("tz and misfire apply to calendar timers: pass cron as well")
     key = session_ref(tx, session_id).key
     if origin is not None:
         row = tx.execute("SELECT timer_id FROM timers WHERE session = ? AND origin = ?", (key, origin)).fetchone()
@@ -116,11 +138,10 @@ def schedule_timer(
         "UPDATE sessions SET last_timer_id = last_timer_id + 1 WHERE id = ? RETURNING last_timer_id", (key,)
     ).fetchone()
     timer_id = int(row["last_timer_id"])
-    now = now_ms()
     tx.execute(
         "INSERT INTO timers (session, timer_id, due_at, note, every_ms, remaining, until_at, created_at, "
-        "updated_at, origin) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        (key, timer_id, due_at, text(note), every_ms, count, until_at, now, now, text(origin)),
+        "updated_at, origin, cron, tz, misfire) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (key, timer_id, due_at, text(note), every_ms, count, until_at, now, now, text(origin), cron, tz, misfire),
     )
     return _get(tx, key, session_id, timer_id)
 
@@ -181,18 +202,24 @@ def list_timers(tx: Tx, session_id: str, statuses: tuple[str, ...] = ("armed", "
     return [timer_row(session_id, r) for r in rows]
 
 
-def claim_due(tx: Tx, owner: str, *, lease_ms: int, limit: int, due_by: int | None = None) -> list[ClaimedTimer]:
+def claim_due(
+    tx: Tx, owner: str, *, lease_ms: int, limit: int, due_by: int | None = None, now: int | None = None
+) -> list[ClaimedTimer]:
     """Claim up to ``limit`` timers due by ``due_by`` (default: now): armed ones, and claims
     whose lease expired (their runner died or stalled). Each claim increments the timer's
     ``claim_seq``, so a deliverer holding an older claim is refused later. Each claim is
     conditional on the ``claim_seq`` read, so two runners never both claim one timer: the
-    loser's update matches no row and the timer is left out of its list."""
-    now = now_ms()
+    loser's update matches no row and the timer is left out of its list. ``now`` (epoch ms,
+    default the wall clock) is the runner's clock."""
+    now = now_ms() if now is None else now
     cutoff = now if due_by is None else min(now, due_by)
-    columns = "session, timer_id, due_at, note, every_ms, remaining, until_at, claim_seq"
+    columns = "session, timer_id, due_at, note, every_ms, remaining, until_at, claim_seq, cron, tz, misfire"
     if tx.dialect == "postgresql":
         # Rows another runner is claiming right now are skipped, not waited for.
-        picked = "t.session, t.timer_id, t.due_at, t.note, t.every_ms, t.remaining, t.until_at, t.claim_seq"
+        picked = (
+            "t.session, t.timer_id, t.due_at, t.note, t.every_ms, t.remaining, t.until_at, t.claim_seq, "
+            "t.cron, t.tz, t.misfire"
+        )
         rows = [
             *tx.execute(
                 f"SELECT s.session_id, {picked} FROM timers t JOIN sessions s ON s.id = t.session "
@@ -239,6 +266,9 @@ def _claimed(r: Any, claim_seq: int) -> ClaimedTimer:
         until_at=r["until_at"],
         claim_seq=claim_seq,
         session_key=int(r["session"]),
+        cron=r["cron"],
+        tz=r["tz"],
+        misfire=r["misfire"],
     )
 
 
@@ -259,10 +289,10 @@ def _change_claimed(tx: Tx, timer: ClaimedTimer, owner: str, assignments: str, p
         raise _ClaimLost
 
 
-def retry_later(tx: Tx, timer: ClaimedTimer, owner: str, *, delay_ms: int) -> bool:
+def retry_later(tx: Tx, timer: ClaimedTimer, owner: str, *, delay_ms: int, now: int | None = None) -> bool:
     """Give a claim back after a failed delivery, due again ``delay_ms`` from now; False when
     the claim was lost meanwhile (cancelled, or taken over)."""
-    now = now_ms()
+    now = now_ms() if now is None else now
     try:
         _change_claimed(
             tx,
@@ -276,9 +306,9 @@ def retry_later(tx: Tx, timer: ClaimedTimer, owner: str, *, delay_ms: int) -> bo
     return True
 
 
-def renew_claims(tx: Tx, owner: str, *, lease_ms: int) -> int:
+def renew_claims(tx: Tx, owner: str, *, lease_ms: int, now: int | None = None) -> int:
     """Extend every claim held by ``owner``."""
-    now = now_ms()
+    now = now_ms() if now is None else now
     cursor = tx.execute(
         "UPDATE timers SET lease_expires_at = ? WHERE status = 'claimed' AND owner = ?", (now + lease_ms, owner)
     )
@@ -315,6 +345,8 @@ def deliver(
     action: str,
     message: str,
     postpone_ms: int,
+    now: int | None = None,
+    covered_until: int | None = None,
 ) -> tuple[str | None, int]:
     """Apply a claimed timer's outcome; return the outcome and the event seq reserved for its
     ``timer_fired`` event, or (None, 0) when the claim was lost (cancelled meanwhile, or taken
@@ -325,12 +357,23 @@ def deliver(
     Outcomes: ``delivered`` (the session is idle: the caller should wake it), ``queued`` (a
     run holds the session, or it has unanswered tool calls: the inbox waits for the next run),
     ``skipped`` (also for an occurrence that comes due after the series' ``until_at``),
-    ``cancelled``, ``postponed``.
+    ``cancelled``, ``postponed``. A recurring timer is re-armed in the same savepoint: a
+    calendar timer at its schedule's first occurrence after ``covered_until`` (default: now).
+    ``now`` (epoch ms, default the wall clock) is the runner's clock.
     """
     tx.execute("SAVEPOINT timer_delivery")
     result: tuple[str | None, int]
     try:
-        result = _apply(tx, timer, owner, action=action, message=message, postpone_ms=postpone_ms)
+        result = _apply(
+            tx,
+            timer,
+            owner,
+            action=action,
+            message=message,
+            postpone_ms=postpone_ms,
+            now=now_ms() if now is None else now,
+            covered_until=covered_until,
+        )
     except _ClaimLost:
         result = (None, 0)
         tx.execute("ROLLBACK TO SAVEPOINT timer_delivery")
@@ -342,8 +385,17 @@ def deliver(
     return result
 
 
-def _apply(tx: Tx, timer: ClaimedTimer, owner: str, *, action: str, message: str, postpone_ms: int) -> tuple[str, int]:
-    now = now_ms()
+def _apply(
+    tx: Tx,
+    timer: ClaimedTimer,
+    owner: str,
+    *,
+    action: str,
+    message: str,
+    postpone_ms: int,
+    now: int,
+    covered_until: int | None,
+) -> tuple[str, int]:
     # One statement reserves the event seq and reads the lease; the claim is checked by the
     # timer's own conditional update below (a lost claim rolls this back).
     session = tx.execute(
@@ -372,9 +424,10 @@ def _apply(tx: Tx, timer: ClaimedTimer, owner: str, *, action: str, message: str
     expired = timer.until_at is not None and now > timer.until_at
     delivering = action == "deliver" and not expired
     if delivering:
-        busy = live_lease(session, now)[0] is not None
+        # Session leases are written by runs on the wall clock, whatever the runner's clock.
+        busy = live_lease(session, now_ms())[0] is not None
         outcome = "queued" if busy or has_open_calls(tx, timer.session_key) else "delivered"
-    _advance(tx, timer, owner, now, outcome, end=expired)
+    _advance(tx, timer, owner, now, outcome, end=expired, covered_until=covered_until)
     if delivering:
         tx.execute(
             "INSERT INTO inbox (session, source, body, ref, created_at) VALUES (?, 'timer', ?, ?, ?)",
@@ -383,7 +436,9 @@ def _apply(tx: Tx, timer: ClaimedTimer, owner: str, *, action: str, message: str
     return outcome, seq
 
 
-def deliver_many(tx: Tx, owner: str, deliveries: list[Delivery]) -> list[tuple[str | None, int]]:
+def deliver_many(
+    tx: Tx, owner: str, deliveries: list[Delivery], *, now: int | None = None
+) -> list[tuple[str | None, int]]:
     """:func:`deliver` for several timers in one transaction (group commit); per timer the
     outcome and the event seq reserved for its ``timer_fired`` event (0 when none).
 
@@ -394,7 +449,7 @@ def deliver_many(tx: Tx, owner: str, deliveries: list[Delivery]) -> list[tuple[s
     if tx.dialect == "postgresql" and len(deliveries) > 1:
         tx.execute("SAVEPOINT timer_batch")
         try:
-            outcomes = deliver_batch(tx, owner, deliveries, now_ms())
+            outcomes = deliver_batch(tx, owner, deliveries, now_ms() if now is None else now)
         except Exception as exc:  # one of them fails: apply them one by one, isolating the failure
             log.warning("a batch of %d timer deliveries failed (%s); applying them one by one", len(deliveries), exc)
             tx.execute("ROLLBACK TO SAVEPOINT timer_batch")
@@ -404,16 +459,29 @@ def deliver_many(tx: Tx, owner: str, deliveries: list[Delivery]) -> list[tuple[s
     outcomes = []
     for d in deliveries:
         try:
-            outcomes.append(deliver(tx, d.timer, owner, action=d.action, message=d.message, postpone_ms=d.postpone_ms))
+            outcomes.append(
+                deliver(
+                    tx,
+                    d.timer,
+                    owner,
+                    action=d.action,
+                    message=d.message,
+                    postpone_ms=d.postpone_ms,
+                    now=now,
+                    covered_until=d.covered_until,
+                )
+            )
         except Exception:
             outcomes.append(("error", 0))
     return outcomes
 
 
-def _advance(tx: Tx, timer: ClaimedTimer, owner: str, now: int, outcome: str, *, end: bool = False) -> None:
+def _advance(
+    tx: Tx, timer: ClaimedTimer, owner: str, now: int, outcome: str, *, end: bool, covered_until: int | None
+) -> None:
     """Mark a fired timer done, or re-arm the next occurrence of a recurring one."""
     remaining = None if timer.remaining is None else timer.remaining - 1
-    next_due = now + timer.every_ms if timer.every_ms and not end else None
+    next_due = None if end else following_due(timer, now=now, covered_until=covered_until)
     again = (
         next_due is not None
         and (remaining is None or remaining > 0)

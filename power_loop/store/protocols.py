@@ -37,6 +37,14 @@ from collections.abc import Collection, Coroutine, Iterable, Mapping, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 from ..approvals import ApprovalRequest
+from ._inspect_rows import (
+    HealthReport,
+    PruneReport,
+    RunOverview,
+    SessionOverview,
+    TimersReport,
+    TranscriptEntry,
+)
 from ._timer_rows import MAX_DELAY_S, MAX_DUE_AT_MS, ClaimedTimer, Delivery, TimerBudgetExceeded
 from .rows import (
     ApprovalDecision,
@@ -47,21 +55,15 @@ from .rows import (
     BudgetHold,
     BudgetHoldOutcome,
     EventRecord,
-    HealthReport,
     HeldBudget,
     LeaseClaim,
     LostCommand,
     PendingState,
-    PruneReport,
-    RunOverview,
     RunRecord,
-    SessionOverview,
     SessionRow,
     SessionStatsRow,
     StoredMessage,
     TimerRow,
-    TimersReport,
-    TranscriptEntry,
     WriteOp,
     WriteOutcome,
 )
@@ -210,8 +212,11 @@ class TimerStore(Protocol):
         until_at: int | None = None,
         max_live: int | None = None,
         origin: str | None = None,
+        cron: str | None = None,
+        tz: str | None = None,
+        misfire: str | None = None,
     ) -> TimerRow:
-        """Arm a timer (idempotent per ``origin``)."""
+        """Arm a timer (idempotent per ``origin``); with ``cron``, a calendar timer."""
         ...
 
     async def cancel_timer(self, session_id: str, timer_id: int) -> bool:
@@ -223,12 +228,12 @@ class TimerStore(Protocol):
         ...
 
     async def claim_due_timers(
-        self, owner: str, *, lease_ms: int, limit: int, due_by: int | None = None
+        self, owner: str, *, lease_ms: int, limit: int, due_by: int | None = None, now: int | None = None
     ) -> list[ClaimedTimer]:
-        """Claim due timers (and stale claims) for ``owner``."""
+        """Claim due timers (and stale claims) for ``owner``; ``now``: the runner's clock."""
         ...
 
-    async def renew_timer_claims(self, owner: str, *, lease_ms: int) -> int:
+    async def renew_timer_claims(self, owner: str, *, lease_ms: int, now: int | None = None) -> int:
         """Extend ``owner``'s claims."""
         ...
 
@@ -236,11 +241,15 @@ class TimerStore(Protocol):
         """Give back ``owner``'s claims."""
         ...
 
-    async def deliver_timers(self, owner: str, deliveries: list[Delivery]) -> list[tuple[str | None, int]]:
+    async def deliver_timers(
+        self, owner: str, deliveries: list[Delivery], *, now: int | None = None
+    ) -> list[tuple[str | None, int]]:
         """Apply claimed timers' outcomes (each exactly once) in one transaction."""
         ...
 
-    async def retry_timer_later(self, timer: ClaimedTimer, owner: str, *, delay_ms: int) -> bool:
+    async def retry_timer_later(
+        self, timer: ClaimedTimer, owner: str, *, delay_ms: int, now: int | None = None
+    ) -> bool:
         """Give back a claim whose delivery failed, due again ``delay_ms`` later."""
         ...
 
@@ -412,6 +421,9 @@ class SessionAdmin(Protocol):
         every_ms: int | None = None,
         count: int | None = None,
         until_at: int | None = None,
+        cron: str | None = None,
+        tz: str | None = None,
+        misfire: str | None = None,
     ) -> TimerRow:
         """Blocking twin of ``schedule_timer``."""
         ...

@@ -17,24 +17,8 @@ from ..approvals import ApprovalRequest
 from ..messages import Message, Usage
 from ._budget_rows import BudgetClaim, BudgetHold, BudgetHoldOutcome, HeldBudget
 from ._event_rows import EventRecord, RecordEvents
-from ._inspect_rows import (
-    HealthFinding,
-    HealthReport,
-    PruneReport,
-    RunOverview,
-    SessionOverview,
-    TimersReport,
-    TranscriptEntry,
-)
 
 __all__ = [
-    "HealthFinding",
-    "HealthReport",
-    "PruneReport",
-    "RunOverview",
-    "SessionOverview",
-    "TimersReport",
-    "TranscriptEntry",
     "BudgetClaim",
     "BudgetHold",
     "BudgetHoldOutcome",
@@ -378,8 +362,13 @@ class TimerRow:
         fire_count: How many times it fired.
         last_outcome: Outcome of its last firing (``delivered``, ``queued``, ``skipped``, ...).
         created_at: When it was scheduled.
-        fired_at: When it last fired.
+        fired_at: When it last fired (also :attr:`last_fired_at`).
         updated_at: When the row last changed (scheduled, claimed, fired, cancelled, re-armed).
+        cron: A calendar timer's schedule (a cron expression), else None; ``due_at`` is then
+            its next occurrence.
+        tz: The IANA zone the schedule is read in (``Europe/Paris``), else None.
+        misfire: A calendar timer's rule for occurrences missed during a downtime: ``once``
+            (one wake-up for all of them) or ``skip``; else None.
     """
 
     session_id: str
@@ -395,6 +384,14 @@ class TimerRow:
     created_at: int = 0
     fired_at: int | None = None
     updated_at: int = 0
+    cron: str | None = None
+    tz: str | None = None
+    misfire: str | None = None
+
+    @property
+    def last_fired_at(self) -> int | None:
+        """When it last fired (epoch ms), None before its first firing."""
+        return self.fired_at
 
 
 @dataclass(frozen=True)

@@ -80,6 +80,11 @@ then version 7 rebuilds the tables, see ``_schema_v7.py``).
     The event log, filled when ``AgentLoopConfig.persist_events`` is on: one row per event
     keyed by ``(session, seq)`` with its name, time, round, stream, source, the publishing
     ``run_id`` and the payload as JSON.
+``timers.cron``, ``timers.tz`` and ``timers.misfire`` (version 11)
+    A calendar timer's schedule: a cron expression, the IANA zone it is read in, and what a
+    firing after a downtime does with the missed occurrences (``once`` or ``skip``); NULL for
+    the other timers. ``due_at`` holds the next occurrence as an absolute time and
+    ``fired_at`` the last firing.
 ``subagent_tasks`` (version 8)
     One row per sub-agent started in the background, keyed by the child's session, with its
     parent: ``running`` until the child's result is in the parent's inbox (``delivered``,
@@ -89,7 +94,7 @@ History: version 1 created sessions, messages, tool_calls, runs, llm_calls, sess
 session_leases, inbox, interactions; 2 compactions; 3 timers; 4 the lease holder's identity;
 5 notes; 6 the per-session counters; 7 the integer keys and the folded tables above; 8
 subagent_tasks; 9 runtime_state and background_tasks (0.11's kept rows move in); 10 guards, approvals
-and the event log.
+and the event log; 11 calendar timers.
 """
 
 from __future__ import annotations
@@ -479,6 +484,20 @@ def _v10(conn: sqlite3.Connection) -> None:
     )
 
 
+def _v11(conn: sqlite3.Connection) -> None:
+    # Calendar timers: the schedule (a cron expression and its IANA zone) and the misfire
+    # rule, kept beside the next occurrence (due_at) that runners compare. In place: adding
+    # nullable columns rewrites no row.
+    _run_script(
+        conn,
+        """
+        ALTER TABLE timers ADD COLUMN cron TEXT;
+        ALTER TABLE timers ADD COLUMN tz TEXT;
+        ALTER TABLE timers ADD COLUMN misfire TEXT
+        """,
+    )
+
+
 MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (
     _v1,
     _v2,
@@ -490,6 +509,7 @@ MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (
     _v8,
     _v9,
     _v10,
+    _v11,
 )
 LATEST_VERSION = len(MIGRATIONS)
 

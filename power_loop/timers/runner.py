@@ -12,6 +12,12 @@ next occurrence) — but only while it still holds that very claim. So:
   run the runner starts for an idle session, by the session's current run at its next round
   boundary, or by the next run of a session with unanswered tool calls.
 
+A calendar timer (a cron schedule in a time zone) is one timer for the whole series: its
+delivery transaction also arms the schedule's next occurrence. A firing that comes late, after
+a downtime, stands for every occurrence missed since it came due: with the ``once`` rule it
+delivers one wake-up that says how many were missed and since when, with ``skip`` it drops
+them; the series then resumes on its calendar.
+
 Each claimed timer is delivered by a task of its own, at most ``concurrency`` at a time, and
 the runner claims more as soon as a slot frees: a slow hook delays only its own timer. The
 session's run is started as a separate task after the delivery commits, so a slow run never
@@ -34,6 +40,7 @@ from typing import Literal
 from ..errors import PowerLoopError, SessionBusyError, SessionPausedError, SessionPendingError
 from ..events import AgentEventType, TimerFiredPayload
 from ..hooks import HookDirective, HookPoint, TimerFireCtx
+from ..store._timer_calendar import plan_firing
 from ..store.protocols import ClaimedTimer, Delivery
 from .host import TimerHost
 
@@ -51,9 +58,12 @@ TimerAction = Literal["deliver", "skip", "cancel", "postpone"]
 """What a delivery does with its timer, as decided by the ``TIMER_FIRE`` hook."""
 
 
-def wake_up_message(timer_id: int, note: str) -> str:
-    """The message a firing timer puts into the conversation (0.11 format)."""
-    return f"<timer id={timer_id}>\nYour scheduled wake-up has fired. Your note to yourself was:\n{note}\n</timer>"
+def wake_up_message(timer_id: int, note: str, missed: str = "") -> str:
+    """The message a firing timer puts into the conversation (0.11 format); ``missed`` is
+    what a late calendar firing adds, e.g. ``(missed 3 occurrences since
+    2026-12-01T09:00+01:00)``."""
+    fired = f"fired {missed}" if missed else "fired"
+    return f"<timer id={timer_id}>\nYour scheduled wake-up has {fired}. Your note to yourself was:\n{note}\n</timer>"
 
 
 class TimerRunner:
@@ -75,6 +85,13 @@ class TimerRunner:
             model. During a burst (a claim that filled every free delivery slot) a run also
             waits until the runner has caught up, :data:`RUN_DEFER_S` at most. A runner
             stopping drops the runs that have not started; the next runner starts them.
+        misfire_grace_s: How late a calendar timer's occurrence may fire and still count as
+            on time; an occurrence later than this was missed (see the ``misfire`` rule of
+            ``schedule_timer``).
+        clock: The time, in epoch seconds (default ``time.time``), that decides what is due,
+            the claims' leases and a calendar timer's next occurrence. Tests and simulations
+            pass their own to move through dates without waiting; every runner of one store
+            must use the same clock.
     """
 
     def __init__(
@@ -86,9 +103,15 @@ class TimerRunner:
         concurrency: int = 64,
         batch: int = 200,
         max_runs: int = 32,
+        misfire_grace_s: float = 60.0,
+        clock: Callable[[], float] | None = None,
     ) -> None:
         if scan_interval_s <= 0 or stale_firing_s <= 0 or concurrency < 1 or batch < 1 or max_runs < 1:
             raise ValueError("scan_interval_s and stale_firing_s must be > 0; concurrency, batch and max_runs >= 1")
+        if not misfire_grace_s >= 0:
+            raise ValueError("misfire_grace_s must be >= 0")
+        self.misfire_grace_s = misfire_grace_s
+        self._clock = clock
         self.loop: TimerHost = loop
         self.scan_interval_s = scan_interval_s
         self.stale_firing_s = stale_firing_s
@@ -113,6 +136,14 @@ class TimerRunner:
         self._flusher: asyncio.Task[None] | None = None
         self._kick: asyncio.Event | None = None
         self._kick_fn: Callable[[], None] | None = None
+
+    def _now_ms(self) -> int:
+        """The runner's time in epoch ms."""
+        return int((time.time() if self._clock is None else self._clock()) * 1000)
+
+    def _store_now(self) -> int | None:
+        """The time handed to the store: None (its own wall clock) unless a clock was given."""
+        return None if self._clock is None else self._now_ms()
 
     @property
     def running(self) -> bool:
@@ -204,7 +235,7 @@ class TimerRunner:
         """Claim and deliver every timer due now (not the occurrences they re-arm), waiting for
         the deliveries; start runs for sessions whose wake-up was left waiting by a crash.
         Returns the number of timers processed."""
-        due_by = int(time.time() * 1000)
+        due_by = self._now_ms()
         processed = 0
         while True:
             started = await self._dispatch(due_by=due_by)
@@ -225,7 +256,9 @@ class TimerRunner:
         if room == 0:
             return []
         lease_ms = int(self.stale_firing_s * 1000)
-        claimed = await self.loop.store.claim_due_timers(self.owner, lease_ms=lease_ms, limit=room, due_by=due_by)
+        claimed = await self.loop.store.claim_due_timers(
+            self.owner, lease_ms=lease_ms, limit=room, due_by=due_by, now=self._store_now()
+        )
         caught_up = self._caught_up_event()
         if len(claimed) < room:
             caught_up.set()
@@ -266,7 +299,7 @@ class TimerRunner:
                     continue  # more may be due right now
                 due = await self.loop.store.next_timer_due_at(self.owner)
                 if due is not None:
-                    delay = min(delay, max(0.0, due / 1000 - time.time()))
+                    delay = min(delay, max(0.0, (due - self._now_ms()) / 1000))
                 if self._room() == 0:
                     delay = self.scan_interval_s  # all slots busy: a finishing delivery kicks
                 if failing is not None:
@@ -289,7 +322,7 @@ class TimerRunner:
         while True:
             await asyncio.sleep(self.stale_firing_s / 3)
             try:
-                await self.loop.store.renew_timer_claims(self.owner, lease_ms=lease_ms)
+                await self.loop.store.renew_timer_claims(self.owner, lease_ms=lease_ms, now=self._store_now())
             except Exception:
                 log.warning("renewing timer claims failed", exc_info=True)
 
@@ -298,11 +331,13 @@ class TimerRunner:
     async def _fire(self, timer: ClaimedTimer) -> str | None:
         """Run the hook and commit the outcome; the outcome, None when the claim was lost."""
         loop = self.loop
-        message = wake_up_message(timer.timer_id, timer.note)
         action: TimerAction = "deliver"
         postpone_ms = 0
         try:
-            if loop.hooks.has(HookPoint.TIMER_FIRE):
+            message, covered_until, on_time = self._calendar_firing(timer)
+            if not on_time:  # every occurrence it stands for was missed, and the rule is skip
+                action = "skip"
+            elif loop.hooks.has(HookPoint.TIMER_FIRE):
                 ctx = TimerFireCtx(
                     session_id=timer.session_id,
                     timer_id=timer.timer_id,
@@ -323,15 +358,33 @@ class TimerRunner:
         except Exception as exc:
             await self._failed(timer, exc)
             return "error"
-        outcome, _ = await self._commit(Delivery(timer, action, message, postpone_ms))
+        outcome, _ = await self._commit(Delivery(timer, action, message, postpone_ms, covered_until))
         return outcome
+
+    def _calendar_firing(self, timer: ClaimedTimer) -> tuple[str, int | None, bool]:
+        """The wake-up message of a firing, the instant up to which a calendar timer's firing
+        stands for its occurrences (None for other timers), and whether it delivers (False:
+        every occurrence it stands for was missed and the rule is ``skip``)."""
+        if timer.cron is None or timer.tz is None:
+            return wake_up_message(timer.timer_id, timer.note), None, True
+        # What this firing stands for is counted now; the series resumes after this instant.
+        now = self._now_ms()
+        plan = plan_firing(
+            timer.cron,
+            timer.tz,
+            timer.misfire or "once",
+            due_at=timer.due_at,
+            now=now,
+            grace_ms=int(self.misfire_grace_s * 1000),
+        )
+        return wake_up_message(timer.timer_id, timer.note, plan.describe(timer.tz)), now, plan.deliver
 
     async def _failed(self, timer: ClaimedTimer, exc: BaseException | str) -> None:
         """A delivery failed: hand the claim back, due ``stale_firing_s`` later, and say so."""
         log.warning("delivering timer %s of session %s failed: %s", timer.timer_id, timer.session_id, exc)
         try:
             retried = await self.loop.store.retry_timer_later(
-                timer, self.owner, delay_ms=int(self.stale_firing_s * 1000)
+                timer, self.owner, delay_ms=int(self.stale_firing_s * 1000), now=self._store_now()
             )
         except Exception:
             retried = True  # the claim stays; its lease runs out and it is taken over
@@ -353,7 +406,9 @@ class TimerRunner:
         while self._queue:
             batch, self._queue = self._queue, []
             try:
-                outcomes = await self.loop.store.deliver_timers(self.owner, [d for d, _ in batch])
+                outcomes = await self.loop.store.deliver_timers(
+                    self.owner, [d for d, _ in batch], now=self._store_now()
+                )
             except Exception as exc:
                 # Nothing of this batch committed; each claim stays and is handed back.
                 outcomes = [("error", 0)] * len(batch)

@@ -48,16 +48,26 @@ __all__ = [
 class SessionTimers(Protocol):
     """The wake-ups of the tool's session (``ctx.timers``)."""
 
-    async def schedule(self, *, delay_s: float, note: str, max_live: int | None = None) -> TimerRow:
-        """Arm a one-shot wake-up ``delay_s`` seconds from now; the session receives ``note``.
+    async def schedule(
+        self,
+        *,
+        delay_s: float | None = None,
+        note: str,
+        max_live: int | None = None,
+        cron: str | None = None,
+        tz: str | None = None,
+    ) -> TimerRow:
+        """Arm a one-shot wake-up ``delay_s`` seconds from now, or a calendar series at the
+        occurrences of ``cron`` in zone ``tz`` (default ``UTC``); the session receives ``note``.
 
         Keyed by the call's idempotency key: the same call run again by ``resume`` gets the
         wake-up it scheduled the first time, not a second one. A ``TimerRunner`` of the loop
         is told at once.
 
         Raises:
-            ValueError: ``delay_s`` is not a number of seconds from 0 to 100 years, or the
-                note is empty.
+            ValueError: Neither or both of ``delay_s`` and ``cron``, ``delay_s`` is not a
+                number of seconds from 0 to 100 years, the schedule or the zone is not valid,
+                or the note is empty.
             TimerBudgetExceeded: ``max_live`` wake-ups of the session are armed already.
         """
         ...
