@@ -395,10 +395,12 @@ async def test_prune_keeps_ended_children_that_will_run_again(store: Store) -> N
     await store.schedule_timer("woken", due_at=int(time.time() * 1000) + 60_000, note="check back")
     await _ended_child(store, "parent", "queued", "ephemeral")
     await store.enqueue("queued", "one more thing")
+    await _ended_child(store, "parent", "paused", "ephemeral")
+    await store.pause_session("paused")  # waits for loop.resume
     await _ended_child(store, "parent", "done", "ephemeral")
     assert (await store.prune(dry_run=True)).sessions == ["done"]
     assert (await store.prune(dry_run=False)).sessions == ["done"]
-    assert {o.session_id for o in await store.list_sessions()} == {"parent", "woken", "queued"}
+    assert {o.session_id for o in await store.list_sessions()} == {"parent", "woken", "queued", "paused"}
     assert [t.note for t in (await store.list_all_timers("woken")).active] == ["check back"]
 
 

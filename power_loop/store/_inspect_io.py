@@ -42,13 +42,14 @@ def decode_metadata(raw: str | None) -> dict[str, Any]:
 
 def _ended_ephemeral(tx: Tx, now: int, older_than_ms: int | None) -> list[Any]:
     # Ended: its runs are over, nothing of it is unanswered, no background task of it is
-    # running, no timer or inbox item of it waits to start another run, and its parent has no
-    # open call (a parent resumed after a crash reads a finished child's stored answer: that
-    # child must stay until the parent has it).
+    # running, it is not paused (loop.resume goes on with it), no timer or inbox item of it
+    # waits to start another run, and its parent has no open call (a parent resumed after a
+    # crash reads a finished child's stored answer: that child must stay until the parent has it).
     older = "" if older_than_ms is None else " AND s.updated_at < ?"
     rows = tx.execute(
         "SELECT s.id, s.session_id, s.lease_owner, s.lease_expires_at, s.holder_host, s.holder_pid, s.holder_start "
-        "FROM sessions s WHERE s.kind = 'subagent' AND s.lifecycle = 'ephemeral' AND s.last_run > 0"
+        "FROM sessions s WHERE s.kind = 'subagent' AND s.lifecycle = 'ephemeral' AND s.last_run > 0 "
+        "AND s.paused_at IS NULL"
         f"{older} AND NOT EXISTS (SELECT 1 FROM runs r WHERE r.session = s.id AND r.ended_at IS NULL) "
         "AND NOT EXISTS (SELECT 1 FROM tool_calls t WHERE t.session = s.id AND t.result_seq IS NULL) "
         "AND NOT EXISTS (SELECT 1 FROM subagent_tasks b WHERE b.session = s.id AND b.status = 'running') "
