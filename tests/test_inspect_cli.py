@@ -600,3 +600,15 @@ def test_no_password_of_a_connection_string_is_printed(pg_schema: Any, capsys: A
     _store_do(url, lambda s: s.schedule_timer("s", due_at=1, note="late"))
     code, out, err = _run(capsys, "doctor", "--db", url)
     assert code == 1 and "[overdue_timer]" in out and "hunter2" not in out + err, out
+
+
+def test_the_worker_fix_is_a_command_a_shell_runs_as_shown(tmp_path: Path, capsys: Any) -> None:
+    import shlex
+
+    db = str(tmp_path / "my sessions & more.db")
+    _store_do(db, lambda s: s.create_session("t"))
+    _store_do(db, lambda s: s.schedule_timer("t", due_at=1, note="late"))
+    code, out, _ = _run(capsys, "doctor", "--db", db)
+    fix = next(line for line in out.splitlines() if "fix: power-loop worker" in line)
+    command = fix.split("fix: ", 1)[1].split("  #", 1)[0]
+    assert code == 1 and shlex.split(command) == ["power-loop", "worker", "APP", "--db", db]

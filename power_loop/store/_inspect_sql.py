@@ -15,6 +15,7 @@ Invariants:
 from __future__ import annotations
 
 import json
+import shlex
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -420,7 +421,7 @@ def _health_report(tx: Tx, now: int, overdue_ms: int, db: str) -> HealthReport:
                 f"await loop.resume({sid!r})  # runs them; or: await loop.abort_pending_async({sid!r})",
             )
         )
-    worker = f"power-loop worker APP --db {db}  # APP: module:attribute naming your StatefulAgentLoop"
+    worker = f"power-loop worker APP --db {shlex.quote(db)}  # APP: module:attribute naming your StatefulAgentLoop"
     timers = tx.execute(
         "SELECT s.session_id, t.timer_id, t.status, t.due_at, t.owner, t.lease_expires_at FROM timers t "
         "JOIN sessions s ON s.id = t.session WHERE (t.status = 'claimed' AND t.lease_expires_at < ?) "
