@@ -354,6 +354,7 @@ def _fold(through: Any, **extra: Any) -> dict[str, Any]:
         ([_HEAD, _user(2**63)], "line 2: 'seq' must be"),
         ([{**_HEAD, "format": True}, _user(1)], "line 1: unknown format True"),
         ([{**_HEAD, "metadata": [1]}, _user(1)], "line 1: 'metadata'"),
+        ([{**_HEAD, "metadata": {"k": object()}}, _user(1)], "line 1: 'metadata'"),
         ([{**_HEAD, "system_prompt": 3}, _user(1)], "line 1: 'system_prompt'"),
         ([_HEAD, _user(1, compacted="no")], "line 2: 'compacted'"),
         ([_HEAD, _user(1, created_at="noon")], "line 2: 'created_at'"),

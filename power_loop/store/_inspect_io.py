@@ -168,8 +168,10 @@ def _check_head(head: Any, line: int) -> None:
         raise _bad(line, 'the first record must be {"type": "session", ...}')
     if not _is_int(head.get("format")) or head["format"] != EXPORT_FORMAT:
         raise _bad(line, f"unknown format {head.get('format')!r} (this power_loop reads format {EXPORT_FORMAT})")
-    if head.get("metadata") is not None and not isinstance(head["metadata"], Mapping):
-        raise _bad(line, "'metadata' must be an object")
+    try:
+        check_metadata(head.get("metadata"))
+    except (TypeError, ValueError):
+        raise _bad(line, "'metadata' must be an object of JSON values") from None
     if head.get("system_prompt") is not None and not isinstance(head["system_prompt"], str):
         raise _bad(line, "'system_prompt' must be text or null")
 
