@@ -43,8 +43,13 @@ __all__ = ["COMMANDS", "add_commands", "run_command"]
 
 COMMANDS = ("sessions", "show", "timers", "export", "import", "doctor", "prune")
 USAGE_ERROR = 2
+_MAX_COUNT = 2**62  # page sizes and offsets both databases take as integers
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+# What a terminal would act on rather than show: C0 controls but tab and line feed, DEL, C1
+# controls, and the bidirectional overrides that reorder what is shown; and lone surrogates,
+# which no UTF-8 output can encode.
+_CONTROLS = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
 
 Store = SQLiteSessionStore | PostgresSessionStore
 
@@ -88,8 +93,28 @@ def _positive(text: str) -> int:
         value = int(text)
     except ValueError:
         value = 0
-    if value < 1:
+    if not 1 <= value <= _MAX_COUNT:
         raise argparse.ArgumentTypeError(f"expected a whole number >= 1, not {text!r}")
+    return value
+
+
+def _non_negative(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value <= _MAX_COUNT:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, not {text!r}")
+    return value
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not 0 < value < float("inf"):  # NaN fails too: a poll every 0 s would spin
+        raise argparse.ArgumentTypeError(f"expected a number of seconds > 0, not {text!r}")
     return value
 
 
@@ -110,19 +135,19 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--limit", type=_positive, default=50, help="sessions per page (default 50)")
     page = p.add_mutually_exclusive_group()
     page.add_argument("--page", type=_positive, default=1, help="page number, from 1")
-    page.add_argument("--offset", type=int, default=None, help="sessions to skip (instead of --page)")
+    page.add_argument("--offset", type=_non_negative, default=None, help="sessions to skip (instead of --page)")
     p = sub.add_parser("show", parents=[common], help="print a session's transcript, runs and usage")
     p.add_argument("session_id", metavar="SID")
     p.add_argument("--full", action="store_true", help="do not fold long texts")
     p.add_argument("--fold", type=_positive, default=300, metavar="N", help="fold texts after N chars (300)")
     p.add_argument("--follow", "-f", action="store_true", help="keep printing new messages until Ctrl-C")
-    p.add_argument("--interval", type=float, default=0.5, metavar="S", help="seconds between polls (0.5)")
+    p.add_argument("--interval", type=_seconds, default=0.5, metavar="S", help="seconds between polls (0.5)")
     p.add_argument(
         "--max-wait", type=float, default=None, metavar="S", help="with --follow: stop after S seconds with nothing new"
     )
     p = sub.add_parser("timers", parents=[common], help="armed, in-flight and recent timers across sessions")
     p.add_argument("session_id", metavar="SID", nargs="?", help="only this session")
-    p.add_argument("--recent", type=int, default=20, help="recent deliveries shown (20)")
+    p.add_argument("--recent", type=_non_negative, default=20, help="recent deliveries shown (20)")
     p = sub.add_parser("export", parents=[common], help="write a session as JSON lines")
     p.add_argument("session_id", metavar="SID")
     p.add_argument("-o", "--output", metavar="FILE", help="file to write (default: stdout)")
@@ -130,7 +155,13 @@ def add_commands(sub: Any) -> None:
     p.add_argument("file", metavar="FILE", help="JSON lines written by export ('-': stdin)")
     p.add_argument("--session-id", metavar="NEW", help="the new session's id (default: a fresh one)")
     p = sub.add_parser("doctor", parents=[common], help="check the store; exit 1 when something needs fixing")
-    p.add_argument("--overdue", type=_duration_s, default=300.0, metavar="D", help="armed timers late by D (5m)")
+    p.add_argument(
+        "--overdue",
+        type=_duration_s,
+        default=300.0,
+        metavar="D",
+        help="armed timers and wake-ups waiting longer than D (5m)",
+    )
     p = sub.add_parser("prune", parents=[common], help="delete folded messages and ended ephemeral sub-agents")
     p.add_argument("--dry-run", action="store_true", help="only report what would be deleted")
     p.add_argument("--older-than", type=_duration_s, metavar="D", help="only what is older than D (e.g. 30d)")
@@ -141,43 +172,73 @@ def add_commands(sub: Any) -> None:
 
 def check_sqlite(path: str, create: bool) -> None:
     """Refuse what opening would create or migrate (runs in a worker thread)."""
-    if create and not os.path.exists(path):
+    from .store._legacy import is_011
+
+    if create and (not os.path.exists(path) or os.path.getsize(path) == 0):
         return  # import: a new file is what was asked for
     if not os.path.exists(path):
         raise InspectError(f"no such database file: {path} (nothing was created)")
+    if os.path.isdir(path):
+        raise InspectError(f"{path} is a directory, not an SQLite database file")
+    if os.path.getsize(path) == 0:
+        raise InspectError(f"{path} is not a power_loop SQLite database (it is empty)")
     try:
         conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=1.0)
         try:
             version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+            old = version == 0 and is_011(conn)
+            tables = [] if version else [str(r[0]) for r in conn.execute("SELECT name FROM sqlite_master")]
         finally:
             conn.close()
     except sqlite3.DatabaseError as exc:
         if "locked" in str(exc) or "busy" in str(exc):
             raise InspectError(f"the database {path} is locked by another connection; retry later") from None
         raise InspectError(f"{path} is not a power_loop SQLite database ({exc})") from None
+    if old:  # migrating writes the file (after a backup): a loop does it, not an inspector
+        raise InspectError(
+            f"{path} is a power-loop 0.11 database: open it once with this power_loop to migrate it "
+            "(StatefulAgentLoop(db_path=...) migrates it in place and keeps a backup), then inspect it"
+        )
+    if version == 0 and not (create and not tables):
+        shown = ", ".join(sorted(tables)[:6]) + (", ..." if len(tables) > 6 else "")
+        held = f"it holds other tables: {shown}" if tables else "it holds no tables"
+        raise InspectError(f"{path} is not a power_loop SQLite database ({held})")
+    if version:
+        _refuse_version(path, version)
+
+
+def _refuse_version(where: str, version: int) -> None:
     if version != LATEST_VERSION:
         hint = "upgrade power_loop" if version > LATEST_VERSION else "open it once with this power_loop to migrate"
-        raise InspectError(f"{path} has schema version {version}, this power_loop reads {LATEST_VERSION}: {hint}")
+        raise InspectError(f"{where} has schema version {version}, this power_loop reads {LATEST_VERSION}: {hint}")
 
 
-def check_postgres(store: PostgresSessionStore) -> None:
-    """The server answers and the schema holds power_loop's tables (runs in a worker thread)."""
+def check_postgres(store: PostgresSessionStore, create: bool = False) -> None:
+    """The server answers and the schema holds power_loop's tables at this version (runs in a
+    worker thread); ``create`` (import) accepts a schema without them."""
     try:
         import psycopg
     except ImportError:
         raise InspectError('PostgreSQL stores need psycopg 3: pip install "power-loop[postgres]"') from None
-    where = redact_url(store.url)
+    where = _hide_passwords(redact_url(store.url))
     try:
         with psycopg.connect(store.url, connect_timeout=max(1, int(store.connect_timeout_s))) as conn:
             found = conn.execute(
                 "SELECT 1 FROM information_schema.tables WHERE table_schema = %s AND table_name = 'power_loop_schema'",
                 (store.schema,),
             ).fetchone()
+            row = None
+            if found is not None:
+                row = conn.execute(f'SELECT MAX(version) FROM "{store.schema}".power_loop_schema').fetchone()
     except psycopg.Error as exc:
-        detail = " ".join(str(exc).split()) or type(exc).__name__
+        detail = _hide_passwords(" ".join(str(exc).split())) or type(exc).__name__
         raise InspectError(f"cannot connect to PostgreSQL at {where}: {detail}") from None
     if found is None:
+        if create:
+            return  # import: a new store is what was asked for
         raise InspectError(f"PostgreSQL schema {store.schema!r} at {where} holds no power_loop store")
+    # Opening a store of another version would migrate it (or fail halfway): refuse first.
+    _refuse_version(f"PostgreSQL schema {store.schema!r}", int(row[0] or 0) if row else 0)
 
 
 @asynccontextmanager
@@ -192,8 +253,7 @@ async def _opened(args: argparse.Namespace, *, create: bool = False) -> Any:
     except ValueError as exc:
         raise InspectError(str(exc)) from None
     if isinstance(store, PostgresSessionStore):
-        if not create:
-            await asyncio.to_thread(check_postgres, store)
+        await asyncio.to_thread(check_postgres, store, create)
     else:
         await asyncio.to_thread(check_sqlite, store.path, create)
     try:
@@ -229,15 +289,48 @@ def _fold(text: str, args: argparse.Namespace) -> str:
     return f"{text[:limit]}… ({len(text) - limit} more chars, --full to show)"
 
 
+_PASSWORD = re.compile(r"(?i)(password\s*=\s*)('(?:[^'\\]|\\.)*'|[^\s&]*)")
+
+
+def _hide_passwords(text: str) -> str:
+    """``text`` with the password of a connection string (``password=...`` as a key or a URL
+    parameter) replaced; :func:`redact_url` hides the one in a URL's user part."""
+    return _PASSWORD.sub(r"\1***", text)
+
+
+def _visible(text: str) -> str:
+    """Text from the store as a terminal should show it: controls written as escapes."""
+    return _CONTROLS.sub(lambda m: f"\\x{ord(m[0]):02x}" if ord(m[0]) < 0x100 else f"\\u{ord(m[0]):04x}", text)
+
+
+def _json_text(value: Any) -> str:
+    """One JSON document on one line; characters a terminal acts on are ``\\u`` escapes."""
+    text = json.dumps(value, ensure_ascii=False, default=str)
+    return _CONTROLS.sub(lambda m: f"\\u{ord(m[0]):04x}", text)  # only inside strings: the same value
+
+
 def _dump(value: Any, out: TextIO) -> None:
-    print(json.dumps(value, ensure_ascii=False, default=str), file=out)
+    print(_json_text(value), file=out)
+
+
+class _Terminal:
+    """A text stream that writes what the commands print with :func:`_visible` applied."""
+
+    def __init__(self, out: TextIO) -> None:
+        self._out = out
+
+    def write(self, text: str) -> int:
+        return self._out.write(_visible(text))
+
+    def flush(self) -> None:
+        self._out.flush()
 
 
 # --------------------------------------------------------------------------- the commands
 
 
 async def _sessions(store: Store, args: argparse.Namespace, out: TextIO) -> int:
-    offset = args.offset if args.offset is not None else (args.page - 1) * args.limit
+    offset = args.offset if args.offset is not None else min((args.page - 1) * args.limit, _MAX_COUNT)
     filters: dict[str, Any] = {
         "kind": args.kind,
         "metadata": dict(args.metadata) or None,
@@ -316,7 +409,7 @@ def _print_entries(
         run = runs.get(e.run_id or "")
         if run is not None and later != run.run_id and run.ended_at is not None and run.run_id not in shown:
             shown.add(run.run_id)
-            print(json.dumps({"type": "run", **run.to_dict()}) if args.json else _run_line(run), file=out)
+            print(_json_text({"type": "run", **run.to_dict()}) if args.json else _run_line(run), file=out)
 
 
 async def _show(store: Store, args: argparse.Namespace, out: TextIO) -> int:
@@ -350,8 +443,9 @@ async def _show(store: Store, args: argparse.Namespace, out: TextIO) -> int:
         print("", file=out)
     _print_entries(entries, {r.run_id: r for r in runs}, shown, args, out)
     if not args.json:
+        wrote = {e.run_id for e in entries}
         for r in runs:  # runs that wrote no message, and runs still going
-            if r.run_id not in shown and (r.ended_at is None or not any(e.run_id == r.run_id for e in entries)):
+            if r.run_id not in shown and (r.ended_at is None or r.run_id not in wrote):
                 print(_run_line(r), file=out)
                 shown.add(r.run_id)
         u = _usage(runs)
@@ -361,7 +455,8 @@ async def _show(store: Store, args: argparse.Namespace, out: TextIO) -> int:
             file=out,
         )
     if args.follow:
-        await _follow(store, args, entries[-1].seq if entries else 0, shown, out)
+        summaries = {_summary_key(e) for e in entries if e.is_summary}
+        await _follow(store, args, entries[-1].seq if entries else 0, shown, summaries, out)
     return 0
 
 
@@ -394,7 +489,28 @@ async def _all_entries(store: Store, sid: str, after: int = 0) -> list[Transcrip
         after = page[-1].seq
 
 
-async def _follow(store: Store, args: argparse.Namespace, after: int, shown: set[str], out: TextIO) -> None:
+def _summary_key(e: TranscriptEntry) -> tuple[int, int, str]:
+    return e.seq, e.created_at, e.content or ""
+
+
+async def _new_summaries(store: Store, sid: str, seen: set[tuple[int, int, str]]) -> list[TranscriptEntry]:
+    """Compaction summaries not shown yet, those folding rows shown already among them.
+
+    A compaction folds every row up to its seq, so the first live row after the furthest
+    summary seen lies past any newer summary: one read of one row brings them all."""
+    after = max((key[0] for key in seen), default=0)
+    page = await store.read_transcript(sid, after_seq=after, limit=1, include_compacted=False)
+    return [e for e in page if e.is_summary and _summary_key(e) not in seen]
+
+
+async def _follow(
+    store: Store,
+    args: argparse.Namespace,
+    after: int,
+    shown: set[str],
+    summaries: set[tuple[int, int, str]],
+    out: TextIO,
+) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     try:
@@ -410,8 +526,13 @@ async def _follow(store: Store, args: argparse.Namespace, after: int, shown: set
             break
         except asyncio.TimeoutError:
             pass
-        entries = await _all_entries(store, args.session_id, after)
+        # Runs first: a run seen ended has all its messages stored, so its ending never shows
+        # before its last message.
         runs = {r.run_id: r for r in await store.list_runs(args.session_id, limit=50)}
+        folds = [e for e in await _new_summaries(store, args.session_id, summaries) if e.seq <= after]
+        entries = await _all_entries(store, args.session_id, after)
+        entries = folds + [e for e in entries if not (e.is_summary and _summary_key(e) in summaries)]
+        summaries.update(_summary_key(e) for e in entries if e.is_summary)
         fresh = [r for r in runs.values() if r.ended_at is not None and r.run_id not in shown]
         if entries or fresh:
             idle = 0.0
@@ -419,8 +540,8 @@ async def _follow(store: Store, args: argparse.Namespace, after: int, shown: set
             for r in fresh:  # ended without a message after the ones already shown
                 if r.run_id not in shown:
                     shown.add(r.run_id)
-                    print(json.dumps({"type": "run", **r.to_dict()}) if args.json else _run_line(r), file=out)
-            after = entries[-1].seq if entries else after
+                    print(_json_text({"type": "run", **r.to_dict()}) if args.json else _run_line(r), file=out)
+            after = max([after, *(e.seq for e in entries if not e.is_summary)])
             out.flush()
         else:
             idle += args.interval
@@ -462,7 +583,7 @@ async def _export(store: Store, args: argparse.Namespace, out: TextIO) -> int:
     if await store.get_session_async(args.session_id) is None:
         raise InspectError(f"no session {args.session_id!r} in this store")
     records = await store.export_session(args.session_id)
-    text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+    text = "".join(_json_text(r) + "\n" for r in records)
     if args.output:
         await asyncio.to_thread(_write_text, args.output, text)
         print(f"wrote {len(records) - 1} record(s) of session {args.session_id} to {args.output}", file=sys.stderr)
@@ -472,32 +593,52 @@ async def _export(store: Store, args: argparse.Namespace, out: TextIO) -> int:
 
 
 def _write_text(path: str, text: str) -> None:
-    with open(path, "w", encoding="utf-8") as f:
-        f.write(text)
+    try:
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(text)
+    except OSError as exc:
+        raise InspectError(f"cannot write {path}: {exc.strerror or exc}") from None
 
 
-def _read_records(path: str) -> list[Any]:
-    if path == "-":
-        lines = sys.stdin.read().splitlines()
-    else:
-        if not os.path.exists(path):
-            raise InspectError(f"no such file: {path}")
-        with open(path, encoding="utf-8") as f:
-            lines = f.read().splitlines()
-    records = []
-    for n, line in enumerate(lines, start=1):
+def _read_records(path: str) -> tuple[list[Any], list[int]]:
+    """The records of a JSON lines file and the line each came from (blank lines skipped)."""
+    try:
+        if path == "-":
+            data = sys.stdin.buffer.read()
+        else:
+            with open(path, "rb") as f:
+                data = f.read()
+    except OSError as exc:
+        raise InspectError(f"cannot read {path}: {exc.strerror or exc}") from None
+    records: list[Any] = []
+    numbers: list[int] = []
+    for n, raw in enumerate(data.split(b"\n"), start=1):
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise InspectError(f"line {n}: not UTF-8 text; nothing was imported") from None
         if line.strip():
             try:
                 records.append(json.loads(line))
             except ValueError as exc:
                 raise InspectError(f"line {n}: not JSON ({exc}); nothing was imported") from None
-    return records
+            numbers.append(n)
+    return records, numbers
 
 
 async def _import(store: Store, args: argparse.Namespace, out: TextIO) -> int:
     from .store._compat import new_session_id
+    from .store._inspect_io import check_records
 
-    records = await asyncio.to_thread(_read_records, args.file)
+    def read() -> list[Any]:  # in a worker thread: reading and checking a big file takes a while
+        records, lines = _read_records(args.file)
+        try:
+            check_records(records, lines=lines)  # errors name the file's lines, blank ones counted
+        except ValueError as exc:
+            raise InspectError(str(exc)) from None
+        return records
+
+    records = await asyncio.to_thread(read)
     sid = args.session_id or new_session_id()
     try:
         count = await store.import_session(records, session_id=sid)
@@ -511,12 +652,14 @@ async def _import(store: Store, args: argparse.Namespace, out: TextIO) -> int:
 
 
 async def _doctor(store: Store, args: argparse.Namespace, db: str, out: TextIO) -> int:
-    shown_db = redact_url(db) if isinstance(store, PostgresSessionStore) else db  # no password in a fix
+    pg = isinstance(store, PostgresSessionStore)
+    shown_db = _hide_passwords(redact_url(db)) if pg else db  # no password in a fix or on screen
+    where = _hide_passwords(store.path) if pg else store.path
     report = await store.health_report(overdue_ms=int(args.overdue * 1000), db=shown_db)
     if args.json:
         _dump(report.to_dict(), out)
         return 0 if report.healthy else 1
-    print(f"Store: {store.path} ({report.backend}), {report.sessions} session(s)", file=out)
+    print(f"Store: {where} ({report.backend}), {report.sessions} session(s)", file=out)
     print(f"Schema version: {report.schema_version}", file=out)
     print(f"Integrity: {report.integrity}", file=out)
     if not report.findings:
@@ -549,6 +692,8 @@ async def _prune(store: Store, args: argparse.Namespace, out: TextIO) -> int:
 
 
 async def _dispatch(args: argparse.Namespace, out: TextIO) -> int:
+    if not args.json and args.command != "export":  # export writes JSON lines
+        out = _Terminal(out)  # type: ignore[assignment]
     async with _opened(args, create=args.command == "import") as (store, db):
         if args.command == "doctor":
             return await _doctor(store, args, db, out)
@@ -581,7 +726,7 @@ def run_command(args: argparse.Namespace, *, prog: str, out: TextIO | None = Non
     except (InspectError, SessionNotFoundError, StoreError) as exc:
         if args.traceback:
             raise
-        text = " ".join(str(exc).split())
+        text = _visible(_hide_passwords(" ".join(str(exc).split())))
         if isinstance(exc, SessionNotFoundError):
             text = f"no session {exc.args[0]!r} in this store" if exc.args else "no such session"
         print(f"{prog}: error: {text}", file=sys.stderr)

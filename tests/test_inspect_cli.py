@@ -98,6 +98,8 @@ def test_sessions_lists_and_filters(shared_db: str, scripted_server: ScriptedSer
     recent = _json(capsys, "sessions", "--db", shared_db, "--active-since", "1h")
     assert [s["session_id"] for s in recent["sessions"]] == ["alpha"]
     paged = _json(capsys, "sessions", "--db", shared_db, "--sort", "id", "--limit", "1", "--page", "2")
+    far = _json(capsys, "sessions", "--db", shared_db, "--limit", str(2**62), "--page", str(2**62))
+    assert (far["sessions"], far["total"]) == ([], 2)
     assert [s["session_id"] for s in paged["sessions"]] == ["beta"] and paged["offset"] == 1
     with pytest.raises(SystemExit) as exited:
         main(["sessions", "--db", shared_db, "--active-since", "yesterday-ish"])
@@ -392,3 +394,221 @@ def test_python_dash_m_power_loop_sessions(db_path: str, tmp_path: Path) -> None
     )
     assert done.returncode == 0, done.stderr
     assert [s["session_id"] for s in json.loads(done.stdout)["sessions"]] == ["sub"]
+
+
+HOSTILE = "hi\x1b[2J\x1b]0;owned\x07 \x9b31m red\rOVER\u202eevil"
+
+
+def test_untrusted_text_never_reaches_the_terminal_raw(db_path: str, capsys: Any) -> None:
+    async def fill(store: Any) -> None:
+        await store.create_session("evil", metadata={"k": HOSTILE})
+        await store.write("evil", [Append([UserMessage(content=HOSTILE), AssistantMessage(content="multi\nline")])])
+        await store.schedule_timer("evil", due_at=int(time.time() * 1000) + 60_000, note=HOSTILE)
+
+    _store_do(db_path, fill)
+    raw = ("\x1b", "\x07", "\x9b", "\r", "\u202e")
+    for argv in (["show", "evil"], ["timers"], ["sessions", "--search", "evil"]):
+        code, out, _ = _run(capsys, *argv, "--db", db_path)
+        assert code == 0 and not any(c in out for c in raw), (argv, out)
+    _, out, _ = _run(capsys, "show", "evil", "--db", db_path)
+    assert "#1 user: hi\\x1b[2J\\x1b]0;owned\\x07 \\x9b31m red\\x0dOVER\\u202eevil" in out
+    assert "#2 assistant: multi\nline" in out  # line breaks stay line breaks
+    parsed = []
+    for argv in (["show", "evil", "--json"], ["timers", "--json"], ["export", "evil"]):
+        code, out, _ = _run(capsys, *argv, "--db", db_path)
+        assert code == 0 and not any(c in out for c in raw), (argv, out)
+        parsed.append([json.loads(line) for line in out.splitlines()])
+    assert parsed[0][0]["transcript"][0]["content"] == HOSTILE  # the same text, escaped as JSON
+    assert parsed[1][0]["active"][0]["note"] == HOSTILE
+    assert parsed[2][1]["message"]["content"] == HOSTILE
+
+
+def test_import_and_export_file_problems_are_one_line_naming_the_file_line(
+    db_path: str, capsys: Any, tmp_path: Path
+) -> None:
+    _store_do(db_path, lambda s: s.create_session("s"))
+    head = json.dumps({"type": "session", "format": 1, "session_id": "s", "metadata": {}})
+    user = json.dumps({"type": "message", "seq": 1, "message": {"role": "user", "content": "hi"}})
+    orphan = json.dumps({"type": "message", "seq": 2, "message": {"role": "tool", "tool_call_id": "c", "content": "x"}})
+    spaced = tmp_path / "spaced.jsonl"
+    spaced.write_text(f"{head}\n\n{user}\n\n\n{orphan}\n")
+    code, _, err = _run(capsys, "import", str(spaced), "--db", db_path)
+    assert code == 2 and err.startswith("power-loop: error: line 6: tool result for call 'c'"), err
+    binary = tmp_path / "binary.jsonl"
+    binary.write_bytes(head.encode() + b"\n\xff\xfe\n")
+    code, _, err = _run(capsys, "import", str(binary), "--db", db_path)
+    assert code == 2 and err.startswith("power-loop: error: line 2: not UTF-8 text"), err
+    for argv in (["import", str(tmp_path)], ["export", "s", "-o", str(tmp_path)], ["export", "s", "-o", "/no/dir/x"]):
+        code, out, err = _run(capsys, *argv, "--db", db_path)
+        assert code == 2 and out == "" and len(err.splitlines()) == 1, (argv, err)
+        assert err.startswith("power-loop: error: cannot ") and "Error:" not in err, err
+    assert _json(capsys, "sessions", "--db", db_path)["total"] == 1
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["sessions", "--offset", "-1"], "expected a whole number >= 0"),
+        (["timers", "--recent", "-1"], "expected a whole number >= 0"),
+        (["sessions", "--offset", str(2**64)], "expected a whole number >= 0"),
+        (["sessions", "--limit", str(2**64)], "expected a whole number >= 1"),
+        (["show", "s", "--follow", "--interval", "0"], "expected a number of seconds > 0"),
+        (["show", "s", "--follow", "--interval", "nan"], "expected a number of seconds > 0"),
+    ],
+)
+def test_out_of_range_arguments_are_refused(db_path: str, capsys: Any, argv: list[str], message: str) -> None:
+    _store_do(db_path, lambda s: s.create_session("s"))
+    with pytest.raises(SystemExit) as exited:
+        main([*argv, "--db", db_path])
+    assert exited.value.code == 2 and message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("step", "hint"), [(-1, "open it once with this power_loop to migrate"), (1, "upgrade")])
+def test_a_postgres_schema_of_another_version_is_refused_unchanged(
+    pg_schema: Any, capsys: Any, tmp_path: Path, step: int, hint: str
+) -> None:
+    import psycopg
+
+    from power_loop.store.schema import LATEST_VERSION
+
+    url = f"{pg_schema.url}{'&' if '?' in pg_schema.url else '?'}schema={pg_schema.schema}"
+    _store_do(url, lambda s: s.create_session("s"))
+    table = f'"{pg_schema.schema}".power_loop_schema'
+    with psycopg.connect(pg_schema.url, autocommit=True) as conn:
+        conn.execute(f"UPDATE {table} SET version = %s", (LATEST_VERSION + step,))
+    exported = tmp_path / "s.jsonl"
+    exported.write_text(json.dumps({"type": "session", "format": 1, "session_id": "s"}) + "\n")
+    for argv in (["sessions"], ["doctor"], ["prune", "--dry-run"], ["import", str(exported)]):
+        code, out, err = _run(capsys, *argv, "--db", url)
+        assert code == 2 and out == "" and len(err.splitlines()) == 1, (argv, err)
+        assert f"has schema version {LATEST_VERSION + step}, this power_loop reads {LATEST_VERSION}" in err
+        assert hint in err
+    with psycopg.connect(pg_schema.url, autocommit=True) as conn:
+        assert conn.execute(f"SELECT version FROM {table}").fetchone() == (LATEST_VERSION + step,)
+
+
+def test_files_that_are_no_store_of_this_version_are_named_for_what_they_are(capsys: Any, tmp_path: Path) -> None:
+    import shutil
+
+    old = tmp_path / "old.db"
+    shutil.copyfile(ROOT / "tests" / "fixtures" / "power_loop_011.db", old)
+    before = old.read_bytes()
+    code, out, err = _run(capsys, "sessions", "--db", str(old))
+    assert code == 2 and out == "" and "is a power-loop 0.11 database" in err
+    assert "StatefulAgentLoop" in err and old.read_bytes() == before
+    empty = tmp_path / "empty.db"
+    empty.write_bytes(b"")
+    code, _, err = _run(capsys, "doctor", "--db", str(empty))
+    assert code == 2 and f"{empty} is not a power_loop SQLite database (it is empty)" in err
+    foreign = tmp_path / "foreign.db"
+    with sqlite3.connect(foreign) as conn:
+        conn.execute("CREATE TABLE invoices (id INTEGER)")
+    conn.close()
+    code, _, err = _run(capsys, "prune", "--db", str(foreign))
+    assert code == 2 and "is not a power_loop SQLite database (it holds other tables: invoices)" in err
+    code, _, err = _run(capsys, "sessions", "--db", str(tmp_path))
+    assert code == 2 and f"{tmp_path} is a directory, not an SQLite database file" in err
+
+
+def test_follow_shows_a_compaction_of_rows_already_shown(db_path: str, tmp_path: Path) -> None:
+    _store_do(db_path, lambda s: s.create_session("c"))
+    _store_do(db_path, lambda s: s.write("c", [Append([UserMessage(content=f"m{i}") for i in range(4)])]))
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    argv = ["show", "c", "--follow", "--json", "--interval", "0.05", "--db", db_path]
+    follower = subprocess.Popen(
+        [sys.executable, "-m", "power_loop", *argv], stdout=subprocess.PIPE, text=True, env=env, cwd=tmp_path
+    )
+    assert follower.stdout is not None
+    try:
+        seen = [json.loads(follower.stdout.readline()) for _ in range(4)]
+        assert [r["seq"] for r in seen] == [1, 2, 3, 4]
+        _store_do(db_path, lambda s: s.write("c", [Compact(through_seq=3, summary="the first three")]))
+        _store_do(db_path, lambda s: s.write("c", [Append([UserMessage(content="m4")])]))
+        later: list[dict[str, Any]] = []
+        while not (later and later[-1].get("seq") == 5):
+            later.append(json.loads(follower.stdout.readline()))
+        assert [(r["type"], r["seq"]) for r in later] == [("summary", 3), ("message", 5)]
+        assert "the first three" in later[0]["content"]
+        more = [Append([UserMessage(content="m5"), UserMessage(content="m6")]), Compact(through_seq=6, summary="six")]
+        _store_do(db_path, lambda s: s.write("c", more))
+        _store_do(db_path, lambda s: s.write("c", [Append([UserMessage(content="m7")])]))
+        last: list[dict[str, Any]] = []
+        while not (last and last[-1].get("seq") == 8):
+            last.append(json.loads(follower.stdout.readline()))
+        assert [(r["type"], r["seq"]) for r in last] == [
+            ("message", 6),
+            ("message", 7),
+            ("summary", 6),
+            ("message", 8),
+        ] or [(r["type"], r["seq"]) for r in last] == [("message", 6), ("summary", 6), ("message", 7), ("message", 8)]
+    finally:
+        follower.send_signal(signal.SIGINT)
+        follower.communicate()
+    assert follower.returncode == 0
+
+
+def test_the_json_of_every_command_is_one_document_with_the_documented_keys(
+    shared_db: str, scripted_server: ScriptedServer, capsys: Any, tmp_path: Path
+) -> None:
+    _fill(shared_db, scripted_server)
+    exported = tmp_path / "alpha.jsonl"
+    assert _run(capsys, "export", "alpha", "--db", shared_db, "-o", str(exported))[0] == 0
+    expected = {
+        ("sessions",): {"total", "offset", "sessions"},
+        ("show", "alpha"): {"session", "runs", "transcript", "usage"},
+        ("timers",): {"active", "recent"},
+        ("import", str(exported)): {"session_id", "messages"},
+        ("doctor",): {"backend", "schema_version", "integrity", "sessions", "healthy", "findings"},
+        ("prune", "--dry-run"): {"dry_run", "folded_messages", "sessions"},
+    }
+    for argv, keys in expected.items():
+        assert set(_json(capsys, *argv, "--db", shared_db)) == keys, argv
+    code, out, _ = _run(capsys, "export", "alpha", "--db", shared_db, "--json")
+    assert code == 0 and [json.loads(line)["type"] for line in out.splitlines()][0] == "session"
+
+
+def test_lone_surrogates_in_stored_text_are_shown_escaped(db_path: str, capsys: Any, tmp_path: Path) -> None:
+    head = {"type": "session", "format": 1, "session_id": "x", "metadata": {"k": "\ud800"}}
+    user = {"type": "message", "seq": 1, "message": {"role": "user", "content": "bad \udc00 half"}}
+    source = tmp_path / "s.jsonl"
+    source.write_text(f"{json.dumps(head)}\n{json.dumps(user)}\n")  # ASCII: the file itself is valid UTF-8
+    assert _run(capsys, "import", str(source), "--db", db_path, "--session-id", "sur")[0] == 0
+    code, out, err = _run(capsys, "show", "sur", "--db", db_path)
+    assert code == 0 and "#1 user: bad " in out and 'metadata {"k": "\\ud800"}' in out, err
+    out.encode("utf-8")  # printable on a UTF-8 terminal
+    shown = _json(capsys, "show", "sur", "--db", db_path)
+    assert shown["session"]["metadata"] == {"k": "\ud800"} and shown["transcript"][0]["message"]["content"] in (
+        "bad \udc00 half",
+        "bad \ufffd half",
+    )
+    code, out, err = _run(capsys, "export", "sur", "--db", db_path)
+    assert code == 0 and json.loads(out.splitlines()[0])["metadata"] == {"k": "\ud800"}, err
+
+
+def test_no_password_of_a_connection_string_is_printed(pg_schema: Any, capsys: Any) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    for db in (
+        f"host=127.0.0.1 port={port} password=hunter2 dbname=db user=u",
+        f"postgresql://u@127.0.0.1:{port}/db?password=hunter2",
+    ):
+        code, out, err = _run(capsys, "sessions", "--db", db)
+        assert code == 2 and "cannot connect to PostgreSQL" in err and "hunter2" not in err + out, err
+    url = f"{pg_schema.url}&schema={pg_schema.schema}&password=hunter2"  # trust auth ignores it
+    _store_do(url, lambda s: s.create_session("s"))
+    _store_do(url, lambda s: s.schedule_timer("s", due_at=1, note="late"))
+    code, out, err = _run(capsys, "doctor", "--db", url)
+    assert code == 1 and "[overdue_timer]" in out and "hunter2" not in out + err, out
+
+
+def test_the_worker_fix_is_a_command_a_shell_runs_as_shown(tmp_path: Path, capsys: Any) -> None:
+    import shlex
+
+    db = str(tmp_path / "my sessions & more.db")
+    _store_do(db, lambda s: s.create_session("t"))
+    _store_do(db, lambda s: s.schedule_timer("t", due_at=1, note="late"))
+    code, out, _ = _run(capsys, "doctor", "--db", db)
+    fix = next(line for line in out.splitlines() if "fix: power-loop worker" in line)
+    command = fix.split("fix: ", 1)[1].split("  #", 1)[0]
+    assert code == 1 and shlex.split(command) == ["power-loop", "worker", "APP", "--db", db]

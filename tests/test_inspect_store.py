@@ -318,3 +318,204 @@ async def test_a_session_waiting_for_a_person_is_no_finding(
     overview = (await store.list_sessions())[0]
     assert overview.pending_calls == 1 and overview.last_status == "waiting_for_input"
     assert (await store.health_report()).findings == []
+
+
+_HEAD = {"type": "session", "format": 1, "session_id": "x", "metadata": {}, "system_prompt": None}
+
+
+def _msg(seq: Any, message: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    return {"type": "message", "seq": seq, "message": message, **extra}
+
+
+def _user(seq: Any, **extra: Any) -> dict[str, Any]:
+    return _msg(seq, {"role": "user", "content": f"u{seq}"}, **extra)
+
+
+def _calls(seq: int, *ids: str) -> dict[str, Any]:
+    calls = [{"id": i, "type": "function", "function": {"name": "add", "arguments": "{}"}} for i in ids]
+    return _msg(seq, {"role": "assistant", "content": "", "tool_calls": calls})
+
+
+def _result(seq: int, call_id: str) -> dict[str, Any]:
+    return _msg(seq, {"role": "tool", "tool_call_id": call_id, "content": "ok"})
+
+
+def _fold(through: Any, **extra: Any) -> dict[str, Any]:
+    return {"type": "compaction", "through_seq": through, "summary": "s", **extra}
+
+
+@pytest.mark.parametrize(
+    ("records", "message"),
+    [
+        (
+            [_HEAD, _user(1), _calls(2, "c1"), _result(3, "c1"), _calls(4, "c1"), _result(5, "c1")],
+            "line 5: tool call id",
+        ),
+        ([_HEAD, _user(2**63)], "line 2: 'seq' must be"),
+        ([{**_HEAD, "format": True}, _user(1)], "line 1: unknown format True"),
+        ([{**_HEAD, "metadata": [1]}, _user(1)], "line 1: 'metadata'"),
+        ([{**_HEAD, "metadata": {"k": object()}}, _user(1)], "line 1: 'metadata'"),
+        ([{**_HEAD, "system_prompt": 3}, _user(1)], "line 1: 'system_prompt'"),
+        ([_HEAD, _user(1, compacted="no")], "line 2: 'compacted'"),
+        ([_HEAD, _user(1, created_at="noon")], "line 2: 'created_at'"),
+        ([_HEAD, _user(1), _fold(0)], "line 3: a compaction needs"),
+        ([_HEAD, _user(1), _fold(True)], "line 3: a compaction needs"),
+        ([_HEAD, _user(1), _fold(1, before_tokens="x")], "line 3: 'before_tokens'"),
+        ([_HEAD, _user(1, compacted=True), _user(2, compacted=True), _fold(2), _fold(1)], "line 5: a compaction"),
+        ([_HEAD, _user(1, compacted=True), _user(2)], "line 2: message 1 is marked folded"),
+        ([_HEAD, _user(1), _user(2), _fold(1)], "line 2: message 1 is folded"),
+    ],
+)
+async def test_hostile_imports_name_the_line_and_write_nothing(
+    store: Store, records: list[dict[str, Any]], message: str
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        await store.import_session(records, session_id="new")
+    assert await store.get_session_async("new") is None
+
+
+async def test_filters_match_quotes_backslashes_and_any_script(store: Store) -> None:
+    await store.create_session("ÉCOLE", metadata={"t": 'a"b', "u": "é", "p": "C:\\tmp", "Équipe": "x=y"})
+    await store.create_session("plain", metadata={"t": "ab", "n": 3, "tags": ["x", "y"]})
+    assert [o.session_id for o in await store.list_sessions(metadata={"t": 'a"b'})] == ["ÉCOLE"]
+    assert [o.session_id for o in await store.list_sessions(metadata={"u": "é"})] == ["ÉCOLE"]
+    assert [o.session_id for o in await store.list_sessions(metadata={"p": "C:\\tmp"})] == ["ÉCOLE"]
+    assert [o.session_id for o in await store.list_sessions(metadata={"Équipe": "x=y"})] == ["ÉCOLE"]
+    assert [o.session_id for o in await store.list_sessions(metadata={"n": "3", "tags": '["x", "y"]'})] == ["plain"]
+    assert await store.count_sessions(metadata={"u": "é"}) == 1
+    for text in ("école", "ÉCO", 'a"b', "c:\\TMP", "É", "équipe"):
+        assert [o.session_id for o in await store.list_sessions(search=text)] == ["ÉCOLE"], text
+        assert await store.count_sessions(search=text) == 1, text
+    assert await store.list_sessions(search="%") == [] and await store.list_sessions(search="_") == []
+    assert {o.session_id for o in await store.list_sessions(search="'")} == set()
+
+
+async def test_prune_keeps_ended_children_that_will_run_again(store: Store) -> None:
+    await store.create_session("parent")
+    await _ended_child(store, "parent", "woken", "ephemeral")
+    await store.schedule_timer("woken", due_at=int(time.time() * 1000) + 60_000, note="check back")
+    await _ended_child(store, "parent", "queued", "ephemeral")
+    await store.enqueue("queued", "one more thing")
+    await _ended_child(store, "parent", "paused", "ephemeral")
+    await store.pause_session("paused")  # waits for loop.resume
+    await _ended_child(store, "parent", "done", "ephemeral")
+    assert (await store.prune(dry_run=True)).sessions == ["done"]
+    assert (await store.prune(dry_run=False)).sessions == ["done"]
+    assert {o.session_id for o in await store.list_sessions()} == {"parent", "woken", "queued", "paused"}
+    assert [t.note for t in (await store.list_all_timers("woken")).active] == ["check back"]
+
+
+class _CompactsBeforeSummariesAreRead:
+    """A transaction interface passing statements through; before the first statement that
+    reads compaction summaries, a compaction commits from another connection (a service
+    compacting the session while it is exported)."""
+
+    def __init__(self, tx: Any, compact: Any) -> None:
+        self.tx, self.compact, self.dialect = tx, compact, tx.dialect
+
+    def execute(self, sql: str, params: Any = ()) -> Any:
+        if "FROM compactions" in sql and self.compact is not None:
+            self.compact, compact = None, self.compact
+            compact()
+        return self.tx.execute(sql, params)
+
+
+async def test_an_export_is_one_snapshot_while_the_session_is_compacted(store: Store) -> None:
+    from power_loop.store import _history_sql, _inspect_io, _sessions_sql
+
+    await store.create_session("c")
+    await store.write("c", [Append([UserMessage(content=f"m{i}") for i in range(4)])])
+
+    def compact() -> None:
+        def fold(c: Any) -> None:
+            key = _sessions_sql.session_ref(c, "c").key
+            _history_sql.apply_compaction(c, key, Compact(through_seq=2, summary="two"), 0, run=None)
+
+        store._call_sync(fold)
+
+    records = await store._call(
+        lambda c: _inspect_io.export_session(_CompactsBeforeSummariesAreRead(c, compact), "c", now=0), tx=False
+    )
+    folded = [r["seq"] for r in records if r["type"] == "message" and r["compacted"]]
+    summaries = [r["through_seq"] for r in records if r["type"] == "compaction"]
+    assert (folded, summaries) in (([], []), ([1, 2], [2]))
+    assert await store.import_session(records, session_id="copy") == 4
+
+
+async def test_page_sizes_out_of_range_are_refused_alike_on_every_backend(store: Store) -> None:
+    await store.create_session("c")
+    await store.write("c", [Append([UserMessage(content="m")])])
+    for call in (
+        lambda: store.read_transcript("c", limit=0),
+        lambda: store.read_transcript("c", limit=-1),
+        lambda: store.list_runs("c", limit=-1),
+        lambda: store.list_all_timers(recent=-1),
+        lambda: store.list_sessions(limit=-1),
+        lambda: store.list_sessions(offset=2**63),
+    ):
+        with pytest.raises(ValueError, match=">= "):
+            await call()
+    assert await store.list_runs("c", limit=0) == [] and (await store.list_all_timers(recent=0)).recent == []
+
+
+async def test_a_wake_up_no_worker_delivers_is_a_finding(store: Store) -> None:
+    await store.create_session("w")
+    await store.enqueue("w", "the timer fired: check the build", kind="timer")
+    await store.create_session("f")
+    await store.enqueue("f", "a follow-up, left for the next send")
+    now = int(time.time() * 1000)
+    assert (await store.health_report(now_ms=now)).findings == []  # not late yet
+    late = await store.health_report(now_ms=now + 3_600_000, db="DB")
+    assert [(f.kind, f.session_id) for f in late.findings] == [("undelivered_wakeup", "w")]
+    assert late.findings[0].fix.startswith("power-loop worker APP --db DB")
+
+
+async def test_a_dry_run_counts_what_the_prune_deletes(store: Store) -> None:
+    await store.create_session("parent")
+    await _ended_child(store, "parent", "eph", "ephemeral")
+    await store.write("eph", [Append([UserMessage(content=f"m{i}") for i in range(3)])])
+    await store.write("eph", [Compact(through_seq=2, summary="two")])
+    out = await store.write("parent", [Append([UserMessage(content=f"p{i}") for i in range(2)])])
+    await store.write("parent", [Compact(through_seq=out.seqs[0], summary="one")])
+    dry = await store.prune(dry_run=True)
+    done = await store.prune(dry_run=False)
+    assert (dry.folded_messages, dry.sessions) == (done.folded_messages, done.sessions) == (1, ["eph"])
+
+
+class _RunsBeforeCallsAreRead:
+    """Passes statements through; before the first statement reading unanswered tool calls, a
+    run starts from another connection and stores a model turn calling a tool (a busy
+    service, between the report's statements)."""
+
+    def __init__(self, tx: Any, start_run: Any) -> None:
+        self.tx, self.start_run, self.dialect = tx, start_run, tx.dialect
+
+    def execute(self, sql: str, params: Any = ()) -> Any:
+        if "FROM tool_calls t JOIN sessions s" in sql and self.start_run is not None:
+            self.start_run, start_run = None, self.start_run
+            start_run()
+        return self.tx.execute(sql, params)
+
+
+async def test_the_health_report_is_one_snapshot_of_a_busy_store(store: Store) -> None:
+    from power_loop.store import _inspect_sql, _sql
+
+    await store.create_session("busy")
+    call = ToolCall(id="c1", name="add", arguments="{}")
+
+    def start_run() -> None:
+        lease = LeaseClaim(owner="w/run-b", ttl_ms=600_000)
+        began = store._call_sync(lambda c: _sql.begin_run(c, BeginRun("busy", "run-b", lease)))
+        fenced = LeaseClaim(owner="w/run-b", ttl_ms=600_000, fence=began.fence)
+        turn = [Append([UserMessage(content="go"), AssistantMessage(content="", tool_calls=(call,))])]
+        store._call_sync(lambda c: _sql.write(c, "busy", turn, lease=fenced, event_seq=None))
+
+    now = int(time.time() * 1000)
+    report = await store._call(
+        lambda c: _inspect_sql.health_report(
+            _RunsBeforeCallsAreRead(c, start_run), now=now, overdue_ms=300_000, db="DB"
+        ),
+        tx=False,
+    )
+    assert report.findings == []  # the run going on is no problem, seen before or after it began
+    assert (await store.health_report()).findings == []

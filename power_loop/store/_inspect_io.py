@@ -42,15 +42,19 @@ def decode_metadata(raw: str | None) -> dict[str, Any]:
 
 def _ended_ephemeral(tx: Tx, now: int, older_than_ms: int | None) -> list[Any]:
     # Ended: its runs are over, nothing of it is unanswered, no background task of it is
-    # running, and its parent has no open call (a parent resumed after a crash reads a
-    # finished child's stored answer: that child must stay until the parent has it).
+    # running, it is not paused (loop.resume goes on with it), no timer or inbox item of it
+    # waits to start another run, and its parent has no open call (a parent resumed after a
+    # crash reads a finished child's stored answer: that child must stay until the parent has it).
     older = "" if older_than_ms is None else " AND s.updated_at < ?"
     rows = tx.execute(
         "SELECT s.id, s.session_id, s.lease_owner, s.lease_expires_at, s.holder_host, s.holder_pid, s.holder_start "
-        "FROM sessions s WHERE s.kind = 'subagent' AND s.lifecycle = 'ephemeral' AND s.last_run > 0"
+        "FROM sessions s WHERE s.kind = 'subagent' AND s.lifecycle = 'ephemeral' AND s.last_run > 0 "
+        "AND s.paused_at IS NULL"
         f"{older} AND NOT EXISTS (SELECT 1 FROM runs r WHERE r.session = s.id AND r.ended_at IS NULL) "
         "AND NOT EXISTS (SELECT 1 FROM tool_calls t WHERE t.session = s.id AND t.result_seq IS NULL) "
         "AND NOT EXISTS (SELECT 1 FROM subagent_tasks b WHERE b.session = s.id AND b.status = 'running') "
+        "AND NOT EXISTS (SELECT 1 FROM timers w WHERE w.session = s.id AND w.status IN ('armed', 'claimed')) "
+        "AND NOT EXISTS (SELECT 1 FROM inbox q WHERE q.session = s.id AND q.consumed_at IS NULL) "
         "AND NOT EXISTS (SELECT 1 FROM tool_calls t JOIN sessions p ON p.id = t.session "
         "WHERE p.session_id = s.parent_session_id AND t.result_seq IS NULL) ORDER BY s.session_id",
         () if older_than_ms is None else (older_than_ms,),
@@ -61,12 +65,15 @@ def _ended_ephemeral(tx: Tx, now: int, older_than_ms: int | None) -> list[Any]:
 def prune(tx: Tx, *, dry_run: bool, older_than_ms: int | None, now: int) -> PruneReport:
     """Remove folded message rows (the rule of ``prune_compacted``) and ended ephemeral
     sub-agent sessions; with ``dry_run`` only count them."""
-    sessions = [r["session_id"] for r in _ended_ephemeral(tx, now, older_than_ms)]
-    if dry_run:
+    ended = _ended_ephemeral(tx, now, older_than_ms)
+    sessions = [r["session_id"] for r in ended]
+    if dry_run:  # the count the prune reports: folded rows of the sessions it keeps
         older = "" if older_than_ms is None else " AND created_at < ?"
+        keys = [int(r["id"]) for r in ended]
+        kept = f" AND session NOT IN ({','.join('?' * len(keys))})" if keys else ""
         row = tx.execute(
-            f"SELECT COUNT(*) AS n FROM messages WHERE compacted = 1{older}",
-            () if older_than_ms is None else (older_than_ms,),
+            f"SELECT COUNT(*) AS n FROM messages WHERE compacted = 1{older}{kept}",
+            (*(() if older_than_ms is None else (older_than_ms,)), *keys),
         ).fetchone()
         return PruneReport(dry_run=True, folded_messages=int(row["n"]), sessions=sessions)
     for sid in sessions:
@@ -104,90 +111,144 @@ def export_session(tx: Tx, session_id: str, *, now: int) -> list[dict[str, Any]]
             "exported_at": now,
         }
     ]
+    # One statement, so one snapshot on both databases: a compaction committing meanwhile is
+    # in the export with the rows it marks folded, or not at all.
     rows = tx.execute(
-        "SELECT m.seq, m.body, m.compacted, m.created_at, r.run_id FROM messages m "
-        "LEFT JOIN runs r ON r.session = m.session AND r.run = m.run WHERE m.session = ? ORDER BY m.seq",
-        (key,),
+        "SELECT 0 AS part, m.seq AS n, m.body AS text, m.compacted AS folded, m.created_at AS created, "
+        "r.run_id AS run_id, 0 AS before_tokens, 0 AS after_tokens FROM messages m "
+        "LEFT JOIN runs r ON r.session = m.session AND r.run = m.run WHERE m.session = ? "
+        "UNION ALL SELECT 1, c.id, c.summary, c.through_seq, c.created_at, NULL, c.before_tokens, c.after_tokens "
+        "FROM compactions c WHERE c.session = ? ORDER BY part, n",
+        (key, key),
     ).fetchall()
     for r in rows:
+        if int(r["part"]) == 1:
+            records.append(
+                {
+                    "type": "compaction",
+                    "through_seq": int(r["folded"]),
+                    "summary": r["text"],
+                    "before_tokens": int(r["before_tokens"]),
+                    "after_tokens": int(r["after_tokens"]),
+                    "created_at": int(r["created"]),
+                }
+            )
+            continue
         try:
-            message = json.loads(r["body"])
+            message = json.loads(r["text"])
         except ValueError:
-            _history.decode_message(session_id, int(r["seq"]), r["body"])
+            _history.decode_message(session_id, int(r["n"]), r["text"])
             raise
         records.append(
             {
                 "type": "message",
-                "seq": int(r["seq"]),
+                "seq": int(r["n"]),
                 "message": message,
-                "compacted": bool(r["compacted"]),
+                "compacted": bool(r["folded"]),
                 "run_id": r["run_id"],
-                "created_at": int(r["created_at"]),
-            }
-        )
-    for c in tx.execute(
-        "SELECT through_seq, summary, before_tokens, after_tokens, created_at FROM compactions "
-        "WHERE session = ? ORDER BY id",
-        (key,),
-    ).fetchall():
-        records.append(
-            {
-                "type": "compaction",
-                "through_seq": int(c["through_seq"]),
-                "summary": c["summary"],
-                "before_tokens": int(c["before_tokens"]),
-                "after_tokens": int(c["after_tokens"]),
-                "created_at": int(c["created_at"]),
+                "created_at": int(r["created"]),
             }
         )
     return records
+
+
+_MAX_INT = 2**63 - 1  # the largest integer both databases store
 
 
 def _bad(line: int, why: str) -> ValueError:
     return ValueError(f"line {line}: {why}; nothing was imported")
 
 
-def check_records(records: Sequence[Mapping[str, Any]]) -> tuple[Mapping[str, Any], list[tuple[int, Any]]]:
+def _is_int(value: Any, low: int = 0) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= _MAX_INT
+
+
+def _check_head(head: Any, line: int) -> None:
+    if not isinstance(head, Mapping) or head.get("type") != "session":
+        raise _bad(line, 'the first record must be {"type": "session", ...}')
+    if not _is_int(head.get("format")) or head["format"] != EXPORT_FORMAT:
+        raise _bad(line, f"unknown format {head.get('format')!r} (this power_loop reads format {EXPORT_FORMAT})")
+    try:
+        check_metadata(head.get("metadata"))
+    except (TypeError, ValueError):
+        raise _bad(line, "'metadata' must be an object of JSON values") from None
+    if head.get("system_prompt") is not None and not isinstance(head["system_prompt"], str):
+        raise _bad(line, "'system_prompt' must be text or null")
+
+
+def _check_compaction(rec: Mapping[str, Any], line: int, last_through: int) -> int:
+    through: Any = rec.get("through_seq")
+    if not _is_int(through, 1) or not isinstance(rec.get("summary"), str):
+        raise _bad(line, "a compaction needs 'through_seq' (an integer >= 1) and 'summary' (text)")
+    if through <= last_through:
+        raise _bad(line, f"a compaction must fold more than the one before it (through seq {last_through})")
+    for key in ("before_tokens", "after_tokens", "created_at"):
+        if rec.get(key) is not None and not _is_int(rec[key]):
+            raise _bad(line, f"{key!r} must be a whole number >= 0")
+    return int(through)
+
+
+def _check_message(rec: Mapping[str, Any], line: int, last_seq: int) -> Any:
+    seq: Any = rec.get("seq")
+    if not _is_int(seq) or seq <= last_seq:
+        raise _bad(line, f"'seq' must be an integer greater than the previous one ({last_seq}), not {seq!r}")
+    if not isinstance(rec.get("compacted", False), bool):
+        raise _bad(line, "'compacted' must be true or false")
+    if rec.get("created_at") is not None and not _is_int(rec["created_at"]):
+        raise _bad(line, "'created_at' must be a whole number >= 0 (epoch ms)")
+    try:
+        return message_from_dict(rec.get("message") or {})
+    except (ValueError, TypeError, AttributeError) as exc:
+        raise _bad(line, f"not a valid message ({exc})") from None
+
+
+def check_records(
+    records: Sequence[Mapping[str, Any]], *, lines: Sequence[int] | None = None
+) -> tuple[Mapping[str, Any], list[tuple[int, Any]]]:
     """The header and the messages (line number, message), validated; ValueError naming the
-    first bad line (records count from line 1)."""
+    first bad line (``lines``: each record's line in its file; default: records count from 1).
+
+    Beyond each record's shape: seqs increase, every tool result answers an open call of an
+    earlier message, no call id is used twice, compactions fold ever further, and exactly the
+    messages up to the last compaction are marked folded (the rows a session loads are never
+    marked, so pruning folded rows cannot remove them)."""
+    where = list(lines) if lines is not None else list(range(1, len(records) + 1))
     if not records:
         raise _bad(1, "empty input: expected a session record first")
     head = records[0]
-    if not isinstance(head, Mapping) or head.get("type") != "session":
-        raise _bad(1, 'the first record must be {"type": "session", ...}')
-    if head.get("format") != EXPORT_FORMAT:
-        raise _bad(1, f"unknown format {head.get('format')!r} (this power_loop reads format {EXPORT_FORMAT})")
+    _check_head(head, where[0])
     messages: list[tuple[int, Any]] = []
-    open_calls: dict[str, int] = {}
-    last_seq = 0
-    for line, rec in enumerate(records[1:], start=2):
+    open_calls: set[str] = set()
+    seen_calls: set[str] = set()
+    last_seq = last_through = 0
+    for line, rec in zip(where[1:], records[1:], strict=True):
         if not isinstance(rec, Mapping) or rec.get("type") not in ("message", "compaction"):
             raise _bad(line, "expected a record of type 'message' or 'compaction'")
         if rec["type"] == "compaction":
-            if not isinstance(rec.get("summary"), str) or not isinstance(rec.get("through_seq"), int):
-                raise _bad(line, "a compaction needs 'through_seq' (int) and 'summary' (text)")
+            last_through = _check_compaction(rec, line, last_through)
             continue
-        seq = rec.get("seq")
-        if not isinstance(seq, int) or isinstance(seq, bool) or seq <= last_seq:
-            raise _bad(line, f"'seq' must be an integer greater than the previous one ({last_seq}), not {seq!r}")
-        last_seq = seq
-        try:
-            message = message_from_dict(rec.get("message") or {})
-        except (ValueError, TypeError, AttributeError) as exc:
-            raise _bad(line, f"not a valid message ({exc})") from None
+        message = _check_message(rec, line, last_seq)
+        last_seq = int(rec["seq"])
         if isinstance(message, ToolResultMessage):
             if message.tool_call_id not in open_calls:
                 raise _bad(line, f"tool result for call {message.tool_call_id!r}, which no earlier message made")
-            del open_calls[message.tool_call_id]
+            open_calls.discard(message.tool_call_id)
         elif isinstance(message, AssistantMessage):
             for call in message.tool_calls:
-                if call.id in open_calls:
+                if call.id in seen_calls:
                     raise _bad(line, f"tool call id {call.id!r} is used twice")
-                open_calls[call.id] = line
+                seen_calls.add(call.id)
+                open_calls.add(call.id)
         messages.append((line, rec))
-    for line, rec in enumerate(records[1:], start=2):
-        if rec.get("type") == "compaction" and rec["through_seq"] > last_seq:
-            raise _bad(line, "a compaction folds messages the file does not hold")
+    if last_through > last_seq:
+        line = next(n for n, r in zip(where, records, strict=True) if r.get("through_seq") == last_through)
+        raise _bad(line, "a compaction folds messages the file does not hold")
+    for line, rec in messages:
+        seq, folded = int(rec["seq"]), bool(rec.get("compacted"))
+        if folded and seq > last_through:
+            raise _bad(line, f"message {seq} is marked folded, but no compaction folds it")
+        if not folded and seq <= last_through:
+            raise _bad(line, f"message {seq} is folded by a compaction (through seq {last_through}), but not marked")
     return head, messages
 
 
@@ -221,8 +282,7 @@ def import_session(tx: Tx, records: Sequence[Mapping[str, Any]], *, session_id: 
     for _, rec in messages:
         seq = int(rec["seq"])
         message = message_from_dict(rec["message"])
-        created = rec.get("created_at")
-        created = int(created) if isinstance(created, int) else now
+        created = now if rec.get("created_at") is None else int(rec["created_at"])
         tx.execute(
             "INSERT INTO messages (session, seq, body, run, created_at, compacted) VALUES (?, ?, ?, NULL, ?, ?)",
             (key, seq, _history.encode_message(message), created, int(bool(rec.get("compacted")))),

@@ -169,8 +169,8 @@ class HealthFinding(_AsDict):
     """A problem found by :meth:`~power_loop.store.protocols.InspectStore.health_report`.
 
     Attributes:
-        kind: ``dead_lease``, ``stuck_run``, ``pending_calls``, ``expired_timer_claim`` or
-            ``overdue_timer``.
+        kind: ``dead_lease``, ``stuck_run``, ``pending_calls``, ``expired_timer_claim``,
+            ``overdue_timer`` or ``undelivered_wakeup``.
         session_id: The session concerned, or None.
         detail: What is wrong, in one sentence.
         fix: The exact command or Python call that fixes it.

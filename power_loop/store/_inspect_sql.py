@@ -15,6 +15,7 @@ Invariants:
 from __future__ import annotations
 
 import json
+import shlex
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -72,6 +73,13 @@ def _like(text: str) -> str:
     return f"%{escaped.lower()}%"
 
 
+def _search_in_sql(search: str | None) -> bool:
+    """Whether SQL alone decides ``search``: ASCII text the stored JSON holds as typed (no
+    quote or backslash, which JSON escapes), compared case-blind the same way by both
+    databases' ``LOWER``. Other text is decided by :func:`_decided_in_python`."""
+    return not search or (search.isascii() and search.isprintable() and '"' not in search and "\\" not in search)
+
+
 def _filters(
     kind: str | None, metadata: Mapping[str, str] | None, active_since_ms: int | None, search: str | None
 ) -> tuple[str, list[Any]]:
@@ -83,22 +91,35 @@ def _filters(
     if active_since_ms is not None:
         where.append("(s.last_seq > 0 OR s.last_run > 0) AND s.updated_at >= ?")
         params.append(int(active_since_ms))
-    if search:
+    if search and _search_in_sql(search):
         where.append("(LOWER(s.session_id) LIKE ? ESCAPE '\\' OR LOWER(s.metadata) LIKE ? ESCAPE '\\')")
         params += [_like(search), _like(search)]
-    for key, value in (metadata or {}).items():  # narrowed here, decided by _metadata_matches
-        where.append("LOWER(s.metadata) LIKE ? ESCAPE '\\' AND LOWER(s.metadata) LIKE ? ESCAPE '\\'")
-        params += [_like(json.dumps(str(key))), _like(str(value))]
+    for key in metadata or {}:  # narrowed by the key as stored (JSON text); decided by _matches
+        where.append("LOWER(s.metadata) LIKE ? ESCAPE '\\'")
+        params.append(_like(json.dumps(str(key))))
     return (" WHERE " + " AND ".join(where)) if where else "", params
 
 
-def _metadata_matches(found: Mapping[str, Any], wanted: Mapping[str, str]) -> bool:
-    for key, value in wanted.items():
+def _decided_in_python(metadata: Mapping[str, str] | None, search: str | None) -> bool:
+    return bool(metadata) or not _search_in_sql(search)
+
+
+def _text(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+
+
+def _matches(session_id: str, found: Mapping[str, Any], wanted: Mapping[str, str] | None, search: str | None) -> bool:
+    """The filters SQL could only narrow: metadata values, and a search SQL cannot decide."""
+    for key, value in (wanted or {}).items():
         if key not in found:
             return False
         have = found[key]
         if not (have == value or (not isinstance(have, str) and json.dumps(have) == value)):
             return False
+    if search and not _search_in_sql(search):
+        needle = search.casefold()
+        texts = [session_id, json.dumps(dict(found), ensure_ascii=False), *found, *map(_text, found.values())]
+        return any(needle in t.casefold() for t in texts)
     return True
 
 
@@ -136,10 +157,14 @@ def list_sessions(
     """Session overviews matching the filters, in ``order``, one page."""
     where, params = _filters(kind, metadata, active_since_ms, search)
     sql = f"SELECT * FROM ({_OVERVIEW}{where}) o ORDER BY {ORDERS[order]}"
-    if not metadata:
+    if not _decided_in_python(metadata, search):
         rows = tx.execute(f"{sql} LIMIT ? OFFSET ?", (*params, limit, offset)).fetchall()
         return [_overview(r) for r in rows]
-    found = [o for o in map(_overview, tx.execute(sql, params).fetchall()) if _metadata_matches(o.metadata, metadata)]
+    found = [
+        o
+        for o in map(_overview, tx.execute(sql, params).fetchall())
+        if _matches(o.session_id, o.metadata, metadata, search)
+    ]
     return found[offset : offset + limit]
 
 
@@ -153,10 +178,10 @@ def count_sessions(
 ) -> int:
     """How many sessions match the filters."""
     where, params = _filters(kind, metadata, active_since_ms, search)
-    if not metadata:
+    if not _decided_in_python(metadata, search):
         return int(tx.execute(f"SELECT COUNT(*) AS n FROM sessions s{where}", params).fetchone()["n"])
-    rows = tx.execute(f"SELECT s.metadata FROM sessions s{where}", params).fetchall()
-    return sum(1 for r in rows if _metadata_matches(_decode_metadata(r["metadata"]), metadata))
+    rows = tx.execute(f"SELECT s.session_id, s.metadata FROM sessions s{where}", params).fetchall()
+    return sum(1 for r in rows if _matches(r["session_id"], _decode_metadata(r["metadata"]), metadata, search))
 
 
 def list_runs(tx: Tx, session_id: str, *, limit: int) -> list[RunOverview]:
@@ -347,8 +372,31 @@ def _lease_findings(tx: Tx, now: int) -> tuple[list[HealthFinding], set[int]]:
     return findings, busy
 
 
-def health_report(tx: Tx, *, now: int, overdue_ms: int, db: str) -> HealthReport:
-    """The schema version, the integrity check and the problems found, each with its fix."""
+def _read_snapshot(tx: Tx, fn: Callable[[], T], *, in_transaction: bool) -> T:
+    """``fn()`` with every statement reading one snapshot, taking no write lock: a deferred
+    transaction on SQLite (a WAL reader), ``REPEATABLE READ, READ ONLY`` on PostgreSQL.
+    ``in_transaction``: the backend already began one (a transaction pooler's)."""
+    if tx.dialect != "sqlite" and in_transaction:
+        tx.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        return fn()
+    tx.execute("BEGIN" if tx.dialect == "sqlite" else "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+    try:
+        result = fn()
+    except BaseException:
+        tx.execute("ROLLBACK")
+        raise
+    tx.execute("COMMIT")
+    return result
+
+
+def health_report(tx: Tx, *, now: int, overdue_ms: int, db: str, in_transaction: bool = False) -> HealthReport:
+    """The schema version, the integrity check and the problems found, each with its fix, read
+    from one snapshot: a run that begins or ends meanwhile is seen whole or not at all, never
+    as its unanswered calls without its lease."""
+    return _read_snapshot(tx, lambda: _health_report(tx, now, overdue_ms, db), in_transaction=in_transaction)
+
+
+def _health_report(tx: Tx, now: int, overdue_ms: int, db: str) -> HealthReport:
     version, integrity = _version_and_integrity(tx)
     sessions = int(tx.execute("SELECT COUNT(*) AS n FROM sessions").fetchone()["n"])
     findings, busy = _lease_findings(tx, now)
@@ -373,7 +421,7 @@ def health_report(tx: Tx, *, now: int, overdue_ms: int, db: str) -> HealthReport
                 f"await loop.resume({sid!r})  # runs them; or: await loop.abort_pending_async({sid!r})",
             )
         )
-    worker = f"power-loop worker APP --db {db}  # APP: module:attribute naming your StatefulAgentLoop"
+    worker = f"power-loop worker APP --db {shlex.quote(db)}  # APP: module:attribute naming your StatefulAgentLoop"
     timers = tx.execute(
         "SELECT s.session_id, t.timer_id, t.status, t.due_at, t.owner, t.lease_expires_at FROM timers t "
         "JOIN sessions s ON s.id = t.session WHERE (t.status = 'claimed' AND t.lease_expires_at < ?) "
@@ -388,12 +436,33 @@ def health_report(tx: Tx, *, now: int, overdue_ms: int, db: str) -> HealthReport
         else:
             detail = f"timer {t['timer_id']} is {late}s overdue: no timer worker is delivering"
             findings.append(HealthFinding("overdue_timer", t["session_id"], detail, worker))
+    # A wake-up (a timer's, a background task's or sub-agent's) delivered into an inbox that no
+    # run drained: its process died before running the session; a timer worker recovers it.
+    waiting = tx.execute(
+        "SELECT s.id, s.session_id, COUNT(*) AS n FROM inbox i JOIN sessions s ON s.id = i.session "
+        "WHERE i.consumed_at IS NULL AND i.source IN ('timer', 'task', 'subagent') AND i.created_at < ? "
+        "AND s.paused_at IS NULL "
+        "AND NOT EXISTS (SELECT 1 FROM tool_calls t WHERE t.session = s.id AND t.result_seq IS NULL) "
+        "GROUP BY s.id, s.session_id ORDER BY s.session_id",
+        (now - overdue_ms,),
+    ).fetchall()
+    for r in waiting:
+        if int(r["id"]) not in busy:
+            detail = f"{r['n']} wake-up(s) wait in its inbox and no run reads them: no timer worker is delivering"
+            findings.append(HealthFinding("undelivered_wakeup", r["session_id"], detail, worker))
     return HealthReport(
         backend=tx.dialect, schema_version=version, integrity=integrity, sessions=sessions, findings=findings
     )
 
 
 # --------------------------------------------------------------------------- the methods
+
+
+def _at_least(low: int, **counts: int) -> None:
+    """Refuse a page size both databases would not read alike (SQLite reads LIMIT -1 as no limit)."""
+    for name, value in counts.items():
+        if not low <= value < 2**63:
+            raise ValueError(f"{name} must be >= {low} and < 2**63, not {value}")
 
 
 class InspectMethods:
@@ -439,8 +508,7 @@ class InspectMethods:
         """
         if order not in ORDERS:
             raise ValueError(f"unknown order {order!r}; use one of {', '.join(ORDERS)}")
-        if limit < 0 or offset < 0:
-            raise ValueError("limit and offset must be >= 0")
+        _at_least(0, limit=limit, offset=offset)
         return lambda c: list_sessions(
             c,
             kind=kind,
@@ -469,7 +537,8 @@ class InspectMethods:
     @store_op(tx=False)
     def list_runs(self, session_id: str, *, limit: int = 100) -> TxFn[list[RunOverview]]:
         """The session's latest ``limit`` runs, oldest first, with usage (SessionNotFoundError
-        for an unknown session)."""
+        for an unknown session; ValueError for a negative ``limit``)."""
+        _at_least(0, limit=limit)
         return lambda c: list_runs(c, session_id, limit=limit)
 
     @store_op(tx=False)
@@ -478,7 +547,9 @@ class InspectMethods:
     ) -> TxFn[list[TranscriptEntry]]:
         """Message rows after ``after_seq`` in seq order (at most ``limit``), compaction
         summaries marked and placed after the last message they fold; poll with the last seq
-        seen to follow a live session (SessionNotFoundError for an unknown session)."""
+        seen to follow a live session (SessionNotFoundError for an unknown session; ValueError
+        for a ``limit`` below 1)."""
+        _at_least(1, limit=limit)
         return lambda c: read_transcript(
             c, session_id, after_seq=after_seq, limit=limit, include_compacted=include_compacted
         )
@@ -494,7 +565,9 @@ class InspectMethods:
         recent: int = 20,
     ) -> TxFn[TimersReport]:
         """Armed and in-flight timers (soonest first) and the ``recent`` latest fired or
-        cancelled ones (latest first), across sessions or of ``session_id``."""
+        cancelled ones (latest first), across sessions or of ``session_id`` (ValueError for a
+        negative ``recent``)."""
+        _at_least(0, recent=recent)
         return lambda c: list_all_timers(c, session_id, statuses=statuses, recent=recent)
 
     @store_op(tx=False)
@@ -503,11 +576,13 @@ class InspectMethods:
     ) -> TxFn[HealthReport]:
         """Schema version, integrity check and the problems ``power-loop doctor`` reports:
         dead leases, runs left running, unanswered calls with no run going on, timer claims
-        that expired and timers overdue by more than ``overdue_ms``; each with its fix
+        that expired, timers and delivered wake-ups waiting longer than ``overdue_ms``; each
+        with its fix
         (``db`` names the store in a fix's command; default: the store's path)."""
         now = _sessions.now_ms() if now_ms is None else now_ms
         where = db or self.path
-        return lambda c: health_report(c, now=now, overdue_ms=overdue_ms, db=where)
+        pooled = bool(getattr(self, "transaction_pooler", False))  # its reads run in a transaction
+        return lambda c: health_report(c, now=now, overdue_ms=overdue_ms, db=where, in_transaction=pooled)
 
     @store_op()
     def prune(self, *, dry_run: bool, older_than_ms: int | None = None) -> TxFn[PruneReport]:
