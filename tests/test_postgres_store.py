@@ -46,6 +46,19 @@ def test_passwords_stay_out_of_messages() -> None:
     assert redact_url("postgresql://app:s3cret@db:5432/agents") == "postgresql://app:***@db:5432/agents"
     store = PostgresSessionStore("postgresql://app:s3cret@db:5432/agents")
     assert "s3cret" not in repr(store) and "s3cret" not in store.path
+    # libpq key=value strings and URL parameters carry passwords too
+    assert redact_url("host=db dbname=agents password=s3cret user=app") == "host=db dbname=agents password=*** user=app"
+    assert redact_url("host=db password='s3 cret' user=app") == "host=db password=*** user=app"
+    assert redact_url("postgresql://db/agents?user=app&password=s3cret&sslmode=require") == (
+        "postgresql://db/agents?user=app&password=***&sslmode=require"
+    )
+
+
+async def test_an_unreachable_key_value_store_hides_its_password(tmp_path: object) -> None:
+    store = PostgresSessionStore(f"host={tmp_path} port=1 dbname=db user=nobody password=s3cret", connect_timeout_s=2)
+    with pytest.raises(StoreConnectionError) as caught:
+        await store.get_session_async("s")
+    assert "s3cret" not in str(caught.value) and "password=***" in str(caught.value)
 
 
 async def test_an_unreachable_server_is_one_clear_error(tmp_path: object) -> None:

@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import random
+import re
 import threading
 import time
 import weakref
@@ -54,8 +55,13 @@ _RETRIES = 5
 _INSTALL = 'PostgreSQL stores need psycopg 3: pip install "power-loop[postgres]"'
 
 
+_PASSWORD_PARAM = re.compile(r"(?i)(password\s*=\s*)('(?:[^'\\]|\\.)*'|[^\s&]*)")
+
+
 def redact_url(url: str) -> str:
-    """``url`` with its password replaced by ``***``."""
+    """``url`` with its passwords replaced by ``***``: the one in a URL's user part, and a
+    ``password=`` of a libpq ``key=value`` string or of a URL's query."""
+    url = _PASSWORD_PARAM.sub(r"\1***", url)
     try:
         parts = urlsplit(url)
     except ValueError:
