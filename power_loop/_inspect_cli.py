@@ -1,8 +1,9 @@
 """The inspector commands of ``power-loop``: ``sessions``, ``show``, ``timers``, ``export``,
-``import``, ``doctor`` and ``prune`` (registered by :mod:`power_loop.cli`).
+``import``, ``doctor``, ``prune`` and ``migrate`` (registered by :mod:`power_loop.cli`).
 
 Each reads the store named by ``--db`` (default: ``$POWER_LOOP_DB_URL``) through
-:class:`~power_loop.store.protocols.InspectStore`; only ``import`` and ``prune`` write.
+:class:`~power_loop.store.protocols.InspectStore`; only ``import``, ``prune`` and ``migrate``
+write.
 ``--json`` prints one JSON document (JSON lines for ``export`` and ``show --follow``).
 
 Guarantees:
@@ -23,25 +24,22 @@ import json
 import os
 import re
 import signal
-import sqlite3
 import sys
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import asynccontextmanager
 from datetime import datetime, timezone
 from typing import Any, TextIO
 
-from .errors import PowerLoopError
+from ._inspect_open import InspectError, MigrateReport, hide_passwords, migrate_store, opened
 from .store._inspect_rows import RunOverview, TranscriptEntry
 from .store._inspect_sql import ORDERS
-from .store.factory import DB_URL_ENV, open_store
+from .store.factory import DB_URL_ENV
 from .store.postgres import PostgresSessionStore, redact_url
 from .store.rows import TimerRow
-from .store.schema import LATEST_VERSION
 from .store.sqlite import SQLiteSessionStore
 
-__all__ = ["COMMANDS", "add_commands", "run_command"]
+__all__ = ["COMMANDS", "InspectError", "add_commands", "run_command"]
 
-COMMANDS = ("sessions", "show", "timers", "export", "import", "doctor", "prune")
+COMMANDS = ("sessions", "show", "timers", "export", "import", "doctor", "prune", "migrate")
 USAGE_ERROR = 2
 _MAX_COUNT = 2**62  # page sizes and offsets both databases take as integers
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
@@ -52,10 +50,6 @@ _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 _CONTROLS = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
 
 Store = SQLiteSessionStore | PostgresSessionStore
-
-
-class InspectError(PowerLoopError):
-    """A problem the user can fix (printed as one line, exit status 2)."""
 
 
 # --------------------------------------------------------------------------- arguments
@@ -165,106 +159,9 @@ def add_commands(sub: Any) -> None:
     p = sub.add_parser("prune", parents=[common], help="delete folded messages and ended ephemeral sub-agents")
     p.add_argument("--dry-run", action="store_true", help="only report what would be deleted")
     p.add_argument("--older-than", type=_duration_s, metavar="D", help="only what is older than D (e.g. 30d)")
-
-
-# --------------------------------------------------------------------------- opening
-
-
-def check_sqlite(path: str, create: bool) -> None:
-    """Refuse what opening would create or migrate (runs in a worker thread)."""
-    from .store._legacy import is_011
-
-    if create and (not os.path.exists(path) or os.path.getsize(path) == 0):
-        return  # import: a new file is what was asked for
-    if not os.path.exists(path):
-        raise InspectError(f"no such database file: {path} (nothing was created)")
-    if os.path.isdir(path):
-        raise InspectError(f"{path} is a directory, not an SQLite database file")
-    if os.path.getsize(path) == 0:
-        raise InspectError(f"{path} is not a power_loop SQLite database (it is empty)")
-    try:
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=1.0)
-        try:
-            version = int(conn.execute("PRAGMA user_version").fetchone()[0])
-            old = version == 0 and is_011(conn)
-            tables = [] if version else [str(r[0]) for r in conn.execute("SELECT name FROM sqlite_master")]
-        finally:
-            conn.close()
-    except sqlite3.DatabaseError as exc:
-        if "locked" in str(exc) or "busy" in str(exc):
-            raise InspectError(f"the database {path} is locked by another connection; retry later") from None
-        raise InspectError(f"{path} is not a power_loop SQLite database ({exc})") from None
-    if old:  # migrating writes the file (after a backup): a loop does it, not an inspector
-        raise InspectError(
-            f"{path} is a power-loop 0.11 database: open it once with this power_loop to migrate it "
-            "(StatefulAgentLoop(db_path=...) migrates it in place and keeps a backup), then inspect it"
-        )
-    if version == 0 and not (create and not tables):
-        shown = ", ".join(sorted(tables)[:6]) + (", ..." if len(tables) > 6 else "")
-        held = f"it holds other tables: {shown}" if tables else "it holds no tables"
-        raise InspectError(f"{path} is not a power_loop SQLite database ({held})")
-    if version:
-        _refuse_version(path, version)
-
-
-def _refuse_version(where: str, version: int) -> None:
-    if version != LATEST_VERSION:
-        hint = "upgrade power_loop" if version > LATEST_VERSION else "open it once with this power_loop to migrate"
-        raise InspectError(f"{where} has schema version {version}, this power_loop reads {LATEST_VERSION}: {hint}")
-
-
-def check_postgres(store: PostgresSessionStore, create: bool = False) -> None:
-    """The server answers and the schema holds power_loop's tables at this version (runs in a
-    worker thread); ``create`` (import) accepts a schema without them."""
-    try:
-        import psycopg
-    except ImportError:
-        raise InspectError('PostgreSQL stores need psycopg 3: pip install "power-loop[postgres]"') from None
-    where = _hide_passwords(redact_url(store.url))
-    try:
-        with psycopg.connect(store.url, connect_timeout=max(1, int(store.connect_timeout_s))) as conn:
-            found = conn.execute(
-                "SELECT 1 FROM information_schema.tables WHERE table_schema = %s AND table_name = 'power_loop_schema'",
-                (store.schema,),
-            ).fetchone()
-            row = None
-            if found is not None:
-                row = conn.execute(f'SELECT MAX(version) FROM "{store.schema}".power_loop_schema').fetchone()
-    except psycopg.Error as exc:
-        detail = _hide_passwords(" ".join(str(exc).split())) or type(exc).__name__
-        raise InspectError(f"cannot connect to PostgreSQL at {where}: {detail}") from None
-    if found is None:
-        if create:
-            return  # import: a new store is what was asked for
-        raise InspectError(f"PostgreSQL schema {store.schema!r} at {where} holds no power_loop store")
-    # Opening a store of another version would migrate it (or fail halfway): refuse first.
-    _refuse_version(f"PostgreSQL schema {store.schema!r}", int(row[0] or 0) if row else 0)
-
-
-@asynccontextmanager
-async def _opened(args: argparse.Namespace, *, create: bool = False) -> Any:
-    db = args.db or os.environ.get(DB_URL_ENV)
-    if not db:
-        raise InspectError(f"no database: pass --db PATH|URL or set {DB_URL_ENV}")
-    try:
-        store = (
-            open_store(db, busy_timeout_s=args.busy_timeout) if not _is_pg(db) else open_store(db, connect_timeout_s=5)
-        )
-    except ValueError as exc:
-        raise InspectError(str(exc)) from None
-    if isinstance(store, PostgresSessionStore):
-        await asyncio.to_thread(check_postgres, store, create)
-    else:
-        await asyncio.to_thread(check_sqlite, store.path, create)
-    try:
-        await store.open()
-        yield store, db
-    finally:
-        await store.close()
-
-
-def _is_pg(db: str) -> bool:
-    return db.startswith(("postgresql://", "postgres://")) or ("://" not in db and "dbname=" in db)
+    sub.add_parser(
+        "migrate", parents=[common], help="upgrade an older store (or a power-loop 0.11 file) to this version"
+    )
 
 
 # --------------------------------------------------------------------------- formatting
@@ -287,15 +184,6 @@ def _fold(text: str, args: argparse.Namespace) -> str:
     if args.full or len(text) <= limit:
         return text
     return f"{text[:limit]}… ({len(text) - limit} more chars, --full to show)"
-
-
-_PASSWORD = re.compile(r"(?i)(password\s*=\s*)('(?:[^'\\]|\\.)*'|[^\s&]*)")
-
-
-def _hide_passwords(text: str) -> str:
-    """``text`` with the password of a connection string (``password=...`` as a key or a URL
-    parameter) replaced; :func:`redact_url` hides the one in a URL's user part."""
-    return _PASSWORD.sub(r"\1***", text)
 
 
 def _visible(text: str) -> str:
@@ -653,8 +541,8 @@ async def _import(store: Store, args: argparse.Namespace, out: TextIO) -> int:
 
 async def _doctor(store: Store, args: argparse.Namespace, db: str, out: TextIO) -> int:
     pg = isinstance(store, PostgresSessionStore)
-    shown_db = _hide_passwords(redact_url(db)) if pg else db  # no password in a fix or on screen
-    where = _hide_passwords(store.path) if pg else store.path
+    shown_db = hide_passwords(redact_url(db)) if pg else db  # no password in a fix or on screen
+    where = hide_passwords(store.path) if pg else store.path
     report = await store.health_report(overdue_ms=int(args.overdue * 1000), db=shown_db)
     if args.json:
         _dump(report.to_dict(), out)
@@ -691,10 +579,29 @@ async def _prune(store: Store, args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
+async def _migrate(args: argparse.Namespace, out: TextIO) -> int:
+    db = args.db or os.environ.get(DB_URL_ENV)
+    if not db:
+        raise InspectError(f"no database: pass --db PATH|URL or set {DB_URL_ENV}")
+    report: MigrateReport = await migrate_store(db, busy_timeout_s=args.busy_timeout)
+    if args.json:
+        _dump(report.to_dict(), out)
+    elif not report.migrated:
+        print(f"{report.db} is at schema version {report.to_version} already: nothing to do.", file=out)
+    else:
+        found = "power-loop 0.11" if report.from_version == "0.11" else f"schema version {report.from_version}"
+        print(f"Migrated {report.db} from {found} to schema version {report.to_version}.", file=out)
+        if report.backup:
+            print(f"The file as it was is kept at {report.backup}.", file=out)
+    return 0
+
+
 async def _dispatch(args: argparse.Namespace, out: TextIO) -> int:
     if not args.json and args.command != "export":  # export writes JSON lines
         out = _Terminal(out)  # type: ignore[assignment]
-    async with _opened(args, create=args.command == "import") as (store, db):
+    if args.command == "migrate":
+        return await _migrate(args, out)
+    async with opened(args, create=args.command == "import") as (store, db):
         if args.command == "doctor":
             return await _doctor(store, args, db, out)
         run: Callable[[Store, argparse.Namespace, TextIO], Any] = {
@@ -726,7 +633,7 @@ def run_command(args: argparse.Namespace, *, prog: str, out: TextIO | None = Non
     except (InspectError, SessionNotFoundError, StoreError) as exc:
         if args.traceback:
             raise
-        text = _visible(_hide_passwords(" ".join(str(exc).split())))
+        text = _visible(hide_passwords(" ".join(str(exc).split())))
         if isinstance(exc, SessionNotFoundError):
             text = f"no session {exc.args[0]!r} in this store" if exc.args else "no such session"
         print(f"{prog}: error: {text}", file=sys.stderr)

@@ -495,7 +495,7 @@ def test_files_that_are_no_store_of_this_version_are_named_for_what_they_are(cap
     before = old.read_bytes()
     code, out, err = _run(capsys, "sessions", "--db", str(old))
     assert code == 2 and out == "" and "is a power-loop 0.11 database" in err
-    assert "StatefulAgentLoop" in err and old.read_bytes() == before
+    assert f"power-loop migrate --db {old}" in err and old.read_bytes() == before
     empty = tmp_path / "empty.db"
     empty.write_bytes(b"")
     code, _, err = _run(capsys, "doctor", "--db", str(empty))
@@ -612,3 +612,69 @@ def test_the_worker_fix_is_a_command_a_shell_runs_as_shown(tmp_path: Path, capsy
     fix = next(line for line in out.splitlines() if "fix: power-loop worker" in line)
     command = fix.split("fix: ", 1)[1].split("  #", 1)[0]
     assert code == 1 and shlex.split(command) == ["power-loop", "worker", "APP", "--db", db]
+
+
+def test_migrate_upgrades_an_older_store_in_place_and_only_that(shared_db: str, capsys: Any) -> None:
+    from power_loop.store.schema import LATEST_VERSION
+
+    from .helpers import RawDatabase
+
+    _store_do(shared_db, lambda s: s.create_session("kept"))
+    raw = RawDatabase(shared_db)  # back to version 10: no calendar columns
+    for column in ("cron", "tz", "misfire"):
+        raw.execute(f"ALTER TABLE timers DROP COLUMN {column}")
+    raw.execute("UPDATE power_loop_schema SET version = 10" if raw.postgres else "PRAGMA user_version = 10")
+    raw.close()
+    code, _, err = _run(capsys, "sessions", "--db", shared_db)
+    assert code == 2 and "has schema version 10" in err and "power-loop migrate --db" in err
+    report = _json(capsys, "migrate", "--db", shared_db)
+    assert report == {"db": report["db"], "from": 10, "to": LATEST_VERSION, "migrated": True, "backup": None}
+    assert "password" not in report["db"]
+    assert [s["session_id"] for s in _json(capsys, "sessions", "--db", shared_db)["sessions"]] == ["kept"]
+    code, out, _ = _run(capsys, "migrate", "--db", shared_db)
+    assert code == 0 and f"is at schema version {LATEST_VERSION} already: nothing to do." in out
+
+
+def test_migrate_converts_a_0_11_file_and_refuses_what_is_no_store(capsys: Any, tmp_path: Path) -> None:
+    import shutil
+
+    from power_loop.store.schema import LATEST_VERSION
+
+    old = tmp_path / "old.db"
+    shutil.copyfile(ROOT / "tests" / "fixtures" / "power_loop_011.db", old)
+    before = old.read_bytes()
+    code, out, _ = _run(capsys, "migrate", "--db", str(old))
+    assert code == 0 and f"from power-loop 0.11 to schema version {LATEST_VERSION}." in out
+    backup = tmp_path / "old.db.011-backup"
+    assert f"kept at {backup}" in out
+
+    def dump(path: Path) -> list[str]:
+        with sqlite3.connect(path) as conn:
+            lines = list(conn.iterdump())
+        conn.close()
+        return lines
+
+    original = tmp_path / "original.db"
+    original.write_bytes(before)
+    assert dump(backup) == dump(original)  # the 0.11 file as it was, row for row
+    assert len(_json(capsys, "sessions", "--db", str(old))["sessions"]) == 5
+    missing = tmp_path / "missing.db"
+    code, _, err = _run(capsys, "migrate", "--db", str(missing))
+    assert code == 2 and "no such database file" in err and not missing.exists()
+    foreign = tmp_path / "foreign.db"
+    with sqlite3.connect(foreign) as conn:
+        conn.execute("CREATE TABLE invoices (id INTEGER)")
+    conn.close()
+    code, _, err = _run(capsys, "migrate", "--db", str(foreign))
+    assert code == 2 and "it holds other tables: invoices" in err
+    with sqlite3.connect(foreign) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone() == (0,)
+        assert [r[0] for r in conn.execute("SELECT name FROM sqlite_master")] == ["invoices"]
+    conn.close()
+    newer = tmp_path / "newer.db"
+    shutil.copyfile(old, newer)
+    with sqlite3.connect(newer) as conn:
+        conn.execute(f"PRAGMA user_version = {LATEST_VERSION + 1}")
+    conn.close()
+    code, _, err = _run(capsys, "migrate", "--db", str(newer))
+    assert code == 2 and "upgrade power_loop" in err

@@ -304,7 +304,7 @@ def test_serve_never_migrates_a_store(tmp_path: Path, capsys: pytest.CaptureFixt
     before = old.read_bytes()
     assert main(["serve", "--db", str(old)]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "open it once with this power_loop to migrate" in err, err
+    assert err.count("\n") == 1 and f"power-loop migrate --db {old}" in err, err
     assert old.read_bytes() == before
     wal = tmp_path / "old.db-wal"
     assert not wal.exists() or wal.stat().st_size == 0  # a read-only look wrote nothing

@@ -15,7 +15,7 @@ import threading
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from .._inspect_cli import InspectError, check_postgres, check_sqlite
+from .._inspect_open import InspectError, check_postgres, check_sqlite
 from ..store.factory import DB_URL_ENV
 from ._net import is_loopback
 
