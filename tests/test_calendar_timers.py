@@ -509,3 +509,29 @@ async def test_the_agent_schedules_a_calendar_wakeup(
         f's (armed) on "0 9 * * MON-FRI" ({PARIS}): send the digest'
     )
     assert history_is_valid(messages)
+
+
+# --------------------------------------------------------------------------- review: edges
+
+
+async def test_an_occurrence_at_until_fires_even_when_delivered_a_moment_later(store: SessionStoreProtocol) -> None:
+    """``until_ms`` ends a calendar series after the occurrences due by it: the last one, due
+    exactly at ``until_ms``, is delivered although a runner never fires it at that very
+    millisecond (one timer, and a batch: set-based on PostgreSQL)."""
+    for sid in ("one", "batch"):
+        await store.create_session(sid)
+    first, last = at("UTC", 2027, 1, 4, 12), at("UTC", 2027, 1, 5, 12)
+    for sid in ("one", "batch", "batch"):
+        await store.schedule_timer(sid, due_at=first, note=sid, cron="0 12 * * *", tz="UTC", until_at=last)
+    for due in (first, last):
+        now = due + 1_000
+        claimed = await store.claim_due_timers("r", lease_ms=60_000, limit=10, now=now)
+        assert len(claimed) == 3
+        single = [Delivery(t, "deliver", "wake", covered_until=now) for t in claimed if t.session_id == "one"]
+        batch = [Delivery(t, "deliver", "wake", covered_until=now) for t in claimed if t.session_id == "batch"]
+        outcomes = await store.deliver_timers("r", single, now=now) + await store.deliver_timers("r", batch, now=now)
+        assert [o for o, _ in outcomes] == ["delivered"] * 3
+    for sid in ("one", "batch"):
+        assert await store.list_timers(sid) == []
+        ended = await store.list_timers(sid, statuses=("fired",))
+        assert [(t.fire_count, t.last_outcome) for t in ended] == [(2, "delivered")] * len(ended)

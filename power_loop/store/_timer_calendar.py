@@ -41,6 +41,7 @@ __all__ = [
     "MissedCount",
     "Misfire",
     "check_schedule",
+    "ends_series",
     "following_due",
     "local_time",
     "next_occurrence",
@@ -211,3 +212,13 @@ def following_due(timer: ClaimedTimer, *, now: int, covered_until: int | None = 
     if timer.every_ms:
         return now + timer.every_ms
     return None
+
+
+def ends_series(timer: ClaimedTimer, *, now: int) -> bool:
+    """Whether this firing comes after the series' ``until_at``: it is skipped and ends the
+    series. A calendar timer's firing stands for an occurrence, which counts when it came due
+    by ``until_at`` even if a runner fires it a moment later (or after a downtime: the misfire
+    rule then applies); another timer's firing counts when it happens by ``until_at``."""
+    if timer.until_at is None:
+        return False
+    return (timer.due_at if timer.cron is not None else now) > timer.until_at

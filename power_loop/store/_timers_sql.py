@@ -22,7 +22,7 @@ from ._history_sql import has_open_calls
 from ._inbox_sql import inbox_body
 from ._leases import live_lease
 from ._sessions_sql import now_ms, session_ref, text
-from ._timer_calendar import MISFIRE_RULES, check_schedule, following_due
+from ._timer_calendar import MISFIRE_RULES, check_schedule, ends_series, following_due
 from ._timer_rows import MAX_DELAY_S, MAX_DUE_AT_MS, MAX_TIMER_ID, ClaimedTimer, Delivery, TimerBudgetExceeded
 from ._timers_batch import claim_locked, deliver_batch
 from .protocols import Tx
@@ -421,7 +421,7 @@ def _apply(
         )
         return "cancelled", seq
     outcome = "skipped"
-    expired = timer.until_at is not None and now > timer.until_at
+    expired = ends_series(timer, now=now)
     delivering = action == "deliver" and not expired
     if delivering:
         # Session leases are written by runs on the wall clock, whatever the runner's clock.
