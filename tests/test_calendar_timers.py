@@ -8,6 +8,7 @@ store's ``now``: nothing sleeps until a real date.
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import AsyncIterator
 from datetime import datetime
@@ -535,3 +536,37 @@ async def test_an_occurrence_at_until_fires_even_when_delivered_a_moment_later(s
         assert await store.list_timers(sid) == []
         ended = await store.list_timers(sid, statuses=("fired",))
         assert [(t.fire_count, t.last_outcome) for t in ended] == [(2, "delivered")] * len(ended)
+
+
+async def test_cancelling_a_series_while_an_occurrence_is_in_flight_ends_it(shared_db: str) -> None:
+    """The series' id cancelled while a runner holds an occurrence (its hook running): the
+    delivery finds its claim gone, writes nothing and arms no next occurrence."""
+    clock = Clock(at(PARIS, 2026, 12, 1, 8))
+    loop, sid, row = await _calendar_loop(shared_db, clock, "0 9 * * *", PARIS)
+    entered, release = asyncio.Event(), asyncio.Event()
+
+    async def hook(ctx: TimerFireCtx) -> None:
+        entered.set()
+        await release.wait()
+
+    loop.hooks.register(HookPoint.TIMER_FIRE, hook)
+    try:
+        runner = TimerRunner(loop, clock=clock)
+        clock.ms = row.due_at + 1_000
+        scan = asyncio.create_task(runner.scan_once())
+        await entered.wait()
+        [flying] = await loop.list_timers_async(sid)
+        assert flying.status == "claimed"
+        assert await loop.cancel_timer_async(sid, row.timer_id)
+        release.set()
+        assert await scan == 0  # the claim was lost: nothing processed
+        await runner.drain()
+        clock.ms += 3 * 86_400_000
+        assert await runner.scan_once() == 0
+        assert await loop.list_timers_async(sid) == []
+        [ended] = await loop.store.list_timers(sid, statuses=("cancelled",))
+        messages = await loop.get_messages_async(sid)
+    finally:
+        await loop.__aexit__(None, None, None)
+    assert (ended.fire_count, ended.last_outcome, ended.due_at) == (0, "cancelled", row.due_at)
+    assert messages == []
