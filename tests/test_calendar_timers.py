@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import threading
 from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Any
@@ -570,3 +571,36 @@ async def test_cancelling_a_series_while_an_occurrence_is_in_flight_ends_it(shar
         await loop.__aexit__(None, None, None)
     assert (ended.fire_count, ended.last_outcome, ended.due_at) == (0, "cancelled", row.due_at)
     assert messages == []
+
+
+async def test_a_firing_after_years_of_downtime_is_counted_off_the_event_loop(
+    shared_db: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Counting what a late firing stands for walks the calendar (up to 1000 occurrences, a
+    good part of a second for a frequent schedule): the runner does it in a worker thread, so
+    a burst of late series never stalls the event loop; the count stays bounded."""
+    from power_loop.timers import runner as runner_module
+
+    threads: list[int] = []
+    count = runner_module.plan_firing
+
+    def counted_in(*args: Any, **kwargs: Any) -> Any:
+        threads.append(threading.get_ident())
+        return count(*args, **kwargs)
+
+    monkeypatch.setattr(runner_module, "plan_firing", counted_in)
+    clock = Clock(at(PARIS, 2026, 12, 1, 8))
+    loop, sid, row = await _calendar_loop(shared_db, clock, "*/15 * * * *", PARIS)
+    try:
+        runner = TimerRunner(loop, clock=clock)
+        clock.ms = at(PARIS, 2031, 12, 1, 8, 5)  # five years later
+        assert await runner.scan_once() == 1
+        await runner.drain()
+        [timer] = await loop.list_timers_async(sid)
+        texts = timer_texts(await loop.get_messages_async(sid))
+    finally:
+        await loop.__aexit__(None, None, None)
+    assert threads and threading.get_ident() not in threads
+    missed = "(missed 1000+ occurrences since 2026-12-01T08:15+01:00)"
+    assert texts == [wake_up_message(row.timer_id, "send the digest", missed)]
+    assert timer.due_at == at(PARIS, 2031, 12, 1, 8, 15)  # back on the calendar

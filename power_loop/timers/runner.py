@@ -334,7 +334,14 @@ class TimerRunner:
         action: TimerAction = "deliver"
         postpone_ms = 0
         try:
-            message, covered_until, on_time = self._calendar_firing(timer)
+            if timer.cron is None:
+                message, covered_until, on_time = wake_up_message(timer.timer_id, timer.note), None, True
+            else:
+                # Counting the occurrences a late firing stands for walks the calendar (up to
+                # MISSED_COUNT_LIMIT of them, and a zone's first use reads its file): a burst
+                # of series late after a downtime must not stall the event loop.
+                now = self._now_ms()  # the clock is read here, on the event loop
+                message, covered_until, on_time = await asyncio.to_thread(self._calendar_firing, timer, now)
             if not on_time:  # every occurrence it stands for was missed, and the rule is skip
                 action = "skip"
             elif loop.hooks.has(HookPoint.TIMER_FIRE):
@@ -361,14 +368,13 @@ class TimerRunner:
         outcome, _ = await self._commit(Delivery(timer, action, message, postpone_ms, covered_until))
         return outcome
 
-    def _calendar_firing(self, timer: ClaimedTimer) -> tuple[str, int | None, bool]:
-        """The wake-up message of a firing, the instant up to which a calendar timer's firing
-        stands for its occurrences (None for other timers), and whether it delivers (False:
-        every occurrence it stands for was missed and the rule is ``skip``)."""
+    def _calendar_firing(self, timer: ClaimedTimer, now: int) -> tuple[str, int | None, bool]:
+        """The wake-up message of a firing at ``now``, the instant up to which a calendar
+        timer's firing stands for its occurrences (None for other timers), and whether it
+        delivers (False: every occurrence it stands for was missed and the rule is ``skip``)."""
         if timer.cron is None or timer.tz is None:
             return wake_up_message(timer.timer_id, timer.note), None, True
-        # What this firing stands for is counted now; the series resumes after this instant.
-        now = self._now_ms()
+        # What this firing stands for is counted at ``now``; the series resumes after it.
         plan = plan_firing(
             timer.cron,
             timer.tz,
