@@ -604,3 +604,29 @@ async def test_a_firing_after_years_of_downtime_is_counted_off_the_event_loop(
     missed = "(missed 1000+ occurrences since 2026-12-01T08:15+01:00)"
     assert texts == [wake_up_message(row.timer_id, "send the digest", missed)]
     assert timer.due_at == at(PARIS, 2031, 12, 1, 8, 15)  # back on the calendar
+
+
+@pytest.mark.parametrize("misfire", ["once", "skip"])
+async def test_an_occurrence_claimed_on_time_by_a_runner_that_died_is_not_missed(shared_db: str, misfire: str) -> None:
+    """A runner claims an occurrence on time and dies before delivering it: the runner that
+    takes the claim over after its lease (longer than the grace period) delivers it as on
+    time, neither dropped (``skip``) nor reported missed (``once``), exactly once."""
+    clock = Clock(at(PARIS, 2026, 12, 1, 8))
+    loop, sid, row = await _calendar_loop(shared_db, clock, "0 9 * * *", PARIS, misfire=misfire)
+    try:
+        clock.ms = row.due_at + 1_000
+        [dead] = await loop.store.claim_due_timers("dead", lease_ms=120_000, limit=10, now=clock.ms)
+        assert dead.timer_id == row.timer_id
+        runner = TimerRunner(loop, clock=clock, stale_firing_s=120, misfire_grace_s=60)
+        clock.ms += 60_000
+        assert await runner.scan_once() == 0  # the dead runner's lease still runs
+        clock.ms += 61_000  # its lease ran out: taken over 121 s late
+        assert await runner.scan_once() == 1
+        await runner.drain()
+        assert await runner.scan_once() == 0
+        [timer] = await loop.list_timers_async(sid)
+        texts = timer_texts(await loop.get_messages_async(sid))
+    finally:
+        await loop.__aexit__(None, None, None)
+    assert texts == [wake_up_message(row.timer_id, "send the digest")]
+    assert (timer.due_at, timer.fire_count, timer.last_outcome) == (at(PARIS, 2026, 12, 2, 9), 1, "delivered")

@@ -341,6 +341,10 @@ class TimerRunner:
                 # MISSED_COUNT_LIMIT of them, and a zone's first use reads its file): a burst
                 # of series late after a downtime must not stall the event loop.
                 now = self._now_ms()  # the clock is read here, on the event loop
+                if timer.claimed_at is not None:
+                    # Taken over from a runner that died holding it: the firing happened when
+                    # that runner picked it up; what came due since is left for the next one.
+                    now = min(now, timer.claimed_at)
                 message, covered_until, on_time = await asyncio.to_thread(self._calendar_firing, timer, now)
             if not on_time:  # every occurrence it stands for was missed, and the rule is skip
                 action = "skip"
