@@ -630,3 +630,33 @@ async def test_an_occurrence_claimed_on_time_by_a_runner_that_died_is_not_missed
         await loop.__aexit__(None, None, None)
     assert texts == [wake_up_message(row.timer_id, "send the digest")]
     assert (timer.due_at, timer.fire_count, timer.last_outcome) == (at(PARIS, 2026, 12, 2, 9), 1, "delivered")
+
+
+async def test_a_hook_postpones_one_occurrence_and_the_series_resumes_on_its_calendar(shared_db: str) -> None:
+    clock = Clock(at(PARIS, 2026, 12, 1, 8))
+    loop, sid, row = await _calendar_loop(shared_db, clock, "0 9 * * *", PARIS, count=3)
+    seen: list[int] = []
+
+    def hook(ctx: TimerFireCtx) -> None:
+        seen.append(ctx.due_at)
+        if len(seen) == 1:
+            ctx.postpone_s = 1800  # Tuesday's 09:00 moves to 09:30, once
+
+    loop.hooks.register(HookPoint.TIMER_FIRE, hook)
+    try:
+        runner = TimerRunner(loop, clock=clock)
+        clock.ms = row.due_at + 1_000
+        assert await runner.scan_once() == 1
+        [postponed] = await loop.list_timers_async(sid)
+        assert (postponed.due_at, postponed.last_outcome) == (clock.ms + 1800_000, "postponed")
+        assert (postponed.fire_count, postponed.remaining) == (0, 3)  # a postponement is no firing
+        clock.ms = postponed.due_at + 1_000
+        assert await runner.scan_once() == 1
+        await runner.drain()
+        [resumed] = await loop.list_timers_async(sid)
+        texts = timer_texts(await loop.get_messages_async(sid))
+    finally:
+        await loop.__aexit__(None, None, None)
+    assert seen == [row.due_at, postponed.due_at]
+    assert texts == [wake_up_message(row.timer_id, "send the digest")]  # on time: nothing missed
+    assert (resumed.due_at, resumed.fire_count, resumed.remaining) == (at(PARIS, 2026, 12, 2, 9), 1, 2)
