@@ -660,3 +660,30 @@ async def test_a_hook_postpones_one_occurrence_and_the_series_resumes_on_its_cal
     assert seen == [row.due_at, postponed.due_at]
     assert texts == [wake_up_message(row.timer_id, "send the digest")]  # on time: nothing missed
     assert (resumed.due_at, resumed.fire_count, resumed.remaining) == (at(PARIS, 2026, 12, 2, 9), 1, 2)
+
+
+@pytest.mark.parametrize(
+    ("tz", "cron", "due", "now", "words", "resumes"),
+    [
+        # The spring change in Paris: the 28th's 02:30 did not exist (03:00), counted once.
+        (PARIS, "30 2 * * *", (2027, 3, 27, 2, 30), (2027, 3, 30, 10), "4 occurrences", (2027, 3, 31, 2, 30)),
+        # Lord Howe moves 30 minutes: 02:00-02:30 does not exist on 2027-10-03.
+        (
+            "Australia/Lord_Howe",
+            "15 2 * * *",
+            (2027, 10, 1, 2, 15),
+            (2027, 10, 4, 10),
+            "4 occurrences",
+            (2027, 10, 5, 2, 15),
+        ),
+        # The autumn change in New York: the repeated 01:30 counts once.
+        (NEW_YORK, "30 1 * * *", (2027, 11, 6, 1, 30), (2027, 11, 8, 10), "3 occurrences", (2027, 11, 9, 1, 30)),
+        ("Asia/Tokyo", "0 0 29 2 *", (2028, 2, 29, 0), (2036, 3, 1, 0), "3 occurrences", (2040, 2, 29, 0)),
+    ],
+)
+def test_a_downtime_across_a_clock_change_counts_each_occurrence_once(
+    tz: str, cron: str, due: tuple[int, ...], now: tuple[int, ...], words: str, resumes: tuple[int, ...]
+) -> None:
+    plan = plan_firing(cron, tz, "once", due_at=at(tz, *due), now=at(tz, *now), grace_ms=MINUTE)
+    assert plan.describe(tz) == f"(missed {words} since {local(at(tz, *due), tz)})"
+    assert next_occurrence(cron, tz, at(tz, *now)) == at(tz, *resumes)
