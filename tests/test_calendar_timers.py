@@ -148,6 +148,7 @@ def test_schedule_timer_validates_the_expression_and_the_zone(tmp_path: Any) -> 
         ({"cron": "0 9 * * FUNDAY"}, "bad day-of-week"),
         ({"cron": "0 0 31 2 *"}, "cron .* is not valid"),
         ({"cron": 9}, "cron must be a cron expression"),
+        ({"cron": ",".join(["1"] * 300) + " * * * *"}, "cron must be at most 512 characters long"),
         ({"cron": "0 9 * * *", "tz": "Europe/Atlantis"}, "tz must be an IANA time zone name"),
         ({"cron": "0 9 * * *", "tz": ""}, "tz must be an IANA time zone name"),
         ({"cron": "0 9 * * *", "tz": "../../etc/passwd"}, "tz must be an IANA time zone name"),

@@ -65,6 +65,10 @@ ALIASES = {
     "@hourly": "0 * * * *",
 }
 
+MAX_CRON_LENGTH = 512
+"""The longest expression accepted: the agent's tool passes on what a model wrote, and each
+occurrence computed parses the expression again."""
+
 MISSED_COUNT_LIMIT = 1000
 """Most missed occurrences counted one by one (a wake-up after a long downtime of a frequent
 schedule says "1000+" instead of iterating on the event loop)."""
@@ -101,6 +105,8 @@ def check_schedule(cron: object, tz: object, *, now_ms: int) -> tuple[str, str]:
     if not isinstance(cron, str):
         raise ValueError(f"cron must be a cron expression such as '0 9 * * MON-FRI', not {cron!r}")
     text = " ".join(cron.split())
+    if len(text) > MAX_CRON_LENGTH:
+        raise ValueError(f"cron must be at most {MAX_CRON_LENGTH} characters long, not {len(text)}")
     fields = _expression(text).split(" ")
     if len(fields) != 5:
         raise ValueError(
