@@ -688,3 +688,30 @@ def test_a_downtime_across_a_clock_change_counts_each_occurrence_once(
     plan = plan_firing(cron, tz, "once", due_at=at(tz, *due), now=at(tz, *now), grace_ms=MINUTE)
     assert plan.describe(tz) == f"(missed {words} since {local(at(tz, *due), tz)})"
     assert next_occurrence(cron, tz, at(tz, *now)) == at(tz, *resumes)
+
+
+async def test_after_a_downtime_past_until_only_the_series_occurrences_are_counted(shared_db: str) -> None:
+    """A series ending at ``until_ms`` whose runners were down past it: the late firing
+    stands for the occurrences due by ``until_ms`` only, and ends the series."""
+    clock = Clock(at("UTC", 2027, 1, 4, 0))
+    until = at("UTC", 2027, 1, 5, 12)
+    loop, sid, row = await _calendar_loop(shared_db, clock, "0 12 * * *", "UTC", until_at=until)
+    try:
+        runner = TimerRunner(loop, clock=clock)
+        clock.ms = at("UTC", 2027, 1, 10, 13)  # down from the 4th to the 10th
+        assert await runner.scan_once() == 1
+        await runner.drain()
+        [ended] = await loop.store.list_timers(sid, statuses=("fired",))
+        texts = timer_texts(await loop.get_messages_async(sid))
+    finally:
+        await loop.__aexit__(None, None, None)
+    assert texts == [
+        wake_up_message(row.timer_id, "send the digest", "(missed 2 occurrences since 2027-01-04T12:00+00:00)")
+    ]
+    assert (ended.fire_count, ended.last_outcome) == (1, "delivered")
+    # With misfire="skip", an on-time occurrence past until_ms is no reason to deliver.
+    on_time_past_until = at("UTC", 2027, 1, 10, 12) + 30_000
+    plan = plan_firing(
+        "0 12 * * *", "UTC", "skip", due_at=row.due_at, now=on_time_past_until, grace_ms=MINUTE, until=until
+    )
+    assert (plan.deliver, plan.missed) == (False, 2)

@@ -180,10 +180,13 @@ class MissedCount:
         return f"({verb} {count} {noun} since {local_time(self.since, tz)})"
 
 
-def plan_firing(cron: str, tz: str, misfire: str, *, due_at: int, now: int, grace_ms: int) -> MissedCount:
+def plan_firing(
+    cron: str, tz: str, misfire: str, *, due_at: int, now: int, grace_ms: int, until: int | None = None
+) -> MissedCount:
     """What the firing at ``now`` of a calendar timer due at ``due_at`` stands for.
 
-    The firing covers the occurrence it was due for and every occurrence since, up to ``now``.
+    The firing covers the occurrence it was due for and every occurrence since, up to ``now``
+    (and up to ``until``, the end of the series, when it has one).
     An occurrence is *missed* when it came due more than ``grace_ms`` before ``now`` (the
     runners were down, or behind). With ``misfire="once"`` the firing delivers one wake-up
     for all of them; with ``"skip"`` the missed ones are dropped and it delivers only when the
@@ -195,7 +198,11 @@ def plan_firing(cron: str, tz: str, misfire: str, *, due_at: int, now: int, grac
     missed = 1
     more = False
     at = due_at
-    while (following := next_occurrence(cron, tz, at)) is not None and now - following > grace_ms:
+    while (
+        (following := next_occurrence(cron, tz, at)) is not None
+        and now - following > grace_ms
+        and (until is None or following <= until)
+    ):
         if missed >= MISSED_COUNT_LIMIT:
             more = True
             break
@@ -205,7 +212,7 @@ def plan_firing(cron: str, tz: str, misfire: str, *, due_at: int, now: int, grac
         return MissedCount(missed=missed, since=due_at, more=more)
     # The latest occurrence up to now, if it is on time, is delivered.
     latest = next_occurrence(cron, tz, now - grace_ms - 1)
-    on_time = latest is not None and latest <= now
+    on_time = latest is not None and latest <= now and (until is None or latest <= until)
     return MissedCount(deliver=on_time, missed=missed, since=due_at, more=more, skipped=True)
 
 

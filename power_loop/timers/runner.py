@@ -386,6 +386,7 @@ class TimerRunner:
             due_at=timer.due_at,
             now=now,
             grace_ms=int(self.misfire_grace_s * 1000),
+            until=timer.until_at,
         )
         return wake_up_message(timer.timer_id, timer.note, plan.describe(timer.tz)), now, plan.deliver
 
