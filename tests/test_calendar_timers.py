@@ -715,3 +715,23 @@ async def test_after_a_downtime_past_until_only_the_series_occurrences_are_count
         "0 12 * * *", "UTC", "skip", due_at=row.due_at, now=on_time_past_until, grace_ms=MINUTE, until=until
     )
     assert (plan.deliver, plan.missed) == (False, 2)
+
+
+async def test_a_batch_delivery_leaves_a_series_cancelled_meanwhile_cancelled(store: SessionStoreProtocol) -> None:
+    """Per backend (set-based on PostgreSQL): a claimed occurrence whose series is cancelled
+    before its batch commits is neither delivered nor re-armed; the rest of the batch is."""
+    await store.create_session("s")
+    due = at(PARIS, 2027, 1, 4, 9)
+    for note in ("kept", "cancelled"):
+        await store.schedule_timer("s", due_at=due, note=note, cron="0 9 * * *", tz=PARIS)
+    claimed = {t.note: t for t in await store.claim_due_timers("r", lease_ms=60_000, limit=10, now=due + 1_000)}
+    assert await store.cancel_timer("s", claimed["cancelled"].timer_id)
+    outcomes = await store.deliver_timers(
+        "r", [Delivery(t, "deliver", t.note, covered_until=due + 1_000) for t in claimed.values()], now=due + 1_000
+    )
+    assert sorted(str(o) for o, _ in outcomes) == ["None", "delivered"]
+    [kept] = await store.list_timers("s")
+    assert (kept.note, kept.due_at, kept.fire_count) == ("kept", at(PARIS, 2027, 1, 5, 9), 1)
+    [cancelled] = await store.list_timers("s", statuses=("cancelled",))
+    assert (cancelled.fire_count, cancelled.due_at, cancelled.last_outcome) == (0, due, "cancelled")
+    assert await store.inbox_depth("s") == 1
