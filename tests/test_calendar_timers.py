@@ -9,6 +9,7 @@ store's ``now``: nothing sleeps until a real date.
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import threading
 from collections.abc import AsyncIterator
@@ -735,3 +736,19 @@ async def test_a_batch_delivery_leaves_a_series_cancelled_meanwhile_cancelled(st
     [cancelled] = await store.list_timers("s", statuses=("cancelled",))
     assert (cancelled.fire_count, cancelled.due_at, cancelled.last_outcome) == (0, due, "cancelled")
     assert await store.inbox_depth("s") == 1
+
+
+async def test_an_infinite_grace_counts_no_occurrence_as_missed(shared_db: str) -> None:
+    clock = Clock(at(PARIS, 2026, 12, 1, 8))
+    loop, sid, row = await _calendar_loop(shared_db, clock, "0 9 * * *", PARIS, misfire="skip")
+    try:
+        runner = TimerRunner(loop, clock=clock, misfire_grace_s=math.inf)
+        clock.ms = at(PARIS, 2026, 12, 5, 10)
+        assert await runner.scan_once() == 1
+        await runner.drain()
+        [timer] = await loop.list_timers_async(sid)
+        texts = timer_texts(await loop.get_messages_async(sid))
+    finally:
+        await loop.__aexit__(None, None, None)
+    assert texts == [wake_up_message(row.timer_id, "send the digest")]
+    assert (timer.due_at, timer.last_outcome) == (at(PARIS, 2026, 12, 6, 9), "delivered")

@@ -41,7 +41,7 @@ from ..errors import PowerLoopError, SessionBusyError, SessionPausedError, Sessi
 from ..events import AgentEventType, TimerFiredPayload
 from ..hooks import HookDirective, HookPoint, TimerFireCtx
 from ..store._timer_calendar import plan_firing
-from ..store.protocols import ClaimedTimer, Delivery
+from ..store.protocols import MAX_DELAY_S, ClaimedTimer, Delivery
 from .host import TimerHost
 
 __all__ = ["TimerRunner", "wake_up_message"]
@@ -87,7 +87,7 @@ class TimerRunner:
             stopping drops the runs that have not started; the next runner starts them.
         misfire_grace_s: How late a calendar timer's occurrence may fire and still count as
             on time; an occurrence later than this was missed (see the ``misfire`` rule of
-            ``schedule_timer``).
+            ``schedule_timer``). ``math.inf``: none is ever missed.
         clock: The time, in epoch seconds (default ``time.time``), that decides what is due,
             the claims' leases and a calendar timer's next occurrence. Tests and simulations
             pass their own to move through dates without waiting; every runner of one store
@@ -385,7 +385,7 @@ class TimerRunner:
             timer.misfire or "once",
             due_at=timer.due_at,
             now=now,
-            grace_ms=int(self.misfire_grace_s * 1000),
+            grace_ms=int(min(self.misfire_grace_s, MAX_DELAY_S) * 1000),  # math.inf: never missed
             until=timer.until_at,
         )
         return wake_up_message(timer.timer_id, timer.note, plan.describe(timer.tz)), now, plan.deliver
