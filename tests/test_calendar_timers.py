@@ -9,11 +9,14 @@ store's ``now``: nothing sleeps until a real date.
 from __future__ import annotations
 
 import asyncio
+import json
 import math
 import os
+import shutil
 import threading
 from collections.abc import AsyncIterator
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -752,3 +755,23 @@ async def test_an_infinite_grace_counts_no_occurrence_as_missed(shared_db: str) 
         await loop.__aexit__(None, None, None)
     assert texts == [wake_up_message(row.timer_id, "send the digest")]
     assert (timer.due_at, timer.last_outcome) == (at(PARIS, 2026, 12, 6, 9), "delivered")
+
+
+async def test_a_011_file_migrates_and_takes_calendar_timers(tmp_path: Any) -> None:
+    """The file written by power-loop 0.11 is migrated in place to the latest schema: its
+    armed timer is kept as it was (no calendar), and a calendar timer can be added beside it."""
+    fixtures = Path(__file__).parent / "fixtures"
+    db = os.path.join(tmp_path, "old.db")
+    shutil.copyfile(fixtures / "power_loop_011.db", db)
+    info = json.loads((fixtures / "power_loop_011.json").read_text())
+    sid = info["chat"]
+    async with StatefulAgentLoop(llm=OfflineLLM(), db_path=db) as loop:
+        kept = await loop.list_timers_async(sid)
+        assert kept and all((t.cron, t.tz, t.misfire) == (None, None, None) for t in kept)
+        row = await loop.schedule_timer_async(sid, cron="0 9 * * MON-FRI", tz=PARIS, note="digest")
+        listed = {t.timer_id: t for t in await loop.list_timers_async(sid)}
+    assert (listed[row.timer_id].cron, listed[row.timer_id].tz) == ("0 9 * * MON-FRI", PARIS)
+    assert row.timer_id > max(t.timer_id for t in kept)
+    raw = RawDatabase(db)
+    assert raw.execute("PRAGMA user_version").fetchone()[0] == LATEST_VERSION
+    raw.close()
