@@ -59,7 +59,8 @@ class TimerFacade:
             note: Why the session should wake up (shown to the model); required.
             every_s: Make it recurring: re-arm this many seconds after each firing.
             count: With ``every_s`` or ``cron``: total number of firings.
-            until_ms: With ``every_s`` or ``cron``: no firing after this epoch-ms time.
+            until_ms: With ``every_s`` or ``cron``: no firing after this epoch-ms time (for
+                ``cron``: no occurrence due after it).
             cron: Make it a calendar timer: due at each occurrence of this cron expression
                 (``"0 9 * * MON-FRI"``), read in zone ``tz``; one timer id for the series.
             tz: The IANA zone of ``cron`` (``"Europe/Paris"``); default ``"UTC"``.

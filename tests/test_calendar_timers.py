@@ -8,9 +8,15 @@ store's ``now``: nothing sleeps until a real date.
 
 from __future__ import annotations
 
+import asyncio
+import json
+import math
 import os
+import shutil
+import threading
 from collections.abc import AsyncIterator
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -146,6 +152,7 @@ def test_schedule_timer_validates_the_expression_and_the_zone(tmp_path: Any) -> 
         ({"cron": "0 9 * * FUNDAY"}, "bad day-of-week"),
         ({"cron": "0 0 31 2 *"}, "cron .* is not valid"),
         ({"cron": 9}, "cron must be a cron expression"),
+        ({"cron": ",".join(["1"] * 300) + " * * * *"}, "cron must be at most 512 characters long"),
         ({"cron": "0 9 * * *", "tz": "Europe/Atlantis"}, "tz must be an IANA time zone name"),
         ({"cron": "0 9 * * *", "tz": ""}, "tz must be an IANA time zone name"),
         ({"cron": "0 9 * * *", "tz": "../../etc/passwd"}, "tz must be an IANA time zone name"),
@@ -509,3 +516,262 @@ async def test_the_agent_schedules_a_calendar_wakeup(
         f's (armed) on "0 9 * * MON-FRI" ({PARIS}): send the digest'
     )
     assert history_is_valid(messages)
+
+
+# --------------------------------------------------------------------------- review: edges
+
+
+async def test_an_occurrence_at_until_fires_even_when_delivered_a_moment_later(store: SessionStoreProtocol) -> None:
+    """``until_ms`` ends a calendar series after the occurrences due by it: the last one, due
+    exactly at ``until_ms``, is delivered although a runner never fires it at that very
+    millisecond (one timer, and a batch: set-based on PostgreSQL)."""
+    for sid in ("one", "batch"):
+        await store.create_session(sid)
+    first, last = at("UTC", 2027, 1, 4, 12), at("UTC", 2027, 1, 5, 12)
+    for sid in ("one", "batch", "batch"):
+        await store.schedule_timer(sid, due_at=first, note=sid, cron="0 12 * * *", tz="UTC", until_at=last)
+    for due in (first, last):
+        now = due + 1_000
+        claimed = await store.claim_due_timers("r", lease_ms=60_000, limit=10, now=now)
+        assert len(claimed) == 3
+        single = [Delivery(t, "deliver", "wake", covered_until=now) for t in claimed if t.session_id == "one"]
+        batch = [Delivery(t, "deliver", "wake", covered_until=now) for t in claimed if t.session_id == "batch"]
+        outcomes = await store.deliver_timers("r", single, now=now) + await store.deliver_timers("r", batch, now=now)
+        assert [o for o, _ in outcomes] == ["delivered"] * 3
+    for sid in ("one", "batch"):
+        assert await store.list_timers(sid) == []
+        ended = await store.list_timers(sid, statuses=("fired",))
+        assert [(t.fire_count, t.last_outcome) for t in ended] == [(2, "delivered")] * len(ended)
+
+
+async def test_cancelling_a_series_while_an_occurrence_is_in_flight_ends_it(shared_db: str) -> None:
+    """The series' id cancelled while a runner holds an occurrence (its hook running): the
+    delivery finds its claim gone, writes nothing and arms no next occurrence."""
+    clock = Clock(at(PARIS, 2026, 12, 1, 8))
+    loop, sid, row = await _calendar_loop(shared_db, clock, "0 9 * * *", PARIS)
+    entered, release = asyncio.Event(), asyncio.Event()
+
+    async def hook(ctx: TimerFireCtx) -> None:
+        entered.set()
+        await release.wait()
+
+    loop.hooks.register(HookPoint.TIMER_FIRE, hook)
+    try:
+        runner = TimerRunner(loop, clock=clock)
+        clock.ms = row.due_at + 1_000
+        scan = asyncio.create_task(runner.scan_once())
+        await entered.wait()
+        [flying] = await loop.list_timers_async(sid)
+        assert flying.status == "claimed"
+        assert await loop.cancel_timer_async(sid, row.timer_id)
+        release.set()
+        assert await scan == 0  # the claim was lost: nothing processed
+        await runner.drain()
+        clock.ms += 3 * 86_400_000
+        assert await runner.scan_once() == 0
+        assert await loop.list_timers_async(sid) == []
+        [ended] = await loop.store.list_timers(sid, statuses=("cancelled",))
+        messages = await loop.get_messages_async(sid)
+    finally:
+        await loop.__aexit__(None, None, None)
+    assert (ended.fire_count, ended.last_outcome, ended.due_at) == (0, "cancelled", row.due_at)
+    assert messages == []
+
+
+async def test_a_firing_after_years_of_downtime_is_counted_off_the_event_loop(
+    shared_db: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Counting what a late firing stands for walks the calendar (up to 1000 occurrences, a
+    good part of a second for a frequent schedule): the runner does it in a worker thread, so
+    a burst of late series never stalls the event loop; the count stays bounded."""
+    from power_loop.timers import runner as runner_module
+
+    threads: list[int] = []
+    count = runner_module.plan_firing
+
+    def counted_in(*args: Any, **kwargs: Any) -> Any:
+        threads.append(threading.get_ident())
+        return count(*args, **kwargs)
+
+    monkeypatch.setattr(runner_module, "plan_firing", counted_in)
+    clock = Clock(at(PARIS, 2026, 12, 1, 8))
+    loop, sid, row = await _calendar_loop(shared_db, clock, "*/15 * * * *", PARIS)
+    try:
+        runner = TimerRunner(loop, clock=clock)
+        clock.ms = at(PARIS, 2031, 12, 1, 8, 5)  # five years later
+        assert await runner.scan_once() == 1
+        await runner.drain()
+        [timer] = await loop.list_timers_async(sid)
+        texts = timer_texts(await loop.get_messages_async(sid))
+    finally:
+        await loop.__aexit__(None, None, None)
+    assert threads and threading.get_ident() not in threads
+    missed = "(missed 1000+ occurrences since 2026-12-01T08:15+01:00)"
+    assert texts == [wake_up_message(row.timer_id, "send the digest", missed)]
+    assert timer.due_at == at(PARIS, 2031, 12, 1, 8, 15)  # back on the calendar
+
+
+@pytest.mark.parametrize("misfire", ["once", "skip"])
+async def test_an_occurrence_claimed_on_time_by_a_runner_that_died_is_not_missed(shared_db: str, misfire: str) -> None:
+    """A runner claims an occurrence on time and dies before delivering it: the runner that
+    takes the claim over after its lease (longer than the grace period) delivers it as on
+    time, neither dropped (``skip``) nor reported missed (``once``), exactly once."""
+    clock = Clock(at(PARIS, 2026, 12, 1, 8))
+    loop, sid, row = await _calendar_loop(shared_db, clock, "0 9 * * *", PARIS, misfire=misfire)
+    try:
+        clock.ms = row.due_at + 1_000
+        [dead] = await loop.store.claim_due_timers("dead", lease_ms=120_000, limit=10, now=clock.ms)
+        assert dead.timer_id == row.timer_id
+        runner = TimerRunner(loop, clock=clock, stale_firing_s=120, misfire_grace_s=60)
+        clock.ms += 60_000
+        assert await runner.scan_once() == 0  # the dead runner's lease still runs
+        clock.ms += 61_000  # its lease ran out: taken over 121 s late
+        assert await runner.scan_once() == 1
+        await runner.drain()
+        assert await runner.scan_once() == 0
+        [timer] = await loop.list_timers_async(sid)
+        texts = timer_texts(await loop.get_messages_async(sid))
+    finally:
+        await loop.__aexit__(None, None, None)
+    assert texts == [wake_up_message(row.timer_id, "send the digest")]
+    assert (timer.due_at, timer.fire_count, timer.last_outcome) == (at(PARIS, 2026, 12, 2, 9), 1, "delivered")
+
+
+async def test_a_hook_postpones_one_occurrence_and_the_series_resumes_on_its_calendar(shared_db: str) -> None:
+    clock = Clock(at(PARIS, 2026, 12, 1, 8))
+    loop, sid, row = await _calendar_loop(shared_db, clock, "0 9 * * *", PARIS, count=3)
+    seen: list[int] = []
+
+    def hook(ctx: TimerFireCtx) -> None:
+        seen.append(ctx.due_at)
+        if len(seen) == 1:
+            ctx.postpone_s = 1800  # Tuesday's 09:00 moves to 09:30, once
+
+    loop.hooks.register(HookPoint.TIMER_FIRE, hook)
+    try:
+        runner = TimerRunner(loop, clock=clock)
+        clock.ms = row.due_at + 1_000
+        assert await runner.scan_once() == 1
+        [postponed] = await loop.list_timers_async(sid)
+        assert (postponed.due_at, postponed.last_outcome) == (clock.ms + 1800_000, "postponed")
+        assert (postponed.fire_count, postponed.remaining) == (0, 3)  # a postponement is no firing
+        clock.ms = postponed.due_at + 1_000
+        assert await runner.scan_once() == 1
+        await runner.drain()
+        [resumed] = await loop.list_timers_async(sid)
+        texts = timer_texts(await loop.get_messages_async(sid))
+    finally:
+        await loop.__aexit__(None, None, None)
+    assert seen == [row.due_at, postponed.due_at]
+    assert texts == [wake_up_message(row.timer_id, "send the digest")]  # on time: nothing missed
+    assert (resumed.due_at, resumed.fire_count, resumed.remaining) == (at(PARIS, 2026, 12, 2, 9), 1, 2)
+
+
+@pytest.mark.parametrize(
+    ("tz", "cron", "due", "now", "words", "resumes"),
+    [
+        # The spring change in Paris: the 28th's 02:30 did not exist (03:00), counted once.
+        (PARIS, "30 2 * * *", (2027, 3, 27, 2, 30), (2027, 3, 30, 10), "4 occurrences", (2027, 3, 31, 2, 30)),
+        # Lord Howe moves 30 minutes: 02:00-02:30 does not exist on 2027-10-03.
+        (
+            "Australia/Lord_Howe",
+            "15 2 * * *",
+            (2027, 10, 1, 2, 15),
+            (2027, 10, 4, 10),
+            "4 occurrences",
+            (2027, 10, 5, 2, 15),
+        ),
+        # The autumn change in New York: the repeated 01:30 counts once.
+        (NEW_YORK, "30 1 * * *", (2027, 11, 6, 1, 30), (2027, 11, 8, 10), "3 occurrences", (2027, 11, 9, 1, 30)),
+        ("Asia/Tokyo", "0 0 29 2 *", (2028, 2, 29, 0), (2036, 3, 1, 0), "3 occurrences", (2040, 2, 29, 0)),
+    ],
+)
+def test_a_downtime_across_a_clock_change_counts_each_occurrence_once(
+    tz: str, cron: str, due: tuple[int, ...], now: tuple[int, ...], words: str, resumes: tuple[int, ...]
+) -> None:
+    plan = plan_firing(cron, tz, "once", due_at=at(tz, *due), now=at(tz, *now), grace_ms=MINUTE)
+    assert plan.describe(tz) == f"(missed {words} since {local(at(tz, *due), tz)})"
+    assert next_occurrence(cron, tz, at(tz, *now)) == at(tz, *resumes)
+
+
+async def test_after_a_downtime_past_until_only_the_series_occurrences_are_counted(shared_db: str) -> None:
+    """A series ending at ``until_ms`` whose runners were down past it: the late firing
+    stands for the occurrences due by ``until_ms`` only, and ends the series."""
+    clock = Clock(at("UTC", 2027, 1, 4, 0))
+    until = at("UTC", 2027, 1, 5, 12)
+    loop, sid, row = await _calendar_loop(shared_db, clock, "0 12 * * *", "UTC", until_at=until)
+    try:
+        runner = TimerRunner(loop, clock=clock)
+        clock.ms = at("UTC", 2027, 1, 10, 13)  # down from the 4th to the 10th
+        assert await runner.scan_once() == 1
+        await runner.drain()
+        [ended] = await loop.store.list_timers(sid, statuses=("fired",))
+        texts = timer_texts(await loop.get_messages_async(sid))
+    finally:
+        await loop.__aexit__(None, None, None)
+    assert texts == [
+        wake_up_message(row.timer_id, "send the digest", "(missed 2 occurrences since 2027-01-04T12:00+00:00)")
+    ]
+    assert (ended.fire_count, ended.last_outcome) == (1, "delivered")
+    # With misfire="skip", an on-time occurrence past until_ms is no reason to deliver.
+    on_time_past_until = at("UTC", 2027, 1, 10, 12) + 30_000
+    plan = plan_firing(
+        "0 12 * * *", "UTC", "skip", due_at=row.due_at, now=on_time_past_until, grace_ms=MINUTE, until=until
+    )
+    assert (plan.deliver, plan.missed) == (False, 2)
+
+
+async def test_a_batch_delivery_leaves_a_series_cancelled_meanwhile_cancelled(store: SessionStoreProtocol) -> None:
+    """Per backend (set-based on PostgreSQL): a claimed occurrence whose series is cancelled
+    before its batch commits is neither delivered nor re-armed; the rest of the batch is."""
+    await store.create_session("s")
+    due = at(PARIS, 2027, 1, 4, 9)
+    for note in ("kept", "cancelled"):
+        await store.schedule_timer("s", due_at=due, note=note, cron="0 9 * * *", tz=PARIS)
+    claimed = {t.note: t for t in await store.claim_due_timers("r", lease_ms=60_000, limit=10, now=due + 1_000)}
+    assert await store.cancel_timer("s", claimed["cancelled"].timer_id)
+    outcomes = await store.deliver_timers(
+        "r", [Delivery(t, "deliver", t.note, covered_until=due + 1_000) for t in claimed.values()], now=due + 1_000
+    )
+    assert sorted(str(o) for o, _ in outcomes) == ["None", "delivered"]
+    [kept] = await store.list_timers("s")
+    assert (kept.note, kept.due_at, kept.fire_count) == ("kept", at(PARIS, 2027, 1, 5, 9), 1)
+    [cancelled] = await store.list_timers("s", statuses=("cancelled",))
+    assert (cancelled.fire_count, cancelled.due_at, cancelled.last_outcome) == (0, due, "cancelled")
+    assert await store.inbox_depth("s") == 1
+
+
+async def test_an_infinite_grace_counts_no_occurrence_as_missed(shared_db: str) -> None:
+    clock = Clock(at(PARIS, 2026, 12, 1, 8))
+    loop, sid, row = await _calendar_loop(shared_db, clock, "0 9 * * *", PARIS, misfire="skip")
+    try:
+        runner = TimerRunner(loop, clock=clock, misfire_grace_s=math.inf)
+        clock.ms = at(PARIS, 2026, 12, 5, 10)
+        assert await runner.scan_once() == 1
+        await runner.drain()
+        [timer] = await loop.list_timers_async(sid)
+        texts = timer_texts(await loop.get_messages_async(sid))
+    finally:
+        await loop.__aexit__(None, None, None)
+    assert texts == [wake_up_message(row.timer_id, "send the digest")]
+    assert (timer.due_at, timer.last_outcome) == (at(PARIS, 2026, 12, 6, 9), "delivered")
+
+
+async def test_a_011_file_migrates_and_takes_calendar_timers(tmp_path: Any) -> None:
+    """The file written by power-loop 0.11 is migrated in place to the latest schema: its
+    armed timer is kept as it was (no calendar), and a calendar timer can be added beside it."""
+    fixtures = Path(__file__).parent / "fixtures"
+    db = os.path.join(tmp_path, "old.db")
+    shutil.copyfile(fixtures / "power_loop_011.db", db)
+    info = json.loads((fixtures / "power_loop_011.json").read_text())
+    sid = info["chat"]
+    async with StatefulAgentLoop(llm=OfflineLLM(), db_path=db) as loop:
+        kept = await loop.list_timers_async(sid)
+        assert kept and all((t.cron, t.tz, t.misfire) == (None, None, None) for t in kept)
+        row = await loop.schedule_timer_async(sid, cron="0 9 * * MON-FRI", tz=PARIS, note="digest")
+        listed = {t.timer_id: t for t in await loop.list_timers_async(sid)}
+    assert (listed[row.timer_id].cron, listed[row.timer_id].tz) == ("0 9 * * MON-FRI", PARIS)
+    assert row.timer_id > max(t.timer_id for t in kept)
+    raw = RawDatabase(db)
+    assert raw.execute("PRAGMA user_version").fetchone()[0] == LATEST_VERSION
+    raw.close()

@@ -83,6 +83,33 @@ async def test_a_worker_killed_before_its_commit_loses_nothing(tmp_path: Path, s
     assert messages[-1]["role"] == "assistant"
 
 
+async def test_a_worker_killed_holding_a_calendar_occurrence_leaves_it_on_time(tmp_path: Path, shared_db: str) -> None:
+    """A worker claims a calendar occurrence on time and is killed before its commit; the
+    runner taking the claim over much later (its clock two hours on, past the lease) delivers
+    that occurrence as on time: not dropped by ``misfire="skip"``, not reported missed."""
+    from power_loop.store._timer_calendar import next_occurrence
+
+    db = shared_db
+    marker = tmp_path / "claimed"
+    cron, tz = "0 0 29 2 *", "Europe/Paris"  # no other occurrence within the test's two hours
+    async with StatefulAgentLoop(llm=OfflineLLM(), db_path=db) as loop:
+        sid = await loop.new_session_async()
+        due = int(time.time() * 1000)
+        await loop.store.schedule_timer(sid, due_at=due, note="leap day", cron=cron, tz=tz, misfire="skip")
+        proc = start_worker(tmp_path, db, "--stale-firing", "1", env={"TIMER_BLOCK_BEFORE_COMMIT": str(marker)})
+        await wait_for(marker, proc)  # claimed on time, hook running, nothing committed yet
+        kill(proc)
+        assert await timer_state(loop) == [(1, "claimed", None, 0)]
+        runner = TimerRunner(loop, misfire_grace_s=600, clock=lambda: time.time() + 7200)
+        assert await runner.scan_once() == 1
+        await runner.drain()
+        [timer] = await loop.list_timers_async(sid)
+        messages = await loop.get_messages_async(sid)
+    assert timer_texts(messages) == [wake_up_message(1, "leap day")]
+    assert (timer.fire_count, timer.last_outcome) == (1, "delivered")
+    assert timer.due_at == next_occurrence(cron, tz, due)
+
+
 async def test_a_worker_killed_after_its_commit_delivers_nothing_twice(tmp_path: Path, shared_db: str) -> None:
     db = shared_db
     marker = tmp_path / "committed"

@@ -41,6 +41,7 @@ __all__ = [
     "MissedCount",
     "Misfire",
     "check_schedule",
+    "ends_series",
     "following_due",
     "local_time",
     "next_occurrence",
@@ -63,6 +64,10 @@ ALIASES = {
     "@midnight": "0 0 * * *",
     "@hourly": "0 * * * *",
 }
+
+MAX_CRON_LENGTH = 512
+"""The longest expression accepted: the agent's tool passes on what a model wrote, and each
+occurrence computed parses the expression again."""
 
 MISSED_COUNT_LIMIT = 1000
 """Most missed occurrences counted one by one (a wake-up after a long downtime of a frequent
@@ -100,6 +105,8 @@ def check_schedule(cron: object, tz: object, *, now_ms: int) -> tuple[str, str]:
     if not isinstance(cron, str):
         raise ValueError(f"cron must be a cron expression such as '0 9 * * MON-FRI', not {cron!r}")
     text = " ".join(cron.split())
+    if len(text) > MAX_CRON_LENGTH:
+        raise ValueError(f"cron must be at most {MAX_CRON_LENGTH} characters long, not {len(text)}")
     fields = _expression(text).split(" ")
     if len(fields) != 5:
         raise ValueError(
@@ -173,10 +180,13 @@ class MissedCount:
         return f"({verb} {count} {noun} since {local_time(self.since, tz)})"
 
 
-def plan_firing(cron: str, tz: str, misfire: str, *, due_at: int, now: int, grace_ms: int) -> MissedCount:
+def plan_firing(
+    cron: str, tz: str, misfire: str, *, due_at: int, now: int, grace_ms: int, until: int | None = None
+) -> MissedCount:
     """What the firing at ``now`` of a calendar timer due at ``due_at`` stands for.
 
-    The firing covers the occurrence it was due for and every occurrence since, up to ``now``.
+    The firing covers the occurrence it was due for and every occurrence since, up to ``now``
+    (and up to ``until``, the end of the series, when it has one).
     An occurrence is *missed* when it came due more than ``grace_ms`` before ``now`` (the
     runners were down, or behind). With ``misfire="once"`` the firing delivers one wake-up
     for all of them; with ``"skip"`` the missed ones are dropped and it delivers only when the
@@ -188,7 +198,11 @@ def plan_firing(cron: str, tz: str, misfire: str, *, due_at: int, now: int, grac
     missed = 1
     more = False
     at = due_at
-    while (following := next_occurrence(cron, tz, at)) is not None and now - following > grace_ms:
+    while (
+        (following := next_occurrence(cron, tz, at)) is not None
+        and now - following > grace_ms
+        and (until is None or following <= until)
+    ):
         if missed >= MISSED_COUNT_LIMIT:
             more = True
             break
@@ -198,7 +212,7 @@ def plan_firing(cron: str, tz: str, misfire: str, *, due_at: int, now: int, grac
         return MissedCount(missed=missed, since=due_at, more=more)
     # The latest occurrence up to now, if it is on time, is delivered.
     latest = next_occurrence(cron, tz, now - grace_ms - 1)
-    on_time = latest is not None and latest <= now
+    on_time = latest is not None and latest <= now and (until is None or latest <= until)
     return MissedCount(deliver=on_time, missed=missed, since=due_at, more=more, skipped=True)
 
 
@@ -211,3 +225,13 @@ def following_due(timer: ClaimedTimer, *, now: int, covered_until: int | None = 
     if timer.every_ms:
         return now + timer.every_ms
     return None
+
+
+def ends_series(timer: ClaimedTimer, *, now: int) -> bool:
+    """Whether this firing comes after the series' ``until_at``: it is skipped and ends the
+    series. A calendar timer's firing stands for an occurrence, which counts when it came due
+    by ``until_at`` even if a runner fires it a moment later (or after a downtime: the misfire
+    rule then applies); another timer's firing counts when it happens by ``until_at``."""
+    if timer.until_at is None:
+        return False
+    return (timer.due_at if timer.cron is not None else now) > timer.until_at

@@ -33,7 +33,9 @@ class TimerBudgetExceeded(PowerLoopError):
 class ClaimedTimer:
     """A due timer claimed by a runner; ``claim_seq`` identifies this claim and
     ``session_key`` is the session's key inside the store that claimed it. A calendar timer
-    carries its schedule (``cron`` in zone ``tz``) and its ``misfire`` rule."""
+    carries its schedule (``cron`` in zone ``tz``) and its ``misfire`` rule. ``claimed_at``
+    (epoch ms) is set when this claim took over another runner's, whose lease ran out: when
+    that runner had claimed it (a firing it picked up on time is not late because it died)."""
 
     session_id: str
     timer_id: int
@@ -47,6 +49,7 @@ class ClaimedTimer:
     cron: str | None = None
     tz: str | None = None
     misfire: str | None = None
+    claimed_at: int | None = None
 
 
 @dataclass(frozen=True)

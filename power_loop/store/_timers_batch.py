@@ -22,7 +22,7 @@ from typing import Any
 from ._inbox_sql import inbox_body
 from ._leases import live_lease
 from ._sessions_sql import now_ms
-from ._timer_calendar import following_due
+from ._timer_calendar import ends_series, following_due
 from ._timer_rows import ClaimedTimer, Delivery
 from .protocols import Tx
 
@@ -124,7 +124,7 @@ def _plan(
         return "postponed", "armed", now + d.postpone_ms, t.remaining, 0, False
     if d.action == "cancel":
         return "cancelled", "cancelled", t.due_at, t.remaining, 0, False
-    expired = t.until_at is not None and now > t.until_at
+    expired = ends_series(t, now=now)
     delivering = d.action == "deliver" and not expired
     outcome = "skipped"
     if delivering:

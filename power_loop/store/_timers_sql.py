@@ -22,7 +22,7 @@ from ._history_sql import has_open_calls
 from ._inbox_sql import inbox_body
 from ._leases import live_lease
 from ._sessions_sql import now_ms, session_ref, text
-from ._timer_calendar import MISFIRE_RULES, check_schedule, following_due
+from ._timer_calendar import MISFIRE_RULES, check_schedule, ends_series, following_due
 from ._timer_rows import MAX_DELAY_S, MAX_DUE_AT_MS, MAX_TIMER_ID, ClaimedTimer, Delivery, TimerBudgetExceeded
 from ._timers_batch import claim_locked, deliver_batch
 from .protocols import Tx
@@ -213,12 +213,15 @@ def claim_due(
     default the wall clock) is the runner's clock."""
     now = now_ms() if now is None else now
     cutoff = now if due_by is None else min(now, due_by)
-    columns = "session, timer_id, due_at, note, every_ms, remaining, until_at, claim_seq, cron, tz, misfire"
+    columns = (
+        "session, timer_id, due_at, note, every_ms, remaining, until_at, claim_seq, cron, tz, misfire, "
+        "status, updated_at"
+    )
     if tx.dialect == "postgresql":
         # Rows another runner is claiming right now are skipped, not waited for.
         picked = (
             "t.session, t.timer_id, t.due_at, t.note, t.every_ms, t.remaining, t.until_at, t.claim_seq, "
-            "t.cron, t.tz, t.misfire"
+            "t.cron, t.tz, t.misfire, t.status, t.updated_at"
         )
         rows = [
             *tx.execute(
@@ -269,6 +272,8 @@ def _claimed(r: Any, claim_seq: int) -> ClaimedTimer:
         cron=r["cron"],
         tz=r["tz"],
         misfire=r["misfire"],
+        # A claim is the last change to a claimed timer (renewals only move its lease).
+        claimed_at=int(r["updated_at"]) if r["status"] == "claimed" else None,
     )
 
 
@@ -421,7 +426,7 @@ def _apply(
         )
         return "cancelled", seq
     outcome = "skipped"
-    expired = timer.until_at is not None and now > timer.until_at
+    expired = ends_series(timer, now=now)
     delivering = action == "deliver" and not expired
     if delivering:
         # Session leases are written by runs on the wall clock, whatever the runner's clock.

@@ -41,7 +41,7 @@ from ..errors import PowerLoopError, SessionBusyError, SessionPausedError, Sessi
 from ..events import AgentEventType, TimerFiredPayload
 from ..hooks import HookDirective, HookPoint, TimerFireCtx
 from ..store._timer_calendar import plan_firing
-from ..store.protocols import ClaimedTimer, Delivery
+from ..store.protocols import MAX_DELAY_S, ClaimedTimer, Delivery
 from .host import TimerHost
 
 __all__ = ["TimerRunner", "wake_up_message"]
@@ -87,7 +87,7 @@ class TimerRunner:
             stopping drops the runs that have not started; the next runner starts them.
         misfire_grace_s: How late a calendar timer's occurrence may fire and still count as
             on time; an occurrence later than this was missed (see the ``misfire`` rule of
-            ``schedule_timer``).
+            ``schedule_timer``). ``math.inf``: none is ever missed.
         clock: The time, in epoch seconds (default ``time.time``), that decides what is due,
             the claims' leases and a calendar timer's next occurrence. Tests and simulations
             pass their own to move through dates without waiting; every runner of one store
@@ -334,7 +334,18 @@ class TimerRunner:
         action: TimerAction = "deliver"
         postpone_ms = 0
         try:
-            message, covered_until, on_time = self._calendar_firing(timer)
+            if timer.cron is None:
+                message, covered_until, on_time = wake_up_message(timer.timer_id, timer.note), None, True
+            else:
+                # Counting the occurrences a late firing stands for walks the calendar (up to
+                # MISSED_COUNT_LIMIT of them, and a zone's first use reads its file): a burst
+                # of series late after a downtime must not stall the event loop.
+                now = self._now_ms()  # the clock is read here, on the event loop
+                if timer.claimed_at is not None:
+                    # Taken over from a runner that died holding it: the firing happened when
+                    # that runner picked it up; what came due since is left for the next one.
+                    now = min(now, timer.claimed_at)
+                message, covered_until, on_time = await asyncio.to_thread(self._calendar_firing, timer, now)
             if not on_time:  # every occurrence it stands for was missed, and the rule is skip
                 action = "skip"
             elif loop.hooks.has(HookPoint.TIMER_FIRE):
@@ -361,21 +372,21 @@ class TimerRunner:
         outcome, _ = await self._commit(Delivery(timer, action, message, postpone_ms, covered_until))
         return outcome
 
-    def _calendar_firing(self, timer: ClaimedTimer) -> tuple[str, int | None, bool]:
-        """The wake-up message of a firing, the instant up to which a calendar timer's firing
-        stands for its occurrences (None for other timers), and whether it delivers (False:
-        every occurrence it stands for was missed and the rule is ``skip``)."""
+    def _calendar_firing(self, timer: ClaimedTimer, now: int) -> tuple[str, int | None, bool]:
+        """The wake-up message of a firing at ``now``, the instant up to which a calendar
+        timer's firing stands for its occurrences (None for other timers), and whether it
+        delivers (False: every occurrence it stands for was missed and the rule is ``skip``)."""
         if timer.cron is None or timer.tz is None:
             return wake_up_message(timer.timer_id, timer.note), None, True
-        # What this firing stands for is counted now; the series resumes after this instant.
-        now = self._now_ms()
+        # What this firing stands for is counted at ``now``; the series resumes after it.
         plan = plan_firing(
             timer.cron,
             timer.tz,
             timer.misfire or "once",
             due_at=timer.due_at,
             now=now,
-            grace_ms=int(self.misfire_grace_s * 1000),
+            grace_ms=int(min(self.misfire_grace_s, MAX_DELAY_S) * 1000),  # math.inf: never missed
+            until=timer.until_at,
         )
         return wake_up_message(timer.timer_id, timer.note, plan.describe(timer.tz)), now, plan.deliver
 
