@@ -772,9 +772,24 @@ async def _fill_store(path: str, sessions: int, sends: int, registry: Any = None
     return int(count)
 
 
+async def _empty_store_size(path: str) -> int:
+    """The checkpointed size of a store holding its schema and one empty session: what a file
+    takes before any message (every table and index is at least one page)."""
+    from power_loop import StatefulAgentLoop
+
+    loop = StatefulAgentLoop(llm=new_llm(), db_path=path)
+    loop.new_session()
+    loop.close()
+    return checkpointed_size(path)
+
+
 async def storage(url: str, reps: int, quick: bool) -> dict[str, Any]:
     """File bytes per 1,000 stored messages after 10 sessions x 50 sends (0.11 API only): text
-    answers, and sends that each make one tool call first. Sizes are deterministic: one run."""
+    answers, and sends that each make one tool call first. Sizes are deterministic: one run.
+
+    ``bytes_per_1000_messages`` is what the messages add to the file: its size less that of
+    the same store empty (``empty_file_bytes``: the schema's pages, which every table and index
+    takes once, however many messages there are). ``file_bytes`` is the whole file."""
     from power_loop import ToolDefinition, ToolRegistry
 
     sessions, sends = (4, 20) if quick else (10, 50)
@@ -789,13 +804,15 @@ async def storage(url: str, reps: int, quick: bool) -> dict[str, Any]:
     )
     out: dict[str, Any] = {"sessions": sessions, "sends_per_session": sends}
     with tempfile.TemporaryDirectory() as tmp:
+        empty = await _empty_store_size(os.path.join(tmp, "empty.db"))
+        out["empty_file_bytes"] = empty
         for variant, tools in (("", None), ("_tools", registry)):
             path = os.path.join(tmp, f"storage{variant}.db")
             messages = await _fill_store(path, sessions, sends, tools)
             size = checkpointed_size(path)
             out[f"messages{variant}"] = messages
             out[f"file_bytes{variant}"] = size
-            out[f"bytes_per_1000_messages{variant}"] = round(size * 1000 / messages, 1)
+            out[f"bytes_per_1000_messages{variant}"] = round((size - empty) * 1000 / messages, 1)
     return out
 
 
