@@ -264,11 +264,18 @@ def add_serve_parser(subparsers: Any) -> None:
         "timers and a live view. Binds 127.0.0.1 unless --allow-remote and a token are given.",
     )
     serve.add_argument("--db", default=None, help=f"SQLite file or database URL (default: ${DB_URL_ENV})")
-    serve.add_argument("--host", default=DEFAULT_HOST, help=f"address to bind (default {DEFAULT_HOST})")
-    serve.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port to bind (default {DEFAULT_PORT})")
+    serve.add_argument("--host", default=DEFAULT_HOST, metavar="H", help=f"address to bind (default {DEFAULT_HOST})")
+    serve.add_argument(
+        "--port",
+        type=int,
+        default=DEFAULT_PORT,
+        metavar="N",
+        help=f"port to bind (default {DEFAULT_PORT}; 0: a free one)",
+    )
     serve.add_argument(
         "--token",
         default=None,
+        metavar="T",
         help=f"require this token on every request (default: ${TOKEN_ENV}; the variable keeps it out of ps)",
     )
     serve.add_argument(
@@ -277,7 +284,11 @@ def add_serve_parser(subparsers: Any) -> None:
         help="allow an address other than loopback (a token is required too)",
     )
     serve.add_argument(
-        "--poll-interval", type=float, default=0.5, help="seconds between a live view's store polls (default 0.5)"
+        "--poll-interval",
+        type=float,
+        default=0.5,
+        metavar="S",
+        help="seconds between a live view's store polls (default 0.5)",
     )
 
 
