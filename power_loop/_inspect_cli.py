@@ -662,6 +662,6 @@ def run_command(args: argparse.Namespace, *, prog: str, out: TextIO | None = Non
             raise
         text = _visible(hide_passwords(" ".join(str(exc).split())))
         if isinstance(exc, SessionNotFoundError):
-            text = f"no session {exc.args[0]!r} in this store" if exc.args else "no such session"
+            text = f"no session {exc.session_id!r} in this store"
         print(f"{prog}: error: {text}", file=sys.stderr)
         return USAGE_ERROR

@@ -315,8 +315,9 @@ def test_problems_are_one_line_with_exit_status_2(db_path: str, capsys: Any, tmp
     _store_do(db_path, lambda s: s.create_session("s"))
     code, _, err = _run(capsys, "show", "nope", "--db", db_path)
     assert (code, err) == (2, "power-loop: error: no session 'nope' in this store\n")
-    code, _, err = _run(capsys, "export", "nope", "--db", db_path)
-    assert (code, err) == (2, "power-loop: error: no session 'nope' in this store\n")
+    for argv in (["export", "nope"], ["timers", "nope"], ["timers", "nope", "--json"]):
+        code, out, err = _run(capsys, *argv, "--db", db_path)
+        assert (code, out, err) == (2, "", "power-loop: error: no session 'nope' in this store\n"), argv
     code, _, err = _run(capsys, "sessions")
     assert code == 2 and "no database: pass --db PATH|URL or set POWER_LOOP_DB_URL" in err
     not_db = tmp_path / "notes.txt"
