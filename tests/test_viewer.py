@@ -156,7 +156,14 @@ def test_sessions_are_listed_filtered_and_paged(client: TestClient) -> None:
     assert ids(order="id") == ["calc-alice", "long-carol", "xss-mallory"]
     page = client.get("/api/sessions", params={"order": "id", "limit": "2", "offset": "2"}).json()
     assert page["total"] == 3 and [s["session_id"] for s in page["sessions"]] == ["xss-mallory"]
-    for bad in ({"order": "bogus"}, {"active": "soon"}, {"metadata": "novalue"}, {"limit": "0"}, {"offset": "x"}):
+    for bad in (
+        {"order": "bogus"},
+        {"kind": "subagents"},
+        {"active": "soon"},
+        {"metadata": "novalue"},
+        {"limit": "0"},
+        {"offset": "x"},
+    ):
         response = client.get("/api/sessions", params=bad)
         assert response.status_code == 400, bad
         assert response.json()["error"]
