@@ -569,12 +569,15 @@ async def _import(store: Store, args: argparse.Namespace, out: TextIO) -> int:
 async def _doctor(store: Store, args: argparse.Namespace, db: str, out: TextIO) -> int:
     pg = isinstance(store, PostgresSessionStore)
     shown_db = hide_passwords(redact_url(db)) if pg else db  # no password in a fix or on screen
-    where = hide_passwords(store.path) if pg else store.path
     report = await store.health_report(overdue_ms=int(args.overdue * 1000), db=shown_db)
     if args.json:
         _dump(report.to_dict(), out)
         return 0 if report.healthy else 1
-    print(f"Store: {where} ({report.backend}), {report.sessions} session(s)", file=out)
+    if isinstance(store, PostgresSessionStore):
+        where = f"{hide_passwords(redact_url(store.url))} ({report.backend}, schema {store.schema})"
+    else:
+        where = f"{store.path} ({report.backend})"
+    print(f"Store: {where}, {report.sessions} session(s)", file=out)
     print(f"Schema version: {report.schema_version}", file=out)
     print(f"Integrity: {report.integrity}", file=out)
     if not report.findings:

@@ -191,6 +191,12 @@ def test_doctor_is_quiet_on_a_healthy_store(shared_db: str, scripted_server: Scr
     code, out, _ = _run(capsys, "doctor", "--db", shared_db)
     assert code == 0
     assert "Schema version: " in out and "Integrity: ok" in out and out.strip().endswith("No problems found.")
+    store_line = out.splitlines()[0]
+    if shared_db.startswith("postgresql://"):  # the URL, then the backend and schema, each once
+        schema = shared_db.rsplit("schema=", 1)[1]
+        assert store_line.endswith(f" (postgresql, schema {schema}), 2 session(s)") and "(schema" not in store_line
+    else:
+        assert store_line == f"Store: {shared_db} (sqlite), 2 session(s)"
     report = _json(capsys, "doctor", "--db", shared_db)
     assert report["healthy"] is True and report["findings"] == []
 
