@@ -42,6 +42,7 @@ __all__ = ["COMMANDS", "InspectError", "add_commands", "run_command"]
 COMMANDS = ("sessions", "show", "timers", "export", "import", "doctor", "prune", "migrate")
 USAGE_ERROR = 2
 _MAX_COUNT = 2**62  # page sizes and offsets both databases take as integers
+_MAX_WAIT_S = 86400.0 * 365  # a year: more is a typo, and a busy timeout becomes an integer of ms
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 # What a terminal would act on rather than show: C0 controls but tab and line feed, DEL, C1
@@ -119,13 +120,24 @@ def _command(sub: Any, name: str, common: argparse.ArgumentParser, summary: str)
     return parser
 
 
+def _wait_s(text: str) -> float:
+    """A number of seconds to wait, 0 included (a busy timeout, ``--max-wait``)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value <= _MAX_WAIT_S:  # NaN fails too
+        raise argparse.ArgumentTypeError(f"expected a number of seconds from 0 to {_MAX_WAIT_S:g}, not {text!r}")
+    return value
+
+
 def add_commands(sub: Any) -> None:
     """Add the inspector commands to the ``power-loop`` parser's subcommands."""
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--db", default=None, help=f"SQLite file or database URL (default: ${DB_URL_ENV})")
     common.add_argument("--json", action="store_true", help="machine-readable output (JSON)")
     common.add_argument(
-        "--busy-timeout", type=float, default=5.0, metavar="S", help="seconds to wait for a locked SQLite file (5)"
+        "--busy-timeout", type=_wait_s, default=5.0, metavar="S", help="seconds to wait for a locked SQLite file (5)"
     )
     p = _command(sub, "sessions", common, "list sessions with their runs, calls, timers and tokens")
     p.add_argument("--kind", choices=("main", "subagent"), help="only sessions of this kind")
@@ -153,7 +165,11 @@ def add_commands(sub: Any) -> None:
     )
     p.add_argument("--interval", type=_seconds, default=0.5, metavar="S", help="seconds between polls (0.5)")
     p.add_argument(
-        "--max-wait", type=float, default=None, metavar="S", help="with --follow: stop after S seconds with nothing new"
+        "--max-wait",
+        type=_wait_s,
+        default=None,
+        metavar="S",
+        help="with --follow: stop after S seconds with nothing new",
     )
     p = _command(sub, "timers", common, "armed, in-flight and recent timers across sessions")
     p.add_argument("session_id", metavar="SID", nargs="?", help="only this session")

@@ -497,6 +497,10 @@ def test_import_and_export_file_problems_are_one_line_naming_the_file_line(
         (["sessions", "--limit", str(2**64)], "expected a whole number >= 1"),
         (["show", "s", "--follow", "--interval", "0"], "expected a number of seconds > 0"),
         (["show", "s", "--follow", "--interval", "nan"], "expected a number of seconds > 0"),
+        (["show", "s", "--follow", "--max-wait", "-1"], "expected a number of seconds from 0 to"),
+        (["sessions", "--busy-timeout", "nan"], "expected a number of seconds from 0 to"),
+        (["sessions", "--busy-timeout", "inf"], "expected a number of seconds from 0 to"),
+        (["sessions", "--busy-timeout", "-5"], "expected a number of seconds from 0 to"),
     ],
 )
 def test_out_of_range_arguments_are_refused(db_path: str, capsys: Any, argv: list[str], message: str) -> None:
