@@ -270,6 +270,17 @@ def test_serve_refuses_other_addresses_without_allow_remote_and_a_token(
     assert "a token (--token or POWER_LOOP_VIEWER_TOKEN)" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("interval", ["0", "-1", "nan", "inf"])
+def test_serve_refuses_a_poll_interval_that_is_no_positive_number(
+    filled_db: str, capsys: pytest.CaptureFixture[str], interval: str
+) -> None:
+    assert main(["serve", "--db", filled_db, "--poll-interval", interval]) == 2
+    err = capsys.readouterr().err
+    assert err == f"power-loop: error: --poll-interval must be a positive number of seconds, not {float(interval)}\n"
+    with pytest.raises(ValueError, match="poll_interval_s must be a positive number of seconds"):
+        create_app(filled_db, poll_interval_s=float(interval))
+
+
 def test_serve_needs_an_existing_database(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     missing = tmp_path / "nothing.db"
     assert main(["serve", "--db", str(missing)]) == 2

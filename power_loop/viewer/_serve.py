@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import math
 import os
 import socket
 import sys
@@ -132,8 +133,8 @@ def create_app(
     from ._app import build_app
 
     url = check_database(os.fspath(db))
-    if poll_interval_s <= 0:
-        raise ValueError("poll_interval_s must be positive")
+    if not 0 < poll_interval_s < math.inf:  # NaN fails too: a live view would spin or never poll
+        raise ValueError(f"poll_interval_s must be a positive number of seconds, not {poll_interval_s!r}")
     return build_app(url, token=token, poll_interval_s=poll_interval_s, allowed_hosts=allowed_hosts)
 
 
@@ -309,8 +310,8 @@ def run_serve(args: argparse.Namespace) -> int:
         check_bind(args.host, allow_remote=args.allow_remote, token=token)
         if not 0 <= args.port <= 65535:
             raise ViewerConfigError(f"--port must be between 0 and 65535, not {args.port}")
-        if args.poll_interval <= 0:
-            raise ViewerConfigError("--poll-interval must be positive")
+        if not 0 < args.poll_interval < math.inf:
+            raise ViewerConfigError(f"--poll-interval must be a positive number of seconds, not {args.poll_interval}")
         app = create_app(db, token=token, poll_interval_s=args.poll_interval)
     except (ViewerConfigError, ImportError) as exc:
         return _error(str(exc))
