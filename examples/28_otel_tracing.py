@@ -10,14 +10,18 @@ import asyncio
 import tempfile
 from pathlib import Path
 
-from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.metrics.export import InMemoryMetricReader
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-
 from power_loop import StatefulAgentLoop, ToolRegistry, create_llm_service_from_env, tool
 from power_loop.contrib.otel import instrument
+
+try:
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+    from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+except ImportError as exc:  # the otel extra brings the API only; a service brings the SDK
+    hint = 'This example needs the OpenTelemetry SDK: pip install "power-loop[otel]" opentelemetry-sdk'
+    raise SystemExit(hint) from exc
 
 
 @tool

@@ -42,6 +42,7 @@ __all__ = ["COMMANDS", "InspectError", "add_commands", "run_command"]
 COMMANDS = ("sessions", "show", "timers", "export", "import", "doctor", "prune", "migrate")
 USAGE_ERROR = 2
 _MAX_COUNT = 2**62  # page sizes and offsets both databases take as integers
+_MAX_WAIT_S = 86400.0 * 365  # a year: more is a typo, and a busy timeout becomes an integer of ms
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 # What a terminal would act on rather than show: C0 controls but tab and line feed, DEL, C1
@@ -112,17 +113,42 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _command(sub: Any, name: str, common: argparse.ArgumentParser, summary: str) -> argparse.ArgumentParser:
+    """A subcommand whose summary shows in ``power-loop --help`` and atop its own ``--help``."""
+    description = f"{summary[0].upper()}{summary[1:]}."
+    parser: argparse.ArgumentParser = sub.add_parser(name, parents=[common], help=summary, description=description)
+    return parser
+
+
+def _wait_s(text: str) -> float:
+    """A number of seconds to wait, 0 included (a busy timeout, ``--max-wait``)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value <= _MAX_WAIT_S:  # NaN fails too
+        raise argparse.ArgumentTypeError(f"expected a number of seconds from 0 to {_MAX_WAIT_S:g}, not {text!r}")
+    return value
+
+
 def add_commands(sub: Any) -> None:
     """Add the inspector commands to the ``power-loop`` parser's subcommands."""
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--db", default=None, help=f"SQLite file or database URL (default: ${DB_URL_ENV})")
     common.add_argument("--json", action="store_true", help="machine-readable output (JSON)")
     common.add_argument(
-        "--busy-timeout", type=float, default=5.0, metavar="S", help="seconds to wait for a locked SQLite file (5)"
+        "--busy-timeout", type=_wait_s, default=5.0, metavar="S", help="seconds to wait for a locked SQLite file (5)"
     )
-    p = sub.add_parser("sessions", parents=[common], help="list sessions with their runs, calls, timers and tokens")
+    p = _command(sub, "sessions", common, "list sessions with their runs, calls, timers and tokens")
     p.add_argument("--kind", choices=("main", "subagent"), help="only sessions of this kind")
-    p.add_argument("--metadata", type=_key_value, action="append", default=[], metavar="K=V", help="repeatable")
+    p.add_argument(
+        "--metadata",
+        type=_key_value,
+        action="append",
+        default=[],
+        metavar="K=V",
+        help="only sessions whose metadata has KEY=VALUE (repeatable: all must match)",
+    )
     p.add_argument("--active-since", type=_since_ms, metavar="WHEN", help="ISO time or a duration: 2h, 30m, 7d")
     p.add_argument("--search", help="substring of the id or the metadata")
     p.add_argument("--sort", choices=tuple(ORDERS), default="last_active", help="order (default last_active)")
@@ -130,25 +156,31 @@ def add_commands(sub: Any) -> None:
     page = p.add_mutually_exclusive_group()
     page.add_argument("--page", type=_positive, default=1, help="page number, from 1")
     page.add_argument("--offset", type=_non_negative, default=None, help="sessions to skip (instead of --page)")
-    p = sub.add_parser("show", parents=[common], help="print a session's transcript, runs and usage")
-    p.add_argument("session_id", metavar="SID")
+    p = _command(sub, "show", common, "print a session's transcript, runs and usage")
+    p.add_argument("session_id", metavar="SID", help="the session's id (see: power-loop sessions)")
     p.add_argument("--full", action="store_true", help="do not fold long texts")
     p.add_argument("--fold", type=_positive, default=300, metavar="N", help="fold texts after N chars (300)")
-    p.add_argument("--follow", "-f", action="store_true", help="keep printing new messages until Ctrl-C")
+    p.add_argument(
+        "--follow", "-f", action="store_true", help="keep printing new messages and runs until Ctrl-C (or --max-wait)"
+    )
     p.add_argument("--interval", type=_seconds, default=0.5, metavar="S", help="seconds between polls (0.5)")
     p.add_argument(
-        "--max-wait", type=float, default=None, metavar="S", help="with --follow: stop after S seconds with nothing new"
+        "--max-wait",
+        type=_wait_s,
+        default=None,
+        metavar="S",
+        help="with --follow: stop after S seconds with nothing new",
     )
-    p = sub.add_parser("timers", parents=[common], help="armed, in-flight and recent timers across sessions")
+    p = _command(sub, "timers", common, "armed, in-flight and recent timers across sessions")
     p.add_argument("session_id", metavar="SID", nargs="?", help="only this session")
-    p.add_argument("--recent", type=_non_negative, default=20, help="recent deliveries shown (20)")
-    p = sub.add_parser("export", parents=[common], help="write a session as JSON lines")
-    p.add_argument("session_id", metavar="SID")
+    p.add_argument("--recent", type=_non_negative, default=20, metavar="N", help="fired or cancelled timers shown (20)")
+    p = _command(sub, "export", common, "write a session as JSON lines (with or without --json)")
+    p.add_argument("session_id", metavar="SID", help="the session's id (see: power-loop sessions)")
     p.add_argument("-o", "--output", metavar="FILE", help="file to write (default: stdout)")
-    p = sub.add_parser("import", parents=[common], help="store an exported session under a new id")
+    p = _command(sub, "import", common, "store an exported session under a new id")
     p.add_argument("file", metavar="FILE", help="JSON lines written by export ('-': stdin)")
     p.add_argument("--session-id", metavar="NEW", help="the new session's id (default: a fresh one)")
-    p = sub.add_parser("doctor", parents=[common], help="check the store; exit 1 when something needs fixing")
+    p = _command(sub, "doctor", common, "check the store; exit 1 when something needs fixing")
     p.add_argument(
         "--overdue",
         type=_duration_s,
@@ -156,12 +188,10 @@ def add_commands(sub: Any) -> None:
         metavar="D",
         help="armed timers and wake-ups waiting longer than D (5m)",
     )
-    p = sub.add_parser("prune", parents=[common], help="delete folded messages and ended ephemeral sub-agents")
+    p = _command(sub, "prune", common, "delete folded messages and ended ephemeral sub-agents")
     p.add_argument("--dry-run", action="store_true", help="only report what would be deleted")
     p.add_argument("--older-than", type=_duration_s, metavar="D", help="only what is older than D (e.g. 30d)")
-    sub.add_parser(
-        "migrate", parents=[common], help="upgrade an older store (or a power-loop 0.11 file) to this version"
-    )
+    _command(sub, "migrate", common, "upgrade an older store (or a power-loop 0.11 file) to this version")
 
 
 # --------------------------------------------------------------------------- formatting
@@ -437,6 +467,17 @@ async def _follow(
                 break
 
 
+def _span(seconds: int) -> str:
+    """A whole number of seconds >= 0 in its two largest units: ``45s``, ``12m05s``, ``15h15m``, ``3d04h``."""
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    if seconds < 86400:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    return f"{seconds // 86400}d{seconds % 86400 // 3600:02d}h"
+
+
 def _schedule(t: TimerRow) -> str:
     """How a timer repeats: its cron expression and zone, its period, or ``-`` (once)."""
     if t.cron:
@@ -453,7 +494,7 @@ async def _timers(store: Store, args: argparse.Namespace, out: TextIO) -> int:
 
     def when(due: int) -> str:
         delta = int((due - now) / 1000)
-        return f"{_time(due)} ({'in ' + str(delta) if delta >= 0 else str(-delta) + ' late'}s)"
+        return f"{_time(due)} ({'in ' + _span(delta) if delta >= 0 else _span(-delta) + ' late'})"
 
     print(f"Armed and in flight ({len(report.active)}):", file=out)
     active = [(t.session_id, str(t.timer_id), t.status, when(t.due_at), _schedule(t), t.note) for t in report.active]
@@ -474,7 +515,9 @@ async def _export(store: Store, args: argparse.Namespace, out: TextIO) -> int:
     text = "".join(_json_text(r) + "\n" for r in records)
     if args.output:
         await asyncio.to_thread(_write_text, args.output, text)
-        print(f"wrote {len(records) - 1} record(s) of session {args.session_id} to {args.output}", file=sys.stderr)
+        messages = sum(1 for r in records if r.get("type") == "message")
+        summary = f"{len(records)} record(s), {messages} message(s)"
+        print(f"wrote session {args.session_id} to {args.output}: {summary}", file=sys.stderr)
     else:
         out.write(text)
     return 0
@@ -542,12 +585,15 @@ async def _import(store: Store, args: argparse.Namespace, out: TextIO) -> int:
 async def _doctor(store: Store, args: argparse.Namespace, db: str, out: TextIO) -> int:
     pg = isinstance(store, PostgresSessionStore)
     shown_db = hide_passwords(redact_url(db)) if pg else db  # no password in a fix or on screen
-    where = hide_passwords(store.path) if pg else store.path
     report = await store.health_report(overdue_ms=int(args.overdue * 1000), db=shown_db)
     if args.json:
         _dump(report.to_dict(), out)
         return 0 if report.healthy else 1
-    print(f"Store: {where} ({report.backend}), {report.sessions} session(s)", file=out)
+    if isinstance(store, PostgresSessionStore):
+        where = f"{hide_passwords(redact_url(store.url))} ({report.backend}, schema {store.schema})"
+    else:
+        where = f"{store.path} ({report.backend})"
+    print(f"Store: {where}, {report.sessions} session(s)", file=out)
     print(f"Schema version: {report.schema_version}", file=out)
     print(f"Integrity: {report.integrity}", file=out)
     if not report.findings:
@@ -635,6 +681,6 @@ def run_command(args: argparse.Namespace, *, prog: str, out: TextIO | None = Non
             raise
         text = _visible(hide_passwords(" ".join(str(exc).split())))
         if isinstance(exc, SessionNotFoundError):
-            text = f"no session {exc.args[0]!r} in this store" if exc.args else "no such session"
+            text = f"no session {exc.session_id!r} in this store"
         print(f"{prog}: error: {text}", file=sys.stderr)
         return USAGE_ERROR

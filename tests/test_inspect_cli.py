@@ -7,9 +7,11 @@ holding a run, an unanswered call, an expired timer claim)."""
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import os
+import re
 import signal
 import socket
 import sqlite3
@@ -22,11 +24,13 @@ from typing import Any
 import pytest
 
 from power_loop import StatefulAgentLoop
+from power_loop._inspect_cli import COMMANDS, _span, add_commands
 from power_loop.cli import main
 from power_loop.messages import AssistantMessage, ToolCall, UserMessage
 from power_loop.store import open_store
 from power_loop.store.rows import Append, Compact
 from power_loop.testing import ScriptedServer, text_reply, tool_reply
+from power_loop.viewer import add_serve_parser
 
 from .conftest import make_service
 from .helpers import registry
@@ -146,8 +150,11 @@ def test_show_marks_compaction_summaries_and_folded_rows(db_path: str, capsys: A
 def test_export_import_round_trip(shared_db: str, scripted_server: ScriptedServer, capsys: Any, tmp_path: Path) -> None:
     _fill(shared_db, scripted_server)
     exported = tmp_path / "alpha.jsonl"
-    code, _, _ = _run(capsys, "export", "alpha", "--db", shared_db, "-o", str(exported))
-    assert code == 0
+    code, _, err = _run(capsys, "export", "alpha", "--db", shared_db, "-o", str(exported))
+    lines = exported.read_text().splitlines()
+    messages = sum(1 for line in lines if json.loads(line)["type"] == "message")
+    assert code == 0 and messages > 0
+    assert err == f"wrote session alpha to {exported}: {len(lines)} record(s), {messages} message(s)\n"
     code, out, _ = _run(capsys, "import", str(exported), "--db", shared_db, "--session-id", "alpha-2")
     assert (code, out.strip()) == (0, "alpha-2")
     code, again, _ = _run(capsys, "export", "alpha-2", "--db", shared_db)
@@ -184,6 +191,12 @@ def test_doctor_is_quiet_on_a_healthy_store(shared_db: str, scripted_server: Scr
     code, out, _ = _run(capsys, "doctor", "--db", shared_db)
     assert code == 0
     assert "Schema version: " in out and "Integrity: ok" in out and out.strip().endswith("No problems found.")
+    store_line = out.splitlines()[0]
+    if shared_db.startswith("postgresql://"):  # the URL, then the backend and schema, each once
+        schema = shared_db.rsplit("schema=", 1)[1]
+        assert store_line.endswith(f" (postgresql, schema {schema}), 2 session(s)") and "(schema" not in store_line
+    else:
+        assert store_line == f"Store: {shared_db} (sqlite), 2 session(s)"
     report = _json(capsys, "doctor", "--db", shared_db)
     assert report["healthy"] is True and report["findings"] == []
 
@@ -245,12 +258,41 @@ def test_timers_across_sessions(db_path: str, capsys: Any) -> None:
     _store_do(db_path, fill)
     code, out, _ = _run(capsys, "timers", "--db", db_path)
     assert code == 0 and "Armed and in flight (2):" in out and "check the build" in out
+    # How far away each is reads in hours and minutes, not as a count of seconds.
+    assert re.search(r"\(in (59m\d\ds|1h00m)\)  +-  +check the build", out), out
+    assert re.search(r"\(in (1h59m|2h00m)\)  +0 9 \* \* MON-FRI", out), out
     assert "0 9 * * MON-FRI (Europe/Paris)" in out and "SCHEDULE" in out
     assert "Recent (1):" in out and "cancel me" in out
     report = _json(capsys, "timers", "b", "--db", db_path)
     assert report["active"] == [] and report["recent"][0]["status"] == "cancelled"
     (calendar,) = [t for t in _json(capsys, "timers", "a", "--db", db_path)["active"] if t["cron"]]
     assert (calendar["cron"], calendar["tz"], calendar["misfire"]) == ("0 9 * * MON-FRI", "Europe/Paris", "once")
+
+
+@pytest.mark.parametrize(
+    ("seconds", "text"),
+    [(0, "0s"), (59, "59s"), (60, "1m00s"), (3599, "59m59s"), (3600, "1h00m"), (86399, "23h59m"), (90000, "1d01h")],
+)
+def test_timer_distances_read_in_their_two_largest_units(seconds: int, text: str) -> None:
+    assert _span(seconds) == text
+
+
+def test_every_command_and_option_explains_itself_in_help(capsys: Any) -> None:
+    parser = argparse.ArgumentParser(prog="power-loop")
+    sub = parser.add_subparsers(dest="command")
+    add_commands(sub)
+    add_serve_parser(sub)
+    for name, command in sub.choices.items():
+        assert command.description, name
+        for action in command._actions:
+            assert action.help, f"{name} {action.dest}"
+            assert action.option_strings or action.metavar, f"{name} {action.dest}"
+    for name in (*COMMANDS, "serve"):
+        with pytest.raises(SystemExit) as exited:
+            main([name, "--help"])
+        out = capsys.readouterr().out
+        assert exited.value.code == 0 and f"usage: power-loop {name}" in out
+        assert sub.choices[name].description.split(".")[0][:40] in " ".join(out.split())
 
 
 def test_prune_dry_run_then_prune(db_path: str, capsys: Any) -> None:
@@ -279,8 +321,9 @@ def test_problems_are_one_line_with_exit_status_2(db_path: str, capsys: Any, tmp
     _store_do(db_path, lambda s: s.create_session("s"))
     code, _, err = _run(capsys, "show", "nope", "--db", db_path)
     assert (code, err) == (2, "power-loop: error: no session 'nope' in this store\n")
-    code, _, err = _run(capsys, "export", "nope", "--db", db_path)
-    assert (code, err) == (2, "power-loop: error: no session 'nope' in this store\n")
+    for argv in (["export", "nope"], ["timers", "nope"], ["timers", "nope", "--json"]):
+        code, out, err = _run(capsys, *argv, "--db", db_path)
+        assert (code, out, err) == (2, "", "power-loop: error: no session 'nope' in this store\n"), argv
     code, _, err = _run(capsys, "sessions")
     assert code == 2 and "no database: pass --db PATH|URL or set POWER_LOOP_DB_URL" in err
     not_db = tmp_path / "notes.txt"
@@ -454,6 +497,10 @@ def test_import_and_export_file_problems_are_one_line_naming_the_file_line(
         (["sessions", "--limit", str(2**64)], "expected a whole number >= 1"),
         (["show", "s", "--follow", "--interval", "0"], "expected a number of seconds > 0"),
         (["show", "s", "--follow", "--interval", "nan"], "expected a number of seconds > 0"),
+        (["show", "s", "--follow", "--max-wait", "-1"], "expected a number of seconds from 0 to"),
+        (["sessions", "--busy-timeout", "nan"], "expected a number of seconds from 0 to"),
+        (["sessions", "--busy-timeout", "inf"], "expected a number of seconds from 0 to"),
+        (["sessions", "--busy-timeout", "-5"], "expected a number of seconds from 0 to"),
     ],
 )
 def test_out_of_range_arguments_are_refused(db_path: str, capsys: Any, argv: list[str], message: str) -> None:

@@ -156,7 +156,14 @@ def test_sessions_are_listed_filtered_and_paged(client: TestClient) -> None:
     assert ids(order="id") == ["calc-alice", "long-carol", "xss-mallory"]
     page = client.get("/api/sessions", params={"order": "id", "limit": "2", "offset": "2"}).json()
     assert page["total"] == 3 and [s["session_id"] for s in page["sessions"]] == ["xss-mallory"]
-    for bad in ({"order": "bogus"}, {"active": "soon"}, {"metadata": "novalue"}, {"limit": "0"}, {"offset": "x"}):
+    for bad in (
+        {"order": "bogus"},
+        {"kind": "subagents"},
+        {"active": "soon"},
+        {"metadata": "novalue"},
+        {"limit": "0"},
+        {"offset": "x"},
+    ):
         response = client.get("/api/sessions", params=bad)
         assert response.status_code == 400, bad
         assert response.json()["error"]
@@ -261,6 +268,17 @@ def test_serve_refuses_other_addresses_without_allow_remote_and_a_token(
     monkeypatch.setenv("POWER_LOOP_VIEWER_TOKEN", "")
     assert main(["serve", "--db", filled_db, "--host", "0.0.0.0", "--allow-remote"]) == 2
     assert "a token (--token or POWER_LOOP_VIEWER_TOKEN)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("interval", ["0", "-1", "nan", "inf"])
+def test_serve_refuses_a_poll_interval_that_is_no_positive_number(
+    filled_db: str, capsys: pytest.CaptureFixture[str], interval: str
+) -> None:
+    assert main(["serve", "--db", filled_db, "--poll-interval", interval]) == 2
+    err = capsys.readouterr().err
+    assert err == f"power-loop: error: --poll-interval must be a positive number of seconds, not {float(interval)}\n"
+    with pytest.raises(ValueError, match="poll_interval_s must be a positive number of seconds"):
+        create_app(filled_db, poll_interval_s=float(interval))
 
 
 def test_serve_needs_an_existing_database(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -98,6 +98,7 @@ async def _sessions_list(page: Page, url: str) -> None:
     rows = page.locator("#sessions-table tbody tr")
     await expect(rows).to_have_count(3)
     await expect(page.locator("#count")).to_have_text("1–3 of 3")
+    await expect(page.locator("header .subtitle")).to_contain_text("times in UTC")  # the times shown are UTC
 
     await page.fill("#search", "calc")
     await expect(rows).to_have_count(1)

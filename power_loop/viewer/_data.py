@@ -24,6 +24,7 @@ __all__ = ["InspectReader", "jsonable", "parse_duration_ms", "parse_filters", "s
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
 _UNIT_MS = {"s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000, "w": 604_800_000}
 ORDERS = ("last_active", "created", "id", "tokens")
+KINDS = ("main", "subagent")
 
 
 class InspectReader(InspectStore, Protocol):
@@ -78,6 +79,8 @@ def parse_filters(query: Any, *, now_ms: int | None = None) -> dict[str, Any]:
         filters["search"] = search
     kind = (query.get("kind") or "").strip()
     if kind:
+        if kind not in KINDS:
+            raise ValueError(f"kind is one of {', '.join(KINDS)}, not {kind!r}")
         filters["kind"] = kind
     metadata: dict[str, str] = {}
     for item in query.getlist("metadata"):

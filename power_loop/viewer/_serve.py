@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import math
 import os
 import socket
 import sys
@@ -132,8 +133,8 @@ def create_app(
     from ._app import build_app
 
     url = check_database(os.fspath(db))
-    if poll_interval_s <= 0:
-        raise ValueError("poll_interval_s must be positive")
+    if not 0 < poll_interval_s < math.inf:  # NaN fails too: a live view would spin or never poll
+        raise ValueError(f"poll_interval_s must be a positive number of seconds, not {poll_interval_s!r}")
     return build_app(url, token=token, poll_interval_s=poll_interval_s, allowed_hosts=allowed_hosts)
 
 
@@ -264,11 +265,18 @@ def add_serve_parser(subparsers: Any) -> None:
         "timers and a live view. Binds 127.0.0.1 unless --allow-remote and a token are given.",
     )
     serve.add_argument("--db", default=None, help=f"SQLite file or database URL (default: ${DB_URL_ENV})")
-    serve.add_argument("--host", default=DEFAULT_HOST, help=f"address to bind (default {DEFAULT_HOST})")
-    serve.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port to bind (default {DEFAULT_PORT})")
+    serve.add_argument("--host", default=DEFAULT_HOST, metavar="H", help=f"address to bind (default {DEFAULT_HOST})")
+    serve.add_argument(
+        "--port",
+        type=int,
+        default=DEFAULT_PORT,
+        metavar="N",
+        help=f"port to bind (default {DEFAULT_PORT}; 0: a free one)",
+    )
     serve.add_argument(
         "--token",
         default=None,
+        metavar="T",
         help=f"require this token on every request (default: ${TOKEN_ENV}; the variable keeps it out of ps)",
     )
     serve.add_argument(
@@ -277,7 +285,11 @@ def add_serve_parser(subparsers: Any) -> None:
         help="allow an address other than loopback (a token is required too)",
     )
     serve.add_argument(
-        "--poll-interval", type=float, default=0.5, help="seconds between a live view's store polls (default 0.5)"
+        "--poll-interval",
+        type=float,
+        default=0.5,
+        metavar="S",
+        help="seconds between a live view's store polls (default 0.5)",
     )
 
 
@@ -298,8 +310,8 @@ def run_serve(args: argparse.Namespace) -> int:
         check_bind(args.host, allow_remote=args.allow_remote, token=token)
         if not 0 <= args.port <= 65535:
             raise ViewerConfigError(f"--port must be between 0 and 65535, not {args.port}")
-        if args.poll_interval <= 0:
-            raise ViewerConfigError("--poll-interval must be positive")
+        if not 0 < args.poll_interval < math.inf:
+            raise ViewerConfigError(f"--poll-interval must be a positive number of seconds, not {args.poll_interval}")
         app = create_app(db, token=token, poll_interval_s=args.poll_interval)
     except (ViewerConfigError, ImportError) as exc:
         return _error(str(exc))
