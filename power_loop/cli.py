@@ -33,6 +33,7 @@ import math
 import operator
 import os
 import re
+import shlex
 import sys
 import traceback
 from collections.abc import Callable, Sequence
@@ -154,6 +155,8 @@ async def run_demo(db_path: str, *, out: TextIO | None = None) -> int:
     if "://" not in shown_path:
         shown_path = os.path.abspath(shown_path)  # noqa: ASYNC240 - a string operation, done once
     print(f"Sessions are stored in {shown_path}", file=out)
+    db = shlex.quote(shown_path) if "://" not in shown_path else "URL"  # never a password on screen
+    print(f"Look inside: power-loop sessions --db {db}  ·  power-loop show {sid} --db {db}", file=out)
     return 0
 
 

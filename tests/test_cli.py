@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -39,6 +40,15 @@ def test_demo_command_in_a_fresh_process(tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stderr
     assert "Transcript as stored" in done.stdout
+    # The demo ends with the commands that look inside; they work as printed.
+    hint = done.stdout.strip().splitlines()[-1]
+    assert hint.startswith("Look inside: power-loop sessions --db ")
+    show = shlex.split(hint.split("·")[1])
+    assert show[:2] == ["power-loop", "show"]
+    shown = subprocess.run(
+        [sys.executable, "-m", "power_loop", *show[1:]], cwd=tmp_path, capture_output=True, text=True, timeout=120
+    )
+    assert shown.returncode == 0 and "calculate" in shown.stdout, shown.stderr
 
 
 def test_version(capsys: object) -> None:
