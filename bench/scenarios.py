@@ -158,9 +158,9 @@ async def http_floor(url: str, bodies: list[bytes], transport: str) -> float:
     kwargs: dict[str, Any] = {}
     factory: Any = httpx2.AsyncClient
     if transport == "native":
-        from power_loop.providers._transport import NativeTransport
+        from power_loop.providers._transport import native_transport
 
-        kwargs["transport"] = NativeTransport()
+        kwargs["transport"] = native_transport(httpx2)
     elif transport == "aiohttp":
         import openai
 

@@ -348,3 +348,31 @@ async def test_the_aiohttp_transport_without_its_extra_says_what_to_install(
     with pytest.raises(ConfigurationError, match=r"pip install power-loop\[aiohttp\]") as info:
         await llm.complete(hi())
     assert isinstance(info.value.__cause__, RuntimeError)
+
+
+@pytest.mark.parametrize("library_name", ["httpx", "httpx2"])
+async def test_the_native_transport_speaks_the_library_of_its_sdk(
+    scripted_server: ScriptedServer, library_name: str
+) -> None:
+    # An SDK built on one HTTP library while the other is installed too (an older SDK beside a
+    # package that brings httpx2): the transport, the client and the raw response all belong
+    # to the SDK's library, and a real request goes through.
+    library = pytest.importorskip(library_name)
+    from power_loop.providers._common import build_http_client, http_response_class, sdk_http_library
+
+    class Client(library.AsyncClient):  # type: ignore[misc,name-defined]
+        pass
+
+    sdk = types.ModuleType(f"fake_sdk_on_{library_name}")
+    sdk.DefaultAsyncHttpxClient = Client  # type: ignore[attr-defined]
+    assert sdk_http_library(sdk) is library
+    assert http_response_class(sdk) is library.Response
+    scripted_server.push(text_reply("hello"))
+    async with build_http_client(sdk, "native", 10.0) as client:
+        assert isinstance(client, library.AsyncClient)
+        response = await client.post(
+            f"{scripted_server.openai_base_url}/chat/completions",
+            json={"model": "m", "messages": [{"role": "user", "content": "hi"}], "stream": False},
+        )
+        assert isinstance(response, library.Response) and response.status_code == 200
+        assert response.json()["choices"][0]["message"]["content"] == "hello"

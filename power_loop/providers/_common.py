@@ -10,6 +10,7 @@ import importlib
 import json
 import logging
 import math
+import sys
 import time
 import uuid
 from collections.abc import Callable, Mapping
@@ -60,19 +61,41 @@ def memo(obj: object, key: str, build: Callable[[], T]) -> T:
     return found
 
 
-def http_response_class() -> type[Any]:
-    """The HTTP response class of the SDKs' transport (``httpx2``, or ``httpx`` for older SDKs).
+_SDK_LIBRARIES: dict[str, ModuleType] = {}
+
+
+def sdk_http_library(sdk: ModuleType | None) -> ModuleType:
+    """The HTTP library an SDK is built on: ``httpx2`` (this generation) or ``httpx`` (older
+    releases), read off its default client's class rather than guessed from what is installed
+    (another package may bring ``httpx2`` beside an SDK built on ``httpx``)."""
+    key = getattr(sdk, "__name__", "")
+    found = _SDK_LIBRARIES.get(key)
+    if found is not None:
+        return found
+    library = None
+    client = getattr(sdk, "DefaultAsyncHttpxClient", None)
+    for cls in getattr(client, "__mro__", ()):
+        root = cls.__module__.partition(".")[0]
+        if cls.__name__ == "AsyncClient" and root in ("httpx", "httpx2"):
+            library = sys.modules.get(root) or importlib.import_module(root)
+            break
+    if library is None:
+        from ._transport import default_http_library
+
+        library = default_http_library()
+    if sdk is not None:
+        _SDK_LIBRARIES[key] = library  # looked up per request
+    return library
+
+
+def http_response_class(sdk: ModuleType | None = None) -> type[Any]:
+    """The HTTP response class of ``sdk``'s HTTP library (``httpx2``, or ``httpx`` for older SDKs).
 
     Passing it as ``cast_to`` makes an SDK return the raw response, whose JSON we decode
     ourselves (headers included, no per-field model building).
     """
-    try:
-        import httpx2
-
-        return httpx2.Response
-    except ImportError:  # pragma: no cover - SDK versions built on httpx
-        response: type[Any] = importlib.import_module("httpx").Response
-        return response
+    response: type[Any] = sdk_http_library(sdk).Response
+    return response
 
 
 def check_http_transport(transport: str) -> HttpTransport:
@@ -95,14 +118,13 @@ def build_http_client(sdk: ModuleType, transport: str, timeout_s: float) -> Any:
         return None
     if transport == "aiohttp":
         return _aiohttp_client(sdk, timeout_s)
-    from ._transport import NativeTransport, proxy_configured
+    from ._transport import native_transport, proxy_configured
 
     if proxy_configured():
         return None
-    factory = getattr(sdk, "DefaultAsyncHttpxClient", None) or http_response_class().__module__
-    if isinstance(factory, str):  # pragma: no cover - very old SDKs without the default client
-        factory = importlib.import_module(factory).AsyncClient
-    return factory(transport=NativeTransport(), timeout=timeout_s)
+    library = sdk_http_library(sdk)
+    factory = getattr(sdk, "DefaultAsyncHttpxClient", None) or library.AsyncClient
+    return factory(transport=native_transport(library), timeout=timeout_s)
 
 
 def _aiohttp_client(sdk: ModuleType, timeout_s: float) -> Any:
@@ -290,7 +312,7 @@ class ClientHolder:
                     # the SDK's public path, which does the same work per request.
                     logging.getLogger("power_loop.providers").info("%s; using the SDK's public post", exc)
                     self._prepared = None
-        return await client.post(path, cast_to=http_response_class(), content=body, options=options, stream=stream)
+        return await client.post(path, cast_to=http_response_class(sdk), content=body, options=options, stream=stream)
 
     def current(self) -> Any:
         """The client if it is usable on the running loop, else None."""
