@@ -29,11 +29,13 @@ from __future__ import annotations
 import argparse
 import ast
 import asyncio
+import faulthandler
 import math
 import operator
 import os
 import re
 import shlex
+import signal
 import sys
 import traceback
 from collections.abc import Callable, Sequence
@@ -318,6 +320,8 @@ def _worker(args: argparse.Namespace) -> int:
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.db:
         os.environ[DB_URL_ENV] = args.db
+    if hasattr(signal, "SIGUSR1"):  # `kill -USR1 PID`: every thread's stack on stderr, the worker goes on
+        faulthandler.register(signal.SIGUSR1, all_threads=True)
     asyncio.run(
         run_worker(
             args.app,

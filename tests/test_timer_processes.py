@@ -35,6 +35,19 @@ def start_worker(tmp_path: Path, db: str, *extra: str, env: dict[str, str] | Non
     )
 
 
+def stopped_log(worker: subprocess.Popen[str]) -> str:
+    """The stderr of a worker sent SIGTERM, once it exits. One still running a minute later is
+    a hang: its threads' stacks (``kill -USR1``) go into the failure, then it is killed."""
+    try:
+        return worker.communicate(timeout=60)[1]
+    except subprocess.TimeoutExpired:
+        worker.send_signal(signal.SIGUSR1)
+        time.sleep(2)
+        worker.kill()
+        stderr = worker.communicate()[1]
+        raise AssertionError(f"a worker did not stop within 60 s of SIGTERM; its stacks:\n{stderr}") from None
+
+
 async def wait_for(path: Path, proc: subprocess.Popen[str], timeout: float = 30) -> None:
     deadline = time.monotonic() + timeout
     while not path.exists():
@@ -161,7 +174,7 @@ async def test_two_worker_processes_deliver_a_thousand_timers_exactly_once(tmp_p
         finally:
             for w in workers:
                 w.send_signal(signal.SIGTERM)
-            logs = [w.communicate(timeout=60)[1] for w in workers]
+            logs = [stopped_log(w) for w in workers]
         assert [w.returncode for w in workers] == [0, 0], logs
         processed = [int(re.search(r"\((\d+) timers processed\)", log).group(1)) for log in logs]  # type: ignore[union-attr]
         assert sum(processed) == sessions * per_session, processed
@@ -213,7 +226,7 @@ async def test_two_worker_processes_fire_each_calendar_occurrence_exactly_once(t
         finally:
             for w in workers:
                 w.send_signal(signal.SIGTERM)
-            logs = [w.communicate(timeout=60)[1] for w in workers]
+            logs = [stopped_log(w) for w in workers]
         assert [w.returncode for w in workers] == [0, 0], logs
         processed = [int(re.search(r"\((\d+) timers processed\)", log).group(1)) for log in logs]  # type: ignore[union-attr]
         assert sum(processed) == sessions * per_session, processed
@@ -265,3 +278,18 @@ async def test_load_app_accepts_a_loop_or_a_factory(tmp_path: Path, monkeypatch:
         await load_app("apps_mod:not_a_loop")
     with pytest.raises(ConfigurationError, match="has no attribute"):
         await load_app("apps_mod:missing")
+
+
+def test_a_worker_prints_its_stacks_on_sigusr1_and_goes_on(tmp_path: Path) -> None:
+    db = str(tmp_path / "w.db")
+    worker = start_worker(tmp_path, db)
+    assert worker.stderr is not None
+    line = worker.stderr.readline()  # logged once the worker delivers
+    assert "delivering timers" in line, line
+    worker.send_signal(signal.SIGUSR1)
+    time.sleep(0.5)
+    assert worker.poll() is None  # still running
+    worker.send_signal(signal.SIGTERM)
+    stderr = stopped_log(worker)
+    assert worker.returncode == 0
+    assert "most recent call first" in stderr and "stopping" in stderr
