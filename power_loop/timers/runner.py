@@ -66,6 +66,17 @@ def wake_up_message(timer_id: int, note: str, missed: str = "") -> str:
     return f"<timer id={timer_id}>\nYour scheduled wake-up has {fired}. Your note to yourself was:\n{note}\n</timer>"
 
 
+async def wait_event(event: asyncio.Event, timeout: float) -> None:
+    """Wait until ``event`` is set, ``timeout`` seconds at most. A cancellation is never lost:
+    ``asyncio.wait_for`` before Python 3.12 returns normally when the wait ends in the same
+    iteration as the task is cancelled, which once left a stopping runner scanning forever."""
+    waiter = asyncio.ensure_future(event.wait())
+    try:
+        await asyncio.wait((waiter,), timeout=timeout)
+    finally:
+        waiter.cancel()
+
+
 class TimerRunner:
     """Delivers a loop's due timers.
 
@@ -134,6 +145,7 @@ class TimerRunner:
         self._waking: set[str] = set()
         self._queue: list[tuple[Delivery, asyncio.Future[_Outcome]]] = []
         self._flusher: asyncio.Task[None] | None = None
+        self._stopping = False
         self._kick: asyncio.Event | None = None
         self._kick_fn: Callable[[], None] | None = None
 
@@ -157,6 +169,7 @@ class TimerRunner:
         if self.running:
             return
         await self.loop.store.open()
+        self._stopping = False
         aio = asyncio.get_running_loop()
         kick = self._kick = asyncio.Event()
         self._run_slots = None  # made on first use, in this event loop
@@ -182,6 +195,7 @@ class TimerRunner:
         interrupted tool calls pending). Finally the remaining claims are released for the
         next runner.
         """
+        self._stopping = True  # the scan loop ends even if a cancellation were lost
         for task in (self._task, self._renewer):
             if task is not None:
                 task.cancel()
@@ -289,7 +303,7 @@ class TimerRunner:
     async def _run_forever(self) -> None:
         assert self._kick is not None
         failing: str | None = None  # the last scan failure reported
-        while True:
+        while not self._stopping:
             self._kick.clear()
             delay = self.scan_interval_s
             try:
@@ -314,8 +328,7 @@ class TimerRunner:
                     failing = text
                 else:
                     log.debug("timer scan failed again: %s", text)
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._kick.wait(), timeout=delay)
+            await wait_event(self._kick, delay)
 
     async def _renew_forever(self) -> None:
         lease_ms = int(self.stale_firing_s * 1000)
@@ -469,8 +482,7 @@ class TimerRunner:
         async def wake() -> None:
             # During a burst, the deliveries go first: a run waits until the runner has caught
             # up with what is due, or RUN_DEFER_S at most (runs never starve).
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._caught_up_event().wait(), RUN_DEFER_S)
+            await wait_event(self._caught_up_event(), RUN_DEFER_S)
             async with self._slots():
                 del self._queued[task]
                 self._waking.discard(session_id)  # a wake-up delivered from now on needs a new run
