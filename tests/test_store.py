@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 
 import pytest
@@ -68,6 +69,17 @@ async def test_seqs_are_contiguous_and_history_reloads(db_path: str) -> None:
         assert out.seqs == (2, 3)
         stored = await store.load_messages("s")
     assert [(m.seq, m.message.role) for m in stored] == [(1, "user"), (2, "assistant"), (3, "user")]
+
+
+async def test_a_result_nobody_takes_does_not_stall_the_writer(db_path: str) -> None:
+    """Before a transaction that follows one whose result the event loop has not taken yet,
+    the worker sleeps (GIL released) so the event loop can take it; a result nobody ever
+    takes (its event loop is gone) costs a bounded wait, never a hang."""
+    async with SQLiteSessionStore(db_path) as store:
+        store._handed = asyncio.get_running_loop().create_future()  # never completed
+        await asyncio.wait_for(store.create_session("s"), 30)
+        await asyncio.wait_for(store.create_session("t"), 30)
+        assert {s.session_id for s in await store.list_sessions()} == {"s", "t"}
 
 
 async def test_cascade_delete_removes_everything(db_path: str) -> None:

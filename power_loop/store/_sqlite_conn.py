@@ -28,6 +28,7 @@ import concurrent.futures
 import os
 import sqlite3
 import threading
+import time
 import warnings
 import weakref
 from collections.abc import Callable, Coroutine, Generator
@@ -49,6 +50,12 @@ T = TypeVar("T")
 S = TypeVar("S", bound="SQLiteFileStore")
 
 _EXIT_CLOSE_WAIT_S = 5.0  # how long closing from sync code or at exit waits for the worker
+
+HANDOFF_POLL_S = 0.00002
+"""How often the worker looks whether the event loop has taken the previous result."""
+
+HANDOFF_MAX_S = 0.001
+"""How long the worker waits, at most, for the event loop to take the previous result."""
 
 
 def configure(conn: sqlite3.Connection, busy_timeout_ms: int) -> None:
@@ -103,6 +110,7 @@ class SQLiteFileStore:
         self._file_id: FileId | None = None  # set by the first opening, then checked
         self._first_open_lock = threading.Lock()
         self._closed = False
+        self._handed: asyncio.Future[Any] | None = None  # the result the worker handed out last
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -313,7 +321,31 @@ class SQLiteFileStore:
             await self._open_async()
             db = self._db
             assert db is not None
-        return await in_worker(db, partial(self._run, fn, tx))
+        job: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        return await in_worker(db, partial(self._run_in_worker, fn, tx, job), job)
+
+    def _run_in_worker(
+        self, fn: Callable[[SQLiteTx], T], tx: bool, job: asyncio.Future[T], conn: sqlite3.Connection
+    ) -> T:
+        """``_run`` on the worker thread, after handing the GIL to the event loop (below).
+
+        Each statement releases the GIL around SQLite's work and takes it back a few
+        microseconds later, before a thread waiting for it has woken: a worker running queued
+        transactions back to back would keep the event loop thread (which needs the GIL to
+        take each result) waiting for its whole busy period, milliseconds under load.
+        CPython's switch interval never forces a hand-over, since the GIL does change hands.
+        So before a transaction, while the event loop has not yet taken the previous result
+        (its future is not done), the worker sleeps in short steps with the GIL released,
+        up to :data:`HANDOFF_MAX_S`. A worker that was idle finds the result taken and does
+        not wait.
+        """
+        handed = self._handed
+        if handed is not None and not handed.done():
+            deadline = time.perf_counter() + HANDOFF_MAX_S
+            while not handed.done() and time.perf_counter() < deadline:
+                time.sleep(HANDOFF_POLL_S)
+        self._handed = job
+        return self._run(fn, tx, conn)
 
     def _call_sync(self, fn: Callable[[SQLiteTx], T], *, tx: bool = True) -> T:
         """Run ``fn`` on a short-lived connection in the calling thread, in one transaction."""
@@ -347,8 +379,11 @@ def stop_worker(db: aiosqlite.Connection, worker: threading.Thread, wait_s: floa
         worker.join(wait_s)
 
 
-def submit(db: aiosqlite.Connection, fn: Callable[[sqlite3.Connection], T]) -> asyncio.Future[T]:
-    """Queue ``fn(connection)`` on ``db``'s worker thread; the future its result lands in.
+def submit(
+    db: aiosqlite.Connection, fn: Callable[[sqlite3.Connection], T], future: asyncio.Future[T] | None = None
+) -> asyncio.Future[T]:
+    """Queue ``fn(connection)`` on ``db``'s worker thread; the future its result lands in
+    (``future`` when given, else a new one of the running event loop).
 
     What ``Connection._execute`` does, without the coroutine and the task around it (one store
     call per transaction, on every step of every run): the same ``(future, function)`` item
@@ -356,13 +391,17 @@ def submit(db: aiosqlite.Connection, fn: Callable[[sqlite3.Connection], T]) -> a
     """
     if not db._running or db._connection is None:
         raise ValueError("Connection closed")
-    future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+    if future is None:
+        future = asyncio.get_running_loop().create_future()
     db._tx.put_nowait((future, partial(fn, db._connection)))
     return future
 
 
-async def in_worker(db: aiosqlite.Connection, fn: Callable[[sqlite3.Connection], T]) -> T:
-    """Run ``fn(connection)`` on aiosqlite's worker thread and await its result.
+async def in_worker(
+    db: aiosqlite.Connection, fn: Callable[[sqlite3.Connection], T], job: asyncio.Future[T] | None = None
+) -> T:
+    """Run ``fn(connection)`` on aiosqlite's worker thread and await its result (landing in
+    ``job`` when given).
 
     aiosqlite's public methods each run one statement per hop; its worker queue (what
     ``Connection._execute`` feeds, the same across the aiosqlite releases pinned in
@@ -373,7 +412,7 @@ async def in_worker(db: aiosqlite.Connection, fn: Callable[[sqlite3.Connection],
     right after cancelling the remaining tasks (a timer runner nobody stopped, a send still
     going); a worker that then reports into the closed loop prints a traceback and dies.
     """
-    job = submit(db, fn)
+    job = submit(db, fn, job)
     try:
         return await asyncio.shield(job)
     except asyncio.CancelledError:
