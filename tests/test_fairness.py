@@ -1,18 +1,22 @@
-"""The fairness gate counts turns per event loop: one loop object used from several threads
-(``send_sync`` runs one event loop per call) never strands another loop's waiters."""
+"""The fairness gate: heavy steps of one event-loop iteration stay within a time budget, waiters
+are served in order, and turns are counted per event loop (one loop object used from several
+threads, as ``send_sync`` does, never strands another loop's waiters)."""
 
 from __future__ import annotations
 
 import asyncio
 import threading
+import time
 
-from power_loop.engine.fairness import TickGate
+import pytest
+
+from power_loop._fairness import TickGate
 
 HANG_GUARD_S = 30  # only against a hang: the turns are granted within a few loop iterations
 
 
 async def test_waiters_of_one_event_loop_survive_another_loops_turns() -> None:
-    gate = TickGate(per_tick=1)
+    gate = TickGate(budget_s=0)
     done: list[int] = []
 
     async def step(n: int) -> None:
@@ -32,7 +36,7 @@ async def test_waiters_of_one_event_loop_survive_another_loops_turns() -> None:
 
 
 async def test_one_turn_per_iteration_on_each_loop() -> None:
-    gate = TickGate(per_tick=1)
+    gate = TickGate(budget_s=0)
     order: list[str] = []
 
     async def heavy(name: str) -> None:
@@ -48,3 +52,70 @@ async def test_one_turn_per_iteration_on_each_loop() -> None:
     # The heavy steps are spread over iterations: the ticker runs between them.
     assert order.index("a") < order.index("b") < order.index("c")
     assert order[: order.index("c")].count("tick") >= 2
+
+
+def _spin(seconds: float) -> None:
+    """CPU work on the event-loop thread (a heavy step)."""
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        pass
+
+
+async def test_heavy_steps_beyond_the_budget_wait_for_a_later_iteration() -> None:
+    gate = TickGate(budget_s=0.002)
+    order: list[str] = []
+    running = True
+
+    async def heavy(name: str) -> None:
+        await gate.turn()
+        _spin(0.001)
+        order.append(name)
+
+    async def ticker() -> None:
+        while running:
+            order.append("tick")
+            await asyncio.sleep(0)
+
+    ticking = asyncio.ensure_future(ticker())
+    await asyncio.sleep(0)
+    await asyncio.gather(*(heavy(f"h{i}") for i in range(8)))
+    running = False
+    await ticking
+    heavy_order = [x for x in order if x != "tick"]
+    assert heavy_order == [f"h{i}" for i in range(8)]  # first come, first served
+    # 8 ms of heavy steps under a 2 ms budget: spread over at least three iterations, with
+    # the ticker's turns in between.
+    between = order[order.index("h0") : order.index("h7")]
+    assert between.count("tick") >= 2
+
+
+async def test_a_backlog_drains_in_order_and_every_waiter_gets_its_turn() -> None:
+    gate = TickGate(budget_s=0.0)  # one turn per iteration: the strictest budget
+    done: list[int] = []
+
+    async def step(n: int) -> None:
+        await gate.turn()
+        done.append(n)
+
+    await asyncio.wait_for(asyncio.gather(*(step(n) for n in range(50))), HANG_GUARD_S)
+    assert done == list(range(50))
+
+
+async def test_a_cancelled_waiter_does_not_block_the_others() -> None:
+    gate = TickGate(budget_s=0.0)
+    done: list[int] = []
+
+    async def step(n: int) -> None:
+        await gate.turn()
+        done.append(n)
+
+    tasks = [asyncio.ensure_future(step(n)) for n in range(5)]
+    await asyncio.sleep(0)
+    tasks[2].cancel()
+    await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), HANG_GUARD_S)
+    assert done == [0, 1, 3, 4]
+
+
+def test_a_negative_budget_is_refused() -> None:
+    with pytest.raises(ValueError, match="budget_s"):
+        TickGate(budget_s=-1)

@@ -13,6 +13,7 @@ from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+from .._fairness import EVENT_LOOP_GATE, TickGate
 from ..compaction import Compactor
 from ..config import AgentLoopConfig
 from ..errors import SessionBusyError
@@ -26,7 +27,6 @@ from ..tools.threads import ToolThreads
 from .admission import Admission
 from .capabilities import TimerSignal, tool_capabilities
 from .eventlog import EventLog
-from .fairness import TickGate
 from .history import HistoryCache
 
 __all__ = ["Runtime", "SessionLocks"]
@@ -100,7 +100,8 @@ class Runtime:
         owner: This loop's identity in session leases.
         event_seqs: Last event seq published per session by this loop.
         compactor: The resolved compactor (None: compaction off).
-        gate: Fair turns for CPU-heavy steps (see :mod:`power_loop.engine.fairness`).
+        gate: Fair turns for CPU-heavy steps (see :mod:`power_loop._fairness`); the process's
+            :data:`~power_loop._fairness.EVENT_LOOP_GATE`, which the provider transport shares.
         token_ratio: Provider-reported prompt tokens per estimated token (calibration).
         facade: The loop owning this runtime, handed to tools as ``ToolContext.loop`` (typed by
             the protocol tools may rely on, so the engine never imports the facade).
@@ -131,7 +132,7 @@ class Runtime:
     owner: str = field(default_factory=lambda: f"pid{os.getpid()}-{secrets.token_hex(4)}")
     event_seqs: dict[str, int] = field(default_factory=dict)
     compactor: Compactor | None = None
-    gate: TickGate = field(default_factory=TickGate)
+    gate: TickGate = EVENT_LOOP_GATE
     token_ratio: float = 1.0
     facade: AgentLoopHandle | None = None
     timer_signal: TimerSignal = field(default_factory=TimerSignal)

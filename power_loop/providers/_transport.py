@@ -36,6 +36,7 @@ from collections.abc import AsyncIterator
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
+from .._fairness import EVENT_LOOP_GATE
 from ..errors import ControlSignal
 
 if TYPE_CHECKING:  # the annotations; at run time each class is built on its SDK's library
@@ -197,6 +198,9 @@ def _build(lib: Any) -> Any:
                 except BaseException:
                     conn.close()
                     raise
+                # Decoding the response (the SDK's models, the run folding it in) is the other
+                # heavy step of a round: responses that arrive together take turns.
+                await EVENT_LOOP_GATE.turn()
                 stream = _ResponseBody(self, conn, request.method, status, headers, timeouts.get("read"), version)
                 response: httpx.Response = lib.Response(
                     status,
