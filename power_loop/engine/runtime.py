@@ -29,7 +29,29 @@ from .capabilities import TimerSignal, tool_capabilities
 from .eventlog import EventLog
 from .history import HistoryCache
 
-__all__ = ["Runtime", "SessionLocks"]
+__all__ = ["Runtime", "SessionLocks", "acquire_within"]
+
+
+async def acquire_within(lock: asyncio.Lock, timeout: float) -> bool:
+    """Acquire ``lock`` within ``timeout`` seconds; False when it stayed held that long.
+
+    Never loses a cancellation and never leaves the lock held by a caller that did not get it
+    back: ``asyncio.wait_for`` before Python 3.12 returns normally when the lock is granted in
+    the iteration the caller is cancelled, so a cancelled send went on with its run.
+    """
+    acquiring = asyncio.ensure_future(lock.acquire())
+    try:
+        await asyncio.wait((acquiring,), timeout=timeout)
+    except asyncio.CancelledError:
+        if acquiring.done() and not acquiring.cancelled():
+            lock.release()  # granted as the caller was cancelled: pass it on
+        else:
+            acquiring.cancel()  # a cancelled acquire hands a pending grant to the next waiter
+        raise
+    if acquiring.done() and not acquiring.cancelled():
+        return True
+    acquiring.cancel()
+    return False
 
 
 class SessionLocks:
@@ -64,15 +86,13 @@ class SessionLocks:
         lock = self._lock(session_id)
         started = time.monotonic()
         if lock.locked():
-            try:
-                await asyncio.wait_for(lock.acquire(), timeout)
-            except asyncio.TimeoutError:
+            if not await acquire_within(lock, timeout):
                 raise SessionBusyError(
                     f"session {session_id!r} is busy with another run in this process and stayed busy for "
                     f"{timeout:.1f}s (AgentLoopConfig.session_wait_s); try again later, or use "
                     "follow_up() to queue the message for the running run",
                     session_id=session_id,
-                ) from None
+                )
         else:
             await lock.acquire()
         try:
