@@ -81,6 +81,11 @@ class AgentLoopConfig:
         lease_ttl_s: Lifetime of a session lease between renewals; a crashed process's
             sessions are free again this long after its last renewal.
         history_cache_size: Sessions whose history stays in memory between sends.
+        history_cache_hot: Of those, how many (the most recently used) keep their messages as
+            objects; the others are kept as their stored JSON, one string per message, which
+            CPython's garbage collector never walks (a full collection stops the event loop
+            for as long as it takes to walk every tracked object). A parked session sent to
+            again is decoded in one parse, without a store read.
         tool_threads: Threads of the loop's own pool for sync tool handlers (all sessions of
             the loop share it; async handlers run on the event loop and do not use it). A sync
             handler that outlives its time limit keeps its thread until it returns.
@@ -154,6 +159,7 @@ class AgentLoopConfig:
     session_wait_s: float = 30.0
     lease_ttl_s: float = 5.0
     history_cache_size: int = 256
+    history_cache_hot: int = 64
     tool_threads: int = 16
     max_subagent_depth: int = MAX_SPAWN_DEPTH
     max_concurrent_subagents: int = 4
@@ -202,6 +208,8 @@ class AgentLoopConfig:
             raise ConfigurationError(f"session_wait_s must be >= 0, got {self.session_wait_s}")
         if self.history_cache_size < 0:
             raise ConfigurationError(f"history_cache_size must be >= 0, got {self.history_cache_size}")
+        if self.history_cache_hot < 0:
+            raise ConfigurationError(f"history_cache_hot must be >= 0, got {self.history_cache_hot}")
         if not 0.0 <= self.temperature <= 2.0:
             raise ConfigurationError(f"temperature must be within [0, 2], got {self.temperature}")
         if self.retry_policy is not None and not isinstance(self.retry_policy, LLMRetryPolicy):

@@ -162,7 +162,7 @@ class StatefulAgentLoop(TimerFacade, ApprovalFacade, EventsFacade):
             hooks=self._hooks,
             bus=self._bus,
             registry=tool_registry,
-            histories=HistoryCache(self.config.history_cache_size),
+            histories=HistoryCache(self.config.history_cache_size, self.config.history_cache_hot),
             compactor=resolve_compactor(self.config.compactor),
             facade=self,
             event_log=EventLog(self.store) if self.config.persist_events else None,

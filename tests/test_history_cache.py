@@ -1,0 +1,120 @@
+"""The history cache: the most recently used sessions keep message objects, the others are
+parked as their stored JSON (out of the garbage collector's sight) and come back intact."""
+
+from __future__ import annotations
+
+import gc
+
+import pytest
+
+from power_loop import AgentLoopConfig, ConfigurationError, StatefulAgentLoop
+from power_loop.engine.history import HistoryCache, Transcript
+from power_loop.messages import (
+    AssistantMessage,
+    ImagePart,
+    TextPart,
+    ToolCall,
+    ToolResultMessage,
+    UserMessage,
+    message_json,
+)
+from power_loop.testing import ScriptedLLM, text_reply
+
+
+def transcript(tag: str, version: int = 3) -> Transcript:
+    t = Transcript(version=version)
+    t.messages.extend(
+        [
+            UserMessage(content=f"hello {tag} \u00e9\u4e2d"),
+            AssistantMessage(content="", tool_calls=(ToolCall(id=f"c-{tag}", name="add", arguments='{"a": 1}'),)),
+            ToolResultMessage(tool_call_id=f"c-{tag}", content="2", name="add"),
+            UserMessage(content=(TextPart(text="look"), ImagePart(url="https://example.com/x.png"))),
+            AssistantMessage(content=f"done {tag}", reasoning="thought"),
+        ]
+    )
+    t.seqs.extend([1, 2, 3, 5, 8])
+    return t
+
+
+def test_a_parked_transcript_comes_back_equal_with_its_json() -> None:
+    cache = HistoryCache(capacity=4, hot=1)
+    original = transcript("a")
+    expected = list(original.messages)
+    bodies = [message_json(m) for m in expected]
+    cache.put("a", original)
+    cache.put("b", transcript("b"))  # "a" is parked now
+
+    back = cache.get("a")
+    assert back is not None and back is not original
+    assert back.messages == expected
+    assert back.seqs == [1, 2, 3, 5, 8]
+    assert back.version == 3
+    # Each message is seeded with the JSON it was parked as: never encoded again.
+    assert [message_json(m) for m in back.messages] == bodies
+    assert all(a is b for a, b in zip([message_json(m) for m in back.messages], bodies, strict=True))
+    # Using "a" made it hot again, and parked "b".
+    assert cache.get("a") is back
+
+
+def test_parked_sessions_hold_nothing_the_collector_walks() -> None:
+    cache = HistoryCache(capacity=8, hot=1)
+    for tag in "abcd":
+        cache.put(tag, transcript(tag))
+    gc.collect()
+    parked = list(cache._parked.values())
+    assert len(parked) == 3
+    for entry in parked:
+        assert not gc.is_tracked(entry.bodies)
+        assert not gc.is_tracked(entry.seqs)
+    # The hot one keeps its objects.
+    assert gc.is_tracked(cache.get("d").messages[0])  # type: ignore[union-attr]
+
+
+def test_capacity_evicts_parked_sessions_first_then_the_oldest() -> None:
+    cache = HistoryCache(capacity=3, hot=1)
+    for tag in "abcd":
+        cache.put(tag, transcript(tag))
+    assert len(cache) == 3
+    assert cache.get("a") is None  # the least recently used, parked, then evicted
+    assert cache.get("b") is not None and cache.get("c") is not None and cache.get("d") is not None
+    cache.drop("c")
+    assert cache.get("c") is None and len(cache) == 2
+    cache.clear()
+    assert len(cache) == 0 and cache.get("d") is None
+
+
+def test_no_cache_and_all_parked() -> None:
+    off = HistoryCache(capacity=0, hot=64)
+    off.put("a", transcript("a"))
+    assert off.get("a") is None and len(off) == 0
+
+    parked_only = HistoryCache(capacity=4, hot=0)
+    parked_only.put("a", transcript("a"))
+    assert not parked_only._hot
+    back = parked_only.get("a")
+    assert back is not None and back.messages == transcript("a").messages
+
+
+def test_negative_hot_size_is_refused() -> None:
+    with pytest.raises(ConfigurationError, match="history_cache_hot"):
+        AgentLoopConfig(history_cache_hot=-1)
+
+
+@pytest.mark.parametrize("hot", [0, 1])
+async def test_sessions_alternating_through_parked_histories_keep_their_own_history(db_path: str, hot: int) -> None:
+    llm = ScriptedLLM([text_reply(f"answer {i}") for i in range(6)])
+    loop = StatefulAgentLoop(
+        llm=llm, db_path=db_path, config=AgentLoopConfig(history_cache_size=8, history_cache_hot=hot)
+    )
+    try:
+        first, second = await loop.new_session_async(), await loop.new_session_async()
+        for i in range(3):
+            await loop.send(f"one-{i}", session_id=first)
+            await loop.send(f"two-{i}", session_id=second)
+        texts = [[m.text for m in request.messages] for request in llm.requests]
+        assert texts[4] == ["one-0", "answer 0", "one-1", "answer 2", "one-2"]
+        assert texts[5] == ["two-0", "answer 1", "two-1", "answer 3", "two-2"]
+        stored = [m["content"] for m in await loop.get_messages_async(first)]
+        assert stored == ["one-0", "answer 0", "one-1", "answer 2", "one-2", "answer 4"]
+    finally:
+        await loop.aclose()
