@@ -8,7 +8,7 @@ import gc
 import pytest
 
 from power_loop import AgentLoopConfig, ConfigurationError, StatefulAgentLoop
-from power_loop.engine.history import HistoryCache, Transcript
+from power_loop.engine.history import UNPARK_ON_LOOP_MAX, HistoryCache, Transcript
 from power_loop.messages import (
     AssistantMessage,
     ImagePart,
@@ -118,3 +118,19 @@ async def test_sessions_alternating_through_parked_histories_keep_their_own_hist
         assert stored == ["one-0", "answer 0", "one-1", "answer 2", "one-2", "answer 4"]
     finally:
         await loop.aclose()
+
+
+async def test_a_long_parked_history_is_decoded_off_the_event_loop() -> None:
+    cache = HistoryCache(capacity=4, hot=1)
+    long = Transcript(version=7)
+    long.messages.extend(UserMessage(content=f"m{i}") for i in range(UNPARK_ON_LOOP_MAX + 1))
+    long.seqs.extend(range(1, UNPARK_ON_LOOP_MAX + 2))
+    cache.put("long", long)
+    cache.put("other", transcript("other"))  # parks "long"
+    assert "long" in cache._parked
+
+    back = await cache.take("long")
+    assert back is not None and [m.text for m in back.messages] == [f"m{i}" for i in range(UNPARK_ON_LOOP_MAX + 1)]
+    assert back.seqs == list(range(1, UNPARK_ON_LOOP_MAX + 2)) and back.version == 7
+    assert cache.get("long") is back  # hot again
+    assert await cache.take("missing") is None

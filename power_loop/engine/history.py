@@ -17,6 +17,7 @@ the read).
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
@@ -116,6 +117,11 @@ class Transcript:
         return len(self.messages)
 
 
+UNPARK_ON_LOOP_MAX = 200
+"""Parked histories up to this many messages are decoded on the event loop (well under a
+millisecond); longer ones in a worker thread."""
+
+
 class _Parked:
     """A transcript out of the collector's sight: its messages' JSON and seqs, as tuples of
     strings and ints (CPython stops tracking such a tuple at the first collection that sees it)."""
@@ -159,6 +165,19 @@ class HistoryCache:
         if parked is None:
             return None
         transcript = parked.unpark()
+        self._keep(session_id, transcript)
+        return transcript
+
+    async def take(self, session_id: str) -> Transcript | None:
+        """:meth:`get` for the event loop: a long parked history is decoded in a worker
+        thread (where CPython's switch interval lets the loop run meanwhile), not on the loop."""
+        parked = self._parked.get(session_id)
+        if parked is None or len(parked.bodies) <= UNPARK_ON_LOOP_MAX:
+            return self.get(session_id)
+        transcript = await asyncio.to_thread(parked.unpark)
+        if self._parked.get(session_id) is not parked:
+            return self.get(session_id)  # dropped or replaced meanwhile: what is cached now
+        del self._parked[session_id]
         self._keep(session_id, transcript)
         return transcript
 

@@ -82,7 +82,7 @@ async def _begin_and_drive(
     """The begin transaction, then the run to its end."""
     run_id = "run_" + secrets.token_hex(8)
     lease = LeaseClaim(owner=f"{rt.owner}/{run_id}", ttl_ms=int(rt.config.lease_ttl_s * 1000))
-    cached = rt.histories.get(req.session_id)
+    cached = await rt.histories.take(req.session_id)
     message = await on_append(rt, req.session_id, 0, req.message) if req.message is not None else None
     begin = await begin_run(
         rt,
