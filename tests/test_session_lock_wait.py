@@ -8,7 +8,8 @@ import asyncio
 
 import pytest
 
-from power_loop.engine.runtime import acquire_within
+from power_loop.engine.runtime import SessionLocks, acquire_within
+from power_loop.errors import SessionBusyError
 
 
 async def test_a_wait_cancelled_as_the_lock_frees_ends_cancelled_and_leaves_it_free() -> None:
@@ -37,3 +38,35 @@ async def test_a_wait_that_runs_out_reports_it_and_keeps_the_queue_moving() -> N
     lock.release()
     assert await later is True and lock.locked()
     lock.release()
+
+
+async def test_a_session_being_handed_to_a_waiter_still_bounds_the_next_wait() -> None:
+    # Released to a queued waiter that has not run yet, the lock is not ``locked()``; a send
+    # arriving then still waits at most session_wait_s, not for as long as that waiter holds it.
+    locks = SessionLocks()
+    second_in, second_out = asyncio.Event(), asyncio.Event()
+
+    async def second_send() -> None:
+        async with locks.hold("s", timeout=30):
+            second_in.set()
+            await second_out.wait()
+
+    async def second_leaves_later() -> None:
+        await second_in.wait()
+        for _ in range(50):  # a zero wait ends within a few iterations: long before this
+            await asyncio.sleep(0)
+        second_out.set()
+
+    first = locks.hold("s", timeout=30)
+    await first.__aenter__()
+    second = asyncio.ensure_future(second_send())
+    later = asyncio.ensure_future(second_leaves_later())
+    for _ in range(3):  # the second send queues on the lock
+        await asyncio.sleep(0)
+    await first.__aexit__(None, None, None)  # handed to the second send, which has not run yet
+    assert not locks.locked("s")
+    with pytest.raises(SessionBusyError):
+        async with locks.hold("s", timeout=0.0):
+            pass
+    assert not second_out.is_set()
+    await asyncio.gather(second, later)

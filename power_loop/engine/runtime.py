@@ -85,7 +85,8 @@ class SessionLocks:
         """
         lock = self._lock(session_id)
         started = time.monotonic()
-        if lock.locked():
+        # A lock being handed to a waiter is not ``locked()`` yet, but an acquire queues.
+        if lock.locked() or getattr(lock, "_waiters", None):
             if not await acquire_within(lock, timeout):
                 raise SessionBusyError(
                     f"session {session_id!r} is busy with another run in this process and stayed busy for "
