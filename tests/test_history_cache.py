@@ -3,11 +3,14 @@ parked as their stored JSON (out of the garbage collector's sight) and come back
 
 from __future__ import annotations
 
+import asyncio
 import gc
+import sqlite3
+from contextlib import closing
 
 import pytest
 
-from power_loop import AgentLoopConfig, ConfigurationError, StatefulAgentLoop
+from power_loop import AgentLoopConfig, ConfigurationError, StatefulAgentLoop, tool
 from power_loop.engine.history import UNPARK_ON_LOOP_MAX, HistoryCache, Transcript
 from power_loop.messages import (
     AssistantMessage,
@@ -17,8 +20,11 @@ from power_loop.messages import (
     ToolResultMessage,
     UserMessage,
     message_json,
+    message_to_dict,
 )
-from power_loop.testing import ScriptedLLM, text_reply
+from power_loop.testing import ScriptedLLM, text_reply, tool_reply
+
+from .helpers import registry
 
 
 def transcript(tag: str, version: int = 3) -> Transcript:
@@ -134,3 +140,44 @@ async def test_a_long_parked_history_is_decoded_off_the_event_loop() -> None:
     assert back.seqs == list(range(1, UNPARK_ON_LOOP_MAX + 2)) and back.version == 7
     assert cache.get("long") is back  # hot again
     assert await cache.take("missing") is None
+
+
+@pytest.mark.parametrize("hot", [0, 1])
+async def test_a_history_parked_while_its_run_goes_on_is_cached_as_the_run_left_it(db_path: str, hot: int) -> None:
+    # More sessions ran at once than stay hot: a run's history was parked while the run still
+    # appended to it. After the run the cache holds what the run left, at the stored version,
+    # so the next send to the session is served from the cache, not reloaded.
+    entered, release = asyncio.Event(), asyncio.Event()
+
+    @tool
+    async def wait_here() -> str:
+        """Wait until released."""
+        entered.set()
+        await release.wait()
+        return "released"
+
+    llm = ScriptedLLM([tool_reply(("wait_here", {})), text_reply("b done"), text_reply("a done")])
+    loop = StatefulAgentLoop(
+        llm=llm,
+        db_path=db_path,
+        tool_registry=registry(wait_here),
+        config=AgentLoopConfig(history_cache_size=8, history_cache_hot=hot),
+    )
+    try:
+        a, b = await loop.new_session_async(), await loop.new_session_async()
+        running = asyncio.ensure_future(loop.send("a", session_id=a))
+        await entered.wait()
+        await loop.send("b", session_id=b)  # its history is the most recent: "a" is parked
+        release.set()
+        assert (await running).final_text == "a done"
+
+        cached = loop._rt.histories.get(a)
+        assert cached is not None
+        with closing(sqlite3.connect(db_path)) as raw:
+            (version,) = raw.execute("SELECT version FROM sessions WHERE session_id = ?", (a,)).fetchone()
+        assert cached.version == version
+        assert [m["content"] for m in map(message_to_dict, cached.messages)] == [
+            m["content"] for m in await loop.get_messages_async(a)
+        ]
+    finally:
+        await loop.aclose()

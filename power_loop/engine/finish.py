@@ -38,6 +38,7 @@ async def finish(run: Run, end: End) -> StatefulResult:
         # An ending nobody is told of (a wake-up another run had taken) is no answer to deliver.
         ending = run.finish_op(end.status, final_text=end.final_text, deliver=end.announced)
         await run.writer.write([*end.ops, ending])
+    run.rt.histories.settle(run.session_id, run.transcript)
     if end.announced:
         await _session_end(run, end.status, end.final_text, end.reason or end.status)
     wake_parent(run)

@@ -202,6 +202,20 @@ class HistoryCache:
             else:
                 hot.popitem(last=False)
 
+    def settle(self, session_id: str, transcript: Transcript) -> None:
+        """The run of ``session_id`` ended with ``transcript``.
+
+        A run's history is parked when more sessions were used since it began than stay hot
+        (many sessions running at once); the run goes on extending its own transcript, so the
+        parked copy is older than the run's end, and the next send would reload the history
+        from the store. The run's transcript takes its place. A session no longer cached (its
+        entry was dropped or evicted meanwhile) stays out.
+        """
+        parked = self._parked.get(session_id)
+        if parked is not None and parked.version != transcript.version:
+            del self._parked[session_id]
+            self._keep(session_id, transcript)
+
     def drop(self, session_id: str) -> None:
         """Forget a session (after an error, or when it is closed)."""
         self._hot.pop(session_id, None)
