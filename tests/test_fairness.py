@@ -5,12 +5,15 @@ threads, as ``send_sync`` does, never strands another loop's waiters)."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import threading
 import time
+import warnings
 
 import pytest
 
 from power_loop._fairness import TickGate
+from power_loop.providers import _transport
 
 HANG_GUARD_S = 30  # only against a hang: the turns are granted within a few loop iterations
 
@@ -119,3 +122,47 @@ async def test_a_cancelled_waiter_does_not_block_the_others() -> None:
 def test_a_negative_budget_is_refused() -> None:
     with pytest.raises(ValueError, match="budget_s"):
         TickGate(budget_s=-1)
+
+
+async def test_a_request_cancelled_while_its_response_waits_for_a_turn_closes_its_connection(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The response head has arrived and the transport waits for a turn; cancelled there, the
+    # connection (never handed to a response) is closed, not left to the garbage collector.
+    client_gone = asyncio.Event()
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        await writer.drain()
+        await reader.read()  # until the client closes
+        client_gone.set()
+        writer.close()
+
+    waiting = asyncio.Event()
+
+    class CrowdedGate:
+        async def turn(self) -> None:
+            waiting.set()
+            await asyncio.Event().wait()  # many steps ahead: no turn before the cancellation
+
+    monkeypatch.setattr(_transport, "EVENT_LOOP_GATE", CrowdedGate())
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    lib = _transport.default_http_library()
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            async with lib.AsyncClient(transport=_transport.native_transport(lib)) as client:
+                request = asyncio.ensure_future(client.get(f"http://127.0.0.1:{port}/"))
+                await waiting.wait()
+                request.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await request
+                del request
+                gc.collect()
+                await asyncio.wait_for(client_gone.wait(), HANG_GUARD_S)
+        assert [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)] == []
+    finally:
+        server.close()
+        await server.wait_closed()

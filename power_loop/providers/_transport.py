@@ -200,7 +200,11 @@ def _build(lib: Any) -> Any:
                     raise
                 # Decoding the response (the SDK's models, the run folding it in) is the other
                 # heavy step of a round: responses that arrive together take turns.
-                await EVENT_LOOP_GATE.turn()
+                try:
+                    await EVENT_LOOP_GATE.turn()
+                except BaseException:  # cancelled while waiting: the response is never read
+                    conn.close()
+                    raise
                 stream = _ResponseBody(self, conn, request.method, status, headers, timeouts.get("read"), version)
                 response: httpx.Response = lib.Response(
                     status,
