@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import gc
 import sqlite3
+import sys
+import threading
 from contextlib import closing
 
 import pytest
@@ -181,3 +183,38 @@ async def test_a_history_parked_while_its_run_goes_on_is_cached_as_the_run_left_
         ]
     finally:
         await loop.aclose()
+
+
+def test_threads_sharing_one_cache_never_see_it_half_changed() -> None:
+    # send_sync in several threads shares one loop's cache. Parking encodes while an entry is
+    # between the tiers, and eviction checks then pops: interleaved (a tiny switch interval
+    # makes it happen every time), unguarded steps raised KeyError.
+    cache = HistoryCache(capacity=3, hot=1)
+    errors: list[BaseException] = []
+
+    def churn(n: int) -> None:
+        try:
+            for i in range(2000):
+                t = Transcript(version=i)
+                t.messages.extend(UserMessage(content=f"m{k}") for k in range(20))
+                t.seqs.extend(range(20))
+                session = f"s{(n * 7 + i) % 6}"
+                cache.put(session, t)
+                cache.get(f"s{(i + n) % 6}")
+                if i % 5 == 0:
+                    cache.drop(session)
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        threads = [threading.Thread(target=churn, args=(n,)) for n in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        sys.setswitchinterval(interval)
+    assert errors == []
+    assert len(cache) <= 3 and len(cache._hot) <= 1

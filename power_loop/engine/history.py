@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 
@@ -154,9 +155,16 @@ class HistoryCache:
         self.hot = max(0, min(hot, capacity))
         self._hot: OrderedDict[str, Transcript] = OrderedDict()
         self._parked: OrderedDict[str, _Parked] = OrderedDict()
+        # ``send_sync`` in several threads shares one loop's cache: each change of the two
+        # tiers (several steps; parking encodes) happens under this lock.
+        self._lock = threading.Lock()
 
     def get(self, session_id: str) -> Transcript | None:
         """The cached transcript, marked most recently used (unparked if it was parked)."""
+        with self._lock:
+            return self._get(session_id)
+
+    def _get(self, session_id: str) -> Transcript | None:
         found = self._hot.get(session_id)
         if found is not None:
             self._hot.move_to_end(session_id)
@@ -171,22 +179,25 @@ class HistoryCache:
     async def take(self, session_id: str) -> Transcript | None:
         """:meth:`get` for the event loop: a long parked history is decoded in a worker
         thread (where CPython's switch interval lets the loop run meanwhile), not on the loop."""
-        parked = self._parked.get(session_id)
-        if parked is None or len(parked.bodies) <= UNPARK_ON_LOOP_MAX:
-            return self.get(session_id)
+        with self._lock:
+            parked = self._parked.get(session_id)
+            if parked is None or len(parked.bodies) <= UNPARK_ON_LOOP_MAX:
+                return self._get(session_id)
         transcript = await asyncio.to_thread(parked.unpark)
-        if self._parked.get(session_id) is not parked:
-            return self.get(session_id)  # dropped or replaced meanwhile: what is cached now
-        del self._parked[session_id]
-        self._keep(session_id, transcript)
+        with self._lock:
+            if self._parked.get(session_id) is not parked:
+                return self._get(session_id)  # dropped or replaced meanwhile: what is cached now
+            del self._parked[session_id]
+            self._keep(session_id, transcript)
         return transcript
 
     def put(self, session_id: str, transcript: Transcript) -> None:
         """Cache ``transcript`` (parking, then evicting, the least recently used)."""
         if self.capacity <= 0:
             return
-        self._parked.pop(session_id, None)
-        self._keep(session_id, transcript)
+        with self._lock:
+            self._parked.pop(session_id, None)
+            self._keep(session_id, transcript)
 
     def _keep(self, session_id: str, transcript: Transcript) -> None:
         hot, parked = self._hot, self._parked
@@ -211,20 +222,23 @@ class HistoryCache:
         from the store. The run's transcript takes its place. A session no longer cached (its
         entry was dropped or evicted meanwhile) stays out.
         """
-        parked = self._parked.get(session_id)
-        if parked is not None and parked.version != transcript.version:
-            del self._parked[session_id]
-            self._keep(session_id, transcript)
+        with self._lock:
+            parked = self._parked.get(session_id)
+            if parked is not None and parked.version != transcript.version:
+                del self._parked[session_id]
+                self._keep(session_id, transcript)
 
     def drop(self, session_id: str) -> None:
         """Forget a session (after an error, or when it is closed)."""
-        self._hot.pop(session_id, None)
-        self._parked.pop(session_id, None)
+        with self._lock:
+            self._hot.pop(session_id, None)
+            self._parked.pop(session_id, None)
 
     def clear(self) -> None:
         """Forget everything."""
-        self._hot.clear()
-        self._parked.clear()
+        with self._lock:
+            self._hot.clear()
+            self._parked.clear()
 
     def __len__(self) -> int:
         return len(self._hot) + len(self._parked)
