@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import threading
+from typing import Any
 
 import pytest
 
 from power_loop import LeaseLostError, SchemaVersionError, SQLiteSessionStore, StoreError
 from power_loop.messages import AssistantMessage, ToolCall, ToolResultMessage, UserMessage
+from power_loop.store._sqlite_conn import _Job
 from power_loop.store.rows import Append, BeginRun, FinishRun, LeaseClaim, UpdateToolCall
 from power_loop.store.schema import LATEST_VERSION
 
@@ -76,10 +79,39 @@ async def test_a_result_nobody_takes_does_not_stall_the_writer(db_path: str) -> 
     the worker sleeps (GIL released) so the event loop can take it; a result nobody ever
     takes (its event loop is gone) costs a bounded wait, never a hang."""
     async with SQLiteSessionStore(db_path) as store:
-        store._handed = asyncio.get_running_loop().create_future()  # never completed
+        store._handed = _Job(loop=asyncio.get_running_loop())  # never completed
         await asyncio.wait_for(store.create_session("s"), 30)
         await asyncio.wait_for(store.create_session("t"), 30)
         assert {s.session_id for s in await store.list_sessions()} == {"s", "t"}
+
+
+async def test_a_caller_cancelled_mid_transaction_waits_for_it_and_the_write_stands(db_path: str) -> None:
+    """A transaction handed to the worker cannot be taken back: the cancelled caller gets
+    ``CancelledError`` only once it has ended, and what it wrote is committed."""
+    started, release = threading.Event(), threading.Event()
+
+    def slow_create(tx: Any) -> str:
+        tx.execute("CREATE TABLE probe (x INTEGER)")
+        tx.execute("INSERT INTO probe VALUES (1)")
+        started.set()
+        release.wait(30)
+        return "done"
+
+    async with SQLiteSessionStore(db_path) as store:
+        task = asyncio.ensure_future(store._call(slow_create))
+        try:
+            await asyncio.to_thread(started.wait, 30)
+            task.cancel()
+            for _ in range(20):  # the job runs on: the task stays pending however often it is run
+                await asyncio.sleep(0)
+            assert not task.done()
+        finally:
+            release.set()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert await store.execute_fetchall("SELECT x FROM probe") == [(1,)]
+        await store.create_session("after")  # the worker goes on
+        assert [s.session_id for s in await store.list_sessions()] == ["after"]
 
 
 async def test_cascade_delete_removes_everything(db_path: str) -> None:

@@ -28,7 +28,6 @@ import concurrent.futures
 import os
 import sqlite3
 import threading
-import time
 import warnings
 import weakref
 from collections.abc import Callable, Coroutine, Generator
@@ -51,11 +50,47 @@ S = TypeVar("S", bound="SQLiteFileStore")
 
 _EXIT_CLOSE_WAIT_S = 5.0  # how long closing from sync code or at exit waits for the worker
 
-HANDOFF_POLL_S = 0.00002
-"""How often the worker looks whether the event loop has taken the previous result."""
-
 HANDOFF_MAX_S = 0.001
 """How long the worker waits, at most, for the event loop to take the previous result."""
+
+
+class _Job(asyncio.Future[T]):
+    """The future a worker job's result lands in.
+
+    Two differences from a plain future:
+
+    - It tells the worker when the event loop has taken its result: ``taken`` is held from
+      creation until the event loop sets the result (or exception), so the worker can block
+      on it (GIL released, one wake-up) instead of polling.
+    - It cannot be cancelled: a job handed to the worker cannot be taken back. A task
+      cancelled while it awaits one is told so once the job has ended (asyncio marks the
+      task and throws ``CancelledError`` at its next step), which is what ``asyncio.shield``
+      plus a wait would do, without the extra future and callbacks on every transaction.
+    """
+
+    def __init__(self, *, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(loop=loop)
+        self.taken = threading.Lock()
+        self.taken.acquire()
+
+    def set_result(self, result: T, /) -> None:
+        try:
+            super().set_result(result)
+        finally:
+            self._hand_back()
+
+    def set_exception(self, exception: type | BaseException, /) -> None:
+        try:
+            super().set_exception(exception)
+        finally:
+            self._hand_back()
+
+    def cancel(self, msg: Any | None = None) -> bool:
+        return False
+
+    def _hand_back(self) -> None:
+        if self.taken.locked():
+            self.taken.release()
 
 
 def configure(conn: sqlite3.Connection, busy_timeout_ms: int) -> None:
@@ -110,7 +145,7 @@ class SQLiteFileStore:
         self._file_id: FileId | None = None  # set by the first opening, then checked
         self._first_open_lock = threading.Lock()
         self._closed = False
-        self._handed: asyncio.Future[Any] | None = None  # the result the worker handed out last
+        self._handed: _Job[Any] | None = None  # the result the worker handed out last
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -321,12 +356,10 @@ class SQLiteFileStore:
             await self._open_async()
             db = self._db
             assert db is not None
-        job: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        job: _Job[T] = _Job(loop=asyncio.get_running_loop())
         return await in_worker(db, partial(self._run_in_worker, fn, tx, job), job)
 
-    def _run_in_worker(
-        self, fn: Callable[[SQLiteTx], T], tx: bool, job: asyncio.Future[T], conn: sqlite3.Connection
-    ) -> T:
+    def _run_in_worker(self, fn: Callable[[SQLiteTx], T], tx: bool, job: _Job[T], conn: sqlite3.Connection) -> T:
         """``_run`` on the worker thread, after handing the GIL to the event loop (below).
 
         Each statement releases the GIL around SQLite's work and takes it back a few
@@ -334,16 +367,14 @@ class SQLiteFileStore:
         transactions back to back would keep the event loop thread (which needs the GIL to
         take each result) waiting for its whole busy period, milliseconds under load.
         CPython's switch interval never forces a hand-over, since the GIL does change hands.
-        So before a transaction, while the event loop has not yet taken the previous result
-        (its future is not done), the worker sleeps in short steps with the GIL released,
-        up to :data:`HANDOFF_MAX_S`. A worker that was idle finds the result taken and does
-        not wait.
+        So before a transaction, while the event loop has not yet taken the previous result,
+        the worker blocks on that result's ``taken`` lock (GIL released) until the event loop
+        sets it, up to :data:`HANDOFF_MAX_S`: one wake-up, no polling. A worker that was idle
+        finds the result taken and does not wait.
         """
         handed = self._handed
-        if handed is not None and not handed.done():
-            deadline = time.perf_counter() + HANDOFF_MAX_S
-            while not handed.done() and time.perf_counter() < deadline:
-                time.sleep(HANDOFF_POLL_S)
+        if handed is not None and handed.taken.locked():
+            handed.taken.acquire(timeout=HANDOFF_MAX_S)
         self._handed = job
         return self._run(fn, tx, conn)
 
@@ -392,14 +423,12 @@ def submit(
     if not db._running or db._connection is None:
         raise ValueError("Connection closed")
     if future is None:
-        future = asyncio.get_running_loop().create_future()
+        future = _Job(loop=asyncio.get_running_loop())
     db._tx.put_nowait((future, partial(fn, db._connection)))
     return future
 
 
-async def in_worker(
-    db: aiosqlite.Connection, fn: Callable[[sqlite3.Connection], T], job: asyncio.Future[T] | None = None
-) -> T:
+async def in_worker(db: aiosqlite.Connection, fn: Callable[[sqlite3.Connection], T], job: _Job[T] | None = None) -> T:
     """Run ``fn(connection)`` on aiosqlite's worker thread and await its result (landing in
     ``job`` when given).
 
@@ -412,14 +441,13 @@ async def in_worker(
     right after cancelling the remaining tasks (a timer runner nobody stopped, a send still
     going); a worker that then reports into the closed loop prints a traceback and dies.
     """
-    job = submit(db, fn, job)
+    if job is None:
+        job = _Job(loop=asyncio.get_running_loop())
+    submit(db, fn, job)
     try:
-        return await asyncio.shield(job)
+        return await job  # a _Job: a cancellation lands once the job has ended
     except asyncio.CancelledError:
-        while not job.done():
-            with suppress(asyncio.CancelledError):
-                await asyncio.wait((job,))
-        if not job.cancelled():
+        if job.done():
             job.exception()  # the caller is cancelled: its outcome is not reported
         raise
 
