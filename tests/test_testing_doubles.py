@@ -310,6 +310,19 @@ async def test_server_echoes_without_a_script() -> None:
         assert server.request_count == 2
 
 
+async def test_a_server_that_keeps_no_requests_still_counts_and_answers() -> None:
+    """What ``python -m power_loop.testing`` runs: a long-lived server nobody inspects keeps
+    no request objects, so its memory stays flat however many it serves."""
+    async with ScriptedServer([text_reply("one")], keep_requests=False) as server:
+        assert (await chat(server, "first")).choices[0].message.content == "one"
+        server.rule = None
+        with pytest.raises(openai.InternalServerError, match="no reply left"):
+            await chat(server, "second")
+        assert server.request_count == 2
+        assert server.requests == []
+        assert "no reply left for request #2" in server.errors[0]
+
+
 async def test_server_exhausted_script_answers_500() -> None:
     async with ScriptedServer([text_reply("only one")]) as server:
         completion = await chat(server, "first")

@@ -41,7 +41,10 @@ def main(argv: list[str] | None = None) -> int:
     done = threading.Event()
     # Before the URL is printed: a parent may send SIGTERM as soon as it has read it.
     signal.signal(signal.SIGTERM, lambda *_: done.set())
-    server = ScriptedServer(script, rule=RULES[args.rule] if not script else None, port=args.port).start()
+    # Nobody can read the requests of a server process: keeping them would grow it forever.
+    server = ScriptedServer(
+        script, rule=RULES[args.rule] if not script else None, port=args.port, keep_requests=False
+    ).start()
     print(server.url, flush=True)
     try:
         done.wait()

@@ -76,9 +76,12 @@ class ScriptedServer:
         rule: Function answering requests once the script is empty (default: echo).
         host: Interface to bind (loopback by default).
         port: Port (0 picks a free one).
+        keep_requests: Keep every request in :attr:`requests` (the default, for tests that
+            look at them). A long-running server nobody inspects (``python -m
+            power_loop.testing``) passes False, so its memory stays flat.
 
     Attributes:
-        requests: Every model request received, in order.
+        requests: Every model request received, in order (empty with ``keep_requests=False``).
     """
 
     def __init__(
@@ -88,6 +91,7 @@ class ScriptedServer:
         rule: Rule | None = None,
         host: str = "127.0.0.1",
         port: int = 0,
+        keep_requests: bool = True,
     ) -> None:
         self._script: deque[ScriptedReply] = deque(script)
         # Once given a script, running past its end is a test bug worth a loud 500; a server
@@ -97,6 +101,8 @@ class ScriptedServer:
         self.host = host
         self.port = port
         self.requests: list[ScriptedRequest] = []
+        self.keep_requests = keep_requests
+        self._received = 0
         self.errors: list[str] = []
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -204,17 +210,19 @@ class ScriptedServer:
     @property
     def request_count(self) -> int:
         """Model requests received so far."""
-        return len(self.requests)
+        return self._received
 
     def _next(self, request: ScriptedRequest) -> ScriptedReply:
         with self._lock:
-            self.requests.append(request)
+            self._received += 1
+            if self.keep_requests:
+                self.requests.append(request)
             if self._script:
                 return self._script.popleft()
         if self.rule is not None:
             return self.rule(request)
         if self._scripted:
-            raise ScriptExhausted(f"ScriptedServer: no reply left for request #{len(self.requests)}")
+            raise ScriptExhausted(f"ScriptedServer: no reply left for request #{self._received}")
         return echo_rule(request)
 
     # ------------------------------------------------------------------ HTTP
