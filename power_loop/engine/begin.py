@@ -27,7 +27,7 @@ from ..messages import UserMessage
 from ..store.rows import BeginOutcome, BeginRun, FinishRun, LeaseClaim, RunTotals
 from .history import Transcript
 from .runtime import Runtime
-from .writer import settle
+from .writer import settle, to_the_end
 
 log = logging.getLogger("power_loop.engine")
 
@@ -105,9 +105,9 @@ async def begin_run(
 
 async def _attempt(rt: Runtime, begin: BeginRun) -> BeginOutcome:
     """One begin transaction; if the caller is cancelled meanwhile, undo its hold first."""
-    task = asyncio.ensure_future(rt.store.begin_run(begin))
+    task = to_the_end(rt.store.begin_run(begin))
     try:
-        return await asyncio.shield(task)
+        return await task
     except asyncio.CancelledError:
         outcome = await settle(task)
         if outcome is not None and outcome.status == "ok":

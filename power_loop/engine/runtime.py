@@ -8,8 +8,7 @@ import secrets
 import threading
 import time
 import weakref
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -76,33 +75,53 @@ class SessionLocks:
         lock = locks.get(session_id)
         return lock is not None and lock.locked()
 
-    @asynccontextmanager
-    async def hold(self, session_id: str, *, timeout: float) -> AsyncIterator[float]:
-        """Hold the session's lock; yields the seconds left of ``timeout``.
+    def hold(self, session_id: str, *, timeout: float) -> _SessionHold:
+        """Hold the session's lock: ``async with locks.hold(sid, timeout=t) as time_left``,
+        where ``time_left`` is the seconds left of ``timeout``.
 
         Raises:
             SessionBusyError: Another run of this process kept the session longer than ``timeout``.
         """
-        lock = self._lock(session_id)
+        return _SessionHold(self, session_id, timeout)
+
+
+class _SessionHold:
+    """The context manager of :meth:`SessionLocks.hold`: a plain class, not an async generator,
+    since every run enters one (fewer objects in flight per run for the collector to walk)."""
+
+    __slots__ = ("_lock", "_locks", "_session_id", "_timeout")
+
+    def __init__(self, locks: SessionLocks, session_id: str, timeout: float) -> None:
+        self._locks = locks
+        self._session_id = session_id
+        self._timeout = timeout
+        self._lock: asyncio.Lock | None = None
+
+    async def __aenter__(self) -> float:
+        lock = self._locks._lock(self._session_id)
+        timeout = self._timeout
         started = time.monotonic()
         # A lock being handed to a waiter is not ``locked()`` yet, but an acquire queues.
         if lock.locked() or getattr(lock, "_waiters", None):
             if not await acquire_within(lock, timeout):
                 raise SessionBusyError(
-                    f"session {session_id!r} is busy with another run in this process and stayed busy for "
+                    f"session {self._session_id!r} is busy with another run in this process and stayed busy for "
                     f"{timeout:.1f}s (AgentLoopConfig.session_wait_s); try again later, or use "
                     "follow_up() to queue the message for the running run",
-                    session_id=session_id,
+                    session_id=self._session_id,
                 )
         else:
             await lock.acquire()
-        try:
-            yield max(0.0, timeout - (time.monotonic() - started))
-        finally:
-            lock.release()
-            locks = self._by_loop.get(asyncio.get_running_loop(), {})
-            if not lock.locked() and not getattr(lock, "_waiters", None):
-                locks.pop(session_id, None)
+        self._lock = lock
+        return max(0.0, timeout - (time.monotonic() - started))
+
+    async def __aexit__(self, *exc: object) -> None:
+        lock, self._lock = self._lock, None
+        assert lock is not None
+        lock.release()
+        locks = self._locks._by_loop.get(asyncio.get_running_loop(), {})
+        if not lock.locked() and not getattr(lock, "_waiters", None):
+            locks.pop(self._session_id, None)
 
 
 @dataclass
@@ -169,18 +188,9 @@ class Runtime:
     # itself keeps only weak references to tasks).
     _running: set[asyncio.Task[Any]] = field(default_factory=set, repr=False)
 
-    @contextmanager
-    def running(self) -> Iterator[None]:
-        """Keep the current task referenced while a run goes on in it."""
-        task = asyncio.current_task()
-        if task is None:  # pragma: no cover - runs always run in a task
-            yield
-            return
-        self._running.add(task)
-        try:
-            yield
-        finally:
-            self._running.discard(task)
+    def running(self) -> _Running:
+        """``with rt.running():`` keeps the current task referenced while a run goes on in it."""
+        return _Running(self._running)
 
     def spawn_task(self, coro: Coroutine[Any, Any, None], *, name: str) -> asyncio.Task[None]:
         """Run ``coro`` as a task the loop owns (a background sub-agent, a parent woken by its
@@ -243,3 +253,22 @@ class Runtime:
             threads, self._threads = self._threads, None
         if threads is not None:
             threads.shutdown()
+
+
+class _Running:
+    """The context manager of :meth:`Runtime.running` (a plain class: one per run)."""
+
+    __slots__ = ("_running", "_task")
+
+    def __init__(self, running: set[asyncio.Task[Any]]) -> None:
+        self._running = running
+        self._task: asyncio.Task[Any] | None = None
+
+    def __enter__(self) -> None:
+        self._task = asyncio.current_task()
+        if self._task is not None:  # runs always run in a task
+            self._running.add(self._task)
+
+    def __exit__(self, *exc: object) -> None:
+        if self._task is not None:
+            self._running.discard(self._task)

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
-from typing import TypeVar
+from collections.abc import Coroutine, Sequence
+from typing import Any, TypeVar
 
 from ..errors import LeaseLostError
 from ..store.protocols import RunStore
@@ -46,6 +46,24 @@ async def settle(task: asyncio.Future[T]) -> T | None:
         log.warning("a store transaction awaited by a cancelled run failed: %r", error)
         return None
     return task.result()
+
+
+class _ToTheEnd(asyncio.Task[T]):
+    """A task nobody can cancel: see :func:`to_the_end`."""
+
+    def cancel(self, msg: Any | None = None) -> bool:
+        return False
+
+
+def to_the_end(coro: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
+    """Run ``coro`` (a store transaction) as a task that cannot be cancelled from outside.
+
+    A task cancelled while it awaits one is told so once it has ended: asyncio marks the
+    awaiting task and throws ``CancelledError`` at its next step, so the caller finds the
+    transaction done (:func:`settle` returns at once) and can act on what it did. That is
+    ``asyncio.shield`` plus a wait, without the extra future and callbacks on every write.
+    """
+    return _ToTheEnd(coro, loop=asyncio.get_running_loop())
 
 
 class RunWriter:
@@ -90,11 +108,11 @@ class RunWriter:
         # Events still follow the run's last write (round_completed, session_ended, ...): the
         # stored high-water mark reserves room for them, so a loop opened later starts above
         # every seq this run can publish.
-        task = asyncio.ensure_future(
+        task = to_the_end(
             self.store.write(self.session_id, ops, lease=self.lease, event_seq=self.emitter.seq + EVENT_SEQ_HEADROOM)
         )
         try:
-            outcome = await asyncio.shield(task)
+            outcome = await task
         except asyncio.CancelledError:
             late = await settle(task)
             if late is not None:

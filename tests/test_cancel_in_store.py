@@ -1,0 +1,77 @@
+"""A send cancelled while its transaction waits on the store's worker: the transaction ends
+(it cannot be taken back), the run is recorded with what it did, and the session is free."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from typing import Any
+
+import pytest
+
+from power_loop import SQLiteSessionStore, StatefulAgentLoop
+from power_loop.testing import ScriptedLLM, text_reply
+from power_loop.testing.script import ScriptedReply, ScriptedRequest
+
+
+class WorkerBlocker:
+    """Queues a job that holds the store's worker thread until released."""
+
+    def __init__(self, store: SQLiteSessionStore) -> None:
+        self.store = store
+        self.started = threading.Event()
+        self.release = threading.Event()
+        self.job: asyncio.Future[Any] | None = None
+
+    def _hold(self, tx: Any) -> None:
+        self.started.set()
+        self.release.wait(30)
+
+    def queue(self) -> None:
+        """From the event loop's thread, without awaiting (a model rule is synchronous)."""
+        self.job = asyncio.ensure_future(self.store._call(self._hold, tx=False))
+
+
+async def _statuses(store: SQLiteSessionStore) -> list[str]:
+    return [status for (status,) in await store.execute_fetchall("SELECT status FROM runs ORDER BY run")]
+
+
+@pytest.mark.parametrize("where", ["begin", "end"])
+async def test_a_send_cancelled_while_its_transaction_is_queued(db_path: str, where: str) -> None:
+    store = SQLiteSessionStore(db_path)
+    blocker = WorkerBlocker(store)
+    answers = iter(["first", "second"])
+
+    def rule(request: ScriptedRequest) -> ScriptedReply:
+        if where == "end" and blocker.job is None:
+            blocker.queue()  # the run's end write queues behind it
+        return text_reply(next(answers))
+
+    async with StatefulAgentLoop(llm=ScriptedLLM(rule=rule), store=store) as loop:
+        sid = loop.new_session()
+        try:
+            if where == "begin":
+                blocker.queue()  # the run's begin queues behind it
+            send = asyncio.ensure_future(loop.send("hello", session_id=sid))
+            await asyncio.to_thread(blocker.started.wait, 30)
+            for _ in range(20):
+                await asyncio.sleep(0)
+            send.cancel()
+            for _ in range(20):  # the transaction is queued behind the blocker: the send waits
+                await asyncio.sleep(0)
+            assert not send.done()
+        finally:
+            blocker.release.set()
+        with pytest.raises(asyncio.CancelledError):
+            await send
+        assert blocker.job is not None
+        await blocker.job
+        # The run is recorded: cancelled while starting, or with the end it committed.
+        assert await _statuses(store) == ["cancelled" if where == "begin" else "completed"]
+        result = await loop.send("again", session_id=sid)  # the session is free
+        assert result.status == "completed"
+        contents = [m["content"] for m in await loop.get_messages_async(sid)]
+        if where == "begin":
+            assert contents == ["hello", "again", "first"]
+        else:
+            assert contents == ["hello", "first", "again", "second"]
