@@ -339,7 +339,10 @@ def run_serve(args: argparse.Namespace) -> int:
         return 1
     finally:
         sock.close()
-    return 0 if server.started else 1
+    # A started server ends only on a signal. uvicorn re-raises it once shut down, which
+    # normally surfaces as KeyboardInterrupt (130, from the caller); when the signal lands as
+    # the serving task returns, asyncio.run returns normally instead: still an interruption.
+    return 130 if server.started else 1
 
 
 async def _probe(db: str) -> None:
