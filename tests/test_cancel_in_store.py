@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from power_loop import SQLiteSessionStore, StatefulAgentLoop
-from power_loop.testing import ScriptedLLM, text_reply
+from power_loop import AgentLoopConfig, SQLiteSessionStore, StatefulAgentLoop, ToolRegistry, tool
+from power_loop.testing import ScriptedLLM, text_reply, tool_reply
 from power_loop.testing.script import ScriptedReply, ScriptedRequest
 
 
@@ -75,3 +75,37 @@ async def test_a_send_cancelled_while_its_transaction_is_queued(db_path: str, wh
             assert contents == ["hello", "again", "first"]
         else:
             assert contents == ["hello", "first", "again", "second"]
+
+
+async def test_the_lease_is_renewed_while_a_run_waits_and_not_after_it(db_path: str) -> None:
+    """Renewal runs on a timer: while a tool waits, the lease's expiry moves forward every
+    third of its lifetime; once the run has ended, nothing renews it any more."""
+    inside, leave = asyncio.Event(), asyncio.Event()
+
+    @tool
+    async def wait_here() -> str:
+        """Wait until released."""
+        inside.set()
+        await leave.wait()
+        return "left"
+
+    async def expiry(sid: str) -> int:
+        rows = await store.execute_fetchall("SELECT lease_expires_at FROM sessions WHERE session_id = ?", (sid,))
+        return int(rows[0][0])
+
+    store = SQLiteSessionStore(db_path)
+    llm = ScriptedLLM([tool_reply(("wait_here", {})), text_reply("done")])
+    config = AgentLoopConfig(lease_ttl_s=0.3)  # renewed every 0.1 s
+    async with StatefulAgentLoop(llm=llm, store=store, tool_registry=ToolRegistry([wait_here]), config=config) as loop:
+        sid = loop.new_session()
+        send = asyncio.ensure_future(loop.send("go", session_id=sid))
+        await asyncio.wait_for(inside.wait(), 30)
+        seen = {await expiry(sid)}
+        while len(seen) < 4:  # three renewals, however slow the machine
+            await asyncio.sleep(0.02)
+            seen.add(await expiry(sid))
+        leave.set()
+        assert (await send).final_text == "done"
+        ended = await expiry(sid)
+        await asyncio.sleep(0.35)  # more than three renewal intervals
+        assert await expiry(sid) == ended

@@ -1,9 +1,10 @@
 """A run's access to the store: fenced writes, the in-memory history, lease renewal.
 
 Every write of a run carries the run's lease (owner + fencing number); the store refuses it
-with ``LeaseLostError`` if another run has taken the session since. A background task renews
-the lease while the run lives, so a long model call or tool never lets it lapse, and a
-crashed process's sessions free up one ``lease_ttl_s`` after its last renewal.
+with ``LeaseLostError`` if another run has taken the session since. The lease is renewed every
+third of its lifetime while the run lives (a timer, then a short task per renewal), so a long
+model call or tool never lets it lapse, and a crashed process's sessions free up one
+``lease_ttl_s`` after its last renewal.
 """
 
 from __future__ import annotations
@@ -82,7 +83,9 @@ class RunWriter:
         self.lease = lease
         self.transcript = transcript
         self.emitter = emitter
-        self._renewer: asyncio.Task[None] | None = None
+        self._renewal: asyncio.TimerHandle | None = None  # the next renewal, when it is due
+        self._renewer: asyncio.Task[None] | None = None  # a renewal in progress
+        self._renewal_stopped = False
         self.lost: LeaseLostError | None = None
         # The session was found paused by one of this run's writes (loop.pause, any process).
         self.paused = False
@@ -142,24 +145,39 @@ class RunWriter:
         return outcome
 
     def start_renewal(self) -> None:
-        """Renew the lease every third of its lifetime until :meth:`stop_renewal`."""
-        if self._renewer is None:
-            self._renewer = asyncio.get_running_loop().create_task(self._renew_forever())
+        """Renew the lease every third of its lifetime until :meth:`stop_renewal`.
 
-    async def _renew_forever(self) -> None:
-        interval = max(self.lease.ttl_ms / 3000.0, 0.05)
-        while True:
-            await asyncio.sleep(interval)
-            try:
-                await self.store.renew_lease(self.session_id, self.lease)
-            except LeaseLostError as exc:
-                self.lost = exc
-                return
-            except Exception:  # a transient store error: the next write will tell
-                log.warning("renewing the lease of session %s failed", self.session_id, exc_info=True)
+        A timer, not a task, waits for each renewal: most runs end before the first one is due,
+        and a timer is one object where a sleeping task is half a dozen for the collector.
+        """
+        if self._renewal is None and not self._renewal_stopped:
+            self._renewal = asyncio.get_running_loop().call_later(self._renew_interval(), self._renewal_due)
+
+    def _renew_interval(self) -> float:
+        return max(self.lease.ttl_ms / 3000.0, 0.05)
+
+    def _renewal_due(self) -> None:
+        self._renewal = None
+        if not self._renewal_stopped:
+            self._renewer = asyncio.get_running_loop().create_task(self._renew_once())
+
+    async def _renew_once(self) -> None:
+        try:
+            await self.store.renew_lease(self.session_id, self.lease)
+        except LeaseLostError as exc:
+            self.lost = exc
+            return
+        except Exception:  # a transient store error: the next write will tell
+            log.warning("renewing the lease of session %s failed", self.session_id, exc_info=True)
+        self._renewer = None
+        self.start_renewal()
 
     async def stop_renewal(self) -> None:
-        """Stop the renewal task."""
+        """Stop renewing; waits for a renewal in progress."""
+        self._renewal_stopped = True
+        timer, self._renewal = self._renewal, None
+        if timer is not None:
+            timer.cancel()
         task, self._renewer = self._renewer, None
         if task is not None:
             task.cancel()
