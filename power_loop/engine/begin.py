@@ -27,7 +27,7 @@ from ..messages import UserMessage
 from ..store.rows import BeginOutcome, BeginRun, FinishRun, LeaseClaim, RunTotals
 from .history import Transcript
 from .runtime import Runtime
-from .writer import settle, to_the_end
+from .writer import settle, settle_to_the_end, to_the_end, unwrap
 
 log = logging.getLogger("power_loop.engine")
 
@@ -107,9 +107,9 @@ async def _attempt(rt: Runtime, begin: BeginRun) -> BeginOutcome:
     """One begin transaction; if the caller is cancelled meanwhile, undo its hold first."""
     task = to_the_end(rt.store.begin_run(begin))
     try:
-        return await task
+        return unwrap(await task)
     except asyncio.CancelledError:
-        outcome = await settle(task)
+        outcome = await settle_to_the_end(task)
         if outcome is not None and outcome.status == "ok":
             await settle(asyncio.ensure_future(_close_cancelled(rt, begin, outcome)))
         raise

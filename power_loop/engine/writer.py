@@ -56,15 +56,54 @@ class _ToTheEnd(asyncio.Task[T]):
         return False
 
 
-def to_the_end(coro: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
+class Raised:
+    """The exception a transaction run by :func:`to_the_end` raised, as its task's result.
+
+    Such a task does not end with the exception itself: ``asyncio.run`` finds it among the
+    tasks it cancels at shutdown, cannot cancel it, and would report its exception as
+    unhandled although the awaiting run took it (:func:`unwrap`, :func:`settle_to_the_end`).
+    """
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+
+async def _carry(coro: Coroutine[Any, Any, T]) -> T | Raised:
+    try:
+        return await coro
+    except Exception as exc:
+        return Raised(exc)
+
+
+def to_the_end(coro: Coroutine[Any, Any, T]) -> asyncio.Task[T | Raised]:
     """Run ``coro`` (a store transaction) as a task that cannot be cancelled from outside.
 
     A task cancelled while it awaits one is told so once it has ended: asyncio marks the
     awaiting task and throws ``CancelledError`` at its next step, so the caller finds the
-    transaction done (:func:`settle` returns at once) and can act on what it did. That is
-    ``asyncio.shield`` plus a wait, without the extra future and callbacks on every write.
+    transaction done (:func:`settle_to_the_end` returns at once) and can act on what it did.
+    That is ``asyncio.shield`` plus a wait, without the extra future and callbacks on every
+    write. An exception of ``coro`` is the task's result (:class:`Raised`): :func:`unwrap`
+    raises it again.
     """
-    return _ToTheEnd(coro, loop=asyncio.get_running_loop())
+    return _ToTheEnd(_carry(coro), loop=asyncio.get_running_loop())
+
+
+def unwrap(outcome: T | Raised) -> T:
+    """The result of a :func:`to_the_end` task, or its transaction's exception raised."""
+    if isinstance(outcome, Raised):
+        raise outcome.error
+    return outcome
+
+
+async def settle_to_the_end(task: asyncio.Future[T | Raised]) -> T | None:
+    """:func:`settle` for a :func:`to_the_end` task: its result, or None when it failed (logged)."""
+    outcome = await settle(task)
+    if isinstance(outcome, Raised):
+        log.warning("a store transaction awaited by a cancelled run failed: %r", outcome.error)
+        return None
+    return outcome
 
 
 class RunWriter:
@@ -115,9 +154,9 @@ class RunWriter:
             self.store.write(self.session_id, ops, lease=self.lease, event_seq=self.emitter.seq + EVENT_SEQ_HEADROOM)
         )
         try:
-            outcome = await task
+            outcome = unwrap(await task)
         except asyncio.CancelledError:
-            late = await settle(task)
+            late = await settle_to_the_end(task)
             if late is not None:
                 self._applied(ops, late)
             elif records:
