@@ -1,5 +1,5 @@
-"""Cancellation around store transactions that cannot be taken back: what asyncio reports at
-shutdown, and lease renewal stopping while a renewal waits on the store."""
+"""Cancellation around store transactions that cannot be taken back: what asyncio reports
+when it shuts down with one still going."""
 
 from __future__ import annotations
 
