@@ -109,3 +109,32 @@ async def test_the_lease_is_renewed_while_a_run_waits_and_not_after_it(db_path: 
         ended = await expiry(sid)
         await asyncio.sleep(0.35)  # more than three renewal intervals
         assert await expiry(sid) == ended
+
+
+async def test_a_result_whose_event_loop_closed_meanwhile_leaves_the_worker_serving(db_path: str) -> None:
+    """A transaction queued from an event loop that is closed before it ends (a ``send_sync``
+    thread's loop, say) is dropped when it ends: the worker thread goes on serving the others
+    (it used to die reporting into the closed loop, and every later call hung)."""
+    async with SQLiteSessionStore(db_path) as store:
+        await store.create_session("before")
+        blocker = WorkerBlocker(store)
+
+        def queue_then_close_loop() -> None:
+            loop = asyncio.new_event_loop()
+            try:
+                blocker.job = loop.run_until_complete(_queue(blocker))
+            finally:
+                loop.close()  # the job is still running on the worker thread
+
+        await asyncio.to_thread(queue_then_close_loop)
+        await asyncio.to_thread(blocker.started.wait, 30)
+        blocker.release.set()
+        await asyncio.wait_for(store.create_session("after"), 30)  # the same worker thread serves it
+        assert {s.session_id for s in await store.list_sessions()} == {"before", "after"}
+
+
+async def _queue(blocker: WorkerBlocker) -> asyncio.Future[Any]:
+    blocker.queue()
+    await asyncio.sleep(0)  # the job is on the worker's queue
+    assert blocker.job is not None
+    return blocker.job

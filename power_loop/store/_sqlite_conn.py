@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextvars
 import os
 import sqlite3
 import threading
@@ -54,36 +55,77 @@ HANDOFF_MAX_S = 0.001
 """How long the worker waits, at most, for the event loop to take the previous result."""
 
 
+_DELIVERY_CONTEXTS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, contextvars.Context] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _delivery_context(loop: asyncio.AbstractEventLoop) -> contextvars.Context:
+    """One empty context per event loop for the callbacks that deliver results: setting a
+    result runs no application code, so it needs no copy of the worker thread's context (a
+    new object per transaction otherwise). Per loop, since a context cannot be entered by
+    two threads at once."""
+    context = _DELIVERY_CONTEXTS.get(loop)
+    if context is None:
+        context = _DELIVERY_CONTEXTS.setdefault(loop, contextvars.Context())
+    return context
+
+
 class _Job(asyncio.Future[T]):
-    """The future a worker job's result lands in.
+    """A unit of work for aiosqlite's worker thread, and the future its result lands in.
 
-    Two differences from a plain future:
+    Three differences from aiosqlite's own ``(future, function)`` items:
 
+    - The job runs itself and delivers its outcome (it is queued as the function, with no
+      future for aiosqlite to report into): one callback on the event loop per transaction,
+      in a shared context, and a job whose event loop has closed meanwhile is dropped
+      instead of killing the worker thread with ``RuntimeError: Event loop is closed``.
     - It tells the worker when the event loop has taken its result: ``taken`` is held from
-      creation until the event loop sets the result (or exception), so the worker can block
-      on it (GIL released, one wake-up) instead of polling.
+      creation until the event loop has set the result (or exception), so the worker can
+      block on it (GIL released, one wake-up) instead of polling.
     - It cannot be cancelled: a job handed to the worker cannot be taken back. A task
       cancelled while it awaits one is told so once the job has ended (asyncio marks the
       task and throws ``CancelledError`` at its next step), which is what ``asyncio.shield``
       plus a wait would do, without the extra future and callbacks on every transaction.
     """
 
+    __slots__ = ("_context", "_conn", "_fn", "taken")
+
     def __init__(self, *, loop: asyncio.AbstractEventLoop) -> None:
         super().__init__(loop=loop)
         self.taken = threading.Lock()
         self.taken.acquire()
+        self._context = _delivery_context(loop)
+        self._fn: Callable[[sqlite3.Connection], T] | None = None
+        self._conn: sqlite3.Connection | None = None
 
-    def set_result(self, result: T, /) -> None:
+    def __call__(self) -> None:
+        """Run the work on the worker thread (aiosqlite's queue calls it) and deliver it."""
+        fn, conn = self._fn, self._conn
+        self._fn = self._conn = None
+        assert fn is not None and conn is not None
         try:
-            super().set_result(result)
-        finally:
+            result = fn(conn)
+        except BaseException as exc:  # delivered to the caller, as aiosqlite does
+            self._deliver(self._settle_exception, exc)
+        else:
+            self._deliver(self._settle_result, result)
+
+    def _deliver(self, settle: Callable[[Any], None], outcome: Any) -> None:
+        try:
+            self.get_loop().call_soon_threadsafe(settle, outcome, context=self._context)
+        except RuntimeError:  # its event loop is closed: nobody is left to take it
             self._hand_back()
 
-    def set_exception(self, exception: type | BaseException, /) -> None:
-        try:
-            super().set_exception(exception)
-        finally:
-            self._hand_back()
+    def _settle_result(self, result: T) -> None:
+        if not self.done():
+            self.set_result(result)
+        self._hand_back()
+
+    def _settle_exception(self, exc: BaseException) -> None:
+        if not self.done():
+            self.set_exception(exc)
+        self._hand_back()
 
     def cancel(self, msg: Any | None = None) -> bool:
         return False
@@ -410,22 +452,20 @@ def stop_worker(db: aiosqlite.Connection, worker: threading.Thread, wait_s: floa
         worker.join(wait_s)
 
 
-def submit(
-    db: aiosqlite.Connection, fn: Callable[[sqlite3.Connection], T], future: asyncio.Future[T] | None = None
-) -> asyncio.Future[T]:
+def submit(db: aiosqlite.Connection, fn: Callable[[sqlite3.Connection], T], future: _Job[T] | None = None) -> _Job[T]:
     """Queue ``fn(connection)`` on ``db``'s worker thread; the future its result lands in
     (``future`` when given, else a new one of the running event loop).
 
     What ``Connection._execute`` does, without the coroutine and the task around it (one store
-    call per transaction, on every step of every run): the same ``(future, function)`` item
-    on the same queue, so the worker reports exactly as it does for aiosqlite's own calls.
+    call per transaction, on every step of every run): an item on the same queue, whose
+    function is the job itself (it delivers its own outcome: see :class:`_Job`).
     """
     if not db._running or db._connection is None:
         raise ValueError("Connection closed")
-    if future is None:
-        future = _Job(loop=asyncio.get_running_loop())
-    db._tx.put_nowait((future, partial(fn, db._connection)))
-    return future
+    job = _Job(loop=asyncio.get_running_loop()) if future is None else future
+    job._fn, job._conn = fn, db._connection
+    db._tx.put_nowait((None, job))  # the job delivers its own outcome
+    return job
 
 
 async def in_worker(db: aiosqlite.Connection, fn: Callable[[sqlite3.Connection], T], job: _Job[T] | None = None) -> T:
