@@ -71,6 +71,27 @@ def _delivery_context(loop: asyncio.AbstractEventLoop) -> contextvars.Context:
     return context
 
 
+class _Reported:
+    """What a job's queue item gives aiosqlite's worker as its future: nothing to report into,
+    since the job delivers its own outcome. Falsy, so aiosqlite 0.22 reports nothing; 0.20 and
+    0.21 report every item unconditionally (``future.get_loop().call_soon_threadsafe(...)``),
+    into this no-op (``None`` there would raise on the worker thread and end it)."""
+
+    __slots__ = ()
+
+    def __bool__(self) -> bool:
+        return False
+
+    def get_loop(self) -> _Reported:
+        return self
+
+    def call_soon_threadsafe(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
+_REPORTED = _Reported()
+
+
 class _Job(asyncio.Future[T]):
     """A unit of work for aiosqlite's worker thread, and the future its result lands in.
 
@@ -464,7 +485,7 @@ def submit(db: aiosqlite.Connection, fn: Callable[[sqlite3.Connection], T], futu
         raise ValueError("Connection closed")
     job = _Job(loop=asyncio.get_running_loop()) if future is None else future
     job._fn, job._conn = fn, db._connection
-    db._tx.put_nowait((None, job))  # the job delivers its own outcome
+    db._tx.put_nowait((_REPORTED, job))  # type: ignore[arg-type]  # the job delivers its own outcome
     return job
 
 

@@ -1,0 +1,39 @@
+"""The store's jobs on aiosqlite's worker queue, with every aiosqlite release pyproject.toml
+allows: the worker thread serves transaction after transaction."""
+
+from __future__ import annotations
+
+import asyncio
+
+from power_loop import SQLiteSessionStore
+from power_loop.store._sqlite_conn import worker_thread
+
+
+def _served_from_own_loop(store: SQLiteSessionStore, session_id: str) -> bool:
+    """One store call from another event loop (``send_sync`` style); whether it ended. A call
+    the worker never serves cannot be cancelled, so this loop is abandoned rather than waited."""
+    loop = asyncio.new_event_loop()
+    try:
+        call = loop.create_task(store.create_session(session_id))
+        loop.run_until_complete(asyncio.wait({call}, timeout=30))
+        return call.done() and call.exception() is None
+    finally:
+        loop.close()
+
+
+async def test_the_worker_thread_outlives_every_transaction(db_path: str) -> None:
+    """aiosqlite 0.20 and 0.21 report every queue item into its future, whatever the item:
+    a job queued without one used to end the worker thread after the first transaction, and
+    every later call hung."""
+    store = SQLiteSessionStore(db_path)
+    try:
+        await store.create_session("s0")  # the first transaction ends either way
+        assert store._db is not None
+        worker = worker_thread(store._db)
+        assert await asyncio.to_thread(_served_from_own_loop, store, "s1")
+        await store.create_session("s2")
+        sessions = await store.list_sessions()
+        assert {s.session_id for s in sessions} == {"s0", "s1", "s2"}
+        assert worker.is_alive()
+    finally:
+        store.close_nowait()  # returns at once when the worker thread has ended
