@@ -311,3 +311,31 @@ async def test_a_version_5_file_with_data_migrates_to_the_counters(db_path: str)
         assert out.seqs == (4,)
         assert [m.seq for m in await store.load_messages("old")] == [1, 2, 3, 4]
         assert (await store.schedule_timer("old", due_at=10, note="next")).timer_id == 5
+
+
+def test_a_transaction_reuses_a_cursor_only_once_its_caller_has_let_go(tmp_path: Any) -> None:
+    """Statements of one transaction share a cursor while no caller holds the last one (fewer
+    objects for the collector); a cursor a caller still iterates or reads is never reused."""
+    from power_loop.store._sqlite_tx import SQLiteTx
+
+    conn = sqlite3.connect(tmp_path / "cursors.db")
+    try:
+        conn.execute("CREATE TABLE t (x INTEGER)")
+        conn.executemany("INSERT INTO t VALUES (?)", [(i,) for i in range(5)])
+        tx = SQLiteTx(conn)
+        seen = []
+        for row in tx.execute("SELECT x FROM t ORDER BY x"):  # iterated while others run
+            seen.append(row["x"])
+            assert tx.execute("SELECT COUNT(*) AS n FROM t").fetchone()["n"] == 5
+        assert seen == [0, 1, 2, 3, 4]
+        held = tx.execute("UPDATE t SET x = x + 1")
+        assert tx.execute("SELECT MAX(x) AS m FROM t").fetchone()["m"] == 5
+        assert held.rowcount == 5  # still its own statement's count
+        first = tx.execute("SELECT 1 AS one")
+        first_id = id(first)
+        assert first.fetchone()["one"] == 1
+        del first
+        second = tx.execute("SELECT 2 AS two")  # the caller let go: the same cursor again
+        assert id(second) == first_id and second.fetchone()["two"] == 2
+    finally:
+        conn.close()

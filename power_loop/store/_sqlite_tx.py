@@ -15,6 +15,7 @@ match the row by its key, which the update does not change.
 from __future__ import annotations
 
 import sqlite3
+import sys
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, ClassVar, TypeVar
 
@@ -27,10 +28,29 @@ T = TypeVar("T")
 _RETURNING = " RETURNING "
 
 
+class _Holder:
+    __slots__ = ("_cursor",)
+
+    def __init__(self) -> None:
+        self._cursor = object()
+
+
+def _unshared_refs() -> int:
+    """``sys.getrefcount`` of an object referred to only as :meth:`SQLiteTx._free_cursor`
+    refers to its cursor (an attribute and a local name), measured the same way: the count
+    differs across Python versions, which borrow some references."""
+    holder = _Holder()
+    cursor = holder._cursor
+    return sys.getrefcount(cursor)
+
+
+_UNSHARED_REFS = _unshared_refs()
+
+
 class SQLiteTx:
     """One transaction's statements on ``conn`` (the connection's own thread only)."""
 
-    __slots__ = ("conn",)
+    __slots__ = ("_cursor", "conn")
 
     dialect: ClassVar[str] = "sqlite"
 
@@ -39,6 +59,23 @@ class SQLiteTx:
 
     def __init__(self, conn: sqlite3.Connection) -> None:
         self.conn = conn
+        self._cursor: sqlite3.Cursor | None = None
+
+    def _free_cursor(self) -> sqlite3.Cursor:
+        """A cursor for the next statement: the last one when its caller has let go of it.
+
+        Every new cursor is also a weak reference the connection keeps until it has made 200
+        more, so a transaction of a few statements would leave a dozen objects for the garbage
+        collector each time. A cursor nobody else references (CPython's reference count: this
+        transaction's own, the local name and the call's argument) holds no result anyone
+        will read, so it is reused; one a caller still holds (it iterates the rows, or keeps
+        the cursor for its ``rowcount``) is left alone.
+        """
+        cursor = self._cursor
+        if cursor is None or sys.getrefcount(cursor) > _UNSHARED_REFS:
+            cursor = self._cursor = self.conn.cursor()
+            cursor.row_factory = sqlite3.Row
+        return cursor
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Cursor:
         """Run one statement; its rows read by column name."""
@@ -48,9 +85,7 @@ class SQLiteTx:
                     f"SQLite {sqlite3.sqlite_version} has no RETURNING; only UPDATE ... RETURNING is emulated"
                 )
             return self._update_returning(sql, params)
-        cursor = self.conn.cursor()
-        cursor.row_factory = sqlite3.Row
-        return cursor.execute(sql, params)
+        return self._free_cursor().execute(sql, params)
 
     def _update_returning(self, sql: str, params: Sequence[Any]) -> sqlite3.Cursor:
         """``UPDATE t SET ... WHERE w RETURNING c`` as the update, then ``SELECT c FROM t WHERE w``
