@@ -4,6 +4,9 @@ allows: the worker thread serves transaction after transaction."""
 from __future__ import annotations
 
 import asyncio
+from typing import Any
+
+import pytest
 
 from power_loop import SQLiteSessionStore
 from power_loop.store._sqlite_conn import worker_thread
@@ -37,3 +40,28 @@ async def test_the_worker_thread_outlives_every_transaction(db_path: str) -> Non
         assert worker.is_alive()
     finally:
         store.close_nowait()  # returns at once when the worker thread has ended
+
+
+async def test_a_transaction_raising_stop_iteration_fails_instead_of_hanging(db_path: str) -> None:
+    """A future refuses StopIteration: reported as it is, the caller waited forever. It comes
+    back as a RuntimeError (as from a coroutine), the transaction is rolled back, and the
+    store goes on serving."""
+    store = SQLiteSessionStore(db_path)
+    try:
+        await store.create_session("s0")
+
+        def half_done(tx: Any) -> None:
+            tx.execute("UPDATE sessions SET metadata = '{\"half\": 1}'")
+            next(iter(()))  # an exhausted iterator inside a transaction
+
+        call = asyncio.ensure_future(store._call(half_done))
+        await asyncio.wait({call}, timeout=30)  # a job cannot be cancelled: no wait_for
+        assert call.done(), "the caller was never told how its transaction ended"
+        with pytest.raises(RuntimeError, match="StopIteration") as caught:
+            call.result()
+        assert isinstance(caught.value.__cause__, StopIteration)
+        sessions = await store.list_sessions()
+        assert [s.session_id for s in sessions] == ["s0"]
+        assert sessions[0].metadata == {}  # rolled back
+    finally:
+        await store.close()

@@ -127,6 +127,13 @@ class _Job(asyncio.Future[T]):
         assert fn is not None and conn is not None
         try:
             result = fn(conn)
+        except StopIteration as exc:
+            # A future refuses StopIteration (set_exception raises TypeError in the event
+            # loop's callback and the caller would wait forever): report it as a coroutine
+            # body would (PEP 479).
+            error = RuntimeError(f"a store operation raised StopIteration: {exc!r}")
+            error.__cause__ = exc
+            self._deliver(self._settle_exception, error)
         except BaseException as exc:  # delivered to the caller, as aiosqlite does
             self._deliver(self._settle_exception, exc)
         else:
