@@ -210,3 +210,44 @@ async def test_a_follow_up_waits_for_a_finishing_run_instead_of_slipping_past_it
     assert await queued is None  # the session is idle now: the caller sends it itself
     assert await store.inbox_depth("s") == 0
     await store.aclose()
+
+
+async def test_a_row_locked_too_long_is_a_clear_error_not_a_hang(pg_schema: PostgresSchema) -> None:
+    """A connection that keeps a session's row locked (a process stopped inside a
+    transaction) makes another store call wait ``lock_timeout_s``, then fail with
+    StoreLockedError, rolled back; once the row is free the same call succeeds."""
+    from power_loop import StoreLockedError
+
+    store = PostgresSessionStore(pg_schema.url, schema=pg_schema.schema, lock_timeout_s=0.2)
+    try:
+        await store.create_session("s")
+        with psycopg.connect(pg_schema.url) as holder:  # a transaction left open
+            holder.execute(f'SELECT 1 FROM "{pg_schema.schema}".sessions WHERE session_id = %s FOR UPDATE', ("s",))
+            call = asyncio.ensure_future(store.delete_session("s"))
+            await asyncio.wait({call}, timeout=30)
+            assert call.done(), "the call waited for the lock without limit"
+            with pytest.raises(StoreLockedError, match="lock_timeout_s"):
+                call.result()
+        assert await store.get_session_async("s") is not None  # nothing of it was committed
+        assert await store.delete_session("s") == 1
+    finally:
+        await store.aclose()
+
+
+@pytest.mark.parametrize("pooler", [False, True])
+async def test_the_lock_timeout_is_set_on_every_connection(pg_schema: PostgresSchema, pooler: bool) -> None:
+    """Directly connected, each pooled connection is configured once; behind a transaction
+    pooler every transaction sets it (and the schema) for itself."""
+    store = PostgresSessionStore(pg_schema.url, schema=pg_schema.schema, lock_timeout_s=1.5, transaction_pooler=pooler)
+    try:
+        seen = await store._call(lambda tx: tx.execute("SHOW lock_timeout").fetchone())
+        assert seen == ("1500ms",)
+        unlimited = PostgresSessionStore(pg_schema.url, schema=pg_schema.schema, lock_timeout_s=None)
+        try:
+            assert await unlimited._call(lambda tx: tx.execute("SHOW lock_timeout").fetchone()) == ("0",)
+        finally:
+            await unlimited.aclose()
+    finally:
+        await store.aclose()
+    with pytest.raises(ValueError, match="lock_timeout_s"):
+        PostgresSessionStore(pg_schema.url, lock_timeout_s=0)

@@ -27,7 +27,7 @@ DB_URL_ENV = "POWER_LOOP_DB_URL"
 """The environment variable ``power-loop demo`` / ``worker`` read the store's URL from."""
 
 _PG_OPTIONS = frozenset(
-    {"schema", "min_size", "max_size", "prepare_threshold", "transaction_pooler", "connect_timeout_s"}
+    {"schema", "min_size", "max_size", "prepare_threshold", "transaction_pooler", "connect_timeout_s", "lock_timeout_s"}
 )
 
 
@@ -58,7 +58,7 @@ def open_store(url: str | os.PathLike[str], **options: Any) -> SessionStoreProto
         **options: For PostgreSQL, the keyword arguments of
             :class:`~power_loop.store.postgres.PostgresSessionStore` (``schema``,
             ``min_size``, ``max_size``, ``prepare_threshold``, ``transaction_pooler``,
-            ``connect_timeout_s``); for SQLite, ``busy_timeout_s``.
+            ``connect_timeout_s``, ``lock_timeout_s``); for SQLite, ``busy_timeout_s``.
 
     Raises:
         ValueError: An empty URL, an unknown URL scheme, or an option the backend does not take.

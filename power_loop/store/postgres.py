@@ -52,6 +52,7 @@ T = TypeVar("T")
 
 _RETRIED_SQLSTATES = frozenset({"40001", "40P01"})  # serialization failure, deadlock detected
 _RETRIES = 5
+_LOCK_NOT_AVAILABLE = "55P03"  # lock_timeout expired
 _INSTALL = 'PostgreSQL stores need psycopg 3: pip install "power-loop[postgres]"'
 
 
@@ -82,8 +83,15 @@ def _psycopg() -> tuple[Any, Any]:
     return psycopg, psycopg_pool
 
 
-def _set_search_path(schema: str, conn: Any) -> None:
-    conn.execute(f'SET search_path TO "{schema}"')
+def _session_settings(schema: str, lock_timeout_ms: int | None, *, local: bool) -> str:
+    """The ``SET`` statements every transaction runs under: the schema, and how long a
+    statement waits for a row lock held by another connection (0: no limit)."""
+    scope = "SET LOCAL" if local else "SET"
+    return f'{scope} search_path TO "{schema}"; {scope} lock_timeout = {lock_timeout_ms or 0}'
+
+
+def _configure(settings: str, conn: Any) -> None:
+    conn.execute(settings)
 
 
 def _close_pool(pool: Any, executor: ThreadPoolExecutor) -> None:
@@ -110,6 +118,10 @@ class PostgresSessionStore(StoreOperations, InspectMethods):
             no prepared statements).
         connect_timeout_s: How long opening the pool waits for its first connection, and a
             store call for a free connection.
+        lock_timeout_s: How long a statement waits for a row another connection holds
+            locked (PostgreSQL's ``lock_timeout``) before its transaction is rolled back
+            with :class:`StoreLockedError`: a process stopped in the middle of a
+            transaction cannot hang every other one. None waits without limit.
 
     Use ``async with PostgresSessionStore(url) as store``, ``await store.open()`` /
     ``await store.aclose()``, or hand it to ``StatefulAgentLoop(store=...)`` (connections open
@@ -126,9 +138,12 @@ class PostgresSessionStore(StoreOperations, InspectMethods):
         prepare_threshold: int | None = 5,
         transaction_pooler: bool = False,
         connect_timeout_s: float = 10.0,
+        lock_timeout_s: float | None = 10.0,
     ) -> None:
         if not isinstance(url, str) or not url:
             raise ValueError("PostgresSessionStore needs a connection URL")
+        if lock_timeout_s is not None and not lock_timeout_s > 0:
+            raise ValueError(f"lock_timeout_s must be a positive number of seconds or None, got {lock_timeout_s!r}")
         if not 1 <= min_size <= max_size:
             raise ValueError(f"need 1 <= min_size <= max_size, got min_size={min_size}, max_size={max_size}")
         self.url = url
@@ -138,6 +153,10 @@ class PostgresSessionStore(StoreOperations, InspectMethods):
         self.transaction_pooler = transaction_pooler
         self.prepare_threshold = None if transaction_pooler else prepare_threshold
         self.connect_timeout_s = connect_timeout_s
+        self.lock_timeout_s = lock_timeout_s
+        lock_ms = None if lock_timeout_s is None else max(1, round(lock_timeout_s * 1000))
+        # A transaction pooler keeps no session state: the settings go into every transaction.
+        self._settings = _session_settings(self.schema, lock_ms, local=transaction_pooler)
         self._pool: Any = None
         self._executor: ThreadPoolExecutor | None = None
         self._lock = threading.Lock()
@@ -178,7 +197,7 @@ class PostgresSessionStore(StoreOperations, InspectMethods):
                 max_size=self.max_size,
                 kwargs={"autocommit": True, "prepare_threshold": self.prepare_threshold},
                 # Not a bound method: the pool must not keep the store alive.
-                configure=None if self.transaction_pooler else functools.partial(_set_search_path, self.schema),
+                configure=None if self.transaction_pooler else functools.partial(_configure, self._settings),
                 timeout=self.connect_timeout_s,
                 open=False,
                 name=f"power_loop-{self.schema}",
@@ -257,7 +276,7 @@ class PostgresSessionStore(StoreOperations, InspectMethods):
                     with conn.transaction():
                         begun = True
                         if self.transaction_pooler:
-                            conn.execute(f'SET LOCAL search_path TO "{self.schema}"')
+                            conn.execute(self._settings)
                         return fn(PgTx(conn))
             except psycopg_pool.PoolTimeout as exc:  # before psycopg.Error: it is an OperationalError
                 raise StoreLockedError(
@@ -289,6 +308,13 @@ class PostgresSessionStore(StoreOperations, InspectMethods):
         sqlstate = getattr(exc, "sqlstate", None)
         if sqlstate in _RETRIED_SQLSTATES:
             return StoreLockedError(f"PostgreSQL kept aborting the transaction ({sqlstate}: {exc}); it was rolled back")
+        if sqlstate == _LOCK_NOT_AVAILABLE:
+            return StoreLockedError(
+                f"a row the transaction needed stayed locked by another connection for longer than "
+                f"lock_timeout_s ({self.lock_timeout_s:g}s); the transaction was rolled back. Retry, raise "
+                "PostgresSessionStore(lock_timeout_s=...), or find the connection holding a long transaction "
+                "(pg_stat_activity)"
+            )
         if isinstance(exc, psycopg.OperationalError) and sqlstate is None:
             return self._unreachable(exc)
         return StoreError(f"PostgreSQL error ({sqlstate or type(exc).__name__}): {str(exc).strip()}")
