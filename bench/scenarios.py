@@ -143,6 +143,56 @@ class GcWatch:
         }
 
 
+def steal_ms() -> float | None:
+    """CPU time the hypervisor has taken from this VM's CPUs since boot, all CPUs, in ms.
+
+    The ``steal`` column of ``/proc/stat`` (Linux; 10 ms granularity): time a virtual CPU
+    had work but the host ran something else. The guest's scheduler does not see it as a
+    wait, so it shows up as lateness that neither the loop thread's run-queue wait nor any
+    of the process's work explains. None where it cannot be read.
+    """
+    try:
+        with open("/proc/stat", "rb") as f:
+            fields = f.readline().split()
+        return int(fields[8]) * 1000 / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def cpu_gap_max_ms(seconds: float) -> float:
+    """The longest time, in ms, a thread that never yields lost its CPU during ``seconds``.
+
+    The thread spins reading the clock; a gap between two reads is time it did not run. With
+    the machine otherwise idle (run before the load) nothing of the guest competes for that
+    CPU, so a gap is the kernel's or the host's: the stall any busy thread, an event loop
+    under load included, can meet at that moment whatever it does.
+    """
+    clock = time.perf_counter
+    last = clock()
+    end = last + seconds
+    worst = 0.0
+    while last < end:
+        now = clock()
+        if now - last > worst:
+            worst = now - last
+        last = now
+    return worst * 1000
+
+
+async def idle_lateness(seconds: float) -> float:
+    """The worst lateness of the 1 ms ticker on this event loop with nothing else to do.
+
+    Measured for ``seconds`` just before each loaded run, it is the machine's own floor at
+    that moment: what a run's lateness cannot go below whatever the kernel does.
+    """
+    ticker = Ticker()
+    ticker.start()
+    await asyncio.sleep(seconds)
+    ticker.stop()
+    await asyncio.sleep(0)
+    return max(ticker.lateness, default=0.0)
+
+
 def pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
@@ -351,6 +401,9 @@ async def concurrency(url: str, reps: int, quick: bool, *, freeze: bool = False)
             "lateness_max_outside_gc_ms",
             "lateness_max_outside_gc_less_os_wait_ms",
             "loop_thread_os_wait_ms",
+            "idle_lateness_max_ms",
+            "cpu_gap_max_ms",
+            "steal_ms",
         )
     }
     llm = new_llm()
@@ -365,6 +418,9 @@ async def concurrency(url: str, reps: int, quick: bool, *, freeze: bool = False)
                 gc.collect()
                 gc.freeze()
             latencies: list[float] = []
+            out["idle_lateness_max_ms"].append(await idle_lateness(1.0))
+            out["cpu_gap_max_ms"].append(cpu_gap_max_ms(1.0))
+            stolen = steal_ms()
 
             async def worker(sid: str, latencies: list[float] = latencies) -> None:
                 for i in range(per_session):
@@ -379,6 +435,8 @@ async def concurrency(url: str, reps: int, quick: bool, *, freeze: bool = False)
                 await asyncio.gather(*(worker(s) for s in sids))
             elapsed = time.perf_counter() - started
             ticker.stop()
+            now_stolen = steal_ms()
+            out["steal_ms"].append(now_stolen - stolen if now_stolen is not None and stolen is not None else 0.0)
             out["sends_per_s"].append(sessions * per_session / elapsed)
             out["p50_ms"].append(pct(latencies, 0.5))
             out["p99_ms"].append(pct(latencies, 0.99))
