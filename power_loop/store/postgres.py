@@ -91,7 +91,23 @@ def _session_settings(schema: str, lock_timeout_ms: int | None, *, local: bool) 
 
 
 def _configure(settings: str, conn: Any) -> None:
-    conn.execute(settings)
+    _apply_settings(conn, settings)
+
+
+def _apply_settings(conn: Any, settings: str) -> None:
+    """Run ``settings`` (several statements) on ``conn``: never as a prepared statement,
+    which holds one command only (``prepare_threshold=0`` prepares from the first use)."""
+    conn.execute(settings, prepare=False)
+
+
+def _stop_iteration_refused(fn: Callable[[], T]) -> T:
+    """``fn()``, with a StopIteration reported as RuntimeError: an asyncio future refuses
+    StopIteration (the event loop's callback raises TypeError and the caller waits forever),
+    so report it as a coroutine body would (PEP 479)."""
+    try:
+        return fn()
+    except StopIteration as exc:
+        raise RuntimeError(f"a store operation raised StopIteration: {exc!r}") from exc
 
 
 def _close_pool(pool: Any, executor: ThreadPoolExecutor) -> None:
@@ -190,7 +206,7 @@ class PostgresSessionStore(StoreOperations, InspectMethods):
                 ) as c:
                     migrate(c, self.schema)
             except psycopg.Error as exc:
-                raise self._fault(exc, psycopg) from exc
+                raise self._fault(exc, psycopg, migrating=True) from exc
             pool = psycopg_pool.ConnectionPool(
                 self.url,
                 min_size=self.min_size,
@@ -276,7 +292,7 @@ class PostgresSessionStore(StoreOperations, InspectMethods):
                     with conn.transaction():
                         begun = True
                         if self.transaction_pooler:
-                            conn.execute(self._settings)
+                            _apply_settings(conn, self._settings)
                         return fn(PgTx(conn))
             except psycopg_pool.PoolTimeout as exc:  # before psycopg.Error: it is an OperationalError
                 raise StoreLockedError(
@@ -304,20 +320,32 @@ class PostgresSessionStore(StoreOperations, InspectMethods):
             except UnicodeEncodeError as exc:
                 raise surrogate_error(exc, self.path) from exc
 
-    def _fault(self, exc: Exception, psycopg: Any) -> StoreError:
+    def _fault(self, exc: Exception, psycopg: Any, *, migrating: bool = False) -> StoreError:
         sqlstate = getattr(exc, "sqlstate", None)
         if sqlstate in _RETRIED_SQLSTATES:
             return StoreLockedError(f"PostgreSQL kept aborting the transaction ({sqlstate}: {exc}); it was rolled back")
         if sqlstate == _LOCK_NOT_AVAILABLE:
-            return StoreLockedError(
-                f"a row the transaction needed stayed locked by another connection for longer than "
-                f"lock_timeout_s ({self.lock_timeout_s:g}s); the transaction was rolled back. Retry, raise "
-                "PostgresSessionStore(lock_timeout_s=...), or find the connection holding a long transaction "
-                "(pg_stat_activity)"
-            )
+            return self._lock_not_available(exc, migrating)
         if isinstance(exc, psycopg.OperationalError) and sqlstate is None:
             return self._unreachable(exc)
         return StoreError(f"PostgreSQL error ({sqlstate or type(exc).__name__}): {str(exc).strip()}")
+
+    def _lock_not_available(self, exc: Exception, migrating: bool) -> StoreLockedError:
+        if migrating or self.lock_timeout_s is None:
+            # Not the store's own setting: the schema's migration runs on a connection of its
+            # own, and with lock_timeout_s=None the store sets no limit; the server's
+            # lock_timeout (a role's or database's default, the URL's options) ran out.
+            what = "waiting for another process's schema migration" if migrating else "waiting for a lock"
+            return StoreLockedError(
+                f"PostgreSQL's lock_timeout ran out {what} ({str(exc).strip()}); the transaction was rolled "
+                "back. Retry, or find the connection holding a long transaction (pg_stat_activity)"
+            )
+        return StoreLockedError(
+            f"a lock the transaction needed (a row, or a table another process migrates) stayed held by another "
+            f"connection for longer than lock_timeout_s ({self.lock_timeout_s:g}s); the transaction was rolled "
+            "back. Retry, raise PostgresSessionStore(lock_timeout_s=...), or find the connection holding a long "
+            "transaction (pg_stat_activity)"
+        )
 
     async def _call(self, fn: Callable[[Tx], T], *, tx: bool = True) -> T:
         """Run ``fn`` in one transaction on a worker thread with a pooled connection."""
@@ -328,7 +356,8 @@ class PostgresSessionStore(StoreOperations, InspectMethods):
         executor = self._executor
         if executor is None:
             raise StoreError(f"{self!r} is closed; create a new store to reconnect")
-        return await asyncio.get_running_loop().run_in_executor(executor, partial(self._run, fn, tx))
+        call = partial(_stop_iteration_refused, partial(self._run, fn, tx))
+        return await asyncio.get_running_loop().run_in_executor(executor, call)
 
     def _call_sync(self, fn: Callable[[Tx], T], *, tx: bool = True) -> T:
         """Run ``fn`` in one transaction in the calling thread."""

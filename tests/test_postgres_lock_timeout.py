@@ -1,0 +1,74 @@
+"""The PostgreSQL store's lock timeout and failure reporting at its edges: a connection
+prepared from its first use, a lock timeout set by the server rather than by the store, and
+a transaction function raising what an asyncio future refuses."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import psycopg
+import pytest
+
+from power_loop import PostgresSessionStore, StoreLockedError
+from power_loop.store._pg_schema import lock_key
+from power_loop.testing import PostgresSchema
+
+
+async def test_prepare_threshold_zero_still_configures_every_connection(pg_schema: PostgresSchema) -> None:
+    """``prepare_threshold=0`` prepares every statement from its first execution: the
+    connection settings must still apply (a prepared statement holds one command only)."""
+    store = PostgresSessionStore(pg_schema.url, schema=pg_schema.schema, prepare_threshold=0, lock_timeout_s=1.5)
+    try:
+        await store.create_session("s")
+        assert await store._call(lambda tx: tx.execute("SHOW lock_timeout").fetchone()) == ("1500ms",)
+        assert await store._call(lambda tx: tx.execute("SHOW search_path").fetchone()) == (pg_schema.schema,)
+    finally:
+        await store.aclose()
+
+
+@pytest.mark.parametrize("lock_timeout_s", [None, 30.0])
+async def test_a_lock_timeout_set_by_the_server_is_reported_as_such(
+    pg_schema: PostgresSchema, lock_timeout_s: float | None
+) -> None:
+    """A lock timeout the store did not set (the URL's ``options``, a role's default) ends
+    the schema migration's wait for another process's migration: a StoreLockedError that
+    does not claim the store's own ``lock_timeout_s`` ran out."""
+    separator = "&" if "?" in pg_schema.url else "?"
+    url = f"{pg_schema.url}{separator}options=-c%20lock_timeout%3D100"
+    store = PostgresSessionStore(url, schema=pg_schema.schema, lock_timeout_s=lock_timeout_s)
+    try:
+        with psycopg.connect(pg_schema.url) as migrating:  # another process in its migration
+            migrating.execute("SELECT pg_advisory_xact_lock(%s)", (lock_key(pg_schema.schema),))
+            call = asyncio.ensure_future(store.get_session_async("s"))
+            await asyncio.wait({call}, timeout=30)
+            assert call.done()
+            with pytest.raises(StoreLockedError) as caught:
+                call.result()
+        assert "lock_timeout_s (" not in str(caught.value)
+        assert await store.get_session_async("s") is None  # the lock is free: it opens
+    finally:
+        await store.aclose()
+
+
+async def test_a_transaction_raising_stop_iteration_fails_instead_of_hanging(pg_schema: PostgresSchema) -> None:
+    """As on SQLite: a future refuses StopIteration, so it comes back as a RuntimeError, the
+    transaction rolled back, and the store goes on serving."""
+    store = PostgresSessionStore(pg_schema.url, schema=pg_schema.schema)
+    try:
+        await store.create_session("s0")
+
+        def half_done(tx: Any) -> None:
+            tx.execute("UPDATE sessions SET metadata = '{\"half\": 1}'")
+            next(iter(()))  # an exhausted iterator inside a transaction
+
+        call = asyncio.ensure_future(store._call(half_done))
+        await asyncio.wait({call}, timeout=30)  # a store job cannot be cancelled: no wait_for
+        assert call.done(), "the caller was never told how its transaction ended"
+        with pytest.raises(RuntimeError, match="StopIteration") as caught:
+            call.result()
+        assert isinstance(caught.value.__cause__, StopIteration)
+        session = await store.get_session_async("s0")
+        assert session is not None and session.metadata == {}  # rolled back
+    finally:
+        await store.aclose()
