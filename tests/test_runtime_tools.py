@@ -205,6 +205,25 @@ async def test_custom_projectors_run_off_the_event_loop(db_path: str, caplog: py
     assert "projector bug" in caplog.text
 
 
+class ExhaustedProjector:
+    def project(self, *, store: Any, session_id: str, round_index: int, context: Mapping[str, Any]) -> str | None:
+        return str(next(iter(())))  # StopIteration, which an asyncio future refuses
+
+
+async def test_a_projector_raising_stop_iteration_is_left_out_not_a_hang(
+    db_path: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    config = AgentLoopConfig(runtime_projectors=(ExhaustedProjector(),))
+    llm = by_text({"hi": text_reply("hello")})
+    async with StatefulAgentLoop(llm=llm, db_path=db_path, config=config) as loop:
+        sid = await loop.new_session_async()
+        sent = asyncio.ensure_future(loop.send("hi", session_id=sid))
+        await asyncio.wait({sent}, timeout=30)
+        assert sent.done(), "the run never learned how its projector ended"
+        assert sent.result().status == "completed"
+    assert "StopIteration" in caplog.text
+
+
 async def test_no_projectors_shows_nothing(tmp_path: Path, db_path: str) -> None:
     items = [{"content": "x", "status": "pending"}]
     llm = by_text({"plan": tool_reply(("todo", {"items": items}))})

@@ -589,3 +589,34 @@ async def test_a_tool_raising_timeout_error_itself(db_path: str) -> None:
         "Error: upstream API did not answer in 30s",
         "Error: TimeoutError",
     ]
+
+
+# --------------------------------------------------------------------------- 11: StopIteration from a sync tool
+
+
+async def test_a_sync_tool_raising_stop_iteration_is_an_error_not_a_hang(db_path: str) -> None:
+    """An asyncio future refuses StopIteration: delivered as it is, the call never ended. A
+    sync handler's StopIteration (``next()`` on an exhausted iterator) comes back as a
+    RuntimeError, so the run records an error result and goes on."""
+
+    @tool
+    def first_match() -> str:
+        """The first of no matches."""
+        return str(next(iter(())))
+
+    llm = ScriptedLLM([tool_reply(("first_match", {}, "a")), text_reply("ok")])
+    registry = ToolRegistry([first_match])
+    async with StatefulAgentLoop(llm=llm, db_path=db_path, tool_registry=registry) as loop:
+        sid = await loop.new_session_async()
+        sent = asyncio.ensure_future(loop.send("go", session_id=sid))
+        await asyncio.wait({sent}, timeout=30)
+        assert sent.done(), "the run never learned how its tool call ended"
+        assert sent.result().final_text == "ok"
+        messages = await loop.get_messages_async(sid)
+    assert "StopIteration" in messages[2]["content"]
+
+    invoked = asyncio.ensure_future(registry.invoke_async("first_match"))
+    await asyncio.wait({invoked}, timeout=30)
+    assert invoked.done(), "invoke_async never learned how the handler ended"
+    with pytest.raises(RuntimeError, match="StopIteration"):
+        invoked.result()

@@ -29,6 +29,7 @@ from ..messages import scrub_surrogates
 from .context import ToolContext
 from .definition import FunctionTool, ToolDefinition
 from .schema import coerce_arguments
+from .threads import call_in_thread
 from .validation import validate_against_schema
 
 __all__ = [
@@ -305,7 +306,7 @@ async def call_handler(tool: RegisteredTool, values: dict[str, Any], context: To
     args = _prepare_args(tool, values, context)
     if tool.is_async:
         return await tool.handler(**args)
-    result = await asyncio.to_thread(tool.handler, **args)
+    result = await asyncio.to_thread(call_in_thread, tool.handler, **args)
     if inspect.isawaitable(result):  # a sync callable that returned a coroutine
         return await result
     return result

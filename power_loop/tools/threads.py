@@ -35,7 +35,14 @@ from typing import Any
 
 from ..errors import ToolError
 
-__all__ = ["ToolNotStarted", "ToolRaisedBaseException", "ToolThreads", "ToolTimeout"]
+__all__ = [
+    "ToolNotStarted",
+    "ToolRaisedBaseException",
+    "ToolThreads",
+    "ToolTimeout",
+    "call_in_thread",
+    "stop_iteration_refused",
+]
 
 _IDLE_EXIT_S = 60.0
 
@@ -68,6 +75,23 @@ class ToolRaisedBaseException(ToolError):
         super().__init__(f"{type(error).__name__}: {error}" if str(error) else type(error).__name__)
         self.error = error
         self.in_worker = in_worker
+
+
+def stop_iteration_refused(exc: StopIteration, what: str) -> RuntimeError:
+    """The RuntimeError to deliver instead of ``exc``: an asyncio future refuses
+    StopIteration (the event loop's callback raises TypeError and the caller waits forever),
+    so it is reported as a coroutine body would report it (PEP 479)."""
+    error = RuntimeError(f"{what} raised StopIteration: {exc!r}")
+    error.__cause__ = exc
+    return error
+
+
+def call_in_thread(fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+    """``fn(*args, **kwargs)`` for ``asyncio.to_thread``, a StopIteration reported as RuntimeError."""
+    try:
+        return fn(*args, **kwargs)
+    except StopIteration as exc:
+        raise stop_iteration_refused(exc, getattr(fn, "__qualname__", None) or repr(fn)) from exc
 
 
 class _Job:
@@ -279,6 +303,8 @@ class ToolThreads:
             error: BaseException | None = None
             try:
                 value = job.fn()
+            except StopIteration as exc:
+                error = stop_iteration_refused(exc, "the tool handler")
             except Exception as exc:
                 error = exc
             except BaseException as exc:  # SystemExit, KeyboardInterrupt, ... raised by the handler
