@@ -72,3 +72,41 @@ async def test_a_transaction_raising_stop_iteration_fails_instead_of_hanging(pg_
         assert session is not None and session.metadata == {}  # rolled back
     finally:
         await store.aclose()
+
+
+@pytest.mark.parametrize("lock_timeout_s", [float("inf"), 3e6, float("nan"), -1.0])
+def test_a_lock_timeout_postgresql_cannot_take_is_refused_at_once(lock_timeout_s: float) -> None:
+    """PostgreSQL's ``lock_timeout`` is at most 2147483647 ms (about 24.8 days): a larger
+    one is refused when the store is made, not later as a connection that cannot be set up
+    (a pool that "cannot connect" after ``connect_timeout_s``)."""
+    with pytest.raises(ValueError, match="lock_timeout_s"):
+        PostgresSessionStore("postgresql://db/agents", lock_timeout_s=lock_timeout_s)
+
+
+async def test_the_largest_lock_timeout_is_accepted(pg_schema: PostgresSchema) -> None:
+    store = PostgresSessionStore(pg_schema.url, schema=pg_schema.schema, lock_timeout_s=2_147_483.647)
+    try:
+        assert await store._call(lambda tx: tx.execute("SHOW lock_timeout").fetchone()) == ("2147483647ms",)
+    finally:
+        await store.aclose()
+
+
+async def test_settings_survive_a_reconnection_and_reach_the_sync_twins(pg_schema: PostgresSchema) -> None:
+    """A pooled connection the server dropped is replaced by one configured like it; the
+    blocking twins run on the same pool, under the same settings."""
+    store = PostgresSessionStore(pg_schema.url, schema=pg_schema.schema, lock_timeout_s=1.5, max_size=2)
+    try:
+        await store.create_session("s")
+        with psycopg.connect(pg_schema.url, autocommit=True) as admin:
+            killed = admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE pid <> pg_backend_pid() AND datname = current_database() AND backend_type = 'client backend'"
+            ).fetchall()
+            assert (True,) in killed
+        for _ in range(4):  # every connection of the pool, the replacements included
+            assert await store.get_session_async("s") is not None
+            assert await store._call(lambda tx: tx.execute("SHOW lock_timeout").fetchone()) == ("1500ms",)
+        shown = await asyncio.to_thread(store._call_sync, lambda tx: tx.execute("SHOW lock_timeout").fetchone())
+        assert shown == ("1500ms",)
+    finally:
+        await store.aclose()

@@ -53,6 +53,7 @@ T = TypeVar("T")
 _RETRIED_SQLSTATES = frozenset({"40001", "40P01"})  # serialization failure, deadlock detected
 _RETRIES = 5
 _LOCK_NOT_AVAILABLE = "55P03"  # lock_timeout expired
+_LOCK_TIMEOUT_MAX_S = 2_147_483.647  # lock_timeout is an int of milliseconds
 _INSTALL = 'PostgreSQL stores need psycopg 3: pip install "power-loop[postgres]"'
 
 
@@ -158,8 +159,11 @@ class PostgresSessionStore(StoreOperations, InspectMethods):
     ) -> None:
         if not isinstance(url, str) or not url:
             raise ValueError("PostgresSessionStore needs a connection URL")
-        if lock_timeout_s is not None and not lock_timeout_s > 0:
-            raise ValueError(f"lock_timeout_s must be a positive number of seconds or None, got {lock_timeout_s!r}")
+        if lock_timeout_s is not None and not 0 < lock_timeout_s <= _LOCK_TIMEOUT_MAX_S:
+            raise ValueError(
+                f"lock_timeout_s must be a positive number of seconds up to {_LOCK_TIMEOUT_MAX_S:g} (PostgreSQL's "
+                f"limit), or None for no limit; got {lock_timeout_s!r}"
+            )
         if not 1 <= min_size <= max_size:
             raise ValueError(f"need 1 <= min_size <= max_size, got min_size={min_size}, max_size={max_size}")
         self.url = url
