@@ -10,7 +10,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from power_loop import PostgresSessionStore, StoreLockedError
+from power_loop import PostgresSessionStore, StoreLockedError, open_store
 from power_loop.store._pg_schema import lock_key
 from power_loop.testing import PostgresSchema
 
@@ -110,3 +110,13 @@ async def test_settings_survive_a_reconnection_and_reach_the_sync_twins(pg_schem
         assert shown == ("1500ms",)
     finally:
         await store.aclose()
+
+
+def test_a_store_option_in_the_url_is_refused_by_open_store(pg_schema: PostgresSchema) -> None:
+    """Only ``schema=`` is the store's in a URL; libpq refuses any other at the first
+    connection as an unknown parameter. ``open_store`` says so at once, naming the keyword."""
+    separator = "&" if "?" in pg_schema.url else "?"
+    with pytest.raises(ValueError, match=r"open_store\(url, lock_timeout_s=\.\.\.\)"):
+        open_store(f"{pg_schema.url}{separator}lock_timeout_s=5&schema={pg_schema.schema}")
+    store = open_store(f"{pg_schema.url}{separator}schema={pg_schema.schema}", lock_timeout_s=5)
+    assert isinstance(store, PostgresSessionStore) and store.lock_timeout_s == 5

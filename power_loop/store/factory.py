@@ -38,11 +38,22 @@ def _is_postgres(url: str) -> bool:
 
 
 def _take_schema(url: str) -> tuple[str, str | None]:
-    """``url`` without its ``schema=`` query parameter, and that parameter's value."""
+    """``url`` without its ``schema=`` query parameter, and that parameter's value.
+
+    Raises:
+        ValueError: The query names another of the store's options: libpq would refuse it
+            only at the first connection, as an unknown parameter.
+    """
     if "://" not in url:
         return url, None
     parts = urlsplit(url)
     query = parse_qsl(parts.query, keep_blank_values=True)
+    misplaced = sorted({k for k, _ in query if k in _PG_OPTIONS and k != "schema"})
+    if misplaced:
+        keywords = ", ".join(f"{k}=..." for k in misplaced)
+        raise ValueError(
+            f"{', '.join(misplaced)} in the URL: the URL takes schema= only; pass open_store(url, {keywords})"
+        )
     schemas = [v for k, v in query if k == "schema"]
     if not schemas:
         return url, None
