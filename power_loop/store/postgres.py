@@ -339,7 +339,11 @@ class PostgresSessionStore(StoreOperations, InspectMethods):
             # Not the store's own setting: the schema's migration runs on a connection of its
             # own, and with lock_timeout_s=None the store sets no limit; the server's
             # lock_timeout (a role's or database's default, the URL's options) ran out.
-            what = "waiting for another process's schema migration" if migrating else "waiting for a lock"
+            what = (
+                "while migrating the schema (waiting for another process's migration, or for a table in use)"
+                if migrating
+                else "waiting for a lock"
+            )
             return StoreLockedError(
                 f"PostgreSQL's lock_timeout ran out {what} ({str(exc).strip()}); the transaction was rolled "
                 "back. Retry, or find the connection holding a long transaction (pg_stat_activity)"
