@@ -21,8 +21,8 @@ import logging
 import os
 from typing import Any
 
+from .._util import call_in_thread
 from ..skills import SkillLoader
-from ..tools.threads import call_in_thread
 from .state import Run
 
 __all__ = ["acknowledge_runtime", "load_skills", "project_runtime"]
@@ -66,7 +66,7 @@ async def project_runtime(run: Run) -> None:
             if aproject is not None:
                 block = await aproject(**kwargs)
             else:
-                block = await asyncio.to_thread(call_in_thread, projector.project, **kwargs)
+                block = await asyncio.to_thread(call_in_thread, "the runtime projector", projector.project, **kwargs)
         except asyncio.CancelledError:
             raise
         except Exception:

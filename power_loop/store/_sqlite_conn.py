@@ -39,6 +39,7 @@ from typing import Any, TypeVar
 
 import aiosqlite
 
+from .._util import stop_iteration_refused
 from ..errors import PowerLoopError, StoreError
 from ._faults import FileId, file_id, gone_error, path_changed, store_error, surrogate_error
 from ._sqlite_tx import SQLiteTx, transaction
@@ -127,13 +128,8 @@ class _Job(asyncio.Future[T]):
         assert fn is not None and conn is not None
         try:
             result = fn(conn)
-        except StopIteration as exc:
-            # A future refuses StopIteration (set_exception raises TypeError in the event
-            # loop's callback and the caller would wait forever): report it as a coroutine
-            # body would (PEP 479).
-            error = RuntimeError(f"a store operation raised StopIteration: {exc!r}")
-            error.__cause__ = exc
-            self._deliver(self._settle_exception, error)
+        except StopIteration as exc:  # a future refuses it: see stop_iteration_refused
+            self._deliver(self._settle_exception, stop_iteration_refused(exc, "a store operation"))
         except BaseException as exc:  # delivered to the caller, as aiosqlite does
             self._deliver(self._settle_exception, exc)
         else:

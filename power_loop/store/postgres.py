@@ -38,6 +38,7 @@ from functools import partial
 from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
+from .._util import call_in_thread
 from ..errors import StoreConnectionError, StoreError, StoreLockedError
 from ._faults import surrogate_error
 from ._inspect_sql import InspectMethods
@@ -99,16 +100,6 @@ def _apply_settings(conn: Any, settings: str) -> None:
     """Run ``settings`` (several statements) on ``conn``: never as a prepared statement,
     which holds one command only (``prepare_threshold=0`` prepares from the first use)."""
     conn.execute(settings, prepare=False)
-
-
-def _stop_iteration_refused(fn: Callable[[], T]) -> T:
-    """``fn()``, with a StopIteration reported as RuntimeError: an asyncio future refuses
-    StopIteration (the event loop's callback raises TypeError and the caller waits forever),
-    so report it as a coroutine body would (PEP 479)."""
-    try:
-        return fn()
-    except StopIteration as exc:
-        raise RuntimeError(f"a store operation raised StopIteration: {exc!r}") from exc
 
 
 def _close_pool(pool: Any, executor: ThreadPoolExecutor) -> None:
@@ -364,7 +355,7 @@ class PostgresSessionStore(StoreOperations, InspectMethods):
         executor = self._executor
         if executor is None:
             raise StoreError(f"{self!r} is closed; create a new store to reconnect")
-        call = partial(_stop_iteration_refused, partial(self._run, fn, tx))
+        call = partial(call_in_thread, "a store operation", self._run, fn, tx)
         return await asyncio.get_running_loop().run_in_executor(executor, call)
 
     def _call_sync(self, fn: Callable[[Tx], T], *, tx: bool = True) -> T:

@@ -23,13 +23,12 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .._util import is_async_callable
+from .._util import call_in_thread, is_async_callable
 from ..errors import ToolNotFound, ToolValidationError
 from ..messages import scrub_surrogates
 from .context import ToolContext
 from .definition import FunctionTool, ToolDefinition
 from .schema import coerce_arguments
-from .threads import call_in_thread
 from .validation import validate_against_schema
 
 __all__ = [
@@ -306,7 +305,7 @@ async def call_handler(tool: RegisteredTool, values: dict[str, Any], context: To
     args = _prepare_args(tool, values, context)
     if tool.is_async:
         return await tool.handler(**args)
-    result = await asyncio.to_thread(call_in_thread, tool.handler, **args)
+    result = await asyncio.to_thread(call_in_thread, "the tool handler", tool.handler, **args)
     if inspect.isawaitable(result):  # a sync callable that returned a coroutine
         return await result
     return result

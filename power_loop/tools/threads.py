@@ -33,16 +33,10 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
+from .._util import stop_iteration_refused
 from ..errors import ToolError
 
-__all__ = [
-    "ToolNotStarted",
-    "ToolRaisedBaseException",
-    "ToolThreads",
-    "ToolTimeout",
-    "call_in_thread",
-    "stop_iteration_refused",
-]
+__all__ = ["ToolNotStarted", "ToolRaisedBaseException", "ToolThreads", "ToolTimeout"]
 
 _IDLE_EXIT_S = 60.0
 
@@ -75,23 +69,6 @@ class ToolRaisedBaseException(ToolError):
         super().__init__(f"{type(error).__name__}: {error}" if str(error) else type(error).__name__)
         self.error = error
         self.in_worker = in_worker
-
-
-def stop_iteration_refused(exc: StopIteration, what: str) -> RuntimeError:
-    """The RuntimeError to deliver instead of ``exc``: an asyncio future refuses
-    StopIteration (the event loop's callback raises TypeError and the caller waits forever),
-    so it is reported as a coroutine body would report it (PEP 479)."""
-    error = RuntimeError(f"{what} raised StopIteration: {exc!r}")
-    error.__cause__ = exc
-    return error
-
-
-def call_in_thread(fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
-    """``fn(*args, **kwargs)`` for ``asyncio.to_thread``, a StopIteration reported as RuntimeError."""
-    try:
-        return fn(*args, **kwargs)
-    except StopIteration as exc:
-        raise stop_iteration_refused(exc, getattr(fn, "__qualname__", None) or repr(fn)) from exc
 
 
 class _Job:
