@@ -1,11 +1,11 @@
 """The PostgreSQL store's lock timeout and failure reporting at its edges: a connection
 prepared from its first use, a lock timeout set by the server rather than by the store, and
-a transaction function raising what an asyncio future refuses."""
+values and URLs the store cannot take. (A transaction raising what an asyncio future refuses
+is tested on both backends in tests/test_worker_jobs.py.)"""
 
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
 import psycopg
 import pytest
@@ -47,29 +47,6 @@ async def test_a_lock_timeout_set_by_the_server_is_reported_as_such(
                 call.result()
         assert "lock_timeout_s (" not in str(caught.value)
         assert await store.get_session_async("s") is None  # the lock is free: it opens
-    finally:
-        await store.aclose()
-
-
-async def test_a_transaction_raising_stop_iteration_fails_instead_of_hanging(pg_schema: PostgresSchema) -> None:
-    """As on SQLite: a future refuses StopIteration, so it comes back as a RuntimeError, the
-    transaction rolled back, and the store goes on serving."""
-    store = PostgresSessionStore(pg_schema.url, schema=pg_schema.schema)
-    try:
-        await store.create_session("s0")
-
-        def half_done(tx: Any) -> None:
-            tx.execute("UPDATE sessions SET metadata = '{\"half\": 1}'")
-            next(iter(()))  # an exhausted iterator inside a transaction
-
-        call = asyncio.ensure_future(store._call(half_done))
-        await asyncio.wait({call}, timeout=30)  # a store job cannot be cancelled: no wait_for
-        assert call.done(), "the caller was never told how its transaction ended"
-        with pytest.raises(RuntimeError, match="StopIteration") as caught:
-            call.result()
-        assert isinstance(caught.value.__cause__, StopIteration)
-        session = await store.get_session_async("s0")
-        assert session is not None and session.metadata == {}  # rolled back
     finally:
         await store.aclose()
 
